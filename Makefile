@@ -1,0 +1,47 @@
+# The two commands the README promises: `make serve` and `make test`. Everything else is set-up
+# they need, each step idempotent and skipped when its stamp is newer than its inputs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DARKROOM := $(VENV)/bin/darkroom
+ARCH := $(shell uname -m)
+# torch builds that ComfyUI v0.8.0 runs on; torchvision must match torch exactly.
+ifeq ($(ARCH),aarch64)
+TORCH_PINS := torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+endif
+
+.PHONY: serve test setup lint bench clean
+serve: setup
+	$(DARKROOM) serve
+
+test: setup
+	$(PY) -m pytest tests --ignore=tests/engine
+	$(PY) -m pytest tests/engine
+
+setup: $(VENV)/.deps-stamp data/.comfyui-stamp data/.tiny-stamp
+
+$(VENV)/.deps-stamp: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+data/.comfyui-stamp: $(VENV)/.deps-stamp constraints.txt
+	$(DARKROOM) comfyui install
+	mkdir -p data && touch $@
+
+data/.tiny-stamp: data/.comfyui-stamp $(wildcard custom_nodes/darkroom/*.py custom_nodes/darkroom/tiny/*.py)
+	$(DARKROOM) models make-tiny
+	touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check server scripts tests custom_nodes
+	$(VENV)/bin/ruff format --check server scripts tests custom_nodes
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf data

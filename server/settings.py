@@ -1,0 +1,133 @@
+"""Settings: declared once with defaults and help, built once from DARKROOM_* variables and flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PINNED_COMFYUI_COMMIT = "fc0cb10bcbee6e73ed3caf34c27f7bde4559a07f"
+PINNED_COMFYUI_VERSION = "0.8.0"
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_cache_dir(env: Mapping[str, str]) -> str:
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "darkroom")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable. Each field's metadata carries its env variable and help text."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "Address the facade listens on."})
+    port: int = field(default=8000, metadata={"help": "Port the facade listens on."})
+    workers: int = field(
+        default=0,
+        metadata={"help": "ComfyUI workers to run; 0 = one per visible GPU, or one on CPU."},
+    )
+    device: str = field(
+        default="auto",
+        metadata={"help": "auto (GPU if torch sees one), cpu, or cuda."},
+    )
+    data_dir: str = field(
+        default="data",
+        metadata={"help": "Root for models, outputs, worker state and the job store."},
+    )
+    models_dir: str = field(
+        default="",
+        metadata={"help": "Model folders (diffusion_models/, text_encoders/, vae/, loras/); "
+                  "default <data_dir>/models."},
+    )
+    cache_dir: str = field(
+        default="",
+        metadata={"help": "Download cache (ComfyUI archives); default $XDG_CACHE_HOME/darkroom."},
+    )
+    comfyui_dir: str = field(
+        default="",
+        metadata={"help": "Use this existing ComfyUI install instead of the managed one."},
+    )
+    comfyui_commit: str = field(
+        default=PINNED_COMFYUI_COMMIT,
+        metadata={"help": "Upstream ComfyUI commit the managed install uses."},
+    )
+    worker_base_port: int = field(
+        default=8188,
+        metadata={"help": "First loopback port for ComfyUI workers; worker i uses base+i."},
+    )
+    worker_start_timeout_s: float = field(
+        default=180.0,
+        metadata={"help": "How long a worker may take to answer before start-up fails."},
+    )
+    worker_restart_backoff_max_s: float = field(
+        default=30.0,
+        metadata={"help": "Cap on the back-off between restarts of a crashed worker."},
+    )
+    public_url: str = field(
+        default="",
+        metadata={"help": "Base URL clients use to reach this server (for returned file URLs); "
+                  "default: taken from each request's Host."},
+    )
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).resolve()
+
+    @property
+    def models_path(self) -> Path:
+        return Path(self.models_dir).resolve() if self.models_dir else self.data_path / "models"
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir).resolve()
+
+    @property
+    def outputs_path(self) -> Path:
+        return self.data_path / "outputs"
+
+    @property
+    def managed_comfyui_path(self) -> Path:
+        return self.data_path / "comfyui" / f"ComfyUI-{self.comfyui_commit}"
+
+
+def env_name(field_name: str) -> str:
+    return f"DARKROOM_{field_name.upper()}"
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from DARKROOM_* variables, then explicit overrides (flags) on top."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        raw = env.get(env_name(f.name))
+        if raw is not None and raw != "":
+            values[f.name] = _coerce(f, raw)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if not values.get("cache_dir"):
+        values["cache_dir"] = _default_cache_dir(env)
+    return Settings(**values)
+
+
+def _coerce(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind = f.type if isinstance(f.type, type) else str(f.type)
+    try:
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+        if kind in (bool, "bool"):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+    except ValueError as e:
+        raise ValueError(f"{env_name(f.name)}={raw!r}: expected {kind}") from e
+    return raw
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(env variable, default, help) for every setting: the README's table is checked against it."""
+    return [
+        (env_name(f.name), repr(f.default), f.metadata["help"]) for f in dataclasses.fields(Settings)
+    ]
