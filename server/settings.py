@@ -32,7 +32,7 @@ class Settings:
     )
     device: str = field(
         default="auto",
-        metadata={"help": "auto (GPU if torch sees one), cpu, or cuda."},
+        metadata={"help": "auto (GPU if one is visible), cpu, or cuda."},
     )
     data_dir: str = field(
         default="data",
@@ -66,6 +66,14 @@ class Settings:
     worker_restart_backoff_max_s: float = field(
         default=30.0,
         metadata={"help": "Cap on the back-off between restarts of a crashed worker."},
+    )
+    hf_endpoint: str = field(
+        default="https://huggingface.co",
+        metadata={"help": "Hugging Face endpoint that `darkroom models fetch` downloads from."},
+    )
+    hf_token: str = field(
+        default="",
+        metadata={"help": "Token for gated Hugging Face repositories (FLUX.2 [dev] is gated)."},
     )
     public_url: str = field(
         default="",

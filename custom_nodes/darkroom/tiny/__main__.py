@@ -1,0 +1,24 @@
+"""`python -m darkroom.tiny --models-dir D`: build every tiny random-weight model (ComfyUI on sys.path)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from . import diffusion, encoders
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models-dir", type=Path, required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    started = time.perf_counter()
+    written = [*diffusion.build(args.models_dir), *encoders.build(args.models_dir)]
+    logging.info("tiny models: %d files in %s (%.1f s)", len(written), args.models_dir, time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    main()

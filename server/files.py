@@ -1,0 +1,69 @@
+"""Output files: stored per request under the outputs folder and served at /files/{request_id}/{name}."""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from .errors import NotFoundError
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    request_id: str
+    name: str
+    content_type: str
+    size_bytes: int
+
+    @property
+    def route(self) -> str:
+        return f"/files/{self.request_id}/{self.name}"
+
+
+class OutputStore:
+    """Owns the outputs folder: one subfolder per request, names checked so nothing escapes it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def save(self, request_id: str, name: str, data: bytes, content_type: str) -> StoredFile:
+        path = self._path(request_id, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".part")
+        partial.write_bytes(data)
+        partial.rename(path)
+        return StoredFile(request_id, name, content_type, len(data))
+
+    def path_of(self, request_id: str, name: str) -> Path:
+        path = self._path(request_id, name)
+        if not path.is_file():
+            raise NotFoundError(f"No file {name} for request {request_id}")
+        return path
+
+    def _path(self, request_id: str, name: str) -> Path:
+        if not (_SAFE_NAME.match(request_id) and _SAFE_NAME.match(name)) or name.endswith(".part"):
+            raise NotFoundError(f"No file {name} for request {request_id}")
+        return self.root / request_id / name
+
+
+def data_uri(data: bytes, content_type: str) -> str:
+    return f"data:{content_type};base64,{base64.b64encode(data).decode()}"
+
+
+def content_type_of(name: str) -> str:
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def file_route(store: OutputStore) -> web.RouteDef:
+    async def serve(request: web.Request) -> web.FileResponse:
+        path = store.path_of(request.match_info["request_id"], request.match_info["name"])
+        return web.FileResponse(path, headers={"Content-Type": content_type_of(path.name)})
+
+    return web.get("/files/{request_id}/{name}", serve)

@@ -1,0 +1,121 @@
+"""Run one validated request on a worker and shape the result the way fal's image endpoints do."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from . import comfy_client as cc
+from .errors import GenerationError, ModelsMissingError
+from .files import OutputStore, data_uri
+from .mapping import Endpoint
+from .models import Manifest
+from .settings import Settings
+from .supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[cc.Event], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Generator:
+    """Everything a request needs to run: settings, workers, manifest and the output store."""
+
+    settings: Settings
+    supervisor: Supervisor
+    manifest: Manifest
+    store: OutputStore
+
+    def check_models(self, endpoint: Endpoint) -> None:
+        """Refuse an endpoint whose weights are absent, naming the files and the command that fetches them."""
+        missing = self.manifest.missing(endpoint.models.values(), self.settings.models_path)
+        if missing:
+            files = ", ".join(self.manifest.get(n).file for n in missing)
+            raise ModelsMissingError(
+                f"{endpoint.app_id} needs model files that are not in {self.settings.models_path}: {files}. "
+                f"Fetch them with `darkroom models fetch {endpoint.app_id}`."
+            )
+
+    async def run(
+        self,
+        endpoint: Endpoint,
+        request: BaseModel,
+        *,
+        request_id: str,
+        base_url: str,
+        on_event: EventSink | None = None,
+    ) -> dict[str, Any]:
+        """Generate, store the outputs and return fal's response body."""
+        self.check_models(endpoint)
+        prompt, resolved = endpoint.build_prompt(request, self.manifest)
+        async with self.supervisor.worker() as worker:
+            started = time.perf_counter()
+            saved = await self._execute(worker.client, prompt, endpoint, request_id, on_event)
+            images = [
+                await self._store(worker.client, entry, request_id, index, resolved, base_url)
+                for index, entry in enumerate(saved)
+            ]
+            inference_s = time.perf_counter() - started
+        log.info("%s %s: %d image(s) in %.3f s", endpoint.app_id, request_id, len(images), inference_s)
+        return {
+            "images": images,
+            "seed": resolved.get("seed"),
+            "timings": {"inference": inference_s},
+            "prompt": resolved.get("prompt", ""),
+            "has_nsfw_concepts": [False] * len(images),
+        }
+
+    async def _execute(
+        self,
+        client: cc.ComfyClient,
+        prompt: dict[str, Any],
+        endpoint: Endpoint,
+        request_id: str,
+        on_event: EventSink | None,
+    ) -> list[dict[str, Any]]:
+        saved: list[dict[str, Any]] = []
+        async for event in client.run(prompt, prompt_id=request_id):
+            if on_event is not None:
+                await on_event(event)
+            if isinstance(event, cc.Executed) and event.node == endpoint.output_node:
+                saved.extend(event.output.get("images", []))
+            elif isinstance(event, cc.ExecutionError):
+                raise GenerationError(
+                    f"{endpoint.app_id}: node {event.node_id} ({event.node_type}) failed: {event.message}"
+                )
+            elif isinstance(event, cc.Interrupted):
+                raise GenerationError(f"{endpoint.app_id}: request {request_id} was interrupted")
+        if not saved:
+            raise GenerationError(f"{endpoint.app_id}: the workflow produced no images")
+        return saved
+
+    async def _store(
+        self,
+        client: cc.ComfyClient,
+        entry: dict[str, Any],
+        request_id: str,
+        index: int,
+        resolved: dict[str, Any],
+        base_url: str,
+    ) -> dict[str, Any]:
+        data = await client.fetch_output(entry["filename"], entry.get("subfolder", ""), entry.get("type", "output"))
+        content_type = entry.get("content_type", "image/png")
+        name = f"{index}.{entry['filename'].rsplit('.', 1)[-1]}"
+        if resolved.get("sync_mode"):
+            url = data_uri(data, content_type)  # kept out of the store, as fal keeps it out of history
+        else:
+            url = base_url + self.store.save(request_id, name, data, content_type).route
+        return {
+            "url": url,
+            "width": entry.get("width"),
+            "height": entry.get("height"),
+            "content_type": content_type,
+            "file_name": name,
+            "file_size": len(data),
+        }

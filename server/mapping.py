@@ -1,0 +1,219 @@
+"""Workflow mappings: how a fal-style request fills an exported ComfyUI API-format graph.
+
+A mapping file (`workflows/*.yaml`) names one workflow, declares its request parameters once
+(type, default, range, which node inputs they set) and lists the endpoints that serve it, each
+with the model files it binds and any per-endpoint parameter overrides (the tiny demo twins run
+the same graph with small sizes).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, create_model
+
+from .models import Manifest
+
+IMAGE_SIZE_PRESETS: dict[str, tuple[int, int]] = {
+    "square_hd": (1024, 1024),
+    "square": (512, 512),
+    "portrait_4_3": (768, 1024),
+    "portrait_16_9": (576, 1024),
+    "landscape_4_3": (1024, 768),
+    "landscape_16_9": (1024, 576),
+}
+SEED_MAX = 2**63 - 1
+
+ParamType = Literal["string", "integer", "number", "boolean", "enum", "image_size", "seed"]
+
+
+class ParamSpec(BaseModel):
+    """One request field. `to` lists the "node_id.input" targets it sets (image_size: width/height)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: ParamType
+    description: str = ""
+    required: bool = False
+    default: Any = None
+    ge: float | None = None
+    le: float | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    values: list[str] | None = None
+    multiple_of: int | None = Field(default=None, description="image_size: sides rounded down to this")
+    to: list[str] | dict[str, list[str]] = Field(default_factory=list)
+
+
+class EndpointSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    models: dict[str, str] = Field(description='"node_id.input" -> manifest model name')
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-field overrides")
+
+
+class OutputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    images: str = Field(description="id of the node whose saved images become `images[]`")
+
+
+class MappingFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    workflow: str
+    output: OutputSpec
+    params: dict[str, ParamSpec]
+    endpoints: dict[str, EndpointSpec]
+
+
+class MappingError(ValueError):
+    """A mapping file disagrees with its workflow or the manifest; raised at load, never per request."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A servable app id: validates a request and turns it into a ComfyUI prompt."""
+
+    app_id: str
+    workflow: dict[str, Any]
+    params: dict[str, ParamSpec]
+    models: dict[str, str]
+    output_node: str
+    request_model: type[BaseModel]
+
+    def validate(self, body: Any) -> BaseModel:
+        """Parse a request body; raises pydantic's ValidationError with fal-style details."""
+        return self.request_model.model_validate(body)
+
+    def build_prompt(self, request: BaseModel, manifest: Manifest) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The graph to submit and the resolved values (random seed filled in, image size in pixels)."""
+        prompt = copy.deepcopy(self.workflow)
+        resolved: dict[str, Any] = {}
+        for target, model_name in self.models.items():
+            _set(prompt, target, manifest.get(model_name).folder_name)
+        for name, spec in self.params.items():
+            value = _resolve(spec, getattr(request, name))
+            resolved[name] = value
+            if isinstance(spec.to, dict):
+                for side, targets in spec.to.items():
+                    for target in targets:
+                        _set(prompt, target, value[side])
+            else:
+                for target in spec.to:
+                    _set(prompt, target, value)
+        return prompt, resolved
+
+
+def load_endpoints(directory: Path, manifest: Manifest) -> dict[str, Endpoint]:
+    """Every endpoint declared by the mapping files in directory, checked against workflows and manifest."""
+    endpoints: dict[str, Endpoint] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            mapping = MappingFile.model_validate(yaml.safe_load(path.read_text()))
+        except ValidationError as e:
+            raise MappingError(f"{path}: {e}") from e
+        workflow = json.loads((directory / mapping.workflow).read_text())
+        for app_id, spec in mapping.endpoints.items():
+            if app_id in endpoints:
+                raise MappingError(f"{path}: endpoint {app_id} is declared twice")
+            endpoints[app_id] = _endpoint(path, app_id, mapping, spec, workflow, manifest)
+    return endpoints
+
+
+def _endpoint(
+    path: Path, app_id: str, mapping: MappingFile, spec: EndpointSpec, workflow: dict[str, Any], manifest: Manifest
+) -> Endpoint:
+    params = {}
+    for name, base in mapping.params.items():
+        params[name] = base.model_copy(update=spec.params.get(name, {}))
+    unknown = set(spec.params) - set(params)
+    if unknown:
+        raise MappingError(f"{path}: {app_id} overrides unknown params {sorted(unknown)}")
+    targets = [t for p in params.values() for t in _targets(p)] + list(spec.models)
+    for target in targets:
+        node_id, _, input_name = target.partition(".")
+        if input_name not in workflow.get(node_id, {}).get("inputs", {}):
+            raise MappingError(f"{path}: {app_id} targets {target!r}, which is not an input of {mapping.workflow}")
+    for model_name in spec.models.values():
+        try:
+            manifest.get(model_name)
+        except KeyError as e:
+            raise MappingError(f"{path}: {app_id}: {e.args[0]}") from e
+    if mapping.output.images not in workflow:
+        raise MappingError(f"{path}: output node {mapping.output.images} is not in {mapping.workflow}")
+    model_name = "Input_" + "".join(c if c.isalnum() else "_" for c in app_id)
+    return Endpoint(
+        app_id=app_id, workflow=workflow, params=params, models=dict(spec.models),
+        output_node=mapping.output.images, request_model=_request_model(model_name, params),
+    )
+
+
+def _targets(spec: ParamSpec) -> list[str]:
+    return [t for ts in spec.to.values() for t in ts] if isinstance(spec.to, dict) else list(spec.to)
+
+
+def _request_model(name: str, params: dict[str, ParamSpec]) -> type[BaseModel]:
+    fields: dict[str, Any] = {}
+    for field_name, spec in params.items():
+        annotation, constraints = _annotation(field_name, spec)
+        default = ... if spec.required else spec.default
+        fields[field_name] = (
+            annotation,
+            Field(default=default, description=spec.description, validate_default=True, **constraints),
+        )
+    model: type[BaseModel] = create_model(name, __config__=ConfigDict(extra="ignore"), **fields)
+    return model
+
+
+def _annotation(field_name: str, spec: ParamSpec) -> tuple[Any, dict[str, Any]]:
+    bounds = {k: v for k, v in (("ge", spec.ge), ("le", spec.le)) if v is not None}
+    if spec.type == "string":
+        lengths = {k: v for k, v in (("min_length", spec.min_length), ("max_length", spec.max_length)) if v}
+        return str, lengths
+    if spec.type == "integer":
+        return int, {k: int(v) for k, v in bounds.items()}
+    if spec.type == "number":
+        return float, bounds
+    if spec.type == "boolean":
+        return bool, {}
+    if spec.type == "enum":
+        assert spec.values, f"enum parameter {field_name} needs values"
+        return Literal[tuple(spec.values)], {}
+    if spec.type == "seed":
+        return int | None, {"ge": 0, "le": SEED_MAX}
+    side_bounds = {k: int(v) for k, v in bounds.items()}
+    size = create_model(
+        f"ImageSize_{field_name}",
+        __config__=ConfigDict(extra="forbid"),
+        width=(int, Field(**side_bounds)),
+        height=(int, Field(**side_bounds)),
+    )
+    preset = Annotated[Literal[tuple(IMAGE_SIZE_PRESETS)], Tag(_PRESET_TAG)]
+    custom = Annotated[size, Tag(_CUSTOM_TAG)]
+    return Annotated[preset | custom, Discriminator(_image_size_kind)], {}
+
+
+_PRESET_TAG, _CUSTOM_TAG = "preset", "custom"
+UNION_TAGS = frozenset({_PRESET_TAG, _CUSTOM_TAG})
+
+
+def _image_size_kind(value: Any) -> str:
+    return _PRESET_TAG if isinstance(value, str) else _CUSTOM_TAG
+
+
+def _resolve(spec: ParamSpec, value: Any) -> Any:
+    if spec.type == "seed":
+        return secrets.randbelow(2**32) if value is None else value
+    if spec.type == "image_size":
+        width, height = IMAGE_SIZE_PRESETS[value] if isinstance(value, str) else (value.width, value.height)
+        step = spec.multiple_of or 1
+        return {"width": max(step, width // step * step), "height": max(step, height // step * step)}
+    return value
+
+
+def _set(prompt: dict[str, Any], target: str, value: Any) -> None:
+    node_id, _, input_name = target.partition(".")
+    prompt[node_id]["inputs"][input_name] = value

@@ -1,0 +1,128 @@
+"""Workflow mappings: request validation, prompt building, and load-time checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from server.endpoints import find_endpoint, validation_error
+from server.errors import NotFoundError
+from server.mapping import IMAGE_SIZE_PRESETS, MappingError, load_endpoints
+from server.models import load_manifest
+from server.settings import PROJECT_ROOT
+
+WORKFLOWS = PROJECT_ROOT / "workflows"
+
+
+@pytest.fixture(scope="module")
+def manifest():
+    return load_manifest()
+
+
+@pytest.fixture(scope="module")
+def endpoints(manifest):
+    return load_endpoints(WORKFLOWS, manifest)
+
+
+def test_flux2_endpoints_are_declared(endpoints):
+    assert {"fal-ai/flux-2", "darkroom/demo-flux-2"} <= set(endpoints)
+
+
+def test_defaults_follow_fal_schema(endpoints, manifest):
+    endpoint = endpoints["fal-ai/flux-2"]
+    prompt, resolved = endpoint.build_prompt(endpoint.validate({"prompt": "a cat"}), manifest)
+    assert resolved["image_size"] == {"width": 1024, "height": 768}  # landscape_4_3
+    assert prompt["7"]["inputs"]["steps"] == 28
+    assert prompt["5"]["inputs"]["guidance"] == 2.5
+    assert prompt["13"]["inputs"]["format"] == "png"
+    assert prompt["4"]["inputs"]["text"] == "a cat"
+    assert prompt["1"]["inputs"]["model_name"] == "flux2_dev_fp8mixed.safetensors"
+
+
+def test_every_preset_sets_latent_and_scheduler(endpoints, manifest):
+    endpoint = endpoints["fal-ai/flux-2"]
+    for preset, (width, height) in IMAGE_SIZE_PRESETS.items():
+        prompt, _ = endpoint.build_prompt(endpoint.validate({"prompt": "x", "image_size": preset}), manifest)
+        assert (prompt["6"]["inputs"]["width"], prompt["6"]["inputs"]["height"]) == (width, height)
+        assert (prompt["7"]["inputs"]["width"], prompt["7"]["inputs"]["height"]) == (width, height)
+
+
+def test_custom_size_rounds_down_to_multiple_of_16(endpoints, manifest):
+    endpoint = endpoints["fal-ai/flux-2"]
+    _, resolved = endpoint.build_prompt(
+        endpoint.validate({"prompt": "x", "image_size": {"width": 1000, "height": 777}}), manifest
+    )
+    assert resolved["image_size"] == {"width": 992, "height": 768}
+
+
+def test_seed_is_random_when_absent_and_kept_when_given(endpoints, manifest):
+    endpoint = endpoints["darkroom/demo-flux-2"]
+    seeds = {endpoint.build_prompt(endpoint.validate({"prompt": "x"}), manifest)[1]["seed"] for _ in range(5)}
+    assert len(seeds) > 1
+    prompt, resolved = endpoint.build_prompt(endpoint.validate({"prompt": "x", "seed": 42}), manifest)
+    assert resolved["seed"] == 42 and prompt["8"]["inputs"]["noise_seed"] == 42
+
+
+def test_demo_twin_binds_tiny_models_and_small_defaults(endpoints, manifest):
+    endpoint = endpoints["darkroom/demo-flux-2"]
+    prompt, resolved = endpoint.build_prompt(endpoint.validate({"prompt": "x"}), manifest)
+    assert resolved["image_size"] == {"width": 64, "height": 64}
+    assert prompt["7"]["inputs"]["steps"] == 4
+    assert prompt["1"]["inputs"]["model_name"].startswith("tiny/")
+
+
+@pytest.mark.parametrize(
+    ("body", "loc", "kind"),
+    [
+        ({}, ["body", "prompt"], "missing"),
+        ({"prompt": ""}, ["body", "prompt"], "string_too_short"),
+        ({"prompt": "x", "num_inference_steps": 99}, ["body", "num_inference_steps"], "less_than_equal"),
+        ({"prompt": "x", "image_size": {"width": 100, "height": 600}}, ["body", "image_size", "width"],
+         "greater_than_equal"),
+        ({"prompt": "x", "image_size": "huge"}, ["body", "image_size"], "literal_error"),
+        ({"prompt": "x", "output_format": "gif"}, ["body", "output_format"], "literal_error"),
+        ({"prompt": "x", "seed": -1}, ["body", "seed"], "greater_than_equal"),
+    ],
+)
+def test_bad_input_detail_names_field_and_allowed_range(endpoints, body, loc, kind):
+    with pytest.raises(ValidationError) as caught:
+        endpoints["fal-ai/flux-2"].validate(body)
+    detail = validation_error(caught.value).detail
+    assert len(detail) == 1, detail
+    assert detail[0]["loc"] == loc and detail[0]["type"] == kind
+    json.dumps(detail)  # must be serialisable as a response body
+
+
+def test_range_error_carries_the_limit(endpoints):
+    with pytest.raises(ValidationError) as caught:
+        endpoints["fal-ai/flux-2"].validate({"prompt": "x", "num_inference_steps": 99})
+    (item,) = validation_error(caught.value).detail
+    assert item["ctx"] == {"le": 50} and item["input"] == 99 and "50" in item["msg"]
+
+
+def test_find_endpoint_accepts_subpaths_and_names_the_available(endpoints):
+    assert find_endpoint(endpoints, "fal-ai/flux-2").app_id == "fal-ai/flux-2"
+    assert find_endpoint(endpoints, "/darkroom/demo-flux-2/stream").app_id == "darkroom/demo-flux-2"
+    with pytest.raises(NotFoundError, match="fal-ai/flux-2"):
+        find_endpoint(endpoints, "fal-ai/flux-3")
+
+
+def _write_mapping(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "flux2-t2i.json").write_text((WORKFLOWS / "flux2-t2i.json").read_text())
+    (tmp_path / "m.yaml").write_text(text)
+    return tmp_path
+
+
+def test_mapping_that_targets_a_missing_input_fails_at_load(tmp_path, manifest):
+    text = (WORKFLOWS / "flux-2.yaml").read_text().replace('"7.steps"', '"7.stepz"')
+    with pytest.raises(MappingError, match="7.stepz"):
+        load_endpoints(_write_mapping(tmp_path, text), manifest)
+
+
+def test_mapping_that_names_an_unknown_model_fails_at_load(tmp_path, manifest):
+    text = (WORKFLOWS / "flux-2.yaml").read_text().replace("flux2-dev-fp8mixed", "flux2-nope")
+    with pytest.raises(MappingError, match="flux2-nope"):
+        load_endpoints(_write_mapping(tmp_path, text), manifest)
