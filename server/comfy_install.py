@@ -68,7 +68,9 @@ def _existing_install(root: Path) -> Path:
     if version != PINNED_COMFYUI_VERSION:
         log.warning(
             "ComfyUI at %s is version %s; darkroom is pinned to %s and tested only there",
-            root, version or "unknown", PINNED_COMFYUI_VERSION,
+            root,
+            version or "unknown",
+            PINNED_COMFYUI_VERSION,
         )
     return root
 

@@ -12,24 +12,23 @@ from pydantic import ValidationError
 from .errors import NotFoundError, RequestValidationError
 from .files import OutputStore, file_route
 from .generate import Generator
+from .keys import REQUEST_ID
 from .mapping import UNION_TAGS, Endpoint, load_endpoints
 from .models import load_manifest
 from .settings import PROJECT_ROOT, Settings
+from .supervisor import Supervisor
 
 ENDPOINTS = web.AppKey("endpoints", dict[str, Endpoint])
 GENERATOR = web.AppKey("generator", Generator)
 WORKFLOWS_DIR = PROJECT_ROOT / "workflows"
 
 
-def setup(app: web.Application) -> None:
+def setup(app: web.Application, settings: Settings, supervisor: Supervisor) -> None:
     """Load the mappings (failing at start-up if one is wrong) and register the routes."""
-    from .app import SETTINGS, SUPERVISOR
-
-    settings: Settings = app[SETTINGS]
     manifest = load_manifest()
     store = OutputStore(settings.outputs_path)
     app[ENDPOINTS] = load_endpoints(WORKFLOWS_DIR, manifest)
-    app[GENERATOR] = Generator(settings, app[SUPERVISOR], manifest, store)
+    app[GENERATOR] = Generator(settings, supervisor, manifest, store)
     app.router.add_routes([web.post("/run/{path:.+}", run), file_route(store)])
 
 
@@ -69,14 +68,12 @@ def base_url(request: web.Request, settings: Settings) -> str:
 
 
 async def run(request: web.Request) -> web.Response:
-    from .app import SETTINGS
-
+    """Sync run: the response is the model output itself (fal sends no envelope)."""
     endpoint = find_endpoint(request.app[ENDPOINTS], request.match_info["path"])
-    request_id = request.get("request_id") or str(uuid.uuid4())
-    request["request_id"] = request_id
+    request_id = request[REQUEST_ID] = str(uuid.uuid4())
     parsed = await read_input(request, endpoint)
     generator = request.app[GENERATOR]
     output = await generator.run(
-        endpoint, parsed, request_id=request_id, base_url=base_url(request, request.app[SETTINGS])
+        endpoint, parsed, request_id=request_id, base_url=base_url(request, generator.settings)
     )
     return web.json_response(output)

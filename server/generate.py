@@ -104,7 +104,9 @@ class Generator:
         resolved: dict[str, Any],
         base_url: str,
     ) -> dict[str, Any]:
-        data = await client.fetch_output(entry["filename"], entry.get("subfolder", ""), entry.get("type", "output"))
+        data = await client.fetch_output(
+            entry["filename"], entry.get("subfolder", ""), entry.get("type", "output")
+        )
         content_type = entry.get("content_type", "image/png")
         name = f"{index}.{entry['filename'].rsplit('.', 1)[-1]}"
         if resolved.get("sync_mode"):

@@ -124,7 +124,12 @@ def load_endpoints(directory: Path, manifest: Manifest) -> dict[str, Endpoint]:
 
 
 def _endpoint(
-    path: Path, app_id: str, mapping: MappingFile, spec: EndpointSpec, workflow: dict[str, Any], manifest: Manifest
+    path: Path,
+    app_id: str,
+    mapping: MappingFile,
+    spec: EndpointSpec,
+    workflow: dict[str, Any],
+    manifest: Manifest,
 ) -> Endpoint:
     params = {}
     for name, base in mapping.params.items():
@@ -136,7 +141,9 @@ def _endpoint(
     for target in targets:
         node_id, _, input_name = target.partition(".")
         if input_name not in workflow.get(node_id, {}).get("inputs", {}):
-            raise MappingError(f"{path}: {app_id} targets {target!r}, which is not an input of {mapping.workflow}")
+            raise MappingError(
+                f"{path}: {app_id} targets {target!r}, which is not an input of {mapping.workflow}"
+            )
     for model_name in spec.models.values():
         try:
             manifest.get(model_name)
@@ -146,8 +153,12 @@ def _endpoint(
         raise MappingError(f"{path}: output node {mapping.output.images} is not in {mapping.workflow}")
     model_name = "Input_" + "".join(c if c.isalnum() else "_" for c in app_id)
     return Endpoint(
-        app_id=app_id, workflow=workflow, params=params, models=dict(spec.models),
-        output_node=mapping.output.images, request_model=_request_model(model_name, params),
+        app_id=app_id,
+        workflow=workflow,
+        params=params,
+        models=dict(spec.models),
+        output_node=mapping.output.images,
+        request_model=_request_model(model_name, params),
     )
 
 
@@ -184,15 +195,18 @@ def _annotation(field_name: str, spec: ParamSpec) -> tuple[Any, dict[str, Any]]:
         return Literal[tuple(spec.values)], {}
     if spec.type == "seed":
         return int | None, {"ge": 0, "le": SEED_MAX}
-    side_bounds = {k: int(v) for k, v in bounds.items()}
-    size = create_model(
+    # Types built at run time from the mapping file: mypy cannot follow them, pydantic can.
+    side = Field(
+        ge=int(spec.ge) if spec.ge is not None else None, le=int(spec.le) if spec.le is not None else None
+    )
+    size: Any = create_model(
         f"ImageSize_{field_name}",
         __config__=ConfigDict(extra="forbid"),
-        width=(int, Field(**side_bounds)),
-        height=(int, Field(**side_bounds)),
+        width=(int, side),
+        height=(int, side),
     )
-    preset = Annotated[Literal[tuple(IMAGE_SIZE_PRESETS)], Tag(_PRESET_TAG)]
-    custom = Annotated[size, Tag(_CUSTOM_TAG)]
+    preset: Any = Annotated[Literal[tuple(IMAGE_SIZE_PRESETS)], Tag(_PRESET_TAG)]
+    custom: Any = Annotated[size, Tag(_CUSTOM_TAG)]
     return Annotated[preset | custom, Discriminator(_image_size_kind)], {}
 
 

@@ -1,4 +1,4 @@
-"""The model manifest: every model file, where it comes from, its hash; and the commands that make them present."""
+"""The model manifest (every model file, its source and hash) and the commands that make files present."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterable
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import yaml
@@ -23,7 +23,7 @@ MANIFEST_PATH = PROJECT_ROOT / "model_manifest.yaml"
 _CHUNK_BYTES = 1 << 20
 
 
-class ModelKind(str, Enum):
+class ModelKind(StrEnum):
     DIFFUSION_MODEL = "diffusion_model"
     TEXT_ENCODER = "text_encoder"
     VAE = "vae"
@@ -62,7 +62,9 @@ class Manifest(BaseModel):
         try:
             return self.models[name]
         except KeyError:
-            raise KeyError(f"model {name!r} is not in {MANIFEST_PATH.name}; known: {sorted(self.models)}") from None
+            raise KeyError(
+                f"model {name!r} is not in {MANIFEST_PATH.name}; known: {sorted(self.models)}"
+            ) from None
 
     def missing(self, names: Iterable[str], models_dir: Path) -> list[str]:
         """Names whose files are absent from models_dir."""
@@ -131,11 +133,11 @@ def _download(url: str, target: Path, entry: ModelFile, token: str) -> None:
     digest = hashlib.sha256()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     log.info("fetching %s -> %s", url, target)
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60) as response:
-        with partial.open("wb") as out:
-            while chunk := response.read(_CHUNK_BYTES):
-                digest.update(chunk)
-                out.write(chunk)
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=60) as response, partial.open("wb") as out:
+        while chunk := response.read(_CHUNK_BYTES):
+            digest.update(chunk)
+            out.write(chunk)
     size = partial.stat().st_size
     if entry.size_bytes is not None and size != entry.size_bytes:
         partial.unlink()

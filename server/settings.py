@@ -40,8 +40,10 @@ class Settings:
     )
     models_dir: str = field(
         default="",
-        metadata={"help": "Model folders (diffusion_models/, text_encoders/, vae/, loras/); "
-                  "default <data_dir>/models."},
+        metadata={
+            "help": "Model folders (diffusion_models/, text_encoders/, vae/, loras/); "
+            "default <data_dir>/models."
+        },
     )
     cache_dir: str = field(
         default="",
@@ -77,8 +79,10 @@ class Settings:
     )
     public_url: str = field(
         default="",
-        metadata={"help": "Base URL clients use to reach this server (for returned file URLs); "
-                  "default: taken from each request's Host."},
+        metadata={
+            "help": "Base URL clients use to reach this server (for returned file URLs); "
+            "default: taken from each request's Host."
+        },
     )
 
     @property
@@ -136,6 +140,4 @@ def _coerce(f: dataclasses.Field[Any], raw: str) -> Any:
 
 def describe() -> list[tuple[str, str, str]]:
     """(env variable, default, help) for every setting: the README's table is checked against it."""
-    return [
-        (env_name(f.name), repr(f.default), f.metadata["help"]) for f in dataclasses.fields(Settings)
-    ]
+    return [(env_name(f.name), repr(f.default), f.metadata["help"]) for f in dataclasses.fields(Settings)]

@@ -1,16 +1,15 @@
-"""darkroom's ComfyUI node pack: one extension, node classes gathered from the nodes_* modules."""
+"""darkroom's ComfyUI node pack.
+
+ComfyUI is imported only when ComfyUI asks for the extension, so the lower layers (`arch`, `quant`,
+`checkpoint`, `media`) import without it: offline tools and unit tests use them directly.
+"""
 
 from __future__ import annotations
 
-from comfy_api.latest import ComfyExtension, io
-
-from . import nodes_diffusion, nodes_encoders, nodes_output
+from typing import Any
 
 
-class DarkroomExtension(ComfyExtension):
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*nodes_diffusion.NODES, *nodes_encoders.NODES, *nodes_output.NODES]
+async def comfy_entrypoint() -> Any:
+    from .extension import DarkroomExtension
 
-
-async def comfy_entrypoint() -> DarkroomExtension:
     return DarkroomExtension()

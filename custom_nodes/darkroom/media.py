@@ -1,20 +1,36 @@
-"""Encode decoded images to files; imports no ComfyUI, so it is testable on its own."""
+"""Encode decoded images and videos to files; imports no ComfyUI, so it is testable on its own."""
 
 from __future__ import annotations
 
 import io
+import tempfile
+from fractions import Fraction
+from pathlib import Path
 
+import av
 import numpy as np
+from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc
 from PIL import Image
 
 FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+VIDEO_CONTENT_TYPE = "video/mp4"
+CRF_MAX = 51  # x264's range; 0 is lossless, which many browsers cannot play
+_FPS_MAX_DENOMINATOR = 1001  # keeps NTSC rates exact (24000/1001)
+# Bit-exact muxing and encoding leave out library version strings; one thread makes x264's output a
+# function of the frames alone; faststart puts the index first so browsers can play while loading.
+_CONTAINER_OPTIONS = {"movflags": "+faststart", "fflags": "+bitexact"}
+_X264_PRESET = "medium"
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
 
 
 def encode_image(pixels: np.ndarray, fmt: str, *, quality: int = 95) -> bytes:
     """Encode one HxWx3 float image in [0, 1] as png, jpeg or webp, with no metadata (deterministic)."""
     if fmt not in FORMATS:
         raise ValueError(f"image format {fmt!r} is not supported; use one of {sorted(FORMATS)}")
-    image = Image.fromarray(np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8))
+    image = Image.fromarray(_to_uint8(pixels))
     out = io.BytesIO()
     if fmt == "png":
         image.save(out, format="PNG", compress_level=4)
@@ -23,3 +39,63 @@ def encode_image(pixels: np.ndarray, fmt: str, *, quality: int = 95) -> bytes:
     else:
         image.save(out, format="WEBP", quality=quality)
     return out.getvalue()
+
+
+def video_size(height: int, width: int) -> tuple[int, int]:
+    """The (height, width) a video of these frames is encoded at: each side rounded up to even (yuv420p)."""
+    return height + height % 2, width + width % 2
+
+
+def encode_video(frames: np.ndarray, fps: float, *, crf: int = 19) -> bytes:
+    """Encode TxHxWx3 float frames in [0, 1] as an H.264 yuv420p mp4 (BT.709, limited range).
+
+    Same frames and settings give the same bytes: one encoder thread, bit-exact muxing, no timestamps
+    or metadata. Odd sides are padded to even by repeating the last row or column (see `video_size`).
+    """
+    _check_video_args(frames, fps, crf)
+    height, width = video_size(frames.shape[1], frames.shape[2])
+    rate = Fraction(fps).limit_denominator(_FPS_MAX_DENOMINATOR)
+    with tempfile.TemporaryDirectory(prefix="darkroom-video-") as tmp:
+        path = Path(tmp) / "video.mp4"  # faststart rewrites the file by name: it cannot work in memory
+        _write_mp4(path, frames, rate, height, width, crf)
+        return path.read_bytes()
+
+
+def _write_mp4(path: Path, frames: np.ndarray, rate: Fraction, height: int, width: int, crf: int) -> None:
+    with av.open(str(path), mode="w", format="mp4", options=_CONTAINER_OPTIONS) as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.time_base = 1 / rate
+        codec = stream.codec_context
+        codec.thread_count = 1
+        codec.flags |= av.codec.context.Flags.bitexact
+        codec.color_range, codec.colorspace = ColorRange.MPEG, Colorspace.ITU709
+        codec.color_primaries, codec.color_trc = ColorPrimaries.BT709, ColorTrc.BT709
+        codec.options = {"crf": str(crf), "preset": _X264_PRESET}
+        for index, pixels in enumerate(frames):
+            container.mux(stream.encode(_yuv_frame(pixels, height, width, index)))
+        container.mux(stream.encode(None))
+
+
+def _check_video_args(frames: np.ndarray, fps: float, crf: int) -> None:
+    if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+        raise ValueError(
+            f"video frames must be a non-empty (frames, height, width, 3) array, got {frames.shape}"
+        )
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    if not 0 <= crf <= CRF_MAX:
+        raise ValueError(f"crf must be in 0..{CRF_MAX} (lower is better quality), got {crf}")
+
+
+def _yuv_frame(pixels: np.ndarray, height: int, width: int, index: int) -> av.VideoFrame:
+    rgb = _to_uint8(pixels)
+    pad = ((0, height - rgb.shape[0]), (0, width - rgb.shape[1]), (0, 0))
+    if any(after for _, after in pad):
+        rgb = np.pad(rgb, pad, mode="edge")
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    frame = frame.reformat(
+        format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG, threads=1
+    )
+    frame.pts = index
+    return frame

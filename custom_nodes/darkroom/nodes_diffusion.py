@@ -1,3 +1,117 @@
-"""Placeholder until this module lands."""
+"""Diffusion-model loader nodes: DarkroomFluxLoader (FLUX.2, FLUX.1 dev/schnell) and DarkroomWanLoader
+(Wan 2.1 layout incl. each Wan 2.2 A14B expert, Wan 2.2 TI2V-5B). Node ids are public API."""
 
-NODES: list = []
+from __future__ import annotations
+
+from pathlib import Path
+
+import folder_paths
+from comfy_api.latest import io
+
+from .arch import Family, ModelFileError, parse_override
+from .checkpoint import WeightDtype
+from .diffusion import inspect, load_diffusion_model
+
+_FOLDER = "diffusion_models"
+_WEIGHT_DTYPE_TIP = (
+    "How weights are held in memory. default: as stored in the file. bf16: everything bf16 (fp8 files are "
+    "dequantised). fp8_*: linear weights inside the blocks quantised on load from a bf16/fp16 file, tensor by "
+    "tensor (no full-precision copy); *_scaled adds a per-tensor scale (better quality, same size)."
+)
+_OVERRIDE_TIP = (
+    'Optional JSON object merged over the config inferred from the file, e.g. {"num_heads": 24}. Leave empty '
+    "unless the inferred config is wrong (it is logged when the model loads)."
+)
+
+
+class _DiffusionLoader(io.ComfyNode):
+    FAMILY = Family.FLUX
+    NODE_ID = ""
+    DISPLAY = ""
+    MODEL_TIP = ""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=cls.NODE_ID,
+            display_name=cls.DISPLAY,
+            category="darkroom/loaders",
+            description=cls.MODEL_TIP,
+            inputs=[
+                io.Combo.Input(
+                    "model_name", options=folder_paths.get_filename_list(_FOLDER), tooltip=cls.MODEL_TIP
+                ),
+                io.Combo.Input(
+                    "weight_dtype",
+                    options=[w.value for w in WeightDtype],
+                    default="default",
+                    tooltip=_WEIGHT_DTYPE_TIP,
+                ),
+                io.String.Input(
+                    "config_override", optional=True, default="", multiline=True, tooltip=_OVERRIDE_TIP
+                ),
+            ],
+            outputs=[io.Model.Output(tooltip="The diffusion model, ready for samplers and LoRA loaders.")],
+        )
+
+    @classmethod
+    def validate_inputs(
+        cls,
+        model_name: str | None = None,
+        weight_dtype: str | None = None,
+        config_override: str | None = None,
+    ) -> bool | str:
+        """Header-only checks, so a wrong file or bad combination fails at queue time, not mid-run."""
+        try:
+            override = parse_override(config_override)
+            if model_name is None or weight_dtype is None:  # linked inputs: checked when the node runs
+                return True
+            if weight_dtype not in {w.value for w in WeightDtype}:
+                return f"weight_dtype {weight_dtype!r} is not one of {[w.value for w in WeightDtype]}"
+            path = folder_paths.get_full_path(_FOLDER, model_name)
+            if path is None:
+                return f"{model_name!r} is not in models/{_FOLDER}; put the file there or pick another"
+            inspect(Path(path), cls.FAMILY, weight_dtype=WeightDtype(weight_dtype), config_override=override)
+        except ModelFileError as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, model_name: str, weight_dtype: str, config_override: str | None = None) -> io.NodeOutput:
+        path = Path(folder_paths.get_full_path_or_raise(_FOLDER, model_name))
+        model = load_diffusion_model(
+            path,
+            cls.FAMILY,
+            weight_dtype=WeightDtype(weight_dtype),
+            config_override=parse_override(config_override),
+        )
+        return io.NodeOutput(model)
+
+
+class DarkroomFluxLoader(_DiffusionLoader):
+    """FLUX.2 and FLUX.1 (dev, schnell) at any width and depth; config inferred from the tensors."""
+
+    FAMILY = Family.FLUX
+    NODE_ID = "DarkroomFluxLoader"
+    DISPLAY = "Load FLUX Diffusion Model (darkroom)"
+    MODEL_TIP = (
+        "A FLUX.2 or FLUX.1 (dev/schnell) diffusion-model file from models/diffusion_models: bf16/fp16, fp8 or "
+        "scaled fp8. Heads, rope axes, depth and widths are read from the tensors; wrong or damaged files are "
+        "rejected before loading. FLUX.2 conditioning needs a pooled_output."
+    )
+
+
+class DarkroomWanLoader(_DiffusionLoader):
+    """Wan 2.1 layout (incl. each Wan 2.2 A14B expert) and Wan 2.2 TI2V-5B."""
+
+    FAMILY = Family.WAN
+    NODE_ID = "DarkroomWanLoader"
+    DISPLAY = "Load Wan Diffusion Model (darkroom)"
+    MODEL_TIP = (
+        "A Wan diffusion-model file from models/diffusion_models: Wan 2.1 (T2V/I2V), Wan 2.2 TI2V-5B (48-channel "
+        "latent), or one Wan 2.2 A14B expert (use two loaders: high-noise and low-noise). bf16/fp16, fp8 or "
+        "scaled fp8; wrong or damaged files are rejected before loading."
+    )
+
+
+NODES: list[type[io.ComfyNode]] = [DarkroomFluxLoader, DarkroomWanLoader]

@@ -7,7 +7,10 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from .media import FORMATS, encode_image
+from .media import CRF_MAX, FORMATS, VIDEO_CONTENT_TYPE, encode_image, encode_video, video_size
+
+_PREFIX_TIP = "Prefix (may hold a subfolder)."
+_CRF_TIP = "x264 quality: lower is better and larger; 0 is lossless (many players refuse it)."
 
 
 class DarkroomSaveImage(io.ComfyNode):
@@ -20,9 +23,11 @@ class DarkroomSaveImage(io.ComfyNode):
             description="Save images as png, jpeg or webp without embedded metadata, for the API to serve.",
             inputs=[
                 io.Image.Input("images", tooltip="The images to save."),
-                io.String.Input("filename_prefix", default="darkroom", tooltip="Prefix (may hold a subfolder)."),
+                io.String.Input("filename_prefix", default="darkroom", tooltip=_PREFIX_TIP),
                 io.Combo.Input("format", options=list(FORMATS), default="png", tooltip="File format."),
-                io.Int.Input("quality", default=95, min=1, max=100, tooltip="jpeg/webp quality; png ignores it."),
+                io.Int.Input(
+                    "quality", default=95, min=1, max=100, tooltip="jpeg/webp quality; png ignores it."
+                ),
             ],
             is_output_node=True,
         )
@@ -40,11 +45,54 @@ class DarkroomSaveImage(io.ComfyNode):
             data = encode_image(image.cpu().float().numpy(), format, quality=quality)
             with open(os.path.join(folder, file_name), "wb") as f:
                 f.write(data)
-            results.append({
-                "filename": file_name, "subfolder": subfolder, "type": "output",
-                "width": width, "height": height, "content_type": FORMATS[format],
-            })
+            results.append(
+                {
+                    "filename": file_name,
+                    "subfolder": subfolder,
+                    "type": "output",
+                    "width": width,
+                    "height": height,
+                    "content_type": FORMATS[format],
+                }
+            )
         return io.NodeOutput(ui={"images": results})
 
 
-NODES: list[type[io.ComfyNode]] = [DarkroomSaveImage]
+class DarkroomSaveVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DarkroomSaveVideo",
+            display_name="Darkroom Save Video",
+            category="darkroom",
+            description="Save an image batch as one H.264 mp4 (yuv420p, no metadata), for the API to serve.",
+            inputs=[
+                io.Image.Input("images", tooltip="The frames, in order (a decoded video latent)."),
+                io.Float.Input(
+                    "fps", default=16.0, min=1.0, max=120.0, step=1.0, tooltip="Frames per second."
+                ),
+                io.String.Input("filename_prefix", default="darkroom", tooltip=_PREFIX_TIP),
+                io.Int.Input("crf", default=19, min=0, max=CRF_MAX, optional=True, tooltip=_CRF_TIP),
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, images, fps: float, filename_prefix: str, crf: int = 19) -> io.NodeOutput:
+        # H.264 in yuv420p needs even sides: odd ones are padded by repeating the edge (see encode_video).
+        height, width = video_size(int(images.shape[1]), int(images.shape[2]))
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, folder_paths.get_output_directory(), width, height
+        )
+        file_name = f"{name}_{counter:05}_.mp4"
+        data = encode_video(images.cpu().float().numpy(), fps, crf=crf)
+        with open(os.path.join(folder, file_name), "wb") as f:
+            f.write(data)
+        video = {
+            "filename": file_name, "subfolder": subfolder, "type": "output", "width": width, "height": height,
+            "frames": int(images.shape[0]), "fps": fps, "content_type": VIDEO_CONTENT_TYPE,
+        }  # fmt: skip
+        return io.NodeOutput(ui={"videos": [video]})
+
+
+NODES: list[type[io.ComfyNode]] = [DarkroomSaveImage, DarkroomSaveVideo]

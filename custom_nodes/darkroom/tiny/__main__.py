@@ -7,10 +7,19 @@ import logging
 import time
 from pathlib import Path
 
-from . import diffusion, encoders
+
+def _use_cpu_without_gpu() -> None:
+    # ComfyUI initialises CUDA on import unless told to use the CPU; these builds need no GPU.
+    import comfy.cli_args
+    import torch
+
+    comfy.cli_args.args.cpu = not torch.cuda.is_available()
 
 
 def main() -> None:
+    _use_cpu_without_gpu()
+    from . import diffusion, encoders
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models-dir", type=Path, required=True)
     args = parser.parse_args()

@@ -1,0 +1,347 @@
+"""Architecture configs inferred from a diffusion model's tensor names and shapes (no ComfyUI import).
+
+ComfyUI's detection (comfy/model_detection.py:190-205, :450-495) hardcodes FLUX heads (48 / 24), FLUX
+axes_dim and Wan's `dim // 128` heads, so only full-width models load. Here every number comes from
+the shapes: FLUX heads from the q/k-norm width, axes_dim derived for that head width, depth from the
+block count, MLP ratio, biases, guidance and channel counts from the matching weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+Shape = tuple[int, ...]
+
+# Keyword arguments comfy.ldm.flux.model.Flux / comfy.ldm.wan.model.WanModel accept (FluxParams fields
+# plus image_model; WanModel.__init__ minus device/dtype/operations). tests/engine checks them.
+FLUX_CONFIG_KEYS = frozenset(
+    "image_model in_channels out_channels vec_in_dim context_in_dim hidden_size mlp_ratio num_heads depth "
+    "depth_single_blocks axes_dim theta patch_size qkv_bias guidance_embed txt_ids_dims global_modulation "
+    "mlp_silu_act ops_bias default_ref_method ref_index_scale yak_mlp txt_norm".split()
+)
+WAN_CONFIG_KEYS = frozenset(
+    "image_model model_type patch_size text_len in_dim dim ffn_dim freq_dim text_dim out_dim num_heads "
+    "num_layers window_size qk_norm cross_attn_norm eps flf_pos_embed_token_number in_dim_ref_conv".split()
+)
+_TUPLE_KEYS = frozenset({"patch_size", "window_size"})
+WAN_HEAD_DIM = 128  # every released Wan (1.3B, 5B, 14B) uses 128-wide heads
+
+
+class Family(str, Enum):
+    """A diffusion-model family one loader node serves."""
+
+    FLUX = "flux"
+    WAN = "wan"
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be served as asked; the message names the file and the fix."""
+
+    code = "model_file_invalid"
+
+
+class WrongFamilyError(ModelFileError):
+    """The file is not a diffusion model of the family the loader serves."""
+
+    code = "wrong_model_family"
+
+
+class ArchInferenceError(ModelFileError):
+    """The tensors do not determine a valid config, or a config override is invalid."""
+
+    code = "arch_inference_failed"
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """An inferred architecture: family, variant name and the kwargs for ComfyUI's model class."""
+
+    family: Family
+    variant: str
+    unet_config: dict[str, Any] = field(hash=False)
+
+    def describe(self) -> str:
+        return f"{self.variant} {json.dumps(self.unet_config, sort_keys=True, default=list)}"
+
+
+# Anchor keys per family, and hints that name what a foreign file probably is.
+_ANCHORS: dict[Family, tuple[str, ...]] = {
+    Family.FLUX: ("img_in.weight", "txt_in.weight", "final_layer.linear.weight"),
+    Family.WAN: ("head.modulation", "patch_embedding.weight", "text_embedding.0.weight"),
+}
+_PREFIXES = ("", "model.diffusion_model.", "diffusion_model.", "model.")
+_FOREIGN_HINTS: tuple[tuple[str, str], ...] = (
+    ("head.modulation", "a Wan diffusion model"),
+    ("double_stream_modulation_img.lin.weight", "a FLUX.2 diffusion model"),
+    ("double_blocks.0.img_attn.qkv.weight", "a FLUX-style (double/single block) diffusion model"),
+    ("input_blocks.0.0.weight", "an SD1/SDXL UNet"),
+    ("joint_blocks.0.x_block.attn.qkv.weight", "an SD3 MMDiT"),
+    ("encoder.block.0.layer.0.SelfAttention.q.weight", "a T5/umT5 text encoder"),
+    ("text_model.encoder.layers.0.mlp.fc1.weight", "a CLIP text encoder"),
+    ("model.layers.0.self_attn.q_proj.weight", "an LLM text encoder (Mistral/Qwen/Llama)"),
+    ("decoder.conv_in.weight", "a VAE"),
+    ("decoder.middle.0.residual.0.gamma", "a Wan VAE"),
+    ("lora_down.weight", "a LoRA"),
+    ("lora_A.weight", "a LoRA"),
+)
+
+
+def _guess_kind(keys: Iterable[str]) -> str:
+    keys = list(keys)
+    for needle, kind in _FOREIGN_HINTS:
+        if any(k.endswith(needle) for k in keys):
+            return kind
+    return "an unrecognised model"
+
+
+def find_prefix(keys: Iterable[str], family: Family, source: str) -> str:
+    """Key prefix in front of the diffusion model's tensors; WrongFamilyError if the family's anchors are absent."""
+    key_set = set(keys)
+    for prefix in _PREFIXES:
+        if all(prefix + anchor in key_set for anchor in _ANCHORS[family]):
+            return prefix
+    raise WrongFamilyError(
+        f"{source}: not a {family.value.upper()} diffusion model: it looks like {_guess_kind(key_set)} "
+        f"(missing {', '.join(_ANCHORS[family])}). Pick a {family.value.upper()} diffusion-model file "
+        f"(models/diffusion_models) or use the loader node for its family."
+    )
+
+
+def count_blocks(shapes: Mapping[str, Shape], prefix: str) -> int:
+    """Number of `<prefix><i>.` blocks (highest index + 1; gaps surface in the strict key check)."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    indices = [int(m.group(1)) for k in shapes if (m := pattern.match(k))]
+    return max(indices) + 1 if indices else 0
+
+
+def _shape(shapes: Mapping[str, Shape], key: str, source: str) -> Shape:
+    try:
+        return shapes[key]
+    except KeyError:
+        raise ArchInferenceError(
+            f"{source}: tensor {key!r} is missing; the file is incomplete, re-download it"
+        ) from None
+
+
+def flux_axes_dim(head_dim: int, flux2: bool) -> list[int]:
+    """RoPE axes for a head width: FLUX.2 four near-equal even axes; FLUX.1 keeps 16/56/56 proportions."""
+    if head_dim % 2 or head_dim < (8 if flux2 else 6):
+        raise ArchInferenceError(
+            f"head_dim {head_dim} is too small or odd for FLUX rope; pass axes_dim in config_override"
+        )
+    if flux2:
+        half = head_dim // 2  # work in pairs so every axis stays even
+        base, extra = divmod(half, 4)
+        return [2 * (base + (1 if i >= 4 - extra else 0)) for i in range(4)]
+    # First axis ~ head_dim / 8 (16 of 128), congruent to head_dim mod 4 so the other two split evenly.
+    first = max(2, 2 * round(head_dim / 16))
+    while (head_dim - first) % 4:
+        first += 2
+    rest = (head_dim - first) // 2
+    return [first, rest, rest]
+
+
+def _flux_mlp_hidden(shapes: Mapping[str, Shape], hidden: int, silu: bool, source: str) -> int:
+    if "double_blocks.0.img_mlp.0.weight" in shapes:
+        out = shapes["double_blocks.0.img_mlp.0.weight"][0]
+        return out // 2 if silu else out
+    return _shape(shapes, "single_blocks.0.linear2.weight", source)[1] - hidden
+
+
+def _flux_head_dim(shapes: Mapping[str, Shape], source: str) -> int:
+    for key in ("double_blocks.0.img_attn.norm.query_norm.scale", "single_blocks.0.norm.query_norm.scale"):
+        if key in shapes:
+            return shapes[key][0]
+    raise ArchInferenceError(
+        f"{source}: no q/k-norm scale found to infer the head width; pass num_heads and axes_dim"
+    )
+
+
+def infer_flux(shapes: Mapping[str, Shape], source: str) -> ArchConfig:
+    """Config for FLUX.2 or FLUX.1 (dev/schnell) from un-prefixed tensor shapes."""
+    if (
+        "double_blocks.0.img_mlp.gate_proj.weight" in shapes
+        or "distilled_guidance_layer.norms.0.scale" in shapes
+    ):
+        raise WrongFamilyError(
+            f"{source}: a FLUX-derived variant (Ovis/Chroma) this loader does not serve; use ComfyUI's loader"
+        )
+    flux2 = "double_stream_modulation_img.lin.weight" in shapes
+    patch = 1 if flux2 else 2
+    hidden, img_in = _shape(shapes, "img_in.weight", source)
+    head_dim = _flux_head_dim(shapes, source)
+    if hidden % head_dim:
+        raise ArchInferenceError(
+            f"{source}: hidden size {hidden} is not a multiple of the q/k-norm width {head_dim}"
+        )
+    depth = count_blocks(shapes, "double_blocks.")
+    cfg: dict[str, Any] = {
+        "image_model": "flux2" if flux2 else "flux",
+        "in_channels": img_in // (patch * patch),
+        "out_channels": _shape(shapes, "final_layer.linear.weight", source)[0] // (patch * patch),
+        "vec_in_dim": shapes["vector_in.in_layer.weight"][1]
+        if "vector_in.in_layer.weight" in shapes
+        else None,
+        "context_in_dim": _shape(shapes, "txt_in.weight", source)[1],
+        "hidden_size": hidden,
+        "mlp_ratio": _flux_mlp_hidden(shapes, hidden, flux2, source) / hidden,
+        "num_heads": hidden // head_dim,
+        "depth": depth,
+        "depth_single_blocks": count_blocks(shapes, "single_blocks."),
+        "axes_dim": flux_axes_dim(head_dim, flux2),
+        "theta": 2000 if flux2 else 10000,
+        "patch_size": patch,
+        "qkv_bias": "double_blocks.0.img_attn.qkv.bias" in shapes if depth else not flux2,
+        "guidance_embed": "guidance_in.in_layer.weight" in shapes,
+        "txt_ids_dims": [3] if flux2 else [],
+        "ops_bias": "img_in.bias" in shapes,
+        "txt_norm": "txt_norm.scale" in shapes,
+    }
+    if flux2:
+        cfg |= {
+            "global_modulation": True,
+            "mlp_silu_act": True,
+            "default_ref_method": "index",
+            "ref_index_scale": 10.0,
+        }
+        variant = "flux2"
+    else:
+        variant = "flux1-dev" if cfg["guidance_embed"] else "flux1-schnell"
+    return ArchConfig(Family.FLUX, variant, cfg)
+
+
+def wan_num_heads(dim: int) -> int:
+    """Wan heads: its q/k norms span the whole width, so no tensor holds the head count. Released models
+    use 128-wide heads (dim // 128); other widths get the fewest heads whose even width is <= 128."""
+    for heads in range(max(1, math.ceil(dim / WAN_HEAD_DIM)), dim + 1):
+        if dim % heads == 0 and (dim // heads) % 2 == 0:
+            return heads
+    raise ArchInferenceError(f"Wan width {dim} has no even head width; pass num_heads in config_override")
+
+
+_WAN_UNSUPPORTED = {
+    "vace_patch_embedding.weight": "Wan VACE",
+    "control_adapter.conv.weight": "Wan camera control",
+    "casual_audio_encoder.encoder.final_linear.weight": "Wan S2V",
+    "audio_proj.audio_proj_glob_1.layer.bias": "Wan HuMo",
+    "face_adapter.fuser_blocks.0.k_norm.weight": "Wan Animate",
+}
+
+
+def infer_wan(shapes: Mapping[str, Shape], source: str) -> ArchConfig:
+    """Config for Wan 2.1-layout models (2.1 T2V/I2V, 2.2 A14B experts) and Wan 2.2 TI2V-5B."""
+    for key, name in _WAN_UNSUPPORTED.items():
+        if key in shapes:
+            raise WrongFamilyError(
+                f"{source}: a {name} model, which this loader does not serve; use ComfyUI's loader"
+            )
+    embed = _shape(shapes, "patch_embedding.weight", source)
+    patch = tuple(embed[2:])
+    dim = _shape(shapes, "head.modulation", source)[-1]
+    cfg: dict[str, Any] = {
+        "image_model": "wan2.1",
+        "model_type": "i2v" if "img_emb.proj.0.bias" in shapes else "t2v",
+        "patch_size": patch,
+        "in_dim": embed[1],
+        "dim": dim,
+        "ffn_dim": _shape(shapes, "blocks.0.ffn.0.weight", source)[0],
+        "freq_dim": _shape(shapes, "time_embedding.0.weight", source)[1],
+        "text_dim": _shape(shapes, "text_embedding.0.weight", source)[1],
+        "out_dim": _shape(shapes, "head.head.weight", source)[0] // math.prod(patch),
+        "num_heads": wan_num_heads(dim),
+        "num_layers": count_blocks(shapes, "blocks."),
+        "window_size": (-1, -1),
+        "qk_norm": "blocks.0.self_attn.norm_q.weight" in shapes,
+        "cross_attn_norm": "blocks.0.norm3.weight" in shapes,
+        "eps": 1e-6,
+    }
+    if "img_emb.emb_pos" in shapes:
+        cfg["flf_pos_embed_token_number"] = shapes["img_emb.emb_pos"][1]
+    if "ref_conv.weight" in shapes:
+        cfg["in_dim_ref_conv"] = shapes["ref_conv.weight"][1]
+    if cfg["out_dim"] == 48:
+        variant = "wan22-ti2v-5b"
+    elif cfg["model_type"] == "i2v":
+        variant = "wan21-i2v"
+    else:
+        variant = "wan21-t2v"  # also each Wan 2.2 A14B expert (T2V in_dim 16, I2V in_dim 36)
+    return ArchConfig(Family.WAN, variant, cfg)
+
+
+def _check_flux(cfg: Mapping[str, Any], source: str) -> None:
+    hidden, heads, axes = cfg["hidden_size"], cfg["num_heads"], list(cfg["axes_dim"])
+    if heads <= 0 or hidden % heads:
+        raise ArchInferenceError(f"{source}: hidden_size {hidden} is not divisible by num_heads {heads}")
+    if sum(axes) != hidden // heads or any(a % 2 for a in axes):
+        raise ArchInferenceError(
+            f"{source}: axes_dim {axes} must be even numbers summing to the head width {hidden // heads}"
+        )
+
+
+def _check_wan(cfg: Mapping[str, Any], source: str) -> None:
+    dim, heads = cfg["dim"], cfg["num_heads"]
+    if heads <= 0 or dim % heads or (dim // heads) % 2:
+        raise ArchInferenceError(
+            f"{source}: Wan dim {dim} must split into num_heads {heads} even-width heads"
+        )
+
+
+def parse_override(text: str | None) -> dict[str, Any]:
+    """Parse a config_override string (empty = none); ArchInferenceError if it is not a JSON object."""
+    if text is None or not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ArchInferenceError(
+            f'config_override is not valid JSON ({e}); write an object like {{"num_heads": 24}}'
+        ) from e
+    if not isinstance(value, dict):
+        raise ArchInferenceError(f"config_override must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def apply_override(config: ArchConfig, override: Mapping[str, Any], source: str) -> ArchConfig:
+    """Merge an override over an inferred config; unknown keys and inconsistent heads/axes are rejected."""
+    allowed = FLUX_CONFIG_KEYS if config.family is Family.FLUX else WAN_CONFIG_KEYS
+    unknown = sorted(set(override) - allowed)
+    if unknown:
+        raise ArchInferenceError(
+            f"{source}: config_override has unknown keys {unknown}; valid keys for {config.family.value}: {sorted(allowed)}"
+        )
+    merged = dict(config.unet_config)
+    for key, value in override.items():
+        merged[key] = tuple(value) if key in _TUPLE_KEYS and isinstance(value, list) else value
+    (_check_flux if config.family is Family.FLUX else _check_wan)(merged, source)
+    return ArchConfig(config.family, config.variant, merged)
+
+
+def infer(
+    family: Family, shapes: Mapping[str, Shape], source: str, override: Mapping[str, Any] | None = None
+) -> ArchConfig:
+    """Infer the config of un-prefixed `shapes` for `family`, then apply `override`."""
+    config = (infer_flux if family is Family.FLUX else infer_wan)(shapes, source)
+    return apply_override(config, override or {}, source)
+
+
+_BLOCK_PREFIXES: dict[Family, tuple[str, ...]] = {
+    Family.FLUX: ("double_blocks.", "single_blocks."),
+    Family.WAN: ("blocks.",),
+}
+
+
+def is_linear_weight(key: str, shape: Shape) -> bool:
+    """True for the 2-D weight of a linear layer (in FLUX and Wan every 2-D `.weight` is one)."""
+    return len(shape) == 2 and key.endswith(".weight")
+
+
+def quantisable(family: Family, key: str, shape: Shape) -> bool:
+    """Weights an fp8 file stores quantised: linear weights inside the transformer blocks. Norms, biases,
+    modulation, embeddings and the in/out projections stay as stored, like ComfyUI's own fp8 files."""
+    return is_linear_weight(key, shape) and key.startswith(_BLOCK_PREFIXES[family])

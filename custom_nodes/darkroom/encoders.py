@@ -1,0 +1,400 @@
+"""Text encoders for FLUX.2, FLUX.1 and Wan as ComfyUI CLIP objects, sized from their own weights.
+
+ComfyUI's CLIPLoader recognises an encoder by hard-coded shapes (comfy/sd.py:1048-1093: Mistral-3 must
+be 5120 wide, T5-XXL must have a block 23), so a model at any other size does not load through it.
+Here the caller names the family, every size is read off the weights and handed to ComfyUI's own
+classes through their `<name>_model_config` model options, and the keys are checked strictly
+(ComfyUI loads text encoders non-strictly and runs with uninitialised weights when keys are missing).
+The same path loads the full-size files and the tiny test twins. `inspect_text_encoder` runs the
+same checks from the safetensors headers alone, for queue-time validation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import comfy.sd
+import comfy.text_encoders.flux
+import comfy.text_encoders.hunyuan_video
+import comfy.text_encoders.sd3_clip
+import comfy.text_encoders.wan
+import comfy.utils
+import safetensors
+import torch
+
+from .arch import ModelFileError
+
+log = logging.getLogger(__name__)
+
+# Real tensors when loading, meta tensors (shapes only) when inspecting headers.
+StateDict = dict[str, torch.Tensor]
+ConfigOverride = Mapping[str, Mapping[str, Any]]
+Configs = dict[str, dict[str, Any]]
+E = TypeVar("E", bound=Enum)
+
+TOKENIZER_KEYS = frozenset({"tekken_model", "spiece_model"})
+# Companions of quantised weights (comfy/ops.py mixed_precision_ops consumes them while loading).
+QUANT_SUFFIXES = (".comfy_quant", ".weight_scale", ".weight_scale_2", ".input_scale", "scaled_fp8")
+# A class attribute of comfy.text_encoders.llama.Mistral3Small24BConfig, not a field: it cannot be set.
+MISTRAL3_HEAD_DIM = 128
+# Mistral3_24BModel(layer=[10, 20, 30]): FLUX.2 stacks these hidden states (flux.py:141, :157).
+FLUX2_HIDDEN_STATES = (10, 20, 30)
+CLIP_HEAD_DIM = 64
+
+
+class TextEncoderFamily(StrEnum):
+    FLUX2 = "flux2"
+    FLUX1 = "flux1"
+    WAN = "wan"
+
+
+class ModelFileMismatchError(ModelFileError):
+    """A model file does not fit what it is loaded as: names the file, what was expected and the fix."""
+
+    code = "model_file_mismatch"
+
+    def __init__(
+        self,
+        path: Path,
+        problem: str,
+        *,
+        expected: str,
+        fix: str,
+        missing: Sequence[str] | None = None,
+        unexpected: Sequence[str] | None = None,
+    ) -> None:
+        self.path, self.expected = path, expected
+        self.missing, self.unexpected = list(missing or []), list(unexpected or [])
+        counts = ""
+        if missing is not None or unexpected is not None:
+            counts = (
+                f"; missing keys: {len(self.missing)}{_examples(self.missing)}, "
+                f"unexpected keys: {len(self.unexpected)}{_examples(self.unexpected)}"
+            )
+        super().__init__(f"{path}: {problem} (expected {expected}{counts}). {fix}")
+
+
+def _examples(keys: Sequence[str]) -> str:
+    return f" (e.g. {', '.join(keys[:3])})" if keys else ""
+
+
+def parse_enum(enum_type: type[E], value: object, what: str) -> E:
+    """The member of `enum_type` named by `value`, or a ValueError listing the allowed values."""
+    try:
+        return enum_type(value)
+    except ValueError:
+        allowed = " | ".join(str(m.value) for m in enum_type)
+        raise ValueError(f"unknown {what} {value!r}: expected one of {allowed}") from None
+
+
+def check_keys(
+    path: Path,
+    missing: Sequence[str],
+    unexpected: Sequence[str],
+    *,
+    expected: str,
+    fix: str,
+    tolerated: frozenset[str] = frozenset(),
+) -> None:
+    """Raise ModelFileMismatchError when a load left keys missing or unused (quantisation aside)."""
+    missing = sorted(k for k in missing if k not in tolerated and not k.endswith(QUANT_SUFFIXES))
+    unexpected = sorted(k for k in unexpected if k not in tolerated and not k.endswith(QUANT_SUFFIXES))
+    if missing or unexpected:
+        problem = "the weights do not match the model built from them"
+        raise ModelFileMismatchError(
+            path, problem, expected=expected, fix=fix, missing=missing, unexpected=unexpected
+        )
+
+
+def count_blocks(sd: Mapping[str, Any], prefix: str) -> int:
+    """How many numbered blocks `<prefix><i>.` the weights hold."""
+    heads = (key[len(prefix) :].split(".", 1)[0] for key in sd if key.startswith(prefix))
+    indices = {int(head) for head in heads if head.isdigit()}
+    return max(indices) + 1 if indices else 0
+
+
+def read_shapes(path: Path) -> StateDict | None:
+    """A file's tensors as meta tensors (names and shapes from the header alone); None if not safetensors."""
+    if path.suffix.lower() not in (".safetensors", ".sft"):
+        return None
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        return {key: torch.empty(f.get_slice(key).get_shape(), device="meta") for key in f.keys()}  # noqa: SIM118
+
+
+def mistral3_config(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Mistral3Small24BConfig fields read off a Mistral-3 state dict (output sizes only: safe for fp8)."""
+    embed = sd["model.embed_tokens.weight"]
+    return {
+        "vocab_size": embed.shape[0],
+        "hidden_size": embed.shape[1],
+        "intermediate_size": sd["model.layers.0.mlp.gate_proj.weight"].shape[0],
+        "num_hidden_layers": count_blocks(sd, "model.layers."),
+        "num_attention_heads": sd["model.layers.0.self_attn.q_proj.weight"].shape[0] // MISTRAL3_HEAD_DIM,
+        "num_key_value_heads": sd["model.layers.0.self_attn.k_proj.weight"].shape[0] // MISTRAL3_HEAD_DIM,
+        "final_norm": "model.norm.weight" in sd,
+    }
+
+
+def t5_config(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """T5 / umt5 config fields (comfy/text_encoders/t5_config_xxl.json) read off an encoder state dict."""
+    shared = sd["shared.weight"]
+    attn = "encoder.block.0.layer.0.SelfAttention."
+    ff = "encoder.block.0.layer.1.DenseReluDense."
+    heads = sd[attn + "relative_attention_bias.weight"].shape[1]
+    gated = ff + "wi_0.weight" in sd
+    return {
+        "vocab_size": shared.shape[0],
+        "d_model": shared.shape[1],
+        "num_layers": count_blocks(sd, "encoder.block."),
+        "num_heads": heads,
+        "d_kv": sd[attn + "q.weight"].shape[0] // heads,
+        "d_ff": sd[ff + ("wi_0.weight" if gated else "wi.weight")].shape[0],
+        "is_gated_act": gated,
+    }
+
+
+def clip_text_config(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """CLIP text-model config fields (comfy/sd1_clip_config.json); heads assume CLIP's 64-wide heads."""
+    hidden = sd["text_model.embeddings.token_embedding.weight"].shape[1]
+    return {
+        "hidden_size": hidden,
+        "intermediate_size": sd["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+        "num_hidden_layers": count_blocks(sd, "text_model.encoder.layers."),
+        "num_attention_heads": max(1, hidden // CLIP_HEAD_DIM),
+        "max_position_embeddings": sd["text_model.embeddings.position_embedding.weight"].shape[0],
+        "projection_dim": hidden,
+    }
+
+
+@dataclass(frozen=True)
+class EncoderKind:
+    """One ComfyUI text-encoder model: `name` is its `<name>_model_config` option and attribute."""
+
+    name: str
+    title: str
+    required: tuple[str, ...]
+    infer: Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]
+    tolerated: frozenset[str] = frozenset()
+    tokenizer: str | None = None  # the key its tokenizer is stored under inside the file
+
+
+_T5_REQUIRED = (
+    "shared.weight",
+    "encoder.block.0.layer.0.SelfAttention.q.weight",
+    "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+)
+MISTRAL3 = EncoderKind(
+    "mistral3_24b",
+    "a Mistral-3 text encoder (FLUX.2)",
+    (
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.mlp.gate_proj.weight",
+    ),
+    mistral3_config,
+    tokenizer="tekken_model",
+)
+CLIP_L = EncoderKind(
+    "clip_l",
+    "a CLIP-L text encoder (FLUX.1)",
+    ("text_model.embeddings.token_embedding.weight", "text_model.encoder.layers.0.mlp.fc1.weight"),
+    clip_text_config,
+    # FLUX.1 takes the unprojected pooled output, so a file without the projection still works.
+    frozenset({"text_projection.weight", "text_model.embeddings.position_ids", "logit_scale"}),
+)
+T5XXL = EncoderKind("t5xxl", "a T5-XXL v1.1 encoder (FLUX.1)", _T5_REQUIRED, t5_config)
+UMT5XXL = EncoderKind(
+    "umt5xxl", "a umt5-xxl encoder (Wan)", _T5_REQUIRED, t5_config, tokenizer="spiece_model"
+)
+KINDS = {
+    TextEncoderFamily.FLUX2: (MISTRAL3,),
+    TextEncoderFamily.FLUX1: (CLIP_L, T5XXL),
+    TextEncoderFamily.WAN: (UMT5XXL,),
+}
+
+
+@dataclass(frozen=True)
+class _Part:
+    kind: EncoderKind
+    path: Path
+    sd: StateDict
+
+
+def describe(sd: Mapping[str, Any]) -> str:
+    """A short guess at what a text-encoder state dict holds, for error messages."""
+    if "model.layers.0.self_attn.q_proj.weight" in sd:
+        return "an LLM-style encoder (Mistral/Llama/Qwen layout)"
+    if "text_model.encoder.layers.0.mlp.fc1.weight" in sd:
+        return "a CLIP text encoder"
+    if "encoder.block.0.layer.0.SelfAttention.q.weight" in sd:
+        per_block_bias = "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" in sd
+        return "a umt5 encoder (Wan)" if per_block_bias else "a T5 encoder"
+    return f"no known text encoder ({len(sd)} keys, e.g. {', '.join(sorted(sd)[:3])})"
+
+
+def _convert_clip_layouts(sd: StateDict) -> StateDict:
+    if "transformer.resblocks.0.ln_1.weight" in sd:  # open_clip layout, as sd.py:1125 converts it
+        return dict(comfy.utils.clip_text_transformers_convert(sd, "", ""))
+    if "text_projection" in sd:  # saved by the CLIPSave node
+        sd["text_projection.weight"] = sd.pop("text_projection").transpose(0, 1)
+    return sd
+
+
+def _parts(family: TextEncoderFamily, files: Sequence[tuple[Path, StateDict]]) -> list[_Part]:
+    wanted = KINDS[family]
+    if len(files) != len(wanted):
+        titles = " and ".join(kind.title for kind in wanted)
+        raise ValueError(f"family {family.value} needs {len(wanted)} file(s) ({titles}), got {len(files)}")
+    files = [(path, _convert_clip_layouts(sd)) for path, sd in files]
+    if family is TextEncoderFamily.FLUX1 and CLIP_L.required[-1] not in files[0][1]:
+        files.reverse()  # CLIP-L and T5-XXL may come in either order
+    parts = [_Part(kind, path, sd) for kind, (path, sd) in zip(wanted, files, strict=True)]
+    for part in parts:
+        _check_part(part, family)
+    return parts
+
+
+def _check_part(part: _Part, family: TextEncoderFamily) -> None:
+    kind, sd = part.kind, part.sd
+    missing = [key for key in kind.required if key not in sd]
+    if missing:
+        raise ModelFileMismatchError(
+            part.path,
+            f"this looks like {describe(sd)}",
+            expected=kind.title,
+            fix=f"Pick the family this file belongs to, or choose a {family.value} text encoder file.",
+            missing=missing,
+            unexpected=sorted(k for k in sd if k not in TOKENIZER_KEYS),
+        )
+    if kind.tokenizer and kind.tokenizer not in sd:
+        raise ModelFileMismatchError(
+            part.path,
+            f"the file carries no `{kind.tokenizer}` tokenizer",
+            expected=f"{kind.title} with its tokenizer stored inside as `{kind.tokenizer}`",
+            fix="Use a file that embeds it, as ComfyUI's own releases of this encoder do.",
+        )
+
+
+def _configs(parts: Sequence[_Part], override: ConfigOverride | None) -> Configs:
+    names = [part.kind.name for part in parts]
+    unknown = sorted(set(override or {}) - set(names))
+    if unknown:
+        raise ValueError(
+            f"config_override names {unknown}: expected an object keyed by {names}, "
+            f'e.g. {{"{names[-1]}": {{"num_layers": 2}}}}'
+        )
+    configs = {
+        part.kind.name: {**part.kind.infer(part.sd), **(override or {}).get(part.kind.name, {})}
+        for part in parts
+    }
+    layers = configs.get(MISTRAL3.name, {}).get("num_hidden_layers", max(FLUX2_HIDDEN_STATES))
+    if layers < max(FLUX2_HIDDEN_STATES):
+        raise ModelFileMismatchError(
+            parts[0].path,
+            f"FLUX.2 stacks hidden states {FLUX2_HIDDEN_STATES} but the encoder has {layers} layers",
+            expected=f"a Mistral-3 encoder with at least {max(FLUX2_HIDDEN_STATES)} layers",
+            fix="Use the full or the FLUX.2-pruned (30-layer) Mistral-3 text encoder.",
+        )
+    return configs
+
+
+def inspect_text_encoder(
+    paths: Sequence[Path], family: TextEncoderFamily | str, *, config_override: ConfigOverride | None = None
+) -> Configs | None:
+    """The configs `load_text_encoder` would build, from headers only (None: a file is not safetensors)."""
+    family = parse_enum(TextEncoderFamily, family, "text encoder family")
+    headers = [read_shapes(Path(path)) for path in paths]
+    files = [(Path(path), sd) for path, sd in zip(paths, headers, strict=True) if sd is not None]
+    if len(files) < len(headers):
+        return None
+    return _configs(_parts(family, files), config_override)
+
+
+def read_state_dict(path: Path) -> StateDict:
+    """Read a weights file as ComfyUI does, converting legacy scaled-fp8 layouts (sd.py:1016)."""
+    sd, metadata = comfy.utils.load_torch_file(str(path), safe_load=True, return_metadata=True)
+    sd, _ = comfy.utils.convert_old_quants(sd, model_prefix="", metadata=metadata)
+    return dict(sd)
+
+
+@dataclass
+class _ClipTarget:
+    """What comfy.sd.CLIP expects as `target` (sd.py builds an ad-hoc EmptyClass for it)."""
+
+    clip: type[torch.nn.Module]
+    tokenizer: type
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _target(
+    family: TextEncoderFamily, parts: Sequence[_Part], configs: Configs
+) -> tuple[_ClipTarget, dict[str, Any]]:
+    """ComfyUI's model and tokenizer classes for the family, as sd.py:1152-1243 picks them."""
+    if family is TextEncoderFamily.FLUX2:
+        detected = comfy.text_encoders.hunyuan_video.llama_detect(parts[0].sd)
+        clip, tokenizer = (
+            comfy.text_encoders.flux.flux2_te(**detected),
+            comfy.text_encoders.flux.Flux2Tokenizer,
+        )
+    elif family is TextEncoderFamily.FLUX1:
+        detected = comfy.text_encoders.sd3_clip.t5_xxl_detect(parts[1].sd)
+        clip, tokenizer = (
+            comfy.text_encoders.flux.flux_clip(**detected),
+            comfy.text_encoders.flux.FluxTokenizer,
+        )
+    else:
+        detected = comfy.text_encoders.sd3_clip.t5_xxl_detect(parts[0].sd)
+        clip, tokenizer = comfy.text_encoders.wan.te(**detected), comfy.text_encoders.wan.WanT5Tokenizer
+    tokenizer_data = {
+        part.kind.tokenizer: part.sd[part.kind.tokenizer] for part in parts if part.kind.tokenizer
+    }
+    if CLIP_L.name in configs:  # Long-CLIP files have more positions: pad to them, as long_clipl.py does
+        tokenizer_data["clip_l_max_length"] = configs[CLIP_L.name]["max_position_embeddings"]
+    return _ClipTarget(clip, tokenizer), tokenizer_data
+
+
+def _load_part(clip: comfy.sd.CLIP, part: _Part, config: Mapping[str, Any]) -> None:
+    module = getattr(clip.cond_stage_model, part.kind.name)
+    weights = {k: v for k, v in part.sd.items() if k not in TOKENIZER_KEYS}
+    fix = "Check the family, or correct the sizes with config_override."
+    try:
+        missing, unexpected = module.load_sd(weights)
+    except RuntimeError as e:  # size mismatch: the config does not fit these weights
+        problem = f"weight shapes do not fit config {dict(config)}: {str(e).splitlines()[-1].strip()}"
+        raise ModelFileMismatchError(part.path, problem, expected=part.kind.title, fix=fix) from e
+    check_keys(
+        part.path, missing, unexpected, expected=part.kind.title, fix=fix, tolerated=part.kind.tolerated
+    )
+
+
+def load_text_encoder(
+    paths: Sequence[Path],
+    family: TextEncoderFamily | str,
+    *,
+    config_override: ConfigOverride | None = None,
+    embedding_directory: Sequence[str] | None = None,
+) -> comfy.sd.CLIP:
+    """A ComfyUI CLIP for `family` from one file (FLUX.2, Wan) or two (FLUX.1: CLIP-L + T5-XXL, any order)."""
+    family = parse_enum(TextEncoderFamily, family, "text encoder family")
+    parts = _parts(family, [(Path(p), read_state_dict(Path(p))) for p in paths])
+    configs = _configs(parts, config_override)
+    target, tokenizer_data = _target(family, parts, configs)
+    try:
+        clip = comfy.sd.CLIP(
+            target,
+            embedding_directory=list(embedding_directory or []),
+            tokenizer_data=tokenizer_data,
+            parameters=sum(comfy.utils.calculate_parameters(part.sd) for part in parts),
+            model_options={f"{name}_model_config": config for name, config in configs.items()},
+        )
+    except TypeError as e:  # a config field the model class does not know (from config_override)
+        raise ValueError(f"cannot build the {family.value} text encoder from {configs}: {e}") from e
+    for part in parts:
+        _load_part(clip, part, configs[part.kind.name])
+    log.info("text encoder %s from %s: %s", family.value, ", ".join(p.path.name for p in parts), configs)
+    return clip

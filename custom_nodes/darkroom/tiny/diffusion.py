@@ -1,0 +1,143 @@
+"""Tiny random-weight diffusion models and LoRAs with the real key layouts (for tests and the dev stack).
+
+Layouts come from ComfyUI's own classes (comfy.ldm.flux.model.Flux with FLUX.2 and FLUX.1 parameters,
+comfy.ldm.wan.model.WanModel), built on the meta device; values come from fixed per-tensor seeds, so a
+rebuild writes byte-identical files. Widths the text-encoder side must match: FLUX.2 context 192
+(3 stacked hidden layers of a 64-wide Mistral-3), FLUX.1 context 64 (T5) and vec 64 (CLIP-L), Wan
+text_dim 64 (umT5).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..arch import ArchConfig, Family, Shape, quantisable
+from ..checkpoint import quantise_state_dict, save_state_dict
+from ..diffusion import expected_shapes
+from ..quant import Fp8Format
+
+FLUX2: dict[str, Any] = {
+    "image_model": "flux2", "in_channels": 128, "out_channels": 128, "vec_in_dim": None, "context_in_dim": 192,
+    "hidden_size": 128, "mlp_ratio": 3.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
+    "axes_dim": [16, 16, 16, 16], "theta": 2000, "patch_size": 1, "qkv_bias": False, "guidance_embed": True,
+    "txt_ids_dims": [3], "global_modulation": True, "mlp_silu_act": True, "ops_bias": False,
+    "default_ref_method": "index", "ref_index_scale": 10.0, "txt_norm": False,
+}  # fmt: skip
+FLUX1: dict[str, Any] = {
+    "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 64, "context_in_dim": 64,
+    "hidden_size": 128, "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
+    "axes_dim": [8, 28, 28], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": True,
+    "txt_ids_dims": [], "ops_bias": True, "txt_norm": False,
+}  # fmt: skip
+_WAN: dict[str, Any] = {
+    "image_model": "wan2.1", "model_type": "t2v", "patch_size": (1, 2, 2), "in_dim": 16, "dim": 128,
+    "ffn_dim": 256, "freq_dim": 256, "text_dim": 64, "out_dim": 16, "num_heads": 1, "num_layers": 2,
+    "window_size": (-1, -1), "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6,
+}  # fmt: skip
+WAN22_5B = _WAN | {"in_dim": 48, "out_dim": 48}
+WAN_A14B = dict(_WAN)
+WAN_A14B_I2V = _WAN | {"in_dim": 36}
+
+LORA_RANK = 4
+_LORA_STRENGTH = 0.5  # LoRA delta ~ half the weight's own spread: visible, still finite
+
+
+def _seed(name: str, key: str) -> int:
+    return zlib.crc32(f"{name}/{key}".encode())
+
+
+def _init(name: str, key: str, shape: Shape) -> torch.Tensor:
+    """Deterministic values: fan-in-scaled weights, near-one norm scales, small biases and modulations."""
+    gen = torch.Generator().manual_seed(_seed(name, key))
+    noise = torch.randn(shape, generator=gen, dtype=torch.float32)
+    if len(shape) == 1 and not key.endswith(".bias"):
+        return 1.0 + 0.05 * noise  # norm scales
+    if len(shape) >= 2 and key.endswith(".weight"):
+        return noise / (shape[1] * max(1, int(torch.tensor(shape[2:]).prod()))) ** 0.5
+    return 0.02 * noise
+
+
+def random_state_dict(config: ArchConfig, name: str) -> dict[str, torch.Tensor]:
+    """bf16 weights for `config` with ComfyUI's key layout, seeded by `name`."""
+    return {k: _init(name, k, s).to(torch.bfloat16) for k, s in sorted(expected_shapes(config).items())}
+
+
+def lora_state_dict(shapes: Mapping[str, Shape], family: Family, name: str) -> dict[str, torch.Tensor]:
+    """Rank-4 LoRA (ComfyUI `diffusion_model.<module>.lora_up/lora_down/alpha` keys) on every block linear."""
+    out: dict[str, torch.Tensor] = {}
+    for key, shape in sorted(shapes.items()):
+        if not quantisable(family, key, shape):
+            continue
+        module, (rows, cols) = key[: -len(".weight")], shape
+        gen = torch.Generator().manual_seed(_seed(name, key))
+        std = (
+            _LORA_STRENGTH / cols**0.5 / LORA_RANK**0.5
+        ) ** 0.5  # up @ down has std ~ strength / sqrt(fan_in)
+        out[f"diffusion_model.{module}.lora_up.weight"] = (
+            torch.randn(rows, LORA_RANK, generator=gen) * std
+        ).bfloat16()
+        out[f"diffusion_model.{module}.lora_down.weight"] = (
+            torch.randn(LORA_RANK, cols, generator=gen) * std
+        ).bfloat16()
+        out[f"diffusion_model.{module}.alpha"] = torch.tensor(float(LORA_RANK))
+    return out
+
+
+def _variants(
+    family: Family, sd: Mapping[str, torch.Tensor], kinds: tuple[str, ...]
+) -> dict[str, dict[str, torch.Tensor]]:  # fmt: skip
+    rule: Callable[[str, Shape], bool] = partial(quantisable, family)
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for kind in kinds:
+        if kind == "bf16":
+            out[kind] = dict(sd)
+        elif kind == "fp8_scaled":
+            out[kind] = quantise_state_dict(sd, Fp8Format.E4M3FN, scaled=True, quantisable=rule)
+        else:
+            fmt = Fp8Format(kind.replace("fp8_", "float8_"))
+            out[kind] = quantise_state_dict(sd, fmt, scaled=False, quantisable=rule)
+    return out
+
+
+# (file stem, family, config, seed name, variants written)
+_MODELS: tuple[tuple[str, Family, dict[str, Any], str, tuple[str, ...]], ...] = (
+    ("flux2", Family.FLUX, FLUX2, "flux2", ("bf16", "fp8_e4m3fn", "fp8_e5m2", "fp8_scaled")),
+    ("flux1", Family.FLUX, FLUX1, "flux1", ("bf16", "fp8_e4m3fn", "fp8_scaled")),
+    ("wan22-ti2v-5b", Family.WAN, WAN22_5B, "wan22-5b", ("bf16", "fp8_e4m3fn", "fp8_scaled")),
+    ("wan22-a14b-high", Family.WAN, WAN_A14B, "wan-a14b-high", ("bf16", "fp8_scaled")),
+    ("wan22-a14b-low", Family.WAN, WAN_A14B, "wan-a14b-low", ("bf16", "fp8_scaled")),
+    ("wan22-a14b-i2v-high", Family.WAN, WAN_A14B_I2V, "wan-a14b-i2v-high", ("bf16",)),
+    ("wan22-a14b-i2v-low", Family.WAN, WAN_A14B_I2V, "wan-a14b-i2v-low", ("bf16",)),
+)
+# (LoRA stem, family, config it fits)
+_LORAS: tuple[tuple[str, Family, dict[str, Any]], ...] = (
+    ("flux2", Family.FLUX, FLUX2),
+    ("flux1", Family.FLUX, FLUX1),
+    ("wan22-5b", Family.WAN, WAN22_5B),
+    ("wan-a14b", Family.WAN, WAN_A14B),
+)
+
+
+def build(models_dir: Path) -> list[Path]:
+    """Write every tiny diffusion model and LoRA under `models_dir`; returns the paths written."""
+    models_dir = Path(models_dir)
+    written: list[Path] = []
+    for stem, family, config, seed_name, kinds in _MODELS:
+        sd = random_state_dict(ArchConfig(family, stem, config), seed_name)
+        for kind, tensors in _variants(family, sd, kinds).items():
+            path = models_dir / "diffusion_models" / "tiny" / f"{stem}-{kind}.safetensors"
+            save_state_dict(path, tensors)
+            written.append(path)
+    for stem, family, config in _LORAS:
+        shapes = expected_shapes(ArchConfig(family, stem, config))
+        for letter in ("a", "b"):
+            path = models_dir / "loras" / "tiny" / f"{stem}-lora-{letter}.safetensors"
+            save_state_dict(path, lora_state_dict(shapes, family, f"{stem}-lora-{letter}"))
+            written.append(path)
+    return written

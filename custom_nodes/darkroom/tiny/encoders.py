@@ -1,0 +1,270 @@
+"""Tiny text encoders and VAEs for FLUX.2, FLUX.1 and Wan: ComfyUI's own classes at test widths.
+
+Every tensor comes from ComfyUI's model classes (so the key layouts are the real ones) and is filled
+from a generator seeded by its name, so a rebuild writes the same bytes. The tokenizers live inside
+the files as ComfyUI expects them: a synthetic tekken vocabulary (`tekken_model`) for Mistral-3 and a
+sentencepiece model trained here (`spiece_model`) for umt5; CLIP-L and T5 use the tokenizers ComfyUI
+ships. Widths agreed with the diffusion models: FLUX.2 context 3 x 64, FLUX.1 context 64 and pooled
+64, Wan text 64.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import math
+import random
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import comfy.clip_model
+import comfy.ldm.wan.vae
+import comfy.ldm.wan.vae2_2
+import comfy.ops
+import comfy.text_encoders.llama
+import comfy.text_encoders.t5
+import safetensors.torch
+import sentencepiece
+import torch
+
+from ..vae import kl_autoencoder
+
+log = logging.getLogger(__name__)
+
+StateDict = dict[str, torch.Tensor]
+
+HIDDEN = 64  # every tiny text encoder's width
+MISTRAL3_LAYERS = 30  # FLUX.2 reads hidden states 10, 20 and 30: the pruned depth is the least that works
+KL_VAE = {"ch": 32, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1}  # GroupNorm(32) sets the floor on ch
+WAN_VAE_DIM = 8
+
+# The first tekken special tokens, in their real ranks (FLUX.2's prompt template uses 1, 3/4, 17/18).
+_SPECIAL_TEXT = (
+    "<unk> <s> </s> [INST] [/INST] [AVAILABLE_TOOLS] [/AVAILABLE_TOOLS] [TOOL_RESULTS] [/TOOL_RESULTS] "
+    "[TOOL_CALLS] [IMG] <pad> [IMG_BREAK] [IMG_END] [PREFIX] [MIDDLE] [SUFFIX] [SYSTEM_PROMPT] "
+    "[/SYSTEM_PROMPT] [TOOL_CONTENT]"
+)
+_SPECIAL = tuple(_SPECIAL_TEXT.split())
+_SPECIAL_COUNT = 32
+_WORDS_TEXT = (
+    "a an the of and in on at with by from to for under over near behind above is are was "
+    "cat dog bird horse fish tree flower forest river lake mountain sea beach sky cloud sun moon star "
+    "city street house room window door car train boat road bridge castle garden field snow rain fire "
+    "man woman child person face hand eye hair portrait people crowd robot dragon monster "
+    "red blue green yellow orange purple pink black white gray golden silver dark bright "
+    "big small tall old young new beautiful happy sad quiet glowing shiny soft "
+    "photo photograph image picture painting drawing illustration render style art detailed "
+    "light shadow night day morning evening sunset sunrise fog mist smoke water ice stone wood metal glass "
+    "sitting standing running walking flying holding looking wearing playing reading "
+    "high quality cinematic realistic close up wide shot view scene background foreground "
+    "You AI that reasons about descriptions give structured responses focusing object relationships "
+    "attribution actions without speculation"
+)
+_WORDS = tuple(_WORDS_TEXT.split())
+
+
+def _vocabulary() -> list[bytes]:
+    """Byte-level BPE tokens: all 256 bytes, then every prefix of each " word" (merges follow from ranks)."""
+    tokens = [bytes([b]) for b in range(256)]
+    seen = set(tokens)
+    for word in _WORDS:
+        for spelled in (f" {word}".encode(), word.encode()):
+            for end in range(2, len(spelled) + 1):
+                if spelled[:end] not in seen:
+                    seen.add(spelled[:end])
+                    tokens.append(spelled[:end])
+    return tokens
+
+
+def tekken_json() -> bytes:
+    """A small tekken tokenizer file in Mistral's format, as comfy/text_encoders/flux.py reads it."""
+    specials = [*_SPECIAL, *(f"<SPECIAL_{i}>" for i in range(len(_SPECIAL), _SPECIAL_COUNT))]
+    vocab = _vocabulary()
+    data = {
+        "config": {
+            "pattern": r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+            "num_vocab_tokens": len(vocab),
+            "default_vocab_size": len(vocab) + len(specials),
+            "default_num_special_tokens": len(specials),
+            "version": "v7",
+        },
+        "vocab": [
+            {"rank": rank, "token_bytes": base64.b64encode(tok).decode(), "token_str": tok.decode("latin-1")}
+            for rank, tok in enumerate(vocab)
+        ],
+        "special_tokens": [{"rank": r, "token_str": s, "is_control": True} for r, s in enumerate(specials)],
+    }
+    return json.dumps(data, sort_keys=True).encode()
+
+
+def _corpus() -> Iterator[str]:
+    rng = random.Random(0)
+    for _ in range(3000):
+        yield " ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 12)))
+
+
+def spiece_model() -> bytes:
+    """A small unigram sentencepiece model with T5's special ids (pad 0, eos 1, unk 2), trained here."""
+    out = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=_corpus(),
+        model_writer=out,
+        model_type="unigram",
+        vocab_size=640,
+        hard_vocab_limit=False,
+        byte_fallback=True,
+        character_coverage=1.0,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        num_threads=1,
+        shuffle_input_sentence=False,
+        minloglevel=2,
+    )
+    return out.getvalue()
+
+
+def _blob(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()
+
+
+def _fill(name: str, like: torch.Tensor, salt: str) -> torch.Tensor:
+    """A deterministic value for one tensor: norms near 1, biases near 0, weights ~ 1/sqrt(fan_in)."""
+    if not like.is_floating_point():
+        return torch.zeros_like(like)
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{salt}/{name}".encode()))
+    noise = torch.randn(like.shape, generator=gen, dtype=torch.float32)
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "running_var":
+        return 1.0 + noise.abs() * 0.1
+    if leaf in ("gamma", "running_mean") or like.ndim == 1:
+        base = 1.0 if leaf in ("weight", "gamma") else 0.0
+        return base + noise * 0.02
+    return noise / math.sqrt(math.prod(like.shape[1:]))
+
+
+def _weights(module: torch.nn.Module, salt: str, dtype: torch.dtype) -> StateDict:
+    return {
+        name: _fill(name, t, salt).to(t.dtype if not t.is_floating_point() else dtype).contiguous()
+        for name, t in module.state_dict().items()
+    }
+
+
+def _config(json_name: str, **sizes: Any) -> dict[str, Any]:
+    base = Path(comfy.clip_model.__file__).parent
+    path = base / json_name if (base / json_name).exists() else base / "text_encoders" / json_name
+    return {**json.loads(path.read_text()), **sizes}
+
+
+def mistral3_flux2() -> StateDict:
+    """Tiny FLUX.2 text encoder: Mistral-3 layout, 30 layers of width 64 (context 3 x 64 = 192)."""
+    tekken = tekken_json()
+    special = json.loads(tekken)["config"]["default_vocab_size"]
+    config = {
+        "vocab_size": special,
+        "hidden_size": HIDDEN,
+        "intermediate_size": 2 * HIDDEN,
+        "num_hidden_layers": MISTRAL3_LAYERS,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "final_norm": False,
+    }
+    model = comfy.text_encoders.llama.Mistral3Small24B(config, torch.float32, "cpu", comfy.ops.manual_cast)
+    return {**_weights(model, "mistral3", torch.float16), "tekken_model": _blob(tekken)}
+
+
+def clip_l() -> StateDict:
+    """Tiny CLIP-L: 2 layers of width 64 (FLUX.1 pooled 64); the vocabulary is CLIP's own 49408."""
+    config = _config("sd1_clip_config.json", hidden_size=HIDDEN, intermediate_size=2 * HIDDEN)
+    config.update(num_hidden_layers=2, num_attention_heads=1, projection_dim=HIDDEN)
+    model = comfy.clip_model.CLIPTextModel(config, torch.float32, "cpu", comfy.ops.manual_cast)
+    return _weights(model, "clip_l", torch.float16)
+
+
+def _t5(json_name: str, vocab_size: int, salt: str) -> StateDict:
+    config = _config(json_name, d_model=HIDDEN, d_ff=2 * HIDDEN, num_heads=2, d_kv=HIDDEN // 2)
+    config.update(num_layers=2, vocab_size=vocab_size)
+    model = comfy.text_encoders.t5.T5(config, torch.float32, "cpu", comfy.ops.manual_cast)
+    return _weights(model, salt, torch.float16)
+
+
+def t5xxl() -> StateDict:
+    """Tiny T5-XXL v1.1 (gated-gelu) encoder: 2 blocks, d_model 64 (FLUX.1 context 64)."""
+    return _t5("t5_config_xxl.json", 32128, "t5xxl")
+
+
+def umt5xxl() -> StateDict:
+    """Tiny umt5-xxl encoder (Wan): 2 blocks, d_model 64, with its sentencepiece model inside."""
+    spiece = spiece_model()
+    vocab = sentencepiece.SentencePieceProcessor(model_proto=spiece).get_piece_size()
+    return {**_t5("umt5_config_xxl.json", vocab, "umt5xxl"), "spiece_model": _blob(spiece)}
+
+
+def _kl_vae(z_channels: int, *, batch_norm: bool) -> torch.nn.Module:
+    ddconfig: dict[str, Any] = {"double_z": True, "z_channels": z_channels, "resolution": 256}
+    ddconfig.update(KL_VAE, in_channels=3, out_ch=3, attn_resolutions=[], dropout=0.0)
+    if batch_norm:  # FLUX.2: quant convs and a batch-norm over the 2x2-patched latent (128 ch at /16)
+        return kl_autoencoder({**ddconfig, "batch_norm_latent": True}, embed_dim=z_channels)
+    return kl_autoencoder(ddconfig, embed_dim=None)
+
+
+def flux2_vae() -> StateDict:
+    """Tiny FLUX.2 KL autoencoder: z 32 at /8, seen by ComfyUI as 128 channels at /16."""
+    return _weights(_kl_vae(32, batch_norm=True), "flux2_vae", torch.float32)
+
+
+def flux1_ae() -> StateDict:
+    """Tiny FLUX.1 autoencoder: 16 latent channels at /8."""
+    return _weights(_kl_vae(16, batch_norm=False), "flux1_ae", torch.float32)
+
+
+_WAN_LAYOUT = {"dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [], "dropout": 0.0}
+
+
+def wan21_vae() -> StateDict:
+    """Tiny Wan 2.1 VAE: 16 latent channels, 8x spatial and 4x temporal compression, width 8."""
+    model = comfy.ldm.wan.vae.WanVAE(
+        dim=WAN_VAE_DIM, z_dim=16, temperal_downsample=[False, True, True], **_WAN_LAYOUT
+    )
+    return _weights(model, "wan21_vae", torch.float32)
+
+
+def wan22_vae() -> StateDict:
+    """Tiny Wan 2.2 (TI2V-5B) VAE: 48 latent channels, 16x spatial and 4x temporal compression."""
+    model = comfy.ldm.wan.vae2_2.WanVAE(
+        dim=WAN_VAE_DIM,
+        dec_dim=WAN_VAE_DIM,
+        z_dim=48,
+        temperal_downsample=[False, True, True],
+        **_WAN_LAYOUT,
+    )
+    return _weights(model, "wan22_vae", torch.float32)
+
+
+FILES: Mapping[str, Callable[[], StateDict]] = {
+    "text_encoders/tiny/mistral3-flux2.safetensors": mistral3_flux2,
+    "text_encoders/tiny/clip-l.safetensors": clip_l,
+    "text_encoders/tiny/t5xxl.safetensors": t5xxl,
+    "text_encoders/tiny/umt5xxl.safetensors": umt5xxl,
+    "vae/tiny/flux2-vae.safetensors": flux2_vae,
+    "vae/tiny/flux1-ae.safetensors": flux1_ae,
+    "vae/tiny/wan21-vae.safetensors": wan21_vae,
+    "vae/tiny/wan22-vae.safetensors": wan22_vae,
+}
+
+
+def build(models_dir: Path) -> list[Path]:
+    """Write the tiny text encoders and VAEs under `models_dir` (same bytes on every run)."""
+    written = []
+    for relative, make in FILES.items():
+        path = models_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        safetensors.torch.save_file(make(), str(path))
+        log.info("wrote %s (%d bytes)", path, path.stat().st_size)
+        written.append(path)
+    return written

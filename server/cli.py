@@ -1,0 +1,131 @@
+"""The `darkroom` command: serve, comfyui install, models make-tiny / fetch. Logging is set up here only."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from . import comfy_install, models
+from .app import create_app
+from .errors import DarkroomError
+from .settings import Settings, load_settings
+from .supervisor import Supervisor
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="darkroom", description="fal-compatible server in front of ComfyUI workers."
+    )
+    parser.add_argument("--log-level", default="INFO", help="Python logging level (default INFO).")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="Run the fal-compatible server and its ComfyUI workers.")
+    serve.add_argument("--host", help="Listen address (DARKROOM_HOST, default 127.0.0.1).")
+    serve.add_argument("--port", type=int, help="Listen port (DARKROOM_PORT, default 8000).")
+    serve.add_argument("--workers", type=int, help="ComfyUI workers; 0 = one per GPU (DARKROOM_WORKERS).")
+    serve.add_argument("--cpu", action="store_true", help="Run the workers on CPU (DARKROOM_DEVICE=cpu).")
+    serve.add_argument("--data-dir", help="Models, outputs and worker state (DARKROOM_DATA_DIR).")
+
+    comfyui = commands.add_parser("comfyui", help="Manage the pinned ComfyUI install.")
+    comfyui_commands = comfyui.add_subparsers(dest="action", required=True)
+    comfyui_commands.add_parser("install", help="Install ComfyUI and its requirements; print its path.")
+
+    model_parser = commands.add_parser("models", help="Manage model files.")
+    model_commands = model_parser.add_subparsers(dest="action", required=True)
+    model_commands.add_parser("make-tiny", help="Build the tiny random-weight test models.")
+    fetch = model_commands.add_parser("fetch", help="Download the named manifest entries.")
+    fetch.add_argument("names", nargs="+", help="Manifest entry names.")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """DARKROOM_* variables, with the flags that were given on top."""
+    return load_settings(
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        workers=getattr(args, "workers", None),
+        device="cpu" if getattr(args, "cpu", False) else None,
+        data_dir=getattr(args, "data_dir", None),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``darkroom`` script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    settings = settings_from(args)
+    try:
+        if args.command == "serve":
+            return asyncio.run(serve(settings))
+        if args.command == "comfyui":
+            print(comfy_install.ensure_comfyui(settings))
+            return 0
+        if args.action == "make-tiny":
+            mismatched = models.make_tiny(settings, comfy_install.ensure_comfyui(settings))
+            if mismatched:
+                logger.warning("generated models differ from the manifest hashes: %s", ", ".join(mismatched))
+            return 0
+        models.fetch(settings, args.names)
+        return 0
+    except (DarkroomError, comfy_install.ComfyInstallError) as e:
+        logger.error("%s", e)
+        return 1
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGINT/SIGTERM; 0 after a clean shutdown, 1 if the workers cannot start."""
+    # Requirements are installed by `darkroom comfyui install` (make setup), not on every start.
+    comfyui_dir = await asyncio.to_thread(comfy_install.ensure_comfyui, settings, install_requirements=False)
+    app = create_app(settings, Supervisor(settings, comfyui_dir))
+    runner = web.AppRunner(app, handle_signals=False, access_log=logging.getLogger("darkroom.access"))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await runner.setup()  # starts the supervisor (workers boot in the background)
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        logger.info("listening on %s; starting ComfyUI workers", site.name)
+        return await _until_stopped(app, site.name, stop)
+    finally:
+        await runner.cleanup()  # stops the workers
+        logger.info("darkroom stopped")
+
+
+async def _until_stopped(app: web.Application, url: str, stop: asyncio.Event) -> int:
+    from .app import SUPERVISOR
+
+    ready = asyncio.create_task(app[SUPERVISOR].wait_ready())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if ready.done():
+        if ready.exception() is not None:
+            stopped.cancel()
+            logger.error("ComfyUI workers failed to start: %s", ready.exception())
+            return 1
+        logger.info("darkroom ready at %s", url)
+        await stopped
+    else:
+        ready.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await ready
+    logger.info("shutting down")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Image and video encoding for the save nodes: formats, sizes, determinism, and the clear errors."""
+
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+from darkroom.media import FORMATS, encode_image, encode_video, video_size
+from PIL import Image
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_encodes_each_format_at_its_size(fmt):
+    pixels = np.random.default_rng(0).random((24, 40, 3), dtype=np.float32)
+    data = encode_image(pixels, fmt)
+    image = Image.open(io.BytesIO(data))
+    assert image.size == (40, 24)
+    assert Image.MIME[image.format] == FORMATS[fmt]
+    assert encode_image(pixels, fmt) == data  # no timestamps or metadata: same pixels, same bytes
+
+
+def test_png_is_lossless():
+    pixels = np.random.default_rng(1).integers(0, 256, (8, 8, 3)).astype(np.float32) / 255.0
+    decoded = np.asarray(Image.open(io.BytesIO(encode_image(pixels, "png"))))
+    assert np.array_equal(decoded, np.rint(pixels * 255).astype(np.uint8))
+
+
+def test_unknown_format_names_the_allowed_ones():
+    with pytest.raises(ValueError, match="jpeg"):
+        encode_image(np.zeros((2, 2, 3)), "gif")
+
+
+def decode_video(data: bytes) -> tuple[av.video.stream.VideoStream, list[np.ndarray]]:
+    with av.open(io.BytesIO(data)) as container:
+        (stream,) = container.streams.video
+        return stream, [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+
+
+def test_video_is_h264_mp4_with_every_frame_at_its_size():
+    frames = np.random.default_rng(2).random((6, 32, 48, 3), dtype=np.float32)
+    data = encode_video(frames, 16.0)
+    stream, decoded = decode_video(data)
+    assert data[4:8] == b"ftyp"
+    assert (stream.codec_context.name, stream.codec_context.pix_fmt) == ("h264", "yuv420p")
+    assert stream.average_rate == 16 and len(decoded) == 6
+    assert {f.shape for f in decoded} == {(32, 48, 3)}
+
+
+def test_video_bytes_depend_only_on_frames_and_settings():
+    frames = np.random.default_rng(3).random((4, 16, 16, 3), dtype=np.float32)
+    data = encode_video(frames, 24.0)
+    assert encode_video(frames.copy(), 24.0) == data
+    assert encode_video(frames, 24.0, crf=30) != data
+    assert encode_video(frames[::-1], 24.0) != data
+
+
+def test_video_colours_survive_encoding():
+    colours = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.2, 0.4, 0.8]], dtype=np.float32)
+    frames = np.broadcast_to(colours[:, None, None, :], (4, 16, 16, 3))
+    _, decoded = decode_video(encode_video(frames, 8.0, crf=1))
+    for colour, frame in zip(colours, decoded, strict=True):
+        assert np.abs(frame[8, 8].astype(int) - np.rint(colour * 255)).max() <= 4
+
+
+def test_odd_sides_are_padded_to_even_with_the_edge():
+    frames = np.zeros((2, 5, 7, 3), dtype=np.float32)
+    frames[:, :, -1] = 1.0  # last column white: the padding column repeats it
+    assert video_size(5, 7) == (6, 8)
+    _, decoded = decode_video(encode_video(frames, 10.0, crf=1))
+    assert {f.shape for f in decoded} == {(6, 8, 3)}
+    assert decoded[0][:, -1].min() > 200 and decoded[0][:5, 0].max() < 50
+
+
+def test_ntsc_frame_rate_is_kept_exact():
+    stream, _ = decode_video(encode_video(np.zeros((2, 16, 16, 3)), 24000 / 1001))
+    assert stream.average_rate == Fraction(24000, 1001)
+
+
+@pytest.mark.parametrize(
+    ("shape", "fps", "crf", "match"),
+    [
+        ((2, 8, 8), 8.0, 19, r"\(frames, height, width, 3\) array, got \(2, 8, 8\)"),
+        ((0, 8, 8, 3), 8.0, 19, "non-empty"),
+        ((2, 8, 8, 4), 8.0, 19, "got \\(2, 8, 8, 4\\)"),
+        ((2, 8, 8, 3), 0.0, 19, "fps must be positive, got 0.0"),
+        ((2, 8, 8, 3), 8.0, 52, "crf must be in 0..51"),
+    ],
+)
+def test_bad_video_arguments_say_what_was_expected(shape, fps, crf, match):
+    with pytest.raises(ValueError, match=match):
+        encode_video(np.zeros(shape), fps, crf=crf)
