@@ -14,7 +14,9 @@ from aiohttp import web
 
 from . import comfy_install, models
 from .app import create_app
+from .endpoints import WORKFLOWS_DIR
 from .errors import DarkroomError
+from .mapping import load_endpoints
 from .settings import Settings, load_settings
 from .supervisor import Supervisor
 
@@ -43,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_commands = model_parser.add_subparsers(dest="action", required=True)
     model_commands.add_parser("make-tiny", help="Build the tiny random-weight test models.")
     fetch = model_commands.add_parser("fetch", help="Download the named manifest entries.")
-    fetch.add_argument("names", nargs="+", help="Manifest entry names.")
+    fetch.add_argument("names", nargs="+", help="Endpoint ids (all their models) or manifest entry names.")
     return parser
 
 
@@ -56,6 +58,20 @@ def settings_from(args: argparse.Namespace) -> Settings:
         device="cpu" if getattr(args, "cpu", False) else None,
         data_dir=getattr(args, "data_dir", None),
     )
+
+
+def expand_model_names(names: Sequence[str]) -> list[str]:
+    """Endpoint ids stand for every model file they bind; other names are manifest entries."""
+    manifest = models.load_manifest()
+    endpoints = load_endpoints(WORKFLOWS_DIR, manifest)
+    expanded: list[str] = []
+    for name in names:
+        if name in endpoints:
+            expanded += endpoints[name].models.values()
+        else:
+            manifest.get(name)  # raises KeyError naming the known entries
+            expanded.append(name)
+    return list(dict.fromkeys(expanded))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,9 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if mismatched:
                 logger.warning("generated models differ from the manifest hashes: %s", ", ".join(mismatched))
             return 0
-        models.fetch(settings, args.names)
+        models.fetch(settings, expand_model_names(args.names))
         return 0
-    except (DarkroomError, comfy_install.ComfyInstallError) as e:
+    except (DarkroomError, comfy_install.ComfyInstallError, models.FetchError, KeyError) as e:
         logger.error("%s", e)
         return 1
 

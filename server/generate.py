@@ -57,19 +57,13 @@ class Generator:
         async with self.supervisor.worker() as worker:
             started = time.perf_counter()
             saved = await self._execute(worker.client, prompt, endpoint, request_id, on_event)
-            images = [
+            files = [
                 await self._store(worker.client, entry, request_id, index, resolved, base_url)
                 for index, entry in enumerate(saved)
             ]
             inference_s = time.perf_counter() - started
-        log.info("%s %s: %d image(s) in %.3f s", endpoint.app_id, request_id, len(images), inference_s)
-        return {
-            "images": images,
-            "seed": resolved.get("seed"),
-            "timings": {"inference": inference_s},
-            "prompt": resolved.get("prompt", ""),
-            "has_nsfw_concepts": [False] * len(images),
-        }
+        log.info("%s %s: %d file(s) in %.3f s", endpoint.app_id, request_id, len(files), inference_s)
+        return _response(endpoint, files, resolved, inference_s)
 
     async def _execute(
         self,
@@ -83,8 +77,8 @@ class Generator:
         async for event in client.run(prompt, prompt_id=request_id):
             if on_event is not None:
                 await on_event(event)
-            if isinstance(event, cc.Executed) and event.node == endpoint.output_node:
-                saved.extend(event.output.get("images", []))
+            if isinstance(event, cc.Executed) and event.node == endpoint.output.node:
+                saved.extend(event.output.get("images", []) + event.output.get("videos", []))
             elif isinstance(event, cc.ExecutionError):
                 raise GenerationError(
                     f"{endpoint.app_id}: node {event.node_id} ({event.node_type}) failed: {event.message}"
@@ -92,7 +86,7 @@ class Generator:
             elif isinstance(event, cc.Interrupted):
                 raise GenerationError(f"{endpoint.app_id}: request {request_id} was interrupted")
         if not saved:
-            raise GenerationError(f"{endpoint.app_id}: the workflow produced no images")
+            raise GenerationError(f"{endpoint.app_id}: the workflow produced no {endpoint.output.kind}")
         return saved
 
     async def _store(
@@ -113,11 +107,22 @@ class Generator:
             url = data_uri(data, content_type)  # kept out of the store, as fal keeps it out of history
         else:
             url = base_url + self.store.save(request_id, name, data, content_type).route
-        return {
-            "url": url,
-            "width": entry.get("width"),
-            "height": entry.get("height"),
-            "content_type": content_type,
-            "file_name": name,
-            "file_size": len(data),
-        }
+        described = {"url": url, "content_type": content_type, "file_name": name, "file_size": len(data)}
+        if "width" in entry:
+            described.update(width=entry["width"], height=entry["height"])
+        return described
+
+
+def _response(
+    endpoint: Endpoint, files: list[dict[str, Any]], resolved: dict[str, Any], inference_s: float
+) -> dict[str, Any]:
+    """fal's output shape: image models answer images[] and friends, video models one File."""
+    if endpoint.output.kind == "video":
+        return {"video": files[0], "seed": resolved.get("seed"), "prompt": resolved.get("prompt", "")}
+    return {
+        "images": files,
+        "seed": resolved.get("seed"),
+        "timings": {"inference": inference_s},
+        "prompt": resolved.get("prompt", ""),
+        "has_nsfw_concepts": [False] * len(files),
+    }

@@ -34,7 +34,11 @@ ParamType = Literal["string", "integer", "number", "boolean", "enum", "image_siz
 
 
 class ParamSpec(BaseModel):
-    """One request field. `to` lists the "node_id.input" targets it sets (image_size: width/height)."""
+    """One request field. `to` lists the "node_id.input" targets it sets (image_size: per side).
+
+    A target may scale the value: "10.end_at_step * 0.5" (integers are floored), so one request
+    field can drive a derived input such as the step where the A14B experts hand over.
+    """
 
     model_config = ConfigDict(extra="forbid")
     type: ParamType
@@ -54,11 +58,35 @@ class EndpointSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     models: dict[str, str] = Field(description='"node_id.input" -> manifest model name')
     params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-field overrides")
+    lookups: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-lookup overrides")
+    fixed: dict[str, Any] = Field(default_factory=dict, description='"node_id.input" -> constant')
+
+
+class LookupSpec(BaseModel):
+    """A value picked by several enum fields together, e.g. (resolution, aspect_ratio) -> frame size."""
+
+    model_config = ConfigDict(extra="forbid")
+    keys: list[str]
+    table: dict[str, dict[str, Any]] = Field(description='"value1 value2" -> {part: value}')
+    to: dict[str, list[str]]
 
 
 class OutputSpec(BaseModel):
+    """Which saved files become the response: `images[]` (image endpoints) or `video` (video ones)."""
+
     model_config = ConfigDict(extra="forbid")
-    images: str = Field(description="id of the node whose saved images become `images[]`")
+    images: str | None = None
+    video: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "images" if self.images else "video"
+
+    @property
+    def node(self) -> str:
+        node = self.images or self.video
+        assert node is not None
+        return node
 
 
 class MappingFile(BaseModel):
@@ -66,6 +94,7 @@ class MappingFile(BaseModel):
     workflow: str
     output: OutputSpec
     params: dict[str, ParamSpec]
+    lookups: dict[str, LookupSpec] = Field(default_factory=dict)
     endpoints: dict[str, EndpointSpec]
 
 
@@ -81,7 +110,9 @@ class Endpoint:
     workflow: dict[str, Any]
     params: dict[str, ParamSpec]
     models: dict[str, str]
-    output_node: str
+    fixed: dict[str, Any]
+    lookups: dict[str, LookupSpec]
+    output: OutputSpec
     request_model: type[BaseModel]
 
     def validate(self, body: Any) -> BaseModel:
@@ -94,16 +125,19 @@ class Endpoint:
         resolved: dict[str, Any] = {}
         for target, model_name in self.models.items():
             _set(prompt, target, manifest.get(model_name).folder_name)
+        for target, value in self.fixed.items():
+            _set(prompt, target, value)
         for name, spec in self.params.items():
             value = _resolve(spec, getattr(request, name))
             resolved[name] = value
             if isinstance(spec.to, dict):
-                for side, targets in spec.to.items():
-                    for target in targets:
-                        _set(prompt, target, value[side])
+                _set_parts(prompt, spec.to, value)
             else:
                 for target in spec.to:
                     _set(prompt, target, value)
+        for name, lookup in self.lookups.items():
+            resolved[name] = lookup.table[" ".join(str(resolved[key]) for key in lookup.keys)]
+            _set_parts(prompt, lookup.to, resolved[name])
         return prompt, resolved
 
 
@@ -134,36 +168,59 @@ def _endpoint(
     params = {}
     for name, base in mapping.params.items():
         params[name] = base.model_copy(update=spec.params.get(name, {}))
-    unknown = set(spec.params) - set(params)
+    lookups = {
+        name: base.model_copy(update=spec.lookups.get(name, {})) for name, base in mapping.lookups.items()
+    }
+    unknown = (set(spec.params) - set(params)) | (set(spec.lookups) - set(lookups))
     if unknown:
-        raise MappingError(f"{path}: {app_id} overrides unknown params {sorted(unknown)}")
-    targets = [t for p in params.values() for t in _targets(p)] + list(spec.models)
+        raise MappingError(f"{path}: {app_id} overrides unknown params or lookups {sorted(unknown)}")
+    targets = [t for p in params.values() for t in _targets(p.to)] + list(spec.models) + list(spec.fixed)
+    targets += [t for lookup in lookups.values() for t in _targets(lookup.to)]
     for target in targets:
-        node_id, _, input_name = target.partition(".")
+        node_id, input_name, _ = _parse_target(target)
         if input_name not in workflow.get(node_id, {}).get("inputs", {}):
             raise MappingError(
                 f"{path}: {app_id} targets {target!r}, which is not an input of {mapping.workflow}"
             )
+    for name, lookup in lookups.items():
+        _check_lookup(path, f"{app_id}: {name}", lookup, params)
     for model_name in spec.models.values():
         try:
             manifest.get(model_name)
         except KeyError as e:
             raise MappingError(f"{path}: {app_id}: {e.args[0]}") from e
-    if mapping.output.images not in workflow:
-        raise MappingError(f"{path}: output node {mapping.output.images} is not in {mapping.workflow}")
+    if (mapping.output.images is None) == (mapping.output.video is None):
+        raise MappingError(f"{path}: output names exactly one of images or video")
+    if mapping.output.node not in workflow:
+        raise MappingError(f"{path}: output node {mapping.output.node} is not in {mapping.workflow}")
     model_name = "Input_" + "".join(c if c.isalnum() else "_" for c in app_id)
     return Endpoint(
         app_id=app_id,
         workflow=workflow,
         params=params,
         models=dict(spec.models),
-        output_node=mapping.output.images,
+        fixed=dict(spec.fixed),
+        lookups=lookups,
+        output=mapping.output,
         request_model=_request_model(model_name, params),
     )
 
 
-def _targets(spec: ParamSpec) -> list[str]:
-    return [t for ts in spec.to.values() for t in ts] if isinstance(spec.to, dict) else list(spec.to)
+def _targets(to: list[str] | dict[str, list[str]]) -> list[str]:
+    return [t for ts in to.values() for t in ts] if isinstance(to, dict) else list(to)
+
+
+def _check_lookup(path: Path, name: str, lookup: LookupSpec, params: dict[str, ParamSpec]) -> None:
+    """Every combination of the key fields' values must have a row, so no request can miss."""
+    choices: list[list[str]] = [[]]
+    for key in lookup.keys:
+        spec = params.get(key)
+        if spec is None or spec.type != "enum" or not spec.values:
+            raise MappingError(f"{path}: lookup {name} keys on {key!r}, which is not an enum parameter")
+        choices = [c + [v] for c in choices for v in spec.values]
+    missing = [" ".join(c) for c in choices if " ".join(c) not in lookup.table]
+    if missing:
+        raise MappingError(f"{path}: lookup {name} has no row for {missing}")
 
 
 def _request_model(name: str, params: dict[str, ParamSpec]) -> type[BaseModel]:
@@ -228,6 +285,21 @@ def _resolve(spec: ParamSpec, value: Any) -> Any:
     return value
 
 
+def _parse_target(target: str) -> tuple[str, str, float | None]:
+    """ "node.input" or "node.input * factor" -> (node, input, factor)."""
+    place, _, factor = target.partition("*")
+    node_id, _, input_name = place.strip().partition(".")
+    return node_id, input_name, float(factor) if factor.strip() else None
+
+
 def _set(prompt: dict[str, Any], target: str, value: Any) -> None:
-    node_id, _, input_name = target.partition(".")
+    node_id, input_name, factor = _parse_target(target)
+    if factor is not None:
+        value = int(value * factor) if isinstance(value, int) else value * factor
     prompt[node_id]["inputs"][input_name] = value
+
+
+def _set_parts(prompt: dict[str, Any], to: dict[str, list[str]], value: dict[str, Any]) -> None:
+    for part, targets in to.items():
+        for target in targets:
+            _set(prompt, target, value[part])

@@ -23,6 +23,10 @@ MANIFEST_PATH = PROJECT_ROOT / "model_manifest.yaml"
 _CHUNK_BYTES = 1 << 20
 
 
+class FetchError(RuntimeError):
+    """A model file could not be downloaded or did not verify; nothing was left in its place."""
+
+
 class ModelKind(StrEnum):
     DIFFUSION_MODEL = "diffusion_model"
     TEXT_ENCODER = "text_encoder"
@@ -113,7 +117,7 @@ def fetch(settings: Settings, names: Iterable[str]) -> None:
         if target.exists():
             continue
         if entry.source.generated:
-            raise RuntimeError(f"{name} is generated: run `darkroom models make-tiny`")
+            raise FetchError(f"{name} is generated: run `darkroom models make-tiny`")
         _download(_source_url(entry.source, settings.hf_endpoint), target, entry, settings.hf_token)
 
 
@@ -134,15 +138,20 @@ def _download(url: str, target: Path, entry: ModelFile, token: str) -> None:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     log.info("fetching %s -> %s", url, target)
     request = urllib.request.Request(url, headers=headers)
-    with urllib.request.urlopen(request, timeout=60) as response, partial.open("wb") as out:
-        while chunk := response.read(_CHUNK_BYTES):
-            digest.update(chunk)
-            out.write(chunk)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response, partial.open("wb") as out:
+            while chunk := response.read(_CHUNK_BYTES):
+                digest.update(chunk)
+                out.write(chunk)
+    except OSError as e:  # URLError and HTTPError are OSErrors
+        partial.unlink(missing_ok=True)
+        hint = " (gated repository: set DARKROOM_HF_TOKEN)" if "401" in str(e) or "403" in str(e) else ""
+        raise FetchError(f"downloading {url} failed: {e}{hint}") from e
     size = partial.stat().st_size
     if entry.size_bytes is not None and size != entry.size_bytes:
         partial.unlink()
-        raise RuntimeError(f"{url}: got {size} bytes, the manifest says {entry.size_bytes}")
+        raise FetchError(f"{url}: got {size} bytes, the manifest says {entry.size_bytes}")
     if entry.sha256 is not None and digest.hexdigest() != entry.sha256:
         partial.unlink()
-        raise RuntimeError(f"{url}: sha256 {digest.hexdigest()} does not match the manifest's {entry.sha256}")
+        raise FetchError(f"{url}: sha256 {digest.hexdigest()} does not match the manifest's {entry.sha256}")
     partial.rename(target)

@@ -81,7 +81,9 @@ async def test_num_images_batches_distinct_images(facade: TestClient) -> None:
     assert first != second
 
 
-@pytest.mark.parametrize(("fmt", "mime", "pil_format"), [("jpeg", "image/jpeg", "JPEG"), ("webp", "image/webp", "WEBP")])
+@pytest.mark.parametrize(
+    ("fmt", "mime", "pil_format"), [("jpeg", "image/jpeg", "JPEG"), ("webp", "image/webp", "WEBP")]
+)
 async def test_output_formats(facade: TestClient, fmt: str, mime: str, pil_format: str) -> None:
     (image,) = (await generate(facade, seed=5, output_format=fmt))["images"]
     data, content_type = await fetch(facade, image["url"])
@@ -123,3 +125,41 @@ async def test_unknown_app_is_404_listing_the_available(facade: TestClient) -> N
     response = await facade.post("/run/fal-ai/nope", json={"prompt": "x"})
     assert response.status == 404
     assert "darkroom/demo-flux-2" in (await response.json())["detail"]
+
+
+@pytest.mark.parametrize("app_id", ["darkroom/demo-flux-dev", "darkroom/demo-flux-schnell"])
+async def test_flux1_demo_endpoints_generate(facade: TestClient, app_id: str) -> None:
+    body = {"prompt": "a blue vase", "seed": 1, "image_size": {"width": 48, "height": 32}}
+    response = await facade.post(f"/run/{app_id}", json=body)
+    assert response.status == 200, await response.text()
+    (image,) = (await response.json())["images"]
+    data, content_type = await fetch(facade, image["url"])
+    assert content_type == "image/jpeg"  # fal's FLUX.1 default output format
+    assert Image.open(io.BytesIO(data)).size == (48, 32)
+
+
+@pytest.mark.parametrize(
+    ("app_id", "frames"), [("darkroom/demo-wan-2.2-5b-t2v", 5), ("darkroom/demo-wan-2.2-a14b-t2v", 9)]
+)
+async def test_wan_demo_endpoints_answer_an_mp4_file(facade: TestClient, app_id: str, frames: int) -> None:
+    import av
+
+    body = {
+        "prompt": "waves",
+        "seed": 2,
+        "num_frames": frames,
+        "frames_per_second": 8,
+        "aspect_ratio": "9:16",
+    }
+    response = await facade.post(f"/run/{app_id}", json=body)
+    assert response.status == 200, await response.text()
+    result = await response.json()
+    assert set(result) == {"video", "seed", "prompt"} and result["seed"] == 2
+    assert result["video"]["content_type"] == "video/mp4"
+    data, content_type = await fetch(facade, result["video"]["url"])
+    assert content_type == "video/mp4" and len(data) == result["video"]["file_size"]
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        decoded = list(container.decode(stream))
+        assert (stream.codec_context.width, stream.codec_context.height) == (64, 96)
+        assert len(decoded) == frames and stream.average_rate == 8

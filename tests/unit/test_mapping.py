@@ -80,8 +80,11 @@ def test_demo_twin_binds_tiny_models_and_small_defaults(endpoints, manifest):
         ({}, ["body", "prompt"], "missing"),
         ({"prompt": ""}, ["body", "prompt"], "string_too_short"),
         ({"prompt": "x", "num_inference_steps": 99}, ["body", "num_inference_steps"], "less_than_equal"),
-        ({"prompt": "x", "image_size": {"width": 100, "height": 600}}, ["body", "image_size", "width"],
-         "greater_than_equal"),
+        (
+            {"prompt": "x", "image_size": {"width": 100, "height": 600}},
+            ["body", "image_size", "width"],
+            "greater_than_equal",
+        ),
         ({"prompt": "x", "image_size": "huge"}, ["body", "image_size"], "literal_error"),
         ({"prompt": "x", "output_format": "gif"}, ["body", "output_format"], "literal_error"),
         ({"prompt": "x", "seed": -1}, ["body", "seed"], "greater_than_equal"),
@@ -126,3 +129,51 @@ def test_mapping_that_names_an_unknown_model_fails_at_load(tmp_path, manifest):
     text = (WORKFLOWS / "flux-2.yaml").read_text().replace("flux2-dev-fp8mixed", "flux2-nope")
     with pytest.raises(MappingError, match="flux2-nope"):
         load_endpoints(_write_mapping(tmp_path, text), manifest)
+
+
+def test_a14b_experts_hand_over_halfway_and_share_the_seed(endpoints, manifest):
+    endpoint = endpoints["fal-ai/wan/v2.2-a14b/text-to-video"]
+    prompt, _ = endpoint.build_prompt(
+        endpoint.validate({"prompt": "x", "seed": 9, "num_inference_steps": 27}), manifest
+    )
+    high, low = prompt["10"]["inputs"], prompt["11"]["inputs"]
+    assert high["steps"] == low["steps"] == 27
+    assert high["end_at_step"] == low["start_at_step"] == 13
+    assert high["noise_seed"] == low["noise_seed"] == 9
+
+
+@pytest.mark.parametrize(
+    ("resolution", "aspect_ratio", "size"),
+    [("720p", "16:9", (1280, 720)), ("480p", "9:16", (480, 832)), ("580p", "1:1", (768, 768))],
+)
+def test_resolution_and_aspect_ratio_pick_the_frame_size(endpoints, manifest, resolution, aspect_ratio, size):
+    endpoint = endpoints["fal-ai/wan/v2.2-a14b/text-to-video"]
+    body = {"prompt": "x", "resolution": resolution, "aspect_ratio": aspect_ratio}
+    prompt, _ = endpoint.build_prompt(endpoint.validate(body), manifest)
+    assert (prompt["7"]["inputs"]["width"], prompt["7"]["inputs"]["height"]) == size
+
+
+def test_schnell_fixes_a_constant_shift(endpoints, manifest):
+    endpoint = endpoints["fal-ai/flux/schnell"]
+    prompt, resolved = endpoint.build_prompt(endpoint.validate({"prompt": "x"}), manifest)
+    assert prompt["7"]["inputs"]["max_shift"] == prompt["7"]["inputs"]["base_shift"] == 1.0
+    assert resolved["num_inference_steps"] == 4
+    with pytest.raises(ValidationError):
+        endpoint.validate({"prompt": "x", "num_inference_steps": 28})
+
+
+def test_video_endpoints_answer_a_video(endpoints):
+    assert endpoints["fal-ai/wan/v2.2-5b/text-to-video"].output.kind == "video"
+    assert endpoints["fal-ai/flux/dev"].output.kind == "images"
+
+
+def test_a_lookup_missing_a_combination_fails_at_load(tmp_path, manifest):
+    (tmp_path / "wan22-a14b-t2v.json").write_text((WORKFLOWS / "wan22-a14b-t2v.json").read_text())
+    text = (
+        (WORKFLOWS / "wan-2.2-a14b.yaml")
+        .read_text()
+        .replace('      "480p 1:1": {width: 624, height: 624}\n', "")
+    )
+    (tmp_path / "m.yaml").write_text(text)
+    with pytest.raises(MappingError, match="480p 1:1"):
+        load_endpoints(tmp_path, manifest)

@@ -75,6 +75,24 @@ def test_fetch_with_wrong_hash_leaves_nothing_visible(tmp_path, monkeypatch, fil
     (root / "org/repo/resolve/v1/vae.safetensors").write_bytes(b"tampered")
     _use_manifest(monkeypatch, tmp_path, {"real-vae": _entry("0" * 64, "org/repo/vae.safetensors@v1")})
     settings = load_settings({}, data_dir=str(tmp_path / "data"), hf_endpoint=url)
-    with pytest.raises(RuntimeError, match="does not match"):
+    with pytest.raises(models.FetchError, match="does not match"):
         models.fetch(settings, ["real-vae"])
     assert not list((settings.models_path / "vae").iterdir())
+
+
+def test_fetch_of_an_unreachable_source_is_a_clear_error(tmp_path, monkeypatch, file_server):
+    _, url = file_server
+    _use_manifest(monkeypatch, tmp_path, {"real-vae": _entry("0" * 64, "org/repo/missing.safetensors")})
+    settings = load_settings({}, data_dir=str(tmp_path / "data"), hf_endpoint=url)
+    with pytest.raises(models.FetchError, match="404"):
+        models.fetch(settings, ["real-vae"])
+    assert not list((settings.models_path / "vae").iterdir())
+
+
+def test_cli_expands_an_endpoint_into_its_model_files():
+    from server.cli import expand_model_names
+
+    names = expand_model_names(["fal-ai/flux-2", "flux2-vae"])
+    assert names == ["flux2-dev-fp8mixed", "mistral3-small-flux2-fp8", "flux2-vae"]
+    with pytest.raises(KeyError, match="nope"):
+        expand_model_names(["nope"])
