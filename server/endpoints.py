@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from . import openapi
 from .errors import NotFoundError, RequestValidationError
 from .files import OutputStore, file_route
 from .generate import Generator
@@ -29,7 +30,9 @@ def setup(app: web.Application, settings: Settings, supervisor: Supervisor) -> N
     store = OutputStore(settings.outputs_path)
     app[ENDPOINTS] = load_endpoints(WORKFLOWS_DIR, manifest)
     app[GENERATOR] = Generator(settings, supervisor, manifest, store)
-    app.router.add_routes([web.post("/run/{path:.+}", run), file_route(store)])
+    app.router.add_routes(
+        [web.post("/run/{path:.+}", run), file_route(store), *openapi.routes(app[ENDPOINTS])]
+    )
 
 
 def find_endpoint(endpoints: dict[str, Endpoint], path: str) -> Endpoint:

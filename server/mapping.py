@@ -226,7 +226,7 @@ def _check_lookup(path: Path, name: str, lookup: LookupSpec, params: dict[str, P
 def _request_model(name: str, params: dict[str, ParamSpec]) -> type[BaseModel]:
     fields: dict[str, Any] = {}
     for field_name, spec in params.items():
-        annotation, constraints = _annotation(field_name, spec)
+        annotation, constraints = _annotation(f"{name}_{field_name}", spec)
         default = ... if spec.required else spec.default
         fields[field_name] = (
             annotation,
@@ -257,7 +257,7 @@ def _annotation(field_name: str, spec: ParamSpec) -> tuple[Any, dict[str, Any]]:
         ge=int(spec.ge) if spec.ge is not None else None, le=int(spec.le) if spec.le is not None else None
     )
     size: Any = create_model(
-        f"ImageSize_{field_name}",
+        field_name,
         __config__=ConfigDict(extra="forbid"),
         width=(int, side),
         height=(int, side),

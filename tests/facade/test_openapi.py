@@ -1,0 +1,53 @@
+"""The OpenAPI document generated from the mappings, and the docs page."""
+
+from __future__ import annotations
+
+import pytest
+from openapi_spec_validator import validate
+
+from server.endpoints import WORKFLOWS_DIR
+from server.mapping import load_endpoints
+from server.models import load_manifest
+from server.openapi import build_document, render_docs
+
+
+@pytest.fixture(scope="module")
+def endpoints():
+    return load_endpoints(WORKFLOWS_DIR, load_manifest())
+
+
+@pytest.fixture(scope="module")
+def document(endpoints):
+    return build_document(endpoints)
+
+
+def test_document_is_valid_openapi_3_1(document):
+    assert document["openapi"] == "3.1.0"
+    validate(document)
+
+
+def test_every_endpoint_has_an_operation(document, endpoints):
+    assert set(document["paths"]) == {f"/run/{app_id}" for app_id in endpoints}
+
+
+def test_fields_carry_their_ranges_and_defaults(document):
+    schemas = document["components"]["schemas"]
+    steps = schemas["Input_fal_ai_flux_2"]["properties"]["num_inference_steps"]
+    assert (steps["minimum"], steps["maximum"], steps["default"]) == (4, 50, 28)
+    demo_size = schemas["Input_darkroom_demo_flux_2_image_size"]["properties"]["width"]
+    real_size = schemas["Input_fal_ai_flux_2_image_size"]["properties"]["width"]
+    assert (demo_size["minimum"], demo_size["maximum"]) == (16, 512)
+    assert (real_size["minimum"], real_size["maximum"]) == (512, 2048)
+    assert schemas["Input_fal_ai_flux_2"]["required"] == ["prompt"]
+
+
+def test_video_endpoints_document_a_video_output(document):
+    response = document["paths"]["/run/fal-ai/wan/v2.2-5b/text-to-video"]["post"]["responses"]["200"]
+    assert response["content"]["application/json"]["schema"]["$ref"].endswith("/VideoOutput")
+
+
+def test_docs_page_lists_every_endpoint_and_field(document, endpoints):
+    page = render_docs(document)
+    for app_id in endpoints:
+        assert f"POST /run/{app_id}" in page
+    assert "num_inference_steps" in page and "maximum 50" in page
