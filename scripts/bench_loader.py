@@ -162,7 +162,8 @@ def run(size_gb: float, repeats: int, keep: bool, parent: Path | None) -> bool:
         build_checkpoint(path, int(size_gb * 1e9))
         size = path.stat().st_size
         print(
-            f"built {path} ({size / 1e9:.2f} GB) in {time.perf_counter() - started:.1f} s; torch threads {torch.get_num_threads()}"
+            f"built {path} ({size / 1e9:.2f} GB) in {time.perf_counter() - started:.1f} s; "
+            f"torch threads {torch.get_num_threads()}"
         )
         read_rate(path)  # warm the page cache
         reads, loads = [], []

@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 Shape = tuple[int, ...]
@@ -21,19 +21,59 @@ Shape = tuple[int, ...]
 # Keyword arguments comfy.ldm.flux.model.Flux / comfy.ldm.wan.model.WanModel accept (FluxParams fields
 # plus image_model; WanModel.__init__ minus device/dtype/operations). tests/engine checks them.
 FLUX_CONFIG_KEYS = frozenset(
-    "image_model in_channels out_channels vec_in_dim context_in_dim hidden_size mlp_ratio num_heads depth "
-    "depth_single_blocks axes_dim theta patch_size qkv_bias guidance_embed txt_ids_dims global_modulation "
-    "mlp_silu_act ops_bias default_ref_method ref_index_scale yak_mlp txt_norm".split()
+    [
+        "image_model",
+        "in_channels",
+        "out_channels",
+        "vec_in_dim",
+        "context_in_dim",
+        "hidden_size",
+        "mlp_ratio",
+        "num_heads",
+        "depth",
+        "depth_single_blocks",
+        "axes_dim",
+        "theta",
+        "patch_size",
+        "qkv_bias",
+        "guidance_embed",
+        "txt_ids_dims",
+        "global_modulation",
+        "mlp_silu_act",
+        "ops_bias",
+        "default_ref_method",
+        "ref_index_scale",
+        "yak_mlp",
+        "txt_norm",
+    ]
 )
 WAN_CONFIG_KEYS = frozenset(
-    "image_model model_type patch_size text_len in_dim dim ffn_dim freq_dim text_dim out_dim num_heads "
-    "num_layers window_size qk_norm cross_attn_norm eps flf_pos_embed_token_number in_dim_ref_conv".split()
+    [
+        "image_model",
+        "model_type",
+        "patch_size",
+        "text_len",
+        "in_dim",
+        "dim",
+        "ffn_dim",
+        "freq_dim",
+        "text_dim",
+        "out_dim",
+        "num_heads",
+        "num_layers",
+        "window_size",
+        "qk_norm",
+        "cross_attn_norm",
+        "eps",
+        "flf_pos_embed_token_number",
+        "in_dim_ref_conv",
+    ]
 )
 _TUPLE_KEYS = frozenset({"patch_size", "window_size"})
 WAN_HEAD_DIM = 128  # every released Wan (1.3B, 5B, 14B) uses 128-wide heads
 
 
-class Family(str, Enum):
+class Family(StrEnum):
     """A diffusion-model family one loader node serves."""
 
     FLUX = "flux"
@@ -101,7 +141,7 @@ def _guess_kind(keys: Iterable[str]) -> str:
 
 
 def find_prefix(keys: Iterable[str], family: Family, source: str) -> str:
-    """Key prefix in front of the diffusion model's tensors; WrongFamilyError if the family's anchors are absent."""
+    """Prefix in front of the model's tensors; WrongFamilyError if the family's anchor tensors are absent."""
     key_set = set(keys)
     for prefix in _PREFIXES:
         if all(prefix + anchor in key_set for anchor in _ANCHORS[family]):
@@ -313,7 +353,8 @@ def apply_override(config: ArchConfig, override: Mapping[str, Any], source: str)
     unknown = sorted(set(override) - allowed)
     if unknown:
         raise ArchInferenceError(
-            f"{source}: config_override has unknown keys {unknown}; valid keys for {config.family.value}: {sorted(allowed)}"
+            f"{source}: config_override has unknown keys {unknown}; "
+            f"valid keys for {config.family.value}: {sorted(allowed)}"
         )
     merged = dict(config.unet_config)
     for key, value in override.items():

@@ -1,51 +1,54 @@
-"""Read safetensors diffusion models tensor by tensor, check keys strictly, quantise on load (no ComfyUI).
+"""Diffusion-model checkpoints (no ComfyUI): strict key checks, stored quantisation in every form ComfyUI
+v0.8.0 reads, and conversion to its current format one module at a time, quantising on load.
 
-The file is memory-mapped and tensors are quantised straight from the mapping, 32 MB at a time, each
-chunk's pages dropped from the process (MADV_DONTNEED; they stay in the page cache) once used. Mapped
-file pages count towards RSS, so without that a 20 GB bf16 file served as 10 GB of fp8 would peak near
-30 GB; with it the peak stays near the loaded size. No bf16 copy of a quantised weight is ever made.
-
-Stored quantisation is understood in every form ComfyUI v0.8.0 reads: per-layer `comfy_quant` tensors,
-a `_quantization_metadata` JSON entry in the header, legacy `scaled_fp8` + `scale_weight` files
-(comfy/utils.py convert_old_quants), and plain fp8 weights. Output is always ComfyUI's current format.
+Stored forms: per-layer `comfy_quant` tensors, a `_quantization_metadata` JSON entry in the header,
+legacy `scaled_fp8` + `scale_weight` files (comfy/utils.py convert_old_quants) and plain fp8 weights.
+Quantise-on-load reads bf16 straight from the memory map in 32 MB chunks, dropping each chunk's pages
+once used, so no bf16 copy of a quantised weight is ever made and the peak stays near the loaded size.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import mmap
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from types import TracebackType
+from typing import Any
 
-import safetensors.torch
 import torch
 
 from .arch import ModelFileError, Shape
 from .quant import (
-    FP8_DTYPES, Fp8Format, absmax, comfy_quant_entry, dequantize, parse_comfy_quant, quantize, quantize_scaled, scale_for,
-)  # fmt: skip
+    FP8_DTYPES,
+    Fp8Format,
+    absmax,
+    comfy_quant_entry,
+    dequantize,
+    parse_comfy_quant,
+    quantize,
+    quantize_scaled,
+    scale_for,
+)
+from .safetensors_io import CheckpointFormatError, Header, MappedFile, read_header, save_state_dict
 
-_ST_DTYPES: dict[str, torch.dtype] = {
-    "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "U8": torch.uint8, "I8": torch.int8,
-    "I16": torch.int16, "I32": torch.int32, "I64": torch.int64, "BOOL": torch.bool,
-}  # fmt: skip
+__all__ = [  # read_header / save_state_dict / CheckpointFormatError re-exported for callers of this layer
+    "Checkpoint",
+    "CheckpointFormatError",
+    "CheckpointMismatchError",
+    "LoadPlan",
+    "StoredQuant",
+    "WeightDtype",
+    "check_keys",
+    "load_state_dict",
+    "quantise_state_dict",
+    "read_header",
+    "save_state_dict",
+]
+
 _FLOATS = frozenset({torch.bfloat16, torch.float16, torch.float32, torch.float64})
-_MAX_HEADER_BYTES = 100 << 20
-RELEASE_CHUNK_BYTES = 32 << 20  # mapped bytes processed before their pages are dropped from RSS
-_QUANT_SIDE = (".comfy_quant", ".weight_scale", ".input_scale")
-_LEGACY_SIDE = (".scale_weight", ".scale_input")
 LEGACY_MARKER = "scaled_fp8"
-
-
-class CheckpointFormatError(ModelFileError):
-    """Not a readable safetensors file, or a storage format this loader cannot serve."""
-
-    code = "checkpoint_format"
 
 
 class CheckpointMismatchError(ModelFileError):
@@ -73,7 +76,7 @@ class CheckpointMismatchError(ModelFileError):
         )
 
 
-class WeightDtype(str, Enum):
+class WeightDtype(StrEnum):
     """How a loader stores weights in memory (the node's `weight_dtype` choices)."""
 
     DEFAULT = "default"
@@ -92,66 +95,6 @@ class WeightDtype(str, Enum):
     @property
     def scaled(self) -> bool:
         return self.value.endswith("_scaled")
-
-
-@dataclass(frozen=True)
-class TensorEntry:
-    """Where one tensor lies in the file."""
-
-    dtype: torch.dtype
-    shape: Shape
-    offset: int  # absolute byte offset in the file
-    nbytes: int
-
-
-@dataclass(frozen=True)
-class Header:
-    """A parsed safetensors header."""
-
-    path: Path
-    tensors: dict[str, TensorEntry]
-    metadata: dict[str, str]
-
-    @property
-    def shapes(self) -> dict[str, Shape]:
-        return {k: e.shape for k, e in self.tensors.items()}
-
-
-def _entry(path: Path, name: str, info: Mapping[str, object], data_start: int, size: int) -> TensorEntry:
-    dtype = _ST_DTYPES.get(str(info.get("dtype")))
-    if dtype is None:
-        raise CheckpointFormatError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
-    shape = tuple(int(d) for d in info["shape"])  # type: ignore[attr-defined]
-    begin, end = (int(x) for x in info["data_offsets"])  # type: ignore[attr-defined]
-    if end - begin != math.prod(shape) * dtype.itemsize:
-        raise CheckpointFormatError(
-            f"{path}: tensor {name!r} size disagrees with its shape; the file is corrupt"
-        )
-    if data_start + end > size:
-        raise CheckpointFormatError(
-            f"{path}: file is truncated ({size} bytes, tensor {name!r} ends at {data_start + end}); re-download it"
-        )
-    return TensorEntry(dtype, shape, data_start + begin, end - begin)
-
-
-def read_header(path: Path) -> Header:
-    """Parse a safetensors header without reading tensor data."""
-    path = Path(path)
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        raw = f.read(8)
-        length = int.from_bytes(raw, "little") if len(raw) == 8 else -1
-        if not 0 < length <= min(size - 8, _MAX_HEADER_BYTES):
-            raise CheckpointFormatError(f"{path}: not a safetensors file (bad header length); re-download it")
-        try:
-            doc = json.loads(f.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointFormatError(
-                f"{path}: safetensors header is not valid JSON; re-download it"
-            ) from e
-    metadata = doc.pop("__metadata__", None) or {}
-    tensors = {k: _entry(path, k, v, 8 + length, size) for k, v in doc.items()}
-    return Header(path, tensors, {str(k): str(v) for k, v in metadata.items()})
 
 
 @dataclass(frozen=True)
@@ -192,9 +135,7 @@ class Checkpoint:
 
     def __init__(self, header: Header, prefix: str = "") -> None:
         self.header, self.prefix = header, prefix
-        with header.path.open("rb") as f:
-            # Private and never written: torch gets a writable buffer without any copy being made.
-            self._map: mmap.mmap | None = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        self.file = MappedFile(header)
         try:
             self.quant = self._stored_quant()  # logical layer -> StoredQuant
         except BaseException:
@@ -207,16 +148,11 @@ class Checkpoint:
     def __enter__(self) -> Checkpoint:
         return self
 
-    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
-        if self._map is not None:
-            try:
-                self._map.close()
-            except BufferError:  # a tensor still views the map; it is unmapped when that tensor goes
-                pass
-            self._map = None
+        self.file.close()
 
     @property
     def source(self) -> str:
@@ -226,75 +162,36 @@ class Checkpoint:
         """Logical key -> shape: what the model's state dict must hold."""
         return {k: self.header.tensors[f].shape for k, f in self.keys.items()}
 
-    def _view(self, entry: TensorEntry) -> torch.Tensor:
-        """Zero-copy view of a tensor in the mapping (valid while the checkpoint is open)."""
-        if self._map is None:
-            raise ValueError(f"{self.source}: checkpoint is closed")
-        if entry.nbytes == 0:
-            return torch.empty(entry.shape, dtype=entry.dtype)
-        self._map.madvise(mmap.MADV_WILLNEED, *self._pages(entry.offset, entry.nbytes))
-        raw = torch.frombuffer(self._map, dtype=torch.uint8, count=entry.nbytes, offset=entry.offset)
-        if entry.offset % entry.dtype.itemsize:  # unaligned (old writers): views need aligned storage
-            raw = raw.clone()
-        return raw.view(entry.dtype).reshape(entry.shape)
-
-    def _pages(self, offset: int, nbytes: int) -> tuple[int, int]:
-        start = offset - offset % mmap.PAGESIZE
-        return start, offset + nbytes - start
-
-    def _release(self, offset: int, nbytes: int) -> None:
-        """Drop mapped pages from this process's RSS (the page cache keeps them; a re-read maps them again)."""
-        if self._map is not None and nbytes > 0:
-            self._map.madvise(mmap.MADV_DONTNEED, *self._pages(offset, nbytes))
-
-    def _chunks(self, entry: TensorEntry) -> list[tuple[int, int]]:
-        step = max(1, RELEASE_CHUNK_BYTES // entry.dtype.itemsize)
-        numel = math.prod(entry.shape)
-        return [(i, min(step, numel - i)) for i in range(0, numel, step)]
-
-    def _release_chunk(self, entry: TensorEntry, start: int, n: int) -> None:
-        self._release(entry.offset + start * entry.dtype.itemsize, n * entry.dtype.itemsize)
-
-    def read(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """An owned copy of a tensor by file key (converted to `dtype` on the way), copied chunk by chunk."""
-        entry = self.header.tensors[key]
-        src = self._view(entry).reshape(-1)
-        out = torch.empty(src.shape, dtype=dtype or entry.dtype)
-        for start, n in self._chunks(entry):
-            out[start : start + n].copy_(src[start : start + n])
-            self._release_chunk(entry, start, n)
-        return out.reshape(entry.shape)
-
     def _quantise(self, key: str, fmt: Fp8Format, scaled: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Quantise a float tensor straight from the mapping, releasing each chunk once used (two passes
-        for a scaled tensor: absmax, then quantise). Same bytes as quant.quantize_scaled / quantize."""
+        """Quantise a float tensor straight from the map, releasing each chunk once used (a scaled tensor
+        takes two passes: absmax, then quantise). Same bytes as quant.quantize_scaled / quantize."""
         entry = self.header.tensors[key]
-        src, chunks, scale = self._view(entry).reshape(-1), self._chunks(entry), None
+        src, chunks, scale = self.file.view(key).reshape(-1), entry.chunks(), None
         if scaled:
             amax = 0.0
             for start, n in chunks:
                 amax = max(amax, absmax(src[start : start + n]))
-                self._release_chunk(entry, start, n)
+                self.file.release(key, start, n)
             scale = scale_for(amax, fmt)
         out = torch.empty(src.numel(), dtype=fmt.dtype)
         for start, n in chunks:
             quantize(src[start : start + n], fmt, scale, out=out[start : start + n])
-            self._release_chunk(entry, start, n)
+            self.file.release(key, start, n)
         return out.reshape(entry.shape), scale
 
-    def _declared(self) -> dict[str, dict[str, object]]:
+    def _declared(self) -> dict[str, dict[str, Any]]:
         meta = self.header.metadata.get("_quantization_metadata")
         if meta is not None:
             layers = json.loads(meta).get("layers", {})
             return {k: v if isinstance(v, dict) else {"format": v} for k, v in layers.items()}
         found = (k for k in self.header.tensors if k.endswith(".comfy_quant"))
-        return {k[: -len(".comfy_quant")]: parse_comfy_quant(self.read(k)) for k in found}
+        return {k[: -len(".comfy_quant")]: parse_comfy_quant(self.file.read(k)) for k in found}
 
     def _stored_quant(self) -> dict[str, StoredQuant]:
         tensors, prefix, out = self.header.tensors, self.prefix, {}
         for layer, conf in self._declared().items():
             try:
-                fmt = Fp8Format(conf.get("format"))
+                fmt = Fp8Format(str(conf.get("format")))
             except ValueError:
                 raise CheckpointFormatError(
                     f"{self.source}: layer {layer!r} uses quantisation {conf.get('format')!r}; only fp8 "
@@ -335,27 +232,24 @@ class Checkpoint:
         stored = sorted({q.fmt.value for q in self.quant.values()})
         if target is not None and stored and stored != [target.value]:
             raise CheckpointFormatError(
-                f"{self.source}: weights are stored as {', '.join(stored)}; converting them to {target.value} "
+                f"{self.source}: weights are stored as {', '.join(stored)}; "
+                f"converting them to {target.value} "
                 f"would round twice. Choose weight_dtype 'default', 'bf16' or the stored fp8 format"
             )
 
     def output_summary(self, plan: LoadPlan) -> tuple[int, dict[torch.dtype, int]]:
-        """(layers that load quantised, element count per dtype of the other tensors), without reading data."""
+        """(layers loading quantised, element count per dtype of the other tensors); reads no data."""
         quantised, floats = 0, dict[torch.dtype, int]()
         for key, fkey in self.keys.items():
             entry = self.header.tensors[fkey]
             layer, _, name = key.rpartition(".")
-            if name == "weight" and layer in self.quant and plan.weight_dtype is not WeightDtype.BF16:
+            stays_fp8 = name == "weight" and layer in self.quant and plan.weight_dtype is not WeightDtype.BF16
+            if stays_fp8 or self._quantises(key, entry.dtype, plan):
                 quantised += 1
-            elif plan.weight_dtype.fp8 and entry.dtype in _FLOATS and plan.quantisable(key, entry.shape):
-                quantised += 1
-            else:
-                dtype = (
-                    torch.bfloat16
-                    if plan.weight_dtype is WeightDtype.BF16 or entry.dtype in FP8_DTYPES
-                    else entry.dtype
-                )
-                floats[dtype] = floats.get(dtype, 0) + math.prod(entry.shape)
+                continue
+            upcast = plan.weight_dtype is WeightDtype.BF16 or entry.dtype in FP8_DTYPES
+            dtype = torch.bfloat16 if upcast else entry.dtype
+            floats[dtype] = floats.get(dtype, 0) + math.prod(entry.shape)
         return quantised, floats
 
     def iter_modules(self, plan: LoadPlan) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
@@ -378,24 +272,28 @@ class Checkpoint:
         stored = self.quant.get(module) if name == "weight" else None
         if stored is not None:
             return self._convert_stored_fp8(fkey, stored, target)
-        if target.fp8 is not None and entry.dtype in _FLOATS and plan.quantisable(key, entry.shape):
+        if target.fp8 is not None and self._quantises(key, entry.dtype, plan):
             weight, scale = self._quantise(fkey, target.fp8, target.scaled)
             return _fp8_dict(weight, scale, target.fp8)
         upcast = entry.dtype in FP8_DTYPES or (target is WeightDtype.BF16 and entry.dtype in _FLOATS)
-        return {name: self.read(fkey, torch.bfloat16 if upcast else None)}
+        return {name: self.file.read(fkey, torch.bfloat16 if upcast else None)}
+
+    def _quantises(self, key: str, dtype: torch.dtype, plan: LoadPlan) -> bool:
+        """Whether a stored float tensor is quantised on load under `plan`."""
+        entry = self.header.tensors[self.keys[key]]
+        return plan.weight_dtype.fp8 is not None and dtype in _FLOATS and plan.quantisable(key, entry.shape)
 
     def _convert_stored_fp8(
         self, fkey: str, stored: StoredQuant, target: WeightDtype
     ) -> dict[str, torch.Tensor]:
-        scale = self.read(stored.scale_key, torch.float32) if stored.scale_key else None
+        scale = self.file.read(stored.scale_key, torch.float32) if stored.scale_key else None
         if target is WeightDtype.BF16:
-            entry = self.header.tensors[fkey]
-            out = {"weight": dequantize(self._view(entry), scale, torch.bfloat16)}
-            self._release(entry.offset, entry.nbytes)
+            out = {"weight": dequantize(self.file.view(fkey), scale, torch.bfloat16)}
+            self.file.release(fkey)
             return out
-        out = _fp8_dict(self.read(fkey), scale, stored.fmt, full_precision_mm=stored.full_precision_mm)
+        out = _fp8_dict(self.file.read(fkey), scale, stored.fmt, full_precision_mm=stored.full_precision_mm)
         if stored.input_scale_key:
-            inp = self.read(stored.input_scale_key, torch.float32)
+            inp = self.file.read(stored.input_scale_key, torch.float32)
             if not (stored.legacy and float(inp.reshape(-1)[0]) == 1.0):  # as convert_old_quants drops it
                 out["input_scale"] = inp
         return out
@@ -441,12 +339,3 @@ def load_state_dict(path: Path, plan: LoadPlan, prefix: str = "") -> dict[str, t
         for module, tensors in ckpt.iter_modules(plan):
             out |= {f"{module}.{name}" if module else name: t for name, t in tensors.items()}
     return out
-
-
-def save_state_dict(
-    path: Path, state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
-) -> None:
-    """Write a safetensors file (contiguous tensors; byte-identical for identical input)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous() for k, v in state_dict.items()}
-    safetensors.torch.save_file(tensors, str(path), metadata=dict(metadata) if metadata else None)

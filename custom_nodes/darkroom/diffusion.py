@@ -43,16 +43,19 @@ _MODEL_CONFIGS: dict[str, type[comfy.supported_models_base.BASE]] = {
 }
 
 
-def inspect(
+def inspect_file(
     path: Path, family: Family, *, weight_dtype: WeightDtype = WeightDtype.DEFAULT,
     config_override: Mapping[str, Any] | None = None,
 ) -> ArchConfig:  # fmt: skip
-    """Header-only checks (family, config, weight_dtype combination); returns the config a load would use."""
+    """Every check a load makes, from the header alone (family, config, strict keys and shapes against a
+    meta-device model, weight_dtype combination); returns the config a load would use."""
     header = read_header(path)
     prefix = find_prefix(header.tensors, family, str(path))
     with Checkpoint(header, prefix) as ckpt:
         ckpt.check_weight_dtype(weight_dtype)
-        return infer(family, ckpt.shapes(), ckpt.source, config_override)
+        config = infer(family, ckpt.shapes(), ckpt.source, config_override)
+        check_keys(ckpt.source, config.variant, expected_shapes(config), ckpt.shapes())
+        return config
 
 
 def expected_shapes(config: ArchConfig) -> dict[str, Shape]:
@@ -86,15 +89,26 @@ def _inference_dtypes(
     return unet_dtype, manual_cast
 
 
+def _match_params(module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Give each loaded tensor its parameter's dtype and device, so it can be assigned in place of the
+    (never touched) empty parameter instead of copied into it: one allocation per weight, not two."""
+    for name, tensor in tensors.items():
+        current = module._parameters.get(name, module._buffers.get(name))
+        if current is not None and (current.dtype, current.device) != (tensor.dtype, tensor.device):
+            tensors[name] = tensor.to(dtype=current.dtype, device=current.device)
+
+
 def _stream_weights(diffusion_model: torch.nn.Module, ckpt: Checkpoint, plan: LoadPlan, family: str) -> None:
     for module_name, tensors in ckpt.iter_modules(plan):
         module = diffusion_model.get_submodule(module_name) if module_name else diffusion_model
+        _match_params(module, tensors)
         missing: list[str] = []
         unexpected: list[str] = []
         errors: list[str] = []
         # Non-recursive, per module: torch's load_state_dict would visit children too, and ComfyUI's
         # mixed-precision Linear raises when its weight is absent from the dict it is handed.
-        module._load_from_state_dict(tensors, "", {}, True, missing, unexpected, errors)
+        assign = {"assign_to_params_buffers": True}
+        module._load_from_state_dict(tensors, "", assign, True, missing, unexpected, errors)
         if missing or unexpected:
             where = f"{module_name}." if module_name else ""
             raise CheckpointMismatchError(
@@ -123,7 +137,7 @@ def load_diffusion_model(
         unet_dtype, manual_cast = _inference_dtypes(model_config, weight_dtype, quantised, floats)
         model_config.set_inference_dtype(unet_dtype, manual_cast)
         log.info(
-            "%s: %s, %d fp8 layers, weights %s, compute %s",
+            "%s: %s; %d fp8 layers, weights %s, compute %s",
             path,
             config.describe(),
             quantised,

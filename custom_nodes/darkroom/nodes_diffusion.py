@@ -10,13 +10,13 @@ from comfy_api.latest import io
 
 from .arch import Family, ModelFileError, parse_override
 from .checkpoint import WeightDtype
-from .diffusion import inspect, load_diffusion_model
+from .diffusion import inspect_file, load_diffusion_model
 
 _FOLDER = "diffusion_models"
 _WEIGHT_DTYPE_TIP = (
-    "How weights are held in memory. default: as stored in the file. bf16: everything bf16 (fp8 files are "
-    "dequantised). fp8_*: linear weights inside the blocks quantised on load from a bf16/fp16 file, tensor by "
-    "tensor (no full-precision copy); *_scaled adds a per-tensor scale (better quality, same size)."
+    "How weights are held in memory. default: as stored in the file. bf16: everything bf16 (fp8 files "
+    "are dequantised). fp8_*: linear weights inside the blocks quantised on load from a bf16/fp16 file, "
+    "tensor by tensor (no full-precision copy); *_scaled adds a per-tensor scale (better quality, same size)."
 )
 _OVERRIDE_TIP = (
     'Optional JSON object merged over the config inferred from the file, e.g. {"num_heads": 24}. Leave empty '
@@ -71,7 +71,8 @@ class _DiffusionLoader(io.ComfyNode):
             path = folder_paths.get_full_path(_FOLDER, model_name)
             if path is None:
                 return f"{model_name!r} is not in models/{_FOLDER}; put the file there or pick another"
-            inspect(Path(path), cls.FAMILY, weight_dtype=WeightDtype(weight_dtype), config_override=override)
+            dtype = WeightDtype(weight_dtype)
+            inspect_file(Path(path), cls.FAMILY, weight_dtype=dtype, config_override=override)
         except ModelFileError as e:
             return str(e)
         return True
@@ -95,9 +96,9 @@ class DarkroomFluxLoader(_DiffusionLoader):
     NODE_ID = "DarkroomFluxLoader"
     DISPLAY = "Load FLUX Diffusion Model (darkroom)"
     MODEL_TIP = (
-        "A FLUX.2 or FLUX.1 (dev/schnell) diffusion-model file from models/diffusion_models: bf16/fp16, fp8 or "
-        "scaled fp8. Heads, rope axes, depth and widths are read from the tensors; wrong or damaged files are "
-        "rejected before loading. FLUX.2 conditioning needs a pooled_output."
+        "A FLUX.2 or FLUX.1 (dev/schnell) diffusion-model file from models/diffusion_models: bf16/fp16, "
+        "fp8 or scaled fp8. Heads, rope axes, depth and widths are read from the tensors; wrong or damaged "
+        "files are rejected before loading. FLUX.2 conditioning needs a pooled_output."
     )
 
 
@@ -108,9 +109,9 @@ class DarkroomWanLoader(_DiffusionLoader):
     NODE_ID = "DarkroomWanLoader"
     DISPLAY = "Load Wan Diffusion Model (darkroom)"
     MODEL_TIP = (
-        "A Wan diffusion-model file from models/diffusion_models: Wan 2.1 (T2V/I2V), Wan 2.2 TI2V-5B (48-channel "
-        "latent), or one Wan 2.2 A14B expert (use two loaders: high-noise and low-noise). bf16/fp16, fp8 or "
-        "scaled fp8; wrong or damaged files are rejected before loading."
+        "A Wan diffusion-model file from models/diffusion_models: Wan 2.1 (T2V/I2V), Wan 2.2 TI2V-5B "
+        "(48-channel latent), or one Wan 2.2 A14B expert (use two loaders: high-noise and low-noise). "
+        "bf16/fp16, fp8 or scaled fp8; wrong or damaged files are rejected before loading."
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ CHUNK_ELEMS = 1 << 20
 FP8_DTYPES: frozenset[torch.dtype] = frozenset({torch.float8_e4m3fn, torch.float8_e5m2})
 
 
-class Fp8Format(str, Enum):
+class Fp8Format(StrEnum):
     """An fp8 storage format, named as ComfyUI's QUANT_ALGOS names it."""
 
     E4M3FN = "float8_e4m3fn"

@@ -172,9 +172,12 @@ def test_unsupported_quant_format_is_named(tmp_path: Path) -> None:
 def test_strict_check_reports_truncated_file_with_counts_and_examples(tmp_path: Path) -> None:
     full = _model_sd()
     cut = {k: v for k, v in full.items() if not k.startswith("single_blocks.")}
-    with ckpt.Checkpoint(ckpt.read_header(_write(tmp_path / "cut.safetensors", cut))) as c:
-        with pytest.raises(ckpt.CheckpointMismatchError) as err:
-            ckpt.check_keys(c.source, "flux2", {k: tuple(v.shape) for k, v in full.items()}, c.shapes())
+    expected = {k: tuple(v.shape) for k, v in full.items()}
+    with (
+        ckpt.Checkpoint(ckpt.read_header(_write(tmp_path / "cut.safetensors", cut))) as c,
+        pytest.raises(ckpt.CheckpointMismatchError) as err,
+    ):
+        ckpt.check_keys(c.source, "flux2", expected, c.shapes())
     message = str(err.value)
     assert "cut.safetensors" in message and "flux2" in message
     assert "2 missing keys (e.g. single_blocks.0.linear1.weight" in message and "0 unexpected keys" in message

@@ -1,4 +1,4 @@
-"""quant.py: fp8 round trips, scaled vs plain, saturation, chunk boundaries, comfy_quant entries (no ComfyUI)."""
+"""quant.py: fp8 round trips, scaled vs plain, saturation, chunking, comfy_quant entries (no ComfyUI)."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ text_dim 64 (umT5).
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -23,7 +24,8 @@ from ..diffusion import expected_shapes
 from ..quant import Fp8Format
 
 FLUX2: dict[str, Any] = {
-    "image_model": "flux2", "in_channels": 128, "out_channels": 128, "vec_in_dim": None, "context_in_dim": 192,
+    "image_model": "flux2", "in_channels": 128, "out_channels": 128, "vec_in_dim": None,
+    "context_in_dim": 192,
     "hidden_size": 128, "mlp_ratio": 3.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
     "axes_dim": [16, 16, 16, 16], "theta": 2000, "patch_size": 1, "qkv_bias": False, "guidance_embed": True,
     "txt_ids_dims": [3], "global_modulation": True, "mlp_silu_act": True, "ops_bias": False,
@@ -59,7 +61,7 @@ def _init(name: str, key: str, shape: Shape) -> torch.Tensor:
     if len(shape) == 1 and not key.endswith(".bias"):
         return 1.0 + 0.05 * noise  # norm scales
     if len(shape) >= 2 and key.endswith(".weight"):
-        return noise / (shape[1] * max(1, int(torch.tensor(shape[2:]).prod()))) ** 0.5
+        return noise / math.sqrt(math.prod(shape[1:]))  # fan-in (conv: in channels x kernel)
     return 0.02 * noise
 
 
