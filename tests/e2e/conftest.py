@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from server.models import load_manifest, make_tiny
+from server.models import load_manifest, make_tiny, sha256_of
 from server.settings import PINNED_COMFYUI_COMMIT, PROJECT_ROOT, Settings, load_settings
 from server.supervisor import Supervisor
 from server.worker import free_port
@@ -86,6 +86,12 @@ def tiny_models_dir(comfyui_dir: Path) -> Path:
         make_tiny(settings, comfyui_dir)
     missing = manifest.missing(generated, settings.models_path)
     assert not missing, f"make-tiny did not build {missing}"
+    changed = [
+        name
+        for name in generated
+        if manifest.get(name).sha256 != sha256_of(settings.models_path / manifest.get(name).file)
+    ]
+    assert not changed, f"tiny models differ from the manifest's sha256 (rebuild, or update it): {changed}"
     return settings.models_path
 
 
