@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from pathlib import Path
 from typing import Any
 
 import av
@@ -13,8 +12,7 @@ import pytest
 
 from server import comfy_client as cc
 from server.errors import ComfyValidationError
-from server.models import make_tiny
-from server.settings import PROJECT_ROOT, Settings
+from server.settings import PROJECT_ROOT
 from server.supervisor import Supervisor
 
 pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session")]
@@ -23,26 +21,6 @@ WIDTH, HEIGHT, FRAMES = 96, 64, 5  # non-square catches a width/height swap; 5 f
 TEXT_ENCODER = "tiny/umt5xxl.safetensors"
 FIVE_B = "tiny/wan22-ti2v-5b-{}.safetensors"
 A14B = "tiny/wan22-a14b-{}-fp8_scaled.safetensors"
-NEEDED = [
-    f"diffusion_models/{FIVE_B.format('bf16')}",
-    f"diffusion_models/{FIVE_B.format('fp8_scaled')}",
-    f"diffusion_models/{A14B.format('high')}",
-    f"diffusion_models/{A14B.format('low')}",
-    "diffusion_models/tiny/flux2-bf16.safetensors",
-    f"text_encoders/{TEXT_ENCODER}",
-    "vae/tiny/wan22-vae.safetensors",
-    "vae/tiny/wan21-vae.safetensors",
-]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def tiny_models(stack_settings: Settings, comfyui_dir: Path) -> None:
-    """Build the tiny models into the session's models folder unless they are already there (~10 s).
-
-    ComfyUI rescans a model folder whose mtime changed, so a worker that is already running sees them.
-    """
-    if any(not (stack_settings.models_path / f).is_file() for f in NEEDED):
-        make_tiny(stack_settings, comfyui_dir)
 
 
 def workflow(name: str) -> dict[str, Any]:
