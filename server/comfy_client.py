@@ -163,6 +163,24 @@ class ComfyClient:
             )
         return body
 
+    async def upload_input(self, data: bytes, name: str, *, subfolder: str = "darkroom") -> str:
+        """Put an input image in the worker's input folder; returns the name LoadImage takes."""
+        form = aiohttp.FormData()
+        form.add_field("image", data, filename=name)
+        form.add_field("type", "input")
+        form.add_field("subfolder", subfolder)
+        form.add_field("overwrite", "true")
+        timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
+        try:
+            async with self.session.post(self.base_url + "/upload/image", data=form, timeout=timeout) as resp:
+                status, body = resp.status, await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise WorkerConnectionError(f"ComfyUI worker {self.base_url}: uploading {name} failed: {e}") from e
+        if status != 200:
+            raise _unexpected(self.base_url, "POST", "/upload/image", status, body)
+        saved = json.loads(body)
+        return f"{saved['subfolder']}/{saved['name']}" if saved.get("subfolder") else str(saved["name"])
+
     async def interrupt(self, prompt_id: str) -> None:
         """Stop ``prompt_id`` if it is the one running (POST /interrupt); a no-op otherwise."""
         await self._json("POST", "/interrupt", json_body={"prompt_id": prompt_id})

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import PIL.Image
 from pydantic import BaseModel
 
 from . import comfy_client as cc
-from .errors import GenerationError, ModelsMissingError
+from . import inputs, netpolicy
+from .errors import GenerationError, InputError, ModelsMissingError
 from .files import OutputStore, data_uri
-from .mapping import Endpoint
+from .mapping import Endpoint, ImageInput
 from .models import Manifest
 from .settings import Settings
 from .supervisor import Supervisor
@@ -53,17 +58,48 @@ class Generator:
     ) -> dict[str, Any]:
         """Generate, store the outputs and return fal's response body."""
         self.check_models(endpoint)
-        prompt, resolved = endpoint.build_prompt(request, self.manifest)
-        async with self.supervisor.worker() as worker:
-            started = time.perf_counter()
-            saved = await self._execute(worker.client, prompt, endpoint, request_id, on_event)
-            files = [
-                await self._store(worker.client, entry, request_id, index, resolved, base_url)
-                for index, entry in enumerate(saved)
-            ]
-            inference_s = time.perf_counter() - started
+        with inputs.input_area(self.settings, request_id) as folder:
+            fetched = await self._fetch_images(endpoint, request, folder, base_url)
+            async with self.supervisor.worker() as worker:
+                images = {
+                    name: ImageInput(
+                        await worker.client.upload_input(data, f"{request_id}-{name}"), width, height
+                    )
+                    for name, (data, width, height) in fetched.items()
+                }
+                prompt, resolved = endpoint.build_prompt(request, self.manifest, images)
+                started = time.perf_counter()
+                saved = await self._execute(worker.client, prompt, endpoint, request_id, on_event)
+                files = [
+                    await self._store(worker.client, entry, request_id, index, resolved, base_url)
+                    for index, entry in enumerate(saved)
+                ]
+                inference_s = time.perf_counter() - started
         log.info("%s %s: %d file(s) in %.3f s", endpoint.app_id, request_id, len(files), inference_s)
         return _response(endpoint, files, resolved, inference_s)
+
+    async def _fetch_images(
+        self, endpoint: Endpoint, request: BaseModel, folder: Path, base_url: str
+    ) -> dict[str, tuple[bytes, int, int]]:
+        """Download each input image before taking a worker, so no worker waits on the network."""
+        fetched: dict[str, tuple[bytes, int, int]] = {}
+        urls = {name: getattr(request, name) for name in endpoint.image_params if getattr(request, name)}
+        if not urls:
+            return fetched
+        policy = netpolicy.AddressPolicy.from_settings(self.settings)
+        async with netpolicy.guarded_session(policy) as session:
+            for name, url in urls.items():
+                found = await inputs.fetch_input(
+                    url,
+                    settings=self.settings,
+                    session=session,
+                    dest_dir=folder,
+                    own_base_url=base_url,
+                    accept=("image/",),
+                )
+                data = found.path.read_bytes()
+                fetched[name] = (data, *await asyncio.to_thread(_image_size, data, name))
+        return fetched
 
     async def _execute(
         self,
@@ -111,6 +147,15 @@ class Generator:
         if "width" in entry:
             described.update(width=entry["width"], height=entry["height"])
         return described
+
+
+def _image_size(data: bytes, field: str) -> tuple[int, int]:
+    """Width and height from the image header (Pillow reads no pixels for this)."""
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (PIL.UnidentifiedImageError, OSError) as e:
+        raise InputError(f"{field}: not an image Pillow can read ({e})") from e
 
 
 def _response(

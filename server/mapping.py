@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,8 @@ IMAGE_SIZE_PRESETS: dict[str, tuple[int, int]] = {
 }
 SEED_MAX = 2**63 - 1
 
-ParamType = Literal["string", "integer", "number", "boolean", "enum", "image_size", "seed"]
+ParamType = Literal["string", "integer", "number", "boolean", "enum", "image_size", "seed", "image_url"]
+AUTO = "auto"
 
 
 class ParamSpec(BaseModel):
@@ -51,6 +53,9 @@ class ParamSpec(BaseModel):
     max_length: int | None = None
     values: list[str] | None = None
     multiple_of: int | None = Field(default=None, description="image_size: sides rounded down to this")
+    auto_from: str | None = Field(
+        default=None, description='enum of "W:H" ratios: "auto" picks the one nearest this image_url input'
+    )
     to: list[str] | dict[str, list[str]] = Field(default_factory=list)
 
 
@@ -90,7 +95,11 @@ class OutputSpec(BaseModel):
 
 
 class MappingFile(BaseModel):
+    """One workflow and its endpoints. `extends` names a mapping whose params and lookups this one
+    starts from (an image-to-video mapping extends its text-to-video sibling)."""
+
     model_config = ConfigDict(extra="forbid")
+    extends: str | None = None
     workflow: str
     output: OutputSpec
     params: dict[str, ParamSpec]
@@ -100,6 +109,15 @@ class MappingFile(BaseModel):
 
 class MappingError(ValueError):
     """A mapping file disagrees with its workflow or the manifest; raised at load, never per request."""
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """An input image as the worker knows it: its name in the worker's input folder, and its size."""
+
+    name: str
+    width: int
+    height: int
 
 
 @dataclass(frozen=True)
@@ -119,8 +137,16 @@ class Endpoint:
         """Parse a request body; raises pydantic's ValidationError with fal-style details."""
         return self.request_model.model_validate(body)
 
-    def build_prompt(self, request: BaseModel, manifest: Manifest) -> tuple[dict[str, Any], dict[str, Any]]:
+    @property
+    def image_params(self) -> list[str]:
+        """Request fields holding image URLs, which the worker must receive before the graph runs."""
+        return [name for name, spec in self.params.items() if spec.type == "image_url"]
+
+    def build_prompt(
+        self, request: BaseModel, manifest: Manifest, images: dict[str, ImageInput] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The graph to submit and the resolved values (random seed filled in, image size in pixels)."""
+        images = images or {}
         prompt = copy.deepcopy(self.workflow)
         resolved: dict[str, Any] = {}
         for target, model_name in self.models.items():
@@ -128,7 +154,7 @@ class Endpoint:
         for target, value in self.fixed.items():
             _set(prompt, target, value)
         for name, spec in self.params.items():
-            value = _resolve(spec, getattr(request, name))
+            value = _resolve(name, spec, getattr(request, name), images)
             resolved[name] = value
             if isinstance(spec.to, dict):
                 _set_parts(prompt, spec.to, value)
@@ -146,7 +172,7 @@ def load_endpoints(directory: Path, manifest: Manifest) -> dict[str, Endpoint]:
     endpoints: dict[str, Endpoint] = {}
     for path in sorted(directory.glob("*.yaml")):
         try:
-            mapping = MappingFile.model_validate(yaml.safe_load(path.read_text()))
+            mapping = MappingFile.model_validate(_with_base(path, yaml.safe_load(path.read_text())))
         except ValidationError as e:
             raise MappingError(f"{path}: {e}") from e
         workflow = json.loads((directory / mapping.workflow).read_text())
@@ -155,6 +181,19 @@ def load_endpoints(directory: Path, manifest: Manifest) -> dict[str, Endpoint]:
                 raise MappingError(f"{path}: endpoint {app_id} is declared twice")
             endpoints[app_id] = _endpoint(path, app_id, mapping, spec, workflow, manifest)
     return endpoints
+
+
+def _with_base(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """A mapping that extends another starts from the other's params and lookups (one level)."""
+    if not raw.get("extends"):
+        return raw
+    base = yaml.safe_load((path.parent / raw["extends"]).read_text())
+    if base.get("extends"):
+        raise MappingError(f"{path}: extends {raw['extends']}, which itself extends another mapping")
+    merged = dict(raw)
+    for section in ("params", "lookups"):
+        merged[section] = {**base.get(section, {}), **raw.get(section, {})}
+    return merged
 
 
 def _endpoint(
@@ -217,7 +256,8 @@ def _check_lookup(path: Path, name: str, lookup: LookupSpec, params: dict[str, P
         spec = params.get(key)
         if spec is None or spec.type != "enum" or not spec.values:
             raise MappingError(f"{path}: lookup {name} keys on {key!r}, which is not an enum parameter")
-        choices = [c + [v] for c in choices for v in spec.values]
+        values = [v for v in spec.values if not (v == AUTO and spec.auto_from)]
+        choices = [c + [v] for c in choices for v in values]
     missing = [" ".join(c) for c in choices if " ".join(c) not in lookup.table]
     if missing:
         raise MappingError(f"{path}: lookup {name} has no row for {missing}")
@@ -252,6 +292,8 @@ def _annotation(field_name: str, spec: ParamSpec) -> tuple[Any, dict[str, Any]]:
         return Literal[tuple(spec.values)], {}
     if spec.type == "seed":
         return int | None, {"ge": 0, "le": SEED_MAX}
+    if spec.type == "image_url":
+        return (str if spec.required else str | None), {"min_length": 1}
     # Types built at run time from the mapping file: mypy cannot follow them, pydantic can.
     side = Field(
         ge=int(spec.ge) if spec.ge is not None else None, le=int(spec.le) if spec.le is not None else None
@@ -275,7 +317,12 @@ def _image_size_kind(value: Any) -> str:
     return _PRESET_TAG if isinstance(value, str) else _CUSTOM_TAG
 
 
-def _resolve(spec: ParamSpec, value: Any) -> Any:
+def _resolve(name: str, spec: ParamSpec, value: Any, images: dict[str, ImageInput]) -> Any:
+    if spec.type == "image_url":
+        return images[name].name if value is not None else None
+    if value == AUTO and spec.auto_from:
+        image = images[spec.auto_from]
+        return _nearest_ratio(image.width / image.height, [v for v in spec.values or [] if v != AUTO])
     if spec.type == "seed":
         return secrets.randbelow(2**32) if value is None else value
     if spec.type == "image_size":
@@ -290,6 +337,16 @@ def _parse_target(target: str) -> tuple[str, str, float | None]:
     place, _, factor = target.partition("*")
     node_id, _, input_name = place.strip().partition(".")
     return node_id, input_name, float(factor) if factor.strip() else None
+
+
+def _nearest_ratio(ratio: float, choices: list[str]) -> str:
+    """The "W:H" choice closest to ratio, compared on a log scale so 2:1 and 1:2 are equally far from 1:1."""
+
+    def distance(choice: str) -> float:
+        width, height = (float(part) for part in choice.split(":"))
+        return abs(math.log(ratio) - math.log(width / height))
+
+    return min(choices, key=distance)
 
 
 def _set(prompt: dict[str, Any], target: str, value: Any) -> None:

@@ -163,3 +163,32 @@ async def test_wan_demo_endpoints_answer_an_mp4_file(facade: TestClient, app_id:
         decoded = list(container.decode(stream))
         assert (stream.codec_context.width, stream.codec_context.height) == (64, 96)
         assert len(decoded) == frames and stream.average_rate == 8
+
+
+def png_data_uri(width: int, height: int) -> str:
+    image = Image.new("RGB", (width, height), (200, 40, 40))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+
+
+@pytest.mark.parametrize("app_id", ["darkroom/demo-wan-2.2-5b-i2v", "darkroom/demo-wan-2.2-a14b-i2v"])
+async def test_image_to_video_takes_a_start_image_and_picks_the_aspect_ratio(
+    facade: TestClient, app_id: str
+) -> None:
+    import av
+
+    body = {"prompt": "the cube spins", "seed": 4, "num_frames": 5, "image_url": png_data_uri(60, 100)}
+    response = await facade.post(f"/run/{app_id}", json=body)
+    assert response.status == 200, await response.text()
+    data, _ = await fetch(facade, (await response.json())["video"]["url"])
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.width, stream.codec_context.height) == (64, 96)  # "auto" -> 9:16
+
+
+async def test_image_url_on_a_private_address_is_refused(facade: TestClient) -> None:
+    body = {"prompt": "x", "image_url": "https://127.0.0.1:9/cat.png"}
+    response = await facade.post("/run/darkroom/demo-wan-2.2-5b-i2v", json=body)
+    assert response.status == 422, await response.text()
+    assert "127.0.0.1" in (await response.json())["detail"]
