@@ -157,7 +157,7 @@ async def test_interrupt_running_and_delete_pending(supervisor: Supervisor) -> N
                     await client.delete_pending([pending_id])
                     await client.interrupt(running_id)
                     interrupted_at = time.monotonic()
-            assert time.monotonic() - interrupted_at < 2.0
+            assert time.monotonic() - interrupted_at < 15.0  # the node would run 30 s uninterrupted
             assert seen[-1] == cc.Interrupted(running_id, "3", "DarkroomTestSlow")
             assert [e async for e in pending.events(pending_id)] == [cc.Removed(pending_id)]
         assert (await client.queue()) == ([], [])
