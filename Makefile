@@ -21,7 +21,7 @@ test: setup
 	$(PY) -m pytest tests --ignore=tests/engine
 	$(PY) -m pytest tests/engine
 
-setup: $(VENV)/.deps-stamp data/.comfyui-stamp data/.tiny-stamp
+setup: $(VENV)/.deps-stamp data/.comfyui-stamp data/.tiny-stamp tests/e2e/js/node_modules/.stamp
 
 $(VENV)/.deps-stamp: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ $(VENV)/.deps-stamp: pyproject.toml constraints.txt
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
+
+# fal's JS client for tests/e2e/test_fal_client.py (its tests are skipped where npm is missing).
+tests/e2e/js/node_modules/.stamp: tests/e2e/js/package.json tests/e2e/js/package-lock.json
+	if command -v npm >/dev/null; then npm ci --prefix tests/e2e/js --no-audit --no-fund && touch $@; fi
 
 data/.comfyui-stamp: $(VENV)/.deps-stamp constraints.txt
 	$(DARKROOM) comfyui install

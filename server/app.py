@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from . import endpoints
+from . import auth, endpoints, queue_api, storage_api, ws_api
 from .errors import DarkroomError
 from .keys import REQUEST_ID, SETTINGS, SUPERVISOR
+from .progress import HUB, ProgressHub
 from .settings import Settings
 from .supervisor import Supervisor
 
@@ -83,7 +84,12 @@ def create_app(settings: Settings, supervisor: Supervisor, *, run_supervisor: bo
         app.cleanup_ctx.append(_run_supervisor)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
+    auth.setup(app, settings)
+    app[HUB] = ProgressHub()
     endpoints.setup(app, settings, supervisor)
+    queue_api.setup(app, settings)
+    ws_api.setup(app)
+    storage_api.setup(app, settings)
     return app
 
 

@@ -7,15 +7,16 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 
 from aiohttp import web
 
-from . import comfy_install, models
+from . import auth, comfy_install, models
 from .app import create_app
 from .endpoints import WORKFLOWS_DIR
-from .errors import DarkroomError
+from .errors import ConfigError, DarkroomError
 from .mapping import load_endpoints
 from .settings import Settings, load_settings
 from .supervisor import Supervisor
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="ComfyUI workers; 0 = one per GPU (DARKROOM_WORKERS).")
     serve.add_argument("--cpu", action="store_true", help="Run the workers on CPU (DARKROOM_DEVICE=cpu).")
     serve.add_argument("--data-dir", help="Models, outputs and worker state (DARKROOM_DATA_DIR).")
+    serve.add_argument("--tls-cert", help="PEM certificate: serve https/wss (DARKROOM_TLS_CERT).")
+    serve.add_argument("--tls-key", help="PEM private key for --tls-cert (DARKROOM_TLS_KEY).")
 
     comfyui = commands.add_parser("comfyui", help="Manage the pinned ComfyUI install.")
     comfyui_commands = comfyui.add_subparsers(dest="action", required=True)
@@ -57,6 +60,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         workers=getattr(args, "workers", None),
         device="cpu" if getattr(args, "cpu", False) else None,
         data_dir=getattr(args, "data_dir", None),
+        tls_cert=getattr(args, "tls_cert", None),
+        tls_key=getattr(args, "tls_key", None),
     )
 
 
@@ -103,6 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def serve(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; 0 after a clean shutdown, 1 if the workers cannot start."""
+    keys = auth.KeyRing.from_settings(settings)  # refuse a bad set-up before anything starts
+    auth.check_exposure(settings.host, has_keys=not keys.open, open_access=settings.open_access)
+    ssl_context = tls_context(settings)
     # Requirements are installed by `darkroom comfyui install` (make setup), not on every start.
     comfyui_dir = await asyncio.to_thread(comfy_install.ensure_comfyui, settings, install_requirements=False)
     app = create_app(settings, Supervisor(settings, comfyui_dir))
@@ -113,13 +121,29 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await runner.setup()  # starts the supervisor (workers boot in the background)
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)
         await site.start()
         logger.info("listening on %s; starting ComfyUI workers", site.name)
         return await _until_stopped(app, site.name, stop)
     finally:
         await runner.cleanup()  # stops the workers
         logger.info("darkroom stopped")
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server-side TLS context for tls_cert/tls_key, or None to serve plain http."""
+    if not (settings.tls_cert or settings.tls_key):
+        return None
+    if not (settings.tls_cert and settings.tls_key):
+        raise ConfigError("TLS needs both a certificate and its key: set --tls-cert and --tls-key.")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(
+            f"Cannot load TLS certificate {settings.tls_cert} with key {settings.tls_key}: {e}"
+        ) from e
+    return context
 
 
 async def _until_stopped(app: web.Application, url: str, stop: asyncio.Event) -> int:

@@ -175,7 +175,9 @@ class ComfyClient:
             async with self.session.post(self.base_url + "/upload/image", data=form, timeout=timeout) as resp:
                 status, body = resp.status, await resp.read()
         except (aiohttp.ClientError, TimeoutError) as e:
-            raise WorkerConnectionError(f"ComfyUI worker {self.base_url}: uploading {name} failed: {e}") from e
+            raise WorkerConnectionError(
+                f"ComfyUI worker {self.base_url}: uploading {name} failed: {e}"
+            ) from e
         if status != 200:
             raise _unexpected(self.base_url, "POST", "/upload/image", status, body)
         saved = json.loads(body)

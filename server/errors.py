@@ -226,3 +226,26 @@ class ComfyValidationError(DarkroomError):
         if not found and details:
             message = f"{message} ({details})"
         return cls(str(error.get("type", "unknown")), message, found)
+
+
+class AuthError(DarkroomError):
+    """The request carries no API key, or one this server does not know (401)."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Key realm="darkroom"'})
+
+
+class InputError(DarkroomError):
+    """A file the request names (image_url, an upload) cannot be used: bad URL, too large, unreadable."""
+
+    status = 422
+    code = "input_error"
+
+
+class BlockedAddressError(InputError):
+    """A URL points at an address the outbound policy refuses (loopback, private, metadata...)."""
+
+    code = "address_not_allowed"

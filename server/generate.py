@@ -7,7 +7,7 @@ import io
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,10 @@ from pydantic import BaseModel
 
 from . import comfy_client as cc
 from . import inputs, netpolicy
-from .errors import GenerationError, InputError, ModelsMissingError
+from .choices import ComfyChoices
+from .errors import ComfyValidationError, GenerationError, InputError, ModelsMissingError
 from .files import OutputStore, data_uri
+from .loras import LoraCache
 from .mapping import Endpoint, ImageInput
 from .models import Manifest
 from .settings import Settings
@@ -26,6 +28,12 @@ from .supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[cc.Event], Awaitable[None]]
+# Nodes whose failures come from what the request asked for (a LoRA of another family, a VAE that
+# does not fit, an impossible blend or schedule): a 422 for the client, not a server error.
+USER_INPUT_NODES = frozenset({
+    "DarkroomLoraStack", "DarkroomVAEGuard", "DarkroomModelBlend", "DarkroomSigmas",
+    "DarkroomVAELoader", "LoadImage",
+})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,8 @@ class Generator:
     supervisor: Supervisor
     manifest: Manifest
     store: OutputStore
+    loras: LoraCache
+    choices: ComfyChoices = field(default_factory=ComfyChoices)
 
     def check_models(self, endpoint: Endpoint) -> None:
         """Refuse an endpoint whose weights are absent, naming the files and the command that fetches them."""
@@ -59,15 +69,17 @@ class Generator:
         """Generate, store the outputs and return fal's response body."""
         self.check_models(endpoint)
         with inputs.input_area(self.settings, request_id) as folder:
-            fetched = await self._fetch_images(endpoint, request, folder, base_url)
+            images = await self._fetch_images(endpoint, request, folder, base_url)
+            prepared: dict[str, Any] = {
+                name: await self.loras.resolve([entry.model_dump() for entry in getattr(request, name)])
+                for name in endpoint.params_of("loras")
+            }
             async with self.supervisor.worker() as worker:
-                images = {
-                    name: ImageInput(
-                        await worker.client.upload_input(data, f"{request_id}-{name}"), width, height
-                    )
-                    for name, (data, width, height) in fetched.items()
-                }
-                prompt, resolved = endpoint.build_prompt(request, self.manifest, images)
+                await self.choices.check(endpoint, request, worker.client)
+                for name, (data, width, height) in images.items():
+                    uploaded = await worker.client.upload_input(data, f"{request_id}-{name}")
+                    prepared[name] = ImageInput(uploaded, width, height)
+                prompt, resolved = endpoint.build_prompt(request, self.manifest, prepared)
                 started = time.perf_counter()
                 saved = await self._execute(worker.client, prompt, endpoint, request_id, on_event)
                 files = [
@@ -83,7 +95,9 @@ class Generator:
     ) -> dict[str, tuple[bytes, int, int]]:
         """Download each input image before taking a worker, so no worker waits on the network."""
         fetched: dict[str, tuple[bytes, int, int]] = {}
-        urls = {name: getattr(request, name) for name in endpoint.image_params if getattr(request, name)}
+        urls = {
+            name: getattr(request, name) for name in endpoint.params_of("image_url") if getattr(request, name)
+        }
         if not urls:
             return fetched
         policy = netpolicy.AddressPolicy.from_settings(self.settings)
@@ -110,20 +124,40 @@ class Generator:
         on_event: EventSink | None,
     ) -> list[dict[str, Any]]:
         saved: list[dict[str, Any]] = []
-        async for event in client.run(prompt, prompt_id=request_id):
-            if on_event is not None:
-                await on_event(event)
-            if isinstance(event, cc.Executed) and event.node == endpoint.output.node:
-                saved.extend(event.output.get("images", []) + event.output.get("videos", []))
-            elif isinstance(event, cc.ExecutionError):
-                raise GenerationError(
-                    f"{endpoint.app_id}: node {event.node_id} ({event.node_type}) failed: {event.message}"
-                )
-            elif isinstance(event, cc.Interrupted):
-                raise GenerationError(f"{endpoint.app_id}: request {request_id} was interrupted")
+        try:
+            async for event in client.run(prompt, prompt_id=request_id):
+                await self._on(event, endpoint, request_id, saved, on_event)
+        except ComfyValidationError as e:
+            if e.class_type not in USER_INPUT_NODES:
+                raise
+            # ComfyUI repeats a node's message once per input it checked: say it once.
+            reasons = dict.fromkeys(error.details or error.message for error in e.node_errors)
+            raise InputError(f"{endpoint.app_id}: {'; '.join(reasons)}") from e
         if not saved:
             raise GenerationError(f"{endpoint.app_id}: the workflow produced no {endpoint.output.kind}")
         return saved
+
+    async def _on(
+        self,
+        event: cc.Event,
+        endpoint: Endpoint,
+        request_id: str,
+        saved: list[dict[str, Any]],
+        on_event: EventSink | None,
+    ) -> None:
+        """Handle one worker event: forward it, collect saved files, turn failures into errors."""
+        if on_event is not None:
+            await on_event(event)
+        if isinstance(event, cc.Executed) and event.node == endpoint.output.node:
+            saved.extend(event.output.get("images", []) + event.output.get("videos", []))
+        elif isinstance(event, cc.ExecutionError) and event.node_type in USER_INPUT_NODES:
+            raise InputError(f"{endpoint.app_id}: {event.message}")
+        elif isinstance(event, cc.ExecutionError):
+            raise GenerationError(
+                f"{endpoint.app_id}: node {event.node_id} ({event.node_type}) failed: {event.message}"
+            )
+        elif isinstance(event, cc.Interrupted):
+            raise GenerationError(f"{endpoint.app_id}: request {request_id} was interrupted")
 
     async def _store(
         self,

@@ -14,25 +14,13 @@ import math
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .models import Manifest
-
-IMAGE_SIZE_PRESETS: dict[str, tuple[int, int]] = {
-    "square_hd": (1024, 1024),
-    "square": (512, 512),
-    "portrait_4_3": (768, 1024),
-    "portrait_16_9": (576, 1024),
-    "landscape_4_3": (1024, 768),
-    "landscape_16_9": (1024, 576),
-}
-SEED_MAX = 2**63 - 1
-
-ParamType = Literal["string", "integer", "number", "boolean", "enum", "image_size", "seed", "image_url"]
-AUTO = "auto"
+from .request_schema import AUTO, DEFAULT, IMAGE_SIZE_PRESETS, ParamType, request_model
 
 
 class ParamSpec(BaseModel):
@@ -53,6 +41,7 @@ class ParamSpec(BaseModel):
     max_length: int | None = None
     values: list[str] | None = None
     multiple_of: int | None = Field(default=None, description="image_size: sides rounded down to this")
+    family: str | None = Field(default=None, description="model_blend: the DarkroomModelBlend family")
     auto_from: str | None = Field(
         default=None, description='enum of "W:H" ratios: "auto" picks the one nearest this image_url input'
     )
@@ -137,16 +126,19 @@ class Endpoint:
         """Parse a request body; raises pydantic's ValidationError with fal-style details."""
         return self.request_model.model_validate(body)
 
-    @property
-    def image_params(self) -> list[str]:
-        """Request fields holding image URLs, which the worker must receive before the graph runs."""
-        return [name for name, spec in self.params.items() if spec.type == "image_url"]
+    def params_of(self, *types: str) -> list[str]:
+        """Request fields of these types (image URLs and LoRAs need I/O before the graph can run)."""
+        return [name for name, spec in self.params.items() if spec.type in types]
 
     def build_prompt(
-        self, request: BaseModel, manifest: Manifest, images: dict[str, ImageInput] | None = None
+        self, request: BaseModel, manifest: Manifest, prepared: dict[str, Any] | None = None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The graph to submit and the resolved values (random seed filled in, image size in pixels)."""
-        images = images or {}
+        """The graph to submit and the resolved values (random seed filled in, image size in pixels).
+
+        `prepared` holds what the facade fetched for I/O-backed fields: ImageInput per image field,
+        the cache-resolved entry list per LoRA field.
+        """
+        prepared = prepared or {}
         prompt = copy.deepcopy(self.workflow)
         resolved: dict[str, Any] = {}
         for target, model_name in self.models.items():
@@ -154,9 +146,13 @@ class Endpoint:
         for target, value in self.fixed.items():
             _set(prompt, target, value)
         for name, spec in self.params.items():
-            value = _resolve(name, spec, getattr(request, name), images)
-            resolved[name] = value
-            if isinstance(spec.to, dict):
+            value = resolved[name] = _resolve(name, spec, getattr(request, name), prepared, manifest)
+            if value is None:
+                continue  # an optional field left out: the workflow's own value stands
+            if spec.type == "model_blend":
+                (node_id,) = spec.to
+                prompt[node_id] = _blend_node(prompt[node_id], value, spec)
+            elif isinstance(spec.to, dict):
                 _set_parts(prompt, spec.to, value)
             else:
                 for target in spec.to:
@@ -213,7 +209,12 @@ def _endpoint(
     unknown = (set(spec.params) - set(params)) | (set(spec.lookups) - set(lookups))
     if unknown:
         raise MappingError(f"{path}: {app_id} overrides unknown params or lookups {sorted(unknown)}")
-    targets = [t for p in params.values() for t in _targets(p.to)] + list(spec.models) + list(spec.fixed)
+    blends = [p for p in params.values() if p.type == "model_blend"]
+    for blend in blends:
+        if len(blend.to) != 1 or list(blend.to)[0] not in workflow or not blend.family:
+            raise MappingError(f"{path}: {app_id}: a model_blend names one loader node id and a family")
+    targets = [t for p in params.values() if p not in blends for t in _targets(p.to)]
+    targets += list(spec.models) + list(spec.fixed)
     targets += [t for lookup in lookups.values() for t in _targets(lookup.to)]
     for target in targets:
         node_id, input_name, _ = _parse_target(target)
@@ -241,7 +242,7 @@ def _endpoint(
         fixed=dict(spec.fixed),
         lookups=lookups,
         output=mapping.output,
-        request_model=_request_model(model_name, params),
+        request_model=request_model(model_name, params),
     )
 
 
@@ -263,65 +264,15 @@ def _check_lookup(path: Path, name: str, lookup: LookupSpec, params: dict[str, P
         raise MappingError(f"{path}: lookup {name} has no row for {missing}")
 
 
-def _request_model(name: str, params: dict[str, ParamSpec]) -> type[BaseModel]:
-    fields: dict[str, Any] = {}
-    for field_name, spec in params.items():
-        annotation, constraints = _annotation(f"{name}_{field_name}", spec)
-        default = ... if spec.required else spec.default
-        fields[field_name] = (
-            annotation,
-            Field(default=default, description=spec.description, validate_default=True, **constraints),
-        )
-    model: type[BaseModel] = create_model(name, __config__=ConfigDict(extra="ignore"), **fields)
-    return model
-
-
-def _annotation(field_name: str, spec: ParamSpec) -> tuple[Any, dict[str, Any]]:
-    bounds = {k: v for k, v in (("ge", spec.ge), ("le", spec.le)) if v is not None}
-    if spec.type == "string":
-        lengths = {k: v for k, v in (("min_length", spec.min_length), ("max_length", spec.max_length)) if v}
-        return str, lengths
-    if spec.type == "integer":
-        return int, {k: int(v) for k, v in bounds.items()}
-    if spec.type == "number":
-        return float, bounds
-    if spec.type == "boolean":
-        return bool, {}
-    if spec.type == "enum":
-        assert spec.values, f"enum parameter {field_name} needs values"
-        return Literal[tuple(spec.values)], {}
-    if spec.type == "seed":
-        return int | None, {"ge": 0, "le": SEED_MAX}
+def _resolve(name: str, spec: ParamSpec, value: Any, prepared: dict[str, Any], manifest: Manifest) -> Any:
+    if value is None and spec.type != "seed":
+        return None
+    if spec.type in ("sampler", "scheduler") and value == DEFAULT:
+        return None  # the workflow's own choice
     if spec.type == "image_url":
-        return (str if spec.required else str | None), {"min_length": 1}
-    # Types built at run time from the mapping file: mypy cannot follow them, pydantic can.
-    side = Field(
-        ge=int(spec.ge) if spec.ge is not None else None, le=int(spec.le) if spec.le is not None else None
-    )
-    size: Any = create_model(
-        field_name,
-        __config__=ConfigDict(extra="forbid"),
-        width=(int, side),
-        height=(int, side),
-    )
-    preset: Any = Annotated[Literal[tuple(IMAGE_SIZE_PRESETS)], Tag(_PRESET_TAG)]
-    custom: Any = Annotated[size, Tag(_CUSTOM_TAG)]
-    return Annotated[preset | custom, Discriminator(_image_size_kind)], {}
-
-
-_PRESET_TAG, _CUSTOM_TAG = "preset", "custom"
-UNION_TAGS = frozenset({_PRESET_TAG, _CUSTOM_TAG})
-
-
-def _image_size_kind(value: Any) -> str:
-    return _PRESET_TAG if isinstance(value, str) else _CUSTOM_TAG
-
-
-def _resolve(name: str, spec: ParamSpec, value: Any, images: dict[str, ImageInput]) -> Any:
-    if spec.type == "image_url":
-        return images[name].name if value is not None else None
+        return prepared[name].name
     if value == AUTO and spec.auto_from:
-        image = images[spec.auto_from]
+        image = prepared[spec.auto_from]
         return _nearest_ratio(image.width / image.height, [v for v in spec.values or [] if v != AUTO])
     if spec.type == "seed":
         return secrets.randbelow(2**32) if value is None else value
@@ -329,7 +280,33 @@ def _resolve(name: str, spec: ParamSpec, value: Any, images: dict[str, ImageInpu
         width, height = IMAGE_SIZE_PRESETS[value] if isinstance(value, str) else (value.width, value.height)
         step = spec.multiple_of or 1
         return {"width": max(step, width // step * step), "height": max(step, height // step * step)}
+    if spec.type == "loras":
+        return json.dumps(prepared.get(name, []))
+    if spec.type == "sigmas":
+        return json.dumps(value)
+    if spec.type == "model_file":
+        return _model_file(value, manifest)
+    if spec.type == "model_blend":
+        return [{"model": _model_file(entry.model, manifest), "weight": entry.weight} for entry in value]
     return value
+
+
+def _model_file(name: str, manifest: Manifest) -> str:
+    """A manifest name becomes its file's name in its folder; anything else is taken as that name."""
+    return manifest.models[name].folder_name if name in manifest.models else name
+
+
+def _blend_node(loader: dict[str, Any], models: list[dict[str, Any]], spec: ParamSpec) -> dict[str, Any]:
+    """The loader node swapped for a blend of the given models: same output, so no rewiring."""
+    return {
+        "class_type": "DarkroomModelBlend",
+        "inputs": {
+            "models": json.dumps(models),
+            "family": spec.family,
+            "weight_dtype": loader["inputs"].get("weight_dtype", "default"),
+        },
+        "_meta": {"title": "Blend diffusion models"},
+    }
 
 
 def _parse_target(target: str) -> tuple[str, str, float | None]:

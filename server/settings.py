@@ -85,6 +85,110 @@ class Settings:
         },
     )
 
+    api_keys: str = field(
+        default="",
+        repr=False,
+        metadata={
+            "help": "Comma-separated API keys clients send as `Authorization: Key <key>` (or Bearer); "
+            "fal's KEY_ID:KEY_SECRET form works. No keys: loopback only, unless open_access."
+        },
+    )
+    api_keys_file: str = field(
+        default="",
+        metadata={
+            "help": "File of API keys, one per line (# comments); a `sha256:<hex>` line holds a key's "
+            "hash instead of the key."
+        },
+    )
+    open_access: bool = field(
+        default=False,
+        metadata={"help": "Serve without API keys even when listening beyond loopback (refused otherwise)."},
+    )
+    tls_cert: str = field(
+        default="",
+        metadata={"help": "PEM certificate (chain) to serve https/wss directly; needs tls_key."},
+    )
+    tls_key: str = field(
+        default="",
+        metadata={"help": "PEM private key for tls_cert."},
+    )
+    upload_max_bytes: int = field(
+        default=100 * 1024 * 1024,
+        metadata={"help": "Largest file a client may upload through the /storage API."},
+    )
+    input_max_bytes: int = field(
+        default=100 * 1024 * 1024,
+        metadata={"help": "Largest input file (image_url etc.) fetched from a URL or data: URI."},
+    )
+    lora_max_bytes: int = field(
+        default=2 * 1024 * 1024 * 1024,
+        metadata={"help": "Largest LoRA file downloaded from a URL or hf:// reference."},
+    )
+    max_loras: int = field(
+        default=8,
+        metadata={"help": "Most LoRAs one request may stack."},
+    )
+    input_timeout_s: float = field(
+        default=60.0,
+        metadata={"help": "Time limit for fetching one input URL, redirects included."},
+    )
+    inputs_allow_http: bool = field(
+        default=False,
+        metadata={"help": "Also fetch plain http:// input URLs (https:// and data: only by default)."},
+    )
+    outbound_allow_cidrs: str = field(
+        default="",
+        metadata={
+            "help": "Comma-separated networks that input fetches may reach although non-public "
+            "(loopback, private...); metadata addresses only if named exactly."
+        },
+    )
+
+    result_retention_s: float = field(
+        default=3600.0,
+        metadata={
+            "help": "How long a finished queue request's result (and its output files) stays fetchable."
+        },
+    )
+    queue_max_length: int = field(
+        default=1000,
+        metadata={"help": "Most requests waiting in the queue, all apps together; more are refused (429)."},
+    )
+    shutdown_grace_s: float = field(
+        default=30.0,
+        metadata={
+            "help": "On shutdown, how long running queue requests may finish; the rest run again at "
+            "the next start."
+        },
+    )
+    previews_per_s: float = field(
+        default=2.0,
+        metadata={"help": "Most live preview images sent per second per request; 0 sends none."},
+    )
+    webhook_timeout_s: float = field(
+        default=15.0,
+        metadata={"help": "Time limit for one webhook delivery attempt."},
+    )
+    webhook_max_attempts: int = field(
+        default=10,
+        metadata={"help": "Webhook delivery attempts before giving up."},
+    )
+    webhook_backoff_base_s: float = field(
+        default=10.0,
+        metadata={"help": "Wait after the first failed webhook attempt; doubles after each failure."},
+    )
+    webhook_backoff_max_s: float = field(
+        default=1800.0,
+        metadata={"help": "Cap on the wait between webhook attempts."},
+    )
+    webhook_allow_cidrs: str = field(
+        default="",
+        metadata={
+            "help": "Comma-separated networks webhooks may reach although non-public (loopback, "
+            "private...); metadata addresses only if named exactly."
+        },
+    )
+
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).resolve()
@@ -100,6 +204,22 @@ class Settings:
     @property
     def outputs_path(self) -> Path:
         return self.data_path / "outputs"
+
+    @property
+    def uploads_path(self) -> Path:
+        return self.data_path / "uploads"
+
+    @property
+    def inputs_path(self) -> Path:
+        return self.data_path / "inputs"
+
+    @property
+    def jobs_db_path(self) -> Path:
+        return self.data_path / "jobs.sqlite3"
+
+    @property
+    def webhook_key_path(self) -> Path:
+        return self.data_path / "webhook_ed25519.key"
 
     @property
     def managed_comfyui_path(self) -> Path:

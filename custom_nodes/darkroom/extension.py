@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import nodes_diffusion, nodes_encoders, nodes_output
+from . import nodes_diffusion, nodes_encoders, nodes_extras, nodes_output
 
 
 class DarkroomExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*nodes_diffusion.NODES, *nodes_encoders.NODES, *nodes_output.NODES]
+        return [*nodes_diffusion.NODES, *nodes_encoders.NODES, *nodes_output.NODES, *nodes_extras.NODES]

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
 
+from server.app import create_app
 from server.models import load_manifest, make_tiny, sha256_of
 from server.settings import PINNED_COMFYUI_COMMIT, PROJECT_ROOT, Settings, load_settings
 from server.supervisor import Supervisor
@@ -123,3 +125,11 @@ async def supervisor(stack_settings: Settings, comfyui_dir: Path) -> AsyncIterat
         yield supervisor
     finally:
         await supervisor.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def facade(stack_settings: Settings, supervisor: Supervisor) -> AsyncIterator[TestClient]:
+    """The real app over the session's supervisor, in-process on loopback."""
+    app = create_app(stack_settings, supervisor, run_supervisor=False)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        yield client

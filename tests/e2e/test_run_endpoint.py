@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from PIL import Image
-
-from server.app import create_app
-from server.settings import Settings
-from server.supervisor import Supervisor
 
 pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session")]
 
 DEMO = "/run/darkroom/demo-flux-2"
-
-
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def facade(stack_settings: Settings, supervisor: Supervisor) -> AsyncIterator[TestClient]:
-    app = create_app(stack_settings, supervisor, run_supervisor=False)
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-        yield client
 
 
 async def generate(facade: TestClient, **body: Any) -> dict[str, Any]:

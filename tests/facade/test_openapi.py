@@ -51,3 +51,18 @@ def test_docs_page_lists_every_endpoint_and_field(document, endpoints):
     for app_id in endpoints:
         assert f"POST /run/{app_id}" in page
     assert "num_inference_steps" in page and "maximum 50" in page
+
+
+def test_parameters_beyond_fal_are_listed_with_their_ranges(document):
+    schemas = document["components"]["schemas"]
+    fields = schemas["Input_fal_ai_flux_2"]["properties"]
+    assert fields["loras"]["maxItems"] == 8 and fields["loras"]["default"] == []
+    assert (fields["shift"]["minimum"], fields["shift"]["maximum"]) == (0, 100)
+    assert (fields["denoise"]["minimum"], fields["denoise"]["maximum"]) == (0, 1)
+    assert fields["sampler"]["default"] == fields["scheduler"]["default"] == "default"
+    assert {"sigmas", "vae", "model_blend"} <= set(fields)
+    lora = schemas["LoraEntry"]["properties"]
+    assert (lora["scale"]["minimum"], lora["scale"]["maximum"]) == (-8, 8)
+    assert lora["expert"]["enum"] == ["high", "low", "both"]
+    wan = schemas["Input_fal_ai_wan_v2_2_a14b_text_to_video"]["properties"]
+    assert "loras" in wan and "sampler" in wan

@@ -28,7 +28,9 @@ def _archive(path: Path, top: str, files: dict[str, str]) -> None:
 
 @pytest.fixture
 def settings(tmp_path):
-    return load_settings({}, data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), comfyui_commit=COMMIT)
+    return load_settings(
+        {}, data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), comfyui_commit=COMMIT
+    )
 
 
 def test_installs_from_the_cached_archive(settings):

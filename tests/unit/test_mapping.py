@@ -10,8 +10,9 @@ from pydantic import ValidationError
 
 from server.endpoints import find_endpoint, validation_error
 from server.errors import NotFoundError
-from server.mapping import IMAGE_SIZE_PRESETS, MappingError, load_endpoints
+from server.mapping import MappingError, load_endpoints
 from server.models import load_manifest
+from server.request_schema import IMAGE_SIZE_PRESETS
 from server.settings import PROJECT_ROOT
 
 WORKFLOWS = PROJECT_ROOT / "workflows"

@@ -51,7 +51,8 @@ def _use_manifest(monkeypatch, tmp_path: Path, entries: dict) -> None:
 
 
 def _entry(sha: str, hf: str) -> dict:
-    return {"file": "vae/real.safetensors", "kind": "vae", "family": "flux2", "source": {"hf": hf}, "sha256": sha}
+    source = {"hf": hf}
+    return {"file": "vae/real.safetensors", "kind": "vae", "family": "flux2", "source": source, "sha256": sha}
 
 
 def test_fetch_downloads_verifies_and_is_idempotent(tmp_path, monkeypatch, file_server):

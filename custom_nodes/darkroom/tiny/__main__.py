@@ -26,7 +26,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     started = time.perf_counter()
     written = [*diffusion.build(args.models_dir), *encoders.build(args.models_dir)]
-    logging.info("tiny models: %d files in %s (%.1f s)", len(written), args.models_dir, time.perf_counter() - started)
+    took_s = time.perf_counter() - started
+    logging.info("tiny models: %d files in %s (%.1f s)", len(written), args.models_dir, took_s)
 
 
 if __name__ == "__main__":

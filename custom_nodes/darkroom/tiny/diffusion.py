@@ -21,6 +21,7 @@ import torch
 from ..arch import ArchConfig, Family, Shape, quantisable
 from ..checkpoint import quantise_state_dict, save_state_dict
 from ..diffusion import expected_shapes
+from ..lora_keys import LoraFormat, render
 from ..quant import Fp8Format
 
 FLUX2: dict[str, Any] = {
@@ -141,5 +142,27 @@ def build(models_dir: Path) -> list[Path]:
         for letter in ("a", "b"):
             path = models_dir / "loras" / "tiny" / f"{stem}-lora-{letter}.safetensors"
             save_state_dict(path, lora_state_dict(shapes, family, f"{stem}-lora-{letter}"))
+            written.append(path)
+    return written + build_lora_renderings(models_dir)
+
+
+# LoRAs also written in kohya and diffusers naming (the same tensors, renamed; diffusers splits fused q/k/v).
+_RENDERED_LORAS = ("flux2", "flux1", "wan22-5b")
+
+
+def lora_rendering(stem: str, letter: str, fmt: LoraFormat) -> dict[str, torch.Tensor]:
+    """Tiny LoRA `<stem>-lora-<letter>` with its keys spelled as `fmt` for its model."""
+    family, config = next((f, c) for s, f, c in _LORAS if s == stem)
+    shapes = expected_shapes(ArchConfig(family, stem, config))
+    return render(lora_state_dict(shapes, family, f"{stem}-lora-{letter}"), shapes, fmt)
+
+
+def build_lora_renderings(models_dir: Path) -> list[Path]:
+    """Write `loras/tiny/<stem>-lora-a-{kohya,diffusers}.safetensors` for FLUX.2, FLUX.1 and Wan 2.2 5B."""
+    written = []
+    for stem in _RENDERED_LORAS:
+        for fmt in (LoraFormat.KOHYA, LoraFormat.DIFFUSERS):
+            path = Path(models_dir) / "loras" / "tiny" / f"{stem}-lora-a-{fmt.value}.safetensors"
+            save_state_dict(path, lora_rendering(stem, "a", fmt))
             written.append(path)
     return written

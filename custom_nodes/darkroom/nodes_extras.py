@@ -1,0 +1,307 @@
+"""Nodes past fal's parameter surface: LoRA stacks, schedule and sampler overrides, model blends and a
+VAE guard. Each override node passes its input through unchanged at its defaults, so a workflow can always
+include it. Node ids are public API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import folder_paths
+from comfy_api.latest import io
+
+from .arch import Family, ModelFileError
+from .blend import BlendInput, blend_models, cache_key, check_compatible
+from .checkpoint import WeightDtype
+from .lora import apply_stack, resolve
+from .overrides import (
+    DEFAULT_MAX_LORAS,
+    MAX_LORAS_LIMIT,
+    Expert,
+    OverrideError,
+    parse_blend,
+    parse_lora_stack,
+    parse_sigmas,
+)
+from .sampling import (
+    DEFAULT,
+    MAX_SHIFT,
+    SAMPLER_NAMES,
+    SCHEDULER_NAMES,
+    ScheduleOverride,
+    check_vae,
+    compute_sigmas,
+    select_sampler,
+)
+
+_LORAS_TIP = (
+    'JSON list of LoRAs applied in order, e.g. [{"path": "style.safetensors", "scale": 0.8, '
+    '"text_encoder_scale": null, "expert": "both"}]. path: a file in models/loras (subfolders such as '
+    "cache/ allowed; no absolute paths or '..'). scale 0 skips the entry. text_encoder_scale null = scale. "
+    "ComfyUI, kohya and diffusers/PEFT key names are read for FLUX.2, FLUX.1 and Wan. Empty or [] = none."
+)
+_BLEND_FOLDER = "diffusion_models"
+
+
+class DarkroomLoraStack(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DarkroomLoraStack",
+            display_name="LoRA Stack (darkroom)",
+            category="darkroom/loaders",
+            description="Applies any number of LoRAs (JSON list) to a diffusion model and its text encoder.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model the LoRAs patch."),
+                io.String.Input("loras", default="[]", multiline=True, tooltip=_LORAS_TIP),
+                io.Combo.Input(
+                    "expert",
+                    options=[e.value for e in Expert],
+                    default=Expert.BOTH.value,
+                    tooltip="Which Wan 2.2 A14B expert this node's model is (one stack node per expert): "
+                    "entries for the other expert are skipped. 'both' (one-model families) applies all.",
+                ),
+                io.Int.Input(
+                    "max_loras",
+                    default=DEFAULT_MAX_LORAS,
+                    min=1,
+                    max=MAX_LORAS_LIMIT,
+                    tooltip="Most entries the loras list may hold; longer lists are rejected at queue time.",
+                ),
+                io.Clip.Input(
+                    "clip",
+                    optional=True,
+                    tooltip="Optional text encoder; its LoRA layers use text_encoder_scale.",
+                ),
+            ],
+            outputs=[
+                io.Model.Output(
+                    tooltip="The model with the LoRAs patched in (a clone; the input is unchanged)."
+                ),
+                io.Clip.Output(
+                    tooltip="The text encoder with its LoRA layers, or None when none was connected."
+                ),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, loras: str | None = None, max_loras: int | None = None) -> bool | str:
+        """Bad JSON, too many entries or a missing file fail at queue time (None: a linked input).
+
+        Named inputs skip ComfyUI's own range checks, so max_loras is bounded here."""
+        if loras is None:
+            return True
+        cap = DEFAULT_MAX_LORAS if max_loras is None else max_loras
+        if not 1 <= cap <= MAX_LORAS_LIMIT:
+            return f"max_loras must be 1 to {MAX_LORAS_LIMIT}, got {cap}"
+        try:
+            for spec in parse_lora_stack(loras, cap):
+                resolve(spec.path)
+        except (OverrideError, ModelFileError) as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, model: Any, loras: str, expert: str, max_loras: int, clip: Any = None) -> io.NodeOutput:
+        specs = parse_lora_stack(loras, max_loras)
+        model, clip, _ = apply_stack(model, clip, specs, Expert(expert))
+        return io.NodeOutput(model, clip)
+
+
+class DarkroomSigmas(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DarkroomSigmas",
+            display_name="Schedule Override (darkroom)",
+            category="darkroom/sampling",
+            description="Passes the workflow's schedule through, or replaces it by explicit sigmas, another "
+            "scheduler, another shift or a partial denoise. Defaults change nothing.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model the schedule is for (its sampling object)."),
+                io.Sigmas.Input("sigmas", tooltip="The workflow's own schedule; its length sets the steps."),
+                io.Combo.Input(
+                    "scheduler",
+                    options=[DEFAULT, *SCHEDULER_NAMES],
+                    default=DEFAULT,
+                    tooltip="'default' keeps the workflow's schedule; a name rebuilds it with ComfyUI's "
+                    "scheduler of that name over the model's sampling, same step count.",
+                ),
+                io.String.Input(
+                    "custom_sigmas",
+                    default="",
+                    tooltip="Explicit schedule as a JSON list, strictly descending and ending at 0, e.g. "
+                    "[1.0, 0.7, 0.4, 0.0]; replaces everything else. Empty = none.",
+                ),
+                io.Float.Input(
+                    "shift",
+                    default=0.0,
+                    min=0.0,
+                    max=MAX_SHIFT,
+                    step=0.01,
+                    tooltip="Schedule shift; 0 = the model's own. FLUX: mu (FLUX.2 2.02, FLUX.1 1.15); "
+                    "Wan: alpha as ModelSamplingSD3 (our workflows 5-8). Without a scheduler: 'simple'.",
+                ),
+                io.Float.Input(
+                    "denoise",
+                    default=1.0,
+                    min=0.01,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Fraction of the noise schedule to run (image-to-image strength); 1 = all.",
+                ),
+            ],
+            outputs=[io.Sigmas.Output(tooltip="The schedule for SamplerCustom(Advanced).")],
+        )
+
+    @classmethod
+    def validate_inputs(
+        cls, scheduler: str | None = None, custom_sigmas: str | None = None, shift: float | None = None,
+        denoise: float | None = None,
+    ) -> bool | str:  # fmt: skip
+        if scheduler is None or custom_sigmas is None or shift is None or denoise is None:
+            return True  # a linked input: checked when the node runs
+        try:
+            ScheduleOverride(scheduler, parse_sigmas(custom_sigmas), shift, denoise).check()
+        except OverrideError as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def execute(
+        cls, model: Any, sigmas: Any, scheduler: str, custom_sigmas: str, shift: float, denoise: float
+    ) -> io.NodeOutput:
+        override = ScheduleOverride(scheduler, parse_sigmas(custom_sigmas), shift, denoise)
+        return io.NodeOutput(compute_sigmas(model, sigmas, override))
+
+
+class DarkroomSamplerSelect(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DarkroomSamplerSelect",
+            display_name="Sampler Override (darkroom)",
+            category="darkroom/sampling",
+            description="Passes the workflow's sampler through, or replaces it by another of ComfyUI's.",
+            inputs=[
+                io.Sampler.Input("sampler", tooltip="The workflow's own sampler (e.g. from KSamplerSelect)."),
+                io.Combo.Input(
+                    "sampler_name",
+                    options=[DEFAULT, *SAMPLER_NAMES],
+                    default=DEFAULT,
+                    tooltip="'default' keeps the workflow's sampler; a name picks that ComfyUI sampler.",
+                ),
+            ],
+            outputs=[io.Sampler.Output(tooltip="The sampler for SamplerCustom(Advanced).")],
+        )
+
+    @classmethod
+    def execute(cls, sampler: Any, sampler_name: str) -> io.NodeOutput:
+        return io.NodeOutput(select_sampler(sampler, sampler_name))
+
+
+def _blend_inputs(models: str) -> list[BlendInput]:
+    specs = parse_blend(models)
+    out = []
+    for spec in specs:
+        path = folder_paths.get_full_path(_BLEND_FOLDER, spec.model)
+        if path is None:
+            raise OverrideError(f"{spec.model!r} is not in models/{_BLEND_FOLDER}; put the file there")
+        out.append(BlendInput(Path(path), spec.weight))
+    return out
+
+
+class DarkroomModelBlend(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DarkroomModelBlend",
+            display_name="Blend Diffusion Models (darkroom)",
+            category="darkroom/loaders",
+            description="Weighted blend of diffusion models of one architecture, cached by files, weights.",
+            inputs=[
+                io.String.Input(
+                    "models",
+                    default="[]",
+                    multiline=True,
+                    tooltip='JSON list of files in models/diffusion_models and weights, e.g. [{"model": '
+                    '"a.safetensors", "weight": 0.7}, {"model": "b.safetensors", "weight": 0.3}]. Weights '
+                    "are >= 0 and normalised to sum 1; all files must share one architecture and size.",
+                ),
+                io.Combo.Input(
+                    "family",
+                    options=[f.value for f in Family],
+                    default=Family.FLUX.value,
+                    tooltip="flux: FLUX.2 / FLUX.1; wan: Wan 2.1 layout (incl. one A14B expert) or 2.2 5B.",
+                ),
+                io.Combo.Input(
+                    "weight_dtype",
+                    options=[w.value for w in WeightDtype],
+                    default=WeightDtype.DEFAULT.value,
+                    tooltip="How the blended weights are held, as in the loader nodes. The blend is computed "
+                    "in float32 and stored as the first file's float dtype (bf16 for its fp8 layers).",
+                ),
+            ],
+            outputs=[io.Model.Output(tooltip="The blended diffusion model.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, models: str | None = None, family: str | None = None) -> bool | str:
+        """Bad JSON, missing files and incompatible models (header-only) fail at queue time."""
+        if models is None or family is None:
+            return True
+        try:
+            check_compatible(_blend_inputs(models), Family(family))
+        except (OverrideError, ModelFileError, OSError) as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, models: str, family: str, weight_dtype: str) -> Any:
+        """Re-run when a file changes on disk (the blend cache then rebuilds too)."""
+        try:
+            return cache_key(_blend_inputs(models), Family(family), WeightDtype(weight_dtype))
+        except (OverrideError, OSError, ValueError):
+            return None
+
+    @classmethod
+    def execute(cls, models: str, family: str, weight_dtype: str) -> io.NodeOutput:
+        work_dir = Path(folder_paths.get_temp_directory()) / "darkroom-blend"
+        model = blend_models(
+            _blend_inputs(models), Family(family), weight_dtype=WeightDtype(weight_dtype), work_dir=work_dir
+        )
+        return io.NodeOutput(model)
+
+
+class DarkroomVAEGuard(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DarkroomVAEGuard",
+            display_name="VAE Guard (darkroom)",
+            category="darkroom/sampling",
+            description="Fails before sampling when the VAE's latent does not fit the model. Route the model "
+            "through it to the sampler so it runs first; both pass through unchanged.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model; wire the output on to the sampler."),
+                io.Vae.Input("vae", tooltip="The VAE that will encode/decode this model's latents."),
+            ],
+            outputs=[
+                io.Model.Output(tooltip="The same model (wire it to the guider/sampler)."),
+                io.Vae.Output(tooltip="The same VAE (wire it to VAEDecode / the latent nodes)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model: Any, vae: Any) -> io.NodeOutput:
+        check_vae(model, vae)
+        return io.NodeOutput(model, vae)
+
+
+NODES: list[type[io.ComfyNode]] = [
+    DarkroomLoraStack,
+    DarkroomSigmas,
+    DarkroomSamplerSelect,
+    DarkroomModelBlend,
+    DarkroomVAEGuard,
+]

@@ -1,0 +1,49 @@
+"""Sampler and scheduler names are whatever the running ComfyUI knows: read from /object_info, once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from .comfy_client import ComfyClient
+from .errors import RequestValidationError
+from .mapping import Endpoint
+from .request_schema import DEFAULT
+
+# Which list of KSampler's inputs each field type is checked against.
+_LISTS = {"sampler": "sampler_name", "scheduler": "scheduler"}
+
+
+class ComfyChoices:
+    """Validates sampler/scheduler fields against the worker's own lists (422 listing the allowed)."""
+
+    def __init__(self) -> None:
+        self._lists: dict[str, list[str]] | None = None
+
+    async def check(self, endpoint: Endpoint, request: BaseModel, client: ComfyClient) -> None:
+        fields = {name: endpoint.params[name].type for name in endpoint.params_of(*_LISTS)}
+        asked = {name: getattr(request, name) for name in fields if getattr(request, name) != DEFAULT}
+        if not asked:
+            return
+        lists = await self.lists(client)
+        problems = []
+        for name, value in asked.items():
+            allowed = lists[fields[name]]
+            if value not in allowed:
+                problems.append({
+                    "loc": ["body", name],
+                    "msg": f"Input should be {DEFAULT!r} or one of ComfyUI's: {', '.join(allowed)}",
+                    "type": "literal_error",
+                    "ctx": {"expected": [DEFAULT, *allowed]},
+                    "input": value,
+                })  # fmt: skip
+        if problems:
+            raise RequestValidationError(problems)
+
+    async def lists(self, client: ComfyClient) -> dict[str, list[str]]:
+        if self._lists is None:
+            info: dict[str, Any] = await client.object_info("KSampler")
+            required = info["KSampler"]["input"]["required"]
+            self._lists = {kind: list(required[input_name][0]) for kind, input_name in _LISTS.items()}
+        return self._lists

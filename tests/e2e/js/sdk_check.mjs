@@ -1,0 +1,75 @@
+// fal's JS client, unmodified, pointed at darkroom with requestMiddleware (fal-api.md section 1).
+// Usage: node sdk_check.mjs <https base> <scenario>; prints one line "RESULT <json>".
+// Trust for the self-signed certificate comes from NODE_EXTRA_CA_CERTS; the key from FAL_KEY.
+import { ApiError, ValidationError, fal } from "@fal-ai/client";
+
+const [base, scenario] = process.argv.slice(2);
+const HOSTS = [
+  ["https://queue.fal.run/", `${base}/queue/`],
+  ["https://fal.run/", `${base}/run/`],
+  ["https://rest.fal.ai/", `${base}/`],
+];
+
+fal.config({
+  requestMiddleware: async (request) => {
+    for (const [from, to] of HOSTS) {
+      if (request.url.startsWith(from)) return { ...request, url: to + request.url.slice(from.length) };
+    }
+    if (!request.url.startsWith(base)) throw new Error(`refusing to call ${request.url}`);
+    return request;
+  },
+});
+
+const APP = "darkroom/demo-flux-2";
+
+async function apiError(call) {
+  try {
+    await call();
+  } catch (error) {
+    if (!(error instanceof ApiError)) throw error;
+    return {
+      status: error.status,
+      kind: error instanceof ValidationError ? "ValidationError" : "ApiError",
+      body: error.body,
+      requestId: error.requestId ?? null,
+    };
+  }
+  throw new Error("expected an ApiError");
+}
+
+const scenarios = {
+  async run() {
+    const input = { prompt: "a red cube", seed: 8, image_size: { width: 48, height: 64 } };
+    const { data, requestId } = await fal.run(APP, { input });
+    return { data, requestId };
+  },
+  async errors() {
+    return {
+      invalid: await apiError(() => fal.run(APP, { input: { prompt: "x", num_inference_steps: 500 } })),
+      unknown: await apiError(() => fal.run("darkroom/no-such-app", { input: { prompt: "x" } })),
+    };
+  },
+  async upload() {
+    const blob = new Blob(["hello from js"], { type: "text/plain" });
+    return { url: await fal.storage.upload(blob) };
+  },
+  async subscribe() {
+    const updates = [];
+    const { data, requestId } = await fal.subscribe(APP, {
+      input: { prompt: "js queue", seed: 9 },
+      logs: true,
+      pollInterval: 100,
+      onQueueUpdate: (update) => updates.push(update.status),
+    });
+    return { data, requestId, updates };
+  },
+  async stream() {
+    const stream = await fal.stream(APP, { input: { prompt: "js stream", seed: 10 } });
+    const events = [];
+    for await (const event of stream) events.push(event);
+    return { events, done: await stream.done() };
+  },
+};
+
+const result = await scenarios[scenario]();
+console.log(`RESULT ${JSON.stringify(result)}`);

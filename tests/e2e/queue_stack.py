@@ -1,0 +1,86 @@
+"""Helpers for the queue/progress e2e tests: a facade over the session's real worker, slow endpoints.
+
+The slow endpoints are the tiny FLUX.2 demo graph with the session worker's ``DarkroomTestSlow``
+node between decoding and saving: it sleeps ``seconds`` in ``steps`` interruptible steps and sends
+one preview, so a job is slow without using the CPU. Without a fixed seed every run samples anew
+(ComfyUI would otherwise serve the whole graph from its cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from server.app import create_app
+from server.endpoints import ENDPOINTS
+from server.mapping import Endpoint
+from server.settings import Settings
+from server.supervisor import Supervisor
+
+DEMO = "darkroom/demo-flux-2"
+Client = TestClient[web.Request, web.Application]
+
+
+def slow_endpoint(demo: Endpoint, app_id: str, *, seconds: float, steps: int) -> Endpoint:
+    workflow = copy.deepcopy(demo.workflow)
+    workflow["99"] = {
+        "class_type": "DarkroomTestSlow",
+        "inputs": {"image": ["12", 0], "seconds": seconds, "steps": steps},
+    }
+    workflow[demo.output.node]["inputs"]["images"] = ["99", 0]
+    return replace(demo, app_id=app_id, workflow=workflow)
+
+
+def facade(stack_settings: Settings, supervisor: Supervisor, data_dir: Path, **overrides: Any) -> Client:
+    """The whole app over the session worker, with its own data dir (job store, outputs, key)."""
+    settings = replace(stack_settings, data_dir=str(data_dir), **overrides)
+    app = create_app(settings, supervisor, run_supervisor=False)
+    endpoints = app[ENDPOINTS]
+    endpoints["darkroom/test-slow"] = slow_endpoint(
+        endpoints[DEMO], "darkroom/test-slow", seconds=30, steps=60
+    )
+    endpoints["darkroom/test-pause"] = slow_endpoint(
+        endpoints[DEMO], "darkroom/test-pause", seconds=2, steps=8
+    )
+    return TestClient(TestServer(app, host="127.0.0.1"))
+
+
+async def submit(client: Client, app_id: str = DEMO, body: dict[str, Any] | None = None, **kw: Any) -> str:
+    response = await client.post(f"/queue/{app_id}", json=body or {"prompt": "a red cube"}, **kw)
+    assert response.status == 200, await response.text()
+    request_id: str = (await response.json())["request_id"]
+    return request_id
+
+
+async def status(client: Client, request_id: str, *, logs: bool = False) -> dict[str, Any]:
+    response = await client.get(
+        f"/queue/{DEMO}/requests/{request_id}/status", params={"logs": str(logs).lower()}
+    )
+    body: dict[str, Any] = await response.json()
+    assert response.status == (200 if body["status"] == "COMPLETED" else 202)
+    return body
+
+
+async def wait_status(
+    client: Client,
+    request_id: str,
+    wanted: str = "COMPLETED",
+    *,
+    timeout_s: float = 60.0,
+    log: str | None = None,
+) -> dict[str, Any]:
+    """Poll like fal_client (every 0.1 s) until the status is ``wanted`` (and a log line contains ``log``)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            body = await status(client, request_id, logs=log is not None)
+            if body["status"] == wanted and (
+                log is None or any(log in e["message"] for e in body["logs"] or [])
+            ):
+                return body
+            await asyncio.sleep(0.1)

@@ -1,0 +1,420 @@
+"""fal's own Python SDK, unmodified, against `darkroom serve` over TLS (a real subprocess, real ComfyUI).
+
+The SDK runs in a subprocess pointed at us the way fal-api.md section 1 describes: FAL_RUN_HOST and
+FAL_QUEUE_RUN_HOST with a path prefix, SSL_CERT_FILE naming our self-signed certificate, and the
+module globals REST_URL / CDN_URL (uploads) patched to our root. Nothing leaves 127.0.0.1.
+Queue tests run once the /queue routes are registered; until then they are skipped, saying why.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from server.app import create_app
+from server.settings import PROJECT_ROOT, load_settings
+from server.worker import free_port
+
+pytestmark = [pytest.mark.stack]
+
+APP = "darkroom/demo-flux-2"
+KEY = "e2e-key-id:e2e-key-secret"
+READY_TIMEOUT_S = 240.0
+
+
+class _IdleSupervisor:
+    workers: list[Any] = []
+    ready = False
+
+    async def start(self, *, wait: bool = True) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+def _registered_routes() -> set[str]:
+    with tempfile.TemporaryDirectory() as data_dir:
+        app = create_app(load_settings({}, data_dir=data_dir), _IdleSupervisor(), run_supervisor=False)  # type: ignore[arg-type]
+        return {r.resource.canonical for r in app.router.routes() if r.resource is not None}
+
+
+ROUTES = _registered_routes()
+needs_queue = pytest.mark.skipif(
+    not any(path.startswith("/queue/") for path in ROUTES),
+    reason="no /queue routes are registered yet (server/queue_api.py); these SDK calls run once they are",
+)
+needs_stream = pytest.mark.skipif(
+    not any(path.startswith("/run/") and path.endswith("/stream") for path in ROUTES),
+    reason="POST /run/{app}/stream is not registered yet; fal_client.stream runs once it is",
+)
+
+
+@dataclass(frozen=True)
+class Server:
+    port: int
+    cert: Path
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.cert))
+
+    def get(self, url: str) -> tuple[int, bytes, str]:
+        """GET over https trusting only our certificate: (status, body, content type)."""
+        assert url.startswith(self.base + "/"), f"expected a URL on {self.base}, got {url}"
+        try:
+            with urllib.request.urlopen(url, context=self.ssl_context(), timeout=30) as response:
+                return response.status, response.read(), response.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), e.headers.get("Content-Type", "")
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1 (openssl CLI; no `cryptography` here)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl is needed to make the test certificate", pytrace=False)
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path, comfyui_dir: Path
+) -> Iterator[Server]:
+    """`darkroom serve` with TLS and an API key, one CPU worker, polled until /ready answers 200."""
+    root = tmp_path_factory.mktemp("fal-client")
+    cert, key = make_certificate(root)
+    port, log = free_port(), root / "serve.log"
+    env = {
+        **os.environ,
+        "DARKROOM_MODELS_DIR": str(tiny_models_dir),
+        "DARKROOM_COMFYUI_DIR": str(comfyui_dir),
+        "DARKROOM_WORKER_BASE_PORT": str(free_port()),
+        "DARKROOM_WORKER_START_TIMEOUT_S": "180",
+        "DARKROOM_API_KEYS": KEY,
+        "DARKROOM_PUBLIC_URL": "",
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+               "--cpu", "--workers", "1", "--data-dir", str(root / "data"),
+               "--tls-cert", str(cert), "--tls-key", str(key)]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    running = Server(port, cert, log)
+    try:
+        _wait_ready(running, process)
+        yield running
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_ready(server: Server, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(
+                f"darkroom serve exited with {process.returncode}:\n{_tail(server.log)}", pytrace=False
+            )
+        try:
+            if server.get(server.base + "/ready")[0] == 200:
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"darkroom serve not ready in {READY_TIMEOUT_S:g} s:\n{_tail(server.log)}", pytrace=False)
+
+
+PRELUDE = """
+import json, sys
+import fal_client
+import fal_client.client as fal_module
+from fal_client.client import FalClientHTTPError
+
+fal_module.REST_URL = fal_module.CDN_URL = sys.argv[1]  # uploads: fal-api.md section 1
+
+
+def emit(value):
+    print("RESULT " + json.dumps(value), flush=True)
+
+
+def http_error(call):
+    try:
+        call()
+    except FalClientHTTPError as e:
+        return {"status": e.status_code, "detail": e.message, "error_type": e.error_type,
+                "request_id": e.response_headers.get("x-fal-request-id")}
+    raise AssertionError("expected FalClientHTTPError")
+"""
+
+
+def run_sdk(server: Server, code: str, *, key: str = KEY, timeout_s: float = 180.0) -> Any:
+    """Run ``code`` with the unmodified SDK in a fresh interpreter; return what it passed to emit()."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and not k.startswith("FAL_")
+    }
+    env.update(
+        FAL_KEY=key,
+        FAL_RUN_HOST=f"127.0.0.1:{server.port}/run",
+        FAL_QUEUE_RUN_HOST=f"127.0.0.1:{server.port}/queue",
+        SSL_CERT_FILE=str(server.cert),
+        NO_PROXY="127.0.0.1,localhost",
+        OMP_NUM_THREADS="1",
+    )
+    script = PRELUDE + textwrap.dedent(code)
+    done = subprocess.run(
+        [sys.executable, "-c", script, server.base],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    results = [line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not results:
+        raise AssertionError(
+            f"SDK script failed ({done.returncode}):\n{done.stderr[-4000:]}\n"
+            f"--- server log ---\n{_tail(server.log)}"
+        )
+    return json.loads(results[-1])
+
+
+def check_image(server: Server, image: dict[str, Any], size: tuple[int, int]) -> None:
+    status, data, content_type = server.get(image["url"])
+    assert status == 200 and content_type == image["content_type"] == "image/png"
+    decoded = Image.open(io.BytesIO(data))
+    assert decoded.size == size == (image["width"], image["height"]) and len(data) == image["file_size"]
+
+
+def test_run(server: Server) -> None:
+    result = run_sdk(
+        server,
+        """
+        arguments = {"prompt": "a red cube", "seed": 3, "image_size": {"width": 64, "height": 48}}
+        emit(fal_client.run("darkroom/demo-flux-2", arguments=arguments))
+        """,
+    )
+    assert result["seed"] == 3 and result["prompt"] == "a red cube"
+    (image,) = result["images"]
+    assert image["url"].startswith(f"https://127.0.0.1:{server.port}/files/")
+    check_image(server, image, (64, 48))
+
+
+def test_errors_surface_as_sdk_exceptions_with_our_detail(server: Server) -> None:
+    errors = run_sdk(
+        server,
+        """
+        emit({
+            "invalid": http_error(lambda: fal_client.run(
+                "darkroom/demo-flux-2", arguments={"prompt": "x", "num_inference_steps": 500}
+            )),
+            "unknown": http_error(lambda: fal_client.run("darkroom/no-such-app", arguments={"prompt": "x"})),
+        })
+        """,
+    )
+    invalid, unknown = errors["invalid"], errors["unknown"]
+    assert invalid["status"] == 422 and invalid["error_type"] == "validation_error"
+    assert invalid["detail"][0]["loc"] == ["body", "num_inference_steps"] and invalid["request_id"]
+    assert unknown["status"] == 404 and "darkroom/demo-flux-2" in unknown["detail"]
+    assert unknown["error_type"] == "not_found"
+
+
+def test_a_wrong_key_is_401(server: Server) -> None:
+    error = run_sdk(
+        server,
+        'emit(http_error(lambda: fal_client.run("darkroom/demo-flux-2", arguments={"prompt": "x"})))',
+        key="not-a-key",
+    )
+    assert error["status"] == 401 and error["error_type"] == "unauthorized" and "API key" in error["detail"]
+
+
+def test_upload(server: Server, tmp_path: Path) -> None:
+    picture = tmp_path / "tiny.png"
+    Image.new("RGB", (5, 4), (1, 2, 3)).save(picture)
+    urls = run_sdk(
+        server,
+        f"""
+        emit({{
+            "v3": fal_client.upload(b"hello darkroom", "text/plain"),
+            "file": fal_client.upload_file({str(picture)!r}),
+            "initiate": fal_client.upload(b"via initiate", "text/plain", repository="fal"),
+        }})
+        """,
+    )
+    status, data, content_type = server.get(urls["v3"])
+    assert (status, data) == (200, b"hello darkroom") and content_type.startswith("text/plain")
+    status, data, content_type = server.get(urls["file"])
+    assert status == 200 and content_type == "image/png" and urls["file"].endswith("/tiny.png")
+    assert data == picture.read_bytes()
+    assert server.get(urls["initiate"])[:2] == (200, b"via initiate")
+
+
+@needs_stream
+def test_stream(server: Server) -> None:
+    events = run_sdk(
+        server,
+        """
+        arguments = {"prompt": "a cube", "seed": 4, "image_size": {"width": 64, "height": 64}}
+        emit(list(fal_client.stream("darkroom/demo-flux-2", arguments=arguments)))
+        """,
+    )
+    assert len(events) >= 2, "progress events, then the output"
+    final = events[-1]
+    assert final["seed"] == 4
+    check_image(server, final["images"][0], (64, 64))
+
+
+@needs_queue
+def test_submit_status_result(server: Server) -> None:
+    outcome = run_sdk(
+        server,
+        """
+        handle = fal_client.submit("darkroom/demo-flux-2", arguments={"prompt": "q", "seed": 5})
+        first = handle.status()
+        result = handle.get()
+        again = fal_client.status("darkroom/demo-flux-2", handle.request_id, with_logs=True)
+        emit({"request_id": handle.request_id, "first": type(first).__name__,
+              "final": type(again).__name__, "logs": again.logs,
+              "result": result, "by_id": fal_client.result("darkroom/demo-flux-2", handle.request_id)})
+        """,
+    )
+    assert outcome["first"] in ("Queued", "InProgress", "Completed") and outcome["final"] == "Completed"
+    assert isinstance(outcome["logs"], list)
+    assert outcome["result"] == outcome["by_id"] and outcome["result"]["seed"] == 5
+    check_image(server, outcome["result"]["images"][0], (64, 64))
+
+
+@needs_queue
+def test_subscribe_with_logs(server: Server) -> None:
+    outcome = run_sdk(
+        server,
+        """
+        updates = []
+        result = fal_client.subscribe(
+            "darkroom/demo-flux-2", arguments={"prompt": "s", "seed": 6}, with_logs=True,
+            on_queue_update=lambda update: updates.append(type(update).__name__),
+        )
+        emit({"updates": updates, "result": result})
+        """,
+    )
+    assert outcome["updates"] and outcome["updates"][-1] == "Completed"
+    assert outcome["result"]["seed"] == 6
+
+
+SLOW = {"prompt": "slow", "seed": 1, "image_size": {"width": 512, "height": 512}, "num_inference_steps": 50}
+
+
+@needs_queue
+def test_cancel_queued_and_running(server: Server) -> None:
+    outcome = run_sdk(
+        server,
+        f"""
+        import time
+        slow = {SLOW!r}
+        running = fal_client.submit("darkroom/demo-flux-2", arguments=slow)
+        queued = fal_client.submit("darkroom/demo-flux-2", arguments=slow)
+        deadline = time.monotonic() + 60
+        while not isinstance(running.status(), fal_client.InProgress):
+            assert time.monotonic() < deadline, "the first request never started"
+            time.sleep(0.1)
+        queued_state = type(queued.status()).__name__
+        queued.cancel()
+        running.cancel()
+        emit({{"queued_state": queued_state,
+               "queued": http_error(queued.get), "running": http_error(running.get)}})
+        """,
+    )
+    assert outcome["queued_state"] == "Queued"
+    for which in ("queued", "running"):
+        error = outcome[which]
+        assert error["status"] >= 400 and "cancel" in json.dumps(error["detail"]).lower(), (which, error)
+
+
+# fal's JS client (@fal-ai/client from npm, pinned in tests/e2e/js/package-lock.json), run with node.
+JS_DIR = PROJECT_ROOT / "tests" / "e2e" / "js"
+needs_js = pytest.mark.skipif(
+    shutil.which("node") is None or not (JS_DIR / "node_modules" / "@fal-ai" / "client").is_dir(),
+    reason="needs node and `npm ci --prefix tests/e2e/js` (make setup does it when npm is present)",
+)
+
+
+def run_js(server: Server, scenario: str, *, timeout_s: float = 180.0) -> Any:
+    env = {
+        k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and not k.startswith("FAL_")
+    }
+    env.update(FAL_KEY=KEY, NODE_EXTRA_CA_CERTS=str(server.cert), NO_PROXY="127.0.0.1,localhost")
+    done = subprocess.run(
+        ["node", str(JS_DIR / "sdk_check.mjs"), server.base, scenario],
+        env=env, cwd=JS_DIR, capture_output=True, text=True, timeout=timeout_s,
+    )  # fmt: skip
+    results = [line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not results:
+        raise AssertionError(f"node {scenario} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return json.loads(results[-1])
+
+
+@needs_js
+def test_js_run_errors_and_upload(server: Server) -> None:
+    result = run_js(server, "run")
+    assert result["requestId"] and result["data"]["seed"] == 8
+    check_image(server, result["data"]["images"][0], (48, 64))
+    errors = run_js(server, "errors")
+    assert errors["invalid"]["kind"] == "ValidationError" and errors["invalid"]["status"] == 422
+    assert errors["invalid"]["body"]["detail"][0]["loc"] == ["body", "num_inference_steps"]
+    assert (
+        errors["unknown"]["status"] == 404 and "darkroom/demo-flux-2" in errors["unknown"]["body"]["detail"]
+    )
+    uploaded = run_js(server, "upload")["url"]
+    assert server.get(uploaded)[:2] == (200, b"hello from js")
+
+
+@needs_js
+@needs_queue
+def test_js_subscribe(server: Server) -> None:
+    result = run_js(server, "subscribe")
+    assert result["data"]["seed"] == 9 and result["requestId"]
+    assert result["updates"] and result["updates"][-1] == "COMPLETED"
+
+
+@needs_js
+@needs_stream
+def test_js_stream(server: Server) -> None:
+    result = run_js(server, "stream")
+    assert result["events"] and result["done"]["seed"] == 10
+    check_image(server, result["done"]["images"][0], (64, 64))

@@ -1,0 +1,96 @@
+"""Stand-ins for process boundaries in the queue's facade tests.
+
+``FakeGenerator`` replaces ``Generator.run`` (the ComfyUI worker boundary): one run at a time like one
+worker, ComfyUI-shaped events through ``on_event``, and runs that block until the test releases them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pydantic import BaseModel
+
+from server import comfy_client as cc
+from server.errors import GenerationError
+from server.mapping import Endpoint
+from server.settings import Settings
+
+
+class FakeWorker:
+    def __init__(self, worker_id: int = 0, state: str = "ready") -> None:
+        self.id = worker_id
+        self.state = state
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "state": self.state, "busy": False, "pid": None}
+
+
+class FakeSupervisor:
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = [FakeWorker(i) for i in range(workers)]
+        self.ready = True
+
+    async def start(self, *, wait: bool = True) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+
+class FakeGenerator:
+    """Runs one request at a time; with ``hold`` set, each run waits for ``release(request_id)``.
+
+    A prompt of "fail" raises a GenerationError (500) after starting.
+    """
+
+    def __init__(self, settings: Settings, *, hold: bool = False) -> None:
+        self.settings = settings
+        self.hold = hold
+        self.started: list[str] = []
+        self.cancelled: list[str] = []
+        self.finished: list[str] = []
+        self._gates: dict[str, asyncio.Event] = {}
+        self._worker = asyncio.Lock()
+
+    def gate(self, request_id: str) -> asyncio.Event:
+        return self._gates.setdefault(request_id, asyncio.Event())
+
+    def release(self, request_id: str) -> None:
+        self.gate(request_id).set()
+
+    async def wait_started(self, request_id: str, timeout_s: float = 5.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            while request_id not in self.started:
+                await asyncio.sleep(0.005)
+
+    async def run(
+        self, endpoint: Endpoint, request: BaseModel, *, request_id: str, base_url: str, on_event: Any = None
+    ) -> dict[str, Any]:
+        async with self._worker:
+            emit = on_event or _ignore
+            await emit(cc.Started(request_id))
+            await emit(cc.Executing(request_id, "11"))
+            await emit(cc.Progress(request_id, "11", 1, 4))
+            self.started.append(request_id)
+            try:
+                if self.hold:
+                    await self.gate(request_id).wait()
+                await emit(cc.Progress(request_id, "11", 4, 4))
+            except asyncio.CancelledError:
+                self.cancelled.append(request_id)
+                raise
+            prompt = getattr(request, "prompt", "")
+            if prompt == "fail":
+                await emit(
+                    cc.ExecutionError(request_id, "11", "SamplerCustomAdvanced", "boom", "RuntimeError")
+                )
+                raise GenerationError(f"{endpoint.app_id}: node 11 (SamplerCustomAdvanced) failed: boom")
+            await emit(cc.Success(request_id))
+            self.finished.append(request_id)
+            url = f"{base_url}/files/{request_id}/0.png"
+            return {"images": [{"url": url, "width": 64, "height": 64}], "seed": 1, "prompt": prompt}
+
+
+async def _ignore(event: Any) -> None:
+    return None

@@ -1,0 +1,162 @@
+"""Every registered route answers errors in fal's shape: {"detail": ...} (+ error_type) and x-fal-request-id.
+
+The routes are read from the real app's router, so routes added later are checked without editing
+this file. Each gets three probes: no key, a wrong key, and a good key with bad input and unknown ids.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from aiohttp import ClientResponse, web
+from aiohttp.test_utils import TestClient, TestServer
+
+from server import auth
+from server.app import create_app
+from server.settings import Settings, load_settings
+
+KEY = "shape-test-key"
+GOOD = {"Authorization": f"Key {KEY}"}
+BAD_BODY = b"{not json"
+# What fills each {placeholder}: ids that exist nowhere, an app id that exists nowhere.
+SAMPLES = {
+    "path": "darkroom/no-such-app",
+    "app_id": "darkroom/no-such-app",
+    "owner": "darkroom",
+    "alias": "no-such-app",
+    "request_id": str(uuid.UUID(int=1)),
+    "upload_id": "0" * 32,
+    "name": "missing.png",
+}
+BODY_METHODS = {"POST", "PUT", "PATCH"}
+CANCEL_BODIES = [{"status": "NOT_FOUND"}, {"status": "ALREADY_COMPLETED"}]
+
+
+class IdleSupervisor:
+    """The process boundary: no workers, never ready; nothing here should reach one."""
+
+    workers: list[Any] = []
+    ready = False
+
+    async def start(self, *, wait: bool = True) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+def build_app(settings: Settings) -> web.Application:
+    return create_app(settings, IdleSupervisor(), run_supervisor=False)  # type: ignore[arg-type]
+
+
+def registered_routes() -> list[tuple[str, str]]:
+    """(method, canonical path) of every route the real app registers."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        app = build_app(load_settings({}, data_dir=data_dir, api_keys=KEY))
+        routes = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
+    return sorted(routes, key=lambda r: (r[1], r[0]))
+
+
+def fill(canonical: str) -> str:
+    return re.sub(r"\{(\w+)(?::[^}]*)?\}", lambda m: SAMPLES.get(m[1], f"nope-{m[1]}"), canonical)
+
+
+def is_public_path(path: str, method: str) -> bool:
+    return path in auth.PUBLIC_PATHS or (
+        method in ("GET", "HEAD") and path.startswith(auth.PUBLIC_GET_PREFIX)
+    )
+
+
+async def assert_fal_shape(response: ClientResponse, method: str) -> dict[str, Any] | None:
+    where = f"{method} {response.url.path} -> {response.status}"
+    assert response.headers.get("x-fal-request-id"), f"{where}: no x-fal-request-id"
+    if method == "HEAD":
+        return None
+    if response.content_type == "text/event-stream":
+        # Streaming routes may send the error as one SSE event (fal-api.md section 5).
+        events = [
+            line[5:].strip() for line in (await response.text()).splitlines() if line.startswith("data:")
+        ]
+        assert len(events) == 1, f"{where}: expected one error event, got {events!r}"
+        body = json.loads(events[0])
+    else:
+        assert response.content_type == "application/json", f"{where}: {response.content_type}"
+        body = await response.json()
+        if isinstance(body, dict) and "error_type" in body:
+            assert response.headers.get("x-fal-error-type") == body["error_type"], where
+    if response.url.path.endswith("/cancel") and body in CANCEL_BODIES:
+        return body  # fal's own cancel replies (fal-api.md section 2): the SDKs expect exactly these
+    assert isinstance(body, dict) and "detail" in body, f"{where}: {body!r}"
+    assert isinstance(body["detail"], (str, list)) and body["detail"], f"{where}: empty detail"
+    return body
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    # Raw-byte routes (uploads) take any body: for them the bad input is one over the size limit.
+    return load_settings({}, data_dir=str(tmp_path), api_keys=KEY, upload_max_bytes=len(BAD_BODY) - 1)
+
+
+@pytest_asyncio.fixture
+async def client(settings: Settings) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    async with TestClient(TestServer(build_app(settings))) as test_client:
+        yield test_client
+
+
+ROUTES = registered_routes()
+
+
+def test_the_walk_sees_the_known_routes() -> None:
+    seen = {path for _, path in ROUTES}
+    assert {"/health", "/ready", "/run/{path}", "/storage/upload/initiate"} <= seen
+
+
+@pytest.mark.parametrize(("method", "canonical"), ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
+async def test_route_errors_have_fal_shape(
+    client: TestClient[web.Request, web.Application], method: str, canonical: str
+) -> None:
+    path = fill(canonical)
+    body_kwargs: dict[str, Any] = (
+        {"data": BAD_BODY, "headers": {"Content-Type": "application/json"}} if method in BODY_METHODS else {}
+    )
+    public = is_public_path(path, method)
+    if not public:
+        for headers in ({}, {"Authorization": "Key wrong-key"}):
+            merged = {**body_kwargs.get("headers", {}), **headers}
+            response = await client.request(method, path, **{**body_kwargs, "headers": merged})
+            if response.status == 401:
+                body = await assert_fal_shape(response, method)
+                assert body is None or body["error_type"] == "unauthorized"
+                continue
+            # A route may authenticate itself (upload URLs): then it must still refuse the probe.
+            assert response.status >= 400, f"{method} {path} without a key answered {response.status}"
+            await assert_fal_shape(response, method)
+
+    merged = {**body_kwargs.get("headers", {}), **GOOD}
+    response = await client.request(method, path, **{**body_kwargs, "headers": merged})
+    if public and response.status < 400:
+        assert response.headers.get("x-fal-request-id")  # health, readiness, docs: fine to succeed
+        return
+    assert response.status >= 400, f"{method} {path} accepted unknown ids / bad input: {response.status}"
+    assert response.status not in (408, 409), "fal's Python client retries 408/409 ten times"
+    await assert_fal_shape(response, method)
+
+
+async def test_unknown_path_and_wrong_method(client: TestClient[web.Request, web.Application]) -> None:
+    unauthenticated = await client.get("/no/such/route")
+    assert unauthenticated.status == 401  # no key: not even whether a route exists
+    await assert_fal_shape(unauthenticated, "GET")
+    missing = await client.get("/no/such/route", headers=GOOD)
+    assert missing.status == 404
+    assert (await assert_fal_shape(missing, "GET")) == {"detail": "Path /no/such/route not found"}
+    wrong_method = await client.delete("/storage/upload/initiate", headers=GOOD)
+    assert wrong_method.status == 405
+    await assert_fal_shape(wrong_method, "DELETE")

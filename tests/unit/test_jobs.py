@@ -1,0 +1,272 @@
+"""The job store (real SQLite) and the queue's scheduling, recovery and retention, with a fake worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from server import comfy_client as cc
+from server.endpoints import WORKFLOWS_DIR
+from server.jobs import Delivery, JobRecord, JobStatus, Outcome, Priority, SqliteJobStore
+from server.mapping import Endpoint, load_endpoints
+from server.models import load_manifest
+from server.progress import ProgressHub
+from server.queue import MAX_ATTEMPTS, JobQueue
+
+APP = "darkroom/demo-flux-2"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeGenerator:
+    """``Generator.run`` without a worker (the process boundary): one run at a time, ComfyUI-like
+    events, and with ``hold`` each run waits for ``release(request_id)``."""
+
+    def __init__(self, *, hold: bool) -> None:
+        self.hold = hold
+        self.started: list[str] = []
+        self.cancelled: list[str] = []
+        self.finished: list[str] = []
+        self._gates: dict[str, asyncio.Event] = {}
+        self._worker = asyncio.Lock()
+
+    def release(self, request_id: str) -> None:
+        self._gates.setdefault(request_id, asyncio.Event()).set()
+
+    async def wait_started(self, request_id: str) -> None:
+        await until(lambda: request_id in self.started)
+
+    async def run(
+        self, endpoint: Endpoint, request: Any, *, request_id: str, base_url: str, on_event: Any
+    ) -> dict[str, Any]:
+        async with self._worker:
+            await on_event(cc.Started(request_id))
+            self.started.append(request_id)
+            try:
+                if self.hold:
+                    await self._gates.setdefault(request_id, asyncio.Event()).wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(request_id)
+                raise
+            self.finished.append(request_id)
+            return {"images": [], "prompt": request.prompt}
+
+
+@pytest.fixture(scope="module")
+def endpoints() -> dict[str, Endpoint]:
+    return load_endpoints(WORKFLOWS_DIR, load_manifest())
+
+
+@pytest_asyncio.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    await store.open()
+    yield store
+    await store.close()
+
+
+def record(request_id: str, priority: Priority = Priority.NORMAL, **fields: object) -> JobRecord:
+    job = JobRecord(request_id, APP, APP, "http://h", {"prompt": request_id}, priority=priority)
+    for name, value in fields.items():
+        setattr(job, name, value)
+    return job
+
+
+def make_queue(
+    store: SqliteJobStore,
+    endpoints: dict[str, Endpoint],
+    tmp_path: Path,
+    *,
+    hold: bool,
+    clock: Clock | None = None,
+) -> tuple[JobQueue, FakeGenerator]:
+    fake = FakeGenerator(hold=hold)
+    queue = JobQueue(
+        store, fake, ProgressHub(), endpoints, outputs_path=tmp_path / "outputs", retention_s=60.0,
+        shutdown_grace_s=0.0, clock=clock or Clock(),
+    )  # fmt: skip
+    return queue, fake
+
+
+async def until(predicate: object, timeout_s: float = 5.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not predicate():  # type: ignore[operator]
+            await asyncio.sleep(0.005)
+
+
+async def test_store_round_trip_claim_finish_and_schema(store: SqliteJobStore, tmp_path: Path) -> None:
+    first, second = await store.add(record("a")), await store.add(record("b"))
+    assert second > first
+    assert await store.claim("a", started_at=5.0) == 1
+    assert await store.claim("a", started_at=6.0) is None  # only an IN_QUEUE job can be claimed
+    outcome = Outcome(200, json.dumps({"images": []}), {}, inference_time_s=0.5)
+    delivery = Delivery("a", "darkroom", "https://hook", b"{}", next_attempt_at=7.0)
+    log = {"message": "hi", "level": "INFO", "source": "USER", "timestamp": "t"}
+    await store.finish("a", outcome, finished_at=7.0, expires_at=67.0, logs=[log], delivery=delivery)
+
+    full = await store.get("a")
+    assert full is not None and full.status is JobStatus.COMPLETED and full.outcome == outcome
+    assert full.attempts == 1 and await store.logs("a") == [log]
+    light = {job.request_id: job for job in await store.index()}
+    assert light["a"].outcome is not None and light["a"].outcome.body_json == "" and light["a"].input == {}
+    assert light["b"].input == {"prompt": "b"} and light["b"].status is JobStatus.IN_QUEUE
+    (due,) = await store.due_deliveries(7.0, limit=10)
+    assert (due.request_id, due.body, await store.next_delivery_at()) == ("a", b"{}", 7.0)
+    assert await store.due_deliveries(6.9, limit=10) == []
+
+    await store.close()
+    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        db.execute("PRAGMA user_version = 99")
+    newer = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    with pytest.raises(RuntimeError, match="schema 99, newer"):
+        await newer.open()
+    await newer.close()
+
+
+async def test_priority_then_fifo_and_accurate_positions(
+    store: SqliteJobStore, endpoints: dict[str, Endpoint], tmp_path: Path
+) -> None:
+    queue, fake = make_queue(store, endpoints, tmp_path, hold=True)
+    await queue.start()
+    ep = endpoints[APP]
+    running = (await queue.submit(ep, {"prompt": "r"}, url_path=APP, base_url="http://h")).request_id
+    await fake.wait_started(running)
+    ids = {}
+    for name, priority in [
+        ("low1", Priority.LOW),
+        ("n1", Priority.NORMAL),
+        ("low2", Priority.LOW),
+        ("n2", Priority.NORMAL),
+    ]:
+        ids[name] = (
+            await queue.submit(ep, {"prompt": name}, url_path=APP, base_url="http://h", priority=priority)
+        ).request_id
+    assert {name: queue.position(rid) for name, rid in ids.items()} == {
+        "n1": 0,
+        "n2": 1,
+        "low1": 2,
+        "low2": 3,
+    }
+    assert queue.queue_length() == 4 and queue.position(running) is None
+
+    order = [running, ids["n1"], ids["n2"], ids["low1"], ids["low2"]]
+    for request_id in order:
+        await fake.wait_started(request_id)
+        fake.release(request_id)
+    await until(lambda: all(queue.get(r).status is JobStatus.COMPLETED for r in order))  # type: ignore[union-attr]
+    assert fake.started == order
+    await queue.stop()
+
+
+async def test_restart_recovery_reruns_once_fails_twice_and_expires(
+    store: SqliteJobStore, endpoints: dict[str, Endpoint], tmp_path: Path
+) -> None:
+    clock = Clock()
+    for job in [
+        record("queued-low", Priority.LOW),
+        record("queued"),
+        record("ran-once"),
+        record("ran-twice"),
+        record("done"),
+        record("old"),
+    ]:
+        await store.add(job)
+    for request_id, attempts in (("ran-once", 1), ("ran-twice", MAX_ATTEMPTS)):
+        for _ in range(attempts):
+            await store.claim(request_id, started_at=1.0)
+            if request_id == "ran-twice" and _ == 0:
+                await store.requeue(request_id, attempts=1)
+    ok = Outcome(200, "{}", {}, inference_time_s=1.0)
+    await store.finish("done", ok, finished_at=clock.now, expires_at=clock.now + 10, logs=[])
+    await store.finish("old", ok, finished_at=1.0, expires_at=clock.now - 1, logs=[])
+    (tmp_path / "outputs" / "old").mkdir(parents=True)
+    (tmp_path / "outputs" / "old" / "0.png").write_bytes(b"png")
+
+    queue, fake = make_queue(store, endpoints, tmp_path, hold=False, clock=clock)
+    await queue.start()
+    await until(lambda: len(fake.finished) == 3)
+    assert fake.started == ["queued", "ran-once", "queued-low"]  # by priority, then submission order
+    broken = await store.get("ran-twice")
+    assert broken is not None and broken.outcome is not None and broken.outcome.status_code == 503
+    assert broken.outcome.error_type == "runner_disconnected" and "stopped twice" in (
+        broken.outcome.error or ""
+    )
+    rerun = await store.get("ran-once")
+    assert rerun is not None and rerun.attempts == 2 and rerun.outcome is not None and rerun.outcome.ok
+    assert queue.get("old") is None and await store.get("old") is None
+    assert not (tmp_path / "outputs" / "old").exists()
+    assert queue.get("done") is not None
+    await queue.stop()
+
+
+async def test_retention_expiry_deletes_results_and_files(
+    store: SqliteJobStore, endpoints: dict[str, Endpoint], tmp_path: Path
+) -> None:
+    clock = Clock()
+    queue, fake = make_queue(store, endpoints, tmp_path, hold=False, clock=clock)
+    await queue.start()
+    job = await queue.submit(endpoints[APP], {"prompt": "x"}, url_path=APP, base_url="http://h")
+    await until(lambda: queue.get(job.request_id).status is JobStatus.COMPLETED)  # type: ignore[union-attr]
+    files = tmp_path / "outputs" / job.request_id
+    files.mkdir(parents=True)
+    (files / "0.png").write_bytes(b"png")
+    clock.now += 59.0
+    await queue.sweep()
+    assert (await queue.outcome(job.request_id)).ok and files.exists()
+    clock.now += 2.0
+    await queue.sweep()
+    assert queue.get(job.request_id) is None and await store.get(job.request_id) is None
+    assert not files.exists() and (tmp_path / "outputs").exists()
+    await queue.stop()
+
+
+async def test_shutdown_puts_a_running_job_back_without_counting_the_attempt(
+    store: SqliteJobStore, endpoints: dict[str, Endpoint], tmp_path: Path
+) -> None:
+    queue, fake = make_queue(store, endpoints, tmp_path, hold=True)
+    await queue.start()
+    job = await queue.submit(endpoints[APP], {"prompt": "x"}, url_path=APP, base_url="http://h")
+    await fake.wait_started(job.request_id)
+    await queue.stop()
+    stored = await store.get(job.request_id)
+    assert stored is not None and stored.status is JobStatus.IN_QUEUE and stored.attempts == 0
+    assert fake.cancelled == [job.request_id]
+
+
+async def test_job_handle_waits_for_the_outcome_and_aborts(
+    store: SqliteJobStore, endpoints: dict[str, Endpoint], tmp_path: Path
+) -> None:
+    queue, fake = make_queue(store, endpoints, tmp_path, hold=True)
+    await queue.start()
+    first = queue.job(
+        (await queue.submit(endpoints[APP], {"prompt": "a"}, url_path=APP, base_url="http://h")).request_id
+    )
+    second = queue.job(
+        (await queue.submit(endpoints[APP], {"prompt": "b"}, url_path=APP, base_url="http://h")).request_id
+    )
+    await fake.wait_started(first.request_id)
+    assert (first.status(), second.status()) == (JobStatus.IN_PROGRESS, JobStatus.IN_QUEUE)
+    with pytest.raises(TimeoutError):
+        await first.result(timeout_s=0.05)
+    assert await second.abort() == "CANCELLATION_REQUESTED"
+    assert (await second.result(timeout_s=1)).status_code == 499
+    fake.release(first.request_id)
+    outcome = await first.result(timeout_s=5)
+    assert outcome.ok and json.loads(outcome.body_json)["prompt"] == "a"
+    assert await first.abort() == "ALREADY_COMPLETED" and queue.job("nope").status() is None
+    await queue.stop()
