@@ -9,8 +9,9 @@ FLUX.2 note: model_base.Flux.encode_adm reads `pooled_output`, so FLUX.2 conditi
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,22 @@ def inspect_file(
 ) -> ArchConfig:  # fmt: skip
     """Every check a load makes, from the header alone (family, config, strict keys and shapes against a
     meta-device model, weight_dtype combination); returns the config a load would use."""
+    with _checked(path, family, weight_dtype, config_override) as (_, config):
+        return config
+
+
+@contextlib.contextmanager
+def _checked(
+    path: Path, family: Family, weight_dtype: WeightDtype, config_override: Mapping[str, Any] | None
+) -> Iterator[tuple[Checkpoint, ArchConfig]]:
+    """The open checkpoint and its inferred config, once family, dtype and every key have checked out."""
     header = read_header(path)
     prefix = find_prefix(header.tensors, family, str(path))
     with Checkpoint(header, prefix) as ckpt:
         ckpt.check_weight_dtype(weight_dtype)
         config = infer(family, ckpt.shapes(), ckpt.source, config_override)
         check_keys(ckpt.source, config.variant, expected_shapes(config), ckpt.shapes())
-        return config
+        yield ckpt, config
 
 
 def expected_shapes(config: ArchConfig) -> dict[str, Shape]:
@@ -123,12 +133,7 @@ def load_diffusion_model(
     config_override: Mapping[str, Any] | None = None,
 ) -> comfy.model_patcher.ModelPatcher:  # fmt: skip
     """Load a FLUX or Wan diffusion model file as a ModelPatcher, served as `weight_dtype`."""
-    header = read_header(path)
-    prefix = find_prefix(header.tensors, family, str(path))
-    with Checkpoint(header, prefix) as ckpt:
-        ckpt.check_weight_dtype(weight_dtype)
-        config = infer(family, ckpt.shapes(), ckpt.source, config_override)
-        check_keys(ckpt.source, config.variant, expected_shapes(config), ckpt.shapes())
+    with _checked(path, family, weight_dtype, config_override) as (ckpt, config):
         plan = LoadPlan(weight_dtype, partial(quantisable, family))
         quantised, floats = ckpt.output_summary(plan)
         model_config = _MODEL_CONFIGS[config.variant](config.unet_config)

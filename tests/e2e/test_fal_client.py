@@ -32,6 +32,7 @@ from PIL import Image
 from server.app import create_app
 from server.settings import PROJECT_ROOT, load_settings
 from server.worker import free_port
+from tests.fakes import IdleSupervisor
 
 pytestmark = [pytest.mark.stack]
 
@@ -40,20 +41,11 @@ KEY = "e2e-key-id:e2e-key-secret"
 READY_TIMEOUT_S = 240.0
 
 
-class _IdleSupervisor:
-    workers: list[Any] = []
-    ready = False
-
-    async def start(self, *, wait: bool = True) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-
 def _registered_routes() -> set[str]:
     with tempfile.TemporaryDirectory() as data_dir:
-        app = create_app(load_settings({}, data_dir=data_dir), _IdleSupervisor(), run_supervisor=False)  # type: ignore[arg-type]
+        app = create_app(
+            load_settings({}, data_dir=data_dir), IdleSupervisor(ready=False), run_supervisor=False
+        )  # type: ignore[arg-type]
         return {r.resource.canonical for r in app.router.routes() if r.resource is not None}
 
 

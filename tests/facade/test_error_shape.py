@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from server import auth
 from server.app import create_app
 from server.settings import Settings, load_settings
+from tests.fakes import IdleSupervisor
 
 KEY = "shape-test-key"
 GOOD = {"Authorization": f"Key {KEY}"}
@@ -40,21 +41,8 @@ BODY_METHODS = {"POST", "PUT", "PATCH"}
 CANCEL_BODIES = [{"status": "NOT_FOUND"}, {"status": "ALREADY_COMPLETED"}]
 
 
-class IdleSupervisor:
-    """The process boundary: no workers, never ready; nothing here should reach one."""
-
-    workers: list[Any] = []
-    ready = False
-
-    async def start(self, *, wait: bool = True) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-
 def build_app(settings: Settings) -> web.Application:
-    return create_app(settings, IdleSupervisor(), run_supervisor=False)  # type: ignore[arg-type]
+    return create_app(settings, IdleSupervisor(ready=False), run_supervisor=False)  # type: ignore[arg-type]
 
 
 def registered_routes() -> list[tuple[str, str]]:

@@ -16,19 +16,9 @@ from yarl import URL
 from server.app import create_app
 from server.settings import Settings, load_settings
 from server.storage_api import safe_name
+from tests.fakes import IdleSupervisor
 
 KEY = {"Authorization": "Key test-id:test-secret"}
-
-
-class IdleSupervisor:
-    workers: list[Any] = []
-    ready = True
-
-    async def start(self, *, wait: bool = True) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
 
 
 @pytest.fixture
@@ -38,7 +28,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest_asyncio.fixture
 async def client(settings: Settings) -> AsyncIterator[TestClient[web.Request, web.Application]]:
-    app = create_app(settings, IdleSupervisor(), run_supervisor=False)  # type: ignore[arg-type]
+    app = create_app(settings, IdleSupervisor(ready=True), run_supervisor=False)  # type: ignore[arg-type]
     async with TestClient(TestServer(app)) as test_client:
         yield test_client
 
@@ -152,7 +142,7 @@ async def test_bad_requests_are_422(client: TestClient[web.Request, web.Applicat
 
 async def test_public_url_shapes_returned_urls(tmp_path: Path) -> None:
     settings = load_settings({}, data_dir=str(tmp_path), public_url="https://media.example/")
-    app = create_app(settings, IdleSupervisor(), run_supervisor=False)  # type: ignore[arg-type]
+    app = create_app(settings, IdleSupervisor(ready=True), run_supervisor=False)  # type: ignore[arg-type]
     async with TestClient(TestServer(app)) as client:
         urls = await initiate(client, file_name="a.png", content_type="image/png")
     assert urls["file_url"].startswith("https://media.example/files/uploads/")

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import web
@@ -17,17 +16,7 @@ from server.app import create_app
 from server.auth import KeyRing, check_exposure, credentials, is_loopback_host
 from server.errors import ConfigError
 from server.settings import load_settings
-
-
-class IdleSupervisor:
-    workers: list[Any] = []
-    ready = True
-
-    async def start(self, *, wait: bool = True) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
+from tests.fakes import IdleSupervisor
 
 
 def keyring(tmp_path: Path, keys: str = "", file_text: str | None = None) -> KeyRing:
@@ -157,7 +146,7 @@ async def test_middleware(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, headers: dict[str, str], status: int
 ) -> None:
     settings = load_settings({}, data_dir=str(tmp_path), api_keys="right,kid:ksecret")
-    app = create_app(settings, IdleSupervisor(), run_supervisor=False)  # type: ignore[arg-type]
+    app = create_app(settings, IdleSupervisor(ready=True), run_supervisor=False)  # type: ignore[arg-type]
     app.router.add_get("/private", hello)
     caplog.set_level(logging.DEBUG)
     async with TestClient(TestServer(app)) as client:
@@ -175,7 +164,9 @@ async def test_middleware(
 
 
 async def test_no_keys_means_open(tmp_path: Path) -> None:
-    app = create_app(load_settings({}, data_dir=str(tmp_path)), IdleSupervisor(), run_supervisor=False)  # type: ignore[arg-type]
+    app = create_app(
+        load_settings({}, data_dir=str(tmp_path)), IdleSupervisor(ready=True), run_supervisor=False
+    )  # type: ignore[arg-type]
     app.router.add_get("/private", hello)
     async with TestClient(TestServer(app)) as client:
         assert (await client.get("/private")).status == 200
@@ -183,7 +174,7 @@ async def test_no_keys_means_open(tmp_path: Path) -> None:
 
 async def test_public_is_decided_by_the_matched_route(tmp_path: Path) -> None:
     settings = load_settings({}, data_dir=str(tmp_path), api_keys="right")
-    app = create_app(settings, IdleSupervisor(), run_supervisor=False)  # type: ignore[arg-type]
+    app = create_app(settings, IdleSupervisor(ready=True), run_supervisor=False)  # type: ignore[arg-type]
     app.router.add_get("/private", hello)
     async with TestClient(TestServer(app)) as client:
         for path in ("/files//../private", "/files/%2e%2e/private", "/health/../private", "/no/such/route"):
