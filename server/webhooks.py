@@ -190,12 +190,18 @@ class WebhookSender:
         self._session = guarded_session(self.policy, timeout=aiohttp.ClientTimeout(total=self.timeout_s))
         self._loop_task = asyncio.create_task(self._run(), name="webhook-sender")
 
-    async def stop(self) -> None:
-        """Stop sending; an attempt in flight is abandoned and retried after the next start."""
-        tasks = [t for t in (self._loop_task, *self._attempts) if t is not None]
-        for task in tasks:
+    async def stop(self, *, grace_s: float = 5.0) -> None:
+        """Stop sending. Attempts in flight get `grace_s` to finish and record their outcome; any
+        still running then is abandoned, and retried after the next start (its lease runs out)."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        in_flight = set(self._attempts)
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=grace_s)
+        for task in in_flight:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*in_flight, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
 
