@@ -1,27 +1,39 @@
-"""Benchmark darkroom's quantise-on-load against a plain read of the same file.
+"""Benchmark darkroom's quantise-on-load against a plain read of the same file, cold and warm.
 
-Builds a synthetic FLUX.2-shaped bf16 checkpoint (default 2 GB) in a temp dir, then measures, warm
-page cache for all: (a) a plain sequential read of the file, (b) bf16 -> scaled-fp8 quantise-on-load
-through darkroom.checkpoint (GB/s of source file), (c) peak RSS of that load in a fresh subprocess
-against its baseline and against the loaded size; plus, for reference, the same load through
-safetensors' memory map. Prints a table and PASS/FAIL against the targets.
+Builds a synthetic FLUX.2-shaped bf16 checkpoint (default 2 GB) in a temp dir, then, for each page-cache
+mode asked for (cold: the file evicted from the page cache before every timed run, as a server loading
+from disk sees it; warm: the file cached), measures (a) a plain sequential read of the file, (b) bf16 ->
+scaled-fp8 quantise-on-load through darkroom.checkpoint (GB/s of source file), (c) peak RSS of that load
+in a fresh subprocess against its baseline and against the loaded size. Reads and loads alternate, each
+mode's best run counts, and every run is printed for the spread. Also, for reference, the peak RSS of
+the same load through safetensors' memory map (warm). Prints PASS/FAIL per mode against the targets.
 
-    .venv/bin/python scripts/bench_loader.py [--size-gb 2] [--keep] [--dir D] [--repeats 3]
+Cold runs evict just this file (posix_fadvise DONTNEED; no root needed), or failing that drop all
+caches (root), and check with mincore that the file left the page cache before each timed run. If
+neither works here, cold is reported unavailable and only warm is measured.
+
+    .venv/bin/python scripts/bench_loader.py [--size-gb 2] [--cache both] [--threads 2] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import mmap
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +46,7 @@ HIDDEN = 3072
 LOAD_VS_READ_TARGET = 0.8
 RSS_VS_LOADED_TARGET = 1.1
 READ_CHUNK_BYTES = 64 << 20
+COLD_CACHED_LIMIT = 0.01  # share of the file that may still be cached when a cold run starts
 PLAN = checkpoint.LoadPlan(
     checkpoint.WeightDtype.FP8_E4M3FN_SCALED, partial(arch.quantisable, arch.Family.FLUX)
 )
@@ -85,7 +98,7 @@ def build_checkpoint(path: Path, size_bytes: int) -> None:
     checkpoint.save_state_dict(path, tensors)
 
 
-def read_rate(path: Path) -> float:
+def read_seconds(path: Path) -> float:
     """Plain sequential read into a reused buffer: seconds."""
     buf = bytearray(READ_CHUNK_BYTES)
     view = memoryview(buf)
@@ -154,66 +167,181 @@ def measure_rss(path: Path, how: str) -> dict[str, Any]:
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
-def run(size_gb: float, repeats: int, keep: bool, parent: Path | None) -> bool:
-    workdir = Path(tempfile.mkdtemp(prefix="darkroom-bench-", dir=parent))
-    path = workdir / "flux2-synthetic-bf16.safetensors"
-    try:
-        started = time.perf_counter()
-        build_checkpoint(path, int(size_gb * 1e9))
-        size = path.stat().st_size
-        print(
-            f"built {path} ({size / 1e9:.2f} GB) in {time.perf_counter() - started:.1f} s; "
-            f"torch threads {torch.get_num_threads()}"
+def cached_fraction(path: Path) -> float:
+    """Share of the file's pages in the page cache: mincore on a fresh map, which reads no data."""
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    if size == 0:
+        return 0.0
+    vec = np.zeros(pages, dtype=np.uint8)
+    libc = ctypes.CDLL(None, use_errno=True)
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        view = np.frombuffer(m, dtype=np.uint8)
+        rc = libc.mincore(
+            ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(size), ctypes.c_void_p(vec.ctypes.data)
         )
-        read_rate(path)  # warm the page cache
-        reads, loads = [], []
-        for _ in range(repeats):  # interleaved, so both see the same machine load
-            reads.append(read_rate(path))
-            seconds, loaded = load_ours(path)
-            loads.append(seconds)
-        read_gbs, load_gbs = size / min(reads) / 1e9, size / min(loads) / 1e9
-        ours, mmap = measure_rss(path, "ours"), measure_rss(path, "mmap")
-        return report(size, read_gbs, load_gbs, loaded, ours, mmap)
+        del view  # the map cannot close while a buffer views it
+    if rc != 0:
+        raise OSError(ctypes.get_errno(), "mincore failed")
+    return float(np.count_nonzero(vec & 1)) / pages
+
+
+def fadvise_evict(path: Path) -> None:
+    """Evict just this file (no root needed). Dirty pages are skipped, so write them back first."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
-        if keep:
-            print(f"kept {workdir}")
+        os.close(fd)
+
+
+def drop_all_caches(path: Path) -> None:
+    """Evict every clean cached page on the machine (root only; other users' files too)."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+EVICTIONS: list[tuple[str, Callable[[Path], None]]] = [
+    ("posix_fadvise(POSIX_FADV_DONTNEED) on the file", fadvise_evict),
+    ("sync; echo 3 > /proc/sys/vm/drop_caches", drop_all_caches),
+]
+
+
+class ColdCache:
+    """Empties the page cache of the file before each cold run, and proves it did."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = ""
+        self._evict: Callable[[Path], None] | None = None
+
+    def choose(self) -> str | None:
+        """Pick the first eviction that works here: None, or why no cold run is possible."""
+        problems = []
+        for name, evict in EVICTIONS:
+            try:
+                evict(self.path)
+                left = cached_fraction(self.path)
+            except (OSError, AttributeError) as e:  # EPERM/EACCES, or no fadvise on this platform
+                problems.append(f"{name}: {e}")
+                continue
+            if left <= COLD_CACHED_LIMIT:
+                self.name, self._evict = name, evict
+                return None
+            problems.append(f"{name}: {left:.0%} of the file still cached")
+        return "; ".join(problems)
+
+    def __call__(self) -> None:
+        if self._evict is None:
+            raise RuntimeError("no working eviction: call choose() first")
+        self._evict(self.path)
+        left = cached_fraction(self.path)
+        if left > COLD_CACHED_LIMIT:  # never time a warm run as a cold one
+            raise RuntimeError(f"{left:.0%} of {self.path} still cached after {self.name}")
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    reads: list[float]  # seconds per timed run
+    loads: list[float]
+    loaded: int
+    rss: dict[str, Any]
+
+
+def measure_mode(path: Path, mode: str, repeats: int, cold: ColdCache) -> ModeResult:
+    """Timed reads and loads, alternating which goes first (disk and machine load drift), then RSS."""
+
+    def prepare() -> None:
+        if mode == "cold":
+            cold()
         else:
-            shutil.rmtree(workdir, ignore_errors=True)
+            read_seconds(path)  # every page cached, whatever ran before
+
+    reads: list[float] = []
+    loads: list[float] = []
+    loaded = 0
+    for i in range(repeats):
+        for what in ("read", "load") if i % 2 == 0 else ("load", "read"):
+            prepare()
+            if what == "read":
+                reads.append(read_seconds(path))
+            else:
+                seconds, loaded = load_ours(path)
+                loads.append(seconds)
+    prepare()
+    return ModeResult(mode, reads, loads, loaded, measure_rss(path, "ours"))
 
 
-def report(
-    size: int, read_gbs: float, load_gbs: float, loaded: int, ours: dict[str, Any], mmap: dict[str, Any]
-) -> bool:
+def report(size: int, result: ModeResult) -> bool:
+    def rates(runs: list[float]) -> tuple[float, str]:
+        gbs = [size / s / 1e9 for s in runs]
+        return max(gbs), " ".join(f"{g:.2f}" for g in gbs)
+
+    (read_gbs, read_runs), (load_gbs, load_runs) = rates(result.reads), rates(result.loads)
     ratio = load_gbs / read_gbs
-    delta = ours["peak"] - ours["baseline"]
-    rss_ratio = delta / ours["loaded"]
-    mmap_ratio = (mmap["peak"] - mmap["baseline"]) / mmap["loaded"]
+    pairs = " ".join(f"{read / load:.2f}x" for read, load in zip(result.reads, result.loads, strict=True))
+    rss = result.rss
+    delta = rss["peak"] - rss["baseline"]
+    rss_ratio = delta / rss["loaded"]
     rows = [
-        ("source file (bf16)", f"{size / 1e9:.2f} GB", ""),
-        ("loaded (scaled fp8 + rest)", f"{loaded / 1e9:.2f} GB", ""),
-        ("(a) plain sequential read", f"{read_gbs:.2f} GB/s", ""),
-        (
-            "(b) quantise-on-load",
-            f"{load_gbs:.2f} GB/s",
-            f"{ratio:.2f}x read (target >= {LOAD_VS_READ_TARGET})",
-        ),
-        (
-            "(c) peak RSS delta, ours",
-            f"{delta / 1e9:.2f} GB",
-            f"{rss_ratio:.2f}x loaded (target <= {RSS_VS_LOADED_TARGET})",
-        ),
-        ("    baseline RSS (after imports)", f"{ours['baseline'] / 1e9:.2f} GB", ""),
-        (
-            "    ref: safetensors mmap load",
-            f"{(mmap['peak'] - mmap['baseline']) / 1e9:.2f} GB",
-            f"{mmap_ratio:.2f}x loaded",
-        ),
+        ("(a) plain sequential read", f"{read_gbs:.2f} GB/s", f"best of {read_runs}"),
+        ("(b) quantise-on-load", f"{load_gbs:.2f} GB/s", f"best of {load_runs}"),
+        ("    load / read", f"{ratio:.2f}x", f"target >= {LOAD_VS_READ_TARGET}"),
+        ("    same, per adjacent pair", "", pairs),
+        ("(c) peak RSS delta, ours", f"{delta / 1e9:.2f} GB", f"baseline {rss['baseline'] / 1e9:.2f} GB"),
+        ("    RSS delta / loaded", f"{rss_ratio:.2f}x", f"target <= {RSS_VS_LOADED_TARGET}"),
     ]
+    print(f"-- {result.mode} page cache")
     for name, value, note in rows:
         print(f"{name:34s} {value:>12s}  {note}")
     speed_ok, rss_ok = ratio >= LOAD_VS_READ_TARGET, rss_ratio <= RSS_VS_LOADED_TARGET
-    print(f"load speed: {'PASS' if speed_ok else 'FAIL'}   peak RSS: {'PASS' if rss_ok else 'FAIL'}")
+    print(
+        f"{result.mode}: load speed {'PASS' if speed_ok else 'FAIL'}   "
+        f"peak RSS {'PASS' if rss_ok else 'FAIL'}"
+    )
     return speed_ok and rss_ok
+
+
+def modes_to_run(cache: str, cold: ColdCache) -> list[str]:
+    modes = ["cold", "warm"] if cache == "both" else [cache]
+    if "cold" in modes:
+        problem = cold.choose()
+        if problem is not None:
+            print(f"cold page cache unavailable here ({problem}); measuring warm only")
+            return ["warm"]
+        print(f"cold runs first evict the file with: {cold.name}")
+    return modes
+
+
+def run(args: argparse.Namespace) -> bool:
+    workdir = Path(tempfile.mkdtemp(prefix="darkroom-bench-", dir=args.dir))
+    path = args.file or workdir / "flux2-synthetic-bf16.safetensors"
+    try:
+        started = time.perf_counter()
+        if args.file is None:
+            build_checkpoint(path, int(args.size_gb * 1e9))
+        size = path.stat().st_size
+        print(
+            f"{'built' if args.file is None else 'using'} {path} ({size / 1e9:.2f} GB) in "
+            f"{time.perf_counter() - started:.1f} s; torch threads {torch.get_num_threads()}"
+        )
+        cold = ColdCache(path)
+        results = [measure_mode(path, mode, args.repeats, cold) for mode in modes_to_run(args.cache, cold)]
+        loaded = results[0].loaded
+        print(f"source file (bf16) {size / 1e9:.2f} GB, loaded (scaled fp8 + rest) {loaded / 1e9:.2f} GB")
+        passed = [report(size, result) for result in results]
+        read_seconds(path)
+        ref = measure_rss(path, "mmap")
+        ref_ratio = (ref["peak"] - ref["baseline"]) / ref["loaded"]
+        print(f"reference: safetensors mmap load (warm), peak RSS delta {ref_ratio:.2f}x loaded")
+        return all(passed)
+    finally:
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:
@@ -221,11 +349,22 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size-gb", type=float, default=2.0, help="synthetic checkpoint size (default 2)")
+    parser.add_argument(
+        "--cache", choices=["cold", "warm", "both"], default="both", help="page-cache modes (default both)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir and checkpoint")
     parser.add_argument(
         "--dir", type=Path, default=None, help="parent for the temp dir (default: system temp)"
     )
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of (a) and (b); best is reported")
+    parser.add_argument(
+        "--file",
+        type=Path,
+        default=None,
+        help="use this bf16 checkpoint (from --keep) instead of building one",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs of (a) and (b) per mode; best is reported"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--how", choices=["ours", "mmap"], default="ours", help=argparse.SUPPRESS)
@@ -235,7 +374,7 @@ def main() -> None:
     if args.child:
         child(args.child, args.how)
         return
-    sys.exit(0 if run(args.size_gb, args.repeats, args.keep, args.dir) else 1)
+    sys.exit(0 if run(args) else 1)
 
 
 if __name__ == "__main__":

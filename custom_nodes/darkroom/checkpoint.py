@@ -31,7 +31,14 @@ from .quant import (
     quantize_scaled,
     scale_for,
 )
-from .safetensors_io import CheckpointFormatError, Header, MappedFile, read_header, save_state_dict
+from .safetensors_io import (
+    READAHEAD_WINDOW_BYTES,
+    CheckpointFormatError,
+    Header,
+    MappedFile,
+    read_header,
+    save_state_dict,
+)
 
 __all__ = [  # read_header / save_state_dict / CheckpointFormatError re-exported for callers of this layer
     "Checkpoint",
@@ -171,8 +178,10 @@ class Checkpoint:
             amax = 0.0
             for start, n in chunks:
                 amax = max(amax, absmax(src[start : start + n]))
-                self.file.release(key, start, n)
+                if (start, n) != chunks[-1]:
+                    self.file.release(key, start, n)
             scale = scale_for(amax, fmt)
+            chunks = chunks[::-1]  # start the second pass on the chunk still mapped: no re-faulting it
         out = torch.empty(src.numel(), dtype=fmt.dtype)
         for start, n in chunks:
             quantize(src[start : start + n], fmt, scale, out=out[start : start + n])
@@ -260,6 +269,10 @@ class Checkpoint:
             module, _, name = key.rpartition(".")
             modules.setdefault(module, []).append(name)
         for module, names in modules.items():
+            # From a cold page cache the disk then reads on while this module converts.
+            entries = [self.header.tensors[self.keys[f"{module}.{n}" if module else n]] for n in names]
+            end = max(e.offset + e.nbytes for e in entries)
+            self.file.prefetch(entries[0].offset, end + READAHEAD_WINDOW_BYTES)
             out: dict[str, torch.Tensor] = {}
             for name in names:
                 out |= self._convert(module, name, plan)

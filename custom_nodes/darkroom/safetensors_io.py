@@ -4,6 +4,10 @@ zero-copy tensor views and drops used pages from RSS, and a deterministic writer
 Why drop pages: mapped file pages count towards the process's RSS while mapped, so a 20 GB bf16 file
 served as 10 GB of fp8 would peak near 30 GB. MADV_DONTNEED after each 32 MB chunk keeps the peak near
 the loaded size; the pages stay in the page cache, so a second pass over a chunk maps them again cheaply.
+
+Why read ahead: from a cold page cache, a streaming load would otherwise alternate between waiting on
+the disk and converting. A background thread keeps the disk busy a window ahead of the consumer, into
+the page cache (which is not RSS), so disk reads overlap conversion.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import contextlib
 import json
 import math
 import mmap
+import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +35,13 @@ _DTYPES: dict[str, torch.dtype] = {
 }  # fmt: skip
 _MAX_HEADER_BYTES = 100 << 20
 RELEASE_CHUNK_BYTES = 32 << 20  # mapped bytes processed before their pages are dropped from RSS
+# Read-ahead goes in blocks, each skipped if already cached, advised in pieces: one WILLNEED call reads at
+# most max(read_ahead_kb, max_sectors_kb) of the device (as little as 128 KB), whatever length it names.
+READAHEAD_BLOCK_BYTES = 2 << 20
+READAHEAD_ADVICE_BYTES = 128 << 10
+# How far past the module being converted a streaming load reads ahead: enough to keep the disk busy
+# while a module converts; the page cache holds it, not the process.
+READAHEAD_WINDOW_BYTES = 256 << 20
 
 
 class CheckpointFormatError(ModelFileError):
@@ -99,6 +112,65 @@ def read_header(path: Path) -> Header:
     return Header(path, tensors, {str(k): str(v) for k, v in metadata.items()})
 
 
+class Readahead:
+    """A daemon thread asking the kernel (POSIX_FADV_WILLNEED) to read a pending byte range of a file into
+    the page cache ahead of use. The advice only queues the reads, but queueing costs page allocation and
+    can block on a full device queue, so it runs here rather than on the converting thread."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDONLY)
+        self._probe = bytearray(1)
+        self._cond = threading.Condition()
+        self._next = self._end = 0  # [next, end): bytes still to advise
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="darkroom-readahead", daemon=True)
+        self._thread.start()
+
+    def request(self, start: int, end: int) -> None:
+        """Have [start, end) read ahead (the consumer is at `start`); a range past the pending one
+        replaces it."""
+        with self._cond:
+            if start <= self._end:  # continues the pending range; skip what the consumer has passed
+                self._next, self._end = max(self._next, start), max(self._end, end)
+            else:
+                self._next, self._end = start, end
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and self._next >= self._end:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                start = self._next
+                self._next = end = min(start + READAHEAD_BLOCK_BYTES, self._end)
+            if self._cached(start) and self._cached(end - 1):
+                continue  # advising cached pages still walks them, a real cost on a warm load
+            for offset in range(start, end, READAHEAD_ADVICE_BYTES):
+                with contextlib.suppress(OSError):  # advice only: a failure costs speed, never data
+                    os.posix_fadvise(
+                        self._fd, offset, min(READAHEAD_ADVICE_BYTES, end - offset), os.POSIX_FADV_WILLNEED
+                    )
+
+    def _cached(self, offset: int) -> bool:
+        """Whether the page holding `offset` is in the page cache: a non-blocking 1-byte read (a miss may
+        start a small read, which the advice that follows covers anyway)."""
+        if not hasattr(os, "RWF_NOWAIT"):
+            return False
+        try:
+            return os.preadv(self._fd, [self._probe], offset, os.RWF_NOWAIT) == 1
+        except OSError:  # EAGAIN: not cached (or RWF_NOWAIT unsupported here)
+            return False
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+        os.close(self._fd)
+
+
 class MappedFile:
     """A safetensors file mapped privately (never written, so views cost no copy) for tensor views."""
 
@@ -106,6 +178,7 @@ class MappedFile:
         self.header = header
         with header.path.open("rb") as f:
             self._map: mmap.mmap | None = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        self._readahead: Readahead | None = None
 
     def __enter__(self) -> MappedFile:
         return self
@@ -114,10 +187,21 @@ class MappedFile:
         self.close()
 
     def close(self) -> None:
+        if self._readahead is not None:
+            self._readahead.close()
+            self._readahead = None
         if self._map is not None:
             with contextlib.suppress(BufferError):  # a tensor still views the map: unmapped when it goes
                 self._map.close()
             self._map = None
+
+    def prefetch(self, start: int, end: int) -> None:
+        """Read file bytes [start, end) into the page cache in the background (streaming loads)."""
+        if self._map is None or not hasattr(os, "posix_fadvise"):  # Windows and macOS have no fadvise
+            return
+        if self._readahead is None:
+            self._readahead = Readahead(self.header.path)
+        self._readahead.request(start, min(end, len(self._map)))
 
     def view(self, key: str) -> torch.Tensor:
         """Zero-copy tensor view (valid while the file is open; pages count in RSS until released)."""

@@ -51,6 +51,16 @@ def unique_color() -> int:
     return uuid.uuid4().int % 0xFFFFFF
 
 
+async def filed_history(client: cc.ComfyClient, prompt_id: str) -> dict[str, Any] | None:
+    """ComfyUI sends its last event before it files the prompt in its history: poll briefly."""
+    for _ in range(100):
+        history = await client.history(prompt_id)
+        if history is not None:
+            return history
+        await asyncio.sleep(0.05)
+    return None
+
+
 async def collect(client: cc.ComfyClient, graph: dict[str, Any]) -> list[cc.Event]:
     return [event async for event in client.run(graph)]
 
@@ -81,7 +91,7 @@ async def test_events_arrive_in_order_and_output_is_a_png(supervisor: Supervisor
         (file,) = executed.files
         png = await worker.client.fetch_output(file.filename, file.subfolder, file.type)
         assert png.startswith(PNG_MAGIC)
-        history = await worker.client.history(executed.prompt_id)
+        history = await filed_history(worker.client, executed.prompt_id)
         assert history is not None and history["status"]["completed"] is True
 
 
@@ -161,7 +171,7 @@ async def test_interrupt_running_and_delete_pending(supervisor: Supervisor) -> N
             assert seen[-1] == cc.Interrupted(running_id, "3", "DarkroomTestSlow")
             assert [e async for e in pending.events(pending_id)] == [cc.Removed(pending_id)]
         assert (await client.queue()) == ([], [])
-        history = await client.history(running_id)
+        history = await filed_history(client, running_id)
         assert history is not None and history["status"]["status_str"] == "error"
 
 

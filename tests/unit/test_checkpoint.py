@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from darkroom import arch, quant
+from darkroom import arch, quant, safetensors_io
 from darkroom import checkpoint as ckpt
 
 W = ckpt.WeightDtype
@@ -86,6 +86,20 @@ def test_quantise_on_load_equals_loading_a_prequantised_file(
         if not scaled:
             assert float(on_load[f"{layer}.weight_scale"]) == 1.0
     assert all(t.dtype == torch.bfloat16 for k, t in on_load.items() if k in sd and k not in QUANTISED)
+
+
+def test_quantise_on_load_is_unchanged_by_release_chunking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The loader works in 32 MB chunks, the second pass in reverse; 1000-byte chunks split every weight.
+    sd = _model_sd()
+    path = _write(tmp_path / "bf16.safetensors", sd)
+    whole = _load(path, W.FP8_E4M3FN_SCALED)
+    monkeypatch.setattr(safetensors_io, "RELEASE_CHUNK_BYTES", 1000)
+    assert len(ckpt.read_header(path).tensors["single_blocks.0.linear1.weight"].chunks()) > 5
+    _same(_load(path, W.FP8_E4M3FN_SCALED), whole)
+    stored = ckpt.quantise_state_dict(sd, quant.Fp8Format.E4M3FN, scaled=True, quantisable=RULE)
+    _same(whole, _load(_write(tmp_path / "fp8.safetensors", stored)))
 
 
 def test_bf16_target_dequantises_a_scaled_file(tmp_path: Path) -> None:
