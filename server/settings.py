@@ -124,10 +124,6 @@ class Settings:
         default=2 * 1024 * 1024 * 1024,
         metadata={"help": "Largest LoRA file downloaded from a URL or hf:// reference."},
     )
-    max_loras: int = field(
-        default=8,
-        metadata={"help": "Most LoRAs one request may stack."},
-    )
     input_timeout_s: float = field(
         default=60.0,
         metadata={"help": "Time limit for fetching one input URL, redirects included."},
