@@ -34,6 +34,7 @@ from .comfy_events import (
     Started,
     Status,
     Success,
+    WorkerLost,
     is_terminal,
     parse_binary,
     parse_message,
@@ -42,7 +43,8 @@ from .errors import ComfyValidationError, WorkerConnectionError, WorkerResponseE
 
 __all__ = [
     "TERMINAL", "Cached", "ComfyClient", "Event", "Executed", "Executing", "ExecutionError", "Interrupted",
-    "OutputFile", "Preview", "Progress", "Removed", "Started", "Status", "Success", "Watcher", "is_terminal",
+    "OutputFile", "Preview", "Progress", "Removed", "Started", "Status", "Success", "Watcher", "WorkerLost",
+    "is_terminal",
     "parse_binary", "parse_message",
 ]  # fmt: skip
 

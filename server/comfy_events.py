@@ -128,6 +128,15 @@ class Status:
     queue_remaining: int
 
 
+@dataclass(frozen=True)
+class WorkerLost:
+    """The prompt's worker went away mid-run and the facade runs it again (made by the facade, not by
+    ComfyUI: see ``generate.WORKER_ATTEMPTS``)."""
+
+    prompt_id: str
+    reason: str
+
+
 Event = (
     Started
     | Cached
@@ -139,6 +148,7 @@ Event = (
     | Interrupted
     | Removed
     | Preview
+    | WorkerLost
 )
 TERMINAL = (Success, ExecutionError, Interrupted, Removed)
 

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import base64
+import logging
 import mimetypes
 import re
+import shutil
+import time
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
 from .errors import NotFoundError
+
+logger = logging.getLogger(__name__)
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 
@@ -46,6 +52,27 @@ class OutputStore:
         if not path.is_file():
             raise NotFoundError(f"No file {name} for request {request_id}")
         return path
+
+    def delete(self, request_ids: Iterable[str]) -> None:
+        """Delete these requests' output folders (missing ones are fine)."""
+        for request_id in request_ids:
+            if _SAFE_NAME.match(request_id):
+                shutil.rmtree(self.root / request_id, ignore_errors=True)
+
+    def expire(self, *, older_than_s: float, keep: Container[str] = ()) -> int:
+        """Delete request folders last written more than ``older_than_s`` ago, except those in ``keep``:
+        sync runs' outputs (queue jobs expire with their record) and any a crash left behind."""
+        cutoff, stale = time.time() - older_than_s, []
+        if self.root.is_dir():
+            for folder in self.root.iterdir():
+                if folder.name in keep or not folder.is_dir() or not _SAFE_NAME.match(folder.name):
+                    continue
+                if folder.stat().st_mtime < cutoff:
+                    stale.append(folder.name)
+        self.delete(stale)
+        if stale:
+            logger.info("deleted the outputs of %d request(s) older than %g s", len(stale), older_than_s)
+        return len(stale)
 
     def _path(self, request_id: str, name: str) -> Path:
         if not (_SAFE_NAME.match(request_id) and _SAFE_NAME.match(name)) or name.endswith(".part"):

@@ -17,7 +17,13 @@ from pydantic import BaseModel
 from . import comfy_client as cc
 from . import inputs, netpolicy
 from .choices import ComfyChoices
-from .errors import ComfyValidationError, GenerationError, InputError, ModelsMissingError
+from .errors import (
+    ComfyValidationError,
+    GenerationError,
+    InputError,
+    ModelsMissingError,
+    WorkerConnectionError,
+)
 from .files import OutputStore, data_uri
 from .loras import LoraCache
 from .mapping import Endpoint, ImageInput
@@ -28,6 +34,10 @@ from .supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[cc.Event], Awaitable[None]]
+# A request whose worker dies under it (crash, OOM kill) runs once more on the restarted or another
+# worker; nothing was stored yet, so a re-run is safe. Bounded, so a request that kills its worker
+# every time cannot take the pool down for long.
+WORKER_ATTEMPTS = 2
 # Nodes whose failures come from what the request asked for (a LoRA of another family, a VAE that
 # does not fit, an impossible blend or schedule): a 422 for the client, not a server error.
 USER_INPUT_NODES = frozenset({
@@ -74,21 +84,49 @@ class Generator:
                 name: await self.loras.resolve([entry.model_dump() for entry in getattr(request, name)])
                 for name in endpoint.params_of("loras")
             }
-            async with self.supervisor.worker() as worker:
-                await self.choices.check(endpoint, request, worker.client)
-                for name, (data, width, height) in images.items():
-                    uploaded = await worker.client.upload_input(data, f"{request_id}-{name}")
-                    prepared[name] = ImageInput(uploaded, width, height)
-                prompt, resolved = endpoint.build_prompt(request, self.manifest, prepared)
-                started = time.perf_counter()
-                saved = await self._execute(worker.client, prompt, endpoint, request_id, on_event)
-                files = [
-                    await self._store(worker.client, entry, request_id, index, resolved, base_url)
-                    for index, entry in enumerate(saved)
-                ]
-                inference_s = time.perf_counter() - started
+            for attempt in range(1, WORKER_ATTEMPTS + 1):
+                try:
+                    files, resolved, inference_s = await self._run_on_worker(
+                        endpoint, request, request_id, base_url, images, prepared, on_event
+                    )
+                    break
+                except WorkerConnectionError as e:
+                    if attempt == WORKER_ATTEMPTS:
+                        raise WorkerConnectionError(
+                            f"{e.message} (after {attempt} attempts: the request lost its worker each time)"
+                        ) from e
+                    log.warning(
+                        "%s %s lost its worker (%s): running it again", endpoint.app_id, request_id, e
+                    )
+                    if on_event is not None:
+                        await on_event(cc.WorkerLost(request_id, e.message))
         log.info("%s %s: %d file(s) in %.3f s", endpoint.app_id, request_id, len(files), inference_s)
         return _response(endpoint, files, resolved, inference_s)
+
+    async def _run_on_worker(
+        self,
+        endpoint: Endpoint,
+        request: BaseModel,
+        request_id: str,
+        base_url: str,
+        images: dict[str, tuple[bytes, int, int]],
+        prepared: dict[str, Any],
+        on_event: EventSink | None,
+    ) -> tuple[list[dict[str, Any]], dict[str, Any], float]:
+        """Borrow a worker, run the prompt there and store its outputs: (files, resolved values, seconds)."""
+        async with self.supervisor.worker() as worker:
+            await self.choices.check(endpoint, request, worker.client)
+            for name, (data, width, height) in images.items():
+                uploaded = await worker.client.upload_input(data, f"{request_id}-{name}")
+                prepared[name] = ImageInput(uploaded, width, height)
+            prompt, resolved = endpoint.build_prompt(request, self.manifest, prepared)
+            started = time.perf_counter()
+            saved = await self._execute(worker.client, prompt, endpoint, request_id, on_event)
+            files = [
+                await self._store(worker.client, entry, request_id, index, resolved, base_url)
+                for index, entry in enumerate(saved)
+            ]
+            return files, resolved, time.perf_counter() - started
 
     async def _fetch_images(
         self, endpoint: Endpoint, request: BaseModel, folder: Path, base_url: str

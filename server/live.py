@@ -166,6 +166,8 @@ class LiveReporter:
             self.log("Interrupted", "WARN")
         elif isinstance(event, cc.Success):
             self.log("Finished")
+        elif isinstance(event, cc.WorkerLost):
+            self.log(f"Lost its ComfyUI worker ({event.reason}); running it again", "WARN")
 
     def _node_started(self, node: str | None) -> None:
         if self._running is not None:

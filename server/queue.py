@@ -16,19 +16,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
 from .endpoints import validation_error
 from .errors import DarkroomError, NotFoundError
+from .files import OutputStore
 from .generate import EventSink
 from .jobs import (
     CANCELLED,
@@ -57,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 2  # a job running when the facade died is re-run once
 SWEEP_INTERVAL_S = 1.0
+OUTPUT_SWEEP_EVERY = 60  # sweeps: sync runs' outputs (no job record) are checked once a minute
 
 
 class QueueFullError(DarkroomError):
@@ -126,12 +126,12 @@ class JobQueue:
 
     def __init__(
         self, store: JobStore, generator: RunsRequests, hub: ProgressHub, endpoints: Mapping[str, Endpoint],
-        *, outputs_path: Path, concurrency: int = 1, retention_s: float = 3600.0,
+        *, outputs: OutputStore, concurrency: int = 1, retention_s: float = 3600.0,
         max_queue_length: int = 1000, previews_per_s: float = 2.0, shutdown_grace_s: float = 30.0,
         webhooks: WebhookSender | None = None, clock: Callable[[], float] = time.time,
     ) -> None:  # fmt: skip
         self.store, self.generator, self.hub, self.endpoints = store, generator, hub, endpoints
-        self.outputs_path = outputs_path
+        self.outputs = outputs
         self.concurrency = max(1, concurrency)
         self.retention_s = retention_s
         self.max_queue_length = max_queue_length
@@ -447,10 +447,15 @@ class JobQueue:
     # -- housekeeping -----------------------------------------------------------------------------
 
     async def _sweep_forever(self) -> None:
+        sweeps = 0
         while not self._stopping:
             await asyncio.sleep(SWEEP_INTERVAL_S)
+            sweeps += 1
             try:
                 await self.sweep()
+                if sweeps % OUTPUT_SWEEP_EVERY == 0:
+                    known = frozenset(self._jobs)
+                    await asyncio.to_thread(self.outputs.expire, older_than_s=self.retention_s, keep=known)
             except Exception:
                 logger.exception("queue sweep failed")
 
@@ -480,7 +485,7 @@ class JobQueue:
         for request_id in request_ids:
             self._jobs.pop(request_id, None)
             self.hub.forget(request_id)
-        await asyncio.to_thread(_delete_outputs, self.outputs_path, request_ids)
+        await asyncio.to_thread(self.outputs.delete, request_ids)
         logger.info("deleted %d expired request(s) and their outputs", len(request_ids))
 
 
@@ -490,10 +495,3 @@ def _terminal_event(outcome: Outcome) -> dict[str, Any]:
         return completed_event(body)
     detail = body.get("detail") if isinstance(body, dict) else body
     return failed_event(outcome.status_code, detail, outcome.error or "", outcome.error_type or "")
-
-
-def _delete_outputs(root: Path, request_ids: list[str]) -> None:
-    for request_id in request_ids:
-        folder = root / request_id
-        if folder.parent == root and folder.name == request_id and folder.is_dir():
-            shutil.rmtree(folder, ignore_errors=True)

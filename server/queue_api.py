@@ -51,7 +51,7 @@ def setup(app: web.Application, settings: Settings) -> None:
     )  # fmt: skip
     endpoints = app[ENDPOINTS]
     app[QUEUE] = JobQueue(
-        store, app[GENERATOR], app[HUB], endpoints, outputs_path=settings.outputs_path,
+        store, app[GENERATOR], app[HUB], endpoints, outputs=app[GENERATOR].store,
         retention_s=settings.result_retention_s, max_queue_length=settings.queue_max_length,
         previews_per_s=settings.previews_per_s, shutdown_grace_s=settings.shutdown_grace_s, webhooks=sender,
     )  # fmt: skip

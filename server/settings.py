@@ -143,7 +143,7 @@ class Settings:
     result_retention_s: float = field(
         default=3600.0,
         metadata={
-            "help": "How long a finished queue request's result (and its output files) stays fetchable."
+            "help": "How long a finished request's result and files stay fetchable (queue and sync runs)."
         },
     )
     queue_max_length: int = field(

@@ -23,7 +23,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from .errors import ConfigError, WorkerStartError, WorkerUnavailableError
+from .errors import ConfigError, WorkerConnectionError, WorkerStartError, WorkerUnavailableError
 from .settings import PROJECT_ROOT, Settings
 from .worker import Worker, WorkerState
 
@@ -218,6 +218,9 @@ class Supervisor:
         w = await self._acquire(timeout_s)
         try:
             yield w
+        except WorkerConnectionError:
+            await w.check_alive()  # a dead worker must not be handed out before it is restarted
+            raise
         finally:
             self._release(w)
 

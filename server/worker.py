@@ -32,6 +32,7 @@ _PR_SET_PDEATHSIG = 1
 _READY_POLL_S = 0.25
 _LOG_TAIL_LINES = 30
 _LOG_RING_LINES = 500
+_ALIVE_CHECK_S = 10.0  # a worker busy sampling still answers /system_stats within this
 _READ_LIMIT_BYTES = 2**20
 
 
@@ -188,6 +189,22 @@ class Worker:
             if time.monotonic() >= deadline:
                 raise self.start_error(f"did not answer GET /system_stats within {timeout_s:g} s")
             await asyncio.sleep(_READY_POLL_S)
+
+    async def check_alive(self, timeout_s: float = _ALIVE_CHECK_S) -> bool:
+        """After a connection dropped mid-prompt: whether the worker still answers. If not, it is
+        taken out of service (killed, if its process hangs on) until the supervisor restarts it."""
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(WorkerConnectionError, WorkerResponseError, TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await self.client.system_stats()
+                    return True
+        if self.state is WorkerState.READY:
+            self.state = WorkerState.RESTARTING
+        if proc is not None and proc.returncode is None:
+            self.log.error("[worker %d] does not answer after losing a connection; killing it", self.id)
+            self._signal_group(proc.pid, signal.SIGKILL)
+        return False
 
     def start_error(self, what: str) -> WorkerStartError:
         """A WorkerStartError naming this worker, with its last log lines."""

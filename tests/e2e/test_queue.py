@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -87,6 +89,22 @@ async def test_sync_runs_and_queue_jobs_share_the_worker_first_come_first_served
     assert response.status == 200 and (await response.json())["prompt"] == "sync"
     assert (await status(client, later))["status"] != "COMPLETED"  # it waited for the sync run
     await wait_status(client, later)
+
+
+async def test_a_job_whose_worker_dies_runs_again_on_the_restarted_worker(
+    client: Client, supervisor: Supervisor
+) -> None:
+    (worker,) = supervisor.workers
+    restarts, pid = worker.restarts, worker.pid
+    assert pid is not None
+    request_id = await submit(client, "darkroom/test-pause", body={"prompt": "a red cube", "seed": 5})
+    await wait_status(client, request_id, "IN_PROGRESS", log="DarkroomTestSlow")
+    os.kill(pid, signal.SIGKILL)
+    body = await wait_status(client, request_id, timeout_s=150, log="Lost its ComfyUI worker")
+    assert "error" not in body, body
+    assert worker.restarts == restarts + 1 and worker.pid != pid
+    result = await client.get(f"/queue/{DEMO}/requests/{request_id}")
+    assert result.status == 200 and len((await result.json())["images"]) == 1
 
 
 class Receiver:

@@ -14,6 +14,7 @@ import pytest_asyncio
 
 from server import comfy_client as cc
 from server.endpoints import WORKFLOWS_DIR
+from server.files import OutputStore
 from server.jobs import Delivery, JobRecord, JobStatus, Outcome, Priority, SqliteJobStore
 from server.mapping import Endpoint, load_endpoints
 from server.models import load_manifest
@@ -95,7 +96,7 @@ def make_queue(
 ) -> tuple[JobQueue, FakeGenerator]:
     fake = FakeGenerator(hold=hold)
     queue = JobQueue(
-        store, fake, ProgressHub(), endpoints, outputs_path=tmp_path / "outputs", retention_s=60.0,
+        store, fake, ProgressHub(), endpoints, outputs=OutputStore(tmp_path / "outputs"), retention_s=60.0,
         shutdown_grace_s=0.0, clock=clock or Clock(),
     )  # fmt: skip
     return queue, fake
