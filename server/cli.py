@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from . import auth, comfy_install, models
-from .app import create_app
+from .app import PollQuietAccessLogger, create_app
 from .endpoints import WORKFLOWS_DIR
 from .errors import ConfigError, DarkroomError
 from .mapping import load_endpoints
@@ -114,7 +114,10 @@ async def serve(settings: Settings) -> int:
     # Requirements are installed by `darkroom comfyui install` (make setup), not on every start.
     comfyui_dir = await asyncio.to_thread(comfy_install.ensure_comfyui, settings, install_requirements=False)
     app = create_app(settings, Supervisor(settings, comfyui_dir))
-    runner = web.AppRunner(app, handle_signals=False, access_log=logging.getLogger("darkroom.access"))
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=logging.getLogger("darkroom.access"),
+        access_log_class=PollQuietAccessLogger,
+    )  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

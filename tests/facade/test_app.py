@@ -12,9 +12,9 @@ import pydantic
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
-from server.app import REQUEST_ID, SETTINGS, SUPERVISOR, create_app
+from server.app import REQUEST_ID, SETTINGS, SUPERVISOR, PollQuietAccessLogger, create_app
 from server.errors import NotFoundError, RequestValidationError, WorkerUnavailableError
 from server.settings import Settings, load_settings
 
@@ -213,3 +213,20 @@ async def test_request_ids_differ_per_request(client: TestClient[web.Request, we
     first = await client.get("/health")
     second = await client.get("/health")
     assert assert_request_id(first.headers) != assert_request_id(second.headers)
+
+
+def test_access_log_leaves_out_successful_polls(caplog: pytest.LogCaptureFixture) -> None:
+    access = PollQuietAccessLogger(logging.getLogger("test.access"), PollQuietAccessLogger.LOG_FORMAT)
+    poll = "/queue/darkroom/demo-flux-2/requests/abc/status"
+    cases = [("GET", poll, 202), ("GET", "/health", 200), ("GET", poll, 404), ("POST", "/queue/x/y", 200)]
+    with caplog.at_level(logging.INFO, logger="test.access"):
+        for method, path, code in cases:
+            access.log(make_mocked_request(method, path), web.Response(status=code), 0.001)
+    assert [r.getMessage().split('"')[1] for r in caplog.records] == [
+        f"GET {poll} HTTP/1.1",
+        "POST /queue/x/y HTTP/1.1",
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="test.access"):
+        access.log(make_mocked_request("GET", poll), web.Response(status=202), 0.001)
+    assert len(caplog.records) == 1
