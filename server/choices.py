@@ -7,12 +7,13 @@ from typing import Any
 from pydantic import BaseModel
 
 from .comfy_client import ComfyClient
-from .errors import RequestValidationError
+from .errors import RequestValidationError, WorkerConnectionError, WorkerResponseError
 from .mapping import Endpoint
 from .request_schema import DEFAULT
 
 # Which list of KSampler's inputs each field type is checked against.
 _LISTS = {"sampler": "sampler_name", "scheduler": "scheduler"}
+FIELD_TYPES = tuple(_LISTS)
 
 
 class ComfyChoices:
@@ -46,4 +47,14 @@ class ComfyChoices:
             info: dict[str, Any] = await client.object_info("KSampler")
             required = info["KSampler"]["input"]["required"]
             self._lists = {kind: list(required[input_name][0]) for kind, input_name in _LISTS.items()}
+        return self._lists
+
+    async def lists_if_known(self, client: ComfyClient | None) -> dict[str, list[str]] | None:
+        """The lists, asking ``client`` (any ready worker; a cheap read) if not yet known; None when
+        no worker can say (none ready yet)."""
+        if self._lists is None and client is not None:
+            try:
+                await self.lists(client)
+            except (WorkerConnectionError, WorkerResponseError):
+                return None
         return self._lists

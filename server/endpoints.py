@@ -40,7 +40,7 @@ def setup(app: web.Application, settings: Settings, supervisor: Supervisor) -> N
             web.post("/run/{path:.+}/stream", run_stream),  # before /run/{path}, which would match too
             web.post("/run/{path:.+}", run),
             file_route(store),
-            *openapi.routes(app[ENDPOINTS]),
+            *openapi.routes(app[ENDPOINTS], app[GENERATOR].choices, supervisor),
         ]
     )
 

@@ -8,7 +8,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from .choices import FIELD_TYPES, ComfyChoices
 from .mapping import Endpoint
+from .request_schema import DEFAULT
+from .supervisor import Supervisor
 
 
 class File(BaseModel):
@@ -70,8 +73,11 @@ _SHARED: dict[str, type[BaseModel]] = {
 }
 
 
-def build_document(endpoints: dict[str, Endpoint]) -> dict[str, Any]:
-    """One POST /run/{app_id} operation per endpoint, its input schema taken from its mapping."""
+def build_document(
+    endpoints: dict[str, Endpoint], choices: dict[str, list[str]] | None = None
+) -> dict[str, Any]:
+    """One POST /run/{app_id} operation per endpoint, its input schema taken from its mapping;
+    sampler and scheduler fields list ComfyUI's names when ``choices`` (read from a worker) are known."""
     schemas: dict[str, Any] = {}
     for name, model in _SHARED.items():
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -82,6 +88,9 @@ def build_document(endpoints: dict[str, Endpoint]) -> dict[str, Any]:
         input_name = endpoint.request_model.__name__
         schema = endpoint.request_model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
+        if choices is not None:
+            for name in endpoint.params_of(*FIELD_TYPES):
+                schema["properties"][name]["enum"] = [DEFAULT, *choices[endpoint.params[name].type]]
         schemas[input_name] = schema
         paths[f"/run/{app_id}"] = {"post": _operation(app_id, endpoint, input_name)}
     return {
@@ -171,14 +180,23 @@ def _row(name: str, prop: dict[str, Any], required: bool) -> str:
     return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
 
 
-def routes(endpoints: dict[str, Endpoint]) -> list[web.RouteDef]:
-    document = build_document(endpoints)
-    page = render_docs(document)
+def routes(
+    endpoints: dict[str, Endpoint], choices: ComfyChoices, supervisor: Supervisor
+) -> list[web.RouteDef]:
+    built: dict[bool, tuple[dict[str, Any], str]] = {}  # without / with ComfyUI's sampler lists
+
+    async def current() -> tuple[dict[str, Any], str]:
+        client = next((w.client for w in supervisor.workers if w.ready), None)
+        lists = await choices.lists_if_known(client)
+        if (lists is not None) not in built:
+            document = build_document(endpoints, lists)
+            built[lists is not None] = (document, render_docs(document))
+        return built[lists is not None]
 
     async def openapi(request: web.Request) -> web.Response:
-        return web.json_response(document)
+        return web.json_response((await current())[0])
 
     async def docs(request: web.Request) -> web.Response:
-        return web.Response(text=page, content_type="text/html")
+        return web.Response(text=(await current())[1], content_type="text/html")
 
     return [web.get("/openapi.json", openapi), web.get("/docs", docs)]

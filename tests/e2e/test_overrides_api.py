@@ -105,6 +105,9 @@ async def test_unknown_sampler_is_a_422_listing_the_allowed(facade: TestClient) 
         and "euler" in item["msg"]
         and "dpmpp_2m" in item["ctx"]["expected"]
     )
+    document = await (await facade.get("/openapi.json")).json()
+    fields = document["components"]["schemas"]["Input_darkroom_demo_flux_2"]["properties"]
+    assert fields["sampler"]["enum"] == item["ctx"]["expected"]  # the running ComfyUI's own list
 
 
 async def test_vae_swap_and_its_guard(facade: TestClient) -> None:

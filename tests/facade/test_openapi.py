@@ -66,3 +66,18 @@ def test_parameters_beyond_fal_are_listed_with_their_ranges(document):
     assert lora["expert"]["enum"] == ["high", "low", "both"]
     wan = schemas["Input_fal_ai_wan_v2_2_a14b_text_to_video"]["properties"]
     assert "loras" in wan and "sampler" in wan
+
+
+def test_sampler_fields_list_comfyuis_names_once_a_worker_told_them(endpoints):
+    lists = {"sampler": ["euler", "heun"], "scheduler": ["simple", "karras"]}
+    schemas = build_document(endpoints, lists)["components"]["schemas"]
+    for app_id in ("Input_fal_ai_flux_2", "Input_fal_ai_wan_v2_2_a14b_text_to_video"):
+        fields = schemas[app_id]["properties"]
+        assert fields["sampler"]["enum"] == ["default", "euler", "heun"]
+        assert fields["scheduler"]["enum"] == ["default", "simple", "karras"]
+    assert (
+        "enum"
+        not in build_document(endpoints)["components"]["schemas"]["Input_fal_ai_flux_2"]["properties"][
+            "sampler"
+        ]
+    )
