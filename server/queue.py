@@ -18,7 +18,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -50,6 +50,7 @@ from .live import (
 )
 from .mapping import Endpoint
 from .progress import ProgressHub
+from .queue_order import QueueOrder
 from .webhooks import WebhookSender
 
 logger = logging.getLogger(__name__)
@@ -139,10 +140,7 @@ class JobQueue:
         self.shutdown_grace_s = shutdown_grace_s
         self.webhooks = webhooks
         self.clock = clock
-        self._jobs: dict[str, JobRecord] = {}  # every unexpired job, light (no outcome body)
-        self._pending: dict[Priority, dict[str, None]] = {p: {} for p in Priority}  # FIFO per priority
-        self._dispatching: dict[str, None] = {}  # taken by a runner, waiting for a worker
-        self._positions: dict[str, int] = {}  # last queue position published per queued job
+        self.order = QueueOrder(hub)
         self._tasks: dict[str, asyncio.Task[dict[str, Any]]] = {}
         self._wakeup = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
@@ -181,61 +179,51 @@ class JobQueue:
                     continue
             elif record.status is JobStatus.IN_PROGRESS and record.attempts >= MAX_ATTEMPTS:
                 broken.append(record)
-            else:
-                if record.status is JobStatus.IN_PROGRESS:
-                    logger.warning(
-                        "request %s was running when the server stopped: running it again", record.request_id
-                    )
-                    await self.store.requeue(record.request_id, attempts=record.attempts)
-                    record.status = JobStatus.IN_QUEUE
-                self._pending[record.priority][record.request_id] = None
-            self._jobs[record.request_id] = record
+            elif record.status is JobStatus.IN_PROGRESS:
+                logger.warning(
+                    "request %s was running when the server stopped: running it again", record.request_id
+                )
+                await self.store.requeue(record.request_id, attempts=record.attempts)
+                record.status = JobStatus.IN_QUEUE
+            self.order.add(record, waiting=record.status is JobStatus.IN_QUEUE)
         for record in broken:
             logger.error("request %s was running at two server stops: failing it", record.request_id)
             await self._finish(record, RESTARTED_TWICE)
         await self._expire(expired)
-        self._publish_positions()
-        if self._jobs:
-            logger.info("job store: %d request(s) recovered, %d queued", len(self._jobs), self.queue_length())
+        self.order.publish_positions()
+        if self.order.jobs:
+            logger.info(
+                "job store: %d request(s) recovered, %d queued", len(self.order.jobs), self.queue_length()
+            )
 
     # -- queries (cheap: memory only) -------------------------------------------------------------
 
     def get(self, request_id: str) -> JobRecord | None:
         """The job's in-memory record (no outcome body), or None if unknown or expired."""
-        return self._jobs.get(request_id)
+        return self.order.jobs.get(request_id)
 
     def job(self, request_id: str) -> Job:
         return Job(request_id, self)
 
-    def _queued_ids(self) -> Iterator[str]:
-        yield from self._dispatching
-        for priority in Priority:
-            yield from self._pending[priority]
-
     def position(self, request_id: str) -> int | None:
         """How many queued requests are ahead of this one (0 = next), across priorities."""
-        for ahead, queued_id in enumerate(self._queued_ids()):
-            if queued_id == request_id:
-                return ahead
-        return None
+        return self.order.position(request_id)
 
     def queue_length(self, app_id: str | None = None) -> int:
         """Requests waiting to start (for one app, or all)."""
-        if app_id is None:
-            return len(self._dispatching) + sum(len(p) for p in self._pending.values())
-        return sum(1 for rid in self._queued_ids() if self._jobs[rid].app_id == app_id)
+        return self.order.length(app_id)
 
     async def logs(self, request_id: str) -> list[dict[str, Any]]:
         """The job's log entries in fal's shape (from the hub while live, else from the store)."""
         events = self.hub.logs(request_id)
         if events:
             return [fal_log_entry(e) for e in events]
-        record = self._jobs.get(request_id)
+        record = self.order.jobs.get(request_id)
         return await self.store.logs(request_id) if record and record.status is JobStatus.COMPLETED else []
 
     async def outcome(self, request_id: str) -> Outcome:
         """The finished job's outcome with its body; 404 unknown/expired, 400 not finished yet."""
-        record = self._jobs.get(request_id)
+        record = self.order.jobs.get(request_id)
         if record is None:
             raise NotFoundError(f"Request {request_id} not found (unknown, or its result expired)")
         if record.status is not JobStatus.COMPLETED:
@@ -249,7 +237,7 @@ class JobQueue:
         """Whether the request is known; gives the hub a finished job's terminal event if it has none."""
         if self.hub.known(request_id):
             return True
-        record = self._jobs.get(request_id)
+        record = self.order.jobs.get(request_id)
         if record is None:
             return False
         if record.status is JobStatus.COMPLETED:
@@ -287,52 +275,38 @@ class JobQueue:
             user_id=user_id,
         )  # fmt: skip
         record.seq = await self.store.add(record)
-        self._jobs[record.request_id] = record
-        self._pending[priority][record.request_id] = None
-        self._publish_positions()
+        self.order.add(record, waiting=True)
+        self.order.publish_positions()
         self._wakeup.set()
         return record
 
     async def cancel(self, request_id: str) -> CancelResult:
         """Remove a queued job or interrupt a running one; either way it ends COMPLETED, cancelled."""
-        record = self._jobs.get(request_id)
+        record = self.order.jobs.get(request_id)
         if record is None:
             return CancelResult.NOT_FOUND
         if record.status is JobStatus.COMPLETED:
             return CancelResult.ALREADY_COMPLETED
-        if self._unqueue(record):
+        if self.order.unqueue(record):
             await self._finish(record, CANCELLED)
         elif (task := self._tasks.get(request_id)) is not None:
             # Cancelling the task makes ComfyClient.run delete/interrupt the prompt on its worker.
             task.cancel()
         return CancelResult.CANCELLATION_REQUESTED
 
-    def _unqueue(self, record: JobRecord) -> bool:
-        """Take a not-yet-dispatched job out of the queue; False if it is not waiting there."""
-        pending = self._pending[record.priority]
-        if record.request_id not in pending:
-            return False
-        del pending[record.request_id]
-        self._positions.pop(record.request_id, None)
-        self._publish_positions()
-        return True
-
     # -- running ----------------------------------------------------------------------------------
 
     async def _runner(self) -> None:
         while not self._stopping:
-            if not any(self._pending.values()):
+            if not self.order.has_pending():
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            priority = next(p for p in Priority if self._pending[p])
-            request_id = next(iter(self._pending[priority]))
-            del self._pending[priority][request_id]
-            self._dispatching[request_id] = None
+            record = self.order.take_next()
             try:
-                await self._run(self._jobs[request_id])
+                await self._run(record)
             except Exception:
-                logger.exception("queue runner: request %s could not be finished", request_id)
+                logger.exception("queue runner: request %s could not be finished", record.request_id)
 
     async def _run(self, record: JobRecord) -> None:
         started = time.perf_counter()
@@ -342,9 +316,7 @@ class JobQueue:
             await asyncio.wait({task})
         finally:
             del self._tasks[record.request_id]
-            self._dispatching.pop(record.request_id, None)
-            self._positions.pop(record.request_id, None)
-            self._publish_positions()
+            self.order.left(record.request_id)
         if task.cancelled() and self._stopping:
             logger.warning(
                 "request %s interrupted by shutdown: it runs again at the next start", record.request_id
@@ -410,9 +382,7 @@ class JobQueue:
     def _started(self, record: JobRecord) -> None:
         record.status = JobStatus.IN_PROGRESS
         record.started_at = self.clock()
-        self._dispatching.pop(record.request_id, None)
-        self._positions.pop(record.request_id, None)
-        self._publish_positions()
+        self.order.left(record.request_id)
 
     async def _finish(self, record: JobRecord, outcome: Outcome, output: Any = None) -> None:
         """Persist the outcome (and its webhook), then update the index, then tell subscribers."""
@@ -438,12 +408,6 @@ class JobQueue:
         if delivery is not None and self.webhooks is not None:
             self.webhooks.notify()
 
-    def _publish_positions(self) -> None:
-        for position, request_id in enumerate(self._queued_ids()):
-            if self._positions.get(request_id) != position:
-                self._positions[request_id] = position
-                self.hub.publish(request_id, {"type": "queued", "position": position})
-
     # -- housekeeping -----------------------------------------------------------------------------
 
     async def _sweep_forever(self) -> None:
@@ -454,7 +418,7 @@ class JobQueue:
             try:
                 await self.sweep()
                 if sweeps % OUTPUT_SWEEP_EVERY == 0:
-                    known = frozenset(self._jobs)
+                    known = frozenset(self.order.jobs)
                     await asyncio.to_thread(self.outputs.expire, older_than_s=self.retention_s, keep=known)
             except Exception:
                 logger.exception("queue sweep failed")
@@ -462,18 +426,16 @@ class JobQueue:
     async def sweep(self) -> None:
         """Time out queued jobs past their start deadline; delete jobs past their retention."""
         now = self.clock()
-        for priority in Priority:
-            for request_id in list(self._pending[priority]):
-                record = self._jobs[request_id]
-                if (
-                    record.start_deadline is not None
-                    and record.start_deadline <= now
-                    and self._unqueue(record)
-                ):
-                    await self._finish(record, START_TIMEOUT)
+        for record in self.order.pending():
+            if (
+                record.start_deadline is not None
+                and record.start_deadline <= now
+                and self.order.unqueue(record)
+            ):
+                await self._finish(record, START_TIMEOUT)
         await self._expire(
             [
-                r.request_id for r in self._jobs.values()
+                r.request_id for r in self.order.jobs.values()
                 if r.status is JobStatus.COMPLETED and r.expires_at is not None and r.expires_at <= now
             ]
         )  # fmt: skip
@@ -483,7 +445,7 @@ class JobQueue:
             return
         await self.store.delete(request_ids)
         for request_id in request_ids:
-            self._jobs.pop(request_id, None)
+            self.order.forget(request_id)
             self.hub.forget(request_id)
         await asyncio.to_thread(self.outputs.delete, request_ids)
         logger.info("deleted %d expired request(s) and their outputs", len(request_ids))
