@@ -6,9 +6,21 @@ The body is fal's: ``{"detail": <string or pydantic-style list>, "error_type": <
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+# An absolute path to a model file: where it lives is this server's business, its name is not.
+_MODEL_PATH = re.compile(
+    r"(?<![\w.:/])/(?:[^\s/:'\"]+/)+([^\s/:'\"]+\.(?:safetensors|sft|ckpt|pt|pth|bin|gguf))"
+)
+
+
+def public_message(message: str) -> str:
+    """A worker's error message fit for clients: model files by name, not by their path on this server
+    (the worker's own log keeps the full message)."""
+    return _MODEL_PATH.sub(r"\1", message)
 
 
 class DarkroomError(Exception):

@@ -23,6 +23,7 @@ from .errors import (
     InputError,
     ModelsMissingError,
     WorkerConnectionError,
+    public_message,
 )
 from .files import OutputStore, data_uri
 from .loras import LoraCache
@@ -170,7 +171,7 @@ class Generator:
                 raise
             # ComfyUI repeats a node's message once per input it checked: say it once.
             reasons = dict.fromkeys(error.details or error.message for error in e.node_errors)
-            raise InputError(f"{endpoint.app_id}: {'; '.join(reasons)}") from e
+            raise InputError(f"{endpoint.app_id}: {public_message('; '.join(reasons))}") from e
         if not saved:
             raise GenerationError(f"{endpoint.app_id}: the workflow produced no {endpoint.output.kind}")
         return saved
@@ -189,11 +190,10 @@ class Generator:
         if isinstance(event, cc.Executed) and event.node == endpoint.output.node:
             saved.extend(event.output.get("images", []) + event.output.get("videos", []))
         elif isinstance(event, cc.ExecutionError) and event.node_type in USER_INPUT_NODES:
-            raise InputError(f"{endpoint.app_id}: {event.message}")
+            raise InputError(f"{endpoint.app_id}: {public_message(event.message)}")
         elif isinstance(event, cc.ExecutionError):
-            raise GenerationError(
-                f"{endpoint.app_id}: node {event.node_id} ({event.node_type}) failed: {event.message}"
-            )
+            failed = f"node {event.node_id} ({event.node_type}) failed"
+            raise GenerationError(f"{endpoint.app_id}: {failed}: {public_message(event.message)}")
         elif isinstance(event, cc.Interrupted):
             raise GenerationError(f"{endpoint.app_id}: request {request_id} was interrupted")
 

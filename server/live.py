@@ -22,7 +22,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from . import comfy_client as cc
-from .errors import DarkroomError
+from .errors import DarkroomError, public_message
 from .generate import Generator
 from .jobs import CANCELLED_DETAIL
 from .mapping import Endpoint
@@ -159,9 +159,8 @@ class LiveReporter:
         elif isinstance(event, cc.Preview):
             await self._preview(event)
         elif isinstance(event, cc.ExecutionError):
-            self.log(
-                f"{self._describe(event.node_id)} failed: {event.exception_type}: {event.message}", "ERROR"
-            )
+            message = public_message(event.message)
+            self.log(f"{self._describe(event.node_id)} failed: {event.exception_type}: {message}", "ERROR")
         elif isinstance(event, cc.Interrupted):
             self.log("Interrupted", "WARN")
         elif isinstance(event, cc.Success):

@@ -116,6 +116,7 @@ async def test_vae_swap_and_its_guard(facade: TestClient) -> None:
     assert not differs(plain, same_family)
     body = await pixels(facade, expect=422, vae="tiny-flux1-ae")
     assert "flux1-ae.safetensors" in str(body["detail"]) and "FLUX.2" in str(body["detail"])
+    assert "/vae/" not in str(body["detail"])  # files by name: the server's own paths stay private
 
 
 async def test_model_blend_changes_the_image_and_a_bad_blend_fails_first(facade: TestClient) -> None:
@@ -124,7 +125,7 @@ async def test_model_blend_changes_the_image_and_a_bad_blend_fails_first(facade:
     assert not differs(plain, alone)  # the demo endpoint's own model, at full weight
     with_flux1 = [{"model": "tiny-flux2-bf16", "weight": 1}, {"model": "tiny-flux1-bf16", "weight": 1}]
     body = await pixels(facade, expect=422, model_blend=with_flux1)
-    assert "flux1-bf16.safetensors" in str(body["detail"])
+    assert "flux1-bf16.safetensors" in str(body["detail"]) and "/diffusion_models/" not in str(body["detail"])
 
 
 # URL LoRAs, served from loopback (allowed for this app only).
