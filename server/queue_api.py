@@ -206,7 +206,9 @@ async def status_stream(request: web.Request) -> web.StreamResponse:
             if current.status is JobStatus.COMPLETED:
                 break
             try:
-                if await asyncio.wait_for(anext(subscription, None), timeout=sse.KEEPALIVE_S) is None:
+                async with asyncio.timeout(sse.KEEPALIVE_S):  # not wait_for: it can swallow a cancel (3.11)
+                    event = await anext(subscription, None)
+                if event is None:
                     await asyncio.sleep(0.1)  # the hub's stream ended; poll until the index agrees
             except TimeoutError:
                 await sse.keepalive(response)

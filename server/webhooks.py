@@ -214,8 +214,11 @@ class WebhookSender:
                 logger.exception("webhook sender: reading the job store failed; retrying in 5 s")
                 next_at = self.clock() + 5.0
             delay_s = 60.0 if next_at is None else min(60.0, max(0.0, next_at - self.clock()))
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow stop()'s cancel when
+            # the wake-up lands in the same loop turn, and this loop would then never end.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay_s)
+                async with asyncio.timeout(delay_s):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def _dispatch_due(self) -> None:
