@@ -245,7 +245,8 @@ class Worker:
     async def _flush_logs(self) -> None:
         if self._pump is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._pump), 5.0)
+                async with asyncio.timeout(5.0):  # not wait_for, which can swallow a cancel on 3.11
+                    await asyncio.shield(self._pump)
 
     async def _drain(self, proc: asyncio.subprocess.Process, log_file: IO[str]) -> None:
         """Copy the worker's output, line by line, to its logger, log file and ring buffer."""
