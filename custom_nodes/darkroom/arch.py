@@ -153,7 +153,7 @@ def find_prefix(keys: Iterable[str], family: Family, source: str) -> str:
     )
 
 
-def count_blocks(shapes: Mapping[str, Shape], prefix: str) -> int:
+def count_blocks(shapes: Mapping[str, object], prefix: str) -> int:
     """Number of `<prefix><i>.` blocks (highest index + 1; gaps surface in the strict key check)."""
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
     indices = [int(m.group(1)) for k in shapes if (m := pattern.match(k))]

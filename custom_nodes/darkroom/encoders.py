@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum, StrEnum
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import comfy.sd
 import comfy.text_encoders.flux
@@ -24,22 +24,17 @@ import comfy.text_encoders.hunyuan_video
 import comfy.text_encoders.sd3_clip
 import comfy.text_encoders.wan
 import comfy.utils
-import safetensors
 import torch
 
-from .arch import ModelFileError
+from .arch import count_blocks
+from .model_files import ModelFileMismatchError, StateDict, check_keys, parse_enum, read_shapes
 
 log = logging.getLogger(__name__)
 
-# Real tensors when loading, meta tensors (shapes only) when inspecting headers.
-StateDict = dict[str, torch.Tensor]
 ConfigOverride = Mapping[str, Mapping[str, Any]]
 Configs = dict[str, dict[str, Any]]
-E = TypeVar("E", bound=Enum)
 
 TOKENIZER_KEYS = frozenset({"tekken_model", "spiece_model"})
-# Companions of quantised weights (comfy/ops.py mixed_precision_ops consumes them while loading).
-QUANT_SUFFIXES = (".comfy_quant", ".weight_scale", ".weight_scale_2", ".input_scale", "scaled_fp8")
 # A class attribute of comfy.text_encoders.llama.Mistral3Small24BConfig, not a field: it cannot be set.
 MISTRAL3_HEAD_DIM = 128
 # Mistral3_24BModel(layer=[10, 20, 30]): FLUX.2 stacks these hidden states (flux.py:141, :157).
@@ -51,79 +46,6 @@ class TextEncoderFamily(StrEnum):
     FLUX2 = "flux2"
     FLUX1 = "flux1"
     WAN = "wan"
-
-
-class ModelFileMismatchError(ModelFileError):
-    """A model file does not fit what it is loaded as: names the file, what was expected and the fix."""
-
-    code = "model_file_mismatch"
-
-    def __init__(
-        self,
-        path: Path,
-        problem: str,
-        *,
-        expected: str,
-        fix: str,
-        missing: Sequence[str] | None = None,
-        unexpected: Sequence[str] | None = None,
-    ) -> None:
-        self.path, self.expected = path, expected
-        self.missing, self.unexpected = list(missing or []), list(unexpected or [])
-        counts = ""
-        if missing is not None or unexpected is not None:
-            counts = (
-                f"; missing keys: {len(self.missing)}{_examples(self.missing)}, "
-                f"unexpected keys: {len(self.unexpected)}{_examples(self.unexpected)}"
-            )
-        super().__init__(f"{path}: {problem} (expected {expected}{counts}). {fix}")
-
-
-def _examples(keys: Sequence[str]) -> str:
-    return f" (e.g. {', '.join(keys[:3])})" if keys else ""
-
-
-def parse_enum(enum_type: type[E], value: object, what: str) -> E:
-    """The member of `enum_type` named by `value`, or a ValueError listing the allowed values."""
-    try:
-        return enum_type(value)
-    except ValueError:
-        allowed = " | ".join(str(m.value) for m in enum_type)
-        raise ValueError(f"unknown {what} {value!r}: expected one of {allowed}") from None
-
-
-def check_keys(
-    path: Path,
-    missing: Sequence[str],
-    unexpected: Sequence[str],
-    *,
-    expected: str,
-    fix: str,
-    tolerated: frozenset[str] = frozenset(),
-) -> None:
-    """Raise ModelFileMismatchError when a load left keys missing or unused (quantisation aside)."""
-    missing = sorted(k for k in missing if k not in tolerated and not k.endswith(QUANT_SUFFIXES))
-    unexpected = sorted(k for k in unexpected if k not in tolerated and not k.endswith(QUANT_SUFFIXES))
-    if missing or unexpected:
-        problem = "the weights do not match the model built from them"
-        raise ModelFileMismatchError(
-            path, problem, expected=expected, fix=fix, missing=missing, unexpected=unexpected
-        )
-
-
-def count_blocks(sd: Mapping[str, Any], prefix: str) -> int:
-    """How many numbered blocks `<prefix><i>.` the weights hold."""
-    heads = (key[len(prefix) :].split(".", 1)[0] for key in sd if key.startswith(prefix))
-    indices = {int(head) for head in heads if head.isdigit()}
-    return max(indices) + 1 if indices else 0
-
-
-def read_shapes(path: Path) -> StateDict | None:
-    """A file's tensors as meta tensors (names and shapes from the header alone); None if not safetensors."""
-    if path.suffix.lower() not in (".safetensors", ".sft"):
-        return None
-    with safetensors.safe_open(str(path), framework="pt") as f:
-        return {key: torch.empty(f.get_slice(key).get_shape(), device="meta") for key in f.keys()}  # noqa: SIM118
 
 
 def mistral3_config(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
