@@ -8,7 +8,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import PIL.Image
@@ -79,28 +78,25 @@ class Generator:
     ) -> dict[str, Any]:
         """Generate, store the outputs and return fal's response body."""
         self.check_models(endpoint)
-        with inputs.input_area(self.settings, request_id) as folder:
-            images = await self._fetch_images(endpoint, request, folder, base_url)
-            prepared: dict[str, Any] = {
-                name: await self.loras.resolve([entry.model_dump() for entry in getattr(request, name)])
-                for name in endpoint.params_of("loras")
-            }
-            for attempt in range(1, WORKER_ATTEMPTS + 1):
-                try:
-                    files, resolved, inference_s = await self._run_on_worker(
-                        endpoint, request, request_id, base_url, images, prepared, on_event
-                    )
-                    break
-                except WorkerConnectionError as e:
-                    if attempt == WORKER_ATTEMPTS:
-                        raise WorkerConnectionError(
-                            f"{e.message} (after {attempt} attempts: the request lost its worker each time)"
-                        ) from e
-                    log.warning(
-                        "%s %s lost its worker (%s): running it again", endpoint.app_id, request_id, e
-                    )
-                    if on_event is not None:
-                        await on_event(cc.WorkerLost(request_id, e.message))
+        images = await self._fetch_images(endpoint, request, request_id, base_url)
+        prepared: dict[str, Any] = {
+            name: await self.loras.resolve([entry.model_dump() for entry in getattr(request, name)])
+            for name in endpoint.params_of("loras")
+        }
+        for attempt in range(1, WORKER_ATTEMPTS + 1):
+            try:
+                files, resolved, inference_s = await self._run_on_worker(
+                    endpoint, request, request_id, base_url, images, prepared, on_event
+                )
+                break
+            except WorkerConnectionError as e:
+                if attempt == WORKER_ATTEMPTS:
+                    raise WorkerConnectionError(
+                        f"{e.message} (after {attempt} attempts: the request lost its worker each time)"
+                    ) from e
+                log.warning("%s %s lost its worker (%s): running it again", endpoint.app_id, request_id, e)
+                if on_event is not None:
+                    await on_event(cc.WorkerLost(request_id, e.message))
         log.info("%s %s: %d file(s) in %.3f s", endpoint.app_id, request_id, len(files), inference_s)
         return _response(endpoint, files, resolved, inference_s)
 
@@ -130,7 +126,7 @@ class Generator:
             return files, resolved, time.perf_counter() - started
 
     async def _fetch_images(
-        self, endpoint: Endpoint, request: BaseModel, folder: Path, base_url: str
+        self, endpoint: Endpoint, request: BaseModel, request_id: str, base_url: str
     ) -> dict[str, tuple[bytes, int, int]]:
         """Download each input image before taking a worker, so no worker waits on the network."""
         fetched: dict[str, tuple[bytes, int, int]] = {}
@@ -140,18 +136,19 @@ class Generator:
         if not urls:
             return fetched
         policy = netpolicy.AddressPolicy.from_settings(self.settings)
-        async with netpolicy.guarded_session(policy) as session:
-            for name, url in urls.items():
-                found = await inputs.fetch_input(
-                    url,
-                    settings=self.settings,
-                    session=session,
-                    dest_dir=folder,
-                    own_base_url=base_url,
-                    accept=("image/",),
-                )
-                data = found.path.read_bytes()
-                fetched[name] = (data, *await asyncio.to_thread(_image_size, data, name))
+        with inputs.input_area(self.settings, request_id) as folder:
+            async with netpolicy.guarded_session(policy) as session:
+                for name, url in urls.items():
+                    found = await inputs.fetch_input(
+                        url,
+                        settings=self.settings,
+                        session=session,
+                        dest_dir=folder,
+                        own_base_url=base_url,
+                        accept=("image/",),
+                    )
+                    data = found.path.read_bytes()
+                    fetched[name] = (data, *await asyncio.to_thread(_image_size, data, name))
         return fetched
 
     async def _execute(
