@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -57,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 2  # a job running when the facade died is re-run once
 SWEEP_INTERVAL_S = 1.0
-OUTPUT_SWEEP_EVERY = 60  # sweeps: sync runs' outputs (no job record) are checked once a minute
+OUTPUT_SWEEP_INTERVAL_S = 60.0  # sync runs' outputs (no job record) are looked for once a minute
 
 
 class QueueFullError(DarkroomError):
@@ -145,6 +146,7 @@ class JobQueue:
         self._wakeup = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._outputs_swept_at = -math.inf
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -411,21 +413,20 @@ class JobQueue:
     # -- housekeeping -----------------------------------------------------------------------------
 
     async def _sweep_forever(self) -> None:
-        sweeps = 0
         while not self._stopping:
             await asyncio.sleep(SWEEP_INTERVAL_S)
-            sweeps += 1
             try:
                 await self.sweep()
-                if sweeps % OUTPUT_SWEEP_EVERY == 0:
-                    known = frozenset(self.order.jobs)
-                    await asyncio.to_thread(self.outputs.expire, older_than_s=self.retention_s, keep=known)
             except Exception:
                 logger.exception("queue sweep failed")
 
     async def sweep(self) -> None:
-        """Time out queued jobs past their start deadline; delete jobs past their retention."""
+        """Time out queued jobs past their start deadline; delete jobs past their retention, and
+        (once a minute) output folders past it that no job owns: sync runs' outputs."""
         now = self.clock()
+        if now >= self._outputs_swept_at + OUTPUT_SWEEP_INTERVAL_S:
+            self._outputs_swept_at, known = now, frozenset(self.order.jobs)
+            await asyncio.to_thread(self.outputs.expire, older_than_s=self.retention_s, keep=known)
         for record in self.order.pending():
             if (
                 record.start_deadline is not None

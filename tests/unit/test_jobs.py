@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -233,6 +235,25 @@ async def test_retention_expiry_deletes_results_and_files(
     await queue.sweep()
     assert queue.get(job.request_id) is None and await store.get(job.request_id) is None
     assert not files.exists() and (tmp_path / "outputs").exists()
+    await queue.stop()
+
+
+async def test_sweep_deletes_sync_outputs_past_retention_but_not_a_known_jobs(
+    store: SqliteJobStore, endpoints: dict[str, Endpoint], tmp_path: Path
+) -> None:
+    queue, _ = make_queue(store, endpoints, tmp_path, hold=True)
+    await queue.start()
+    job = await queue.submit(endpoints[APP], {"prompt": "x"}, url_path=APP, base_url="http://h")
+    outputs = OutputStore(tmp_path / "outputs")
+    for request_id in ("old-sync-run", "new-sync-run", job.request_id):
+        outputs.save(request_id, "0.png", b"png", "image/png")
+    two_hours_ago = time.time() - 7200
+    for request_id in ("old-sync-run", job.request_id):
+        os.utime(tmp_path / "outputs" / request_id, (two_hours_ago, two_hours_ago))
+    await queue.sweep()
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == sorted(
+        ["new-sync-run", job.request_id]
+    )
     await queue.stop()
 
 
