@@ -113,8 +113,11 @@ class Settings:
         metadata={"help": "PEM private key for tls_cert."},
     )
     upload_max_bytes: int = field(
-        default=100 * 1024 * 1024,
-        metadata={"help": "Largest file a client may upload through the /storage API."},
+        default=2 * 1024 * 1024 * 1024,
+        metadata={
+            "help": "Largest file a client may upload through the /storage API (SDKs send files over "
+            "90-100 MB in parts; the parts together count)."
+        },
     )
     input_max_bytes: int = field(
         default=100 * 1024 * 1024,

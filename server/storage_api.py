@@ -9,29 +9,42 @@ served at ``/files/uploads/<id>/<name>`` (a capability URL: 128 random bits, no 
   then ``POST {CDN_URL}/files/upload`` with ``Authorization: Bearer <token>`` and the raw bytes ->
   ``{access_url}``. Point ``fal_client.client.REST_URL`` and ``CDN_URL`` at this server's root.
 
-Multipart uploads (Python > 100 MB, JS > 90 MB) are not implemented: ``upload_max_bytes`` caps one file.
+Multipart uploads, for big files (multipart.py keeps their parts; ``upload_max_bytes`` caps the whole file):
+
+- Python (> 100 MB): ``POST {base_url}/files/upload/multipart`` (upload token, ``X-Fal-File-Name``) ->
+  ``{access_url, uploadId}``; ``PUT {access_url}/multipart/{uploadId}/{n}`` answers an ``ETag``;
+  ``POST {access_url}/multipart/{uploadId}/complete`` ``{"parts": [{partNumber, etag}]}``.
+- JS (> 90 MB): ``POST /storage/upload/initiate-multipart`` -> ``{upload_url, file_url}`` with
+  ``upload_url = {file_url}/multipart/{uploadId}``, so its ``PUT {upload_url}/{n}`` (answering JSON
+  ``{partNumber, etag}``) and ``POST {upload_url}/complete`` are the same routes.
+
+Python's ``fal`` (gcs) fallback has no multipart variant: it sends any size as one initiate + PUT.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import mimetypes
 import re
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from . import auth
 from .errors import AuthError, InputError, NotFoundError, RequestValidationError
 from .files import content_type_of
 from .keys import SETTINGS
+from .multipart import MAX_PARTS, MultipartStore, parse_part_number, quoted_etag, too_large
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -50,6 +63,15 @@ class InitiateBody(BaseModel):
     content_type: str = "application/octet-stream"
 
 
+class PartRef(BaseModel):
+    part_number: int = Field(alias="partNumber")
+    etag: str
+
+
+class CompleteBody(BaseModel):
+    parts: list[PartRef] = Field(min_length=1, max_length=MAX_PARTS)
+
+
 @dataclass(frozen=True)
 class Pending:
     name: str
@@ -63,7 +85,9 @@ def safe_name(file_name: str | None, content_type: str) -> str:
     base = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip("._-")[:120].removesuffix(".part") or "upload"
     media_type = content_type.split(";")[0].strip().lower()
     extension = mimetypes.guess_extension(media_type) or ""
-    if extension and mimetypes.guess_type(base)[0] != media_type:
+    # Generic bytes keep their own extension: x.safetensors (unknown to mimetypes) must not become .bin.
+    generic = media_type == "application/octet-stream" and "." in base
+    if extension and not generic and mimetypes.guess_type(base)[0] != media_type:
         base += extension
     return base
 
@@ -98,7 +122,7 @@ class UploadStore:
         """Stream the request body to the upload's file, enforcing the size limit; returns its size."""
         declared = request.content_length
         if declared is not None and declared > self.max_bytes:
-            raise self._too_large(declared)
+            raise too_large(declared, self.max_bytes)
         path = self._path(upload_id, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".part")
@@ -108,7 +132,7 @@ class UploadStore:
                 async for chunk in request.content.iter_chunked(_CHUNK_BYTES):
                     size += len(chunk)
                     if size > self.max_bytes:
-                        raise self._too_large(size)
+                        raise too_large(size, self.max_bytes)
                     out.write(chunk)
             partial.rename(path)
         finally:
@@ -127,30 +151,38 @@ class UploadStore:
             raise NotFoundError(f"No uploaded file {upload_id}/{name}")
         return self.root / upload_id / name
 
-    def _too_large(self, size: int) -> InputError:
-        return InputError(
-            f"Upload is too large: {size} bytes or more, the limit is {self.max_bytes} "
-            "(DARKROOM_UPLOAD_MAX_BYTES); multipart uploads are not supported.",
-            status=413,
-            code="file_too_large",
-        )
-
 
 UPLOADS = web.AppKey("uploads", UploadStore)
+MULTIPART = web.AppKey("multipart", MultipartStore)
+_MULTIPART_PATH = "/files/uploads/{upload_id}/{name}/multipart/{multipart_id}"
 
 
 def setup(app: web.Application, settings: Settings) -> None:
     """Register the storage routes and the upload store."""
     app[UPLOADS] = UploadStore(settings.uploads_path, settings.upload_max_bytes)
+    app[MULTIPART] = MultipartStore(settings.uploads_path, settings.upload_max_bytes)
+    app.cleanup_ctx.append(_sweep_multipart)
     app.router.add_routes(
         [
             web.post("/storage/auth/token", auth_token),
             web.post("/storage/upload/initiate", initiate),
+            web.post("/storage/upload/initiate-multipart", initiate_multipart),
             web.post("/files/upload", cdn_upload),
+            web.post("/files/upload/multipart", cdn_multipart),
             web.put("/files/uploads/{upload_id}/{name}", put_upload),
             web.get("/files/uploads/{upload_id}/{name}", serve_upload),
+            web.put(_MULTIPART_PATH + "/{part}", put_part),
+            web.post(_MULTIPART_PATH + "/complete", complete_multipart),
         ]
     )
+
+
+async def _sweep_multipart(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[MULTIPART].sweep_forever(), name="multipart-sweeper")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def base_url(request: web.Request) -> str:
@@ -189,6 +221,21 @@ async def _json_body(request: web.Request) -> Any:
         ) from e
 
 
+async def _initiate_body(request: web.Request) -> InitiateBody:
+    _check_storage_type(request)
+    try:
+        return InitiateBody.model_validate(await _json_body(request))
+    except ValidationError as e:
+        raise RequestValidationError.from_pydantic(e) from e
+
+
+def _require_upload_credentials(request: web.Request) -> None:
+    token = auth.credentials(request.headers.get("Authorization"))
+    has_token = token is not None and request.app[auth.KEYS].token_scope(token) == UPLOAD_TOKEN_SCOPE
+    if not (has_token or auth.has_valid_key(request)):
+        raise AuthError("Missing or expired upload token: get one from POST /storage/auth/token.")
+
+
 async def auth_token(request: web.Request) -> web.Response:
     """A short-lived token for ``POST /files/upload`` (fal's CDN v3 token)."""
     _check_storage_type(request)
@@ -211,11 +258,7 @@ async def auth_token(request: web.Request) -> web.Response:
 
 async def initiate(request: web.Request) -> web.Response:
     """Reserve an upload: ``{upload_url, file_url}``; the bytes come in a PUT to upload_url."""
-    _check_storage_type(request)
-    try:
-        body = InitiateBody.model_validate(await _json_body(request))
-    except ValidationError as e:
-        raise RequestValidationError.from_pydantic(e) from e
+    body = await _initiate_body(request)
     upload_id, name = request.app[UPLOADS].begin(body.file_name, body.content_type)
     url = _file_url(request, upload_id, name)
     return web.json_response({"upload_url": url, "file_url": url})
@@ -234,10 +277,7 @@ async def put_upload(request: web.Request) -> web.Response:
 @auth.self_authenticating
 async def cdn_upload(request: web.Request) -> web.Response:
     """``POST /files/upload``: raw bytes with an upload token (or an API key) -> ``{access_url}``."""
-    token = auth.credentials(request.headers.get("Authorization"))
-    has_token = token is not None and request.app[auth.KEYS].token_scope(token) == UPLOAD_TOKEN_SCOPE
-    if not (has_token or auth.has_valid_key(request)):
-        raise AuthError("Missing or expired upload token: get one from POST /storage/auth/token.")
+    _require_upload_credentials(request)
     content_type = request.headers.get("Content-Type", "application/octet-stream")
     store = request.app[UPLOADS]
     upload_id, name = store.begin(request.headers.get("X-Fal-File-Name"), content_type)
@@ -247,6 +287,71 @@ async def cdn_upload(request: web.Request) -> web.Response:
     return web.json_response(
         {"access_url": url, "file_name": name, "content_type": content_type, "file_size": size}
     )
+
+
+@auth.self_authenticating
+async def cdn_multipart(request: web.Request) -> web.Response:
+    """Python's big-file flow: ``POST /files/upload/multipart`` (token or key): ``{access_url, uploadId}``."""
+    _require_upload_credentials(request)
+    if request.body_exists:
+        raise InputError(
+            "POST /files/upload/multipart takes no body: it answers {access_url, uploadId}; send the "
+            "bytes in parts to PUT {access_url}/multipart/{uploadId}/{n}, then POST .../complete.",
+            status=400,
+            code="invalid_request",
+        )
+    content_type = request.headers.get("Content-Type", "application/octet-stream")
+    url, multipart_id = _begin_multipart(request, request.headers.get("X-Fal-File-Name"), content_type)
+    return web.json_response({"access_url": url, "uploadId": multipart_id})
+
+
+async def initiate_multipart(request: web.Request) -> web.Response:
+    """JS's big-file flow: ``{upload_url, file_url}``; parts go to ``{upload_url}/{n}``, then ``complete``."""
+    body = await _initiate_body(request)
+    url, multipart_id = _begin_multipart(request, body.file_name, body.content_type)
+    return web.json_response({"upload_url": f"{url}/multipart/{multipart_id}", "file_url": url})
+
+
+def _begin_multipart(request: web.Request, file_name: str | None, content_type: str) -> tuple[str, str]:
+    upload_id, name = secrets.token_hex(16), safe_name(file_name, content_type)
+    multipart_id = request.app[MULTIPART].begin(upload_id, name)
+    return _file_url(request, upload_id, name), multipart_id
+
+
+def _multipart_ids(request: web.Request) -> tuple[str, str, str]:
+    info = request.match_info
+    return info["multipart_id"], info["upload_id"], info["name"]
+
+
+@auth.self_authenticating
+async def put_part(request: web.Request) -> web.Response:
+    """One part (any order; a re-sent part replaces the earlier one): an ``ETag`` and ``{partNumber, etag}``.
+    The multipart id, handed only to the client that started the upload, is the credential."""
+    part_number = parse_part_number(request.match_info["part"])
+    part = await request.app[MULTIPART].receive_part(
+        *_multipart_ids(request),
+        part_number,
+        request.content.iter_chunked(_CHUNK_BYTES),
+        declared_bytes=request.content_length,
+    )
+    etag = quoted_etag(part.etag)
+    return web.json_response(
+        {"partNumber": part_number, "etag": etag, "size": part.size_bytes}, headers={"ETag": etag}
+    )
+
+
+@auth.self_authenticating
+async def complete_multipart(request: web.Request) -> web.Response:
+    """Join the listed parts into the upload's file, which appears whole at its URL."""
+    try:
+        body = CompleteBody.model_validate(await _json_body(request))
+    except ValidationError as e:
+        raise RequestValidationError.from_pydantic(e) from e
+    multipart_id, upload_id, name = _multipart_ids(request)
+    listed = [(part.part_number, part.etag) for part in body.parts]
+    size = await request.app[MULTIPART].complete(multipart_id, upload_id, name, listed)
+    url = _file_url(request, upload_id, name)
+    return web.json_response({"access_url": url, "file_url": url, "file_size": size})
 
 
 async def serve_upload(request: web.Request) -> web.FileResponse:

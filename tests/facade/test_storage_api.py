@@ -158,6 +158,8 @@ async def test_public_url_shapes_returned_urls(tmp_path: Path) -> None:
         ("", "application/octet-stream", "upload.bin"),
         (".hidden", "image/png", "hidden.png"),
         ("x.part", "text/plain", "x.txt"),
+        ("lora.safetensors", "application/octet-stream", "lora.safetensors"),
+        ("notes.txt", "image/png", "notes.txt.png"),
     ],
 )
 def test_safe_name(name: str | None, content_type: str, expected: str) -> None:
