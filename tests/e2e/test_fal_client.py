@@ -8,6 +8,7 @@ Queue tests run once the /queue routes are registered; until then they are skipp
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -277,6 +278,43 @@ def test_upload(server: Server, tmp_path: Path) -> None:
     assert server.get(urls["initiate"])[:2] == (200, b"via initiate")
 
 
+def write_random(path: Path, size_bytes: int) -> str:
+    """Fill ``path`` with ``size_bytes`` random bytes, 1 MiB at a time; their sha256."""
+    digest = hashlib.sha256()
+    with path.open("wb") as out:
+        for start in range(0, size_bytes, 1 << 20):
+            block = os.urandom(min(1 << 20, size_bytes - start))
+            digest.update(block)
+            out.write(block)
+    return digest.hexdigest()
+
+
+def test_upload_over_the_multipart_threshold(server: Server, tmp_path: Path) -> None:
+    """fal_client's own MULTIPART_THRESHOLD (100 MiB, not patched): a file just over it goes in
+    10 MiB parts, from disk and from memory; the returned URLs serve the exact bytes."""
+    big = tmp_path / "lora.safetensors"
+    size_bytes = 100 * 1024 * 1024 + 4099
+    sha256 = write_random(big, size_bytes)
+    urls = run_sdk(
+        server,
+        f"""
+        import os
+        assert os.path.getsize({str(big)!r}) > fal_module.MULTIPART_THRESHOLD
+        with open({str(big)!r}, "rb") as f:
+            data = f.read()
+        emit({{
+            "file": fal_client.upload_file({str(big)!r}),
+            "bytes": fal_client.upload(data, "application/octet-stream", "from-memory.bin"),
+        }})
+        """,
+    )
+    assert urls["file"].endswith("/lora.safetensors") and urls["bytes"].endswith("/from-memory.bin")
+    for url in urls.values():
+        status, data, _ = server.get(url)
+        assert status == 200 and len(data) == size_bytes and hashlib.sha256(data).hexdigest() == sha256
+    assert server.log.read_text(errors="replace").count(f"11 parts, {size_bytes} bytes") == 2
+
+
 @needs_stream
 def test_stream(server: Server) -> None:
     events = run_sdk(
@@ -394,6 +432,15 @@ def test_js_run_errors_and_upload(server: Server) -> None:
     )
     uploaded = run_js(server, "upload")["url"]
     assert server.get(uploaded)[:2] == (200, b"hello from js")
+
+
+@needs_js
+def test_js_upload_over_the_multipart_threshold(server: Server) -> None:
+    uploaded = run_js(server, "uploadBig")  # over the client's own 90 MB threshold, not patched
+    status, data, _ = server.get(uploaded["url"])
+    assert status == 200 and len(data) == uploaded["size"]
+    assert hashlib.sha256(data).hexdigest() == uploaded["sha256"]
+    assert f"10 parts, {uploaded['size']} bytes" in server.log.read_text(errors="replace")
 
 
 @needs_js

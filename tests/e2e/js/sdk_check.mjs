@@ -1,6 +1,7 @@
 // fal's JS client, unmodified, pointed at darkroom with requestMiddleware (fal-api.md section 1).
 // Usage: node sdk_check.mjs <https base> <scenario>; prints one line "RESULT <json>".
 // Trust for the self-signed certificate comes from NODE_EXTRA_CA_CERTS; the key from FAL_KEY.
+import { createHash } from "node:crypto";
 import { ApiError, ValidationError, fal } from "@fal-ai/client";
 
 const [base, scenario] = process.argv.slice(2);
@@ -52,6 +53,15 @@ const scenarios = {
   async upload() {
     const blob = new Blob(["hello from js"], { type: "text/plain" });
     return { url: await fal.storage.upload(blob) };
+  },
+  async uploadBig() {
+    // Just over the client's own 90 MB threshold: initiate-multipart, 10 MB parts, then complete.
+    const size = 90 * 1024 * 1024 + 4099;
+    const bytes = new Uint8Array(size);
+    for (let i = 0; i < size; i += 65536) crypto.getRandomValues(bytes.subarray(i, i + 65536));
+    const sha256 = createHash("sha256").update(bytes).digest("hex");
+    const url = await fal.storage.upload(new File([bytes], "big.bin", { type: "application/octet-stream" }));
+    return { url, sha256, size };
   },
   async subscribe() {
     const updates = [];
