@@ -173,7 +173,7 @@ class MultipartStore:
             raise NotFoundError(f"Multipart upload {multipart_id} expired while this part was arriving.")
         if upload.completing or upload.completed is not None:
             raise _invalid_part(
-                f"Multipart upload {multipart_id} is already completed: it takes no more parts."
+                f"Multipart upload {multipart_id} is completed (or completing): it takes no more parts."
             )
 
     async def complete(
