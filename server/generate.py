@@ -42,7 +42,7 @@ WORKER_ATTEMPTS = 2
 # does not fit, an impossible blend or schedule): a 422 for the client, not a server error.
 USER_INPUT_NODES = frozenset({
     "DarkroomLoraStack", "DarkroomVAEGuard", "DarkroomModelBlend", "DarkroomSigmas",
-    "DarkroomVAELoader", "LoadImage",
+    "DarkroomKSamplerSigmas", "DarkroomVAELoader", "LoadImage",
 })  # fmt: skip
 
 
@@ -166,8 +166,12 @@ class Generator:
         except ComfyValidationError as e:
             if e.class_type not in USER_INPUT_NODES:
                 raise
-            # ComfyUI repeats a node's message once per input it checked: say it once.
-            reasons = dict.fromkeys(error.details or error.message for error in e.node_errors)
+            # ComfyUI repeats a node's message once per input it checked ("<input> - <message>"):
+            # say it once.
+            reasons = dict.fromkeys(
+                (error.details or error.message).removeprefix(f"{error.input_name} - ")
+                for error in e.node_errors
+            )
             raise InputError(f"{endpoint.app_id}: {public_message('; '.join(reasons))}") from e
         if not saved:
             raise GenerationError(f"{endpoint.app_id}: the workflow produced no {endpoint.output.kind}")

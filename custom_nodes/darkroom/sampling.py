@@ -7,6 +7,10 @@ calculate_sigmas; the default scheduler is `simple`), with the same step count; 
 BasicScheduler's rule (schedule int(steps / denoise) steps, run the last `steps`). Denoise alone keeps the
 workflow's schedule shape: its last `steps` steps are interpolated from fraction `denoise` of the noise.
 
+A KSampler schedule (DarkroomKSamplerSigmas) is the one KSampler/KSamplerAdvanced would compute, by
+ComfyUI's own code, so a SamplerCustom graph built on it samples exactly as the KSampler graph it
+replaces; explicit sigmas replace it, and two experts split it as a KSamplerAdvanced pair does.
+
 Shift is the model family's own parameter: FLUX (ModelSamplingFlux) mu, 2.02 for FLUX.2 and 1.15 for
 FLUX.1; Wan (ModelSamplingDiscreteFlow, as ModelSamplingSD3 sets it) alpha, 8.0 / 5.0 in our workflows.
 For these flow models the shift changes only the schedule (their timestep is sigma times a constant), so
@@ -28,6 +32,7 @@ from .overrides import OverrideError
 
 DEFAULT = "default"
 MAX_SHIFT = 100.0  # the DarkroomSigmas shift input's bound
+MAX_STEPS = 10000  # KSampler's steps bound
 SAMPLER_NAMES: list[str] = list(comfy.samplers.KSampler.SAMPLERS)
 SCHEDULER_NAMES: list[str] = list(comfy.samplers.KSampler.SCHEDULERS)
 _VAE_FAMILIES = {(128, 2): "flux2", (16, 2): "flux1", (16, 3): "wan21", (48, 3): "wan22"}
@@ -111,6 +116,74 @@ def compute_sigmas(model: Any, default: torch.Tensor, override: ScheduleOverride
     total = steps if override.denoise >= 1 else int(steps / override.denoise)
     sigmas: torch.Tensor = comfy.samplers.calculate_sigmas(sampling, scheduler, total).cpu()
     return sigmas[-(steps + 1) :]
+
+
+@dataclass(frozen=True)
+class KSamplerSchedule:
+    """What DarkroomKSamplerSigmas builds: KSampler's schedule for these settings, or explicit sigmas,
+    optionally split between two experts (handover 0: one model)."""
+
+    steps: int
+    sampler: str
+    scheduler: str
+    denoise: float = 1.0
+    sigmas: list[float] | None = None
+    handover: float = 0.0
+
+    @property
+    def length(self) -> int:
+        """Steps the schedule will have: KSampler keeps `steps` under denoise, and none at denoise 0."""
+        if self.sigmas is not None:
+            return len(self.sigmas) - 1
+        return self.steps if self.denoise > 0 else 0
+
+    def check(self) -> None:
+        """OverrideError for values KSampler would not take, or a split that leaves an expert no step."""
+        if not (1 <= self.steps <= MAX_STEPS and 0 <= self.denoise <= 1 and 0 <= self.handover <= 1):
+            raise OverrideError(
+                f"steps must be 1 to {MAX_STEPS}, denoise and handover 0 to 1; "
+                f"got {self.steps}, {self.denoise}, {self.handover}"
+            )
+        if self.sampler not in SAMPLER_NAMES or self.scheduler not in SCHEDULER_NAMES:
+            raise OverrideError(
+                f"sampler {self.sampler!r} / scheduler {self.scheduler!r}: not ComfyUI's names"
+            )
+        if self.sigmas is not None and self.denoise != 1:
+            raise OverrideError("sigmas replaces the whole schedule: leave denoise 1 with it")
+        if self.handover > 0:
+            handover_step(self.length, self.handover)
+
+    def compute(self, model: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(whole schedule, high expert's part, low expert's part); without a handover the parts are
+        the whole schedule and its last sigma."""
+        self.check()
+        if self.sigmas is not None:
+            sigmas = torch.tensor(self.sigmas, dtype=torch.float32)
+        else:
+            # ComfyUI's own code: unlike BasicScheduler, KSampler schedules one step more and drops the
+            # penultimate sigma for uni_pc, uni_pc_bh2, dpm_2 and dpm_2_ancestral, and treats denoise
+            # above 0.9999 as 1 and 0 as an empty schedule.
+            ksampler = comfy.samplers.KSampler(
+                model, self.steps, "cpu", sampler=self.sampler, scheduler=self.scheduler, denoise=self.denoise
+            )
+            sigmas = ksampler.sigmas
+        if self.handover <= 0:
+            return sigmas, sigmas, sigmas[-1:]
+        step = handover_step(len(sigmas) - 1, self.handover)
+        # KSamplerAdvanced's end_at_step / start_at_step slices (SplitSigmas'): the experts share a sigma.
+        return sigmas, sigmas[: step + 1], sigmas[step:]
+
+
+def handover_step(steps: int, handover: float) -> int:
+    """Where a two-expert schedule of `steps` steps splits, as KSamplerAdvanced's end_at_step =
+    int(steps * handover); OverrideError unless each expert gets at least one step."""
+    step = int(steps * handover)
+    if not 1 <= step <= steps - 1:
+        raise OverrideError(
+            f"the two experts need at least one step each, but {steps} step(s) split at {handover:g} give "
+            f"{step} + {steps - step}; give at least 3 sigmas (2 steps)"
+        )
+    return step
 
 
 def select_sampler(default: Any, name: str) -> Any:

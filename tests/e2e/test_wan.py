@@ -34,7 +34,8 @@ def five_b_graph(seed: int, variant: str = "bf16", *, steps: int = 3) -> dict[st
     graph["2"]["inputs"]["text_encoder_name"] = TEXT_ENCODER
     graph["3"]["inputs"]["vae_name"] = "tiny/wan22-vae.safetensors"
     graph["6"]["inputs"].update(width=WIDTH, height=HEIGHT, length=FRAMES)
-    graph["8"]["inputs"].update(seed=seed, steps=steps)
+    graph["8"]["inputs"]["noise_seed"] = seed
+    graph["15"]["inputs"]["steps"] = steps
     return graph
 
 
@@ -46,8 +47,8 @@ def a14b_graph(seed: int, *, steps: int = 4) -> dict[str, Any]:
     graph["3"]["inputs"]["text_encoder_name"] = TEXT_ENCODER
     graph["4"]["inputs"]["vae_name"] = "tiny/wan21-vae.safetensors"
     graph["7"]["inputs"].update(width=WIDTH, height=HEIGHT, length=FRAMES)
-    graph["10"]["inputs"].update(noise_seed=seed, steps=steps, end_at_step=steps // 2)
-    graph["11"]["inputs"].update(noise_seed=seed, steps=steps, start_at_step=steps // 2)
+    graph["10"]["inputs"]["noise_seed"] = graph["11"]["inputs"]["noise_seed"] = seed
+    graph["16"]["inputs"]["steps"] = steps
     return graph
 
 

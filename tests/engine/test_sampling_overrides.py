@@ -1,6 +1,6 @@
 """Sampler, schedule and VAE override nodes in-process on the tiny models, wired as in the workflows: at
 their defaults the output is byte-identical to the graph without them; each override changes it and is
-reproducible; the Wan A14B custom-sampling graph equals the KSamplerAdvanced one; wrong VAEs fail early."""
+reproducible; the Wan custom-sampling graphs equal the KSampler(Advanced) ones; wrong VAEs fail early."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import comfy.samplers
 import comfy_extras.nodes_custom_sampler as cs
 import comfy_extras.nodes_flux as nf
 import comfy_extras.nodes_model_advanced as ma
@@ -17,6 +18,7 @@ import torch
 from darkroom import arch, diffusion, nodes_extras, sampling, vae
 
 Sigmas, Select = nodes_extras.DarkroomSigmas, nodes_extras.DarkroomSamplerSelect
+KSigmas = nodes_extras.DarkroomKSamplerSigmas
 STEPS = 4
 DEFAULTS = {"scheduler": "default", "custom_sigmas": "", "shift": 0.0, "denoise": 1.0}
 
@@ -132,40 +134,74 @@ def test_bad_overrides_fail_at_queue_time(flux2: Any) -> None:
         assert schema.node_id.startswith("Darkroom")
 
 
-def a14b_ksampler(high: Any, low: Any, positive: Any, negative: Any, latent: Any) -> torch.Tensor:
-    """workflows/wan22-a14b-t2v.json: two KSamplerAdvanced, handing over halfway."""
+def a14b_ksampler(experts: tuple[Any, Any], conds: dict[str, Any], sampler_name: str, steps: int) -> Any:
+    """The A14B workflows as they were: two KSamplerAdvanced handing over halfway."""
     sampler = nodes.KSamplerAdvanced()
-    args = {"noise_seed": 3, "steps": STEPS, "cfg": 3.5, "sampler_name": "euler", "scheduler": "simple"}
-    conds = {"positive": positive, "negative": negative}
-    half = sampler.sample(high, "enable", latent_image=latent, start_at_step=0, end_at_step=STEPS // 2,
+    args = {"noise_seed": 3, "steps": steps, "cfg": 3.5, "sampler_name": sampler_name, "scheduler": "simple"}
+    latent = {"samples": torch.zeros(1, 16, 2, 8, 8)}
+    half = sampler.sample(experts[0], "enable", latent_image=latent, start_at_step=0, end_at_step=steps // 2,
                           return_with_leftover_noise="enable", **conds, **args)  # fmt: skip
-    out = sampler.sample(low, "disable", latent_image=half[0], start_at_step=STEPS // 2, end_at_step=10000,
-                         return_with_leftover_noise="disable", **conds, **args)  # fmt: skip
+    out = sampler.sample(experts[1], "disable", latent_image=half[0], start_at_step=steps // 2,
+                         end_at_step=10000, return_with_leftover_noise="disable",
+                         **conds, **args)  # fmt: skip
     return out[0]["samples"]
 
 
-def a14b_custom(high: Any, low: Any, positive: Any, negative: Any, latent: Any) -> torch.Tensor:
-    """The same graph as SamplerCustomAdvanced, with DarkroomSigmas / DarkroomSamplerSelect at defaults."""
-    sigmas = cs.BasicScheduler.execute(model=high, scheduler="simple", steps=STEPS, denoise=1.0).args[0]
-    sigmas = Sigmas.execute(model=high, sigmas=sigmas, **DEFAULTS).args[0]
-    first, second = cs.SplitSigmas.execute(sigmas=sigmas, step=STEPS // 2).args
-    sampler = Select.execute(
-        sampler=cs.KSamplerSelect.execute(sampler_name="euler").args[0], sampler_name="default"
-    )
-    stages = [(high, cs.RandomNoise.execute(noise_seed=3), first), (low, cs.DisableNoise.execute(), second)]
-    for model, noise, part in stages:
-        guider = cs.CFGGuider.execute(model=model, positive=positive, negative=negative, cfg=3.5).args[0]
-        latent = cs.SamplerCustomAdvanced.execute(
-            noise=noise.args[0], guider=guider, sampler=sampler.args[0], sigmas=part, latent_image=latent
-        ).args[0]
+def a14b_custom(experts: tuple[Any, Any], conds: dict[str, Any], sampler_name: str, steps: int) -> Any:
+    """workflows/wan22-a14b-t2v.json now: DarkroomKSamplerSigmas split halfway, two SamplerCustom."""
+    schedule = {"sampler_name": sampler_name, "scheduler": "simple", "denoise": 1.0, "custom_sigmas": ""}
+    sigmas = KSigmas.execute(model=experts[0], steps=steps, handover=0.5, **schedule).args
+    sampler = cs.KSamplerSelect.execute(sampler_name=sampler_name).args[0]
+    latent = {"samples": torch.zeros(1, 16, 2, 8, 8)}
+    for model, add_noise, part in [(experts[0], True, sigmas[1]), (experts[1], False, sigmas[2])]:
+        run = {"add_noise": add_noise, "noise_seed": 3, "cfg": 3.5, "sampler": sampler, "sigmas": part}
+        latent = cs.SamplerCustom.execute(model=model, latent_image=latent, **run, **conds).args[0]
     return latent["samples"]
 
 
-def test_a14b_custom_sampling_graph_equals_the_ksampler_graph(experts: tuple[Any, Any]) -> None:
-    positive, negative = cond(64, 4), cond(64, 5)
-    latent = {"samples": torch.zeros(1, 16, 2, 8, 8)}
-    reference = a14b_ksampler(*experts, positive, negative, latent)
-    assert torch.equal(a14b_custom(*experts, positive, negative, latent), reference)
+@pytest.mark.parametrize(("sampler_name", "steps"), [("euler", 4), ("euler_ancestral", 4), ("uni_pc", 5)])
+def test_a14b_custom_sampling_graph_equals_the_ksampler_graph(
+    experts: tuple[Any, Any], sampler_name: str, steps: int
+) -> None:
+    """Also for a sampler that draws noise from the seed (the low expert adds none but keeps the seed)
+    and one KSampler schedules differently (uni_pc), over an odd step count."""
+    conds = {"positive": cond(64, 4), "negative": cond(64, 5)}
+    reference = a14b_ksampler(experts, conds, sampler_name, steps)
+    assert torch.equal(a14b_custom(experts, conds, sampler_name, steps), reference)
+
+
+@pytest.mark.parametrize(("sampler_name", "denoise"), [("uni_pc", 1.0), ("dpm_2", 0.6), ("euler", 0.6)])
+def test_ksampler_schedule_is_ksamplers_not_basic_schedulers(
+    experts: tuple[Any, Any], sampler_name: str, denoise: float
+) -> None:
+    model = experts[0]
+    args = {"steps": 6, "sampler_name": sampler_name, "scheduler": "simple", "denoise": denoise}
+    ours = KSigmas.execute(model=model, custom_sigmas="", handover=0.0, **args).args[0]
+    theirs = comfy.samplers.KSampler(model, 6, "cpu", sampler_name, "simple", denoise).sigmas
+    basic = cs.BasicScheduler.execute(model=model, scheduler="simple", steps=6, denoise=denoise).args[0]
+    assert torch.equal(ours, theirs) and len(ours) == 7
+    assert torch.equal(ours, basic) == (sampler_name == "euler")
+
+
+def test_ksampler_schedule_explicit_sigmas_split_and_bad_inputs(experts: tuple[Any, Any]) -> None:
+    args = {"steps": 20, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0, "handover": 0.5}
+    whole, high, low = KSigmas.execute(model=experts[0], custom_sigmas="[1, 0.6, 0.3, 0.1, 0]", **args).args
+    assert whole.tolist() == pytest.approx([1, 0.6, 0.3, 0.1, 0])  # steps do not matter
+    assert high.tolist() == pytest.approx([1, 0.6, 0.3]) and low.tolist() == pytest.approx([0.3, 0.1, 0])
+    assert KSigmas.validate_inputs(**args, custom_sigmas="[1, 0.5, 0]") is True
+    bad = {
+        "[1, 0]": "the two experts need at least one step each, but 1 step(s) split at 0.5 give 0 + 1",
+        "[1, 1.5, 0]": "sigmas: values must strictly descend",
+    }
+    for text, message in bad.items():
+        assert str(KSigmas.validate_inputs(**args, custom_sigmas=text)).startswith(message)
+    one_model = args | {"handover": 0.0, "custom_sigmas": "[1, 0]"}
+    assert KSigmas.validate_inputs(**one_model) is True
+    assert "leave denoise 1" in str(KSigmas.validate_inputs(**one_model | {"denoise": 0.5}))
+    assert "steps must be 1 to 10000" in str(
+        KSigmas.validate_inputs(**args | {"steps": 0, "custom_sigmas": ""})
+    )
+    assert "0 step(s)" in str(KSigmas.validate_inputs(**args | {"denoise": 0.0, "custom_sigmas": ""}))
 
 
 def test_vae_guard_rejects_a_vae_of_another_latent(flux2: Any, models_dir: Path) -> None:

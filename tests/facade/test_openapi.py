@@ -68,6 +68,20 @@ def test_parameters_beyond_fal_are_listed_with_their_ranges(document):
     assert "loras" in wan and "sampler" in wan
 
 
+@pytest.mark.parametrize(
+    "app_id",
+    [f"fal_ai_wan_v2_2_{m}_{task}" for m in ("5b", "a14b") for task in ("text_to_video", "image_to_video")]
+    + [f"darkroom_demo_wan_2_2_{m}_{task}" for m in ("5b", "a14b") for task in ("t2v", "i2v")],
+)
+def test_wan_endpoints_list_schedule_vae_and_blend_fields(document, app_id):
+    fields = document["components"]["schemas"][f"Input_{app_id}"]["properties"]
+    assert {"sampler", "scheduler", "sigmas", "denoise", "vae", "model_blend"} <= set(fields)
+    assert fields["shift"]["minimum"] == 1  # fal's own shift, not FLUX's override (0 = the model's)
+    blends = {"model_blend", "model_blend_2"} & set(fields)
+    assert blends == ({"model_blend", "model_blend_2"} if "a14b" in app_id else {"model_blend"})
+    assert all("expert" in fields[b]["description"] for b in blends if "a14b" in app_id)
+
+
 def test_sampler_fields_list_comfyuis_names_once_a_worker_told_them(endpoints):
     lists = {"sampler": ["euler", "heun"], "scheduler": ["simple", "karras"]}
     schemas = build_document(endpoints, lists)["components"]["schemas"]
