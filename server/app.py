@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp.web_log import AccessLogger
 
-from . import auth, endpoints, queue_api, storage_api, ws_api
+from . import auth, endpoints, queue_api, realtime, storage_api, ws_api
 from .errors import DarkroomError
 from .keys import REQUEST_ID, SETTINGS, SUPERVISOR
 from .progress import HUB, ProgressHub
@@ -106,6 +106,7 @@ def create_app(settings: Settings, supervisor: Supervisor, *, run_supervisor: bo
     endpoints.setup(app, settings, supervisor)
     queue_api.setup(app, settings)
     ws_api.setup(app)
+    realtime.setup(app)
     storage_api.setup(app, settings)
     return app
 

@@ -10,3 +10,5 @@ from .supervisor import Supervisor
 SETTINGS = web.AppKey("settings", Settings)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 REQUEST_ID = web.RequestKey("request_id", str)
+# Set by authentication when the key names a user; queue requests' webhooks are signed with it.
+USER_ID = web.RequestKey("user_id", str)

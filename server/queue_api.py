@@ -22,7 +22,7 @@ from . import sse
 from .endpoints import ENDPOINTS, GENERATOR, base_url, find_endpoint, read_json, validate_input
 from .errors import BlockedAddressError, NotFoundError, RequestValidationError
 from .jobs import DEFAULT_USER_ID, JobRecord, JobStatus, Priority, SqliteJobStore
-from .keys import REQUEST_ID, SETTINGS, SUPERVISOR
+from .keys import REQUEST_ID, SETTINGS, SUPERVISOR, USER_ID
 from .netpolicy import PolicyResolver
 from .progress import HUB
 from .queue import CancelResult, JobQueue
@@ -30,7 +30,6 @@ from .settings import Settings
 from .webhooks import WebhookSender, WebhookSigner, check_webhook_url, jwks_route, webhook_policy
 
 QUEUE = web.AppKey("job_queue", JobQueue)
-USER_ID = web.RequestKey("user_id", str)  # set by authentication, when it knows users; signs webhooks
 NAMESPACES = frozenset({"workflows", "comfy"})
 _CANCEL_STATUS = {
     CancelResult.CANCELLATION_REQUESTED: 202,

@@ -90,14 +90,15 @@ class Settings:
         repr=False,
         metadata={
             "help": "Comma-separated API keys clients send as `Authorization: Key <key>` (or Bearer); "
-            "fal's KEY_ID:KEY_SECRET form works. No keys: loopback only, unless open_access."
+            "fal's KEY_ID:KEY_SECRET form works; `<key> <user id>` names the user its webhooks are "
+            "signed for. No keys: loopback only, unless open_access."
         },
     )
     api_keys_file: str = field(
         default="",
         metadata={
             "help": "File of API keys, one per line (# comments); a `sha256:<hex>` line holds a key's "
-            "hash instead of the key."
+            "hash instead of the key; `<key> <user id>` names the user its webhooks are signed for."
         },
     )
     open_access: bool = field(
@@ -219,6 +220,10 @@ class Settings:
     @property
     def webhook_key_path(self) -> Path:
         return self.data_path / "webhook_ed25519.key"
+
+    @property
+    def token_secret_path(self) -> Path:
+        return self.data_path / "token_hmac.key"
 
     @property
     def managed_comfyui_path(self) -> Path:

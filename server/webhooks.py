@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,6 +27,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 from yarl import URL
 
+from . import secret_files
 from .errors import ConfigError, DarkroomError
 from .jobs import Delivery, JobRecord, JobStore, Outcome
 from .netpolicy import AddressPolicy, check_url, guarded_session, parse_networks
@@ -35,7 +35,6 @@ from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
-KEY_FILE_MODE = 0o600
 SIGNATURE_TOLERANCE_S = 300
 _BATCH = 50
 
@@ -63,22 +62,10 @@ class WebhookSigner:
     @classmethod
     def load_or_create(cls, path: Path) -> WebhookSigner:
         """The key in ``path`` (a raw 32-byte seed, mode 0600), generated on first use."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
-        except FileExistsError:
-            seed = path.read_bytes()
-            if len(seed) != 32:
-                raise ConfigError(
-                    f"{path} is not a webhook signing key (expected 32 bytes, got {len(seed)}); "
-                    "delete it to generate a new one (receivers must then fetch the new JWKS)"
-                ) from None
-            return cls(SigningKey(seed))
-        key = SigningKey.generate()
-        with os.fdopen(fd, "wb") as f:
-            f.write(bytes(key))
-        logger.info("generated a webhook signing key in %s", path)
-        return cls(key)
+        seed = secret_files.load_or_create(
+            path, 32, what="a webhook signing key", on_delete="receivers must then fetch the new JWKS"
+        )
+        return cls(SigningKey(seed))
 
     def headers(self, *, request_id: str, user_id: str, body: bytes, timestamp_s: float) -> dict[str, str]:
         """fal's four X-Fal-Webhook-* headers for one attempt."""

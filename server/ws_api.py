@@ -9,6 +9,12 @@ Client messages (JSON text frames), each may carry a "ref" that the answer echoe
   (the submit response's fields), then its events.
 Server messages are the hub's events (see ``server/progress.py``), each with "type" and
 "request_id", and ``{"type": "error", "detail", "error_type", "status_code"}`` for a refused message.
+
+Credentials (``auth.websocket_grant``): ``Authorization: Key <key>``, or, from a browser, which cannot
+set headers on a WebSocket, ``?fal_jwt_token=<token>`` from ``POST /tokens/``. A token limits the
+connection to its ``allowed_apps``: submitting to another app is refused (403), and so is subscribing
+to a request of another app or to a sync run (whose app the socket cannot check). The token is checked
+once, at the handshake; a connection outlives its token's expiry.
 """
 
 from __future__ import annotations
@@ -21,11 +27,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from . import auth
 from .endpoints import base_url
 from .errors import DarkroomError
+from .jobs import DEFAULT_USER_ID
 from .keys import SETTINGS
 from .progress import HUB
 from .queue_api import QUEUE, submit_job, submitted_body
+from .tokens import Grant
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +48,9 @@ def setup(app: web.Application) -> None:
 class _Session:
     """One client connection: its subscriptions (one forwarding task each) and a send lock."""
 
-    def __init__(self, request: web.Request, ws: web.WebSocketResponse) -> None:
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse, grant: Grant) -> None:
         self.request = request
+        self.grant = grant
         self.app = request.app
         self.ws = ws
         self.forwarders: dict[str, asyncio.Task[None]] = {}
@@ -94,6 +104,9 @@ class _Session:
                     ref, 404, f"Request {request_id} not found", "not_found", request_id=request_id
                 )
                 continue
+            if (refusal := self._refusal(request_id)) is not None:
+                await self.error(ref, refusal.status, refusal.detail, refusal.code, request_id=request_id)
+                continue
             if len(self.forwarders) >= MAX_SUBSCRIPTIONS:
                 await self.error(
                     ref, 429, f"At most {MAX_SUBSCRIPTIONS} subscriptions per connection", "too_many"
@@ -101,16 +114,33 @@ class _Session:
                 return
             self.forwarders[request_id] = asyncio.create_task(self._forward(request_id))
 
+    def _refusal(self, request_id: str) -> DarkroomError | None:
+        """Why this connection's token may not follow the request (its app is not allowed), if so."""
+        if self.grant.apps is None:
+            return None
+        record = self.app[QUEUE].get(request_id)
+        if record is None:
+            return auth.forbidden(
+                f"Request {request_id} is not a queue request: a token may follow only queue requests "
+                f"of its apps ({self.grant.describe_apps()})"
+            )
+        try:
+            auth.require_app(self.grant, record.app_id)
+        except DarkroomError as e:
+            return e
+        return None
+
     async def submit(self, message: dict[str, Any], ref: Any) -> None:
         app_id = message.get("app_id")
         if not isinstance(app_id, str) or not app_id:
             await self.error(ref, 422, "submit needs an app_id", "validation_error")
             return
+        auth.require_app(self.grant, app_id)
         headers = {"X-Fal-Queue-Priority": str(message.get("priority") or "normal")}
         query = {"fal_webhook": str(message["webhook_url"])} if message.get("webhook_url") else {}
         record = await submit_job(
             self.app, app_id, message.get("input") or {}, base=base_url(self.request, self.app[SETTINGS]),
-            headers=headers, query=query,
+            headers=headers, query=query, user_id=self.grant.user_id or DEFAULT_USER_ID,
         )  # fmt: skip
         answer = {"type": "submitted", **submitted_body(self.app, record)}
         await self.send({**answer, **({"ref": ref} if ref is not None else {})})
@@ -144,11 +174,13 @@ def _ids(message: dict[str, Any]) -> list[str]:
     return list(ids)
 
 
+@auth.self_authenticating
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     """The live-events socket; see the module docstring for the protocol."""
+    grant = auth.websocket_grant(request)  # before the upgrade: a refusal is a plain 401
     ws = web.WebSocketResponse(heartbeat=30.0)
     await ws.prepare(request)
-    session = _Session(request, ws)
+    session = _Session(request, ws, grant)
     try:
         async for msg in ws:
             if msg.type is aiohttp.WSMsgType.TEXT:

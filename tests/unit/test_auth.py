@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from server import auth, cli
 from server.app import create_app
 from server.auth import KeyRing, check_exposure, credentials, is_loopback_host
 from server.errors import ConfigError
+from server.keys import USER_ID
 from server.settings import load_settings
 from tests.fakes import IdleSupervisor
 
@@ -49,6 +51,37 @@ def test_bad_keys_file_is_a_config_error(tmp_path: Path) -> None:
         keyring(tmp_path, file_text="ok\nsha256:abc\n")
     with pytest.raises(ConfigError, match="Cannot read DARKROOM_API_KEYS_FILE"):
         KeyRing.from_settings(load_settings({}, api_keys_file=str(tmp_path / "absent")))
+
+
+def test_a_key_may_name_its_user(tmp_path: Path) -> None:
+    hashed = hashlib.sha256(b"carol-key").hexdigest()
+    ring = keyring(
+        tmp_path,
+        "alice-key alice, plain-key, id-1:secret-1 org.team@x",
+        f"bob-key  bob\nsha256:{hashed} carol\nalice-key alice\n",
+    )
+    assert ring.lookup("alice-key") == (True, "alice")
+    assert ring.lookup("plain-key") == (True, None)
+    assert ring.lookup("id-1:secret-1") == (True, "org.team@x")
+    assert ring.lookup("bob-key") == (True, "bob") and ring.lookup("carol-key") == (True, "carol")
+    assert ring.lookup("alice") == (False, None) and ring.lookup("alice-key alice") == (False, None)
+
+
+@pytest.mark.parametrize(
+    ("keys", "file_text", "message"),
+    [
+        ("k bad/id", None, "DARKROOM_API_KEYS entry 1: user id 'bad/id' must"),
+        ("k a b", None, "DARKROOM_API_KEYS entry 1: expected '<key>' or '<key> <user id>', got 3 words"),
+        ("ok, k -dash", None, "entry 2: user id '-dash' must be 1-128 of letters"),
+        ("k alice", "k bob\n", "line 1: this key is already listed with user id 'alice'"),
+        ("", "k\nsha256:00 x\n", "line 2: sha256: must be followed by 64 hex digits"),
+    ],
+)
+def test_bad_user_ids_are_config_errors(
+    tmp_path: Path, keys: str, file_text: str | None, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        keyring(tmp_path, keys, file_text)
 
 
 def test_hash_keys_lines_are_accepted_by_the_file_reader(tmp_path: Path) -> None:
@@ -161,6 +194,20 @@ async def test_middleware(
             assert (await client.get(public)).status != 401, public
     for secret in ("wrong", "ksecret", "right"):
         assert not any(secret in r.getMessage() for r in caplog.records), "keys are never logged"
+
+
+async def whoami(request: web.Request) -> web.Response:
+    return web.json_response({"user_id": request.get(USER_ID)})
+
+
+async def test_the_middleware_records_the_keys_user(tmp_path: Path) -> None:
+    settings = load_settings({}, data_dir=str(tmp_path), api_keys="alice-key alice,plain-key")
+    app = create_app(settings, IdleSupervisor(ready=True), run_supervisor=False)  # type: ignore[arg-type]
+    app.router.add_get("/whoami", whoami)
+    async with TestClient(TestServer(app)) as client:
+        for key, user_id in (("alice-key", "alice"), ("plain-key", None)):
+            response = await client.get("/whoami", headers={"Authorization": f"Key {key}"})
+            assert await response.json() == {"user_id": user_id}
 
 
 async def test_no_keys_means_open(tmp_path: Path) -> None:
