@@ -46,6 +46,10 @@ class ParamSpec(BaseModel):
         default=None, description='enum of "W:H" ratios: "auto" picks the one nearest this image_url input'
     )
     to: list[str] | dict[str, list[str]] = Field(default_factory=list)
+    absent_removes: list[str] = Field(
+        default_factory=list,
+        description='optional fields: "node_id.input" links and "node_id" nodes dropped when it is left out',
+    )
 
 
 class EndpointSpec(BaseModel):
@@ -148,6 +152,7 @@ class Endpoint:
         for name, spec in self.params.items():
             value = resolved[name] = _resolve(name, spec, getattr(request, name), prepared, manifest)
             if value is None:
+                _remove(prompt, spec.absent_removes)
                 continue  # an optional field left out: the workflow's own value stands
             if spec.type == "model_blend":
                 (node_id,) = spec.to
@@ -216,6 +221,9 @@ def _endpoint(
     targets = [t for p in params.values() if p not in blends for t in _targets(p.to)]
     targets += list(spec.models) + list(spec.fixed)
     targets += [t for lookup in lookups.values() for t in _targets(lookup.to)]
+    targets += [t for p in params.values() for t in p.absent_removes if "." in t]
+    if any(t not in workflow for p in params.values() for t in p.absent_removes if "." not in t):
+        raise MappingError(f"{path}: {app_id}: absent_removes names a node that is not in {mapping.workflow}")
     for target in targets:
         node_id, input_name, _ = _parse_target(target)
         if input_name not in workflow.get(node_id, {}).get("inputs", {}):
@@ -331,6 +339,15 @@ def _set(prompt: dict[str, Any], target: str, value: Any) -> None:
     if factor is not None:
         value = int(value * factor) if isinstance(value, int) else value * factor
     prompt[node_id]["inputs"][input_name] = value
+
+
+def _remove(prompt: dict[str, Any], targets: list[str]) -> None:
+    for target in targets:
+        node_id, _, input_name = target.partition(".")
+        if input_name:
+            del prompt[node_id]["inputs"][input_name]
+        else:
+            del prompt[node_id]
 
 
 def _set_parts(prompt: dict[str, Any], to: dict[str, list[str]], value: dict[str, Any]) -> None:

@@ -30,7 +30,7 @@ def png_data_uri(width: int, height: int, color: tuple[int, int, int]) -> str:
     return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
 
 
-START = png_data_uri(60, 100, (200, 40, 40))
+START, END = png_data_uri(60, 100, (200, 40, 40)), png_data_uri(100, 60, (30, 200, 60))
 
 
 async def video(facade: TestClient, app_id: str, expect: int = 200, **body: Any) -> bytes | str:
@@ -102,6 +102,7 @@ CHANGES: list[tuple[str, dict[str, Any]]] = [
     (T2V_5B, {"model_blend": FIVE_B_BLEND}),
     (T2V_A14B, {"model_blend": A14B_MIX}),
     (T2V_A14B, {"model_blend_2": A14B_MIX[::-1]}),
+    (I2V_A14B, {"end_image_url": END}),  # first + last frame (WanFirstLastFrameToVideo)
 ]
 
 

@@ -80,6 +80,7 @@ def test_wan_endpoints_list_schedule_vae_and_blend_fields(document, app_id):
     blends = {"model_blend", "model_blend_2"} & set(fields)
     assert blends == ({"model_blend", "model_blend_2"} if "a14b" in app_id else {"model_blend"})
     assert all("expert" in fields[b]["description"] for b in blends if "a14b" in app_id)
+    assert ("end_image_url" in fields) == any(t in app_id for t in ("a14b_image", "a14b_i2v"))
 
 
 def test_sampler_fields_list_comfyuis_names_once_a_worker_told_them(endpoints):

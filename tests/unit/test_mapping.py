@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from server.endpoints import find_endpoint, validation_error
 from server.errors import NotFoundError
-from server.mapping import MappingError, load_endpoints
+from server.mapping import ImageInput, MappingError, load_endpoints
 from server.models import load_manifest
 from server.request_schema import IMAGE_SIZE_PRESETS
 from server.settings import PROJECT_ROOT
@@ -126,6 +126,14 @@ def test_mapping_that_targets_a_missing_input_fails_at_load(tmp_path, manifest):
         load_endpoints(_write_mapping(tmp_path, text), manifest)
 
 
+@pytest.mark.parametrize(("removes", "match"), [('["3.vae_nam"]', "3.vae_nam"), ('["99"]', "absent_removes")])
+def test_absent_removes_naming_what_the_workflow_lacks_fails_at_load(tmp_path, manifest, removes, match):
+    text = (WORKFLOWS / "flux-2.yaml").read_text()
+    text = text.replace('    to: ["3.vae_name"]', f'    to: ["3.vae_name"]\n    absent_removes: {removes}')
+    with pytest.raises(MappingError, match=match):
+        load_endpoints(_write_mapping(tmp_path, text), manifest)
+
+
 def test_mapping_that_names_an_unknown_model_fails_at_load(tmp_path, manifest):
     text = (WORKFLOWS / "flux-2.yaml").read_text().replace("flux2-dev-fp8mixed", "flux2-nope")
     with pytest.raises(MappingError, match="flux2-nope"):
@@ -137,10 +145,25 @@ def test_a14b_experts_hand_over_halfway_and_share_the_seed(endpoints, manifest):
     prompt, _ = endpoint.build_prompt(
         endpoint.validate({"prompt": "x", "seed": 9, "num_inference_steps": 27}), manifest
     )
-    high, low = prompt["10"]["inputs"], prompt["11"]["inputs"]
-    assert high["steps"] == low["steps"] == 27
-    assert high["end_at_step"] == low["start_at_step"] == 13
+    high, low, schedule = prompt["10"]["inputs"], prompt["11"]["inputs"], prompt["16"]["inputs"]
+    assert (schedule["steps"], schedule["handover"]) == (27, 0.5)  # DarkroomKSamplerSigmas splits it
+    assert (high["sigmas"], low["sigmas"]) == (["16", 1], ["16", 2])
     assert high["noise_seed"] == low["noise_seed"] == 9
+
+
+def test_an_absent_optional_image_drops_its_link_and_loader(endpoints, manifest):
+    endpoint = endpoints["fal-ai/wan/v2.2-a14b/image-to-video"]
+    images = {"image_url": ImageInput("start.png", 640, 480)}
+    body = {"prompt": "x", "image_url": "https://example.com/a.png"}
+    prompt, _ = endpoint.build_prompt(endpoint.validate(body), manifest, images)
+    assert "17" not in prompt and "end_image" not in prompt["7"]["inputs"]
+    assert (
+        prompt["7"]["inputs"]["start_image"] == ["14", 0] and prompt["14"]["inputs"]["image"] == "start.png"
+    )
+    images["end_image_url"] = ImageInput("end.png", 640, 480)
+    body["end_image_url"] = "https://example.com/b.png"
+    prompt, _ = endpoint.build_prompt(endpoint.validate(body), manifest, images)
+    assert prompt["7"]["inputs"]["end_image"] == ["17", 0] and prompt["17"]["inputs"]["image"] == "end.png"
 
 
 @pytest.mark.parametrize(
