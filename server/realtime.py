@@ -56,7 +56,7 @@ def setup(app: web.Application) -> None:
 @dataclass(frozen=True)
 class _Input:
     parsed: BaseModel
-    client_request_id: Any  # echoed as given (fal's JS client sends a string)
+    client_request_id: str | int | None  # echoed as given (fal's JS client sends a string)
 
 
 def max_buffering(value: str | None) -> int:
@@ -121,6 +121,9 @@ class _Session:
             )
             return
         client_request_id = decoded.pop("request_id", None)
+        if client_request_id is not None and not isinstance(client_request_id, (str, int)):
+            await self._refuse(None, f"request_id must be a string, got {type(client_request_id).__name__}")
+            return
         try:
             parsed = validate_input(self.endpoint, decoded)
         except DarkroomError as e:

@@ -109,7 +109,7 @@ async def test_inputs_in_outputs_out_and_errors_keep_the_socket_open(client: Cli
         await ws.send_str('{"prompt": "as text"}')
         kind, error = await receive(ws)
         assert kind == "x-fal-error" and "binary msgpack" in error["reason"]
-        for frame in (b"\xc1", pack([1, 2])):
+        for frame in (b"\xc1", pack([1, 2]), pack({"prompt": "x", "request_id": b"raw"})):
             await ws.send_bytes(frame)
             kind, error = await receive(ws)
             assert kind == "x-fal-error" and error["status_code"] == 422, frame
