@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/.well-known/jwks.json", "/openapi.json", "/docs"})
 PUBLIC_GET_PREFIX = "/files/"
 TOKEN_QUERY = "fal_jwt_token"
+# HTTP routes a browser may call with a token in the query instead of a key: fal's JS client in
+# connectionMode "client" streams this way (POST /run/{app}/stream?fal_jwt_token=...).
+TOKEN_ROUTES = frozenset({"/run/{path}/stream"})
 _SELF_AUTH_ATTR = "_darkroom_self_authenticating"
 # Sent in the X-Fal-Webhook-User-Id header: no spaces, no control characters.
 _USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$")
@@ -194,13 +197,17 @@ def is_public(request: web.Request) -> bool:
     """Routes that need no key: health, readiness, JWKS, capability file URLs, self-authenticating."""
     # Decided by the route that matched, not the raw path, so no spelling of a path can borrow a
     # public route's exemption; unmatched paths (404/405) are not public.
-    resource = request.match_info.route.resource
-    pattern = resource.canonical if resource is not None else ""
+    pattern = _pattern(request)
     if pattern in PUBLIC_PATHS:
         return True
     if request.method in ("GET", "HEAD") and pattern.startswith(PUBLIC_GET_PREFIX):
         return True
     return bool(getattr(request.match_info.handler, _SELF_AUTH_ATTR, False))
+
+
+def _pattern(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else ""
 
 
 def has_valid_key(request: web.Request) -> bool:
@@ -230,7 +237,8 @@ def require_key(request: web.Request) -> None:
 
 
 def websocket_grant(request: web.Request) -> Grant:
-    """What a WebSocket handshake may do: every app with a key, the token's apps with an app token.
+    """What a WebSocket handshake (or a ``TOKEN_ROUTES`` request) may do: every app with a key, the
+    token's apps with an app token.
 
     A ``fal_jwt_token`` is checked even on an open server, so a UI meets the same scope in development
     as in production."""
@@ -293,10 +301,20 @@ def _token_request_error(error: ValueError) -> RequestValidationError:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every route but the public ones needs a configured key."""
+    """Every route but the public ones needs a configured key (or, on TOKEN_ROUTES, an app token)."""
     if not is_public(request):
-        require_key(request)
+        if TOKEN_QUERY in request.query and _pattern(request) in TOKEN_ROUTES:
+            _require_app_token(request)
+        else:
+            require_key(request)
     return await handler(request)
+
+
+def _require_app_token(request: web.Request) -> None:
+    grant = websocket_grant(request)
+    require_app(grant, request.match_info["path"])
+    if grant.user_id is not None:
+        request[USER_ID] = grant.user_id
 
 
 def setup(app: web.Application, settings: Settings) -> None:

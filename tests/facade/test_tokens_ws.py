@@ -226,3 +226,18 @@ async def test_webhooks_are_signed_with_the_submitting_keys_user(client: Client)
     seen = {h["X-Fal-Webhook-Request-Id"]: h["X-Fal-Webhook-User-Id"] for h, _ in receiver.calls}
     assert seen == expected
     assert all(verify_signature(jwks, headers, body) for headers, body in receiver.calls)
+
+
+async def test_a_token_in_the_query_opens_the_stream_route_of_its_apps_only(client: Client) -> None:
+    """fal's JS client in connectionMode "client" streams with ?fal_jwt_token= instead of a key."""
+    token = await mint(client, ["demo-flux-2"])
+    body = {"prompt": "a red cube"}
+    streamed = await client.post(f"/run/{APP}/stream", json=body, params={"fal_jwt_token": token})
+    assert streamed.status == 200 and streamed.content_type == "text/event-stream"
+    assert '"images"' in await streamed.text()
+    other = await client.post(f"/run/{OTHER}/stream", json=body, params={"fal_jwt_token": token})
+    assert other.status == 403 and "demo-flux-2" in (await other.json())["detail"]
+    plain_run = await client.post(f"/run/{APP}", json=body, params={"fal_jwt_token": token})
+    assert plain_run.status == 401  # only the stream route takes tokens; everything else needs a key
+    forged = await client.post(f"/run/{APP}/stream", json=body, params={"fal_jwt_token": token[:-2] + "xx"})
+    assert forged.status == 401
