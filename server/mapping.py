@@ -312,6 +312,7 @@ def _blend_node(loader: dict[str, Any], models: list[dict[str, Any]], spec: Para
             "models": json.dumps(models),
             "family": spec.family,
             "weight_dtype": loader["inputs"].get("weight_dtype", "default"),
+            "like": loader["inputs"].get("model_name", ""),  # the blend must fit the graph's model
         },
         "_meta": {"title": "Blend diffusion models"},
     }

@@ -11,7 +11,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from .arch import Family, ModelFileError
-from .blend import BlendInput, blend_models, cache_key, check_compatible
+from .blend import BlendInput, BlendMismatchError, blend_models, cache_key, check_compatible
 from .checkpoint import WeightDtype
 from .lora import apply_stack, resolve
 from .overrides import (
@@ -19,6 +19,7 @@ from .overrides import (
     MAX_LORAS_LIMIT,
     Expert,
     OverrideError,
+    check_file_name,
     parse_blend,
     parse_lora_stack,
     parse_sigmas,
@@ -288,15 +289,26 @@ class DarkroomSamplerSelect(io.ComfyNode):
         return io.NodeOutput(select_sampler(sampler, sampler_name))
 
 
+def _model_path(name: str) -> Path:
+    path = folder_paths.get_full_path(_BLEND_FOLDER, name)
+    if path is None:
+        raise OverrideError(f"{name!r} is not in models/{_BLEND_FOLDER}; put the file there")
+    return Path(path)
+
+
 def _blend_inputs(models: str) -> list[BlendInput]:
-    specs = parse_blend(models)
-    out = []
-    for spec in specs:
-        path = folder_paths.get_full_path(_BLEND_FOLDER, spec.model)
-        if path is None:
-            raise OverrideError(f"{spec.model!r} is not in models/{_BLEND_FOLDER}; put the file there")
-        out.append(BlendInput(Path(path), spec.weight))
-    return out
+    return [BlendInput(_model_path(spec.model), spec.weight) for spec in parse_blend(models)]
+
+
+def _check_blend(models: str, family: Family, like: str) -> None:
+    inputs = _blend_inputs(models)
+    check_compatible(inputs, family)
+    if like:
+        reference = BlendInput(_model_path(check_file_name(like, "like")), 1.0)
+        try:
+            check_compatible([reference, *inputs], family)
+        except BlendMismatchError as e:
+            raise OverrideError(f"the blend must match {like}, the model it replaces: {e}") from e
 
 
 class DarkroomModelBlend(io.ComfyNode):
@@ -329,23 +341,32 @@ class DarkroomModelBlend(io.ComfyNode):
                     tooltip="How the blended weights are held, as in the loader nodes. The blend is computed "
                     "in float32 and stored as the first file's float dtype (bf16 for its fp8 layers).",
                 ),
+                io.String.Input(
+                    "like",
+                    default="",
+                    optional=True,
+                    tooltip="A file in models/diffusion_models the blend must match in architecture and "
+                    "size, e.g. the model it replaces (a Wan I2V expert is not a T2V one). Empty = no check.",
+                ),
             ],
             outputs=[io.Model.Output(tooltip="The blended diffusion model.")],
         )
 
     @classmethod
-    def validate_inputs(cls, models: str | None = None, family: str | None = None) -> bool | str:
+    def validate_inputs(
+        cls, models: str | None = None, family: str | None = None, like: str | None = ""
+    ) -> bool | str:
         """Bad JSON, missing files and incompatible models (header-only) fail at queue time."""
-        if models is None or family is None:
+        if models is None or family is None or like is None:
             return True
         try:
-            check_compatible(_blend_inputs(models), Family(family))
+            _check_blend(models, Family(family), like)
         except (OverrideError, ModelFileError, OSError) as e:
             return str(e)
         return True
 
     @classmethod
-    def fingerprint_inputs(cls, models: str, family: str, weight_dtype: str) -> Any:
+    def fingerprint_inputs(cls, models: str, family: str, weight_dtype: str, like: str = "") -> Any:
         """Re-run when a file changes on disk (the blend cache then rebuilds too)."""
         try:
             return cache_key(_blend_inputs(models), Family(family), WeightDtype(weight_dtype))
@@ -353,7 +374,7 @@ class DarkroomModelBlend(io.ComfyNode):
             return None
 
     @classmethod
-    def execute(cls, models: str, family: str, weight_dtype: str) -> io.NodeOutput:
+    def execute(cls, models: str, family: str, weight_dtype: str, like: str = "") -> io.NodeOutput:
         work_dir = Path(folder_paths.get_temp_directory()) / "darkroom-blend"
         model = blend_models(
             _blend_inputs(models), Family(family), weight_dtype=WeightDtype(weight_dtype), work_dir=work_dir

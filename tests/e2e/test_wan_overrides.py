@@ -132,8 +132,10 @@ BAD: list[tuple[str, dict[str, Any], list[str]]] = [
     # a Wan 2.1 VAE (16 channels) on the 5B model (48): the VAE loader refuses it by its header
     (T2V_5B, {"vae": "tiny-wan21-vae"}, ["wan21-vae.safetensors"]),
     (I2V_A14B, {"vae": "tiny-wan22-vae"}, ["wan22-vae.safetensors"]),
-    # a blend of the 5B model for an A14B expert: fine as a blend, but not for the Wan 2.1 VAE
-    (T2V_A14B, {"model_blend_2": [{"model": "tiny-wan22-ti2v-5b-bf16", "weight": 1}]}, ["48-channel"]),
+    # a blend must match the model it replaces: not the 5B model for an A14B expert, not a T2V expert
+    # for an I2V one (same tensors but for the input channels; it would ignore the start image)
+    (T2V_A14B, {"model_blend_2": [{"model": "tiny-wan22-ti2v-5b-bf16", "weight": 1}]}, ["must match"]),
+    (I2V_A14B, {"model_blend": [{"model": "tiny-wan22-a14b-high-bf16", "weight": 1}]}, ["must match"]),
     (T2V_A14B, {"model_blend": [A14B_MIX[0], FIVE_B_BLEND[1]]}, ["cannot blend", "wan22-ti2v-5b-bf16"]),
     (T2V_A14B, {"sigmas": [1.0, 0.0]}, ["at least one step each"]),
     (T2V_5B, {"sigmas": [1.0, 0.5, 0.0], "denoise": 0.5}, ["leave denoise 1"]),
