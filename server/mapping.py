@@ -24,11 +24,7 @@ from .request_schema import AUTO, DEFAULT, IMAGE_SIZE_PRESETS, ParamType, reques
 
 
 class ParamSpec(BaseModel):
-    """One request field. `to` lists the "node_id.input" targets it sets (image_size: per side).
-
-    A target may scale the value: "10.end_at_step * 0.5" (integers are floored), so one request
-    field can drive a derived input such as the step where the A14B experts hand over.
-    """
+    """One request field. `to` lists the "node_id.input" targets it sets (image_size: per side)."""
 
     model_config = ConfigDict(extra="forbid")
     type: ParamType
@@ -225,7 +221,7 @@ def _endpoint(
     if any(t not in workflow for p in params.values() for t in p.absent_removes if "." not in t):
         raise MappingError(f"{path}: {app_id}: absent_removes names a node that is not in {mapping.workflow}")
     for target in targets:
-        node_id, input_name, _ = _parse_target(target)
+        node_id, input_name = _parse_target(target)
         if input_name not in workflow.get(node_id, {}).get("inputs", {}):
             raise MappingError(
                 f"{path}: {app_id} targets {target!r}, which is not an input of {mapping.workflow}"
@@ -318,11 +314,10 @@ def _blend_node(loader: dict[str, Any], models: list[dict[str, Any]], spec: Para
     }
 
 
-def _parse_target(target: str) -> tuple[str, str, float | None]:
-    """ "node.input" or "node.input * factor" -> (node, input, factor)."""
-    place, _, factor = target.partition("*")
-    node_id, _, input_name = place.strip().partition(".")
-    return node_id, input_name, float(factor) if factor.strip() else None
+def _parse_target(target: str) -> tuple[str, str]:
+    """ "node.input" -> (node, input)."""
+    node_id, _, input_name = target.strip().partition(".")
+    return node_id, input_name
 
 
 def _nearest_ratio(ratio: float, choices: list[str]) -> str:
@@ -336,9 +331,7 @@ def _nearest_ratio(ratio: float, choices: list[str]) -> str:
 
 
 def _set(prompt: dict[str, Any], target: str, value: Any) -> None:
-    node_id, input_name, factor = _parse_target(target)
-    if factor is not None:
-        value = int(value * factor) if isinstance(value, int) else value * factor
+    node_id, input_name = _parse_target(target)
     prompt[node_id]["inputs"][input_name] = value
 
 
