@@ -58,7 +58,10 @@ def worker_command(
 
 
 def _port_free(port: int) -> bool:
+    """Whether ComfyUI could listen on ``port``. It binds with SO_REUSEADDR (aiohttp's default), so
+    connections of a killed worker lingering in TIME_WAIT do not make its port look taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
