@@ -15,10 +15,10 @@ import comfy_extras.nodes_model_advanced as ma
 import nodes
 import pytest
 import torch
-from darkroom import arch, diffusion, nodes_extras, sampling, vae
+from darkroom import arch, diffusion, nodes_extras, nodes_sampling, sampling, vae
 
-Sigmas, Select = nodes_extras.DarkroomSigmas, nodes_extras.DarkroomSamplerSelect
-KSigmas = nodes_extras.DarkroomKSamplerSigmas
+Sigmas, Select = nodes_sampling.DarkroomSigmas, nodes_sampling.DarkroomSamplerSelect
+KSigmas = nodes_sampling.DarkroomKSamplerSigmas
 STEPS = 4
 DEFAULTS = {"scheduler": "default", "custom_sigmas": "", "shift": 0.0, "denoise": 1.0}
 
@@ -128,7 +128,7 @@ def test_bad_overrides_fail_at_queue_time(flux2: Any) -> None:
     assert "not one of" in Sigmas.validate_inputs(**(DEFAULTS | {"scheduler": "nope"}))
     with pytest.raises(sampling.OverrideError, match="sampler 'nope'"):
         sampling.select_sampler(None, "nope")
-    for node in nodes_extras.NODES:
+    for node in [*nodes_extras.NODES, *nodes_sampling.NODES]:
         schema = node.define_schema()
         assert all(i.tooltip for i in schema.inputs), schema.node_id
         assert schema.node_id.startswith("Darkroom")
