@@ -287,6 +287,7 @@ class Watcher:
     async def events(self, prompt_id: str) -> AsyncIterator[Event]:
         """Yield ``prompt_id``'s events until a terminal one; call after submitting it."""
         started = False
+        queue_size: int | None = None  # the last Status seen; only a shrinking queue can mean removal
         while True:
             msg = await self._receive()
             if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
@@ -301,7 +302,9 @@ class Watcher:
                 logger.warning("worker %s: unreadable WebSocket frame skipped (%s)", self.client.base_url, e)
                 continue
             if isinstance(parsed, Status):
-                if not started and await self._was_removed(prompt_id):
+                shrank = queue_size is not None and parsed.queue_remaining < queue_size
+                queue_size = parsed.queue_remaining
+                if shrank and not started and await self._was_removed(prompt_id):
                     yield Removed(prompt_id)
                     return
                 continue
