@@ -20,17 +20,19 @@ can be handed to browsers and other services that cannot send our key. Handlers 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
@@ -264,6 +266,23 @@ def websocket_grant(request: web.Request) -> Grant:
         f"Missing credentials: send 'Authorization: Key <your API key>', or from a browser add "
         f"?{TOKEN_QUERY}=<token> with a token from POST /tokens/."
     )
+
+
+def close_at_expiry(ws: web.WebSocketResponse, grant: Grant) -> asyncio.TimerHandle | None:
+    """Close a token's socket when the token runs out (1008, "token expired"); a key's never expires.
+    Cancel the handle when the socket ends first."""
+    if grant.expires_at is None:
+        return None
+
+    def expire() -> None:
+        task = asyncio.ensure_future(ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"token expired"))
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+    return asyncio.get_running_loop().call_later(max(0.0, grant.expires_at - time.time()), expire)
+
+
+_closing: set[asyncio.Future[bool]] = set()  # closes in flight, held so they are not collected
 
 
 def forbidden(message: str) -> DarkroomError:

@@ -193,5 +193,10 @@ async def realtime(request: web.Request) -> web.WebSocketResponse:
     buffering = max_buffering(request.query.get("max_buffering"))
     ws = web.WebSocketResponse(heartbeat=30.0)
     await ws.prepare(request)
-    await _Session(request, ws, endpoint, buffering).serve()
+    expiry = auth.close_at_expiry(ws, grant)
+    try:
+        await _Session(request, ws, endpoint, buffering).serve()
+    finally:
+        if expiry is not None:
+            expiry.cancel()
     return ws

@@ -145,6 +145,7 @@ class Grant:
 
     apps: tuple[str, ...] | None = None
     user_id: str | None = None
+    expires_at: float | None = None  # unix seconds; None for a key, which does not expire
 
     def allows(self, app_path: str) -> bool:
         """fal scopes tokens by alias (``allowed_apps: ["flux-2"]``); ``owner/alias`` pins the owner too."""
@@ -176,4 +177,4 @@ def app_grant(signer: TokenSigner, token: str) -> Grant | None:
         return None
     if user_id is not None and not isinstance(user_id, str):
         return None
-    return Grant(tuple(apps), user_id)
+    return Grant(tuple(apps), user_id, float(claims["exp"]))

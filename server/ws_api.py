@@ -181,6 +181,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=30.0)
     await ws.prepare(request)
     session = _Session(request, ws, grant)
+    expiry = auth.close_at_expiry(ws, grant)
     try:
         async for msg in ws:
             if msg.type is aiohttp.WSMsgType.TEXT:
@@ -188,5 +189,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             elif msg.type is aiohttp.WSMsgType.BINARY:
                 await session.error(None, 400, "Send JSON text frames", "bad_message")
     finally:
+        if expiry is not None:
+            expiry.cancel()
         await session.close()
     return ws

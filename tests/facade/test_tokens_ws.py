@@ -241,3 +241,13 @@ async def test_a_token_in_the_query_opens_the_stream_route_of_its_apps_only(clie
     assert plain_run.status == 401  # only the stream route takes tokens; everything else needs a key
     forged = await client.post(f"/run/{APP}/stream", json=body, params={"fal_jwt_token": token[:-2] + "xx"})
     assert forged.status == 401
+
+
+@pytest.mark.parametrize("path", ["/ws", f"/run/{APP}/realtime"])
+async def test_a_tokens_socket_closes_when_the_token_expires(client: Client, path: str) -> None:
+    token = await mint(client, ["demo-flux-2"], token_expiration=1)
+    async with client.ws_connect(f"{path}?fal_jwt_token={token}") as ws:
+        async with asyncio.timeout(10):
+            message = await ws.receive()
+    assert message.type is aiohttp.WSMsgType.CLOSE
+    assert (message.data, message.extra) == (aiohttp.WSCloseCode.POLICY_VIOLATION, "token expired")
