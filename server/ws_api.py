@@ -115,7 +115,8 @@ class _Session:
             self.forwarders[request_id] = asyncio.create_task(self._forward(request_id))
 
     def _refusal(self, request_id: str) -> DarkroomError | None:
-        """Why this connection's token may not follow the request (its app is not allowed), if so."""
+        """Why this connection's token may not follow the request, if so: a token follows only queue
+        requests of its apps submitted by its own user (the key that minted it)."""
         if self.grant.apps is None:
             return None
         record = self.app[QUEUE].get(request_id)
@@ -124,6 +125,8 @@ class _Session:
                 f"Request {request_id} is not a queue request: a token may follow only queue requests "
                 f"of its apps ({self.grant.describe_apps()})"
             )
+        if record.user_id != (self.grant.user_id or DEFAULT_USER_ID):
+            return auth.forbidden(f"Request {request_id} was submitted by another user than this token's")
         try:
             auth.require_app(self.grant, record.app_id)
         except DarkroomError as e:

@@ -161,6 +161,15 @@ async def test_a_browser_token_reaches_only_its_apps(client: Client) -> None:
         refused = await next_of(ws, "error")
         assert refused["status_code"] == 403 and "not a queue request" in refused["detail"]
 
+        # Its own app, but another user's request (submitted with another key): refused too.
+        theirs = await client.post(f"/queue/{APP}", json={"prompt": "theirs"}, headers=PLAIN)
+        alices = await client.post(f"/queue/{APP}", json={"prompt": "alice's"}, headers=ALICE)
+        theirs_id, alices_id = (await theirs.json())["request_id"], (await alices.json())["request_id"]
+        await ws.send_json({"action": "subscribe", "request_ids": [theirs_id, alices_id]})
+        refused = await next_of(ws, "error")
+        assert refused["request_id"] == theirs_id and "another user" in refused["detail"]
+        assert (await next_of(ws, "completed", alices_id))["result"]["prompt"] == "alice's"
+
 
 async def test_tokens_survive_a_restart_and_stay_with_their_data_dir(
     settings: Settings, fake: FakeGenerator, tmp_path: Path
