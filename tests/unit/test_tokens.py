@@ -146,7 +146,8 @@ def test_app_tokens_carry_the_apps_and_the_minting_user() -> None:
     clock = Clock()
     request = TokenRequest(allowed_apps=["demo-flux-2", "demo-flux-2", "x/y"], token_expiration=30)
     token = issue_app_token(signer(clock), request, "alice")
-    assert app_grant(signer(clock), token) == Grant(("demo-flux-2", "x/y"), "alice")
+    expires_at = clock.now_s + 30  # the socket of a token closes then
+    assert app_grant(signer(clock), token) == Grant(("demo-flux-2", "x/y"), "alice", expires_at)
     anonymous = issue_app_token(signer(clock), TokenRequest(allowed_apps=["demo"]), None)
     assert app_grant(signer(clock), anonymous) == Grant(("demo",), None)
     clock.now_s += 30
