@@ -103,7 +103,11 @@ def _check_family(path: Path, sd: Mapping[str, torch.Tensor], family: VAEFamily)
             path,
             f"this looks like {looks}",
             expected=TITLES[family],
-            fix=f"Pick family {guessed.value}." if guessed else "Use a VAE file of the chosen family.",
+            fix=(
+                f"Use a VAE of that family (in a workflow, this file loads with family {guessed.value})."
+                if guessed
+                else "Use a VAE file of the chosen family."
+            ),
             missing=missing,
             unexpected=unexpected,
         )
