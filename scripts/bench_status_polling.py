@@ -10,8 +10,9 @@ darkroom/demo-flux-2 submitted to POST /queue/... and follows each as the SDK do
 while polling, --clients clients each poll the status of one in-flight request, sleeping 100 ms
 after each answer, and take another in-flight request once theirs is COMPLETED. Prints status
 latency (median, p99; target p99 < 20 ms), images per minute with and without polling (target: no
-slowdown beyond the noise, 2 standard errors from the spread of the periods' rates) and the CPU
-each process used per period. Binds only to 127.0.0.1.
+slowdown beyond the noise, 2 standard errors from the spread of the periods' rates), the CPU
+each process used per period, and the facade's CPU per status answer (what pollers cost a server
+whose clients are elsewhere). Binds only to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ POLL_INTERVAL_S = 0.1  # fal_client's default between status calls
 PROMPT_TEXT = "a lighthouse"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WARMUP_LIMIT_S = 300.0
+FACADE = "darkroom facade"
 
 
 @dataclass
@@ -78,7 +80,7 @@ def cpu_seconds(pid: int) -> float:
 
 def cpu_now(run: Run) -> dict[str, float]:
     return {
-        "darkroom facade": cpu_seconds(run.darkroom.process.pid),
+        FACADE: cpu_seconds(run.darkroom.process.pid),
         "ComfyUI worker": cpu_seconds(int(run.darkroom.worker["pid"])),
         "this load generator": time.process_time(),
     }
@@ -301,6 +303,11 @@ def report(run: Run, clients: int) -> None:
         line(p.name, [p])
     b, b_se = line("BASELINE", base)
     w, w_se = line("POLLING", polling)
+    facade_cores = [sum(p.cpu_s[FACADE] for p in ps) / sum(duration(p) for p in ps) for ps in (base, polling)]
+    extra_cores = facade_cores[1] - facade_cores[0]
+    per_answer_ms = extra_cores / (len(polls) / polled_s) * 1000
+    print(f"\nthe facade's CPU per status answer: {per_answer_ms:.3f} ms ({extra_cores:.2f} cores more "
+          "while polling): what these pollers cost the server wherever the clients run")  # fmt: skip
     ratio = w / b if b else math.nan
     noise = 2 * ratio * math.sqrt((b_se / b) ** 2 + (w_se / w) ** 2) if b and w else math.nan
     if run.failed:
