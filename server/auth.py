@@ -36,7 +36,7 @@ from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
-from .errors import AuthError, ConfigError, DarkroomError, RequestValidationError
+from .errors import AuthError, ConfigError, ForbiddenError, RequestValidationError
 from .keys import USER_ID
 from .settings import Settings
 from .tokens import Grant, TokenRequest, TokenSigner, app_grant, issue_app_token
@@ -285,15 +285,10 @@ def close_at_expiry(ws: web.WebSocketResponse, grant: Grant) -> asyncio.TimerHan
 _closing: set[asyncio.Future[bool]] = set()  # closes in flight, held so they are not collected
 
 
-def forbidden(message: str) -> DarkroomError:
-    """A 403: the credentials are valid but do not reach this."""
-    return DarkroomError(message, status=403, code="forbidden")
-
-
 def require_app(grant: Grant, app_path: str) -> None:
     """403 unless the grant reaches the app."""
     if not grant.allows(app_path):
-        raise forbidden(
+        raise ForbiddenError(
             f"This token does not allow {app_path}; it allows {grant.describe_apps()}. "
             "Mint one whose allowed_apps names the app (its alias, or owner/alias)."
         )

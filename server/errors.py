@@ -250,6 +250,13 @@ class AuthError(DarkroomError):
         super().__init__(message, headers={"WWW-Authenticate": 'Key realm="darkroom"'})
 
 
+class ForbiddenError(DarkroomError):
+    """Valid credentials that do not reach this: a token for other apps, another user's request (403)."""
+
+    status = 403
+    code = "forbidden"
+
+
 class InputError(DarkroomError):
     """A file the request names (image_url, an upload) cannot be used: bad URL, too large, unreadable."""
 

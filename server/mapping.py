@@ -337,7 +337,7 @@ def _set(prompt: dict[str, Any], target: str, value: Any) -> None:
 
 def _remove(prompt: dict[str, Any], targets: list[str]) -> None:
     for target in targets:
-        node_id, _, input_name = target.partition(".")
+        node_id, input_name = _parse_target(target)
         if input_name:
             del prompt[node_id]["inputs"][input_name]
         else:

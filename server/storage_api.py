@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
@@ -48,6 +48,7 @@ from .multipart import MAX_PARTS, MultipartStore, parse_part_number, quoted_etag
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
+B = TypeVar("B", bound=BaseModel)
 
 STORAGE_TYPES = frozenset({"fal-cdn-v3", "fal-cdn", "gcs"})
 UPLOAD_TOKEN_SCOPE = "storage:upload"
@@ -221,12 +222,17 @@ async def _json_body(request: web.Request) -> Any:
         ) from e
 
 
-async def _initiate_body(request: web.Request) -> InitiateBody:
-    _check_storage_type(request)
+async def _body_as(model: type[B], request: web.Request) -> B:
+    """The JSON body validated as ``model``; a 422 in fal's shape otherwise."""
     try:
-        return InitiateBody.model_validate(await _json_body(request))
+        return model.model_validate(await _json_body(request))
     except ValidationError as e:
         raise RequestValidationError.from_pydantic(e) from e
+
+
+async def _initiate_body(request: web.Request) -> InitiateBody:
+    _check_storage_type(request)
+    return await _body_as(InitiateBody, request)
 
 
 def _require_upload_credentials(request: web.Request) -> None:
@@ -343,10 +349,7 @@ async def put_part(request: web.Request) -> web.Response:
 @auth.self_authenticating
 async def complete_multipart(request: web.Request) -> web.Response:
     """Join the listed parts into the upload's file, which appears whole at its URL."""
-    try:
-        body = CompleteBody.model_validate(await _json_body(request))
-    except ValidationError as e:
-        raise RequestValidationError.from_pydantic(e) from e
+    body = await _body_as(CompleteBody, request)
     multipart_id, upload_id, name = _multipart_ids(request)
     listed = [(part.part_number, part.etag) for part in body.parts]
     size = await request.app[MULTIPART].complete(multipart_id, upload_id, name, listed)

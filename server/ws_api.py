@@ -13,8 +13,8 @@ Server messages are the hub's events (see ``server/progress.py``), each with "ty
 Credentials (``auth.websocket_grant``): ``Authorization: Key <key>``, or, from a browser, which cannot
 set headers on a WebSocket, ``?fal_jwt_token=<token>`` from ``POST /tokens/``. A token limits the
 connection to its ``allowed_apps``: submitting to another app is refused (403), and so is subscribing
-to a request of another app or to a sync run (whose app the socket cannot check). The token is checked
-once, at the handshake; a connection outlives its token's expiry.
+to a request of another app, of another user than the token's, or to a sync run (whose app the socket
+cannot check). The socket is closed (1008) when its token expires.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from aiohttp import web
 
 from . import auth
 from .endpoints import base_url
-from .errors import DarkroomError
+from .errors import DarkroomError, ForbiddenError
 from .jobs import DEFAULT_USER_ID
 from .keys import SETTINGS
 from .progress import HUB
@@ -121,12 +121,12 @@ class _Session:
             return None
         record = self.app[QUEUE].get(request_id)
         if record is None:
-            return auth.forbidden(
+            return ForbiddenError(
                 f"Request {request_id} is not a queue request: a token may follow only queue requests "
                 f"of its apps ({self.grant.describe_apps()})"
             )
         if record.user_id != (self.grant.user_id or DEFAULT_USER_ID):
-            return auth.forbidden(f"Request {request_id} was submitted by another user than this token's")
+            return ForbiddenError(f"Request {request_id} was submitted by another user than this token's")
         try:
             auth.require_app(self.grant, record.app_id)
         except DarkroomError as e:
