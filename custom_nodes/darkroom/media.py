@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import io
+import platform
 import tempfile
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +22,43 @@ _FPS_MAX_DENOMINATOR = 1001  # keeps NTSC rates exact (24000/1001)
 # function of the frames alone; faststart puts the index first so browsers can play while loading.
 _CONTAINER_OPTIONS = {"movflags": "+faststart", "fflags": "+bitexact"}
 _X264_PRESET = "medium"
+# x264's names for the x86 instruction sets it has kernels for, by the Linux cpuinfo flag that shows
+# each; SSE2 is x86-64's baseline. AVX-512 is left out on purpose (see `x264_instruction_sets`).
+_X264_BASELINE = ("MMX2", "SSE", "SSE2")
+_X264_BY_CPU_FLAG = {
+    "pni": "SSE3", "ssse3": "SSSE3", "sse4_1": "SSE4.1", "sse4_2": "SSE4.2", "abm": "LZCNT",
+    "avx": "AVX", "xop": "XOP", "fma4": "FMA4", "fma": "FMA3", "bmi1": "BMI1", "bmi2": "BMI2",
+    "avx2": "AVX2",
+}  # fmt: skip
+_NEEDS_AVX = {"XOP", "FMA4", "FMA3", "BMI1", "BMI2", "AVX2"}  # x264's names for these imply AVX
+
+
+def x264_instruction_sets(machine: str, cpu_flags: frozenset[str]) -> str:
+    """x264's `asm` setting for this CPU: every instruction set it has, but AVX-512.
+
+    x264's AVX-512 kernels make its output depend on where the frames happen to lie in memory: the
+    same frames encoded twice in one process gave different bytes (decoded pixels off by up to 26
+    levels), on AMD EPYC with AVX-512, while its C, SSE2 and AVX2 kernels gave one answer every time.
+    Left out, encoding is as fast (measured: scripts/bench_video_encode.py) and repeatable. Off x86
+    (NEON on arm64) x264 picks for itself.
+    """
+    if machine.lower() not in ("x86_64", "amd64"):
+        return "auto"
+    names = [*_X264_BASELINE]
+    names += [name for flag, name in _X264_BY_CPU_FLAG.items() if flag in cpu_flags]
+    if "avx" not in cpu_flags:
+        names = [name for name in names if name not in _NEEDS_AVX]
+    return ",".join(names)
+
+
+@functools.cache
+def _this_cpus_x264_instruction_sets() -> str:
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        cpuinfo = ""  # not Linux: x86-64's baseline still holds
+    flags = next((line.split(":", 1)[1] for line in cpuinfo.splitlines() if line.startswith("flags")), "")
+    return x264_instruction_sets(platform.machine(), frozenset(flags.split()))
 
 
 def _to_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -49,8 +88,9 @@ def video_size(height: int, width: int) -> tuple[int, int]:
 def encode_video(frames: np.ndarray, fps: float, *, crf: int = 19) -> bytes:
     """Encode TxHxWx3 float frames in [0, 1] as an H.264 yuv420p mp4 (BT.709, limited range).
 
-    Same frames and settings give the same bytes: one encoder thread, bit-exact muxing, no timestamps
-    or metadata. Odd sides are padded to even by repeating the last row or column (see `video_size`).
+    Same frames and settings give the same bytes: one encoder thread, no AVX-512 (see
+    `x264_instruction_sets`), bit-exact muxing, no timestamps or metadata. Odd sides are padded to
+    even by repeating the last row or column (see `video_size`).
     """
     _check_video_args(frames, fps, crf)
     height, width = video_size(frames.shape[1], frames.shape[2])
@@ -71,7 +111,11 @@ def _write_mp4(path: Path, frames: np.ndarray, rate: Fraction, height: int, widt
         codec.flags |= av.codec.context.Flags.bitexact
         codec.color_range, codec.colorspace = ColorRange.MPEG, Colorspace.ITU709
         codec.color_primaries, codec.color_trc = ColorPrimaries.BT709, ColorTrc.BT709
-        codec.options = {"crf": str(crf), "preset": _X264_PRESET}
+        codec.options = {
+            "crf": str(crf),
+            "preset": _X264_PRESET,
+            "x264-params": f"asm={_this_cpus_x264_instruction_sets()}",
+        }
         for index, pixels in enumerate(frames):
             container.mux(stream.encode(_yuv_frame(pixels, height, width, index)))
         container.mux(stream.encode(None))

@@ -8,8 +8,8 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from darkroom.media import FORMATS, encode_image, encode_video, video_size
-from PIL import Image
+from darkroom.media import FORMATS, encode_image, encode_video, video_size, x264_instruction_sets
+from PIL import Image, ImageFilter
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
@@ -55,6 +55,44 @@ def test_video_bytes_depend_only_on_frames_and_settings():
     assert encode_video(frames.copy(), 24.0) == data
     assert encode_video(frames, 24.0, crf=30) != data
     assert encode_video(frames[::-1], 24.0) != data
+
+
+def blurred_noise(seed: int, height: int = 64, width: int = 96) -> np.ndarray:
+    noise = (np.random.default_rng(seed).random((height, width, 3)) * 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(noise).filter(ImageFilter.GaussianBlur(2)), np.float32) / 255.0
+
+
+def test_video_bytes_do_not_depend_on_where_the_frames_lie_in_memory():
+    """x264's AVX-512 kernels gave one of several encodings of these frames, by heap layout (on AVX-512
+    CPUs); it now runs without them, so every encoding is the same."""
+    frames = np.stack([blurred_noise(seed) for seed in range(5)])
+    rng = np.random.default_rng(4)
+    encodings = set()
+    for attempt in range(30):  # before the fix: 3 to 6 encodings in 30 on such a CPU
+        ballast = [np.empty(int(rng.integers(1, 200_000)), np.uint8) for _ in range(attempt % 7)]
+        encodings.add(encode_video(frames, 24.0))
+        del ballast
+    assert len(encodings) == 1
+
+
+AVX512_EPYC = frozenset(
+    "sse sse2 pni ssse3 sse4_1 sse4_2 abm avx fma bmi1 bmi2 avx2 avx512f avx512bw avx512_bf16".split()
+)
+
+
+@pytest.mark.parametrize(
+    ("machine", "flags", "expected"),
+    [
+        ("x86_64", AVX512_EPYC, "MMX2,SSE,SSE2,SSE3,SSSE3,SSE4.1,SSE4.2,LZCNT,AVX,FMA3,BMI1,BMI2,AVX2"),
+        ("x86_64", frozenset({"sse", "sse2", "pni", "ssse3"}), "MMX2,SSE,SSE2,SSE3,SSSE3"),
+        # x264's BMI and FMA names imply AVX: without it (an OS that hides it) they are left out too
+        ("x86_64", AVX512_EPYC - {"avx"}, "MMX2,SSE,SSE2,SSE3,SSSE3,SSE4.1,SSE4.2,LZCNT"),
+        ("x86_64", frozenset(), "MMX2,SSE,SSE2"),  # no cpuinfo: x86-64's baseline
+        ("aarch64", frozenset({"neon", "asimd"}), "auto"),
+    ],
+)
+def test_x264_gets_the_cpus_instruction_sets_but_avx512(machine, flags, expected):
+    assert x264_instruction_sets(machine, flags) == expected
 
 
 def test_video_colours_survive_encoding():
