@@ -119,9 +119,7 @@ async def supervisor(stack_settings: Settings, comfyui_dir: Path) -> AsyncIterat
     nodes_dir = stack_settings.data_path / "workers" / "0" / "custom_nodes"
     nodes_dir.mkdir(parents=True, exist_ok=True)
     (nodes_dir / "darkroom_test_nodes.py").write_text(TEST_NODES, encoding="utf-8")
-    # One intra-op thread: CPU float sums depend on the thread count (image-to-video's VAE encode gives
-    # other bytes on 2 threads than on 1), and tests compare videos with hashes recorded on one thread.
-    supervisor = Supervisor(stack_settings, comfyui_dir, environ={**os.environ, "OMP_NUM_THREADS": "1"})
+    supervisor = Supervisor(stack_settings, comfyui_dir)
     await supervisor.start()
     try:
         yield supervisor

@@ -1,10 +1,11 @@
 """Wan endpoints through the API on the real stack: requests without the beyond-fal schedule, VAE and
-blend fields give the bytes the original KSampler graphs gave; the new fields change the video."""
+blend fields give the bytes of the original KSampler graphs, run beside them on the same worker; the
+new fields change the video."""
 
 from __future__ import annotations
 
 import base64
-import hashlib
+import copy
 import io
 import shutil
 from collections.abc import Iterator
@@ -15,6 +16,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 from PIL import Image
 from safetensors.torch import load_file, save_file
+
+from server import comfy_events as cc
+from server.mapping import Endpoint
+from server.supervisor import Supervisor
 
 pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session")]
 
@@ -45,34 +50,94 @@ async def video(facade: TestClient, app_id: str, expect: int = 200, **body: Any)
     return await (await facade.get("/" + url.split("://", 1)[1].split("/", 1)[1])).read()
 
 
-def sha(data: bytes | str) -> str:
-    assert isinstance(data, bytes)
-    return hashlib.sha256(data).hexdigest()[:16]
+def ksampler_graph(prompt: dict[str, Any]) -> dict[str, Any]:
+    """A built request's graph as it was before the rewrite: KSampler (5B) or the KSamplerAdvanced pair
+    (A14B, `handover` splitting the steps as KSamplerAdvanced's start/end steps) in place of each
+    SamplerCustom on DarkroomKSamplerSigmas."""
+    graph = copy.deepcopy(prompt)
+    for node_id, node in prompt.items():
+        if node["class_type"] != "SamplerCustom":
+            continue
+        run = node["inputs"]
+        schedule_id, part = run["sigmas"]
+        schedule = prompt[schedule_id]["inputs"]
+        common = {key: run[key] for key in ("model", "cfg", "positive", "negative", "latent_image")}
+        common |= {key: schedule[key] for key in ("steps", "sampler_name", "scheduler")}
+        if schedule["handover"] == 0:
+            inputs = {**common, "seed": run["noise_seed"], "denoise": schedule["denoise"]}
+            graph[node_id] = {"class_type": "KSampler", "inputs": inputs}
+            continue
+        assert schedule["denoise"] == 1 and not schedule["custom_sigmas"], "the old pair had neither"
+        half, high = int(schedule["steps"] * schedule["handover"]), part == 1
+        inputs = {
+            **common,
+            "noise_seed": run["noise_seed"],
+            "add_noise": "enable" if run["add_noise"] else "disable",
+            "start_at_step": 0 if high else half,
+            "end_at_step": half if high else 10000,
+            "return_with_leftover_noise": "enable" if high else "disable",
+        }
+        graph[node_id] = {"class_type": "KSamplerAdvanced", "inputs": inputs}
+    for node_id, node in prompt.items():
+        if node["class_type"] in ("KSamplerSelect", "DarkroomKSamplerSigmas"):
+            del graph[node_id]
+    return graph
 
 
-# Requests that carry none of the new fields, with the sha256 (first 16 hex digits) of the mp4 that the
-# KSampler / KSamplerAdvanced graphs gave before the rewrite (recorded at commit 8e9c437; stable across
-# runs and sessions on CPU). Today's sampler/scheduler/denoise overrides are included: uni_pc and dpm_2
-# take KSampler's discard-penultimate-sigma path, euler_ancestral draws noise from the seed in both
-# experts, 5 steps split 2 + 3 between the A14B experts, and denoise 0 samples nothing.
-LEGACY: list[tuple[str, dict[str, Any], str]] = [
-    (T2V_5B, {}, "510ead2aedee7430"),
-    (T2V_5B, {"sampler": "dpm_2", "scheduler": "karras"}, "6053fef10f1f866d"),
-    (T2V_5B, {"sampler": "euler_ancestral", "denoise": 0.7}, "c0c6a9b82984b65f"),
-    (T2V_5B, {"denoise": 0}, "89ccdb043eb93a32"),
-    (I2V_5B, {}, "adb8e41beaf64606"),
-    (T2V_A14B, {}, "5a0ca7703ab7d69e"),
-    (T2V_A14B, {"sampler": "euler_ancestral"}, "5eeabfc2810af2b7"),
-    (T2V_A14B, {"sampler": "uni_pc", "scheduler": "beta", "num_inference_steps": 5}, "7c540c8f128983db"),
-    (I2V_A14B, {}, "fdb9d6d583599fdf"),
+@pytest.fixture
+def built_prompts(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every graph the facade builds during the test, in order."""
+    built: list[dict[str, Any]] = []
+    original = Endpoint.build_prompt
+
+    def build_prompt(self: Endpoint, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        prompt, resolved = original(self, *args, **kwargs)
+        built.append(copy.deepcopy(prompt))
+        return prompt, resolved
+
+    monkeypatch.setattr(Endpoint, "build_prompt", build_prompt)
+    return built
+
+
+async def run_on_worker(supervisor: Supervisor, graph: dict[str, Any]) -> bytes:
+    """The one file a graph saves, run on the session's worker directly (not through the facade)."""
+    async with supervisor.worker() as worker:
+        events = [event async for event in worker.client.run(graph)]
+        (file,) = [f for e in events if isinstance(e, cc.Executed) for f in e.files]
+        return await worker.client.fetch_output(file.filename, file.subfolder, file.type)
+
+
+# Requests that carry none of the new fields: their video must be the one the KSampler /
+# KSamplerAdvanced graphs give, run side by side on the same worker. Today's sampler, scheduler and
+# denoise overrides are included: uni_pc and dpm_2 take KSampler's discard-penultimate-sigma path,
+# euler_ancestral draws noise from the seed in both experts, 5 steps split 2 + 3 between the A14B
+# experts, and denoise 0 samples nothing.
+LEGACY: list[tuple[str, dict[str, Any]]] = [
+    (T2V_5B, {}),
+    (T2V_5B, {"sampler": "dpm_2", "scheduler": "karras"}),
+    (T2V_5B, {"sampler": "euler_ancestral", "denoise": 0.7}),
+    (T2V_5B, {"denoise": 0}),
+    (I2V_5B, {}),
+    (T2V_A14B, {}),
+    (T2V_A14B, {"sampler": "euler_ancestral"}),
+    (T2V_A14B, {"sampler": "uni_pc", "scheduler": "beta", "num_inference_steps": 5}),
+    (I2V_A14B, {}),
 ]
 
 
-@pytest.mark.parametrize(("app_id", "body", "reference"), LEGACY)
-async def test_requests_without_the_new_fields_give_the_original_bytes(
-    facade: TestClient, app_id: str, body: dict[str, Any], reference: str
+@pytest.mark.parametrize(("app_id", "body"), LEGACY)
+async def test_requests_without_the_new_fields_give_the_ksampler_graphs_bytes(
+    facade: TestClient,
+    supervisor: Supervisor,
+    built_prompts: list[dict[str, Any]],
+    app_id: str,
+    body: dict[str, Any],
 ) -> None:
-    assert sha(await video(facade, app_id, **body)) == reference
+    ours = await video(facade, app_id, **body)
+    (prompt,) = built_prompts
+    legacy = ksampler_graph(prompt)
+    assert {n["class_type"] for n in legacy.values()} & {"KSampler", "KSamplerAdvanced"}
+    assert ours == await run_on_worker(supervisor, legacy)
 
 
 @pytest.fixture(scope="module")
