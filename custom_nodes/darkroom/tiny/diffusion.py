@@ -23,6 +23,7 @@ from ..checkpoint import quantise_state_dict, save_state_dict
 from ..diffusion import expected_shapes
 from ..lora_keys import LoraFormat, render
 from ..quant import Fp8Format
+from .noise import normal
 
 FLUX2: dict[str, Any] = {
     "image_model": "flux2", "in_channels": 128, "out_channels": 128, "vec_in_dim": None,
@@ -57,8 +58,7 @@ def _seed(name: str, key: str) -> int:
 
 def _init(name: str, key: str, shape: Shape) -> torch.Tensor:
     """Deterministic values: fan-in-scaled weights, near-one norm scales, small biases and modulations."""
-    gen = torch.Generator().manual_seed(_seed(name, key))
-    noise = torch.randn(shape, generator=gen, dtype=torch.float32)
+    noise = normal(_seed(name, key), shape)
     if len(shape) == 1 and not key.endswith(".bias"):
         return 1.0 + 0.05 * noise  # norm scales
     if len(shape) >= 2 and key.endswith(".weight"):
@@ -78,16 +78,11 @@ def lora_state_dict(shapes: Mapping[str, Shape], family: Family, name: str) -> d
         if not quantisable(family, key, shape):
             continue
         module, (rows, cols) = key[: -len(".weight")], shape
-        gen = torch.Generator().manual_seed(_seed(name, key))
-        std = (
-            _LORA_STRENGTH / cols**0.5 / LORA_RANK**0.5
-        ) ** 0.5  # up @ down has std ~ strength / sqrt(fan_in)
-        out[f"diffusion_model.{module}.lora_up.weight"] = (
-            torch.randn(rows, LORA_RANK, generator=gen) * std
-        ).bfloat16()
-        out[f"diffusion_model.{module}.lora_down.weight"] = (
-            torch.randn(LORA_RANK, cols, generator=gen) * std
-        ).bfloat16()
+        std = (_LORA_STRENGTH / cols**0.5 / LORA_RANK**0.5) ** 0.5  # up @ down: ~ strength / sqrt(fan_in)
+        up = normal(_seed(name, f"{module}.lora_up"), (rows, LORA_RANK))
+        down = normal(_seed(name, f"{module}.lora_down"), (LORA_RANK, cols))
+        out[f"diffusion_model.{module}.lora_up.weight"] = (up * std).bfloat16()
+        out[f"diffusion_model.{module}.lora_down.weight"] = (down * std).bfloat16()
         out[f"diffusion_model.{module}.alpha"] = torch.tensor(float(LORA_RANK))
     return out
 

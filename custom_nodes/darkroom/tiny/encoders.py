@@ -3,7 +3,7 @@
 Every tensor comes from ComfyUI's model classes (so the key layouts are the real ones) and is filled
 from a generator seeded by its name, so a rebuild writes the same bytes. The tokenizers live inside
 the files as ComfyUI expects them: a synthetic tekken vocabulary (`tekken_model`) for Mistral-3 and a
-sentencepiece model trained here (`spiece_model`) for umt5; CLIP-L and T5 use the tokenizers ComfyUI
+sentencepiece model written here (`spiece_model`) for umt5; CLIP-L and T5 use the tokenizers ComfyUI
 ships. Widths agreed with the diffusion models: FLUX.2 context 3 x 64, FLUX.1 context 64 and pooled
 64, Wan text 64.
 """
@@ -11,13 +11,12 @@ ships. Widths agreed with the diffusion models: FLUX.2 context 3 x 64, FLUX.1 co
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 import math
-import random
+import struct
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import sentencepiece
 import torch
 
 from ..vae import kl_autoencoder
+from .noise import normal
 
 log = logging.getLogger(__name__)
 
@@ -101,32 +101,49 @@ def tekken_json() -> bytes:
     return json.dumps(data, sort_keys=True).encode()
 
 
-def _corpus() -> Iterator[str]:
-    rng = random.Random(0)
-    for _ in range(3000):
-        yield " ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 12)))
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1  # protobuf writes a negative int32 as its 64-bit two's complement
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes([*out, value])
+
+
+def _field(number: int, value: int | float | bytes) -> bytes:
+    """One protobuf field: a varint (int, bool, enum), a float (fixed32) or a length-delimited blob."""
+    if isinstance(value, bytes):
+        return _varint(number << 3 | 2) + _varint(len(value)) + value
+    if isinstance(value, float):
+        return _varint(number << 3 | 5) + struct.pack("<f", value)
+    return _varint(number << 3) + _varint(value)
+
+
+_NORMAL, _UNKNOWN, _CONTROL, _BYTE = 1, 2, 3, 6  # sentencepiece's ModelProto.SentencePiece.Type
+_WORD_START = "\u2581"  # sentencepiece's escaped space
 
 
 def spiece_model() -> bytes:
-    """A small unigram sentencepiece model with T5's special ids (pad 0, eos 1, unk 2), trained here."""
-    out = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=_corpus(),
-        model_writer=out,
-        model_type="unigram",
-        vocab_size=640,
-        hard_vocab_limit=False,
-        byte_fallback=True,
-        character_coverage=1.0,
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        num_threads=1,
-        shuffle_input_sentence=False,
-        minloglevel=2,
+    """A small unigram sentencepiece ModelProto with T5's special ids (pad 0, eos 1, unk 2).
+
+    Written field by field, not trained: sentencepiece's trainer runs floating-point EM whose last bits
+    depend on the compiler and libm it was built with. The pieces are the specials, the 256 byte
+    fallbacks, every character and every word with and without its leading space. Scores lie in
+    (-2.6, -2] in steps of 1/1024 (exact in float32): one piece beats any split, and no two tie.
+    """
+    words = [piece for word in _WORDS for piece in (_WORD_START + word, word)]
+    chars = sorted({c for word in words for c in word})
+    normal_pieces = list(dict.fromkeys([*chars, *words]))
+    pieces = [("<pad>", _CONTROL, 0.0), ("</s>", _CONTROL, 0.0), ("<unk>", _UNKNOWN, 0.0)]
+    pieces += [(f"<0x{b:02X}>", _BYTE, 0.0) for b in range(256)]
+    pieces += [(p, _NORMAL, -2.0 - rank / 1024) for rank, p in enumerate(reversed(normal_pieces))]
+    model = b"".join(
+        _field(1, _field(1, piece.encode()) + _field(2, score) + _field(3, kind))
+        for piece, kind, score in pieces
     )
-    return out.getvalue()
+    trainer = {3: 1, 4: len(pieces), 35: 1, 40: 2, 41: -1, 42: 1, 43: 0}  # unigram, byte fallback, ids
+    model += _field(2, b"".join(_field(number, value) for number, value in trainer.items()))
+    return model + _field(3, _field(1, b"identity"))
 
 
 def _blob(data: bytes) -> torch.Tensor:
@@ -137,8 +154,7 @@ def _fill(name: str, like: torch.Tensor, salt: str) -> torch.Tensor:
     """A deterministic value for one tensor: norms near 1, biases near 0, weights ~ 1/sqrt(fan_in)."""
     if not like.is_floating_point():
         return torch.zeros_like(like)
-    gen = torch.Generator().manual_seed(zlib.crc32(f"{salt}/{name}".encode()))
-    noise = torch.randn(like.shape, generator=gen, dtype=torch.float32)
+    noise = normal(zlib.crc32(f"{salt}/{name}".encode()), like.shape)
     leaf = name.rsplit(".", 1)[-1]
     if leaf == "running_var":
         return 1.0 + noise.abs() * 0.1
