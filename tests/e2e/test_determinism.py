@@ -1,0 +1,128 @@
+"""Same request, same bytes: every demo endpoint, with LoRAs, sampler overrides, blends, an explicit
+schedule and input images in play, gives byte-identical outputs when run again in the same session, in
+the reverse order (so each request follows other state than the first time), and once more on a worker
+restarted after SIGKILL. Outputs are compared with each other, never with hashes recorded elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from PIL import Image
+
+from server.mapping import load_endpoints
+from server.models import load_manifest
+from server.settings import PROJECT_ROOT
+from server.supervisor import Supervisor
+
+pytestmark = pytest.mark.stack
+
+
+def png(width: int, height: int, seed: int) -> str:
+    """A noisy PNG data URI (noise, so that an image-to-video encode has detail to carry)."""
+    image = Image.effect_noise((width, height), 40 + seed).convert("RGB")
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+
+
+A14B_BLEND_LOW = [
+    {"model": "tiny-wan22-a14b-high-fp8-scaled", "weight": 1},
+    {"model": "tiny-wan22-a14b-low-bf16", "weight": 3},
+]
+CASES: list[tuple[str, dict[str, Any]]] = [
+    ("darkroom/demo-flux-2", {}),
+    (
+        "darkroom/demo-flux-2",
+        {
+            "loras": [
+                {"path": "tiny/flux2-lora-a.safetensors", "scale": 0.8},
+                {"path": "tiny/flux2-lora-b.safetensors", "scale": 0.5},
+            ],
+            "sampler": "euler_ancestral",
+            "scheduler": "karras",
+        },
+    ),
+    (
+        "darkroom/demo-flux-2",
+        {
+            "model_blend": [
+                {"model": "tiny-flux2-fp8-scaled", "weight": 1},
+                {"model": "tiny-flux2-bf16", "weight": 1},
+            ],
+            "num_images": 2,
+        },
+    ),
+    ("darkroom/demo-flux-dev", {"loras": [{"path": "tiny/flux1-lora-a.safetensors"}], "sampler": "dpm_2"}),
+    ("darkroom/demo-flux-schnell", {"output_format": "jpeg"}),
+    ("darkroom/demo-wan-2.2-5b-t2v", {}),
+    (
+        "darkroom/demo-wan-2.2-5b-t2v",
+        {"sampler": "dpm_2", "scheduler": "karras", "loras": [{"path": "tiny/wan22-5b-lora-a.safetensors"}]},
+    ),
+    ("darkroom/demo-wan-2.2-5b-i2v", {"image_url": png(60, 100, 1)}),
+    (
+        "darkroom/demo-wan-2.2-a14b-t2v",
+        {
+            "sampler": "euler_ancestral",
+            "loras": [{"path": "tiny/wan-a14b-lora-a.safetensors", "expert": "high"}],
+            "model_blend_2": A14B_BLEND_LOW,
+        },
+    ),
+    ("darkroom/demo-wan-2.2-a14b-i2v", {"image_url": png(80, 64, 2), "sigmas": [1.0, 0.8, 0.5, 0.2, 0.0]}),
+    ("darkroom/demo-wan-2.2-a14b-i2v", {"image_url": png(80, 64, 2), "end_image_url": png(80, 64, 3)}),
+]
+
+
+async def outputs(facade: TestClient, app_id: str, body: dict[str, Any]) -> list[bytes]:
+    """The bytes of every file the response names, in its order."""
+    response = await facade.post(f"/run/{app_id}", json={"prompt": "a red fox", "seed": 3, **body})
+    assert response.status == 200, await response.text()
+    result = await response.json()
+    urls = [image["url"] for image in result["images"]] if "images" in result else [result["video"]["url"]]
+    files = []
+    for url in urls:
+        download = await facade.get("/" + url.split("://", 1)[1].split("/", 1)[1])
+        assert download.status == 200
+        files.append(await download.read())
+    return files
+
+
+async def restart_worker(supervisor: Supervisor) -> None:
+    (worker,) = supervisor.workers
+    assert worker.pid is not None
+    old_pid = worker.pid
+    os.kill(old_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while supervisor.ready:
+        assert time.monotonic() < deadline, "supervisor still ready 10 s after its worker was killed"
+        await asyncio.sleep(0.05)
+    async with supervisor.worker(timeout_s=90) as restarted:
+        assert restarted.pid not in (None, old_pid)
+
+
+def test_the_cases_cover_every_demo_endpoint() -> None:
+    demos = {name for name in load_endpoints(PROJECT_ROOT / "workflows", load_manifest()) if "/demo-" in name}
+    assert demos == {app_id for app_id, _ in CASES}
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_every_demo_endpoint_gives_the_same_bytes_again_in_any_order_and_after_a_restart(
+    facade: TestClient, supervisor: Supervisor
+) -> None:
+    first = [await outputs(facade, app_id, body) for app_id, body in CASES]
+    reverse = [await outputs(facade, app_id, body) for app_id, body in reversed(CASES)][::-1]
+    await restart_worker(supervisor)
+    restarted = [await outputs(facade, app_id, body) for app_id, body in CASES]
+    for (app_id, body), a, b, c in zip(CASES, first, reverse, restarted, strict=True):
+        assert a == b, f"{app_id} {sorted(body)}: other bytes when run again after other requests"
+        assert a == c, f"{app_id} {sorted(body)}: other bytes on the restarted worker"
+    files = [file for case in first for file in case]
+    assert len(files) == len(CASES) + 1 and len(set(files)) == len(files), "two cases gave the same file"
