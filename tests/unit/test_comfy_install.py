@@ -35,7 +35,8 @@ def settings(tmp_path):
 
 def test_installs_from_the_cached_archive(settings):
     _archive(
-        comfy_install.archive_path(settings), f"ComfyUI-{COMMIT}",
+        comfy_install.archive_path(settings),
+        f"ComfyUI-{COMMIT}",
         {"main.py": "", "comfyui_version.py": '__version__ = "0.8.0"\n', "requirements.txt": "torch\n"},
     )
     root = ensure_comfyui(settings, install_requirements=False)

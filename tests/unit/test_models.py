@@ -46,8 +46,9 @@ def _use_manifest(monkeypatch, tmp_path: Path, entries: dict) -> None:
     path = tmp_path / "manifest.yaml"
     path.write_text(yaml.safe_dump({"models": entries}))
     monkeypatch.setattr(models, "MANIFEST_PATH", path)
-    monkeypatch.setattr(models, "load_manifest", lambda p=path: models.Manifest.model_validate(
-        yaml.safe_load(p.read_text())))
+    monkeypatch.setattr(
+        models, "load_manifest", lambda p=path: models.Manifest.model_validate(yaml.safe_load(p.read_text()))
+    )
 
 
 def _entry(sha: str, hf: str) -> dict:
@@ -60,8 +61,11 @@ def test_fetch_downloads_verifies_and_is_idempotent(tmp_path, monkeypatch, file_
     (root / "org" / "repo" / "resolve" / "main").mkdir(parents=True)
     payload = b"weights" * 1000
     (root / "org/repo/resolve/main/vae.safetensors").write_bytes(payload)
-    _use_manifest(monkeypatch, tmp_path, {"real-vae": _entry(hashlib.sha256(payload).hexdigest(),
-                                                             "org/repo/vae.safetensors")})
+    _use_manifest(
+        monkeypatch,
+        tmp_path,
+        {"real-vae": _entry(hashlib.sha256(payload).hexdigest(), "org/repo/vae.safetensors")},
+    )
     settings = load_settings({}, data_dir=str(tmp_path / "data"), hf_endpoint=url)
     models.fetch(settings, ["real-vae"])
     target = settings.models_path / "vae/real.safetensors"
