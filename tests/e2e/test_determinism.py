@@ -5,17 +5,14 @@ restarted after SIGKILL. Outputs are compared with each other, never with hashes
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
-import os
-import signal
-import time
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 from PIL import Image
+from workers import kill_worker
 
 from server.mapping import load_endpoints
 from server.models import load_manifest
@@ -96,14 +93,7 @@ async def outputs(facade: TestClient, app_id: str, body: dict[str, Any]) -> list
 
 
 async def restart_worker(supervisor: Supervisor) -> None:
-    (worker,) = supervisor.workers
-    assert worker.pid is not None
-    old_pid = worker.pid
-    os.kill(old_pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while supervisor.ready:
-        assert time.monotonic() < deadline, "supervisor still ready 10 s after its worker was killed"
-        await asyncio.sleep(0.05)
+    old_pid = await kill_worker(supervisor)
     async with supervisor.worker(timeout_s=90) as restarted:
         assert restarted.pid not in (None, old_pid)
 
