@@ -46,6 +46,7 @@ lint: setup
 	$(VENV)/bin/ruff check server scripts tests custom_nodes
 	$(VENV)/bin/ruff format --check server scripts tests custom_nodes
 	$(VENV)/bin/mypy
+	PYTHONPATH=custom_nodes $(VENV)/bin/lint-imports --no-logo
 
 clean:
 	rm -rf data

@@ -27,10 +27,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server.comfy_install import ensure_comfyui  # noqa: E402
-from server.mapping import load_endpoints  # noqa: E402
-from server.models import load_manifest  # noqa: E402
+from server.engine.install import ensure_comfyui  # noqa: E402
+from server.engine.models import load_manifest  # noqa: E402
 from server.settings import load_settings  # noqa: E402
+from server.workflows.mapping import load_endpoints  # noqa: E402
 
 APP_ID = "darkroom/demo-flux-2"
 

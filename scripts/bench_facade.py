@@ -45,11 +45,11 @@ from bench_cold_start import APP_ID, ROOT, free_port, stop, wait_for
 
 sys.path.insert(0, str(ROOT))
 
-from server.comfy_install import ensure_comfyui  # noqa: E402
-from server.live import SAMPLER_CLASS_TYPES  # noqa: E402
-from server.mapping import Endpoint, load_endpoints  # noqa: E402
-from server.models import load_manifest  # noqa: E402
+from server.engine.install import ensure_comfyui  # noqa: E402
+from server.engine.models import load_manifest  # noqa: E402
+from server.generation.live import SAMPLER_CLASS_TYPES  # noqa: E402
 from server.settings import load_settings  # noqa: E402
+from server.workflows.mapping import Endpoint, load_endpoints  # noqa: E402
 
 TARGET_MEDIAN_MS = 5.0
 PROMPT_TEXT = "a lighthouse"

@@ -1,7 +1,11 @@
-"""The aiohttp application: request ids, the one error boundary, health/readiness, then the fal routes."""
+"""The composition root: ``create_app`` builds every long-lived part from the settings, puts it on the
+app, starts and stops it in the app's cleanup context, and wires the routes of ``server.api``. Also
+here: request ids and the one error boundary, where typed errors become fal's error bodies."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -10,12 +14,35 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp.web_log import AccessLogger
 
-from . import auth, endpoints, queue_api, realtime, storage_api, ws_api
-from .errors import DarkroomError
-from .keys import REQUEST_ID, SETTINGS, SUPERVISOR
-from .progress import HUB, ProgressHub
-from .settings import Settings
-from .supervisor import Supervisor
+from server.api import auth, files, openapi, queue, realtime, run, storage, ws
+from server.api.state import (
+    ENDPOINTS,
+    GENERATOR,
+    HUB,
+    KEYS,
+    MULTIPART,
+    QUEUE,
+    REQUEST_ID,
+    SETTINGS,
+    SUPERVISOR,
+    UPLOADS,
+)  # fmt: skip
+from server.engine.models import load_manifest
+from server.engine.supervisor import Supervisor
+from server.errors import DarkroomError
+from server.generation.generator import Generator
+from server.generation.progress import ProgressHub
+from server.media.loras import LoraCache
+from server.media.multipart import MultipartStore
+from server.media.outputs import OutputStore
+from server.media.uploads import UploadStore
+from server.queue.job_queue import JobQueue
+from server.queue.store import SqliteJobStore
+from server.queue.webhooks import WebhookSender, WebhookSigner, webhook_policy
+from server.security.keyring import KeyRing
+from server.security.tokens import TokenSigner
+from server.settings import Settings
+from server.workflows.mapping import WORKFLOWS_DIR, load_endpoints
 
 logger = logging.getLogger(__name__)
 
@@ -91,24 +118,59 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def create_app(settings: Settings, supervisor: Supervisor, *, run_supervisor: bool = True) -> web.Application:
-    """The facade: health routes and the fal routes; the supervisor runs with the app unless the
-    caller runs it (tests share one supervisor across apps)."""
-    app = web.Application(middlewares=[request_id_middleware, error_middleware])
+    """The facade: every part built from ``settings`` (a bad mapping, key file or secret fails here, at
+    start-up), then the routes. The supervisor runs with the app unless the caller runs it (tests share
+    one supervisor across apps)."""
+    app = web.Application(middlewares=[request_id_middleware, error_middleware, auth.auth_middleware])
+    app.on_response_prepare.append(_request_id_on_prepare)
     app[SETTINGS] = settings
     app[SUPERVISOR] = supervisor
-    app.on_response_prepare.append(_request_id_on_prepare)
+    signer = _build_parts(app, settings, supervisor)
     if run_supervisor:
         app.cleanup_ctx.append(_run_supervisor)
+    app.cleanup_ctx.extend([_run_queue, _sweep_multipart])
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
-    auth.setup(app, settings)
-    app[HUB] = ProgressHub()
-    endpoints.setup(app, settings, supervisor)
-    queue_api.setup(app, settings)
-    ws_api.setup(app)
-    realtime.setup(app)
-    storage_api.setup(app, settings)
+    app.router.add_routes(
+        [
+            *auth.routes(),
+            *run.routes(),
+            files.file_route(app[GENERATOR].store),
+            *openapi.routes(app[ENDPOINTS], app[GENERATOR].choices, supervisor),
+            *queue.routes(signer),
+            *ws.routes(),
+            *realtime.routes(),
+            *storage.routes(),
+        ]
+    )
+    if app[KEYS].open:
+        logger.warning("no API keys configured: every request is accepted")
     return app
+
+
+def _build_parts(app: web.Application, settings: Settings, supervisor: Supervisor) -> WebhookSigner:
+    """Keys, mappings, generator, queue and stores on the app; returns the webhook signer (for JWKS)."""
+    app[KEYS] = KeyRing.from_settings(settings, TokenSigner.load_or_create(settings.token_secret_path))
+    app[HUB] = ProgressHub()
+    manifest = load_manifest()
+    app[ENDPOINTS] = endpoints = load_endpoints(WORKFLOWS_DIR, manifest)
+    outputs = OutputStore(settings.outputs_path)
+    app[GENERATOR] = Generator(settings, supervisor, manifest, outputs, LoraCache(settings))
+    signer = WebhookSigner.load_or_create(settings.webhook_key_path)
+    store = SqliteJobStore(settings.jobs_db_path)
+    sender = WebhookSender(
+        store, signer, webhook_policy(settings), timeout_s=settings.webhook_timeout_s,
+        max_attempts=settings.webhook_max_attempts, backoff_base_s=settings.webhook_backoff_base_s,
+        backoff_max_s=settings.webhook_backoff_max_s,
+    )  # fmt: skip
+    app[QUEUE] = JobQueue(
+        store, app[GENERATOR], app[HUB], endpoints, outputs=outputs,
+        retention_s=settings.result_retention_s, max_queue_length=settings.queue_max_length,
+        previews_per_s=settings.previews_per_s, shutdown_grace_s=settings.shutdown_grace_s, webhooks=sender,
+    )  # fmt: skip
+    app[UPLOADS] = UploadStore(settings.uploads_path, settings.upload_max_bytes)
+    app[MULTIPART] = MultipartStore(settings.uploads_path, settings.upload_max_bytes)
+    return signer
 
 
 async def _run_supervisor(app: web.Application) -> AsyncIterator[None]:
@@ -118,6 +180,30 @@ async def _run_supervisor(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await supervisor.stop()
+
+
+async def _run_queue(app: web.Application) -> AsyncIterator[None]:
+    """The store opens and the queue recovers when the app starts; both stop with it."""
+    queue = app[QUEUE]
+    assert queue.webhooks is not None
+    await queue.store.open()
+    queue.concurrency = max(1, len(app[SUPERVISOR].workers))  # one job per worker at a time
+    await queue.start()
+    await queue.webhooks.start()
+    try:
+        yield
+    finally:
+        await queue.stop()
+        await queue.webhooks.stop()
+        await queue.store.close()
+
+
+async def _sweep_multipart(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[MULTIPART].sweep_forever(), name="multipart-sweeper")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def health(request: web.Request) -> web.Response:

@@ -13,13 +13,14 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from . import auth, comfy_install, models
-from .app import PollQuietAccessLogger, create_app
-from .endpoints import WORKFLOWS_DIR
-from .errors import ConfigError, DarkroomError
-from .mapping import load_endpoints
-from .settings import Settings, load_settings
-from .supervisor import Supervisor
+from server.app import PollQuietAccessLogger, create_app
+from server.engine import install as comfy_install
+from server.engine import models
+from server.engine.supervisor import Supervisor
+from server.errors import ConfigError, DarkroomError
+from server.security.keyring import KeyRing, check_exposure
+from server.settings import Settings, load_settings
+from server.workflows.mapping import WORKFLOWS_DIR, load_endpoints
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def serve(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; 0 after a clean shutdown, 1 if the workers cannot start."""
-    keys = auth.KeyRing.from_settings(settings)  # refuse a bad set-up before anything starts
-    auth.check_exposure(settings.host, has_keys=not keys.open, open_access=settings.open_access)
+    keys = KeyRing.from_settings(settings)  # refuse a bad set-up before anything starts
+    check_exposure(settings.host, has_keys=not keys.open, open_access=settings.open_access)
     ssl_context = tls_context(settings)
     # Requirements are installed by `darkroom comfyui install` (make setup), not on every start.
     comfyui_dir = await asyncio.to_thread(comfy_install.ensure_comfyui, settings, install_requirements=False)
@@ -150,7 +151,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 async def _until_stopped(app: web.Application, url: str, stop: asyncio.Event) -> int:
-    from .app import SUPERVISOR
+    from server.api.state import SUPERVISOR
 
     ready = asyncio.create_task(app[SUPERVISOR].wait_ready())
     stopped = asyncio.create_task(stop.wait())

@@ -23,6 +23,10 @@ def public_message(message: str) -> str:
     return _MODEL_PATH.sub(r"\1", message)
 
 
+# What a request cancelled by its client reports (499, error_type "request_cancelled").
+CANCELLED_DETAIL = "Request cancelled by the client."
+
+
 class DarkroomError(Exception):
     """Base of every error the facade turns into an HTTP response."""
 

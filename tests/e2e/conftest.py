@@ -11,10 +11,10 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import create_app
-from server.models import load_manifest, make_tiny, sha256_of
+from server.engine.models import load_manifest, make_tiny, sha256_of
+from server.engine.supervisor import Supervisor
+from server.engine.worker import free_port
 from server.settings import PINNED_COMFYUI_COMMIT, PROJECT_ROOT, Settings, load_settings
-from server.supervisor import Supervisor
-from server.worker import free_port
 
 # A test-only node, installed into the session worker's own custom_nodes/: slow, interruptible at
 # each step (the progress hook raises once the prompt is interrupted) and sending one preview.

@@ -17,11 +17,11 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from server.api.state import ENDPOINTS
 from server.app import create_app
-from server.endpoints import ENDPOINTS
-from server.mapping import Endpoint
+from server.engine.supervisor import Supervisor
 from server.settings import Settings
-from server.supervisor import Supervisor
+from server.workflows.mapping import Endpoint
 
 DEMO = "darkroom/demo-flux-2"
 Client = TestClient[web.Request, web.Application]

@@ -14,10 +14,10 @@ from aiohttp.test_utils import TestClient
 from PIL import Image
 from workers import kill_worker
 
-from server.mapping import load_endpoints
-from server.models import load_manifest
+from server.engine.models import load_manifest
+from server.engine.supervisor import Supervisor
 from server.settings import PROJECT_ROOT
-from server.supervisor import Supervisor
+from server.workflows.mapping import load_endpoints
 
 pytestmark = pytest.mark.stack
 

@@ -23,8 +23,8 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from server.webhooks import verify_signature
-from server.worker import free_port
+from server.engine.worker import free_port
+from server.queue.webhooks import verify_signature
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(240)]
 

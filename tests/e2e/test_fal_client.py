@@ -31,8 +31,8 @@ import pytest
 from PIL import Image
 
 from server.app import create_app
+from server.engine.worker import free_port
 from server.settings import PROJECT_ROOT, load_settings
-from server.worker import free_port
 from tests.fakes import IdleSupervisor
 
 pytestmark = [pytest.mark.stack]

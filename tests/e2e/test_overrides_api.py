@@ -19,10 +19,10 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
+from server.api.state import GENERATOR
 from server.app import create_app
-from server.endpoints import GENERATOR
+from server.engine.supervisor import Supervisor
 from server.settings import Settings
-from server.supervisor import Supervisor
 
 pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session")]
 

@@ -16,8 +16,8 @@ import pytest_asyncio
 from PIL import Image
 from queue_stack import DEMO, Client, facade, submit
 
+from server.engine.supervisor import Supervisor
 from server.settings import Settings
-from server.supervisor import Supervisor
 
 pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session")]
 

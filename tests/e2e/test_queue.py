@@ -19,9 +19,9 @@ from aiohttp.test_utils import TestServer
 from PIL import Image
 from queue_stack import DEMO, Client, facade, status, submit, wait_status
 
+from server.engine.supervisor import Supervisor
+from server.queue.webhooks import verify_signature
 from server.settings import Settings
-from server.supervisor import Supervisor
-from server.webhooks import verify_signature
 
 pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session")]
 

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from workers import kill_worker
 
-from server import comfy_client as cc
+from server.engine import client as cc
+from server.engine.supervisor import Supervisor
+from server.engine.worker import WorkerState, free_port
 from server.errors import ComfyValidationError, WorkerUnavailableError
 from server.settings import Settings
-from server.supervisor import Supervisor
-from server.worker import WorkerState, free_port
 
 pytestmark = pytest.mark.stack
 session_loop = pytest.mark.asyncio(loop_scope="session")

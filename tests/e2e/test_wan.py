@@ -10,10 +10,10 @@ from typing import Any
 import av
 import pytest
 
-from server import comfy_client as cc
+from server.engine import client as cc
+from server.engine.supervisor import Supervisor
 from server.errors import ComfyValidationError
 from server.settings import PROJECT_ROOT
-from server.supervisor import Supervisor
 
 pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session")]
 

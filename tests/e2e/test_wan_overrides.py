@@ -17,9 +17,9 @@ from aiohttp.test_utils import TestClient
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from server import comfy_events as cc
-from server.mapping import Endpoint
-from server.supervisor import Supervisor
+from server.engine import events as cc
+from server.engine.supervisor import Supervisor
+from server.workflows.mapping import Endpoint
 
 pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session")]
 

@@ -7,7 +7,7 @@ import os
 import signal
 import time
 
-from server.supervisor import Supervisor
+from server.engine.supervisor import Supervisor
 
 
 async def kill_worker(supervisor: Supervisor) -> int:

@@ -14,7 +14,7 @@ import sentencepiece
 import torch
 from darkroom.tiny import encoders, noise
 
-from server.models import load_manifest, sha256_of
+from server.engine.models import load_manifest, sha256_of
 from server.settings import PROJECT_ROOT
 
 

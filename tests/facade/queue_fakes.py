@@ -11,10 +11,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from server import comfy_client as cc
+from server.engine import client as cc
 from server.errors import GenerationError
-from server.mapping import Endpoint
 from server.settings import Settings
+from server.workflows.mapping import Endpoint
 
 
 class FakeWorker:

@@ -19,7 +19,7 @@ import pytest_asyncio
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from server import auth
+from server.api import auth
 from server.app import create_app
 from server.settings import Settings, load_settings
 from tests.fakes import IdleSupervisor

@@ -15,10 +15,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
+from server.api.state import MULTIPART
 from server.app import create_app
-from server.multipart import MultipartStore
+from server.media.multipart import MultipartStore
 from server.settings import Settings, load_settings
-from server.storage_api import MULTIPART
 from tests.fakes import IdleSupervisor
 
 KEY = {"Authorization": "Key test-id:test-secret"}

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 from openapi_spec_validator import validate
 
-from server.endpoints import WORKFLOWS_DIR
-from server.mapping import load_endpoints
-from server.models import load_manifest
-from server.openapi import build_document, render_docs
+from server.api.openapi import build_document, render_docs
+from server.engine.models import load_manifest
+from server.workflows.mapping import WORKFLOWS_DIR, load_endpoints
 
 
 @pytest.fixture(scope="module")

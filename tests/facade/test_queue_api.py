@@ -16,9 +16,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from queue_fakes import FakeGenerator, FakeSupervisor
 
+from server.api.state import GENERATOR, QUEUE
 from server.app import create_app
-from server.endpoints import GENERATOR
-from server.queue_api import QUEUE
 from server.settings import Settings, load_settings
 
 APP = "darkroom/demo-flux-2"
@@ -90,7 +89,7 @@ async def test_submit_answers_at_once_with_fal_keys_and_urls(client: Client) -> 
 
 
 async def test_urls_drop_the_subpath_and_keep_a_namespace(settings: Settings) -> None:
-    from server.queue_api import queue_base
+    from server.api.queue import queue_base
 
     assert queue_base("fal-ai/flux-2/edit") == "fal-ai/flux-2"
     assert queue_base("workflows/me/flow/sub") == "workflows/me/flow"

@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
 from server.app import create_app
+from server.media.uploads import safe_name
 from server.settings import Settings, load_settings
-from server.storage_api import safe_name
 from tests.fakes import IdleSupervisor
 
 KEY = {"Authorization": "Key test-id:test-secret"}

@@ -18,11 +18,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from queue_fakes import FakeGenerator, FakeSupervisor
 
+from server.api.state import GENERATOR, QUEUE
 from server.app import create_app
-from server.endpoints import GENERATOR
-from server.queue_api import QUEUE
+from server.queue.webhooks import verify_signature
 from server.settings import Settings, load_settings
-from server.webhooks import verify_signature
 
 APP = "darkroom/demo-flux-2"
 OTHER = "darkroom/demo-flux-dev"

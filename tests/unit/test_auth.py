@@ -12,11 +12,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from server import auth, cli
+from server import cli
+from server.api.state import USER_ID
 from server.app import create_app
-from server.auth import KeyRing, check_exposure, credentials, is_loopback_host
 from server.errors import ConfigError
-from server.keys import USER_ID
+from server.security.keyring import KeyRing, check_exposure, credentials, hash_keys, is_loopback_host
 from server.settings import load_settings
 from tests.fakes import IdleSupervisor
 
@@ -85,7 +85,7 @@ def test_bad_user_ids_are_config_errors(
 
 
 def test_hash_keys_lines_are_accepted_by_the_file_reader(tmp_path: Path) -> None:
-    ring = keyring(tmp_path, file_text="\n".join(auth.hash_keys(["k1", "k2"])))
+    ring = keyring(tmp_path, file_text="\n".join(hash_keys(["k1", "k2"])))
     assert ring.accepts("k1") and ring.accepts("k2") and not ring.accepts("k3")
 
 

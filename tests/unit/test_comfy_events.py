@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from server.comfy_events import (
+from server.engine.events import (
     Cached,
     Executed,
     Executing,

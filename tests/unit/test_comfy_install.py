@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from server import comfy_install
-from server.comfy_install import ComfyInstallError, ensure_comfyui
+from server.engine import install as comfy_install
+from server.engine.install import ComfyInstallError, ensure_comfyui
 from server.settings import load_settings
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from server.errors import NotFoundError
-from server.files import OutputStore
+from server.media.outputs import OutputStore
 
 
 def _age(folder: Path, seconds: float) -> None:

@@ -15,12 +15,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from PIL import Image
 
-from server import netpolicy
 from server.errors import BlockedAddressError, InputError
-from server.inputs import fetch_input, input_area, sniff
-from server.netpolicy import AddressPolicy
+from server.media.inputs import fetch_input, input_area, sniff
+from server.media.uploads import UploadStore
+from server.security import netpolicy
+from server.security.netpolicy import AddressPolicy
 from server.settings import Settings, load_settings
-from server.storage_api import UploadStore
 
 
 def png_bytes(size: tuple[int, int] = (4, 3)) -> bytes:

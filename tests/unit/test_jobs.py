@@ -14,14 +14,13 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from server import comfy_client as cc
-from server.endpoints import WORKFLOWS_DIR
-from server.files import OutputStore
-from server.jobs import Delivery, JobRecord, JobStatus, Outcome, Priority, SqliteJobStore
-from server.mapping import Endpoint, load_endpoints
-from server.models import load_manifest
-from server.progress import ProgressHub
-from server.queue import MAX_ATTEMPTS, JobQueue
+from server.engine import client as cc
+from server.engine.models import load_manifest
+from server.generation.progress import ProgressHub
+from server.media.outputs import OutputStore
+from server.queue.job_queue import MAX_ATTEMPTS, JobQueue
+from server.queue.store import Delivery, JobRecord, JobStatus, Outcome, Priority, SqliteJobStore
+from server.workflows.mapping import WORKFLOWS_DIR, Endpoint, load_endpoints
 
 APP = "darkroom/demo-flux-2"
 

@@ -9,9 +9,9 @@ from typing import Any
 
 from PIL import Image
 
-from server import comfy_client as cc
-from server.live import LiveReporter, OverallProgress, iso_utc, shrink_preview
-from server.progress import ProgressHub
+from server.engine import client as cc
+from server.generation.live import LiveReporter, OverallProgress, iso_utc, shrink_preview
+from server.generation.progress import ProgressHub
 
 GRAPH: dict[str, Any] = {
     "1": {"class_type": "DarkroomFluxLoader"},

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from server.endpoints import find_endpoint, validation_error
+from server.engine.models import load_manifest
 from server.errors import NotFoundError
-from server.mapping import ImageInput, MappingError, load_endpoints
-from server.models import load_manifest
-from server.request_schema import IMAGE_SIZE_PRESETS
 from server.settings import PROJECT_ROOT
+from server.workflows.mapping import ImageInput, MappingError, load_endpoints
+from server.workflows.request_schema import IMAGE_SIZE_PRESETS
+from server.workflows.validation import find_endpoint, validation_error
 
 WORKFLOWS = PROJECT_ROOT / "workflows"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server import models
-from server.models import ModelKind, load_manifest
+from server.engine import models
+from server.engine.models import ModelKind, load_manifest
 from server.settings import load_settings
 
 

@@ -16,9 +16,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from server import netpolicy
 from server.errors import BlockedAddressError, ConfigError
-from server.netpolicy import AddressPolicy, check_addresses, check_url, parse_networks, refusal_reason
+from server.security import netpolicy
+from server.security.netpolicy import (
+    AddressPolicy,
+    check_addresses,
+    check_url,
+    parse_networks,
+    refusal_reason,
+)
 from server.settings import load_settings
 
 STRICT = AddressPolicy()

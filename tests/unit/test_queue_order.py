@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from server.jobs import JobRecord, Priority
-from server.progress import ProgressHub
-from server.queue_order import QueueOrder
+from server.generation.progress import ProgressHub
+from server.queue.order import QueueOrder
+from server.queue.store import JobRecord, Priority
 
 
 def _job(request_id: str, app_id: str = "a/b", priority: Priority = Priority.NORMAL) -> JobRecord:

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from server.errors import ConfigError
-from server.tokens import (
+from server.security.tokens import (
     APPS_SCOPE,
     Grant,
     TokenRequest,

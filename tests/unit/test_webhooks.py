@@ -17,9 +17,9 @@ from aiohttp.test_utils import TestServer
 from nacl.signing import VerifyKey
 
 from server.errors import ConfigError
-from server.jobs import Delivery, JobRecord, Outcome, SqliteJobStore
-from server.netpolicy import AddressPolicy, parse_networks
-from server.webhooks import WebhookSender, WebhookSigner, backoff_s, verify_signature, webhook_payload
+from server.queue.store import Delivery, JobRecord, Outcome, SqliteJobStore
+from server.queue.webhooks import WebhookSender, WebhookSigner, backoff_s, verify_signature, webhook_payload
+from server.security.netpolicy import AddressPolicy, parse_networks
 
 LOOPBACK = AddressPolicy(parse_networks("127.0.0.0/8"))
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from server.engine.supervisor import Supervisor, extra_model_paths, plan_devices, visible_gpus
+from server.engine.worker import WorkerState, free_port, worker_command
 from server.errors import ConfigError, WorkerStartError, WorkerUnavailableError
 from server.settings import PROJECT_ROOT, Settings, load_settings
-from server.supervisor import Supervisor, extra_model_paths, plan_devices, visible_gpus
-from server.worker import WorkerState, free_port, worker_command
 
 ANSWERS = """
 import http.server, json, sys

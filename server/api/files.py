@@ -1,0 +1,15 @@
+"""``GET /files/{id}/{name}``: the outputs, at capability URLs (no key needed to read one)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from server.media.outputs import OutputStore, content_type_of
+
+
+def file_route(store: OutputStore) -> web.RouteDef:
+    async def serve(request: web.Request) -> web.FileResponse:
+        path = store.path_of(request.match_info["request_id"], request.match_info["name"])
+        return web.FileResponse(path, headers={"Content-Type": content_type_of(path.name)})
+
+    return web.get("/files/{request_id}/{name}", serve)

@@ -1,0 +1,258 @@
+"""fal's queue API: submit, status (+ SSE stream), result and cancel, over the durable ``JobQueue``.
+
+Routes (``{base}`` is ``[workflows|comfy/]owner/alias``; requests are looked up by id alone):
+``POST /queue/{app_id}[/{subpath}]``, ``GET /queue/{base}/requests/{id}/status[?logs=1]``,
+``GET .../status/stream``, ``GET /queue/{base}/requests/{id}``, ``PUT .../cancel``, plus the
+webhook key at ``GET /.well-known/jwks.json``. The queue, its store and the webhook sender start
+and stop with the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+from yarl import URL
+
+from server.api import sse
+from server.api.request import base_url, read_json
+from server.api.state import ENDPOINTS, HUB, QUEUE, REQUEST_ID, SETTINGS, USER_ID
+from server.errors import BlockedAddressError, NotFoundError, RequestValidationError
+from server.queue.job_queue import CancelResult
+from server.queue.store import DEFAULT_USER_ID, JobRecord, JobStatus, Priority
+from server.queue.webhooks import WebhookSigner, check_webhook_url, webhook_policy
+from server.security.netpolicy import PolicyResolver
+from server.settings import Settings
+from server.workflows.validation import find_endpoint, validate_input
+
+NAMESPACES = frozenset({"workflows", "comfy"})
+_CANCEL_STATUS = {
+    CancelResult.CANCELLATION_REQUESTED: 202,
+    CancelResult.ALREADY_COMPLETED: 400,
+    CancelResult.NOT_FOUND: 404,
+}
+
+
+def routes(signer: WebhookSigner) -> list[web.RouteDef]:
+    """The queue routes, and the webhook key at ``GET /.well-known/jwks.json``."""
+    requests = "/queue/{base:.+}/requests/{request_id}"
+    return [
+        web.get(requests + "/status/stream", status_stream),
+        web.get(requests + "/status", status),
+        web.put(requests + "/cancel", cancel),
+        web.get(requests, result),
+        web.post("/queue/{path:.+}", submit),
+        jwks_route(signer),
+    ]
+
+
+def jwks_route(signer: WebhookSigner) -> web.RouteDef:
+    """``GET /.well-known/jwks.json``: the public key receivers verify signatures with."""
+
+    async def jwks(request: web.Request) -> web.Response:
+        return web.json_response(signer.jwks(), headers={"Cache-Control": "public, max-age=3600"})
+
+    return web.get("/.well-known/jwks.json", jwks)
+
+
+def queue_base(path: str) -> str:
+    """The owner/alias part of an app path (subpath dropped; a workflows/ or comfy/ prefix kept)."""
+    parts = path.strip("/").split("/")
+    return "/".join(parts[: 3 if parts[0] in NAMESPACES else 2])
+
+
+def urls(record: JobRecord) -> dict[str, str]:
+    """The request's response, status and cancel URLs."""
+    response_url = f"{record.base_url}/queue/{record.url_path}/requests/{record.request_id}"
+    return {
+        "response_url": response_url,
+        "status_url": response_url + "/status",
+        "cancel_url": response_url + "/cancel",
+    }
+
+
+def status_body(
+    record: JobRecord, *, position: int | None, logs: list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    """fal's status body: exactly the keys each state has (see docs/fal-api.md section 2)."""
+    body: dict[str, Any] = {"status": record.status.value, "request_id": record.request_id, **urls(record)}
+    if record.status is JobStatus.IN_QUEUE:
+        body["queue_position"] = position or 0
+        return body
+    body["logs"] = logs
+    if record.status is JobStatus.COMPLETED and record.outcome is not None:
+        body["metrics"] = {"inference_time": record.outcome.inference_time_s}
+        if not record.outcome.ok:
+            body["error"] = record.outcome.error
+            body["error_type"] = record.outcome.error_type
+    return body
+
+
+def wants_logs(query: Mapping[str, str]) -> bool:
+    """``logs=1`` (JS) or ``logs=true`` (Python)."""
+    return query.get("logs", "").strip().lower() in ("1", "true", "yes")
+
+
+async def submit_job(
+    app: web.Application, path: str, body: Any, *, base: str, headers: Mapping[str, str] | None = None,
+    query: Mapping[str, str] | None = None, user_id: str = DEFAULT_USER_ID,
+) -> JobRecord:  # fmt: skip
+    """Validate and queue one request (shared by POST /queue and the WebSocket's submit)."""
+    headers, query = headers or {}, query or {}
+    endpoint = find_endpoint(app[ENDPOINTS], path)
+    parsed = validate_input(endpoint, body)
+    webhook_url = await _webhook_url(app[SETTINGS], query.get("fal_webhook"))
+    return await app[QUEUE].submit(
+        endpoint, parsed.model_dump(mode="json", exclude_unset=True), url_path=queue_base(path),
+        base_url=base, priority=_priority(headers.get("X-Fal-Queue-Priority")),
+        timeout_s=_positive_float(headers.get("X-Fal-Request-Timeout"), "header", "x-fal-request-timeout"),
+        webhook_url=webhook_url,
+        max_queue_length=_count(query.get("fal_max_queue_length"), "query", "fal_max_queue_length"),
+        user_id=user_id,
+    )  # fmt: skip
+
+
+def submitted_body(app: web.Application, record: JobRecord) -> dict[str, Any]:
+    return {
+        "status": JobStatus.IN_QUEUE.value,
+        "request_id": record.request_id,
+        **urls(record),
+        "queue_position": app[QUEUE].position(record.request_id) or 0,
+        "gateway_request_id": record.request_id,
+    }
+
+
+async def submit(request: web.Request) -> web.Response:
+    """``POST /queue/{app_id}[/{subpath}]``: validate, persist, answer at once."""
+    find_endpoint(request.app[ENDPOINTS], request.match_info["path"])  # 404 before reading the body
+    record = await submit_job(
+        request.app, request.match_info["path"], await read_json(request),
+        base=base_url(request, request.app[SETTINGS]), headers=request.headers, query=request.query,
+        user_id=request.get(USER_ID) or DEFAULT_USER_ID,
+    )  # fmt: skip
+    request[REQUEST_ID] = record.request_id
+    return web.json_response(submitted_body(request.app, record))
+
+
+def _lookup(request: web.Request) -> JobRecord:
+    request_id = request[REQUEST_ID] = request.match_info["request_id"]
+    record = request.app[QUEUE].get(request_id)
+    if record is None:
+        raise NotFoundError(f"Request {request_id} not found (unknown, or its result expired)")
+    return record
+
+
+async def _status_now(request: web.Request, record: JobRecord, with_logs: bool) -> dict[str, Any]:
+    queue = request.app[QUEUE]
+    logs = (
+        await queue.logs(record.request_id) if with_logs and record.status is not JobStatus.IN_QUEUE else None
+    )
+    return status_body(record, position=queue.position(record.request_id), logs=logs)
+
+
+async def status(request: web.Request) -> web.Response:
+    """202 while queued or running, 200 once completed; memory only unless finished logs are asked for."""
+    record = _lookup(request)
+    body = await _status_now(request, record, wants_logs(request.query))
+    return web.json_response(body, status=200 if record.status is JobStatus.COMPLETED else 202)
+
+
+async def status_stream(request: web.Request) -> web.StreamResponse:
+    """SSE: the status now, then once per change (new logs only), closing after COMPLETED."""
+    record = _lookup(request)
+    queue, with_logs = request.app[QUEUE], wants_logs(request.query)
+    await queue.ensure_live_state(record.request_id)
+    subscription = request.app[HUB].subscribe(record.request_id)
+    response = await sse.open_stream(request)
+    sent_logs, last = 0, None
+    try:
+        while (current := queue.get(record.request_id)) is not None:
+            body = await _status_now(request, current, with_logs)
+            if body.get("logs") is not None:  # incremental: only the lines not sent yet
+                body["logs"], sent_logs = body["logs"][sent_logs:], len(body["logs"])
+            unchanged = {k: v for k, v in body.items() if k != "logs"} == last
+            if not unchanged or body.get("logs"):
+                await sse.send(response, body)
+                last = {k: v for k, v in body.items() if k != "logs"}
+            if current.status is JobStatus.COMPLETED:
+                break
+            try:
+                async with asyncio.timeout(sse.KEEPALIVE_S):  # not wait_for: it can swallow a cancel (3.11)
+                    event = await anext(subscription, None)
+                if event is None:
+                    await asyncio.sleep(0.1)  # the hub's stream ended; poll until the index agrees
+            except TimeoutError:
+                await sse.keepalive(response)
+    except ConnectionResetError:
+        pass
+    finally:
+        subscription.close()
+    return response
+
+
+async def result(request: web.Request) -> web.Response:
+    """The output (200), a failure replayed (its status, body, headers), 400 if unfinished, 404."""
+    record = _lookup(request)
+    outcome = await request.app[QUEUE].outcome(record.request_id)
+    return web.Response(
+        body=outcome.body_json.encode(), status=outcome.status_code, headers=outcome.headers,
+        content_type="application/json",
+    )  # fmt: skip
+
+
+async def cancel(request: web.Request) -> web.Response:
+    """202 CANCELLATION_REQUESTED (queued: removed; running: interrupted), 400 ALREADY_COMPLETED, 404."""
+    request_id = request[REQUEST_ID] = request.match_info["request_id"]
+    outcome = await request.app[QUEUE].cancel(request_id)
+    return web.json_response({"status": outcome.value}, status=_CANCEL_STATUS[outcome])
+
+
+def _invalid(where: str, name: str, message: str, value: str) -> RequestValidationError:
+    return RequestValidationError(
+        [{"loc": [where, name], "msg": message, "type": "value_error", "input": value}]
+    )
+
+
+def _priority(value: str | None) -> Priority:
+    try:
+        return Priority((value or "normal").strip().lower())
+    except ValueError:
+        raise _invalid("header", "x-fal-queue-priority", "expected normal or low", value or "") from None
+
+
+def _positive_float(value: str | None, where: str, name: str) -> float | None:
+    if value is None or not value.strip():
+        return None
+    with contextlib.suppress(ValueError):
+        if (number := float(value)) > 0:
+            return number
+    raise _invalid(where, name, "expected a number of seconds greater than 0", value)
+
+
+def _count(value: str | None, where: str, name: str) -> int | None:
+    if value is None or not value.strip():
+        return None
+    with contextlib.suppress(ValueError):
+        if (number := int(value)) >= 0:
+            return number
+    raise _invalid(where, name, "expected a whole number, 0 or more", value)
+
+
+async def _webhook_url(settings: Settings, url: str | None) -> str | None:
+    """The fal_webhook URL if it may be called: http(s), and its host resolves to allowed addresses."""
+    if not url:
+        return None
+    policy = webhook_policy(settings)
+    host = URL(url).raw_host or ""
+    try:
+        check_webhook_url(url, policy)
+        await PolicyResolver(policy).resolve(host.strip("[]"), URL(url).port or 0, family=socket.AF_UNSPEC)
+    except BlockedAddressError as e:
+        raise _invalid("query", "fal_webhook", e.message, url) from e
+    except OSError as e:
+        raise _invalid("query", "fal_webhook", f"the webhook host {host} does not resolve: {e}", url) from e
+    return url

@@ -1,0 +1,203 @@
+"""``WS /run/{app_id}/realtime``: fal's realtime protocol (fal-api.md section 5) over the sync generator.
+
+Credentials as for every WebSocket (``auth.websocket_grant``): ``?fal_jwt_token=`` from
+``POST /tokens/`` (its ``allowed_apps`` must name the app), or ``Authorization: Key <key>``; refused
+before the upgrade (401/403), as are an unknown app (404) and a ``max_buffering`` outside 1..60 (422).
+
+The client sends binary msgpack frames, one input object each (it may carry a ``request_id``, which the
+answer echoes). Each input is validated when it arrives and run like a sync ``/run`` (live events go
+to the hub, so ``/ws`` can follow them; file URLs are ours, or data URIs with ``sync_mode``). The
+answer is a binary msgpack frame with the output, then a text frame
+``{"type": "x-fal-message", "action": "timings", "timing": <s>, "request_id"?}`` as fal's apps send.
+A bad input or a failed run is a text frame ``{"type": "x-fal-error", "error": <error type>, "reason":
+<message>, "status_code", "detail", "request_id"?}``; the socket stays open.
+
+Buffering, as fal's realtime apps do it: one input runs at a time per connection, and while it runs
+at most ``max_buffering`` inputs (default 1) wait; a newer input pushes out the oldest waiting one
+(latest wins: a UI that sends an input per keystroke gets the newest prompt next, not a backlog).
+Each dropped input is reported as ``{"type": "x-fal-message", "action": "dropped", "request_id"?}``
+(fal's SDKs skip x-fal-message frames). Closing the socket cancels the running input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import msgpack
+from aiohttp import web
+from pydantic import BaseModel
+
+from server.api import auth
+from server.api.request import base_url
+from server.api.state import ENDPOINTS, GENERATOR, HUB
+from server.errors import DarkroomError, RequestValidationError
+from server.generation.live import run_live
+from server.workflows.mapping import Endpoint
+from server.workflows.validation import find_endpoint, validate_input
+
+logger = logging.getLogger(__name__)
+
+MAX_BUFFERING_RANGE = (1, 60)
+DEFAULT_MAX_BUFFERING = 1
+
+
+def routes() -> list[web.RouteDef]:
+    """The realtime route (GET, so it does not clash with POST /run/{app_id})."""
+    return [web.get("/run/{path:.+}/realtime", realtime)]
+
+
+@dataclass(frozen=True)
+class _Input:
+    parsed: BaseModel
+    client_request_id: str | int | None  # echoed as given (fal's JS client sends a string)
+
+
+def max_buffering(value: str | None) -> int:
+    """The ``max_buffering`` query value (1..60, default 1), or a 422 saying what is allowed."""
+    if value is None or value == "":
+        return DEFAULT_MAX_BUFFERING
+    low, high = MAX_BUFFERING_RANGE
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not low <= number <= high:
+        message = f"Input should be a whole number from {low} to {high}"
+        raise RequestValidationError(
+            [{"loc": ["query", "max_buffering"], "msg": message, "type": "value_error", "input": value}]
+        )
+    return number
+
+
+def error_frame(error: DarkroomError, client_request_id: Any = None) -> dict[str, Any]:
+    """fal's realtime error message for a refused input or a failed run."""
+    frame = {
+        "type": "x-fal-error", "error": error.code, "reason": error.message, "status_code": error.status,
+        "detail": error.detail,
+    }  # fmt: skip
+    return {**frame, **({"request_id": client_request_id} if client_request_id is not None else {})}
+
+
+class _Session:
+    """One realtime connection: a reader that validates and buffers inputs, a runner that runs them."""
+
+    def __init__(
+        self, request: web.Request, ws: web.WebSocketResponse, endpoint: Endpoint, buffering: int
+    ) -> None:
+        self.request, self.ws, self.endpoint = request, ws, endpoint
+        self.pending: deque[_Input] = deque()
+        self.buffering = buffering
+        self._ready = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+
+    async def serve(self) -> None:
+        runner = asyncio.create_task(self._run_inputs())
+        try:
+            async for message in self.ws:
+                if message.type is aiohttp.WSMsgType.BINARY:
+                    await self._accept(message.data)
+                elif message.type is aiohttp.WSMsgType.TEXT:
+                    await self._refuse(None, "Send each input as a binary msgpack frame, not text")
+        finally:
+            runner.cancel()  # the client left: stop its running input
+            await asyncio.gather(runner, return_exceptions=True)
+
+    async def _accept(self, data: bytes) -> None:
+        try:
+            decoded = msgpack.unpackb(data, raw=False)
+        except (ValueError, TypeError, msgpack.UnpackException) as e:
+            await self._refuse(None, f"Frame is not msgpack: {e}")
+            return
+        if not isinstance(decoded, dict):
+            await self._refuse(
+                None, f"Expected a msgpack map (one input object), got {type(decoded).__name__}"
+            )
+            return
+        client_request_id = decoded.pop("request_id", None)
+        if client_request_id is not None and not isinstance(client_request_id, (str, int)):
+            await self._refuse(None, f"request_id must be a string, got {type(client_request_id).__name__}")
+            return
+        try:
+            parsed = validate_input(self.endpoint, decoded)
+        except DarkroomError as e:
+            await self._send_text(error_frame(e, client_request_id))
+            return
+        if len(self.pending) >= self.buffering:
+            dropped = self.pending.popleft()
+            await self._send_text(_message("dropped", dropped.client_request_id))
+        self.pending.append(_Input(parsed, client_request_id))
+        self._ready.set()
+
+    async def _refuse(self, client_request_id: Any, reason: str) -> None:
+        error = RequestValidationError([{"loc": ["body"], "msg": reason, "type": "value_error"}], reason)
+        await self._send_text(error_frame(error, client_request_id))
+
+    async def _run_inputs(self) -> None:
+        while True:
+            if not self.pending:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            await self._run_one(self.pending.popleft())
+
+    async def _run_one(self, item: _Input) -> None:
+        generator = self.request.app[GENERATOR]
+        started = time.perf_counter()
+        try:
+            output = await run_live(
+                generator, self.request.app[HUB], self.endpoint, item.parsed, request_id=str(uuid.uuid4()),
+                base_url=base_url(self.request, generator.settings),
+                previews_per_s=generator.settings.previews_per_s,
+            )  # fmt: skip
+        except DarkroomError as e:
+            await self._send_text(error_frame(e, item.client_request_id))
+            return
+        except Exception:  # one failed input must not end the session
+            logger.exception("realtime %s: input failed", self.endpoint.app_id)
+            internal = DarkroomError("Internal Server Error")
+            await self._send_text(error_frame(internal, item.client_request_id))
+            return
+        if item.client_request_id is not None:
+            output = {**output, "request_id": item.client_request_id}
+        async with self._send_lock:
+            if not self.ws.closed:
+                await self.ws.send_bytes(msgpack.packb(output, use_bin_type=True))
+        timings = {**_message("timings", item.client_request_id), "timing": time.perf_counter() - started}
+        await self._send_text(timings)
+
+    async def _send_text(self, frame: dict[str, Any]) -> None:
+        async with self._send_lock:
+            if not self.ws.closed:
+                await self.ws.send_str(json.dumps(frame))
+
+
+def _message(action: str, client_request_id: Any) -> dict[str, Any]:
+    frame = {"type": "x-fal-message", "action": action}
+    return {**frame, **({"request_id": client_request_id} if client_request_id is not None else {})}
+
+
+@auth.self_authenticating
+async def realtime(request: web.Request) -> web.WebSocketResponse:
+    """fal's realtime WebSocket for one app; see the module docstring for the protocol."""
+    grant = auth.websocket_grant(request)
+    path = request.match_info["path"]
+    endpoint = find_endpoint(request.app[ENDPOINTS], path)
+    auth.require_app(grant, path)
+    buffering = max_buffering(request.query.get("max_buffering"))
+    ws = web.WebSocketResponse(heartbeat=30.0)
+    await ws.prepare(request)
+    expiry = auth.close_at_expiry(ws, grant)
+    try:
+        await _Session(request, ws, endpoint, buffering).serve()
+    finally:
+        if expiry is not None:
+            expiry.cancel()
+    return ws

@@ -1,0 +1,28 @@
+"""Typed keys for what the app and each request carry: set by ``create_app``, read by the routes."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from server.engine.supervisor import Supervisor
+from server.generation.generator import Generator
+from server.generation.progress import ProgressHub
+from server.media.multipart import MultipartStore
+from server.media.uploads import UploadStore
+from server.queue.job_queue import JobQueue
+from server.security.keyring import KeyRing
+from server.settings import Settings
+from server.workflows.mapping import Endpoint
+
+SETTINGS = web.AppKey("settings", Settings)
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
+KEYS = web.AppKey("keys", KeyRing)
+HUB = web.AppKey("progress_hub", ProgressHub)
+ENDPOINTS = web.AppKey("endpoints", dict[str, Endpoint])
+GENERATOR = web.AppKey("generator", Generator)
+QUEUE = web.AppKey("job_queue", JobQueue)
+UPLOADS = web.AppKey("uploads", UploadStore)
+MULTIPART = web.AppKey("multipart", MultipartStore)
+REQUEST_ID = web.RequestKey("request_id", str)
+# Set by authentication when the key names a user; queue requests' webhooks are signed with it.
+USER_ID = web.RequestKey("user_id", str)

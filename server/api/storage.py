@@ -1,0 +1,262 @@
+"""fal's storage API, so ``fal_client.upload*`` and the JS ``storage.upload`` work against this server.
+
+Two flows (fal-api.md section 7), both ending in a file under ``<data_dir>/uploads/<id>/<name>`` that is
+served at ``/files/uploads/<id>/<name>`` (a capability URL: 128 random bits, no key needed to read it):
+
+- ``POST /storage/upload/initiate`` ``{file_name, content_type}`` -> ``{upload_url, file_url}``, then the
+  client PUTs the raw bytes to ``upload_url`` (the same path; it accepts one PUT, for an hour).
+- Python's v3 flow: ``POST /storage/auth/token?storage_type=fal-cdn-v3`` -> a short-lived upload token,
+  then ``POST {CDN_URL}/files/upload`` with ``Authorization: Bearer <token>`` and the raw bytes ->
+  ``{access_url}``. Point ``fal_client.client.REST_URL`` and ``CDN_URL`` at this server's root.
+
+Multipart uploads, for big files (multipart.py keeps their parts; ``upload_max_bytes`` caps the whole file):
+
+- Python (> 100 MB): ``POST {base_url}/files/upload/multipart`` (upload token, ``X-Fal-File-Name``) ->
+  ``{access_url, uploadId}``; ``PUT {access_url}/multipart/{uploadId}/{n}`` answers an ``ETag``;
+  ``POST {access_url}/multipart/{uploadId}/complete`` ``{"parts": [{partNumber, etag}]}``.
+- JS (> 90 MB): ``POST /storage/upload/initiate-multipart`` -> ``{upload_url, file_url}`` with
+  ``upload_url = {file_url}/multipart/{uploadId}``, so its ``PUT {upload_url}/{n}`` (answering JSON
+  ``{partNumber, etag}``) and ``POST {upload_url}/complete`` are the same routes.
+
+Python's ``fal`` (gcs) fallback has no multipart variant: it sends any size as one initiate + PUT.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, Field, ValidationError
+
+from server.api import auth
+from server.api.state import KEYS, MULTIPART, SETTINGS, UPLOADS
+from server.errors import AuthError, InputError, RequestValidationError
+from server.media.multipart import MAX_PARTS, parse_part_number, quoted_etag
+from server.media.outputs import content_type_of
+from server.media.uploads import safe_name
+from server.security.keyring import credentials
+
+logger = logging.getLogger(__name__)
+B = TypeVar("B", bound=BaseModel)
+
+STORAGE_TYPES = frozenset({"fal-cdn-v3", "fal-cdn", "gcs"})
+UPLOAD_TOKEN_SCOPE = "storage:upload"
+UPLOAD_TOKEN_TTL_S = 3600.0
+_CHUNK_BYTES = 1 << 16
+
+
+class InitiateBody(BaseModel):
+    file_name: str | None = None
+    content_type: str = "application/octet-stream"
+
+
+class PartRef(BaseModel):
+    part_number: int = Field(alias="partNumber")
+    etag: str
+
+
+class CompleteBody(BaseModel):
+    parts: list[PartRef] = Field(min_length=1, max_length=MAX_PARTS)
+
+
+_MULTIPART_PATH = "/files/uploads/{upload_id}/{name}/multipart/{multipart_id}"
+
+
+def routes() -> list[web.RouteDef]:
+    """fal's storage routes: initiate + PUT, the CDN upload, and both multipart flows."""
+    return [
+        web.post("/storage/auth/token", auth_token),
+        web.post("/storage/upload/initiate", initiate),
+        web.post("/storage/upload/initiate-multipart", initiate_multipart),
+        web.post("/files/upload", cdn_upload),
+        web.post("/files/upload/multipart", cdn_multipart),
+        web.put("/files/uploads/{upload_id}/{name}", put_upload),
+        web.get("/files/uploads/{upload_id}/{name}", serve_upload),
+        web.put(_MULTIPART_PATH + "/{part}", put_part),
+        web.post(_MULTIPART_PATH + "/complete", complete_multipart),
+    ]
+
+
+def base_url(request: web.Request) -> str:
+    """The server's root as the client sees it (``public_url`` if set); https when serving TLS."""
+    public_url = request.app[SETTINGS].public_url
+    return public_url.rstrip("/") if public_url else f"{request.scheme}://{request.host}"
+
+
+def _file_url(request: web.Request, upload_id: str, name: str) -> str:
+    return f"{base_url(request)}/files/uploads/{upload_id}/{name}"
+
+
+def _check_storage_type(request: web.Request) -> None:
+    storage_type = request.query.get("storage_type")
+    if storage_type is not None and storage_type not in STORAGE_TYPES:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ["query", "storage_type"],
+                    "msg": f"Input should be one of {', '.join(sorted(STORAGE_TYPES))}",
+                    "type": "enum",
+                    "input": storage_type,
+                }
+            ]
+        )
+
+
+async def _json_body(request: web.Request) -> Any:
+    if not request.can_read_body:
+        return {}
+    try:
+        return await request.json()
+    except json.JSONDecodeError as e:
+        raise RequestValidationError(
+            [{"loc": ["body"], "msg": f"Body is not valid JSON: {e}", "type": "json_invalid"}]
+        ) from e
+
+
+async def _body_as(model: type[B], request: web.Request) -> B:
+    """The JSON body validated as ``model``; a 422 in fal's shape otherwise."""
+    try:
+        return model.model_validate(await _json_body(request))
+    except ValidationError as e:
+        raise RequestValidationError.from_pydantic(e) from e
+
+
+async def _initiate_body(request: web.Request) -> InitiateBody:
+    _check_storage_type(request)
+    return await _body_as(InitiateBody, request)
+
+
+def _require_upload_credentials(request: web.Request) -> None:
+    token = credentials(request.headers.get("Authorization"))
+    has_token = token is not None and request.app[KEYS].token_scope(token) == UPLOAD_TOKEN_SCOPE
+    if not (has_token or auth.has_valid_key(request)):
+        raise AuthError("Missing or expired upload token: get one from POST /storage/auth/token.")
+
+
+async def auth_token(request: web.Request) -> web.Response:
+    """A short-lived token for ``POST /files/upload`` (fal's CDN v3 token)."""
+    _check_storage_type(request)
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        raise RequestValidationError(
+            [{"loc": ["body"], "msg": "Input should be an object", "type": "dict_type"}]
+        )
+    token, expires_at = request.app[KEYS].issue_token(UPLOAD_TOKEN_SCOPE, UPLOAD_TOKEN_TTL_S)
+    return web.json_response(
+        {
+            "token": token,
+            "token_type": "Bearer",
+            "base_url": base_url(request),
+            # An explicit +00:00 offset: fal_client parses it with datetime.fromisoformat.
+            "expires_at": datetime.fromtimestamp(expires_at, tz=UTC).isoformat(),
+        }
+    )
+
+
+async def initiate(request: web.Request) -> web.Response:
+    """Reserve an upload: ``{upload_url, file_url}``; the bytes come in a PUT to upload_url."""
+    body = await _initiate_body(request)
+    upload_id, name = request.app[UPLOADS].begin(body.file_name, body.content_type)
+    url = _file_url(request, upload_id, name)
+    return web.json_response({"upload_url": url, "file_url": url})
+
+
+@auth.self_authenticating
+async def put_upload(request: web.Request) -> web.Response:
+    """The one PUT an initiated upload accepts: its id, from an authenticated initiate, is the credential."""
+    store = request.app[UPLOADS]
+    upload_id, name = request.match_info["upload_id"], request.match_info["name"]
+    store.claim(upload_id, name)
+    size = await store.receive(
+        upload_id, name, request.content.iter_chunked(_CHUNK_BYTES), declared_bytes=request.content_length
+    )
+    return web.json_response({"file_url": _file_url(request, upload_id, name), "file_size": size})
+
+
+@auth.self_authenticating
+async def cdn_upload(request: web.Request) -> web.Response:
+    """``POST /files/upload``: raw bytes with an upload token (or an API key) -> ``{access_url}``."""
+    _require_upload_credentials(request)
+    content_type = request.headers.get("Content-Type", "application/octet-stream")
+    store = request.app[UPLOADS]
+    upload_id, name = store.begin(request.headers.get("X-Fal-File-Name"), content_type)
+    store.claim(upload_id, name)
+    size = await store.receive(
+        upload_id, name, request.content.iter_chunked(_CHUNK_BYTES), declared_bytes=request.content_length
+    )
+    url = _file_url(request, upload_id, name)
+    return web.json_response(
+        {"access_url": url, "file_name": name, "content_type": content_type, "file_size": size}
+    )
+
+
+@auth.self_authenticating
+async def cdn_multipart(request: web.Request) -> web.Response:
+    """Python's big-file flow: ``POST /files/upload/multipart`` (token or key): ``{access_url, uploadId}``."""
+    _require_upload_credentials(request)
+    if request.body_exists:
+        raise InputError(
+            "POST /files/upload/multipart takes no body: it answers {access_url, uploadId}; send the "
+            "bytes in parts to PUT {access_url}/multipart/{uploadId}/{n}, then POST .../complete.",
+            status=400,
+            code="invalid_request",
+        )
+    content_type = request.headers.get("Content-Type", "application/octet-stream")
+    url, multipart_id = _begin_multipart(request, request.headers.get("X-Fal-File-Name"), content_type)
+    return web.json_response({"access_url": url, "uploadId": multipart_id})
+
+
+async def initiate_multipart(request: web.Request) -> web.Response:
+    """JS's big-file flow: ``{upload_url, file_url}``; parts go to ``{upload_url}/{n}``, then ``complete``."""
+    body = await _initiate_body(request)
+    url, multipart_id = _begin_multipart(request, body.file_name, body.content_type)
+    return web.json_response({"upload_url": f"{url}/multipart/{multipart_id}", "file_url": url})
+
+
+def _begin_multipart(request: web.Request, file_name: str | None, content_type: str) -> tuple[str, str]:
+    upload_id, name = secrets.token_hex(16), safe_name(file_name, content_type)
+    multipart_id = request.app[MULTIPART].begin(upload_id, name)
+    return _file_url(request, upload_id, name), multipart_id
+
+
+def _multipart_ids(request: web.Request) -> tuple[str, str, str]:
+    info = request.match_info
+    return info["multipart_id"], info["upload_id"], info["name"]
+
+
+@auth.self_authenticating
+async def put_part(request: web.Request) -> web.Response:
+    """One part (any order; a re-sent part replaces the earlier one): an ``ETag`` and ``{partNumber, etag}``.
+    The multipart id, handed only to the client that started the upload, is the credential."""
+    part_number = parse_part_number(request.match_info["part"])
+    part = await request.app[MULTIPART].receive_part(
+        *_multipart_ids(request),
+        part_number,
+        request.content.iter_chunked(_CHUNK_BYTES),
+        declared_bytes=request.content_length,
+    )
+    etag = quoted_etag(part.etag)
+    return web.json_response(
+        {"partNumber": part_number, "etag": etag, "size": part.size_bytes}, headers={"ETag": etag}
+    )
+
+
+@auth.self_authenticating
+async def complete_multipart(request: web.Request) -> web.Response:
+    """Join the listed parts into the upload's file, which appears whole at its URL."""
+    body = await _body_as(CompleteBody, request)
+    multipart_id, upload_id, name = _multipart_ids(request)
+    listed = [(part.part_number, part.etag) for part in body.parts]
+    size = await request.app[MULTIPART].complete(multipart_id, upload_id, name, listed)
+    url = _file_url(request, upload_id, name)
+    return web.json_response({"access_url": url, "file_url": url, "file_size": size})
+
+
+async def serve_upload(request: web.Request) -> web.FileResponse:
+    """An uploaded file, by its capability URL."""
+    path = request.app[UPLOADS].path_of(request.match_info["upload_id"], request.match_info["name"])
+    return web.FileResponse(path, headers={"Content-Type": content_type_of(path.name)})

@@ -1,0 +1,259 @@
+"""Runs ComfyUI workers as supervised subprocesses and lends them out, one prompt at a time.
+
+Each worker is ComfyUI's ``main.py`` on its own loopback port, base directory and GPU, started in
+its own process group with PDEATHSIG=SIGKILL so that even a SIGKILLed facade leaves no orphans.
+A worker that dies is restarted with exponential back-off; endpoint code borrows a ready, idle
+worker with ``async with supervisor.worker() as w:`` (FIFO among waiters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from server.engine.worker import Worker, WorkerState
+from server.errors import ConfigError, WorkerConnectionError, WorkerStartError, WorkerUnavailableError
+from server.settings import PROJECT_ROOT, Settings
+
+__all__ = ["Supervisor", "Worker", "WorkerState", "extra_model_paths", "plan_devices", "visible_gpus"]
+
+logger = logging.getLogger(__name__)
+
+_STABLE_AFTER_S = 60.0  # a worker up this long has its restart back-off reset
+
+
+def visible_gpus(environ: Mapping[str, str], *, nvidia_smi: str | None = None) -> list[str]:
+    """GPU ids workers may use: CUDA_VISIBLE_DEVICES if set, else what ``nvidia-smi -L`` lists."""
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        gpus: list[str] = []
+        for entry in (e.strip() for e in environ["CUDA_VISIBLE_DEVICES"].split(",")):
+            if not entry or entry.startswith("-"):  # CUDA stops at the first invalid entry
+                break
+            gpus.append(entry)
+        return gpus
+    nvidia_smi = nvidia_smi or shutil.which("nvidia-smi")
+    if not nvidia_smi:
+        return []
+    try:
+        out = subprocess.run(
+            [nvidia_smi, "-L"], capture_output=True, text=True, timeout=15, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        logger.warning("nvidia-smi -L failed (%s); assuming no GPU", e)
+        return []
+    return [str(i) for i, _ in enumerate(line for line in out.splitlines() if line.startswith("GPU "))]
+
+
+def plan_devices(settings: Settings, gpus: list[str]) -> list[str | None]:
+    """One entry per worker: the GPU id it gets, or None for a CPU worker."""
+    if settings.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device={settings.device!r}: expected auto, cpu or cuda")
+    if settings.workers < 0:
+        raise ConfigError(f"workers={settings.workers}: expected 0 (automatic) or more")
+    if settings.device == "cpu" or (not gpus and settings.device == "auto"):
+        return [None] * max(settings.workers, 1)
+    if not gpus:
+        raise ConfigError(
+            "device=cuda but no GPU is visible (CUDA_VISIBLE_DEVICES / nvidia-smi -L); use device=cpu"
+        )
+    count = settings.workers or len(gpus)
+    return [gpus[i % len(gpus)] for i in range(count)]
+
+
+def extra_model_paths(settings: Settings) -> dict[str, dict[str, str]]:
+    """ComfyUI's extra-model-paths config: our model folders and our node pack."""
+    return {
+        "darkroom": {
+            "base_path": str(settings.models_path),
+            "diffusion_models": "diffusion_models",
+            "text_encoders": "text_encoders",
+            "clip": "text_encoders",
+            "vae": "vae",
+            "loras": "loras",
+            "custom_nodes": str(PROJECT_ROOT / "custom_nodes"),
+        }
+    }
+
+
+class Supervisor:
+    """Starts, watches, restarts and stops the ComfyUI workers; schedules prompts onto them."""
+
+    def __init__(
+        self, settings: Settings, comfyui_dir: Path, *, python: str = sys.executable,
+        environ: Mapping[str, str] | None = None, stop_timeout_s: float = 10.0,
+    ) -> None:  # fmt: skip
+        self.settings = settings
+        self.comfyui_dir = Path(comfyui_dir)
+        self.python = python
+        # The environment workers inherit (and CUDA_VISIBLE_DEVICES is read from): a process boundary.
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
+        self.stop_timeout_s = stop_timeout_s  # SIGTERM -> SIGKILL grace per worker
+        self.workers: tuple[Worker, ...] = ()
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._waiters: collections.deque[asyncio.Future[Worker]] = collections.deque()
+        self._stopping = False
+
+    @property
+    def ready(self) -> bool:
+        """Every worker is up and answering."""
+        return bool(self.workers) and all(w.ready for w in self.workers)
+
+    @property
+    def workers_dir(self) -> Path:
+        return self.settings.data_path / "workers"
+
+    async def start(self, *, wait: bool = True) -> None:
+        """Launch the workers; with ``wait``, return once all answer (WorkerStartError otherwise)."""
+        if self.workers:
+            raise RuntimeError("Supervisor.start() called twice")
+        if not (self.comfyui_dir / "main.py").is_file():
+            raise ConfigError(
+                f"{self.comfyui_dir} is not a ComfyUI checkout (no main.py); run `darkroom comfyui install`"
+            )
+        devices = plan_devices(self.settings, await asyncio.to_thread(visible_gpus, self.environ))
+        self.workers_dir.mkdir(parents=True, exist_ok=True)
+        yaml_path = self.workers_dir / "extra_model_paths.yaml"
+        yaml_path.write_text(
+            yaml.safe_dump(extra_model_paths(self.settings), sort_keys=False), encoding="utf-8"
+        )
+        self._session = aiohttp.ClientSession()
+        self.workers = tuple(
+            Worker(i, gpu, self.workers_dir / str(i), self.settings.worker_base_port + i, self._session)
+            for i, gpu in enumerate(devices)
+        )
+        logger.info("starting %d ComfyUI worker(s) from %s", len(self.workers), self.comfyui_dir)
+        self._tasks = [
+            asyncio.create_task(self._keep_alive(w, yaml_path), name=f"worker-{w.id}") for w in self.workers
+        ]
+        if wait:
+            try:
+                await self.wait_ready()
+            except BaseException:
+                await self.stop()
+                raise
+
+    async def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Wait until every worker's first start finished; raise the first WorkerStartError."""
+        async with asyncio.timeout(timeout_s):
+            for w in self.workers:
+                await w.first_attempt.wait()
+        for w in self.workers:
+            if w.first_error is not None:
+                raise w.first_error
+
+    async def _keep_alive(self, w: Worker, yaml_path: Path) -> None:
+        """Run the worker; whenever it fails to start or dies, start it again after a back-off."""
+        backoff_s = 1.0
+        while True:
+            started = time.monotonic()
+            await self._run_once(w, yaml_path)
+            w.state = WorkerState.RESTARTING
+            await w.terminate(self.stop_timeout_s)  # also reaps anything it left in its group
+            w.first_attempt.set()
+            if time.monotonic() - started >= _STABLE_AFTER_S:
+                backoff_s = 1.0
+            logger.warning("restarting worker %d in %g s", w.id, backoff_s)
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, self.settings.worker_restart_backoff_max_s)
+            w.restarts += 1
+
+    async def _run_once(self, w: Worker, yaml_path: Path) -> None:
+        """Start the worker, wait until it answers, then until it exits; logs why it ended."""
+        started = time.monotonic()
+        try:
+            await w.spawn(self.python, self.comfyui_dir, yaml_path, self.environ)
+            await w.wait_ready(self.settings.worker_start_timeout_s)
+        except (WorkerStartError, OSError) as e:
+            error = e if isinstance(e, WorkerStartError) else w.start_error(f"could not be started: {e}")
+            if not w.first_attempt.is_set():
+                w.first_error = error
+            logger.error("%s", error)
+            return
+        device = w.describe()["device"]
+        elapsed_s = time.monotonic() - started
+        logger.info(
+            "worker %d ready at %s (pid %s, %s) in %.1f s", w.id, w.base_url, w.pid, device, elapsed_s
+        )
+        w.first_attempt.set()
+        self._dispatch()
+        code = await w.wait_exit()
+        tail = "\n".join(f"    {line}" for line in w.recent_logs())
+        logger.error("worker %d (%s) exited with code %s; its last lines:\n%s", w.id, w.base_url, code, tail)
+
+    async def stop(self) -> None:
+        """Stop every worker (SIGTERM, then SIGKILL) and fail anyone waiting for one."""
+        if self._stopping:
+            return
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(w.terminate(self.stop_timeout_s) for w in self.workers))
+        for w in self.workers:
+            w.state = WorkerState.STOPPED
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(WorkerUnavailableError("the server is shutting down"))
+        if self._session is not None:
+            await self._session.close()
+        logger.info("all ComfyUI workers stopped")
+
+    @contextlib.asynccontextmanager
+    async def worker(self, *, timeout_s: float | None = None) -> AsyncIterator[Worker]:
+        """Borrow an idle, ready worker for one prompt; waits (FIFO) until one is free."""
+        w = await self._acquire(timeout_s)
+        try:
+            yield w
+        except WorkerConnectionError:
+            await w.check_alive()  # a dead worker must not be handed out before it is restarted
+            raise
+        finally:
+            self._release(w)
+
+    async def _acquire(self, timeout_s: float | None) -> Worker:
+        if self._stopping or not self.workers:
+            raise WorkerUnavailableError("no ComfyUI workers are running")
+        if not self._waiters and (idle := self._idle_worker()) is not None:
+            idle.busy = True
+            return idle
+        waiter: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await waiter
+        except BaseException as e:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._release(waiter.result())  # handed a worker just as we gave up: pass it on
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+            if isinstance(e, TimeoutError):
+                raise WorkerUnavailableError(f"no ComfyUI worker became free within {timeout_s} s") from None
+            raise
+
+    def _release(self, w: Worker) -> None:
+        w.busy = False
+        self._dispatch()
+
+    def _idle_worker(self) -> Worker | None:
+        return next((w for w in self.workers if w.ready and not w.busy), None)
+
+    def _dispatch(self) -> None:
+        while self._waiters and (w := self._idle_worker()) is not None:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                w.busy = True
+                waiter.set_result(w)

@@ -1,0 +1,277 @@
+"""One ComfyUI worker process: its port, directories, process group, log capture and client.
+
+Started in its own process group (so stop() reaches anything it spawns) with PDEATHSIG=SIGKILL (so
+even a SIGKILLed facade leaves no orphans). Its output is tagged with the worker id and goes to the
+``darkroom.worker.<i>`` logger, to ``<base>/comfyui.log`` and to a ring buffer for error messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+
+from server.engine.client import ComfyClient
+from server.errors import WorkerConnectionError, WorkerResponseError, WorkerStartError
+
+_PR_SET_PDEATHSIG = 1
+_READY_POLL_S = 0.25
+_LOG_TAIL_LINES = 30
+_LOG_RING_LINES = 500
+_ALIVE_CHECK_S = 10.0  # a worker busy sampling still answers /system_stats within this
+_READ_LIMIT_BYTES = 2**20
+
+
+class WorkerState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    RESTARTING = "restarting"
+    STOPPED = "stopped"
+
+
+def worker_command(
+    python: str, comfyui_dir: Path, *, port: int, base_dir: Path, extra_paths_yaml: Path, cpu: bool
+) -> list[str]:
+    """The command line of one ComfyUI worker."""
+    command = [
+        python, str(comfyui_dir / "main.py"),
+        "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+        "--base-directory", str(base_dir), "--output-directory", str(base_dir / "output"),
+        "--database-url", f"sqlite:///{base_dir / 'comfyui.db'}",
+        "--disable-api-nodes", "--extra-model-paths-config", str(extra_paths_yaml),
+    ]  # fmt: skip
+    return [*command, "--cpu"] if cpu else command
+
+
+def _port_free(port: int) -> bool:
+    """Whether ComfyUI could listen on ``port``. It binds with SO_REUSEADDR (aiohttp's default), so
+    connections of a killed worker lingering in TIME_WAIT do not make its port look taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn making the child get SIGKILL when the facade dies (Linux prctl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork: the child only calls it
+    parent_pid = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+class Worker:
+    """One ComfyUI subprocess: its port, directories, process, logs and client."""
+
+    def __init__(
+        self, worker_id: int, gpu: str | None, base_dir: Path, port: int, session: aiohttp.ClientSession
+    ):
+        self.id = worker_id
+        self.gpu = gpu
+        self.base_dir = base_dir
+        self.output_dir = base_dir / "output"
+        self.log_path = base_dir / "comfyui.log"
+        self.state = WorkerState.STARTING
+        self.busy = False
+        self.restarts = 0
+        self.last_exit_code: int | None = None
+        self.port = port
+        self._session = session
+        self.client = ComfyClient(self.base_url, session)
+        self.log = logging.getLogger(f"darkroom.worker.{worker_id}")
+        self._lines: collections.deque[str] = collections.deque(maxlen=_LOG_RING_LINES)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._log_file: IO[str] | None = None
+        self.first_attempt = asyncio.Event()  # set once the first start succeeded or failed
+        self.first_error: WorkerStartError | None = None
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.id} {self.state.value} {self.base_url} pid={self.pid}>"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+
+    @property
+    def ready(self) -> bool:
+        return self.state is WorkerState.READY
+
+    def recent_logs(self, lines: int = _LOG_TAIL_LINES) -> list[str]:
+        """The last ``lines`` lines the worker printed."""
+        return list(self._lines)[-lines:]
+
+    def describe(self) -> dict[str, Any]:
+        """Status for /ready and logs."""
+        return {
+            "id": self.id, "state": self.state.value, "busy": self.busy, "pid": self.pid,
+            "base_url": self.base_url, "device": f"cuda:{self.gpu}" if self.gpu is not None else "cpu",
+            "restarts": self.restarts, "last_exit_code": self.last_exit_code,
+        }  # fmt: skip
+
+    async def spawn(
+        self, python: str, comfyui_dir: Path, extra_paths_yaml: Path, environ: Mapping[str, str]
+    ) -> None:
+        """Start the process (not yet ready); picks another port if ours is taken."""
+        self._proc = self._pump = None
+        if not _port_free(self.port):
+            old, self.port = self.port, free_port()
+            self.log.warning("[worker %d] port %d is taken; using %d", self.id, old, self.port)
+            self.client = ComfyClient(self.base_url, self._session)
+        (self.base_dir / "custom_nodes").mkdir(parents=True, exist_ok=True)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        env = {**environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": self.gpu or ""}
+        command = worker_command(
+            python, comfyui_dir, port=self.port, base_dir=self.base_dir, extra_paths_yaml=extra_paths_yaml,
+            cpu=self.gpu is None,
+        )  # fmt: skip
+        self.state = WorkerState.STARTING
+        self._log_file = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in _drain
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *command, cwd=comfyui_dir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent(),
+                limit=_READ_LIMIT_BYTES,
+            )  # fmt: skip
+        except BaseException:
+            self._log_file.close()
+            raise
+        self._record(f"=== darkroom: started worker {self.id} pid {self._proc.pid} on {self.base_url} ===")
+        self._pump = asyncio.create_task(
+            self._drain(self._proc, self._log_file), name=f"worker-{self.id}-logs"
+        )
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Poll GET /system_stats until it answers; WorkerStartError with the log tail otherwise."""
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._proc.returncode is not None:
+                await self._flush_logs()
+                raise self.start_error(f"exited with code {self._proc.returncode} during start-up")
+            with contextlib.suppress(WorkerConnectionError, WorkerResponseError):
+                await self.client.system_stats()
+                self.state = WorkerState.READY
+                return
+            if time.monotonic() >= deadline:
+                raise self.start_error(f"did not answer GET /system_stats within {timeout_s:g} s")
+            await asyncio.sleep(_READY_POLL_S)
+
+    async def check_alive(self, timeout_s: float = _ALIVE_CHECK_S) -> bool:
+        """After a connection dropped mid-prompt: whether the worker still answers. If not, it is
+        taken out of service (killed, if its process hangs on) until the supervisor restarts it."""
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(WorkerConnectionError, WorkerResponseError, TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await self.client.system_stats()
+                    return True
+        if self.state is WorkerState.READY:
+            self.state = WorkerState.RESTARTING
+        if proc is not None and proc.returncode is None:
+            self.log.error("[worker %d] does not answer after losing a connection; killing it", self.id)
+            self._signal_group(proc.pid, signal.SIGKILL)
+        return False
+
+    def start_error(self, what: str) -> WorkerStartError:
+        """A WorkerStartError naming this worker, with its last log lines."""
+        return WorkerStartError(
+            f"ComfyUI worker {self.id} ({self.base_url}) {what}; full log: {self.log_path}",
+            worker_id=self.id,
+            log_tail=self.recent_logs(),
+        )
+
+    async def wait_exit(self) -> int:
+        """Wait for the process to end (however it ends); returns its exit code."""
+        assert self._proc is not None
+        code = await self._proc.wait()
+        self.last_exit_code = code
+        await self._flush_logs()
+        return code
+
+    async def terminate(self, timeout_s: float) -> None:
+        """SIGTERM the process group, then SIGKILL after ``timeout_s``; safe to call repeatedly."""
+        proc, self._proc = self._proc, None  # forget it first: its pid must not be signalled once reused
+        if proc is None:
+            return
+        self._signal_group(proc.pid, signal.SIGTERM)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await proc.wait()
+        except TimeoutError:
+            self.log.warning("[worker %d] no exit %g s after SIGTERM; sending SIGKILL", self.id, timeout_s)
+        finally:  # even when cancelled: nothing of the worker may outlive this call
+            self._signal_group(proc.pid, signal.SIGKILL)
+        self.last_exit_code = await proc.wait()
+        await self._flush_logs()
+
+    def _signal_group(self, pgid: int, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+    async def _flush_logs(self) -> None:
+        if self._pump is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):  # not wait_for, which can swallow a cancel on 3.11
+                    await asyncio.shield(self._pump)
+
+    async def _drain(self, proc: asyncio.subprocess.Process, log_file: IO[str]) -> None:
+        """Copy the worker's output, line by line, to its logger, log file and ring buffer."""
+        assert proc.stdout is not None
+        try:
+            while True:
+                try:
+                    raw = await proc.stdout.readline()
+                except ValueError:  # a line over the read limit: asyncio drops it
+                    raw = b"<darkroom: over-long line dropped>\n"
+                if not raw:
+                    return
+                # tqdm redraws with \r: keep the last state of the line
+                line = raw.decode("utf-8", "replace").rstrip("\r\n").rsplit("\r", 1)[-1]
+                self._record(line, log_file)
+        finally:
+            log_file.close()
+
+    def _record(self, line: str, log_file: IO[str] | None = None) -> None:
+        self._lines.append(line)
+        self.log.info("[worker %d] %s", self.id, line)
+        log_file = log_file or self._log_file
+        if log_file is not None and not log_file.closed:
+            log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+            log_file.flush()

@@ -1,0 +1,247 @@
+"""Run one validated request on a worker and shape the result the way fal's image endpoints do."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import PIL.Image
+from pydantic import BaseModel
+
+from server.engine import client as cc
+from server.engine.models import Manifest
+from server.engine.supervisor import Supervisor
+from server.errors import (
+    ComfyValidationError,
+    GenerationError,
+    InputError,
+    ModelsMissingError,
+    WorkerConnectionError,
+    public_message,
+)
+from server.media import inputs
+from server.media.loras import LoraCache
+from server.media.outputs import OutputStore, data_uri
+from server.security import netpolicy
+from server.settings import Settings
+from server.workflows.choices import ComfyChoices
+from server.workflows.mapping import Endpoint, ImageInput
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[cc.Event], Awaitable[None]]
+# A request whose worker dies under it (crash, OOM kill) runs once more on the restarted or another
+# worker; nothing was stored yet, so a re-run is safe. Bounded, so a request that kills its worker
+# every time cannot take the pool down for long.
+WORKER_ATTEMPTS = 2
+# Nodes whose failures come from what the request asked for (a LoRA of another family, a VAE that
+# does not fit, an impossible blend or schedule): a 422 for the client, not a server error.
+USER_INPUT_NODES = frozenset({
+    "DarkroomLoraStack", "DarkroomVAEGuard", "DarkroomModelBlend", "DarkroomSigmas",
+    "DarkroomKSamplerSigmas", "DarkroomVAELoader", "LoadImage",
+})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Generator:
+    """Everything a request needs to run: settings, workers, manifest and the output store."""
+
+    settings: Settings
+    supervisor: Supervisor
+    manifest: Manifest
+    store: OutputStore
+    loras: LoraCache
+    choices: ComfyChoices = field(default_factory=ComfyChoices)
+
+    def check_models(self, endpoint: Endpoint) -> None:
+        """Refuse an endpoint whose weights are absent, naming the files and the command that fetches them."""
+        missing = self.manifest.missing(endpoint.models.values(), self.settings.models_path)
+        if missing:
+            files = ", ".join(self.manifest.get(n).file for n in missing)
+            raise ModelsMissingError(
+                f"{endpoint.app_id} needs model files that are not in {self.settings.models_path}: {files}. "
+                f"Fetch them with `darkroom models fetch {endpoint.app_id}`."
+            )
+
+    async def run(
+        self,
+        endpoint: Endpoint,
+        request: BaseModel,
+        *,
+        request_id: str,
+        base_url: str,
+        on_event: EventSink | None = None,
+    ) -> dict[str, Any]:
+        """Generate, store the outputs and return fal's response body."""
+        self.check_models(endpoint)
+        images = await self._fetch_images(endpoint, request, request_id, base_url)
+        prepared: dict[str, Any] = {
+            name: await self.loras.resolve([entry.model_dump() for entry in getattr(request, name)])
+            for name in endpoint.params_of("loras")
+        }
+        for attempt in range(1, WORKER_ATTEMPTS + 1):
+            try:
+                files, resolved, inference_s = await self._run_on_worker(
+                    endpoint, request, request_id, base_url, images, prepared, on_event
+                )
+                break
+            except WorkerConnectionError as e:
+                if attempt == WORKER_ATTEMPTS:
+                    raise WorkerConnectionError(
+                        f"{e.message} (after {attempt} attempts: the request lost its worker each time)"
+                    ) from e
+                log.warning("%s %s lost its worker (%s): running it again", endpoint.app_id, request_id, e)
+                if on_event is not None:
+                    await on_event(cc.WorkerLost(request_id, e.message))
+        log.info("%s %s: %d file(s) in %.3f s", endpoint.app_id, request_id, len(files), inference_s)
+        return _response(endpoint, files, resolved, inference_s)
+
+    async def _run_on_worker(
+        self,
+        endpoint: Endpoint,
+        request: BaseModel,
+        request_id: str,
+        base_url: str,
+        images: dict[str, tuple[bytes, int, int]],
+        prepared: dict[str, Any],
+        on_event: EventSink | None,
+    ) -> tuple[list[dict[str, Any]], dict[str, Any], float]:
+        """Borrow a worker, run the prompt there and store its outputs: (files, resolved values, seconds)."""
+        async with self.supervisor.worker() as worker:
+            await self.choices.check(endpoint, request, worker.client)
+            for name, (data, width, height) in images.items():
+                uploaded = await worker.client.upload_input(data, f"{request_id}-{name}")
+                prepared[name] = ImageInput(uploaded, width, height)
+            prompt, resolved = endpoint.build_prompt(request, self.manifest, prepared)
+            started = time.perf_counter()
+            saved = await self._execute(worker.client, prompt, endpoint, request_id, on_event)
+            files = [
+                await self._store(worker.client, entry, request_id, index, resolved, base_url)
+                for index, entry in enumerate(saved)
+            ]
+            return files, resolved, time.perf_counter() - started
+
+    async def _fetch_images(
+        self, endpoint: Endpoint, request: BaseModel, request_id: str, base_url: str
+    ) -> dict[str, tuple[bytes, int, int]]:
+        """Download each input image before taking a worker, so no worker waits on the network."""
+        fetched: dict[str, tuple[bytes, int, int]] = {}
+        urls = {
+            name: getattr(request, name) for name in endpoint.params_of("image_url") if getattr(request, name)
+        }
+        if not urls:
+            return fetched
+        policy = netpolicy.AddressPolicy.from_settings(self.settings)
+        with inputs.input_area(self.settings, request_id) as folder:
+            async with netpolicy.guarded_session(policy) as session:
+                for name, url in urls.items():
+                    found = await inputs.fetch_input(
+                        url,
+                        settings=self.settings,
+                        session=session,
+                        dest_dir=folder,
+                        own_base_url=base_url,
+                        accept=("image/",),
+                    )
+                    data = found.path.read_bytes()
+                    fetched[name] = (data, *await asyncio.to_thread(_image_size, data, name))
+        return fetched
+
+    async def _execute(
+        self,
+        client: cc.ComfyClient,
+        prompt: dict[str, Any],
+        endpoint: Endpoint,
+        request_id: str,
+        on_event: EventSink | None,
+    ) -> list[dict[str, Any]]:
+        saved: list[dict[str, Any]] = []
+        try:
+            async for event in client.run(prompt, prompt_id=request_id):
+                await self._on(event, endpoint, request_id, saved, on_event)
+        except ComfyValidationError as e:
+            if e.class_type not in USER_INPUT_NODES:
+                raise
+            # ComfyUI repeats a node's message once per input it checked ("<input> - <message>"):
+            # say it once.
+            reasons = dict.fromkeys(
+                (error.details or error.message).removeprefix(f"{error.input_name} - ")
+                for error in e.node_errors
+            )
+            raise InputError(f"{endpoint.app_id}: {public_message('; '.join(reasons))}") from e
+        if not saved:
+            raise GenerationError(f"{endpoint.app_id}: the workflow produced no {endpoint.output.kind}")
+        return saved
+
+    async def _on(
+        self,
+        event: cc.Event,
+        endpoint: Endpoint,
+        request_id: str,
+        saved: list[dict[str, Any]],
+        on_event: EventSink | None,
+    ) -> None:
+        """Handle one worker event: forward it, collect saved files, turn failures into errors."""
+        if on_event is not None:
+            await on_event(event)
+        if isinstance(event, cc.Executed) and event.node == endpoint.output.node:
+            saved.extend(event.output.get("images", []) + event.output.get("videos", []))
+        elif isinstance(event, cc.ExecutionError) and event.node_type in USER_INPUT_NODES:
+            raise InputError(f"{endpoint.app_id}: {public_message(event.message)}")
+        elif isinstance(event, cc.ExecutionError):
+            failed = f"node {event.node_id} ({event.node_type}) failed"
+            raise GenerationError(f"{endpoint.app_id}: {failed}: {public_message(event.message)}")
+        elif isinstance(event, cc.Interrupted):
+            raise GenerationError(f"{endpoint.app_id}: request {request_id} was interrupted")
+
+    async def _store(
+        self,
+        client: cc.ComfyClient,
+        entry: dict[str, Any],
+        request_id: str,
+        index: int,
+        resolved: dict[str, Any],
+        base_url: str,
+    ) -> dict[str, Any]:
+        data = await client.fetch_output(
+            entry["filename"], entry.get("subfolder", ""), entry.get("type", "output")
+        )
+        content_type = entry.get("content_type", "image/png")
+        name = f"{index}.{entry['filename'].rsplit('.', 1)[-1]}"
+        if resolved.get("sync_mode"):
+            url = data_uri(data, content_type)  # kept out of the store, as fal keeps it out of history
+        else:
+            url = base_url + self.store.save(request_id, name, data, content_type).route
+        described = {"url": url, "content_type": content_type, "file_name": name, "file_size": len(data)}
+        if "width" in entry:
+            described.update(width=entry["width"], height=entry["height"])
+        return described
+
+
+def _image_size(data: bytes, field: str) -> tuple[int, int]:
+    """Width and height from the image header (Pillow reads no pixels for this)."""
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (PIL.UnidentifiedImageError, OSError) as e:
+        raise InputError(f"{field}: not an image Pillow can read ({e})") from e
+
+
+def _response(
+    endpoint: Endpoint, files: list[dict[str, Any]], resolved: dict[str, Any], inference_s: float
+) -> dict[str, Any]:
+    """fal's output shape: image models answer images[] and friends, video models one File."""
+    if endpoint.output.kind == "video":
+        return {"video": files[0], "seed": resolved.get("seed"), "prompt": resolved.get("prompt", "")}
+    return {
+        "images": files,
+        "seed": resolved.get("seed"),
+        "timings": {"inference": inference_s},
+        "prompt": resolved.get("prompt", ""),
+        "has_nsfw_concepts": [False] * len(files),
+    }

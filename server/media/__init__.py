@@ -1,0 +1,4 @@
+"""Files a request brings and makes: fetching input URLs and data URIs under the address policy, the
+LoRA cache, uploads (single and multipart), and the output store. May import ``engine``, ``security``
+and the foundation; independent of ``workflows``.
+"""

@@ -1,0 +1,239 @@
+"""Input files named by URL (``image_url`` and friends): data: URIs, https URLs and our own /files/ links.
+
+Remote URLs go through ``netpolicy``: only https (http too if ``inputs_allow_http``), every hop's
+address checked (redirects followed by hand, at most 5), at most ``input_max_bytes`` counted while
+streaming, all within ``input_timeout_s``. A file is written as ``.part`` and renamed when complete,
+so a partial download is never visible under its final name. The content type is sniffed from the
+first bytes; the declared one is used only when the bytes are not recognised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import re
+import secrets
+import shutil
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from yarl import URL
+
+from server.errors import InputError, NotFoundError
+from server.media.outputs import OutputStore, content_type_of
+from server.media.uploads import UploadStore, safe_name
+from server.security import netpolicy
+from server.settings import Settings
+
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_CHUNK_BYTES = 1 << 16
+_DATA_URI = re.compile(r"^data:(?P<type>[^;,]*)(?P<params>(?:;[^;,]*)*),", re.S)
+_UPLOAD_PATH = re.compile(r"^/files/uploads/(?P<id>[^/]+)/(?P<name>[^/]+)$")
+_OUTPUT_PATH = re.compile(r"^/files/(?P<id>[^/]+)/(?P<name>[^/]+)$")
+
+# (offset, magic bytes, content type); ISO-BMFF brands are handled in sniff().
+_MAGIC: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\x89PNG\r\n\x1a\n", "image/png"),
+    (0, b"\xff\xd8\xff", "image/jpeg"),
+    (0, b"GIF87a", "image/gif"),
+    (0, b"GIF89a", "image/gif"),
+    (0, b"BM", "image/bmp"),
+    (0, b"II*\x00", "image/tiff"),
+    (0, b"MM\x00*", "image/tiff"),
+    (0, b"\x1aE\xdf\xa3", "video/webm"),
+    (0, b"ID3", "audio/mpeg"),
+    (0, b"fLaC", "audio/flac"),
+    (0, b"OggS", "audio/ogg"),
+)
+_RIFF = {b"WEBP": "image/webp", b"WAVE": "audio/wav", b"AVI ": "video/x-msvideo"}
+_BRANDS = {b"avif": "image/avif", b"avis": "image/avif", b"heic": "image/heic", b"qt  ": "video/quicktime"}
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """A fetched input, complete on disk."""
+
+    path: Path
+    content_type: str
+    size_bytes: int
+
+
+def sniff(head: bytes) -> str | None:
+    """The content type the first bytes of a file show, or None if not recognised."""
+    for offset, magic, content_type in _MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return content_type
+    if head[:4] == b"RIFF" and head[8:12] in _RIFF:
+        return _RIFF[head[8:12]]
+    if head[4:8] == b"ftyp":
+        return _BRANDS.get(head[8:12], "video/mp4")
+    return None
+
+
+@contextlib.contextmanager
+def input_area(settings: Settings, request_id: str) -> Iterator[Path]:
+    """A folder for one request's inputs under ``<data_dir>/inputs``, removed on exit."""
+    path = settings.inputs_path / f"{request_id}-{secrets.token_hex(4)}"
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def fetch_input(
+    url: str,
+    *,
+    settings: Settings,
+    session: aiohttp.ClientSession,
+    dest_dir: Path | None = None,
+    own_base_url: str | None = None,
+    accept: Sequence[str] = (),
+    max_bytes: int | None = None,
+    timeout_s: float | None = None,
+) -> InputFile:
+    """Fetch ``url`` into ``dest_dir`` (default: a new folder under ``<data_dir>/inputs``).
+
+    ``session`` must come from ``netpolicy.guarded_session``. Links to this server's own files
+    (``own_base_url`` + ``/files/...``) are read from disk. ``accept`` lists content-type prefixes
+    ("image/"); anything else is a 422. ``max_bytes`` and ``timeout_s`` override ``input_max_bytes`` and
+    ``input_timeout_s`` for callers with their own limits (LoRA files).
+    """
+    netpolicy.require_guarded(session)
+    limit = settings.input_max_bytes if max_bytes is None else max_bytes
+    timeout_s = settings.input_timeout_s if timeout_s is None else timeout_s
+    if dest_dir is None:
+        dest_dir = settings.inputs_path / secrets.token_hex(8)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    if url.startswith("data:"):
+        found = await asyncio.to_thread(_save_data_uri, url, dest_dir, limit)
+    elif own_base_url and url.startswith(own_base_url.rstrip("/") + "/files/"):
+        found = await asyncio.to_thread(_copy_local, url, own_base_url, settings, dest_dir, limit)
+    else:
+        try:
+            async with asyncio.timeout(timeout_s):
+                found = await _download(url, session, settings, dest_dir, limit)
+        except TimeoutError as e:
+            raise InputError(f"Fetching {_short(url)} took longer than {timeout_s:g} s") from e
+    if accept and not any(found.content_type.startswith(prefix) for prefix in accept):
+        found.path.unlink(missing_ok=True)
+        raise InputError(f"{_short(url)} is {found.content_type}; expected {' or '.join(accept)}")
+    return found
+
+
+def _short(url: str) -> str:
+    return url if len(url) <= 100 else url[:97] + "..."
+
+
+def _too_large(url: str, size: int, limit: int) -> InputError:
+    return InputError(
+        f"{_short(url)} is too large: {size} bytes or more, the limit is {limit} bytes",
+        code="input_too_large",
+    )
+
+
+def _finish(partial: Path, dest_dir: Path, hint: str, declared: str, size: int) -> InputFile:
+    with partial.open("rb") as f:
+        head = f.read(32)
+    declared = declared.split(";")[0].strip().lower()
+    if not declared or declared == "application/octet-stream":
+        declared = content_type_of(hint)
+    content_type = sniff(head) or declared
+    path = dest_dir / f"{secrets.token_hex(4)}-{safe_name(hint, content_type)}"
+    partial.rename(path)
+    return InputFile(path, content_type, size)
+
+
+def _save_data_uri(url: str, dest_dir: Path, limit: int) -> InputFile:
+    match = _DATA_URI.match(url[:1024])
+    if match is None:
+        raise InputError(f"Malformed data URI (expected data:<type>[;base64],<data>): {_short(url)}")
+    payload = url[match.end() :]
+    is_base64 = ";base64" in match["params"].lower()
+    estimate = len(payload) * 3 // 4 if is_base64 else len(payload) // 3
+    if estimate > limit:
+        raise _too_large("the data URI", estimate, limit)
+    try:
+        data = (
+            base64.b64decode(payload, validate=True) if is_base64 else urllib.parse.unquote_to_bytes(payload)
+        )
+    except (binascii.Error, ValueError) as e:
+        raise InputError(f"data URI payload is not valid base64: {e}") from e
+    if len(data) > limit:
+        raise _too_large("the data URI", len(data), limit)
+    partial = dest_dir / f".{secrets.token_hex(8)}.part"
+    partial.write_bytes(data)
+    return _finish(partial, dest_dir, "input", match["type"], len(data))
+
+
+def _copy_local(url: str, own_base_url: str, settings: Settings, dest_dir: Path, limit: int) -> InputFile:
+    path = urllib.parse.unquote(URL(url).path)
+    base_path = URL(own_base_url).path.rstrip("/")
+    path = path[len(base_path) :] if base_path and path.startswith(base_path) else path
+    try:
+        if upload := _UPLOAD_PATH.match(path):
+            source = UploadStore(settings.uploads_path, 0).path_of(upload["id"], upload["name"])
+        elif output := _OUTPUT_PATH.match(path):
+            source = OutputStore(settings.outputs_path).path_of(output["id"], output["name"])
+        else:
+            raise NotFoundError(path)
+    except NotFoundError as e:
+        raise InputError(f"{_short(url)} names no file on this server", status=404, code="not_found") from e
+    size = source.stat().st_size
+    if size > limit:
+        raise _too_large(url, size, limit)
+    partial = dest_dir / f".{secrets.token_hex(8)}.part"
+    shutil.copyfile(source, partial)
+    return _finish(partial, dest_dir, source.name, content_type_of(source.name), size)
+
+
+async def _download(
+    url: str, session: aiohttp.ClientSession, settings: Settings, dest_dir: Path, limit: int
+) -> InputFile:
+    policy = netpolicy.AddressPolicy.from_settings(settings)
+    schemes = ("https", "http") if settings.inputs_allow_http else ("https",)
+    current = URL(url)
+    for _ in range(MAX_REDIRECTS + 1):
+        netpolicy.check_url(current, policy, schemes=schemes)
+        try:
+            async with session.get(current, allow_redirects=False) as response:
+                if response.status in _REDIRECTS:
+                    location = response.headers.get("Location")
+                    if not location:
+                        raise InputError(f"{_short(url)}: HTTP {response.status} redirect without a Location")
+                    current = current.join(URL(location))
+                    continue
+                if response.status != 200:
+                    raise InputError(
+                        f"Fetching {_short(url)} failed: HTTP {response.status} {response.reason}"
+                    )
+                return await _stream(response, url, limit, dest_dir)
+        except aiohttp.ClientConnectorDNSError as e:  # a refused address raises BlockedAddressError itself
+            raise InputError(f"Cannot resolve the host of {_short(url)}: {e.os_error}") from e
+        except aiohttp.ClientError as e:
+            raise InputError(f"Fetching {_short(url)} failed: {e}") from e
+    raise InputError(f"{_short(url)} redirected more than {MAX_REDIRECTS} times")
+
+
+async def _stream(response: aiohttp.ClientResponse, url: str, limit: int, dest_dir: Path) -> InputFile:
+    if response.content_length is not None and response.content_length > limit:
+        raise _too_large(url, response.content_length, limit)
+    partial = dest_dir / f".{secrets.token_hex(8)}.part"
+    size = 0
+    try:
+        with partial.open("wb") as out:
+            async for chunk in response.content.iter_chunked(_CHUNK_BYTES):
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(url, size, limit)
+                out.write(chunk)
+        hint = Path(response.url.path).name or "input"
+        return _finish(partial, dest_dir, hint, response.headers.get("Content-Type", ""), size)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -1,0 +1,102 @@
+"""Uploaded files: ``<data_dir>/uploads/<id>/<name>``, reserved by id, each appearing only once complete."""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import re
+import secrets
+import time
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.errors import NotFoundError
+from server.media.multipart import too_large
+
+logger = logging.getLogger(__name__)
+
+PENDING_TTL_S = 3600.0
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
+_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class Pending:
+    name: str
+    content_type: str
+    expires_at: float
+
+
+def safe_name(file_name: str | None, content_type: str) -> str:
+    """A file name safe to store and put in a URL, with an extension that matches the content type."""
+    base = re.split(r"[/\\]", file_name or "")[-1]
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip("._-")[:120].removesuffix(".part") or "upload"
+    media_type = content_type.split(";")[0].strip().lower()
+    extension = mimetypes.guess_extension(media_type) or ""
+    # Generic bytes keep their own extension: x.safetensors (unknown to mimetypes) must not become .bin.
+    generic = media_type == "application/octet-stream" and "." in base
+    if extension and not generic and mimetypes.guess_type(base)[0] != media_type:
+        base += extension
+    return base
+
+
+class UploadStore:
+    """Owns ``<data_dir>/uploads``: one folder per upload id; a file appears only once complete."""
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self._pending: dict[str, Pending] = {}
+
+    def begin(self, file_name: str | None, content_type: str) -> tuple[str, str]:
+        """Reserve an upload id for one later PUT; returns (id, stored name)."""
+        now = time.time()
+        self._pending = {k: p for k, p in self._pending.items() if p.expires_at > now}
+        upload_id = secrets.token_hex(16)
+        name = safe_name(file_name, content_type)
+        self._pending[upload_id] = Pending(name, content_type, now + PENDING_TTL_S)
+        return upload_id, name
+
+    def claim(self, upload_id: str, name: str) -> Pending:
+        """The reservation for a PUT, removed so the URL accepts only one; 404 if none or expired."""
+        pending = self._pending.pop(upload_id, None)
+        if pending is None or pending.name != name or pending.expires_at <= time.time():
+            raise NotFoundError(
+                f"No pending upload {upload_id}/{name}: initiate one first (it lasts an hour)"
+            )
+        return pending
+
+    async def receive(
+        self, upload_id: str, name: str, chunks: AsyncIterable[bytes], *, declared_bytes: int | None = None
+    ) -> int:
+        """Stream a body to the upload's file, enforcing the size limit; returns its size."""
+        if declared_bytes is not None and declared_bytes > self.max_bytes:
+            raise too_large(declared_bytes, self.max_bytes)
+        path = self._path(upload_id, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".part")
+        size = 0
+        try:
+            with partial.open("wb") as out:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise too_large(size, self.max_bytes)
+                    out.write(chunk)
+            partial.rename(path)
+        finally:
+            partial.unlink(missing_ok=True)
+        logger.info("upload %s/%s: %d bytes", upload_id, name, size)
+        return size
+
+    def path_of(self, upload_id: str, name: str) -> Path:
+        path = self._path(upload_id, name)
+        if not path.is_file():
+            raise NotFoundError(f"No uploaded file {upload_id}/{name}")
+        return path
+
+    def _path(self, upload_id: str, name: str) -> Path:
+        if not (_ID.match(upload_id) and _NAME.match(name)) or name.endswith(".part"):
+            raise NotFoundError(f"No uploaded file {upload_id}/{name}")
+        return self.root / upload_id / name

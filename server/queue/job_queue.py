@@ -1,0 +1,460 @@
+"""The durable queue: runs stored jobs on the workers, cancels them, recovers them after a restart.
+
+``JobQueue`` keeps an in-memory index of every unexpired job (so status polls never touch the
+store) and runs up to N jobs at once for N workers; each job borrows its worker through
+``Generator.run`` like a sync request, so queue jobs and sync runs share the pool FIFO. A job is
+IN_QUEUE until its prompt's first ComfyUI event, then IN_PROGRESS, then COMPLETED with an outcome
+(success, error, cancellation, missed start deadline) that is persisted before anyone is told.
+
+Restart: queued jobs run again in order; a job that was running is re-run once, and ends with an
+error if it was already a re-run. Finished jobs (and their output files) are deleted after
+``result_retention_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ValidationError
+
+from server.errors import DarkroomError, NotFoundError
+from server.generation.generator import EventSink
+from server.generation.live import (
+    FINISHED_STATE_TTL_S,
+    LiveReporter,
+    completed_event,
+    failed_event,
+    fal_log_entry,
+)
+from server.generation.progress import ProgressHub
+from server.media.outputs import OutputStore
+from server.queue.order import QueueOrder
+from server.queue.store import (
+    CANCELLED,
+    DEFAULT_USER_ID,
+    RESTARTED_TWICE,
+    START_TIMEOUT,
+    JobRecord,
+    JobStatus,
+    JobStore,
+    Outcome,
+    Priority,
+    error_outcome,
+)
+from server.queue.webhooks import WebhookSender
+from server.workflows.mapping import Endpoint
+from server.workflows.validation import validation_error
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 2  # a job running when the facade died is re-run once
+SWEEP_INTERVAL_S = 1.0
+OUTPUT_SWEEP_INTERVAL_S = 60.0  # sync runs' outputs (no job record) are looked for once a minute
+
+
+class QueueFullError(DarkroomError):
+    """The queue (or the app's share of it) is at its limit (429; clients retry later)."""
+
+    status = 429
+    code = "queue_full"
+
+
+class StillRunningError(DarkroomError):
+    """A result was asked for before the request finished."""
+
+    status = 400
+    code = "request_in_progress"
+
+
+class CancelResult(StrEnum):
+    """fal's cancel answers (the body's "status")."""
+
+    CANCELLATION_REQUESTED = "CANCELLATION_REQUESTED"
+    ALREADY_COMPLETED = "ALREADY_COMPLETED"
+    NOT_FOUND = "NOT_FOUND"
+
+
+class RunsRequests(Protocol):
+    """What the queue needs of ``Generator``."""
+
+    async def run(
+        self, endpoint: Endpoint, request: BaseModel, *, request_id: str, base_url: str,
+        on_event: EventSink | None = None,
+    ) -> dict[str, Any]: ...  # fmt: skip
+
+
+class _StartTimeout(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Job:
+    """A handle on one queued request (as in arq): its status, its outcome when done, cancel it."""
+
+    request_id: str
+    queue: JobQueue
+
+    def status(self) -> JobStatus | None:
+        record = self.queue.get(self.request_id)
+        return None if record is None else record.status
+
+    async def result(self, *, timeout_s: float | None = None) -> Outcome:
+        """Wait until the request finished; its outcome (body included)."""
+        async with asyncio.timeout(timeout_s):
+            if self.status() in (JobStatus.IN_QUEUE, JobStatus.IN_PROGRESS):
+                subscription = self.queue.hub.subscribe(self.request_id)
+                try:
+                    async for _ in subscription:
+                        pass
+                finally:
+                    subscription.close()
+        return await self.queue.outcome(self.request_id)
+
+    async def abort(self) -> CancelResult:
+        return await self.queue.cancel(self.request_id)
+
+
+class JobQueue:
+    """Schedules stored jobs onto the workers; see the module docstring."""
+
+    def __init__(
+        self, store: JobStore, generator: RunsRequests, hub: ProgressHub, endpoints: Mapping[str, Endpoint],
+        *, outputs: OutputStore, concurrency: int = 1, retention_s: float = 3600.0,
+        max_queue_length: int = 1000, previews_per_s: float = 2.0, shutdown_grace_s: float = 30.0,
+        webhooks: WebhookSender | None = None, clock: Callable[[], float] = time.time,
+    ) -> None:  # fmt: skip
+        self.store, self.generator, self.hub, self.endpoints = store, generator, hub, endpoints
+        self.outputs = outputs
+        self.concurrency = max(1, concurrency)
+        self.retention_s = retention_s
+        self.max_queue_length = max_queue_length
+        self.previews_per_s = previews_per_s
+        self.shutdown_grace_s = shutdown_grace_s
+        self.webhooks = webhooks
+        self.clock = clock
+        self.order = QueueOrder(hub)
+        self._tasks: dict[str, asyncio.Task[dict[str, Any]]] = {}
+        self._wakeup = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._outputs_swept_at = -math.inf
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover the stored jobs, then start the runners and the sweeper."""
+        await self._recover()
+        self._background = [
+            *(asyncio.create_task(self._runner(), name=f"queue-runner-{i}") for i in range(self.concurrency)),
+            asyncio.create_task(self._sweep_forever(), name="queue-sweeper"),
+        ]
+
+    async def stop(self) -> None:
+        """Let running jobs finish for ``shutdown_grace_s``; the rest go back to the queue for next time."""
+        self._stopping = True
+        self._wakeup.set()
+        running = list(self._tasks.values())
+        if running:
+            logger.info("waiting up to %g s for %d running request(s)", self.shutdown_grace_s, len(running))
+            await asyncio.wait(running, timeout=self.shutdown_grace_s)
+        for task in self._tasks.values():
+            task.cancel()
+        if self._background:
+            self._background[-1].cancel()  # the sweeper; the runners end once their job is settled
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def _recover(self) -> None:
+        now, expired, broken = self.clock(), [], []
+        for record in await self.store.index():
+            if record.status is JobStatus.COMPLETED:
+                if record.expires_at is not None and record.expires_at <= now:
+                    expired.append(record.request_id)
+                    continue
+            elif record.status is JobStatus.IN_PROGRESS and record.attempts >= MAX_ATTEMPTS:
+                broken.append(record)
+            elif record.status is JobStatus.IN_PROGRESS:
+                logger.warning(
+                    "request %s was running when the server stopped: running it again", record.request_id
+                )
+                await self.store.requeue(record.request_id, attempts=record.attempts)
+                record.status = JobStatus.IN_QUEUE
+            self.order.add(record, waiting=record.status is JobStatus.IN_QUEUE)
+        for record in broken:
+            logger.error("request %s was running at two server stops: failing it", record.request_id)
+            await self._finish(record, RESTARTED_TWICE)
+        await self._expire(expired)
+        self.order.publish_positions()
+        if self.order.jobs:
+            logger.info(
+                "job store: %d request(s) recovered, %d queued", len(self.order.jobs), self.queue_length()
+            )
+
+    # -- queries (cheap: memory only) -------------------------------------------------------------
+
+    def get(self, request_id: str) -> JobRecord | None:
+        """The job's in-memory record (no outcome body), or None if unknown or expired."""
+        return self.order.jobs.get(request_id)
+
+    def job(self, request_id: str) -> Job:
+        return Job(request_id, self)
+
+    def position(self, request_id: str) -> int | None:
+        """How many queued requests are ahead of this one (0 = next), across priorities."""
+        return self.order.position(request_id)
+
+    def queue_length(self, app_id: str | None = None) -> int:
+        """Requests waiting to start (for one app, or all)."""
+        return self.order.length(app_id)
+
+    async def logs(self, request_id: str) -> list[dict[str, Any]]:
+        """The job's log entries in fal's shape (from the hub while live, else from the store)."""
+        events = self.hub.logs(request_id)
+        if events:
+            return [fal_log_entry(e) for e in events]
+        record = self.order.jobs.get(request_id)
+        return await self.store.logs(request_id) if record and record.status is JobStatus.COMPLETED else []
+
+    async def outcome(self, request_id: str) -> Outcome:
+        """The finished job's outcome with its body; 404 unknown/expired, 400 not finished yet."""
+        record = self.order.jobs.get(request_id)
+        if record is None:
+            raise NotFoundError(f"Request {request_id} not found (unknown, or its result expired)")
+        if record.status is not JobStatus.COMPLETED:
+            raise StillRunningError("Request is still in progress")
+        stored = await self.store.get(request_id)
+        if stored is None or stored.outcome is None:
+            raise NotFoundError(f"Request {request_id} not found (its result expired)")
+        return stored.outcome
+
+    async def ensure_live_state(self, request_id: str) -> bool:
+        """Whether the request is known; gives the hub a finished job's terminal event if it has none."""
+        if self.hub.known(request_id):
+            return True
+        record = self.order.jobs.get(request_id)
+        if record is None:
+            return False
+        if record.status is JobStatus.COMPLETED:
+            stored = await self.store.get(request_id)
+            if stored is not None and stored.outcome is not None and not self.hub.known(request_id):
+                self.hub.publish(request_id, _terminal_event(stored.outcome))
+        elif record.status is JobStatus.IN_PROGRESS:
+            self.hub.publish(request_id, {"type": "started"})
+        return True
+
+    # -- commands ---------------------------------------------------------------------------------
+
+    async def submit(
+        self, endpoint: Endpoint, input_data: dict[str, Any], *, url_path: str, base_url: str,
+        priority: Priority = Priority.NORMAL, timeout_s: float | None = None, webhook_url: str | None = None,
+        max_queue_length: int | None = None, user_id: str = DEFAULT_USER_ID,
+    ) -> JobRecord:  # fmt: skip
+        """Persist a new job and queue it; 429 when the queue or the app's queue is full."""
+        if self._stopping:
+            raise QueueFullError("The server is shutting down; submit again once it is back")
+        waiting = self.queue_length()
+        if waiting >= self.max_queue_length:
+            raise QueueFullError(
+                f"The queue is full: {waiting} requests waiting, the limit is {self.max_queue_length}"
+            )
+        if max_queue_length is not None and (mine := self.queue_length(endpoint.app_id)) >= max_queue_length:
+            raise QueueFullError(
+                f"{endpoint.app_id} has {mine} requests waiting; fal_max_queue_length={max_queue_length}"
+            )
+        now = self.clock()
+        record = JobRecord(
+            request_id=str(uuid.uuid4()), app_id=endpoint.app_id, url_path=url_path, base_url=base_url,
+            input=input_data, priority=priority, submitted_at=now,
+            start_deadline=None if timeout_s is None else now + timeout_s, webhook_url=webhook_url,
+            user_id=user_id,
+        )  # fmt: skip
+        record.seq = await self.store.add(record)
+        self.order.add(record, waiting=True)
+        self.order.publish_positions()
+        self._wakeup.set()
+        return record
+
+    async def cancel(self, request_id: str) -> CancelResult:
+        """Remove a queued job or interrupt a running one; either way it ends COMPLETED, cancelled."""
+        record = self.order.jobs.get(request_id)
+        if record is None:
+            return CancelResult.NOT_FOUND
+        if record.status is JobStatus.COMPLETED:
+            return CancelResult.ALREADY_COMPLETED
+        if self.order.unqueue(record):
+            await self._finish(record, CANCELLED)
+        elif (task := self._tasks.get(request_id)) is not None:
+            # Cancelling the task makes ComfyClient.run delete/interrupt the prompt on its worker.
+            task.cancel()
+        return CancelResult.CANCELLATION_REQUESTED
+
+    # -- running ----------------------------------------------------------------------------------
+
+    async def _runner(self) -> None:
+        while not self._stopping:
+            if not self.order.has_pending():
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            record = self.order.take_next()
+            try:
+                await self._run(record)
+            except Exception:
+                logger.exception("queue runner: request %s could not be finished", record.request_id)
+
+    async def _run(self, record: JobRecord) -> None:
+        started = time.perf_counter()
+        task = asyncio.create_task(self._execute(record), name=f"job-{record.request_id}")
+        self._tasks[record.request_id] = task
+        try:
+            await asyncio.wait({task})
+        finally:
+            del self._tasks[record.request_id]
+            self.order.left(record.request_id)
+        if task.cancelled() and self._stopping:
+            logger.warning(
+                "request %s interrupted by shutdown: it runs again at the next start", record.request_id
+            )
+            await self.store.requeue(record.request_id, attempts=max(0, record.attempts - 1))
+            return
+        output = None if task.cancelled() or task.exception() else task.result()
+        await self._finish(record, self._outcome(record, task, time.perf_counter() - started), output)
+
+    def _outcome(self, record: JobRecord, task: asyncio.Task[dict[str, Any]], elapsed_s: float) -> Outcome:
+        if task.cancelled():
+            return CANCELLED
+        error = task.exception()
+        if error is None:
+            return Outcome(200, json.dumps(task.result()), inference_time_s=elapsed_s)
+        if isinstance(error, _StartTimeout):
+            return START_TIMEOUT
+        if isinstance(error, DarkroomError):
+            return error_outcome(error.status, error.detail, error.message, error.code)
+        logger.error("request %s failed", record.request_id, exc_info=error)
+        return error_outcome(
+            500, "Internal Server Error", f"Internal Server Error: {type(error).__name__}", "internal_error"
+        )
+
+    async def _execute(self, record: JobRecord) -> dict[str, Any]:
+        attempts = await self.store.claim(record.request_id, started_at=self.clock())
+        record.attempts = attempts if attempts is not None else record.attempts + 1
+        endpoint = self.endpoints.get(record.app_id)
+        if endpoint is None:
+            raise NotFoundError(f"No app {record.app_id!r} on this server any more")
+        try:
+            request = endpoint.validate(record.input)
+        except ValidationError as e:
+            raise validation_error(e) from e
+        reporter = LiveReporter(
+            self.hub, record.request_id, endpoint.workflow, previews_per_s=self.previews_per_s
+        )
+        left_s = None if record.start_deadline is None else record.start_deadline - self.clock()
+        if left_s is not None and left_s <= 0:
+            raise _StartTimeout
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(None if left_s is None else loop.time() + left_s) as deadline:
+
+            async def on_event(event: Any) -> None:
+                if record.status is JobStatus.IN_QUEUE:  # the first event: it runs on a worker now
+                    deadline.reschedule(None)
+                    self._started(record)
+                await reporter(event)
+
+            try:
+                return await self.generator.run(
+                    endpoint,
+                    request,
+                    request_id=record.request_id,
+                    base_url=record.base_url,
+                    on_event=on_event,
+                )
+            except TimeoutError:
+                if deadline.expired():
+                    raise _StartTimeout from None
+                raise
+
+    def _started(self, record: JobRecord) -> None:
+        record.status = JobStatus.IN_PROGRESS
+        record.started_at = self.clock()
+        self.order.left(record.request_id)
+
+    async def _finish(self, record: JobRecord, outcome: Outcome, output: Any = None) -> None:
+        """Persist the outcome (and its webhook), then update the index, then tell subscribers."""
+        now = self.clock()
+        delivery = self.webhooks.delivery(record, outcome) if self.webhooks else None
+        logs = [fal_log_entry(e) for e in self.hub.logs(record.request_id)]
+        try:
+            await self.store.finish(
+                record.request_id, outcome, finished_at=now, expires_at=now + self.retention_s, logs=logs,
+                delivery=delivery,
+            )  # fmt: skip
+        finally:
+            record.status, record.finished_at = JobStatus.COMPLETED, now
+            record.expires_at, record.outcome, record.input = (
+                now + self.retention_s,
+                outcome.without_body(),
+                {},
+            )
+            terminal = completed_event(output) if output is not None else _terminal_event(outcome)
+            self.hub.publish(record.request_id, terminal)
+            # The result lives in the store; ensure_live_state rebuilds the hub's state when asked.
+            asyncio.get_running_loop().call_later(FINISHED_STATE_TTL_S, self.hub.forget, record.request_id)
+        if delivery is not None and self.webhooks is not None:
+            self.webhooks.notify()
+
+    # -- housekeeping -----------------------------------------------------------------------------
+
+    async def _sweep_forever(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            try:
+                await self.sweep()
+            except Exception:
+                logger.exception("queue sweep failed")
+
+    async def sweep(self) -> None:
+        """Time out queued jobs past their start deadline; delete jobs past their retention, and
+        (once a minute) output folders past it that no job owns: sync runs' outputs."""
+        now = self.clock()
+        if now >= self._outputs_swept_at + OUTPUT_SWEEP_INTERVAL_S:
+            self._outputs_swept_at, known = now, frozenset(self.order.jobs)
+            await asyncio.to_thread(self.outputs.expire, older_than_s=self.retention_s, keep=known)
+        for record in self.order.pending():
+            if (
+                record.start_deadline is not None
+                and record.start_deadline <= now
+                and self.order.unqueue(record)
+            ):
+                await self._finish(record, START_TIMEOUT)
+        await self._expire(
+            [
+                r.request_id for r in self.order.jobs.values()
+                if r.status is JobStatus.COMPLETED and r.expires_at is not None and r.expires_at <= now
+            ]
+        )  # fmt: skip
+
+    async def _expire(self, request_ids: list[str]) -> None:
+        if not request_ids:
+            return
+        await self.store.delete(request_ids)
+        for request_id in request_ids:
+            self.order.forget(request_id)
+            self.hub.forget(request_id)
+        await asyncio.to_thread(self.outputs.delete, request_ids)
+        logger.info("deleted %d expired request(s) and their outputs", len(request_ids))
+
+
+def _terminal_event(outcome: Outcome) -> dict[str, Any]:
+    body = json.loads(outcome.body_json) if outcome.body_json else None
+    if outcome.ok:
+        return completed_event(body)
+    detail = body.get("detail") if isinstance(body, dict) else body
+    return failed_event(outcome.status_code, detail, outcome.error or "", outcome.error_type or "")

@@ -1,0 +1,328 @@
+"""Workflow mappings: how a fal-style request fills an exported ComfyUI API-format graph.
+
+A mapping file (`workflows/*.yaml`) names one workflow, declares its request parameters once
+(type, default, range, which node inputs they set) and lists the endpoints that serve it, each
+with the model files it binds and any per-endpoint parameter overrides (the tiny demo twins run
+the same graph with small sizes).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from server.engine.models import Manifest
+from server.settings import PROJECT_ROOT
+from server.workflows.request_schema import AUTO, DEFAULT, IMAGE_SIZE_PRESETS, ParamSpec, request_model
+
+WORKFLOWS_DIR = PROJECT_ROOT / "workflows"
+
+
+class EndpointSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    models: dict[str, str] = Field(description='"node_id.input" -> manifest model name')
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-field overrides")
+    lookups: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-lookup overrides")
+    fixed: dict[str, Any] = Field(default_factory=dict, description='"node_id.input" -> constant')
+
+
+class LookupSpec(BaseModel):
+    """A value picked by several enum fields together, e.g. (resolution, aspect_ratio) -> frame size."""
+
+    model_config = ConfigDict(extra="forbid")
+    keys: list[str]
+    table: dict[str, dict[str, Any]] = Field(description='"value1 value2" -> {part: value}')
+    to: dict[str, list[str]]
+
+
+class OutputSpec(BaseModel):
+    """Which saved files become the response: `images[]` (image endpoints) or `video` (video ones)."""
+
+    model_config = ConfigDict(extra="forbid")
+    images: str | None = None
+    video: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "images" if self.images else "video"
+
+    @property
+    def node(self) -> str:
+        node = self.images or self.video
+        assert node is not None
+        return node
+
+
+class MappingFile(BaseModel):
+    """One workflow and its endpoints. `extends` names a mapping whose params and lookups this one
+    starts from (an image-to-video mapping extends its text-to-video sibling)."""
+
+    model_config = ConfigDict(extra="forbid")
+    extends: str | None = None
+    workflow: str
+    output: OutputSpec
+    params: dict[str, ParamSpec]
+    lookups: dict[str, LookupSpec] = Field(default_factory=dict)
+    endpoints: dict[str, EndpointSpec]
+
+
+class MappingError(ValueError):
+    """A mapping file disagrees with its workflow or the manifest; raised at load, never per request."""
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """An input image as the worker knows it: its name in the worker's input folder, and its size."""
+
+    name: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A servable app id: validates a request and turns it into a ComfyUI prompt."""
+
+    app_id: str
+    workflow: dict[str, Any]
+    params: dict[str, ParamSpec]
+    models: dict[str, str]
+    fixed: dict[str, Any]
+    lookups: dict[str, LookupSpec]
+    output: OutputSpec
+    request_model: type[BaseModel]
+
+    def validate(self, body: Any) -> BaseModel:
+        """Parse a request body; raises pydantic's ValidationError with fal-style details."""
+        return self.request_model.model_validate(body)
+
+    def params_of(self, *types: str) -> list[str]:
+        """Request fields of these types (image URLs and LoRAs need I/O before the graph can run)."""
+        return [name for name, spec in self.params.items() if spec.type in types]
+
+    def build_prompt(
+        self, request: BaseModel, manifest: Manifest, prepared: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The graph to submit and the resolved values (random seed filled in, image size in pixels).
+
+        `prepared` holds what the facade fetched for I/O-backed fields: ImageInput per image field,
+        the cache-resolved entry list per LoRA field.
+        """
+        prepared = prepared or {}
+        prompt = copy.deepcopy(self.workflow)
+        resolved: dict[str, Any] = {}
+        for target, model_name in self.models.items():
+            _set(prompt, target, manifest.get(model_name).folder_name)
+        for target, value in self.fixed.items():
+            _set(prompt, target, value)
+        for name, spec in self.params.items():
+            value = resolved[name] = _resolve(name, spec, getattr(request, name), prepared, manifest)
+            if value is None:
+                _remove(prompt, spec.absent_removes)
+                continue  # an optional field left out: the workflow's own value stands
+            if spec.type == "model_blend":
+                (node_id,) = spec.to
+                prompt[node_id] = _blend_node(prompt[node_id], value, spec)
+            elif isinstance(spec.to, dict):
+                _set_parts(prompt, spec.to, value)
+            else:
+                for target in spec.to:
+                    _set(prompt, target, value)
+        for name, lookup in self.lookups.items():
+            resolved[name] = lookup.table[" ".join(str(resolved[key]) for key in lookup.keys)]
+            _set_parts(prompt, lookup.to, resolved[name])
+        return prompt, resolved
+
+
+def load_endpoints(directory: Path, manifest: Manifest) -> dict[str, Endpoint]:
+    """Every endpoint declared by the mapping files in directory, checked against workflows and manifest."""
+    endpoints: dict[str, Endpoint] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            mapping = MappingFile.model_validate(_with_base(path, yaml.safe_load(path.read_text())))
+        except ValidationError as e:
+            raise MappingError(f"{path}: {e}") from e
+        workflow = json.loads((directory / mapping.workflow).read_text())
+        for app_id, spec in mapping.endpoints.items():
+            if app_id in endpoints:
+                raise MappingError(f"{path}: endpoint {app_id} is declared twice")
+            endpoints[app_id] = _endpoint(path, app_id, mapping, spec, workflow, manifest)
+    return endpoints
+
+
+def _with_base(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """A mapping that extends another starts from the other's params and lookups (one level)."""
+    if not raw.get("extends"):
+        return raw
+    base = yaml.safe_load((path.parent / raw["extends"]).read_text())
+    if base.get("extends"):
+        raise MappingError(f"{path}: extends {raw['extends']}, which itself extends another mapping")
+    merged = dict(raw)
+    for section in ("params", "lookups"):
+        merged[section] = {**base.get(section, {}), **raw.get(section, {})}
+    return merged
+
+
+def _endpoint(
+    path: Path,
+    app_id: str,
+    mapping: MappingFile,
+    spec: EndpointSpec,
+    workflow: dict[str, Any],
+    manifest: Manifest,
+) -> Endpoint:
+    params = {}
+    for name, base in mapping.params.items():
+        params[name] = base.model_copy(update=spec.params.get(name, {}))
+    lookups = {
+        name: base.model_copy(update=spec.lookups.get(name, {})) for name, base in mapping.lookups.items()
+    }
+    unknown = (set(spec.params) - set(params)) | (set(spec.lookups) - set(lookups))
+    if unknown:
+        raise MappingError(f"{path}: {app_id} overrides unknown params or lookups {sorted(unknown)}")
+    blends = [p for p in params.values() if p.type == "model_blend"]
+    for blend in blends:
+        if len(blend.to) != 1 or list(blend.to)[0] not in workflow or not blend.family:
+            raise MappingError(f"{path}: {app_id}: a model_blend names one loader node id and a family")
+    targets = [t for p in params.values() if p not in blends for t in _targets(p.to)]
+    targets += list(spec.models) + list(spec.fixed)
+    targets += [t for lookup in lookups.values() for t in _targets(lookup.to)]
+    targets += [t for p in params.values() for t in p.absent_removes if "." in t]
+    if any(t not in workflow for p in params.values() for t in p.absent_removes if "." not in t):
+        raise MappingError(f"{path}: {app_id}: absent_removes names a node that is not in {mapping.workflow}")
+    for target in targets:
+        node_id, input_name = _parse_target(target)
+        if input_name not in workflow.get(node_id, {}).get("inputs", {}):
+            raise MappingError(
+                f"{path}: {app_id} targets {target!r}, which is not an input of {mapping.workflow}"
+            )
+    for name, lookup in lookups.items():
+        _check_lookup(path, f"{app_id}: {name}", lookup, params)
+    for model_name in spec.models.values():
+        try:
+            manifest.get(model_name)
+        except KeyError as e:
+            raise MappingError(f"{path}: {app_id}: {e.args[0]}") from e
+    if (mapping.output.images is None) == (mapping.output.video is None):
+        raise MappingError(f"{path}: output names exactly one of images or video")
+    if mapping.output.node not in workflow:
+        raise MappingError(f"{path}: output node {mapping.output.node} is not in {mapping.workflow}")
+    model_name = "Input_" + "".join(c if c.isalnum() else "_" for c in app_id)
+    return Endpoint(
+        app_id=app_id,
+        workflow=workflow,
+        params=params,
+        models=dict(spec.models),
+        fixed=dict(spec.fixed),
+        lookups=lookups,
+        output=mapping.output,
+        request_model=request_model(model_name, params),
+    )
+
+
+def _targets(to: list[str] | dict[str, list[str]]) -> list[str]:
+    return [t for ts in to.values() for t in ts] if isinstance(to, dict) else list(to)
+
+
+def _check_lookup(path: Path, name: str, lookup: LookupSpec, params: dict[str, ParamSpec]) -> None:
+    """Every combination of the key fields' values must have a row, so no request can miss."""
+    choices: list[list[str]] = [[]]
+    for key in lookup.keys:
+        spec = params.get(key)
+        if spec is None or spec.type != "enum" or not spec.values:
+            raise MappingError(f"{path}: lookup {name} keys on {key!r}, which is not an enum parameter")
+        values = [v for v in spec.values if not (v == AUTO and spec.auto_from)]
+        choices = [c + [v] for c in choices for v in values]
+    missing = [" ".join(c) for c in choices if " ".join(c) not in lookup.table]
+    if missing:
+        raise MappingError(f"{path}: lookup {name} has no row for {missing}")
+
+
+def _resolve(name: str, spec: ParamSpec, value: Any, prepared: dict[str, Any], manifest: Manifest) -> Any:
+    if value is None and spec.type != "seed":
+        return None
+    if spec.type in ("sampler", "scheduler") and value == DEFAULT:
+        return None  # the workflow's own choice
+    if spec.type == "image_url":
+        return prepared[name].name
+    if value == AUTO and spec.auto_from:
+        image = prepared[spec.auto_from]
+        return _nearest_ratio(image.width / image.height, [v for v in spec.values or [] if v != AUTO])
+    if spec.type == "seed":
+        return secrets.randbelow(2**32) if value is None else value
+    if spec.type == "image_size":
+        width, height = IMAGE_SIZE_PRESETS[value] if isinstance(value, str) else (value.width, value.height)
+        step = spec.multiple_of or 1
+        return {"width": max(step, width // step * step), "height": max(step, height // step * step)}
+    if spec.type == "loras":
+        return json.dumps(prepared.get(name, []))
+    if spec.type == "sigmas":
+        return json.dumps(value)
+    if spec.type == "model_file":
+        return _model_file(value, manifest)
+    if spec.type == "model_blend":
+        return [{"model": _model_file(entry.model, manifest), "weight": entry.weight} for entry in value]
+    return value
+
+
+def _model_file(name: str, manifest: Manifest) -> str:
+    """A manifest name becomes its file's name in its folder; anything else is taken as that name."""
+    return manifest.models[name].folder_name if name in manifest.models else name
+
+
+def _blend_node(loader: dict[str, Any], models: list[dict[str, Any]], spec: ParamSpec) -> dict[str, Any]:
+    """The loader node swapped for a blend of the given models: same output, so no rewiring."""
+    return {
+        "class_type": "DarkroomModelBlend",
+        "inputs": {
+            "models": json.dumps(models),
+            "family": spec.family,
+            "weight_dtype": loader["inputs"].get("weight_dtype", "default"),
+            "like": loader["inputs"].get("model_name", ""),  # the blend must fit the graph's model
+        },
+        "_meta": {"title": "Blend diffusion models"},
+    }
+
+
+def _parse_target(target: str) -> tuple[str, str]:
+    """ "node.input" -> (node, input)."""
+    node_id, _, input_name = target.strip().partition(".")
+    return node_id, input_name
+
+
+def _nearest_ratio(ratio: float, choices: list[str]) -> str:
+    """The "W:H" choice closest to ratio, compared on a log scale so 2:1 and 1:2 are equally far from 1:1."""
+
+    def distance(choice: str) -> float:
+        width, height = (float(part) for part in choice.split(":"))
+        return abs(math.log(ratio) - math.log(width / height))
+
+    return min(choices, key=distance)
+
+
+def _set(prompt: dict[str, Any], target: str, value: Any) -> None:
+    node_id, input_name = _parse_target(target)
+    prompt[node_id]["inputs"][input_name] = value
+
+
+def _remove(prompt: dict[str, Any], targets: list[str]) -> None:
+    for target in targets:
+        node_id, input_name = _parse_target(target)
+        if input_name:
+            del prompt[node_id]["inputs"][input_name]
+        else:
+            del prompt[node_id]
+
+
+def _set_parts(prompt: dict[str, Any], to: dict[str, list[str]], value: dict[str, Any]) -> None:
+    for part, targets in to.items():
+        for target in targets:
+            _set(prompt, target, value[part])

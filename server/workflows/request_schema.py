@@ -1,0 +1,132 @@
+"""Request bodies as pydantic models, built at start-up from each endpoint's declared parameters.
+
+The models give fal's 422 details for free: the field, what is wrong, and the allowed range.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
+
+IMAGE_SIZE_PRESETS: dict[str, tuple[int, int]] = {
+    "square_hd": (1024, 1024),
+    "square": (512, 512),
+    "portrait_4_3": (768, 1024),
+    "portrait_16_9": (576, 1024),
+    "landscape_4_3": (1024, 768),
+    "landscape_16_9": (1024, 576),
+}
+SEED_MAX = 2**63 - 1
+AUTO = "auto"
+DEFAULT = "default"
+
+ParamType = Literal[
+    "string", "integer", "number", "boolean", "enum", "image_size", "seed", "image_url",
+    "loras", "sampler", "scheduler", "sigmas", "model_file", "model_blend",
+]  # fmt: skip
+
+
+class ParamSpec(BaseModel):
+    """One request field. `to` lists the "node_id.input" targets it sets (image_size: per side)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: ParamType
+    description: str = ""
+    required: bool = False
+    default: Any = None
+    ge: float | None = None
+    le: float | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    values: list[str] | None = None
+    multiple_of: int | None = Field(default=None, description="image_size: sides rounded down to this")
+    family: str | None = Field(default=None, description="model_blend: the DarkroomModelBlend family")
+    auto_from: str | None = Field(
+        default=None, description='enum of "W:H" ratios: "auto" picks the one nearest this image_url input'
+    )
+    to: list[str] | dict[str, list[str]] = Field(default_factory=list)
+    absent_removes: list[str] = Field(
+        default_factory=list,
+        description='optional fields: "node_id.input" links and "node_id" nodes dropped when it is left out',
+    )
+
+
+_PRESET_TAG, _CUSTOM_TAG = "preset", "custom"
+UNION_TAGS = frozenset({_PRESET_TAG, _CUSTOM_TAG})
+
+
+class LoraEntry(BaseModel):
+    """One LoRA of a stack: a file in the LoRA folder, an https URL or hf://owner/repo/file[@rev]."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(min_length=1, max_length=2048)
+    scale: float = Field(default=1.0, ge=-8, le=8, description="Strength on the diffusion model")
+    text_encoder_scale: float | None = Field(default=None, ge=-8, le=8, description="Default: scale")
+    expert: Literal["high", "low", "both"] = Field(default="both", description="Wan A14B: which expert")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$", description="Expected file hash")
+
+
+class BlendEntry(BaseModel):
+    """One diffusion model of a blend: a manifest name or a file in the diffusion model folder."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1, max_length=512)
+    weight: float = Field(ge=0, le=1000)
+
+
+def request_model(name: str, params: dict[str, ParamSpec]) -> type[BaseModel]:
+    """The pydantic model validating one endpoint's request body (unknown fields are ignored, as fal does)."""
+    fields: dict[str, Any] = {}
+    for field_name, spec in params.items():
+        annotation, constraints = _annotation(f"{name}_{field_name}", spec)
+        default = ... if spec.required else spec.default
+        fields[field_name] = (
+            annotation,
+            Field(default=default, description=spec.description, validate_default=True, **constraints),
+        )
+    model: type[BaseModel] = create_model(name, __config__=ConfigDict(extra="ignore"), **fields)
+    return model
+
+
+def _annotation(field_name: str, spec: ParamSpec) -> tuple[Any, dict[str, Any]]:
+    bounds = {k: v for k, v in (("ge", spec.ge), ("le", spec.le)) if v is not None}
+    lengths = {k: v for k, v in (("min_length", spec.min_length), ("max_length", spec.max_length)) if v}
+    simple: dict[str, tuple[Any, dict[str, Any]]] = {
+        "string": (str, lengths),
+        "integer": (int, {k: int(v) for k, v in bounds.items()}),
+        "number": (float, bounds),
+        "boolean": (bool, {}),
+        "seed": (int | None, {"ge": 0, "le": SEED_MAX}),
+        "image_url": (str if spec.required else str | None, {"min_length": 1}),
+        "loras": (list[LoraEntry], {"max_length": spec.max_length or 8}),
+        "sampler": (str, {"min_length": 1, "max_length": 64}),
+        "scheduler": (str, {"min_length": 1, "max_length": 64}),
+        "sigmas": (list[Annotated[float, Field(ge=0)]] | None, {"min_length": 2, "max_length": 1000}),
+        "model_file": (str | None, {"min_length": 1, "max_length": 512}),
+        "model_blend": (list[BlendEntry] | None, {"min_length": 1, "max_length": spec.max_length or 8}),
+    }
+    if spec.type in simple:
+        return simple[spec.type]
+    if spec.type == "enum":
+        assert spec.values, f"enum parameter {field_name} needs values"
+        return Literal[tuple(spec.values)], {}
+    return _image_size(field_name, spec), {}
+
+
+def _image_size(field_name: str, spec: ParamSpec) -> Any:
+    """A preset name or {width, height}; the tag keeps 422 details to the branch the client meant."""
+    # Types built at run time from the mapping file: mypy cannot follow them, pydantic can.
+    side = Field(
+        ge=int(spec.ge) if spec.ge is not None else None, le=int(spec.le) if spec.le is not None else None
+    )
+    size: Any = create_model(
+        field_name, __config__=ConfigDict(extra="forbid"), width=(int, side), height=(int, side)
+    )
+    preset: Any = Annotated[Literal[tuple(IMAGE_SIZE_PRESETS)], Tag(_PRESET_TAG)]
+    custom: Any = Annotated[size, Tag(_CUSTOM_TAG)]
+    return Annotated[preset | custom, Discriminator(_image_size_kind)]
+
+
+def _image_size_kind(value: Any) -> str:
+    return _PRESET_TAG if isinstance(value, str) else _CUSTOM_TAG
