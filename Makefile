@@ -38,7 +38,7 @@ data/.comfyui-stamp: $(VENV)/.deps-stamp constraints.txt
 	$(DARKROOM) comfyui install
 	mkdir -p data && touch $@
 
-data/.tiny-stamp: data/.comfyui-stamp $(wildcard custom_nodes/darkroom/*.py custom_nodes/darkroom/tiny/*.py)
+data/.tiny-stamp: data/.comfyui-stamp $(wildcard custom_nodes/darkroom/*.py custom_nodes/darkroom/*/*.py)
 	$(DARKROOM) models make-tiny
 	touch $@
 

@@ -39,8 +39,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "custom_nodes"))
 
-from darkroom import arch, checkpoint  # noqa: E402
-from darkroom.quant import Fp8Format, quantize_scaled  # noqa: E402
+from darkroom.formats import arch, checkpoint  # noqa: E402
+from darkroom.formats.quant import Fp8Format, quantize_scaled  # noqa: E402
 
 HIDDEN = 3072
 LOAD_VS_READ_TARGET = 0.8

@@ -21,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "custom_nodes"))
 
-from darkroom import media  # noqa: E402
+from darkroom.formats import media  # noqa: E402
 
 
 def frames(count: int, height: int, width: int) -> np.ndarray:

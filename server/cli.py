@@ -14,8 +14,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from server.app import PollQuietAccessLogger, create_app
-from server.engine import install as comfy_install
-from server.engine import models
+from server.engine import install, models
 from server.engine.supervisor import Supervisor
 from server.errors import ConfigError, DarkroomError
 from server.security.keyring import KeyRing, check_exposure
@@ -93,16 +92,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return asyncio.run(serve(settings))
         if args.command == "comfyui":
-            print(comfy_install.ensure_comfyui(settings))
+            print(install.ensure_comfyui(settings))
             return 0
         if args.action == "make-tiny":
-            mismatched = models.make_tiny(settings, comfy_install.ensure_comfyui(settings))
+            mismatched = models.make_tiny(settings, install.ensure_comfyui(settings))
             if mismatched:
                 logger.warning("generated models differ from the manifest hashes: %s", ", ".join(mismatched))
             return 0
         models.fetch(settings, expand_model_names(args.names))
         return 0
-    except (DarkroomError, comfy_install.ComfyInstallError, models.FetchError, KeyError) as e:
+    except (DarkroomError, install.ComfyInstallError, models.FetchError, KeyError) as e:
         logger.error("%s", e)
         return 1
 
@@ -113,7 +112,7 @@ async def serve(settings: Settings) -> int:
     check_exposure(settings.host, has_keys=not keys.open, open_access=settings.open_access)
     ssl_context = tls_context(settings)
     # Requirements are installed by `darkroom comfyui install` (make setup), not on every start.
-    comfyui_dir = await asyncio.to_thread(comfy_install.ensure_comfyui, settings, install_requirements=False)
+    comfyui_dir = await asyncio.to_thread(install.ensure_comfyui, settings, install_requirements=False)
     app = create_app(settings, Supervisor(settings, comfyui_dir))
     runner = web.AppRunner(
         app, handle_signals=False, access_log=logging.getLogger("darkroom.access"),

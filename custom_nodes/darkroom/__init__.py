@@ -1,7 +1,13 @@
-"""darkroom's ComfyUI node pack.
+"""darkroom's ComfyUI node pack, layered like ComfyUI-GGUF; a module imports only from layers below:
 
-ComfyUI is imported only when ComfyUI asks for the extension, so the lower layers (`arch`, `quant`,
-`checkpoint`, `media`) import without it: offline tools and unit tests use them directly.
+    extension | tiny     the pack's one ComfyExtension | tiny random-weight models for tests (apart)
+    nodes                v3 node classes (io.ComfyNode schemas): the public node IDs, thin execute()
+    ops                  what needs ComfyUI: loaders, LoRA stacks, model blends, sampler overrides
+    formats              no ComfyUI: model-file layouts and quantisation, LoRA key names, override
+                         specs, output encodings; offline tools and unit tests import these directly
+
+ComfyUI is imported only when ComfyUI asks for the extension. ``tests/unit/test_layers.py`` checks the
+layers (import-linter contracts in pyproject.toml).
 """
 
 from __future__ import annotations

@@ -1,18 +1,12 @@
-"""The one ComfyExtension of the pack: node classes gathered from the nodes_* modules."""
+"""The one ComfyExtension of the pack: node classes gathered from the modules of ``nodes``."""
 
 from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import nodes_diffusion, nodes_encoders, nodes_extras, nodes_output, nodes_sampling
+from .nodes import diffusion, encoders, extras, output, sampling
 
 
 class DarkroomExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [
-            *nodes_diffusion.NODES,
-            *nodes_encoders.NODES,
-            *nodes_output.NODES,
-            *nodes_extras.NODES,
-            *nodes_sampling.NODES,
-        ]
+        return [*diffusion.NODES, *encoders.NODES, *output.NODES, *extras.NODES, *sampling.NODES]

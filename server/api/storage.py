@@ -9,7 +9,8 @@ served at ``/files/uploads/<id>/<name>`` (a capability URL: 128 random bits, no 
   then ``POST {CDN_URL}/files/upload`` with ``Authorization: Bearer <token>`` and the raw bytes ->
   ``{access_url}``. Point ``fal_client.client.REST_URL`` and ``CDN_URL`` at this server's root.
 
-Multipart uploads, for big files (multipart.py keeps their parts; ``upload_max_bytes`` caps the whole file):
+Multipart uploads, for big files (``server/media/multipart.py`` keeps their parts; ``upload_max_bytes``
+caps the whole file):
 
 - Python (> 100 MB): ``POST {base_url}/files/upload/multipart`` (upload token, ``X-Fal-File-Name``) ->
   ``{access_url, uploadId}``; ``PUT {access_url}/multipart/{uploadId}/{n}`` answers an ``ETag``;

@@ -7,7 +7,7 @@ Client messages (JSON text frames), each may carry a "ref" that the answer echoe
 - ``{"action": "submit", "app_id": "...", "input": {...}, "priority"?: "normal"|"low",
   "webhook_url"?: "..."}``: queue a request; answered ``{"type": "submitted", "request_id", ...}``
   (the submit response's fields), then its events.
-Server messages are the hub's events (see ``server/progress.py``), each with "type" and
+Server messages are the hub's events (see ``server/generation/progress.py``), each with "type" and
 "request_id", and ``{"type": "error", "detail", "error_type", "status_code"}`` for a refused message.
 
 Credentials (``auth.websocket_grant``): ``Authorization: Key <key>``, or, from a browser, which cannot

@@ -3,7 +3,7 @@
 Events are JSON-ready dicts with a "type" and the "request_id" (added on publish): queued(position),
 started, progress(node, class_type, step, total, fraction), preview(content_type, width, height,
 image base64), log(message, level, source, timestamp), completed(status_code, result) and
-failed(status_code, detail, error, error_type); ``server/live.py`` builds them.
+failed(status_code, detail, error, error_type); ``server/generation/live.py`` builds them.
 The hub keeps each request's current state (last queued/started/progress event, the logs, the
 terminal event) so a subscriber that arrives late, or reconnects, gets it at once.
 """

@@ -1,6 +1,6 @@
 """Multipart uploads: parts streamed to disk in any order, joined into one upload file on complete.
 
-The HTTP side (both SDKs' flows) is in storage_api.py; this module owns the state and the files.
+The HTTP side (both SDKs' flows) is in ``server/api/storage.py``; this module owns the state and the files.
 An upload is known by its multipart id (128 random bits, given only to the client that started it),
 which is the credential for its parts and its completion, as an initiated upload's URL is for its PUT.
 

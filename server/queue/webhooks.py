@@ -5,7 +5,7 @@ its outcome; ``WebhookSender`` POSTs it (per-attempt timeout, bounded exponentia
 number of attempts) and survives restarts because the pending deliveries are in the store. Each
 attempt is signed afresh: the signed bytes are ``request_id \\n user_id \\n timestamp \\n
 sha256_hex(body)`` and the public key is served as a JWKS at ``/.well-known/jwks.json``. Targets
-obey the outbound address policy of ``server/netpolicy.py`` (``webhook_allow_cidrs``).
+obey the outbound address policy of ``server/security/netpolicy.py`` (``webhook_allow_cidrs``).
 """
 
 from __future__ import annotations

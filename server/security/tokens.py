@@ -5,7 +5,7 @@ A token is a JWT signed with HMAC-SHA256 (``alg: HS256``) under a secret kept in
 tokens survive a restart and every process sharing the data directory agrees on them. Each token
 names its ``scope``; a check always asks for one scope, so a token minted for one purpose (uploads)
 never passes for another (apps). App tokens (scope ``apps``) carry fal's ``allowed_apps`` and the user
-id of the key that minted them. Nothing here knows about HTTP: ``server/auth.py`` decides who may
+id of the key that minted them. Nothing here knows about HTTP: ``server/api/auth.py`` decides who may
 mint and where a token is accepted.
 """
 

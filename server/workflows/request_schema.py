@@ -1,4 +1,5 @@
-"""Request bodies as pydantic models, built at start-up from each endpoint's declared parameters.
+"""Request parameters as a mapping file declares them (``ParamSpec``), and the request bodies: pydantic
+models built at start-up from each endpoint's parameters.
 
 The models give fal's 422 details for free: the field, what is wrong, and the allowed range.
 """

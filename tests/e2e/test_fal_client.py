@@ -53,7 +53,7 @@ def _registered_routes() -> set[str]:
 ROUTES = _registered_routes()
 needs_queue = pytest.mark.skipif(
     not any(path.startswith("/queue/") for path in ROUTES),
-    reason="no /queue routes are registered yet (server/queue_api.py); these SDK calls run once they are",
+    reason="no /queue routes are registered yet (server/api/queue.py); these SDK calls run once they are",
 )
 needs_stream = pytest.mark.skipif(
     not any(path.startswith("/run/") and path.endswith("/stream") for path in ROUTES),

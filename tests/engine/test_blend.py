@@ -13,7 +13,9 @@ import folder_paths
 import pytest
 import safetensors.torch
 import torch
-from darkroom import arch, blend, nodes_extras
+from darkroom.formats import arch
+from darkroom.nodes import extras as nodes_extras
+from darkroom.ops import blend
 from darkroom.tiny import diffusion as tiny
 
 Blend = nodes_extras.DarkroomModelBlend

@@ -20,7 +20,9 @@ import comfy.utils
 import pytest
 import safetensors.torch
 import torch
-from darkroom import arch, checkpoint, diffusion, nodes_diffusion
+from darkroom.formats import arch, checkpoint
+from darkroom.nodes import diffusion as nodes_diffusion
+from darkroom.ops import diffusion
 from darkroom.tiny import diffusion as tiny
 
 W = checkpoint.WeightDtype

@@ -13,12 +13,12 @@ from typing import Any
 import folder_paths
 import pytest
 import torch
-from darkroom import encoders, vae
-from darkroom.arch import ModelFileError
-from darkroom.encoders import load_text_encoder
-from darkroom.nodes_encoders import DarkroomTextEncoderLoader, DarkroomVAELoader
+from darkroom.formats.arch import ModelFileError
+from darkroom.nodes.encoders import DarkroomTextEncoderLoader, DarkroomVAELoader
+from darkroom.ops import encoders, vae
+from darkroom.ops.encoders import load_text_encoder
+from darkroom.ops.vae import VAEFamily, load_vae
 from darkroom.tiny import encoders as tiny
-from darkroom.vae import VAEFamily, load_vae
 
 TE = "text_encoders/tiny"
 TEXT_ENCODERS = {

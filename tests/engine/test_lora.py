@@ -15,7 +15,9 @@ import comfy.sd
 import comfy.utils
 import pytest
 import torch
-from darkroom import arch, diffusion, encoders, lora, nodes_extras
+from darkroom.formats import arch
+from darkroom.nodes import extras as nodes_extras
+from darkroom.ops import diffusion, encoders, lora
 
 Stack = nodes_extras.DarkroomLoraStack
 FLUX, WAN = arch.Family.FLUX, arch.Family.WAN
@@ -126,7 +128,7 @@ def test_a_partial_match_is_applied_and_logged(
     sd = comfy.utils.load_torch_file(str(models_dir / "loras/tiny/flux2-lora-a.safetensors"))
     sd["diffusion_model.no_such_layer.lora_up.weight"] = torch.ones(4, 4)
     comfy.utils.save_torch_file(sd, str(models_dir / "loras/tiny/flux2-partial.safetensors"))
-    with caplog.at_level(logging.WARNING, logger="darkroom.lora"):
+    with caplog.at_level(logging.WARNING, logger="darkroom.ops.lora"):
         patched = stack(models["flux2"], [{"path": "tiny/flux2-partial.safetensors"}])
     assert "30 of 31 keys match the FLUX.2 model, 1 do not" in caplog.text
     reference = stack(models["flux2"], [{"path": "tiny/flux2-lora-a.safetensors"}])

@@ -15,7 +15,10 @@ import comfy_extras.nodes_model_advanced as ma
 import nodes
 import pytest
 import torch
-from darkroom import arch, diffusion, nodes_extras, nodes_sampling, sampling, vae
+from darkroom.formats import arch
+from darkroom.nodes import extras as nodes_extras
+from darkroom.nodes import sampling as nodes_sampling
+from darkroom.ops import diffusion, sampling, vae
 
 Sigmas, Select = nodes_sampling.DarkroomSigmas, nodes_sampling.DarkroomSamplerSelect
 KSigmas = nodes_sampling.DarkroomKSamplerSigmas

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from ..arch import ArchConfig, Family, Shape, quantisable
-from ..checkpoint import quantise_state_dict, save_state_dict
-from ..diffusion import expected_shapes
-from ..lora_keys import LoraFormat, render
-from ..quant import Fp8Format
+from ..formats.arch import ArchConfig, Family, Shape, quantisable
+from ..formats.checkpoint import quantise_state_dict, save_state_dict
+from ..formats.lora_keys import LoraFormat, render
+from ..formats.quant import Fp8Format
+from ..ops.diffusion import expected_shapes
 from .noise import normal
 
 FLUX2: dict[str, Any] = {

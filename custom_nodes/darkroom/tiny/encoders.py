@@ -30,7 +30,7 @@ import safetensors.torch
 import sentencepiece
 import torch
 
-from ..vae import kl_autoencoder
+from ..ops.vae import kl_autoencoder
 from .noise import normal
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ entry named."""
 from __future__ import annotations
 
 import pytest
-from darkroom.overrides import (
+from darkroom.formats.overrides import (
     BlendSpec,
     Expert,
     LoraSpec,

@@ -8,9 +8,9 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io
 
-from .arch import Family, ModelFileError, parse_override
-from .checkpoint import WeightDtype
-from .diffusion import inspect_file, load_diffusion_model
+from ..formats.arch import Family, ModelFileError, parse_override
+from ..formats.checkpoint import WeightDtype
+from ..ops.diffusion import inspect_file, load_diffusion_model
 
 _FOLDER = "diffusion_models"
 _WEIGHT_DTYPE_TIP = (

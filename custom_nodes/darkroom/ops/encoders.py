@@ -26,8 +26,8 @@ import comfy.text_encoders.wan
 import comfy.utils
 import torch
 
-from .arch import count_blocks
-from .model_files import ModelFileMismatchError, StateDict, check_keys, parse_enum, read_shapes
+from ..formats.arch import count_blocks
+from ..formats.model_files import ModelFileMismatchError, StateDict, check_keys, parse_enum, read_shapes
 
 log = logging.getLogger(__name__)
 

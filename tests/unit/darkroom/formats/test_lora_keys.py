@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from darkroom import lora_keys as lk
-from darkroom import lora_names as ln
-from darkroom.arch import Shape
-from darkroom.lora_keys import ALPHA, DOWN, UP, LoraFormat
-from darkroom.lora_names import Target
+from darkroom.formats import lora_keys as lk
+from darkroom.formats import lora_names as ln
+from darkroom.formats.arch import Shape
+from darkroom.formats.lora_keys import ALPHA, DOWN, UP, LoraFormat
+from darkroom.formats.lora_names import Target
 
 H = 8  # hidden width of the synthetic layouts below
 

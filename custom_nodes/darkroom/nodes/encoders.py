@@ -9,9 +9,9 @@ from typing import Any
 import folder_paths
 from comfy_api.latest import io
 
-from .arch import ModelFileError
-from .encoders import TextEncoderFamily, inspect_text_encoder, load_text_encoder
-from .vae import VAEFamily, inspect_vae, load_vae
+from ..formats.arch import ModelFileError
+from ..ops.encoders import TextEncoderFamily, inspect_text_encoder, load_text_encoder
+from ..ops.vae import VAEFamily, inspect_vae, load_vae
 
 NO_FILE = "none"
 _OVERRIDE_EXAMPLE = '{"t5xxl": {"num_layers": 24}}'

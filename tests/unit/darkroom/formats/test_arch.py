@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from darkroom import arch
+from darkroom.formats import arch
 
 Shapes = dict[str, tuple[int, ...]]
 

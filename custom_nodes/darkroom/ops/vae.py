@@ -25,8 +25,8 @@ import comfy.utils
 import torch
 from comfy.ldm.models.autoencoder import AutoencoderKL, AutoencodingEngine
 
-from .arch import count_blocks
-from .model_files import ModelFileMismatchError, check_keys, parse_enum, read_shapes
+from ..formats.arch import count_blocks
+from ..formats.model_files import ModelFileMismatchError, check_keys, parse_enum, read_shapes
 
 log = logging.getLogger(__name__)
 

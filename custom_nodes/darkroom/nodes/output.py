@@ -7,7 +7,7 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from .media import CRF_MAX, FORMATS, VIDEO_CONTENT_TYPE, encode_image, encode_video, video_size
+from ..formats.media import CRF_MAX, FORMATS, VIDEO_CONTENT_TYPE, encode_image, encode_video, video_size
 
 _PREFIX_TIP = "Prefix (may hold a subfolder)."
 _CRF_TIP = "x264 quality: lower is better and larger; 0 is lossless (many players refuse it)."

@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from .arch import ArchConfig, Family, ModelFileError, Shape, find_prefix, infer
-from .checkpoint import Checkpoint, WeightDtype, read_header
+from ..formats.arch import ArchConfig, Family, ModelFileError, Shape, find_prefix, infer
+from ..formats.checkpoint import Checkpoint, WeightDtype, read_header
+from ..formats.quant import dequantize
 from .diffusion import load_diffusion_model
-from .quant import dequantize
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import comfy.model_sampling
 import comfy.samplers
 import torch
 
-from .overrides import OverrideError
+from ..formats.overrides import OverrideError
 
 DEFAULT = "default"
 MAX_SHIFT = 100.0  # the DarkroomSigmas shift input's bound

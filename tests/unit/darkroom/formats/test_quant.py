@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from darkroom import quant
+from darkroom.formats import quant
 
 E4M3, E5M2 = quant.Fp8Format.E4M3FN, quant.Fp8Format.E5M2
 

@@ -8,7 +8,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from darkroom.media import FORMATS, encode_image, encode_video, video_size, x264_instruction_sets
+from darkroom.formats.media import FORMATS, encode_image, encode_video, video_size, x264_instruction_sets
 from PIL import Image, ImageFilter
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server.engine import install as comfy_install
+from server.engine import install
 from server.engine.install import ComfyInstallError, ensure_comfyui
 from server.settings import load_settings
 
@@ -35,13 +35,13 @@ def settings(tmp_path):
 
 def test_installs_from_the_cached_archive(settings):
     _archive(
-        comfy_install.archive_path(settings),
+        install.archive_path(settings),
         f"ComfyUI-{COMMIT}",
         {"main.py": "", "comfyui_version.py": '__version__ = "0.8.0"\n', "requirements.txt": "torch\n"},
     )
     root = ensure_comfyui(settings, install_requirements=False)
     assert root == settings.managed_comfyui_path
-    assert (root / "main.py").exists() and comfy_install.comfyui_version(root) == "0.8.0"
+    assert (root / "main.py").exists() and install.comfyui_version(root) == "0.8.0"
     # Idempotent: a second call finds the finished tree and does not re-extract.
     (root / "marker").write_text("kept")
     assert ensure_comfyui(settings, install_requirements=False) == root
@@ -49,17 +49,17 @@ def test_installs_from_the_cached_archive(settings):
 
 
 def test_archive_with_a_foreign_top_folder_is_refused(settings):
-    _archive(comfy_install.archive_path(settings), "evil", {"main.py": ""})
+    _archive(install.archive_path(settings), "evil", {"main.py": ""})
     with pytest.raises(ComfyInstallError, match="one top folder"):
         ensure_comfyui(settings, install_requirements=False)
     assert not settings.managed_comfyui_path.exists()
 
 
 def test_offline_without_archive_says_where_to_put_it(settings, monkeypatch):
-    monkeypatch.setattr(comfy_install, "ARCHIVE_URL", "http://127.0.0.1:9/{commit}.tar.gz")
+    monkeypatch.setattr(install, "ARCHIVE_URL", "http://127.0.0.1:9/{commit}.tar.gz")
     with pytest.raises(ComfyInstallError) as caught:
         ensure_comfyui(settings, install_requirements=False)
-    assert str(comfy_install.archive_path(settings)) in str(caught.value)
+    assert str(install.archive_path(settings)) in str(caught.value)
     assert "DARKROOM_COMFYUI_DIR" in str(caught.value)
     assert not list(settings.cache_path.glob("*.part"))
 

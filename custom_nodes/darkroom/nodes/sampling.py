@@ -8,11 +8,11 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from .overrides import (
+from ..formats.overrides import (
     OverrideError,
     parse_sigmas,
 )
-from .sampling import (
+from ..ops.sampling import (
     DEFAULT,
     MAX_SHIFT,
     SAMPLER_NAMES,

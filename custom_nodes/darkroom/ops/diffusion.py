@@ -25,8 +25,15 @@ import comfy.supported_models
 import comfy.supported_models_base
 import torch
 
-from .arch import ArchConfig, Family, ModelFileError, Shape, find_prefix, infer, quantisable
-from .checkpoint import Checkpoint, CheckpointMismatchError, LoadPlan, WeightDtype, check_keys, read_header
+from ..formats.arch import ArchConfig, Family, ModelFileError, Shape, find_prefix, infer, quantisable
+from ..formats.checkpoint import (
+    Checkpoint,
+    CheckpointMismatchError,
+    LoadPlan,
+    WeightDtype,
+    check_keys,
+    read_header,
+)
 
 log = logging.getLogger(__name__)
 

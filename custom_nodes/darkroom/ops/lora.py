@@ -19,10 +19,10 @@ import comfy.utils
 import folder_paths
 import torch
 
-from .arch import ModelFileError, Shape
-from .lora_keys import KeyTables, to_comfy
-from .lora_names import guess_base, model_family
-from .overrides import Expert, LoraSpec, OverrideError, check_file_name
+from ..formats.arch import ModelFileError, Shape
+from ..formats.lora_keys import KeyTables, to_comfy
+from ..formats.lora_names import guess_base, model_family
+from ..formats.overrides import Expert, LoraSpec, OverrideError, check_file_name
 
 log = logging.getLogger(__name__)
 

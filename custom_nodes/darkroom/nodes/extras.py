@@ -1,5 +1,5 @@
 """Nodes past fal's parameter surface: LoRA stacks, model blends and a VAE guard (the schedule and
-sampler overrides are in nodes_sampling.py). Each override node passes its input through unchanged at its
+sampler overrides are in nodes/sampling.py). Each override node passes its input through unchanged at its
 defaults, so a workflow can always include it. Node ids are public API."""
 
 from __future__ import annotations
@@ -10,11 +10,9 @@ from typing import Any
 import folder_paths
 from comfy_api.latest import io
 
-from .arch import Family, ModelFileError
-from .blend import BlendInput, BlendMismatchError, blend_models, cache_key, check_compatible
-from .checkpoint import WeightDtype
-from .lora import apply_stack, resolve
-from .overrides import (
+from ..formats.arch import Family, ModelFileError
+from ..formats.checkpoint import WeightDtype
+from ..formats.overrides import (
     DEFAULT_MAX_LORAS,
     MAX_LORAS_LIMIT,
     Expert,
@@ -23,7 +21,9 @@ from .overrides import (
     parse_blend,
     parse_lora_stack,
 )
-from .sampling import (
+from ..ops.blend import BlendInput, BlendMismatchError, blend_models, cache_key, check_compatible
+from ..ops.lora import apply_stack, resolve
+from ..ops.sampling import (
     check_vae,
 )
 

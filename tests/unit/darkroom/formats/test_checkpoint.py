@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from darkroom import arch, quant, safetensors_io
-from darkroom import checkpoint as ckpt
+from darkroom.formats import arch, quant, safetensors_io
+from darkroom.formats import checkpoint as ckpt
 
 W = ckpt.WeightDtype
 RULE = partial(arch.quantisable, arch.Family.FLUX)
