@@ -14,8 +14,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp.web_log import AccessLogger
 
-from server.api import auth, files, openapi, queue, realtime, run, storage, ws
+from server.api import auth, files, openapi, queue, realtime, run, storage, workflows, ws
 from server.api.state import (
+    CATALOG,
     ENDPOINTS,
     GENERATOR,
     HUB,
@@ -26,7 +27,7 @@ from server.api.state import (
     SETTINGS,
     SUPERVISOR,
     UPLOADS,
-)  # fmt: skip
+)
 from server.engine.models import load_manifest
 from server.engine.supervisor import Supervisor
 from server.errors import DarkroomError
@@ -42,6 +43,7 @@ from server.queue.webhooks import WebhookSender, WebhookSigner, webhook_policy
 from server.security.keyring import KeyRing
 from server.security.tokens import TokenSigner
 from server.settings import Settings
+from server.workflows.catalog import Catalog
 from server.workflows.mapping import WORKFLOWS_DIR, load_endpoints
 
 logger = logging.getLogger(__name__)
@@ -141,6 +143,7 @@ def create_app(settings: Settings, supervisor: Supervisor, *, run_supervisor: bo
             *ws.routes(),
             *realtime.routes(),
             *storage.routes(),
+            *workflows.routes(),
         ]
     )
     if app[KEYS].open:
@@ -154,6 +157,8 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
     app[HUB] = ProgressHub()
     manifest = load_manifest()
     app[ENDPOINTS] = endpoints = load_endpoints(WORKFLOWS_DIR, manifest)
+    app[CATALOG] = Catalog(settings.published_path, endpoints, manifest)
+    app[CATALOG].load()  # before the queue recovers requests for published endpoints
     outputs = OutputStore(settings.outputs_path)
     app[GENERATOR] = Generator(settings, supervisor, manifest, outputs, LoraCache(settings))
     signer = WebhookSigner.load_or_create(settings.webhook_key_path)

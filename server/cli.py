@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import signal
 import ssl
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from server.app import PollQuietAccessLogger, create_app
@@ -49,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     model_commands.add_parser("make-tiny", help="Build the tiny random-weight test models.")
     fetch = model_commands.add_parser("fetch", help="Download the named manifest entries.")
     fetch.add_argument("names", nargs="+", help="Endpoint ids (all their models) or manifest entry names.")
+
+    workflows = commands.add_parser("workflows", help="Publish workflows to a running server; list them.")
+    workflows.add_argument(
+        "--url", help="The server (default: DARKROOM_HOST and DARKROOM_PORT on this host)."
+    )
+    workflows.add_argument("--key", help="One of the server's API keys (default: $FAL_KEY, as fal's SDKs).")
+    workflow_commands = workflows.add_subparsers(dest="action", required=True)
+    publish = workflow_commands.add_parser("publish", help="Publish an API-format workflow as an endpoint.")
+    publish.add_argument("file", help="The editor's API export, or a JSON object {prompt, workflow}.")
+    publish.add_argument("--name", required=True, help="owner/name: the endpoint's app id.")
+    workflow_commands.add_parser("list", help="List the published workflows and their URLs.")
     return parser
 
 
@@ -91,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return asyncio.run(serve(settings))
+        if args.command == "workflows":
+            return asyncio.run(workflows_command(args, settings))
         if args.command == "comfyui":
             print(install.ensure_comfyui(settings))
             return 0
@@ -101,9 +119,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         models.fetch(settings, expand_model_names(args.names))
         return 0
-    except (DarkroomError, install.ComfyInstallError, models.FetchError, KeyError) as e:
+    except (DarkroomError, install.ComfyInstallError, models.FetchError, KeyError, OSError, ValueError) as e:
         logger.error("%s", e)
         return 1
+
+
+async def workflows_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``darkroom workflows publish|list`` against a running server's /workflows API."""
+    scheme = "https" if settings.tls_cert else "http"
+    url = (args.url or f"{scheme}://{settings.host}:{settings.port}").rstrip("/")
+    key = args.key or os.environ.get("FAL_KEY")  # a client credential, not a server setting
+    headers = {"Authorization": f"Key {key}"} if key else {}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        if args.action == "list":
+            async with http.get(f"{url}/workflows") as response:
+                body = await response.json()
+            if response.status != 200:
+                logger.error("GET /workflows: %s %s", response.status, body.get("detail"))
+                return 1
+            for entry in body["workflows"]:
+                versions = f"version {entry['version']} of {entry['versions']}"
+                print(f"{entry['name']}  {versions}  {entry['urls']['run']}")
+            return 0
+        async with http.post(f"{url}/workflows", json=publish_body(Path(args.file), args.name)) as response:
+            body = await response.json()
+        if response.status != 201:
+            logger.error("publishing %s failed (%s): %s", args.name, response.status, body.get("detail"))
+            return 1
+        print(f"published {body['app_id']}\n  run:   {body['urls']['run']}\n  queue: {body['urls']['queue']}")
+        return 0
+
+
+def publish_body(path: Path, name: str) -> dict[str, Any]:
+    """The POST /workflows body from a file holding the API-format prompt, or {prompt, workflow}."""
+    data = json.loads(path.read_text())
+    if isinstance(data, dict) and isinstance(data.get("prompt"), dict):
+        return {"name": name, "prompt": data["prompt"], "workflow": data.get("workflow")}
+    return {"name": name, "prompt": data}
 
 
 async def serve(settings: Settings) -> int:

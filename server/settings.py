@@ -210,6 +210,11 @@ class Settings:
         return self.data_path / "uploads"
 
     @property
+    def published_path(self) -> Path:
+        """Workflows published from the editor or the API, one folder per owner/name."""
+        return self.data_path / "workflows"
+
+    @property
     def inputs_path(self) -> Path:
         return self.data_path / "inputs"
 

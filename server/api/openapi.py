@@ -183,15 +183,18 @@ def _row(name: str, prop: dict[str, Any], required: bool) -> str:
 def routes(
     endpoints: dict[str, Endpoint], choices: ComfyChoices, supervisor: Supervisor
 ) -> list[web.RouteDef]:
-    built: dict[bool, tuple[dict[str, Any], str]] = {}  # without / with ComfyUI's sampler lists
+    # Built once per endpoint set (publishing changes it) and per whether ComfyUI's sampler lists are known.
+    built: dict[tuple[bool, frozenset[str]], tuple[dict[str, Any], str]] = {}
 
     async def current() -> tuple[dict[str, Any], str]:
         client = next((w.client for w in supervisor.workers if w.ready), None)
         lists = await choices.lists_if_known(client)
-        if (lists is not None) not in built:
+        key = (lists is not None, frozenset(endpoints))
+        if key not in built:
+            built.clear()
             document = build_document(endpoints, lists)
-            built[lists is not None] = (document, render_docs(document))
-        return built[lists is not None]
+            built[key] = (document, render_docs(document))
+        return built[key]
 
     async def openapi(request: web.Request) -> web.Response:
         return web.json_response((await current())[0])

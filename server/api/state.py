@@ -12,6 +12,7 @@ from server.media.uploads import UploadStore
 from server.queue.job_queue import JobQueue
 from server.security.keyring import KeyRing
 from server.settings import Settings
+from server.workflows.catalog import Catalog
 from server.workflows.mapping import Endpoint
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -19,6 +20,7 @@ SUPERVISOR = web.AppKey("supervisor", Supervisor)
 KEYS = web.AppKey("keys", KeyRing)
 HUB = web.AppKey("progress_hub", ProgressHub)
 ENDPOINTS = web.AppKey("endpoints", dict[str, Endpoint])
+CATALOG = web.AppKey("catalog", Catalog)
 GENERATOR = web.AppKey("generator", Generator)
 QUEUE = web.AppKey("job_queue", JobQueue)
 UPLOADS = web.AppKey("uploads", UploadStore)

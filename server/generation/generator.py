@@ -236,11 +236,12 @@ def _response(
     endpoint: Endpoint, files: list[dict[str, Any]], resolved: dict[str, Any], inference_s: float
 ) -> dict[str, Any]:
     """fal's output shape: image models answer images[] and friends, video models one File."""
+    seed = next((resolved[name] for name in endpoint.params_of("seed")), None)
     if endpoint.output.kind == "video":
-        return {"video": files[0], "seed": resolved.get("seed"), "prompt": resolved.get("prompt", "")}
+        return {"video": files[0], "seed": seed, "prompt": resolved.get("prompt", "")}
     return {
         "images": files,
-        "seed": resolved.get("seed"),
+        "seed": seed,
         "timings": {"inference": inference_s},
         "prompt": resolved.get("prompt", ""),
         "has_nsfw_concepts": [False] * len(files),

@@ -1,0 +1,104 @@
+"""Publishing workflows as endpoints: ``POST /workflows`` ``{name, workflow, prompt}`` (201), ``GET
+/workflows``, ``GET /workflows/{owner}/{name}`` (versions), ``GET .../versions/{n}`` (one version's
+workflow and prompt, to reopen it in the editor), ``DELETE /workflows/{owner}/{name}`` (unpublish).
+A published endpoint answers on every route a built-in one has, at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from server.api.request import base_url, read_json
+from server.api.state import CATALOG, SETTINGS, SUPERVISOR
+from server.errors import RequestValidationError, WorkerUnavailableError
+from server.workflows.catalog import Version
+
+
+class PublishBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="owner/name: the endpoint's app id")
+    prompt: dict[str, Any] = Field(description="The API-format workflow (the editor's graphToPrompt output)")
+    workflow: dict[str, Any] | None = Field(default=None, description="The UI-format workflow, to reopen it")
+
+
+def routes() -> list[web.RouteDef]:
+    one = "/workflows/{owner}/{name}"
+    return [
+        web.post("/workflows", publish),
+        web.get("/workflows", list_workflows),
+        web.get(one, show),
+        web.get(one + "/versions/{version:[0-9]+}", show_version),
+        web.delete(one, unpublish),
+    ]
+
+
+def endpoint_urls(request: web.Request, app_id: str) -> dict[str, str]:
+    root = base_url(request, request.app[SETTINGS])
+    return {"run": f"{root}/run/{app_id}", "queue": f"{root}/queue/{app_id}"}
+
+
+async def publish(request: web.Request) -> web.Response:
+    """Check and publish; 201 with the new version and the URLs serving it."""
+    try:
+        body = PublishBody.model_validate(await read_json(request))
+    except ValidationError as e:
+        raise RequestValidationError.from_pydantic(e) from e
+    client = next((w.client for w in request.app[SUPERVISOR].workers if w.ready), None)
+    if client is None:
+        raise WorkerUnavailableError(
+            "No ComfyUI worker is ready to check the workflow's nodes and model files against; "
+            "publish again once GET /ready answers 200."
+        )
+    node_types = await client.object_info()
+    version = request.app[CATALOG].publish(body.name, body.prompt, body.workflow, node_types)
+    return web.json_response(_described(request, version), status=201)
+
+
+def _described(request: web.Request, version: Version) -> dict[str, Any]:
+    return {
+        "name": version.name,
+        **version.describe(),
+        "urls": endpoint_urls(request, version.name),
+        "pinned_urls": endpoint_urls(request, version.app_id),
+    }
+
+
+async def list_workflows(request: web.Request) -> web.Response:
+    catalog = request.app[CATALOG]
+    listed = []
+    for name in catalog.names():
+        versions = catalog.versions(name)
+        listed.append({**_described(request, versions[-1]), "versions": len(versions)})
+    return web.json_response({"workflows": listed})
+
+
+def _name(request: web.Request) -> str:
+    return f"{request.match_info['owner']}/{request.match_info['name']}"
+
+
+async def show(request: web.Request) -> web.Response:
+    name = _name(request)
+    versions = request.app[CATALOG].versions(name)
+    return web.json_response(
+        {
+            "name": name,
+            "latest": versions[-1].number,
+            "urls": endpoint_urls(request, name),
+            "versions": [v.describe() for v in versions],
+        }
+    )
+
+
+async def show_version(request: web.Request) -> web.Response:
+    version = request.app[CATALOG].version(_name(request), int(request.match_info["version"]))
+    return web.json_response(
+        {**_described(request, version), "prompt": version.prompt, "workflow": version.workflow}
+    )
+
+
+async def unpublish(request: web.Request) -> web.Response:
+    removed = request.app[CATALOG].unpublish(_name(request))
+    return web.json_response({"name": _name(request), "unpublished_versions": [v.number for v in removed]})
