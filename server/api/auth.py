@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
+from server.api.request import read_json
 from server.api.state import KEYS, USER_ID
 from server.errors import AuthError, ForbiddenError, RequestValidationError
 from server.security.keyring import credentials
@@ -152,19 +153,10 @@ async def mint_token(request: web.Request) -> web.Response:
     """``POST /tokens/`` (fal's realtime token call): ``{"allowed_apps": [alias, ...],
     "token_expiration": s}`` -> the token as a bare JSON string. Needs a key (the middleware checks)."""
     try:
-        body: Any = await request.json() if request.can_read_body else {}
-        parsed = TokenRequest.model_validate(body)
-    except ValueError as e:  # json's and pydantic's errors both are
-        raise _token_request_error(e) from e
+        parsed = TokenRequest.model_validate(await read_json(request))
+    except ValidationError as e:
+        raise RequestValidationError.from_pydantic(e) from e
     return web.json_response(issue_app_token(request.app[KEYS].tokens, parsed, request.get(USER_ID)))
-
-
-def _token_request_error(error: ValueError) -> RequestValidationError:
-    if isinstance(error, ValidationError):
-        return RequestValidationError.from_pydantic(error)
-    return RequestValidationError(
-        [{"loc": ["body"], "msg": f"Body is not valid JSON: {error}", "type": "json_invalid"}]
-    )
 
 
 @web.middleware

@@ -12,9 +12,13 @@ from server.settings import Settings
 
 
 async def read_json(request: web.Request) -> Any:
-    """The parsed JSON body ({} when there is none), or a 422 if it is not JSON."""
+    """The parsed JSON body ({} when there is none), or a 422 if it is not UTF-8 JSON."""
     try:
         return await request.json() if request.can_read_body else {}
+    except UnicodeDecodeError as e:
+        raise RequestValidationError(
+            [{"loc": ["body"], "msg": f"Body is not UTF-8 text, so not JSON: {e}", "type": "json_invalid"}]
+        ) from e
     except json.JSONDecodeError as e:
         raise RequestValidationError(
             [{"loc": ["body"], "msg": f"Body is not valid JSON: {e}", "type": "json_invalid"}]

@@ -24,16 +24,16 @@ Python's ``fal`` (gcs) fallback has no multipart variant: it sends any size as o
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
 from server.api import auth
+from server.api.request import read_json
 from server.api.state import KEYS, MULTIPART, SETTINGS, UPLOADS
 from server.errors import AuthError, InputError, RequestValidationError
 from server.media.multipart import MAX_PARTS, parse_part_number, quoted_etag
@@ -107,21 +107,10 @@ def _check_storage_type(request: web.Request) -> None:
         )
 
 
-async def _json_body(request: web.Request) -> Any:
-    if not request.can_read_body:
-        return {}
-    try:
-        return await request.json()
-    except json.JSONDecodeError as e:
-        raise RequestValidationError(
-            [{"loc": ["body"], "msg": f"Body is not valid JSON: {e}", "type": "json_invalid"}]
-        ) from e
-
-
 async def _body_as(model: type[B], request: web.Request) -> B:
     """The JSON body validated as ``model``; a 422 in fal's shape otherwise."""
     try:
-        return model.model_validate(await _json_body(request))
+        return model.model_validate(await read_json(request))
     except ValidationError as e:
         raise RequestValidationError.from_pydantic(e) from e
 
@@ -141,7 +130,7 @@ def _require_upload_credentials(request: web.Request) -> None:
 async def auth_token(request: web.Request) -> web.Response:
     """A short-lived token for ``POST /files/upload`` (fal's CDN v3 token)."""
     _check_storage_type(request)
-    body = await _json_body(request)
+    body = await read_json(request)
     if not isinstance(body, dict):
         raise RequestValidationError(
             [{"loc": ["body"], "msg": "Input should be an object", "type": "dict_type"}]

@@ -153,3 +153,25 @@ async def test_unknown_path_and_wrong_method(client: TestClient[web.Request, web
     wrong_method = await client.delete("/storage/upload/initiate", headers=GOOD)
     assert wrong_method.status == 405
     await assert_fal_shape(wrong_method, "DELETE")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/run/darkroom/demo-flux-2",
+        "/run/darkroom/demo-flux-2/stream",
+        "/queue/darkroom/demo-flux-2",
+        "/workflows",
+        "/tokens/",
+        "/storage/upload/initiate",
+    ],
+)
+async def test_a_body_that_is_not_utf8_is_a_422(
+    client: TestClient[web.Request, web.Application], path: str
+) -> None:
+    """schemathesis found these answering 500 (issue 13): bytes that are not UTF-8 are not JSON."""
+    headers = {**GOOD, "Content-Type": "application/json"}
+    response = await client.post(path, data=b"1\x1e+\xff\xfe\xc3(", headers=headers)
+    body = await assert_fal_shape(response, "POST")
+    assert response.status == 422 or response.content_type == "text/event-stream", response.status
+    assert body is not None and "not UTF-8" in body["detail"][0]["msg"], body
