@@ -13,7 +13,7 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: serve test setup lint bench clean
+.PHONY: serve test setup lint bench clean browser
 serve: setup
 	$(DARKROOM) serve
 
@@ -21,7 +21,7 @@ test: setup
 	$(PY) -m pytest tests --ignore=tests/engine
 	$(PY) -m pytest tests/engine
 
-setup: $(VENV)/.deps-stamp data/.comfyui-stamp data/.tiny-stamp tests/e2e/js/node_modules/.stamp
+setup: $(VENV)/.deps-stamp data/.comfyui-stamp data/.tiny-stamp tests/e2e/js/node_modules/.stamp browser
 
 $(VENV)/.deps-stamp: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ $(VENV)/.deps-stamp: pyproject.toml constraints.txt
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
+
+# Debian's chromium for the browser tests, installed where the machine allows (root with apt-get);
+# elsewhere those tests skip saying why, and fail under CI=true.
+browser:
+	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium); \
+	fi
 
 # fal's JS client for tests/e2e/test_fal_client.py (its tests are skipped where npm is missing).
 tests/e2e/js/node_modules/.stamp: tests/e2e/js/package.json tests/e2e/js/package-lock.json

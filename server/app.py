@@ -14,9 +14,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp.web_log import AccessLogger
 
-from server.api import auth, files, openapi, queue, realtime, run, storage, workflows, ws
+from server.api import auth, editor, files, openapi, queue, realtime, run, storage, workflows, ws
+from server.api.proxy import EditorProxy
 from server.api.state import (
     CATALOG,
+    EDITOR,
     ENDPOINTS,
     GENERATOR,
     HUB,
@@ -44,6 +46,7 @@ from server.security.keyring import KeyRing
 from server.security.tokens import TokenSigner
 from server.settings import Settings
 from server.workflows.catalog import Catalog
+from server.workflows.editor import EDITOR_APP, editor_endpoint
 from server.workflows.mapping import WORKFLOWS_DIR, load_endpoints
 
 logger = logging.getLogger(__name__)
@@ -130,7 +133,7 @@ def create_app(settings: Settings, supervisor: Supervisor, *, run_supervisor: bo
     signer = _build_parts(app, settings, supervisor)
     if run_supervisor:
         app.cleanup_ctx.append(_run_supervisor)
-    app.cleanup_ctx.extend([_run_queue, _sweep_multipart])
+    app.cleanup_ctx.extend([_run_queue, _sweep_multipart, _run_editor_proxy])
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_routes(
@@ -144,6 +147,7 @@ def create_app(settings: Settings, supervisor: Supervisor, *, run_supervisor: bo
             *realtime.routes(),
             *storage.routes(),
             *workflows.routes(),
+            *editor.routes(),
         ]
     )
     if app[KEYS].open:
@@ -157,6 +161,7 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
     app[HUB] = ProgressHub()
     manifest = load_manifest()
     app[ENDPOINTS] = endpoints = load_endpoints(WORKFLOWS_DIR, manifest)
+    endpoints[EDITOR_APP] = editor_endpoint()
     app[CATALOG] = Catalog(settings.published_path, endpoints, manifest)
     app[CATALOG].load()  # before the queue recovers requests for published endpoints
     outputs = OutputStore(settings.outputs_path)
@@ -175,6 +180,7 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
     )  # fmt: skip
     app[UPLOADS] = UploadStore(settings.uploads_path, settings.upload_max_bytes)
     app[MULTIPART] = MultipartStore(settings.uploads_path, settings.upload_max_bytes)
+    app[EDITOR] = EditorProxy(supervisor)
     return signer
 
 
@@ -201,6 +207,14 @@ async def _run_queue(app: web.Application) -> AsyncIterator[None]:
         await queue.stop()
         await queue.webhooks.stop()
         await queue.store.close()
+
+
+async def _run_editor_proxy(app: web.Application) -> AsyncIterator[None]:
+    await app[EDITOR].open()
+    try:
+        yield
+    finally:
+        await app[EDITOR].close()
 
 
 async def _sweep_multipart(app: web.Application) -> AsyncIterator[None]:

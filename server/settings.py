@@ -65,6 +65,10 @@ class Settings:
         default=180.0,
         metadata={"help": "How long a worker may take to answer before start-up fails."},
     )
+    session_ttl_s: float = field(
+        default=43200.0,
+        metadata={"help": "How long a browser stays signed in to the editor after signing in with a key."},
+    )
     worker_restart_backoff_max_s: float = field(
         default=30.0,
         metadata={"help": "Cap on the back-off between restarts of a crashed worker."},

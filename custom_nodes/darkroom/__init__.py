@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# The pack's editor extension ("Publish to darkroom"), served by ComfyUI under /extensions/darkroom/.
+WEB_DIRECTORY = "./web"
+
 
 async def comfy_entrypoint() -> Any:
     from .extension import DarkroomExtension

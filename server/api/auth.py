@@ -24,9 +24,10 @@ from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
-from server.api.request import read_json
-from server.api.state import KEYS, USER_ID
+from server.api.request import own_origins, read_json
+from server.api.state import KEYS, SETTINGS, USER_ID
 from server.errors import AuthError, ForbiddenError, RequestValidationError
+from server.security import sessions
 from server.security.keyring import credentials
 from server.security.tokens import Grant, TokenRequest, app_grant, issue_app_token
 
@@ -39,6 +40,8 @@ TOKEN_QUERY = "fal_jwt_token"
 # HTTP routes a browser may call with a token in the query instead of a key: fal's JS client in
 # connectionMode "client" streams this way (POST /run/{app}/stream?fal_jwt_token=...).
 TOKEN_ROUTES = frozenset({"/run/{path}/stream"})
+# Routes a signed-in browser may call with its session cookie (the editor's Publish action).
+SESSION_ROUTES = ("/workflows", "/endpoints/")
 _SELF_AUTH_ATTR = "_darkroom_self_authenticating"
 
 F = TypeVar("F")
@@ -161,13 +164,25 @@ async def mint_token(request: web.Request) -> web.Response:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every route but the public ones needs a configured key (or, on TOKEN_ROUTES, an app token)."""
+    """Every route but the public ones needs a configured key (or, on TOKEN_ROUTES, an app token; on
+    SESSION_ROUTES, a browser session)."""
     if not is_public(request):
-        if TOKEN_QUERY in request.query and _pattern(request) in TOKEN_ROUTES:
+        if _pattern(request).startswith(SESSION_ROUTES) and _browser_session(request):
+            pass
+        elif TOKEN_QUERY in request.query and _pattern(request) in TOKEN_ROUTES:
             _require_app_token(request)
         else:
             require_key(request)
     return await handler(request)
+
+
+def _browser_session(request: web.Request) -> bool:
+    """A signed-in browser's cookie, on a request from darkroom's own page (CSRF) if it changes state."""
+    keys, cookie = request.app[KEYS], request.cookies.get(sessions.COOKIE)
+    if request.headers.get("Authorization") or not sessions.is_valid(keys, cookie):
+        return False
+    origins = own_origins(request, request.app[SETTINGS])
+    return sessions.same_origin(request.method, request.headers, origins)
 
 
 def _require_app_token(request: web.Request) -> None:

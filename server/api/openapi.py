@@ -85,6 +85,8 @@ def build_document(
         schemas[name] = schema
     paths: dict[str, Any] = {}
     for app_id, endpoint in sorted(endpoints.items()):
+        if endpoint.raw:
+            continue  # the editor's runs: not an API for clients
         input_name = endpoint.request_model.__name__
         schema = endpoint.request_model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))

@@ -25,5 +25,10 @@ async def read_json(request: web.Request) -> Any:
         ) from e
 
 
+def own_origins(request: web.Request, settings: Settings) -> set[str]:
+    """The origins darkroom's own pages are served from (as reached, and ``public_url``)."""
+    return {f"{request.scheme}://{request.host}", base_url(request, settings)}
+
+
 def base_url(request: web.Request, settings: Settings) -> str:
     return settings.public_url.rstrip("/") if settings.public_url else f"{request.scheme}://{request.host}"

@@ -12,9 +12,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.api.request import base_url, read_json
-from server.api.state import CATALOG, SETTINGS, SUPERVISOR
-from server.errors import RequestValidationError, WorkerUnavailableError
+from server.api.state import CATALOG, ENDPOINTS, GENERATOR, SETTINGS, SUPERVISOR
+from server.errors import NotFoundError, RequestValidationError, WorkerUnavailableError
 from server.workflows.catalog import Version
+from server.workflows.marked import marked_prompt
 
 
 class PublishBody(BaseModel):
@@ -32,6 +33,7 @@ def routes() -> list[web.RouteDef]:
         web.get(one, show),
         web.get(one + "/versions/{version:[0-9]+}", show_version),
         web.delete(one, unpublish),
+        web.get("/endpoints/{app_id:.+}/workflow", endpoint_workflow),
     ]
 
 
@@ -97,6 +99,22 @@ async def show_version(request: web.Request) -> web.Response:
     return web.json_response(
         {**_described(request, version), "prompt": version.prompt, "workflow": version.workflow}
     )
+
+
+async def endpoint_workflow(request: web.Request) -> web.Response:
+    """Any endpoint's workflow for the editor: a published one's latest prompt, a built-in one's graph
+    with its request fields as input nodes (open it, change it, publish it under a new name)."""
+    app_id = request.match_info["app_id"]
+    endpoint = request.app[ENDPOINTS].get(app_id)
+    if endpoint is None or endpoint.raw:
+        listed = ", ".join(sorted(k for k, e in request.app[ENDPOINTS].items() if not e.raw))
+        raise NotFoundError(f"No endpoint {app_id!r}; endpoints: {listed}")
+    catalog = request.app[CATALOG]
+    if app_id in catalog.names():
+        prompt = catalog.versions(app_id)[-1].prompt
+    else:
+        prompt = marked_prompt(endpoint, request.app[GENERATOR].manifest)
+    return web.json_response({"app_id": app_id, "prompt": prompt})
 
 
 async def unpublish(request: web.Request) -> web.Response:

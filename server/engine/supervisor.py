@@ -103,7 +103,8 @@ class Supervisor:
         self.workers: tuple[Worker, ...] = ()
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._waiters: collections.deque[asyncio.Future[Worker]] = collections.deque()
+        # Borrowers in arrival order, each for any worker (None) or for one worker id.
+        self._waiters: collections.deque[tuple[asyncio.Future[Worker], int | None]] = collections.deque()
         self._stopping = False
 
     @property
@@ -205,7 +206,7 @@ class Supervisor:
         for w in self.workers:
             w.state = WorkerState.STOPPED
         while self._waiters:
-            waiter = self._waiters.popleft()
+            waiter, _ = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(WorkerUnavailableError("the server is shutting down"))
         if self._session is not None:
@@ -213,9 +214,11 @@ class Supervisor:
         logger.info("all ComfyUI workers stopped")
 
     @contextlib.asynccontextmanager
-    async def worker(self, *, timeout_s: float | None = None) -> AsyncIterator[Worker]:
-        """Borrow an idle, ready worker for one prompt; waits (FIFO) until one is free."""
-        w = await self._acquire(timeout_s)
+    async def worker(
+        self, *, timeout_s: float | None = None, worker_id: int | None = None
+    ) -> AsyncIterator[Worker]:
+        """Borrow an idle, ready worker (or worker ``worker_id``) for one prompt; waits in arrival order."""
+        w = await self._acquire(timeout_s, worker_id)
         try:
             yield w
         except WorkerConnectionError:
@@ -224,14 +227,15 @@ class Supervisor:
         finally:
             self._release(w)
 
-    async def _acquire(self, timeout_s: float | None) -> Worker:
+    async def _acquire(self, timeout_s: float | None, worker_id: int | None = None) -> Worker:
         if self._stopping or not self.workers:
             raise WorkerUnavailableError("no ComfyUI workers are running")
-        if not self._waiters and (idle := self._idle_worker()) is not None:
-            idle.busy = True
-            return idle
+        if worker_id is not None and not 0 <= worker_id < len(self.workers):
+            raise WorkerUnavailableError(f"no ComfyUI worker {worker_id}: {len(self.workers)} are running")
         waiter: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        entry = (waiter, worker_id)
+        self._waiters.append(entry)
+        self._dispatch()  # an idle worker goes to the oldest waiter it can serve, maybe this one
         try:
             async with asyncio.timeout(timeout_s):
                 return await waiter
@@ -239,7 +243,7 @@ class Supervisor:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self._release(waiter.result())  # handed a worker just as we gave up: pass it on
             with contextlib.suppress(ValueError):
-                self._waiters.remove(waiter)
+                self._waiters.remove(entry)
             if isinstance(e, TimeoutError):
                 raise WorkerUnavailableError(f"no ComfyUI worker became free within {timeout_s} s") from None
             raise
@@ -248,12 +252,16 @@ class Supervisor:
         w.busy = False
         self._dispatch()
 
-    def _idle_worker(self) -> Worker | None:
-        return next((w for w in self.workers if w.ready and not w.busy), None)
+    def _idle_worker(self, worker_id: int | None = None) -> Worker | None:
+        return next((w for w in self.workers if w.ready and not w.busy and worker_id in (None, w.id)), None)
 
     def _dispatch(self) -> None:
-        while self._waiters and (w := self._idle_worker()) is not None:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
+        """Hand idle workers to waiters in arrival order; one waiting for a busy worker holds no other."""
+        for entry in list(self._waiters):
+            waiter, worker_id = entry
+            if waiter.done():
+                self._waiters.remove(entry)
+            elif (w := self._idle_worker(worker_id)) is not None:
+                self._waiters.remove(entry)
                 w.busy = True
                 waiter.set_result(w)

@@ -6,7 +6,7 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ from server.media.outputs import OutputStore, data_uri
 from server.security import netpolicy
 from server.settings import Settings
 from server.workflows.choices import ComfyChoices
+from server.workflows.editor import EDITOR_WORKER, EditorRun
 from server.workflows.mapping import Endpoint, ImageInput
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ EventSink = Callable[[cc.Event], Awaitable[None]]
 # worker; nothing was stored yet, so a re-run is safe. Bounded, so a request that kills its worker
 # every time cannot take the pool down for long.
 WORKER_ATTEMPTS = 2
+HISTORY_POLL_S = 0.1  # how often an editor run's worker is asked whether it finished
 # Nodes whose failures come from what the request asked for (a LoRA of another family, a VAE that
 # does not fit, an impossible blend or schedule): a 422 for the client, not a server error.
 USER_INPUT_NODES = frozenset({
@@ -78,6 +80,8 @@ class Generator:
         on_event: EventSink | None = None,
     ) -> dict[str, Any]:
         """Generate, store the outputs and return fal's response body."""
+        if endpoint.raw:
+            return await self._run_raw(endpoint, request, request_id, on_event)
         self.check_models(endpoint)
         images = await self._fetch_images(endpoint, request, request_id, base_url)
         prepared: dict[str, Any] = {
@@ -125,6 +129,36 @@ class Generator:
                 for index, entry in enumerate(saved)
             ]
             return files, resolved, time.perf_counter() - started
+
+    async def _run_raw(
+        self, endpoint: Endpoint, request: BaseModel, request_id: str, on_event: EventSink | None
+    ) -> dict[str, Any]:
+        """An editor run: its prompt as it is, on the editor's worker, under the editor's client id (so
+        the editor gets the events); finished when the worker's history has it. Answers ComfyUI's outputs."""
+        run = EditorRun.model_validate(request.model_dump())
+        async with self.supervisor.worker(worker_id=EDITOR_WORKER) as worker:
+            try:
+                await worker.client.submit(
+                    run.prompt, prompt_id=request_id, client_id=run.client_id, extra_data=run.extra_data
+                )
+            except ComfyValidationError as e:
+                raise InputError(f"{endpoint.app_id}: {public_message(e.message)}") from e
+            if on_event is not None:
+                await on_event(cc.Started(request_id))
+            started = time.perf_counter()
+            try:
+                entry = await _finished(worker.client, request_id)
+            except asyncio.CancelledError:
+                await worker.client.cancel(request_id)  # cancelled here: stop it on the worker too
+                raise
+        status = entry.get("status", {})
+        if status.get("status_str") == "error":
+            raise GenerationError(f"{endpoint.app_id}: {public_message(_history_error(status))}")
+        return {
+            "prompt_id": request_id,
+            "outputs": entry.get("outputs", {}),
+            "timings": {"inference": time.perf_counter() - started},
+        }
 
     async def _fetch_images(
         self, endpoint: Endpoint, request: BaseModel, request_id: str, base_url: str
@@ -221,6 +255,34 @@ class Generator:
         if "width" in entry:
             described.update(width=entry["width"], height=entry["height"])
         return described
+
+
+async def _finished(client: cc.ComfyClient, prompt_id: str) -> dict[str, Any]:
+    """The prompt's history entry once it has one; WorkerConnectionError if the worker lost it."""
+    while True:
+        entry = await client.history(prompt_id)
+        if entry is not None and entry.get("status", {}).get("completed") is not None:
+            return entry
+        running, pending = await client.queue()
+        if prompt_id not in running and prompt_id not in pending:
+            entry = await client.history(prompt_id)  # it may have finished between the two calls
+            if entry is not None:
+                return entry
+            raise WorkerConnectionError(
+                f"{client.base_url} lost prompt {prompt_id}: neither queued nor in history"
+            )
+        await asyncio.sleep(HISTORY_POLL_S)
+
+
+def _history_error(status: Mapping[str, Any]) -> str:
+    """The error a failed prompt's history status carries (execution_error or interrupted)."""
+    for kind, data in status.get("messages", []):
+        if kind == "execution_error":
+            node = f"node {data.get('node_id')} ({data.get('node_type')})"
+            return f"{node} failed: {data.get('exception_message')}"
+        if kind == "execution_interrupted":
+            return "the run was interrupted"
+    return "the run failed"
 
 
 def _image_size(data: bytes, field: str) -> tuple[int, int]:

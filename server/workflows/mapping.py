@@ -99,6 +99,8 @@ class Endpoint:
     lookups: dict[str, LookupSpec]
     output: OutputSpec
     request_model: type[BaseModel]
+    # The request is a whole prompt to run as it is (the editor's runs), not fields of a mapping.
+    raw: bool = False
 
     def validate(self, body: Any) -> BaseModel:
         """Parse a request body; raises pydantic's ValidationError with fal-style details."""

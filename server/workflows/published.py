@@ -23,6 +23,7 @@ FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 # fal's query parameters and headers.
 RESERVED_FIELDS = frozenset({"sync_mode", "request_id"})
 RESERVED_PREFIX = "fal_"
+MIN_SIDE = 16  # DarkroomInputImageSize's smallest width/height
 OUTPUT_NODES = {"DarkroomSaveImage": "images", "DarkroomSaveVideo": "video"}
 SYNC_MODE = ParamSpec(type="boolean", default=False, description="Return files as data URIs instead of URLs.")
 
@@ -268,6 +269,8 @@ def _image_size(node_id: str, inputs: Inputs) -> ParamSpec:
     width, height, low, high, step = (
         _literal(inputs, name, int) for name in ("width", "height", "min_side", "max_side", "multiple_of")
     )
+    if low < MIN_SIDE:
+        raise ValueError(f"min_side must be at least {MIN_SIDE} (the smallest side the size node takes)")
     if not low <= min(width, height) <= max(width, height) <= high:
         raise ValueError(
             f"width {width} and height {height} must lie within min_side {low} .. max_side {high}"

@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 from queue_stack import Client, facade, submit, wait_status
+from test_determinism import png
 
 from server.engine.models import load_manifest
 from server.engine.supervisor import Supervisor
@@ -161,3 +162,47 @@ async def test_the_cli_publishes_and_lists(client: Client, tmp_path: Path) -> No
     code, output = await run_cli("--url", url, "publish", str(broken), "--name", "me/broken-cli")
     assert code == 1 and "already set by node 20" in output, output
     assert (await client.delete("/workflows/me/from-cli")).status == 200
+
+
+DEMOS = [
+    ("darkroom/demo-flux-2", {}),
+    ("darkroom/demo-flux-dev", {}),
+    ("darkroom/demo-flux-schnell", {}),
+    ("darkroom/demo-wan-2.2-5b-t2v", {}),
+    # Square images: an "auto" aspect ratio (a lookup key) stays as it resolved when the workflow was opened.
+    ("darkroom/demo-wan-2.2-5b-i2v", {"image_url": png(64, 64, 1)}),
+    ("darkroom/demo-wan-2.2-a14b-t2v", {}),
+    ("darkroom/demo-wan-2.2-a14b-i2v", {"image_url": png(64, 64, 2)}),
+]
+
+
+async def outputs(client: Client, app_id: str, body: dict[str, Any]) -> bytes:
+    response = await client.post(f"/run/{app_id}", json={"prompt": "a red fox", "seed": 3, **body})
+    assert response.status == 200, await response.text()
+    result = await response.json()
+    file = result["images"][0] if "images" in result else result["video"]
+    download = await client.get("/" + file["url"].split("/", 3)[3])
+    assert download.status == 200
+    return await download.read()
+
+
+@pytest.mark.parametrize(("app_id", "body"), DEMOS, ids=[app_id for app_id, _ in DEMOS])
+async def test_a_builtin_endpoint_opened_as_a_workflow_and_republished_gives_the_same_bytes(
+    client: Client, app_id: str, body: dict[str, Any]
+) -> None:
+    opened = await client.get(f"/endpoints/{app_id}/workflow")
+    assert opened.status == 200, await opened.text()
+    prompt = (await opened.json())["prompt"]
+    marked = {n["inputs"]["field"] for n in prompt.values() if n["class_type"].startswith("DarkroomInput")}
+    assert {"prompt", "seed"} <= marked and (("image_url" in marked) == ("image_url" in body)), marked
+    copy = "me/copy-of-" + app_id.split("/")[1].replace(".", "-")
+    status, published = await publish(client, prompt, copy)
+    assert status == 201, published
+    assert await outputs(client, copy, body) == await outputs(client, app_id, body)
+    assert (await client.delete(f"/workflows/{copy}")).status == 200
+
+
+async def test_only_real_endpoints_open(client: Client) -> None:
+    for app_id in ("darkroom/no-such-app", "darkroom/editor"):
+        response = await client.get(f"/endpoints/{app_id}/workflow")
+        assert response.status == 404 and "darkroom/demo-flux-2" in (await response.json())["detail"]

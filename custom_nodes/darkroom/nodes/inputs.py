@@ -16,6 +16,7 @@ import folder_paths
 from comfy_api.latest import io
 
 CATEGORY = "darkroom/inputs"
+MIN_SIDE = 16  # the smallest image side the size node (and a latent) takes
 SEED_MAX = 2**64 - 1  # as KSampler's noise seed; requests may send up to 2**63 - 1
 _FIELD_TIP = "The request field this sets (a lower-case identifier, e.g. prompt)."
 _DESCRIPTION_TIP = "What the field does, shown in the endpoint's schema and playground."
@@ -263,7 +264,7 @@ class DarkroomInputImage(io.ComfyNode):
 class DarkroomInputImageSize(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        side = {"min": 1, "max": 16384, "step": 16}
+        side = {"min": MIN_SIDE, "max": 16384, "step": 8}  # as EmptyLatentImage: widgets snap to min + k*step
         return _schema(
             "DarkroomInputImageSize",
             "Image Size",
@@ -274,7 +275,7 @@ class DarkroomInputImageSize(io.ComfyNode):
                 io.Int.Input("width", default=1024, **side, tooltip="The default width (px)."),
                 io.Int.Input("height", default=1024, **side, tooltip="The default height (px)."),
                 io.Int.Input(
-                    "min_side", default=64, min=1, max=16384, tooltip="Smallest side accepted (px)."
+                    "min_side", default=64, min=MIN_SIDE, max=16384, tooltip="Smallest side accepted (px)."
                 ),
                 io.Int.Input(
                     "max_side", default=2048, min=1, max=16384, tooltip="Largest side accepted (px)."

@@ -199,3 +199,33 @@ async def test_start_writes_the_model_paths_config(tmp_path: Path) -> None:
     written = yaml.safe_load((settings.data_path / "workers" / "extra_model_paths.yaml").read_text())
     assert written == extra_model_paths(settings)
     assert (settings.data_path / "workers" / "0" / "custom_nodes").is_dir()
+
+
+class _Idle:
+    """A ready worker slot (the borrowing logic reads only these fields)."""
+
+    def __init__(self, worker_id: int) -> None:
+        self.id, self.ready, self.busy = worker_id, True, False
+
+
+async def test_a_pinned_borrower_waits_for_its_worker_and_holds_up_no_other(tmp_path: Path) -> None:
+    supervisor = Supervisor(load_settings({}, data_dir=str(tmp_path)), tmp_path)
+    supervisor.workers = [_Idle(0), _Idle(1)]  # type: ignore[list-item]
+    order: list[str] = []
+
+    async def borrow(name: str, worker_id: int | None, hold_s: float) -> int:
+        async with supervisor.worker(worker_id=worker_id) as w:
+            order.append(f"{name}@{w.id}")
+            await asyncio.sleep(hold_s)
+            return w.id
+
+    first = asyncio.create_task(borrow("a", 0, 0.2))  # takes worker 0
+    await asyncio.sleep(0.01)
+    pinned = asyncio.create_task(borrow("b", 0, 0.0))  # waits for worker 0
+    await asyncio.sleep(0.01)
+    other = asyncio.create_task(borrow("c", None, 0.0))  # must not wait behind b: worker 1 is idle
+    assert await other == 1 and order == ["a@0", "c@1"]
+    assert await pinned == 0 and await first == 0 and order == ["a@0", "c@1", "b@0"]
+    with pytest.raises(WorkerUnavailableError, match="no ComfyUI worker 5"):
+        async with supervisor.worker(worker_id=5):
+            pass

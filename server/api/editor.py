@@ -1,0 +1,244 @@
+"""ComfyUI's browser editor at ``/editor/``, behind darkroom's keys, its runs in darkroom's queue.
+
+``GET /editor/login`` is a sign-in page: a key posted there becomes a session cookie
+(``server.security.sessions``); ``POST /editor/logout`` ends it. Without a session ``/editor/`` shows
+the sign-in page and every other editor route answers 401 (open access needs no sign-in).
+
+The editor's page, API and socket are relayed to the editor's worker (``api/proxy.py``), except what
+touches runs: ``POST /editor/api/prompt`` queues a ``darkroom/editor`` request (it runs on the editor's
+worker when its turn comes, in order with API requests, and the worker sends its events to the editor
+itself); ``/editor/api/interrupt`` and ``/editor/api/queue`` cancel editor runs only, never API ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import string
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from server.api.auth import has_valid_key, self_authenticating
+from server.api.proxy import check_allowed
+from server.api.request import base_url, own_origins, read_json
+from server.api.state import EDITOR, ENDPOINTS, HUB, KEYS, QUEUE, SETTINGS
+from server.errors import AuthError, ForbiddenError
+from server.queue.store import JobStatus
+from server.security import sessions
+from server.workflows.editor import EDITOR_APP, EditorRun
+
+logger = logging.getLogger(__name__)
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/editor", to_editor),
+        web.get("/editor/login", login_page),
+        web.post("/editor/login", login),
+        web.post("/editor/logout", logout),
+        web.get("/editor/", index),
+        web.get("/editor/ws", socket),
+        web.post("/editor/api/prompt", queue_prompt),
+        web.post("/editor/api/interrupt", interrupt),
+        web.post("/editor/api/queue", edit_queue),
+        web.route("*", "/editor/{tail:.+}", relay),
+        # The one file the frontend asks for by an absolute path (its favicon while a run progresses).
+        web.get("/assets/images/favicon_progress_16x16/{name}", favicon),
+    ]
+
+
+@self_authenticating
+async def to_editor(request: web.Request) -> web.Response:
+    raise web.HTTPSeeOther("/editor/")
+
+
+def signed_in(request: web.Request) -> bool:
+    """A session cookie, or open access (no keys configured)."""
+    keys = request.app[KEYS]
+    return keys.open or sessions.is_valid(keys, request.cookies.get(sessions.COOKIE))
+
+
+@self_authenticating
+async def login_page(request: web.Request) -> web.Response:
+    if signed_in(request):
+        raise web.HTTPSeeOther("/editor/")
+    return _page()
+
+
+@self_authenticating
+async def login(request: web.Request) -> web.Response:
+    """A key from the form becomes a session cookie; a wrong key shows the page again (401)."""
+    if not sessions.same_origin(request.method, request.headers, own_origins(request, request.app[SETTINGS])):
+        return _page("This sign-in did not come from darkroom's own page.", status=403)
+    form = await request.post()
+    key = str(form.get("key", "")).strip()
+    keys = request.app[KEYS]
+    if not keys.accepts(key):
+        logger.info("editor sign-in refused from %s", request.remote)
+        return _page("That is not one of this server's API keys.", status=401)
+    ttl_s = request.app[SETTINGS].session_ttl_s
+    token, _ = sessions.issue(keys, ttl_s)
+    response = web.HTTPSeeOther("/editor/")
+    sessions.set_cookie(response, token, secure=request.secure, max_age_s=ttl_s)
+    raise response
+
+
+@self_authenticating
+async def logout(request: web.Request) -> web.Response:
+    if not sessions.same_origin(request.method, request.headers, own_origins(request, request.app[SETTINGS])):
+        return _page("This sign-out did not come from darkroom's own page.", status=403)
+    response = web.HTTPSeeOther("/editor/login")
+    response.del_cookie(sessions.COOKIE, path="/")
+    raise response
+
+
+@self_authenticating
+async def index(request: web.Request) -> web.StreamResponse:
+    """The editor itself when signed in, else the sign-in page."""
+    if not signed_in(request):
+        raise web.HTTPSeeOther("/editor/login")
+    return await request.app[EDITOR].forward(request, "")
+
+
+def _require_session(request: web.Request) -> None:
+    """A signed-in browser (from the editor's own page when it changes state), or a key."""
+    if has_valid_key(request) and request.headers.get("Authorization"):
+        return
+    if not signed_in(request):
+        raise AuthError("Sign in to the editor at /editor/login with one of this server's API keys.")
+    if not sessions.same_origin(request.method, request.headers, own_origins(request, request.app[SETTINGS])):
+        raise ForbiddenError("Cross-site request refused: editor changes must come from the editor's page.")
+
+
+@self_authenticating
+async def relay(request: web.Request) -> web.StreamResponse:
+    _require_session(request)
+    tail = request.match_info["tail"]
+    check_allowed(request.method, tail)
+    return await request.app[EDITOR].forward(request, tail)
+
+
+@self_authenticating
+async def favicon(request: web.Request) -> web.StreamResponse:
+    _require_session(request)
+    return await request.app[EDITOR].forward(
+        request, f"assets/images/favicon_progress_16x16/{request.match_info['name']}"
+    )
+
+
+@self_authenticating
+async def socket(request: web.Request) -> web.WebSocketResponse:
+    _require_session(request)
+    return await request.app[EDITOR].relay_socket(request)
+
+
+@self_authenticating
+async def queue_prompt(request: web.Request) -> web.Response:
+    """The editor's "Queue": a darkroom/editor request; answers as ComfyUI's POST /prompt does."""
+    _require_session(request)
+    body = await read_json(request)
+    try:
+        run = EditorRun.model_validate(
+            {
+                k: body.get(k)
+                for k in ("prompt", "client_id", "extra_data")
+                if isinstance(body, dict) and k in body
+            }
+        )
+    except ValidationError as e:
+        message = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        error = {"type": "invalid_prompt", "message": message, "details": message, "extra_info": {}}
+        return web.json_response({"error": error, "node_errors": {}}, status=400)
+    queue = request.app[QUEUE]
+    record = await queue.submit(
+        request.app[ENDPOINTS][EDITOR_APP], run.model_dump(mode="json"), url_path=EDITOR_APP,
+        base_url=base_url(request, request.app[SETTINGS]),
+    )  # fmt: skip
+    logger.info("editor run %s queued for client %s", record.request_id, run.client_id)
+    asyncio.get_running_loop().create_task(
+        _report_early_failure(request.app, record.request_id, run.client_id)
+    )
+    number = queue.position(record.request_id) or 0
+    return web.json_response({"prompt_id": record.request_id, "number": number, "node_errors": {}})
+
+
+_watchers: set[asyncio.Task[None]] = set()  # held so they are not collected
+
+
+async def _report_early_failure(app: web.Application, request_id: str, client_id: str) -> None:
+    """A run that fails before the worker has it (ComfyUI refused the prompt, no worker) would never be
+    heard of in the editor: say it on the editor's socket as an execution_error."""
+    subscription = app[HUB].subscribe(request_id)
+    started = False
+    try:
+        async for event in subscription:
+            started = started or event["type"] in ("started", "progress")
+            if event["type"] == "failed" and not started:
+                await app[EDITOR].tell(client_id, _execution_error(request_id, str(event.get("error", ""))))
+    finally:
+        subscription.close()
+
+
+def _execution_error(prompt_id: str, message: str) -> dict[str, Any]:
+    data = {
+        "prompt_id": prompt_id, "node_id": "", "node_type": "darkroom", "executed": [],
+        "exception_message": message, "exception_type": "darkroom", "traceback": [],
+        "current_inputs": {}, "current_outputs": {}, "timestamp": int(time.time() * 1000),
+    }  # fmt: skip
+    return {"type": "execution_error", "data": data}
+
+
+def _editor_runs(request: web.Request, *, running: bool) -> list[str]:
+    queue = request.app[QUEUE]
+    wanted = JobStatus.IN_PROGRESS if running else JobStatus.IN_QUEUE
+    return [r.request_id for r in queue.order.jobs.values() if r.app_id == EDITOR_APP and r.status is wanted]
+
+
+async def _cancel_editor_runs(request: web.Request, ids: list[str]) -> None:
+    queue = request.app[QUEUE]
+    for request_id in ids:
+        record = queue.get(request_id)
+        if record is not None and record.app_id == EDITOR_APP:  # never an API request
+            await queue.cancel(request_id)
+
+
+@self_authenticating
+async def interrupt(request: web.Request) -> web.Response:
+    """The editor's "Cancel": its running run (or the one it names), never an API request."""
+    _require_session(request)
+    body = await read_json(request)
+    named = body.get("prompt_id") if isinstance(body, dict) else None
+    await _cancel_editor_runs(
+        request, [named] if isinstance(named, str) else _editor_runs(request, running=True)
+    )
+    return web.json_response({})
+
+
+@self_authenticating
+async def edit_queue(request: web.Request) -> web.Response:
+    """The editor's queue panel: ``{"delete": [ids]}`` or ``{"clear": true}``, for editor runs only."""
+    _require_session(request)
+    body = await read_json(request)
+    ids: list[str] = []
+    if isinstance(body, dict) and isinstance(body.get("delete"), list):
+        ids = [i for i in body["delete"] if isinstance(i, str)]
+    if isinstance(body, dict) and body.get("clear"):
+        ids += _editor_runs(request, running=False)
+    await _cancel_editor_runs(request, ids)
+    return web.json_response({})
+
+
+_PAGE = string.Template((Path(__file__).parent / "pages" / "signin.html").read_text())
+
+
+def _page(error: str = "", *, status: int = 200) -> web.Response:
+    shown = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
+    return web.Response(
+        text=_PAGE.substitute(error=shown), content_type="text/html", status=status,
+        headers={"Cache-Control": "no-store"},
+    )  # fmt: skip
