@@ -7,10 +7,12 @@ the WebSocket routes (``/ws``, ``/run/{app}/realtime``) check their own credenti
 ``websocket_grant``: a key in ``Authorization``, or an app token as ``?fal_jwt_token=`` (or as
 ``Authorization: Bearer <token>``), which limits the connection to the token's apps.
 
-Public: /health, /ready, /.well-known/jwks.json, the API description (/openapi.json, /docs), and
-GET/HEAD under /files/, which are capability URLs (random 128-bit ids, like fal's CDN links) so results
-can be handed to browsers and other services that cannot send our key. Handlers marked
-``self_authenticating`` check their own credentials (upload tokens, one-time upload URLs, WebSockets).
+Public: /health, /ready, /.well-known/jwks.json, the API description (/openapi.json, /docs), the
+editor frontend's favicons, and GET/HEAD under /files/, which are capability URLs (random 128-bit
+ids, like fal's CDN links) so results can be handed to browsers and other services that cannot send
+our key. Handlers marked
+``self_authenticating`` check their own credentials (upload tokens, one-time upload URLs, WebSockets,
+the editor's session).
 """
 
 from __future__ import annotations
@@ -34,7 +36,18 @@ from server.security.tokens import Grant, TokenRequest, app_grant, issue_app_tok
 logger = logging.getLogger(__name__)
 
 # The API description is public like fal's (it holds no secret, and a browser cannot send a key).
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/.well-known/jwks.json", "/openapi.json", "/docs"})
+# So are the favicons browsers fetch without cookies (the editor's, by absolute paths).
+PUBLIC_PATHS = frozenset(
+    {
+        "/health",
+        "/ready",
+        "/.well-known/jwks.json",
+        "/openapi.json",
+        "/docs",
+        "/favicon.ico",
+        "/assets/{path}",
+    }
+)
 PUBLIC_GET_PREFIX = "/files/"
 TOKEN_QUERY = "fal_jwt_token"
 # HTTP routes a browser may call with a token in the query instead of a key: fal's JS client in

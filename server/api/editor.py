@@ -46,9 +46,11 @@ def routes() -> list[web.RouteDef]:
         web.post("/editor/api/prompt", queue_prompt),
         web.post("/editor/api/interrupt", interrupt),
         web.post("/editor/api/queue", edit_queue),
+        web.get("/editor/user.css", user_css),
         web.route("*", "/editor/{tail:.+}", relay),
-        # The one file the frontend asks for by an absolute path (its favicon while a run progresses).
-        web.get("/assets/images/favicon_progress_16x16/{name}", favicon),
+        # The files the frontend asks for by an absolute path: its favicons (one per progress step).
+        web.get(r"/assets/{path:favicon\.ico|images/favicon_progress_16x16/frame_[0-9]+\.png}", favicon),
+        web.get("/favicon.ico", no_favicon),  # asked for by every tab, the sign-in page's too
     ]
 
 
@@ -118,17 +120,26 @@ def _require_session(request: web.Request) -> None:
 @self_authenticating
 async def relay(request: web.Request) -> web.StreamResponse:
     _require_session(request)
-    tail = request.match_info["tail"]
+    # As sent, still %-encoded: ComfyUI names user files with an encoded "/" (workflows%2Fa.json).
+    tail = request.raw_path.split("?", 1)[0].removeprefix("/editor/")
     check_allowed(request.method, tail)
     return await request.app[EDITOR].forward(request, tail)
 
 
 @self_authenticating
-async def favicon(request: web.Request) -> web.StreamResponse:
+async def user_css(request: web.Request) -> web.StreamResponse:
+    """The frontend asks for /user.css beside the page (ComfyUI serves none there): the user's own."""
     _require_session(request)
-    return await request.app[EDITOR].forward(
-        request, f"assets/images/favicon_progress_16x16/{request.match_info['name']}"
-    )
+    return await request.app[EDITOR].forward(request, "api/userdata/user.css")
+
+
+async def no_favicon(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers={"Cache-Control": "public, max-age=86400"})
+
+
+async def favicon(request: web.Request) -> web.StreamResponse:
+    """Public (``auth.PUBLIC_PATHS``), as static files are: browsers fetch favicons without cookies."""
+    return await request.app[EDITOR].forward(request, f"assets/{request.match_info['path']}")
 
 
 @self_authenticating

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from yarl import URL
 
 from server.engine.supervisor import Supervisor
 from server.errors import ForbiddenError, WorkerUnavailableError
@@ -81,7 +82,7 @@ class EditorProxy:
         assert self.session is not None, "EditorProxy.open() was not called"
         headers = {h: request.headers[h] for h in _FORWARDED_REQUEST_HEADERS if h in request.headers}
         body = await request.read() if request.can_read_body else None
-        url = f"{self.worker_url()}/{tail}"
+        url = URL(f"{self.worker_url()}/{tail}", encoded=True)  # ``tail`` is already %-encoded
         try:
             async with self.session.request(
                 request.method, url, params=request.query, headers=headers, data=body, allow_redirects=False

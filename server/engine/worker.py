@@ -43,6 +43,16 @@ class WorkerState(StrEnum):
     STOPPED = "stopped"
 
 
+def prepare_user_directory(user_dir: Path) -> None:
+    """What the browser editor reads from a new user directory, so a first visit asks for nothing that
+    is missing: a user stylesheet, the saved-workflow folders and the user's template list."""
+    for folder in ("workflows", "subgraphs"):
+        (user_dir / folder).mkdir(parents=True, exist_ok=True)
+    for name, empty in (("user.css", ""), ("comfy.templates.json", "[]")):
+        if not (user_dir / name).exists():
+            (user_dir / name).write_text(empty, encoding="utf-8")
+
+
 def worker_command(
     python: str, comfyui_dir: Path, *, port: int, base_dir: Path, extra_paths_yaml: Path, cpu: bool
 ) -> list[str]:
@@ -156,6 +166,7 @@ class Worker:
             self.client = ComfyClient(self.base_url, self._session)
         (self.base_dir / "custom_nodes").mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        prepare_user_directory(self.base_dir / "user" / "default")
         env = {**environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": self.gpu or ""}
         command = worker_command(
             python, comfyui_dir, port=self.port, base_dir=self.base_dir, extra_paths_yaml=extra_paths_yaml,

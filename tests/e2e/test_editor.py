@@ -78,9 +78,17 @@ async def test_without_a_session_only_the_sign_in_page(client: Client) -> None:
         - {"/editor", "/editor/", "/editor/login", "/editor/logout"}
     )
     assert [r for r in routes if r.startswith("/editor")] == [
-        "/editor/api/interrupt", "/editor/api/prompt", "/editor/api/queue", "/editor/ws", "/editor/{tail}",
+        "/editor/api/interrupt", "/editor/api/prompt", "/editor/api/queue", "/editor/user.css", "/editor/ws",
+        "/editor/{tail}",
     ]  # fmt: skip
-    for path in ("/editor/api/object_info", "/editor/assets/index.js", "/editor/ws", "/editor/api/prompt"):
+    paths = (
+        "/editor/api/object_info",
+        "/editor/assets/index.js",
+        "/editor/ws",
+        "/editor/api/prompt",
+        "/editor/user.css",
+    )
+    for path in paths:
         for method in ("GET", "POST"):
             response = await client.request(method, path, headers=origin(client))
             assert response.status == 401, (method, path, response.status)
@@ -115,12 +123,16 @@ async def test_an_editor_run_and_api_requests_share_the_worker(client: Client) -
         ]
         queued = await client.post(
             "/editor/api/prompt", headers=headers,
-            json={"prompt": demo_prompt(client, 7), "client_id": "editor-tab-1", "extra_data": {}},
+            json={
+                "prompt": demo_prompt(client, 7), "client_id": "editor-tab-1",
+                "extra_data": {"preview_method": "latent2rgb"},  # as the editor sends its preview setting
+            },
         )  # fmt: skip
         assert queued.status == 200, await queued.text()
         prompt_id = (await queued.json())["prompt_id"]
-        events = await _events_until_done(ws, prompt_id)
-    assert "execution_success" in events and "executed" in events, events
+        events, previews = await _events_until_done(ws, prompt_id)
+    assert {"execution_start", "progress", "executed", "execution_success"} <= set(events), events
+    assert previews > 0, "live previews reach the editor (binary frames)"
     for request_id in [*api_ids, prompt_id]:
         status = await finished(client, request_id)
         assert "error" not in status, status
@@ -129,6 +141,18 @@ async def test_an_editor_run_and_api_requests_share_the_worker(client: Client) -
     for request_id in api_ids:
         body = await (await client.get(f"/queue/{DEMO}/requests/{request_id}", headers=AUTH)).json()
         assert len(body["images"]) == 1, body
+
+
+async def test_workflows_save_and_load_in_the_user_directory(client: Client) -> None:
+    headers = await signed_in(client)
+    saved = {"nodes": [], "links": [], "version": 0.4}
+    put = await client.post(
+        "/editor/api/userdata/workflows%2Fmine.json?overwrite=true", json=saved, headers=headers
+    )
+    assert put.status == 200, await put.text()
+    listed = await (await client.get("/editor/api/userdata?dir=workflows")).json()
+    assert "mine.json" in listed
+    assert await (await client.get("/editor/api/userdata/workflows%2Fmine.json")).json() == saved
 
 
 async def test_cancelling_in_the_editor_cancels_only_its_run(client: Client) -> None:
@@ -150,15 +174,33 @@ async def test_cancelling_in_the_editor_cancels_only_its_run(client: Client) -> 
     assert "error" not in await finished(client, slow), "an editor cancel never touches an API request"
 
 
-async def _events_until_done(ws: Any, prompt_id: str) -> list[str]:
+async def _events_until_done(ws: Any, prompt_id: str) -> tuple[list[str], int]:
+    """The run's event types as the editor's socket gets them, and how many preview frames came."""
     seen: list[str] = []
+    previews = 0
     async with asyncio.timeout(120):
         async for message in ws:
-            if message.type != WSMsgType.TEXT:
+            if message.type == WSMsgType.BINARY:
+                previews += 1
                 continue
             data = json.loads(message.data)
-            if data.get("data", {}).get("prompt_id") == prompt_id:
+            if data.get("type") == "progress" or data.get("data", {}).get("prompt_id") == prompt_id:
                 seen.append(data["type"])
                 if data["type"] in ("execution_success", "execution_error", "execution_interrupted"):
-                    return seen
-    return seen
+                    break
+    return seen, previews
+
+
+async def test_open_access_needs_no_sign_in_but_still_refuses_other_sites(
+    stack_settings: Settings, supervisor: Supervisor, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    async with facade(stack_settings, supervisor, tmp_path_factory.mktemp("editor-open")) as open_client:
+        page = await open_client.get("/editor/")
+        assert page.status == 200 and "<title>ComfyUI</title>" in await page.text()
+        assert (await open_client.get("/editor/login", allow_redirects=False)).status == 303
+        forged = await open_client.post(
+            "/editor/api/prompt", json={}, headers={"Origin": "https://evil.example"}
+        )
+        assert forged.status == 403, "a page on another site cannot queue runs on a loopback editor"
+        css = await open_client.get("/editor/user.css")
+        assert css.status == 200, "a new user directory has what the editor asks for"

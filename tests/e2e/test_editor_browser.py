@@ -63,8 +63,16 @@ async def page(server: Server) -> AsyncIterator[Any]:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         context = await browser.new_context(ignore_https_errors=True, viewport={"width": 1400, "height": 900})
         opened = await context.new_page()
-        opened.problems = []  # JS exceptions, and failed requests
+        opened.problems = []  # JS exceptions, console errors and failed requests
         opened.on("pageerror", lambda error: opened.problems.append(f"page error: {error}"))
+        opened.on(
+            "console",
+            lambda m: (
+                opened.problems.append(f"console: {m.text} at {m.location.get('url')}")
+                if m.type == "error"
+                else None
+            ),
+        )
         opened.on(
             "response", lambda r: opened.problems.append(f"{r.status} {r.url}") if r.status >= 400 else None
         )
@@ -108,13 +116,6 @@ def get_json(server: Server, path: str) -> Any:
     request = urllib.request.Request(server.base + path, headers={"Authorization": f"Key {KEY}"})
     with urllib.request.urlopen(request, context=server.ssl_context(), timeout=30) as response:
         return json.loads(response.read())
-
-
-def _unexpected(problems: list[str]) -> list[str]:
-    # A fresh user directory has no user.css and no saved workflows yet: ComfyUI answers 404 for those
-    # (it does so without darkroom in front too).
-    expected = ("/api/userdata", "/user.css")
-    return [p for p in problems if not (p.startswith("404 ") and any(e in p for e in expected))]
 
 
 async def test_sign_in_edit_run_publish_and_call_it_with_fal_client(page: Any, server: Server) -> None:
@@ -185,6 +186,13 @@ async def test_sign_in_edit_run_publish_and_call_it_with_fal_client(page: Any, s
     }
     assert bytes_of["latest"] != bytes_of["v1"], "version 2 changes the output"
     assert bytes_of["pinned"] == bytes_of["v1"], "@1 still gives the first version's output"
+    realtime = f"""
+    with fal_client.realtime({NAME + "@1"!r}, use_jwt=False) as connection:
+        connection.send({ARGUMENTS!r})
+        emit(connection.recv())
+    """
+    over_realtime = run_sdk(server, realtime)
+    assert server.get(over_realtime["images"][0]["url"])[1] == bytes_of["v1"], "realtime serves it too"
 
     # A built-in endpoint opens in the editor with its fields as input nodes (then it publishes as above).
     await page.evaluate("() => { window.prompt = () => 'darkroom/demo-flux-2'; }")
@@ -194,4 +202,4 @@ async def test_sign_in_edit_run_publish_and_call_it_with_fal_client(page: Any, s
         ".length === 1 && app.graph._nodes.some(n => n.type === 'DarkroomInputImageSize')",
         timeout=30_000,
     )
-    assert _unexpected(page.problems) == [], page.problems
+    assert page.problems == [], f"no console errors or failed requests, got {page.problems}"

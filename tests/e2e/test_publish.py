@@ -119,6 +119,13 @@ async def test_publish_serve_version_pin_restart_unpublish(
     result = await (await client.get(f"/queue/{NAME}@1/requests/{request_id}")).json()
     assert await image_bytes(client, result) == first_bytes
 
+    async with client.ws_connect("/ws") as ws:  # the WebSocket's submit serves it too
+        await ws.send_json({"action": "submit", "app_id": f"{NAME}@1", "input": REQUEST})
+        async with asyncio.timeout(60):
+            while (event := await ws.receive_json())["type"] != "completed":
+                assert event["type"] not in ("failed", "error"), event
+    assert await image_bytes(client, event["result"]) == first_bytes
+
     listed = await (await client.get("/workflows")).json()
     assert [(w["name"], w["version"], w["versions"]) for w in listed["workflows"]] == [(NAME, 2, 2)]
     shown = await (await client.get(f"/workflows/{NAME}/versions/1")).json()
