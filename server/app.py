@@ -14,7 +14,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp.web_log import AccessLogger
 
-from server.api import auth, editor, files, openapi, queue, realtime, run, storage, workflows, ws
+from server.api import auth, editor, files, metrics, openapi, queue, realtime, run, storage, workflows, ws
+from server.api.metrics import Metrics
 from server.api.proxy import EditorProxy
 from server.api.state import (
     CATALOG,
@@ -23,6 +24,7 @@ from server.api.state import (
     GENERATOR,
     HUB,
     KEYS,
+    METRICS,
     MULTIPART,
     QUEUE,
     REQUEST_ID,
@@ -148,6 +150,7 @@ def create_app(settings: Settings, supervisor: Supervisor, *, run_supervisor: bo
             *storage.routes(),
             *workflows.routes(),
             *editor.routes(),
+            *metrics.routes(app[METRICS]),
         ]
     )
     if app[KEYS].open:
@@ -181,6 +184,9 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
     app[UPLOADS] = UploadStore(settings.uploads_path, settings.upload_max_bytes)
     app[MULTIPART] = MultipartStore(settings.uploads_path, settings.upload_max_bytes)
     app[EDITOR] = EditorProxy(supervisor)
+    app[METRICS] = Metrics(supervisor, app[QUEUE], endpoints)
+    app[QUEUE].observers.append(app[METRICS].job_finished)
+    sender.observers.append(app[METRICS].webhook_settled)
     return signer
 
 

@@ -65,6 +65,10 @@ class Settings:
         default=180.0,
         metadata={"help": "How long a worker may take to answer before start-up fails."},
     )
+    metrics_public: bool = field(
+        default=False,
+        metadata={"help": "Serve /metrics without a key (for a scraper on a trusted network)."},
+    )
     session_ttl_s: float = field(
         default=43200.0,
         metadata={"help": "How long a browser stays signed in to the editor after signing in with a key."},

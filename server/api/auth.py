@@ -71,7 +71,7 @@ def is_public(request: web.Request) -> bool:
     # Decided by the route that matched, not the raw path, so no spelling of a path can borrow a
     # public route's exemption; unmatched paths (404/405) are not public.
     pattern = _pattern(request)
-    if pattern in PUBLIC_PATHS:
+    if pattern in PUBLIC_PATHS or (pattern == "/metrics" and request.app[SETTINGS].metrics_public):
         return True
     if request.method in ("GET", "HEAD") and pattern.startswith(PUBLIC_GET_PREFIX):
         return True

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
 
 from server.api import sse
 from server.api.request import base_url, read_json
-from server.api.state import ENDPOINTS, GENERATOR, HUB, REQUEST_ID
+from server.api.state import ENDPOINTS, GENERATOR, HUB, METRICS, REQUEST_ID
 from server.errors import DarkroomError
 from server.generation.live import run_live
 from server.workflows.mapping import Endpoint
@@ -31,13 +34,33 @@ async def run(request: web.Request) -> web.Response:
     """Sync run: the response is the model output itself (fal sends no envelope)."""
     endpoint = find_endpoint(request.app[ENDPOINTS], request.match_info["path"])
     request_id = request[REQUEST_ID] = str(uuid.uuid4())
-    parsed = await read_input(request, endpoint)
-    generator = request.app[GENERATOR]
-    output = await run_live(
-        generator, request.app[HUB], endpoint, parsed, request_id=request_id,
-        base_url=base_url(request, generator.settings), previews_per_s=generator.settings.previews_per_s,
-    )  # fmt: skip
+    with counted(request, endpoint.app_id):
+        parsed = await read_input(request, endpoint)
+        generator = request.app[GENERATOR]
+        output = await run_live(
+            generator, request.app[HUB], endpoint, parsed, request_id=request_id,
+            base_url=base_url(request, generator.settings), previews_per_s=generator.settings.previews_per_s,
+        )  # fmt: skip
     return web.json_response(output)
+
+
+@contextlib.contextmanager
+def counted(request: web.Request, app_id: str) -> Iterator[None]:
+    """Count a sync run in the metrics with the status it ends with (499: the client left)."""
+    started, status = time.perf_counter(), 200
+    try:
+        yield
+    except DarkroomError as e:
+        status = e.status
+        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        status = 499
+        raise
+    except Exception:
+        status = 500
+        raise
+    finally:
+        request.app[METRICS].run_finished(app_id, status, time.perf_counter() - started)
 
 
 async def run_stream(request: web.Request) -> web.StreamResponse:
@@ -58,11 +81,14 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
         )
     )  # fmt: skip
     response = await sse.open_stream(request)
+    started, status = time.perf_counter(), 499  # unless the run ends while the client listens
     try:
         async for event in subscription:
             if event["type"] == "completed":
+                status = 200
                 await sse.send(response, event["result"])
             elif event["type"] == "failed":
+                status = int(event.get("status_code", 500))
                 await sse.send(response, {"detail": event["detail"], "error_type": event["error_type"]})
             else:
                 await sse.send(response, event)
@@ -72,4 +98,5 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
         subscription.close()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        request.app[METRICS].run_finished(endpoint.app_id, status, time.perf_counter() - started)
     return response

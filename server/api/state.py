@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from server.api.metrics import Metrics
 from server.api.proxy import EditorProxy
 from server.engine.supervisor import Supervisor
 from server.generation.generator import Generator
@@ -27,6 +28,7 @@ QUEUE = web.AppKey("job_queue", JobQueue)
 UPLOADS = web.AppKey("uploads", UploadStore)
 MULTIPART = web.AppKey("multipart", MultipartStore)
 EDITOR = web.AppKey("editor", EditorProxy)
+METRICS = web.AppKey("metrics", Metrics)
 REQUEST_ID = web.RequestKey("request_id", str)
 # Set by authentication when the key names a user; queue requests' webhooks are signed with it.
 USER_ID = web.RequestKey("user_id", str)

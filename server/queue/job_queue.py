@@ -142,6 +142,8 @@ class JobQueue:
         self.webhooks = webhooks
         self.clock = clock
         self.order = QueueOrder(hub)
+        # Told of every request that ends (metrics); must not raise or block.
+        self.observers: list[Callable[[JobRecord, Outcome], None]] = []
         self._tasks: dict[str, asyncio.Task[dict[str, Any]]] = {}
         self._wakeup = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
@@ -405,6 +407,8 @@ class JobQueue:
             )
             terminal = completed_event(output) if output is not None else _terminal_event(outcome)
             self.hub.publish(record.request_id, terminal)
+            for observer in self.observers:
+                observer(record, outcome)
             # The result lives in the store; ensure_live_state rebuilds the hub's state when asked.
             asyncio.get_running_loop().call_later(FINISHED_STATE_TTL_S, self.hub.forget, record.request_id)
         if delivery is not None and self.webhooks is not None:

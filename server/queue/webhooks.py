@@ -150,6 +150,8 @@ class WebhookSender:
     ) -> None:  # fmt: skip
         self.store = store
         self.signer = signer
+        # Told each attempt's result: delivered, retrying, gave_up, refused (metrics); must not raise.
+        self.observers: list[Callable[[str], None]] = []
         self.policy = policy
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
@@ -234,6 +236,7 @@ class WebhookSender:
         except DarkroomError as e:  # refused by the address policy: retrying cannot help
             logger.error("webhook for %s to %s dropped: %s", delivery.request_id, delivery.url, e.message)
             await self.store.delete_delivery(delivery.id)
+            self._tell("refused")
             return
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             failure = f"failed: {type(e).__name__}: {e}"
@@ -242,16 +245,23 @@ class WebhookSender:
             failure = f"failed: {type(e).__name__}: {e}"
         await self._settle(delivery, failure)
 
+    def _tell(self, result: str) -> None:
+        for observer in self.observers:
+            observer(result)
+
     async def _settle(self, delivery: Delivery, failure: str | None) -> None:
         attempts = delivery.attempts + 1
         where = f"webhook for {delivery.request_id} to {delivery.url}"
         if failure is None:
             logger.info("%s delivered (attempt %d)", where, attempts)
             await self.store.delete_delivery(delivery.id)
+            self._tell("delivered")
         elif attempts >= self.max_attempts:
             logger.error("%s %s; giving up after %d attempts", where, failure, attempts)
             await self.store.delete_delivery(delivery.id)
+            self._tell("gave_up")
         else:
+            self._tell("retrying")
             wait_s = backoff_s(attempts, base_s=self.backoff_base_s, max_s=self.backoff_max_s)
             logger.warning("%s %s (attempt %d); retrying in %g s", where, failure, attempts, wait_s)
             await self.store.reschedule_delivery(

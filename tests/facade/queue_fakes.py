@@ -21,6 +21,12 @@ class FakeWorker:
     def __init__(self, worker_id: int = 0, state: str = "ready") -> None:
         self.id = worker_id
         self.state = state
+        self.gpu: str | None = None
+        self.restarts = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "state": self.state, "busy": False, "pid": None}

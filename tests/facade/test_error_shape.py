@@ -39,7 +39,7 @@ SAMPLES = {
 }
 BODY_METHODS = {"POST", "PUT", "PATCH"}
 # Routes with no id and no body, so nothing a probe can get wrong: with a key they answer 200.
-LISTINGS = {("GET", "/workflows"), ("HEAD", "/workflows")}
+LISTINGS = {("GET", "/workflows"), ("HEAD", "/workflows"), ("GET", "/metrics"), ("HEAD", "/metrics")}
 # Pages for people, answering HTML (the editor's sign-in): tests/e2e/test_editor.py checks them.
 BROWSER_PAGES = {"/editor", "/editor/", "/editor/login", "/editor/logout"}
 CANCEL_BODIES = [{"status": "NOT_FOUND"}, {"status": "ALREADY_COMPLETED"}]

@@ -173,3 +173,23 @@ async def test_refused_addresses_are_never_contacted(
     await server.close()
     assert receiver.calls == []
     assert "dropped: Refusing to connect to localhost" in caplog.text  # at once, not after retries
+
+
+async def test_observers_hear_each_attempts_result(store: SqliteJobStore, tmp_path: Path) -> None:
+    receiver = Receiver([500, 500, 200])
+    server = await serve(receiver)
+    webhooks = sender(store, WebhookSigner.load_or_create(tmp_path / "k"), max_attempts=2)
+    heard: list[str] = []
+    webhooks.observers.append(heard.append)
+    hook = str(server.make_url("/hook"))
+    await store.add_delivery(Delivery("r1", "u", hook, b"{}", next_attempt_at=0.0))
+    await webhooks.start()
+    async with asyncio.timeout(5):
+        while await store.next_delivery_at() is not None:
+            await asyncio.sleep(0.02)
+    await store.add_delivery(Delivery("r2", "u", hook, b"{}", next_attempt_at=0.0))
+    webhooks.notify()
+    await asyncio.wait_for(receiver.delivered.wait(), 5)
+    await webhooks.stop()
+    await server.close()
+    assert heard == ["retrying", "gave_up", "delivered"]
