@@ -224,7 +224,7 @@ class Generator:
         if on_event is not None:
             await on_event(event)
         if isinstance(event, cc.Executed) and event.node == endpoint.output.node:
-            saved.extend(event.output.get("images", []) + event.output.get("videos", []))
+            saved.extend(event.output.get("images", []))
         elif isinstance(event, cc.ExecutionError) and event.node_type in USER_INPUT_NODES:
             raise InputError(f"{endpoint.app_id}: {public_message(event.message)}")
         elif isinstance(event, cc.ExecutionError):

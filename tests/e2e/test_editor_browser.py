@@ -3,7 +3,8 @@
 queued in the editor shows its image, "Publish to darkroom" serves the workflow, fal's unmodified SDK
 calls it, and a second version changes the output while @1 keeps the first.
 
-Screenshots go to ``data/screenshots/`` (editor-signin.png, editor-run.png, editor-publish.png).
+Screenshots go to ``data/screenshots/`` (editor-signin.png, editor-run.png, editor-publish.png,
+editor-video.png).
 """
 
 from __future__ import annotations
@@ -178,6 +179,7 @@ async def test_sign_in_edit_run_publish_and_call_it_with_fal_client(page: Any, s
     assert (
         f"Published {NAME}@2" in await (await page.wait_for_selector("#darkroom-publish-dialog")).inner_text()
     )
+    await page.click("#darkroom-publish-dialog button:text('Close')")
     latest = run_sdk(server, f"emit(fal_client.subscribe({NAME!r}, arguments={ARGUMENTS!r}))")
     pinned = run_sdk(server, f"emit(fal_client.subscribe({NAME + '@1'!r}, arguments={ARGUMENTS!r}))")
     bytes_of = {
@@ -202,4 +204,19 @@ async def test_sign_in_edit_run_publish_and_call_it_with_fal_client(page: Any, s
         ".length === 1 && app.graph._nodes.some(n => n.type === 'DarkroomInputImageSize')",
         timeout=30_000,
     )
+
+    # A video endpoint: the saved mp4 plays in the editor's save node.
+    await page.evaluate("window.darkroom.openEndpoint('darkroom/demo-wan-2.2-5b-t2v')")
+    await page.wait_for_function("app.graph._nodes.some(n => n.type === 'DarkroomSaveVideo')", timeout=30_000)
+    save = await page.evaluate("app.graph._nodes.find(n => n.type === 'DarkroomSaveVideo').id")
+    await page.evaluate("app.queuePrompt(0)")
+    await page.wait_for_function(f"app.nodeOutputs?.['{save}']?.images?.length > 0", timeout=120_000)
+    await page.evaluate(f"app.canvas.centerOnNode(app.graph.getNodeById({save}))")
+    playing = await page.wait_for_function(
+        "[...document.querySelectorAll('video')]"
+        ".find(v => v.readyState >= 2 && v.videoWidth > 0)?.videoWidth",
+        timeout=30_000,
+    )
+    assert await playing.json_value() == 96  # the demo's 96x64 frames
+    await page.screenshot(path=str(SCREENSHOTS / "editor-video.png"))
     assert page.problems == [], f"no console errors or failed requests, got {page.problems}"

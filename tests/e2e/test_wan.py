@@ -60,7 +60,8 @@ async def run_video(
         events = [event async for event in worker.client.run(graph, prompt_id=uuid.uuid4().hex)]
         assert isinstance(events[-1], cc.Success), events[-1]
         (executed,) = [e for e in events if isinstance(e, cc.Executed) and e.node == save_node]
-        (video,) = executed.output["videos"]
+        (video,) = executed.output["images"]
+        assert executed.output["animated"] == [True], "shaped as ComfyUI's own saved videos"
         fps = graph[save_node]["inputs"]["fps"]
         size = {"width": WIDTH, "height": HEIGHT, "frames": FRAMES, "fps": fps, "content_type": "video/mp4"}
         assert video == {"filename": video["filename"], "subfolder": "", "type": "output", **size}

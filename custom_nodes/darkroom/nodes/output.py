@@ -92,7 +92,8 @@ class DarkroomSaveVideo(io.ComfyNode):
             "filename": file_name, "subfolder": subfolder, "type": "output", "width": width, "height": height,
             "frames": int(images.shape[0]), "fps": fps, "content_type": VIDEO_CONTENT_TYPE,
         }  # fmt: skip
-        return io.NodeOutput(ui={"videos": [video]})
+        # ComfyUI's own shape for a saved video (as its SaveVideo): the editor plays it in the node.
+        return io.NodeOutput(ui={"images": [video], "animated": (True,)})
 
 
 NODES: list[type[io.ComfyNode]] = [DarkroomSaveImage, DarkroomSaveVideo]
