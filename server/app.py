@@ -14,7 +14,20 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp.web_log import AccessLogger
 
-from server.api import auth, editor, files, metrics, openapi, queue, realtime, run, storage, workflows, ws
+from server.api import (
+    auth,
+    dashboard,
+    editor,
+    files,
+    metrics,
+    openapi,
+    queue,
+    realtime,
+    run,
+    storage,
+    workflows,
+    ws,
+)  # fmt: skip
 from server.api.metrics import Metrics
 from server.api.proxy import EditorProxy
 from server.api.state import (
@@ -23,6 +36,7 @@ from server.api.state import (
     ENDPOINTS,
     GENERATOR,
     HUB,
+    INVENTORY,
     KEYS,
     METRICS,
     MULTIPART,
@@ -32,6 +46,7 @@ from server.api.state import (
     SUPERVISOR,
     UPLOADS,
 )
+from server.engine.inventory import ModelInventory
 from server.engine.models import load_manifest
 from server.engine.supervisor import Supervisor
 from server.errors import DarkroomError
@@ -151,6 +166,7 @@ def create_app(settings: Settings, supervisor: Supervisor, *, run_supervisor: bo
             *workflows.routes(),
             *editor.routes(),
             *metrics.routes(app[METRICS]),
+            *dashboard.routes(),
         ]
     )
     if app[KEYS].open:
@@ -184,6 +200,7 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
     app[UPLOADS] = UploadStore(settings.uploads_path, settings.upload_max_bytes)
     app[MULTIPART] = MultipartStore(settings.uploads_path, settings.upload_max_bytes)
     app[EDITOR] = EditorProxy(supervisor)
+    app[INVENTORY] = ModelInventory(manifest, settings.models_path)
     app[METRICS] = Metrics(supervisor, app[QUEUE], endpoints)
     app[QUEUE].observers.append(app[METRICS].job_finished)
     sender.observers.append(app[METRICS].webhook_settled)

@@ -198,6 +198,26 @@ def _browser_session(request: web.Request) -> bool:
     return sessions.same_origin(request.method, request.headers, origins)
 
 
+def signed_in(request: web.Request) -> bool:
+    """A browser session cookie, or open access (no keys configured)."""
+    keys = request.app[KEYS]
+    return keys.open or sessions.is_valid(keys, request.cookies.get(sessions.COOKIE))
+
+
+def require_browser_or_key(request: web.Request, *, page: str) -> None:
+    """For darkroom's pages and what they call: a key in Authorization, or a signed-in browser whose
+    state-changing requests come from darkroom's own pages (CSRF). ``page`` names where to sign in."""
+    if request.headers.get("Authorization"):
+        require_key(request)
+        return
+    if not signed_in(request):
+        raise AuthError(f"Sign in at /editor/login?next={page} with one of this server's API keys.")
+    if not sessions.same_origin(request.method, request.headers, own_origins(request, request.app[SETTINGS])):
+        raise ForbiddenError(
+            f"Cross-site request refused: changes must come from darkroom's own pages ({page})."
+        )
+
+
 def _require_app_token(request: web.Request) -> None:
     grant = websocket_grant(request)
     require_app(grant, request.match_info["path"])

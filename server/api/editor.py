@@ -23,11 +23,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from server.api.auth import has_valid_key, self_authenticating
+from server.api.auth import require_browser_or_key, self_authenticating, signed_in
 from server.api.proxy import check_allowed
 from server.api.request import base_url, own_origins, read_json
 from server.api.state import EDITOR, ENDPOINTS, HUB, KEYS, QUEUE, SETTINGS
-from server.errors import AuthError, ForbiddenError
 from server.queue.store import JobStatus
 from server.security import sessions
 from server.workflows.editor import EDITOR_APP, EditorRun
@@ -59,17 +58,17 @@ async def to_editor(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther("/editor/")
 
 
-def signed_in(request: web.Request) -> bool:
-    """A session cookie, or open access (no keys configured)."""
-    keys = request.app[KEYS]
-    return keys.open or sessions.is_valid(keys, request.cookies.get(sessions.COOKIE))
+def _next(value: object) -> str:
+    """Where sign-in leads: a path on this server (``?next=/dashboard``), the editor otherwise."""
+    text = str(value or "")
+    return text if text.startswith("/") and not text.startswith("//") and "\\" not in text else "/editor/"
 
 
 @self_authenticating
 async def login_page(request: web.Request) -> web.Response:
     if signed_in(request):
-        raise web.HTTPSeeOther("/editor/")
-    return _page()
+        raise web.HTTPSeeOther(_next(request.query.get("next")))
+    return _page(next_path=_next(request.query.get("next")))
 
 
 @self_authenticating
@@ -78,14 +77,14 @@ async def login(request: web.Request) -> web.Response:
     if not sessions.same_origin(request.method, request.headers, own_origins(request, request.app[SETTINGS])):
         return _page("This sign-in did not come from darkroom's own page.", status=403)
     form = await request.post()
-    key = str(form.get("key", "")).strip()
+    key, next_path = str(form.get("key", "")).strip(), _next(form.get("next"))
     keys = request.app[KEYS]
     if not keys.accepts(key):
         logger.info("editor sign-in refused from %s", request.remote)
-        return _page("That is not one of this server's API keys.", status=401)
+        return _page("That is not one of this server's API keys.", status=401, next_path=next_path)
     ttl_s = request.app[SETTINGS].session_ttl_s
     token, _ = sessions.issue(keys, ttl_s)
-    response = web.HTTPSeeOther("/editor/")
+    response = web.HTTPSeeOther(next_path)
     sessions.set_cookie(response, token, secure=request.secure, max_age_s=ttl_s)
     raise response
 
@@ -108,13 +107,7 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 
 def _require_session(request: web.Request) -> None:
-    """A signed-in browser (from the editor's own page when it changes state), or a key."""
-    if has_valid_key(request) and request.headers.get("Authorization"):
-        return
-    if not signed_in(request):
-        raise AuthError("Sign in to the editor at /editor/login with one of this server's API keys.")
-    if not sessions.same_origin(request.method, request.headers, own_origins(request, request.app[SETTINGS])):
-        raise ForbiddenError("Cross-site request refused: editor changes must come from the editor's page.")
+    require_browser_or_key(request, page="/editor/")
 
 
 @self_authenticating
@@ -247,9 +240,9 @@ async def edit_queue(request: web.Request) -> web.Response:
 _PAGE = string.Template((Path(__file__).parent / "pages" / "signin.html").read_text())
 
 
-def _page(error: str = "", *, status: int = 200) -> web.Response:
+def _page(error: str = "", *, status: int = 200, next_path: str = "/editor/") -> web.Response:
     shown = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
+    text = _PAGE.substitute(error=shown, next=html.escape(next_path, quote=True))
     return web.Response(
-        text=_PAGE.substitute(error=shown), content_type="text/html", status=status,
-        headers={"Cache-Control": "no-store"},
-    )  # fmt: skip
+        text=text, content_type="text/html", status=status, headers={"Cache-Control": "no-store"}
+    )

@@ -108,7 +108,7 @@ class Metrics:
         self.webhooks = _Counter(
             "darkroom_webhook_deliveries", "Webhook delivery attempts by result.", ("result",)
         )
-        self.gpu_used_bytes: dict[str, float] = {}
+        self.gpu_memory: dict[str, tuple[float, float]] = {}  # worker -> (used, total) bytes
         self.process = CollectorRegistry()  # the client library's process and Python metrics
         ProcessCollector(registry=self.process)
         PlatformCollector(registry=self.process)
@@ -139,7 +139,8 @@ class Metrics:
                 async with asyncio.timeout(GPU_STATS_TIMEOUT_S):
                     stats = await worker.client.system_stats()
                 device = stats["devices"][0]
-                self.gpu_used_bytes[str(worker.id)] = float(device["vram_total"] - device["vram_free"])
+                total = float(device["vram_total"])
+                self.gpu_memory[str(worker.id)] = (total - float(device["vram_free"]), total)
 
         await asyncio.gather(*(one(w) for w in gpu_workers))
 
@@ -168,14 +169,14 @@ class Metrics:
                 for w in self.supervisor.workers
             ),
         ]
-        if self.gpu_used_bytes:
+        if self.gpu_memory:
             lines.append(
                 "# HELP darkroom_gpu_memory_used_bytes GPU memory in use on its device.\n"
                 "# TYPE darkroom_gpu_memory_used_bytes gauge\n"
             )
             lines += [
                 f'darkroom_gpu_memory_used_bytes{{worker="{k}"}} {_value(v)}\n'
-                for k, v in sorted(self.gpu_used_bytes.items())
+                for k, (v, _) in sorted(self.gpu_memory.items())
             ]
         return "".join(lines)
 

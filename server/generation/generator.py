@@ -59,6 +59,8 @@ class Generator:
     store: OutputStore
     loras: LoraCache
     choices: ComfyChoices = field(default_factory=ComfyChoices)
+    # The endpoint each worker ran last (its models are the ones ComfyUI keeps loaded), for the dashboard.
+    last_run: dict[int, str] = field(default_factory=dict)
 
     def check_models(self, endpoint: Endpoint) -> None:
         """Refuse an endpoint whose weights are absent, naming the files and the command that fetches them."""
@@ -117,6 +119,7 @@ class Generator:
     ) -> tuple[list[dict[str, Any]], dict[str, Any], float]:
         """Borrow a worker, run the prompt there and store its outputs: (files, resolved values, seconds)."""
         async with self.supervisor.worker() as worker:
+            self.last_run[worker.id] = endpoint.app_id
             await self.choices.check(endpoint, request, worker.client)
             for name, (data, width, height) in images.items():
                 uploaded = await worker.client.upload_input(data, f"{request_id}-{name}")
@@ -137,6 +140,7 @@ class Generator:
         the editor gets the events); finished when the worker's history has it. Answers ComfyUI's outputs."""
         run = EditorRun.model_validate(request.model_dump())
         async with self.supervisor.worker(worker_id=EDITOR_WORKER) as worker:
+            self.last_run[worker.id] = endpoint.app_id
             try:
                 await worker.client.submit(
                     run.prompt, prompt_id=request_id, client_id=run.client_id, extra_data=run.extra_data

@@ -10,8 +10,6 @@ editor-video.png).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,66 +17,30 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from browser import SCREENSHOTS, chromium_or_skip, open_page
 from served import KEY, Server, check_image, run_sdk, serve_darkroom
 
 from server.engine.models import load_manifest
-from server.settings import PROJECT_ROOT
 from tests.marked import marked_flux2
 
 pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session")]
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-SCREENSHOTS = PROJECT_ROOT / "data" / "screenshots"
 NAME = "me/browser"
 ARGUMENTS = {"prompt": "a red cube", "image_size": {"width": 96, "height": 64}, "seed": 5}
-
-
-def _browser_or_skip() -> None:
-    missing = []
-    if CHROMIUM is None:
-        missing.append("Debian's chromium (apt-get install chromium; make setup does it as root)")
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        missing.append("playwright (the dev extra)")
-    if missing:
-        message = "browser tests need " + " and ".join(missing)
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
 def server(
     tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path, comfyui_dir: Path
 ) -> Iterator[Server]:
-    _browser_or_skip()
+    chromium_or_skip()
     yield from serve_darkroom(tmp_path_factory.mktemp("editor-browser"), tiny_models_dir, comfyui_dir)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def page(server: Server) -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        context = await browser.new_context(ignore_https_errors=True, viewport={"width": 1400, "height": 900})
-        opened = await context.new_page()
-        opened.problems = []  # JS exceptions, console errors and failed requests
-        opened.on("pageerror", lambda error: opened.problems.append(f"page error: {error}"))
-        opened.on(
-            "console",
-            lambda m: (
-                opened.problems.append(f"console: {m.text} at {m.location.get('url')}")
-                if m.type == "error"
-                else None
-            ),
-        )
-        opened.on(
-            "response", lambda r: opened.problems.append(f"{r.status} {r.url}") if r.status >= 400 else None
-        )
+    async with open_page(ignore_https_errors=True) as opened:
         yield opened
-        await browser.close()
 
 
 # The save node's output as the editor has it: loaded through the editor's own /api/view, and drawn.
@@ -120,7 +82,6 @@ def get_json(server: Server, path: str) -> Any:
 
 
 async def test_sign_in_edit_run_publish_and_call_it_with_fal_client(page: Any, server: Server) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.goto(server.base + "/editor/")
     assert page.url.endswith("/editor/login"), "no session: the sign-in page, never the editor"
     await page.screenshot(path=str(SCREENSHOTS / "editor-signin.png"))

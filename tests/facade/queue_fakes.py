@@ -31,6 +31,9 @@ class FakeWorker:
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "state": self.state, "busy": False, "pid": None}
 
+    def recent_logs(self, lines: int = 40) -> list[str]:
+        return [f"[worker {self.id}] ready"][-lines:]
+
 
 class FakeSupervisor:
     def __init__(self, workers: int = 1) -> None:
@@ -53,6 +56,7 @@ class FakeGenerator:
     def __init__(self, settings: Settings, *, hold: bool = False) -> None:
         self.settings = settings
         self.hold = hold
+        self.last_run: dict[int, str] = {}
         self.started: list[str] = []
         self.cancelled: list[str] = []
         self.finished: list[str] = []

@@ -39,9 +39,13 @@ SAMPLES = {
 }
 BODY_METHODS = {"POST", "PUT", "PATCH"}
 # Routes with no id and no body, so nothing a probe can get wrong: with a key they answer 200.
-LISTINGS = {("GET", "/workflows"), ("HEAD", "/workflows"), ("GET", "/metrics"), ("HEAD", "/metrics")}
+LISTINGS = {
+    (method, path)
+    for method in ("GET", "HEAD")
+    for path in ("/workflows", "/metrics", "/dashboard/state", "/dashboard/events")
+}
 # Pages for people, answering HTML (the editor's sign-in): tests/e2e/test_editor.py checks them.
-BROWSER_PAGES = {"/editor", "/editor/", "/editor/login", "/editor/logout"}
+BROWSER_PAGES = {"/editor", "/editor/", "/editor/login", "/editor/logout", "/dashboard"}
 CANCEL_BODIES = [{"status": "NOT_FOUND"}, {"status": "ALREADY_COMPLETED"}]
 
 

@@ -1,0 +1,140 @@
+"""``/dashboard``: what the server is doing, for the people running it. Queue (waiting and running
+requests per endpoint, with age and position; cancel), workers (state, device, GPU memory, the
+endpoint each ran last, restarts, last log lines), model files (present, size, sha256 checked, the
+fetch command) and recent failures. The page follows ``GET /dashboard/events`` (server-sent events,
+one snapshot when something changed, checked every second), so open pages cost no polling.
+
+Signed-in browsers (the editor's session) and keys may use it; open access needs neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from server.api import sse
+from server.api.auth import require_browser_or_key, self_authenticating, signed_in
+from server.api.state import GENERATOR, INVENTORY, METRICS, QUEUE, SUPERVISOR
+from server.errors import NotFoundError
+from server.queue.store import JobRecord, JobStatus
+from server.workflows.editor import EDITOR_APP
+
+SNAPSHOT_INTERVAL_S = 1.0
+RECENT_FAILURES = 20
+LOG_LINES = 8
+_PAGE = (Path(__file__).parent / "pages" / "dashboard.html").read_text()
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/dashboard", page),
+        web.get("/dashboard/state", state),
+        web.get("/dashboard/events", events, allow_head=False),  # a stream: nothing to HEAD
+        web.post("/dashboard/requests/{request_id}/cancel", cancel),
+    ]
+
+
+def _require(request: web.Request) -> None:
+    require_browser_or_key(request, page="/dashboard")
+
+
+@self_authenticating
+async def page(request: web.Request) -> web.Response:
+    if not signed_in(request) and not request.headers.get("Authorization"):
+        raise web.HTTPSeeOther("/editor/login?next=/dashboard")
+    _require(request)
+    return web.Response(text=_PAGE, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+
+@self_authenticating
+async def state(request: web.Request) -> web.Response:
+    _require(request)
+    return web.json_response(await snapshot(request.app))
+
+
+@self_authenticating
+async def events(request: web.Request) -> web.StreamResponse:
+    """A snapshot now, then one each time it changes (checked every second), until the client leaves."""
+    _require(request)
+    response = await sse.open_stream(request)
+    last = None
+    try:
+        while True:
+            current = await snapshot(request.app)
+            comparable = json.dumps({**current, "now": None}, sort_keys=True)
+            if comparable != last:
+                await sse.send(response, current)
+                last = comparable
+            await asyncio.sleep(SNAPSHOT_INTERVAL_S)
+    except ConnectionResetError:
+        pass
+    return response
+
+
+@self_authenticating
+async def cancel(request: web.Request) -> web.Response:
+    _require(request)
+    request_id = request.match_info["request_id"]
+    if request.app[QUEUE].get(request_id) is None:
+        raise NotFoundError(f"No request {request_id} in the queue")
+    result = await request.app[QUEUE].cancel(request_id)
+    return web.json_response({"request_id": request_id, "result": result.value})
+
+
+async def snapshot(app: web.Application) -> dict[str, Any]:
+    """Queue, workers, models and recent failures as the dashboard shows them."""
+    queue, now = app[QUEUE], time.time()
+    records = list(queue.order.jobs.values())
+    live = [r for r in records if r.status is not JobStatus.COMPLETED]
+    live.sort(
+        key=lambda r: (
+            r.status is not JobStatus.IN_PROGRESS,
+            queue.position(r.request_id) or 0,
+            r.submitted_at,
+        )
+    )
+    failed = [r for r in records if r.outcome is not None and r.outcome.status_code >= 400]
+    failed.sort(key=lambda r: -(r.finished_at or 0.0))
+    await app[METRICS].refresh_gpu_memory()
+    return {
+        "now": now,
+        "queue": [_waiting(r, queue.position(r.request_id), now) for r in live],
+        "workers": _workers(app),
+        "models": app[INVENTORY].describe(),
+        "failures": [_failure(r) for r in failed[:RECENT_FAILURES]],
+    }
+
+
+def _waiting(record: JobRecord, position: int | None, now: float) -> dict[str, Any]:
+    running_s = None if record.started_at is None else round(now - record.started_at, 1)
+    return {
+        "request_id": record.request_id, "endpoint": record.app_id, "status": record.status.value,
+        "age_s": round(now - record.submitted_at, 1), "position": position, "running_s": running_s,
+        "editor": record.app_id == EDITOR_APP,
+    }  # fmt: skip
+
+
+def _failure(record: JobRecord) -> dict[str, Any]:
+    assert record.outcome is not None
+    return {
+        "request_id": record.request_id, "endpoint": record.app_id,
+        "status": record.outcome.status_code, "error": record.outcome.error,
+        "error_type": record.outcome.error_type, "finished_at": record.finished_at,
+    }  # fmt: skip
+
+
+def _workers(app: web.Application) -> list[dict[str, Any]]:
+    gpu, last_run = app[METRICS].gpu_memory, app[GENERATOR].last_run
+    rows = []
+    for worker in app[SUPERVISOR].workers:
+        used, total = gpu.get(str(worker.id), (None, None))
+        rows.append({
+            **worker.describe(), "gpu_memory_used_bytes": used, "gpu_memory_total_bytes": total,
+            "last_endpoint": last_run.get(worker.id), "log": worker.recent_logs(LOG_LINES),
+        })  # fmt: skip
+    return rows
