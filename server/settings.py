@@ -73,6 +73,12 @@ class Settings:
         default=43200.0,
         metadata={"help": "How long a browser stays signed in to the editor after signing in with a key."},
     )
+    worker_hang_timeout_s: float = field(
+        default=60.0,
+        metadata={
+            "help": "A worker that does not answer for this long (hung, stopped) is killed and restarted."
+        },
+    )
     worker_restart_backoff_max_s: float = field(
         default=30.0,
         metadata={"help": "Cap on the back-off between restarts of a crashed worker."},

@@ -31,6 +31,7 @@ __all__ = ["Supervisor", "Worker", "WorkerState", "extra_model_paths", "plan_dev
 
 logger = logging.getLogger(__name__)
 
+_WATCH_INTERVAL_S = 10.0  # how often a ready worker is asked whether it still answers
 _STABLE_AFTER_S = 60.0  # a worker up this long has its restart back-off reset
 
 
@@ -190,9 +191,23 @@ class Supervisor:
         )
         w.first_attempt.set()
         self._dispatch()
-        code = await w.wait_exit()
+        watchdog = asyncio.create_task(self._watch(w), name=f"watchdog-{w.id}")
+        try:
+            code = await w.wait_exit()
+        finally:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
         tail = "\n".join(f"    {line}" for line in w.recent_logs())
         logger.error("worker %d (%s) exited with code %s; its last lines:\n%s", w.id, w.base_url, code, tail)
+
+    async def _watch(self, w: Worker) -> None:
+        """Kill a worker that is alive but does not answer (hung, stopped, deadlocked) for
+        ``worker_hang_timeout_s``, so it restarts and its request runs again, as after a crash."""
+        timeout_s = self.settings.worker_hang_timeout_s
+        while True:
+            await asyncio.sleep(min(_WATCH_INTERVAL_S, timeout_s / 3))
+            if not await w.check_alive(timeout_s, reason=f"did not answer for {timeout_s:g} s"):
+                return
 
     async def stop(self) -> None:
         """Stop every worker (SIGTERM, then SIGKILL) and fail anyone waiting for one."""

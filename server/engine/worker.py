@@ -204,9 +204,12 @@ class Worker:
                 raise self.start_error(f"did not answer GET /system_stats within {timeout_s:g} s")
             await asyncio.sleep(_READY_POLL_S)
 
-    async def check_alive(self, timeout_s: float = _ALIVE_CHECK_S) -> bool:
-        """After a connection dropped mid-prompt: whether the worker still answers. If not, it is
-        taken out of service (killed, if its process hangs on) until the supervisor restarts it."""
+    async def check_alive(
+        self, timeout_s: float = _ALIVE_CHECK_S, *, reason: str = "does not answer after losing a connection"
+    ) -> bool:
+        """Whether the worker still answers (after a connection dropped mid-prompt, and on the
+        supervisor's watchdog). If not, it is taken out of service (killed, if its process hangs on)
+        until the supervisor restarts it."""
         proc = self._proc
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(WorkerConnectionError, WorkerResponseError, TimeoutError):
@@ -216,7 +219,7 @@ class Worker:
         if self.state is WorkerState.READY:
             self.state = WorkerState.RESTARTING
         if proc is not None and proc.returncode is None:
-            self.log.error("[worker %d] does not answer after losing a connection; killing it", self.id)
+            self.log.error("[worker %d] %s; killing it", self.id, reason)
             self._signal_group(proc.pid, signal.SIGKILL)
         return False
 

@@ -1,0 +1,48 @@
+"""A worker that hangs instead of dying (SIGSTOP) is noticed by the supervisor's watchdog, killed and
+restarted, and the request it held runs once more: it completes, nothing is lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import TEST_NODES
+from queue_stack import facade, submit, wait_status
+
+from server.engine.supervisor import Supervisor
+from server.engine.worker import free_port
+from server.settings import Settings
+
+pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session")]
+
+HANG_TIMEOUT_S = 3.0
+
+
+async def test_a_stopped_worker_is_killed_restarted_and_its_request_runs_again(
+    stack_settings: Settings, comfyui_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    data = tmp_path_factory.mktemp("watchdog")
+    settings = replace(
+        stack_settings, data_dir=str(data), worker_base_port=free_port(), worker_hang_timeout_s=HANG_TIMEOUT_S
+    )
+    nodes = settings.data_path / "workers" / "0" / "custom_nodes"
+    nodes.mkdir(parents=True)
+    (nodes / "darkroom_test_nodes.py").write_text(TEST_NODES, encoding="utf-8")
+    supervisor = Supervisor(settings, comfyui_dir)
+    await supervisor.start()
+    try:
+        async with facade(settings, supervisor, data / "facade") as client:
+            request_id = await submit(client, "darkroom/test-pause")  # 2 s on the worker
+            await wait_status(client, request_id, "IN_PROGRESS", log="DarkroomTestSlow", timeout_s=60)
+            (worker,) = supervisor.workers
+            stopped_pid = worker.pid
+            assert stopped_pid is not None
+            os.killpg(stopped_pid, signal.SIGSTOP)  # alive, holding its socket, answering nothing
+            body = await wait_status(client, request_id, timeout_s=120, log="running it again")
+            assert "error" not in body, body
+            assert worker.pid not in (None, stopped_pid) and worker.restarts == 1
+    finally:
+        await supervisor.stop()
