@@ -43,6 +43,11 @@ async def submit(client: Client, prompt: str) -> str:
     return request_id
 
 
+async def dashboard_state(client: Client) -> dict[str, Any]:
+    state: dict[str, Any] = await (await client.get("/dashboard/state", headers=AUTH)).json()
+    return state
+
+
 async def test_without_a_session_the_sign_in_page(client: Client) -> None:
     page = await client.get("/dashboard", allow_redirects=False)
     assert page.status == 303 and page.headers["Location"] == "/editor/login?next=/dashboard"
@@ -75,12 +80,14 @@ async def test_state_shows_the_queue_workers_models_and_failures(client: Client,
     fake.release(running)
     failing = await submit(client, "fail")
     fake.release(failing)
-    async with asyncio.timeout(10):
-        while not (await (await client.get("/dashboard/state", headers=AUTH)).json())["failures"]:
+    async with asyncio.timeout(10):  # until the failing run has ended (the cancelled one already has)
+        while True:
+            state = await dashboard_state(client)
+            if failing in {f["request_id"] for f in state["failures"]}:
+                break
             await asyncio.sleep(0.02)
-    state = await (await client.get("/dashboard/state", headers=AUTH)).json()
-    assert state["queue"] == []
     assert {(f["request_id"], f["status"]) for f in state["failures"]} >= {(failing, 500), (waiting, 499)}
+    assert [row["request_id"] for row in state["queue"]] == [], "nothing left waiting or running"
 
 
 async def test_events_send_a_snapshot_then_changes(client: Client, fake: FakeGenerator) -> None:
