@@ -179,13 +179,13 @@ async def mint_token(request: web.Request) -> web.Response:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every route but the public ones needs a configured key (or, on TOKEN_ROUTES, an app token; on
     SESSION_ROUTES, a browser session)."""
-    if not is_public(request):
-        if _pattern(request).startswith(SESSION_ROUTES) and _browser_session(request):
-            pass
-        elif TOKEN_QUERY in request.query and _pattern(request) in TOKEN_ROUTES:
-            _require_app_token(request)
-        else:
-            require_key(request)
+    pattern = _pattern(request)
+    if is_public(request) or (pattern.startswith(SESSION_ROUTES) and _browser_session(request)):
+        return await handler(request)
+    if TOKEN_QUERY in request.query and pattern in TOKEN_ROUTES:
+        _require_app_token(request)
+    else:
+        require_key(request)
     return await handler(request)
 
 

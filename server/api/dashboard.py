@@ -31,12 +31,53 @@ _PAGE = (Path(__file__).parent / "pages" / "dashboard.html").read_text()
 
 
 def routes() -> list[web.RouteDef]:
+    snapshots = _Snapshots()
+
+    @self_authenticating
+    async def state(request: web.Request) -> web.Response:
+        _require(request)
+        return web.json_response(await snapshots.get(request.app))
+
+    @self_authenticating
+    async def events(request: web.Request) -> web.StreamResponse:
+        """A snapshot now, then one each time it changes (checked every second), until the client leaves."""
+        _require(request)
+        response = await sse.open_stream(request)
+        last = None
+        try:
+            while True:
+                current = await snapshots.get(request.app)
+                comparable = json.dumps({**current, "now": None}, sort_keys=True)
+                if comparable != last:
+                    await sse.send(response, current)
+                    last = comparable
+                await asyncio.sleep(SNAPSHOT_INTERVAL_S)
+        except ConnectionResetError:
+            pass
+        return response
+
     return [
         web.get("/dashboard", page),
         web.get("/dashboard/state", state),
         web.get("/dashboard/events", events, allow_head=False),  # a stream: nothing to HEAD
         web.post("/dashboard/requests/{request_id}/cancel", cancel),
     ]
+
+
+class _Snapshots:
+    """One snapshot per interval, however many dashboards are open (each costs worker calls and stats)."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._taken_at = -SNAPSHOT_INTERVAL_S
+        self._last: dict[str, Any] = {}
+
+    async def get(self, app: web.Application) -> dict[str, Any]:
+        async with self._lock:
+            if time.monotonic() - self._taken_at >= SNAPSHOT_INTERVAL_S / 2:
+                self._last = await snapshot(app)
+                self._taken_at = time.monotonic()
+            return self._last
 
 
 def _require(request: web.Request) -> None:
@@ -49,31 +90,6 @@ async def page(request: web.Request) -> web.Response:
         raise web.HTTPSeeOther("/editor/login?next=/dashboard")
     _require(request)
     return web.Response(text=_PAGE, content_type="text/html", headers={"Cache-Control": "no-store"})
-
-
-@self_authenticating
-async def state(request: web.Request) -> web.Response:
-    _require(request)
-    return web.json_response(await snapshot(request.app))
-
-
-@self_authenticating
-async def events(request: web.Request) -> web.StreamResponse:
-    """A snapshot now, then one each time it changes (checked every second), until the client leaves."""
-    _require(request)
-    response = await sse.open_stream(request)
-    last = None
-    try:
-        while True:
-            current = await snapshot(request.app)
-            comparable = json.dumps({**current, "now": None}, sort_keys=True)
-            if comparable != last:
-                await sse.send(response, current)
-                last = comparable
-            await asyncio.sleep(SNAPSHOT_INTERVAL_S)
-    except ConnectionResetError:
-        pass
-    return response
 
 
 @self_authenticating

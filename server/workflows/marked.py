@@ -15,9 +15,9 @@ from pydantic import BaseModel
 
 from server.engine.models import Manifest
 from server.workflows.mapping import Endpoint, ImageInput
+from server.workflows.published import MIN_SIDE
 from server.workflows.request_schema import IMAGE_SIZE_PRESETS, ParamSpec
 
-MIN_SIDE = 16  # DarkroomInputImageSize's smallest side
 Prompt = dict[str, dict[str, Any]]
 
 

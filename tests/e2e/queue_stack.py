@@ -9,13 +9,16 @@ one preview, so a job is slow without using the CPU. Without a fixed seed every 
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
+import io
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from PIL import Image
 
 from server.api.state import ENDPOINTS
 from server.app import create_app
@@ -84,3 +87,11 @@ async def wait_status(
             ):
                 return body
             await asyncio.sleep(0.1)
+
+
+def png(width: int, height: int, seed: int) -> str:
+    """A noisy PNG data URI (noise, so that an image-to-video encode has detail to carry)."""
+    image = Image.effect_noise((width, height), 40 + seed).convert("RGB")
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()

@@ -5,13 +5,11 @@ restarted after SIGKILL. Outputs are compared with each other, never with hashes
 
 from __future__ import annotations
 
-import base64
-import io
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from PIL import Image
+from queue_stack import png
 from workers import kill_worker
 
 from server.engine.models import load_manifest
@@ -20,14 +18,6 @@ from server.settings import PROJECT_ROOT
 from server.workflows.mapping import load_endpoints
 
 pytestmark = pytest.mark.stack
-
-
-def png(width: int, height: int, seed: int) -> str:
-    """A noisy PNG data URI (noise, so that an image-to-video encode has detail to carry)."""
-    image = Image.effect_noise((width, height), 40 + seed).convert("RGB")
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
 
 
 A14B_BLEND_LOW = [

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from PIL import Image
-from queue_stack import Client, facade, submit, wait_status
-from test_determinism import png
+from queue_stack import Client, facade, png, submit, wait_status
 
 from server.engine.models import load_manifest
 from server.engine.supervisor import Supervisor

@@ -9,8 +9,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from pydantic import BaseModel
 
+from server.api.state import GENERATOR, QUEUE
+from server.app import create_app
 from server.engine import client as cc
 from server.errors import GenerationError
 from server.settings import Settings
@@ -104,3 +108,15 @@ class FakeGenerator:
 
 async def _ignore(event: Any) -> None:
     return None
+
+
+APP = "darkroom/demo-flux-2"
+
+
+def serve(settings: Settings, fake: FakeGenerator) -> TestClient[web.Request, web.Application]:
+    """The whole app on loopback with ``fake`` in place of the generator (no ComfyUI)."""
+    app = create_app(settings, FakeSupervisor(), run_supervisor=False)  # type: ignore[arg-type]
+    app[GENERATOR] = fake  # type: ignore[assignment]
+    app[QUEUE].generator = fake
+    app[QUEUE].shutdown_grace_s = 0.0
+    return TestClient(TestServer(app, host="127.0.0.1"))

@@ -12,8 +12,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from queue_fakes import FakeGenerator
-from test_queue_api import APP, serve
+from queue_fakes import APP, FakeGenerator, serve
 
 from server.settings import Settings, load_settings
 

@@ -13,14 +13,12 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
-from queue_fakes import FakeGenerator, FakeSupervisor
+from aiohttp.test_utils import TestClient
+from queue_fakes import APP, FakeGenerator, serve
 
-from server.api.state import GENERATOR, QUEUE
-from server.app import create_app
+from server.api.state import QUEUE
 from server.settings import Settings, load_settings
 
-APP = "darkroom/demo-flux-2"
 URL_KEYS = {"request_id", "response_url", "status_url", "cancel_url"}
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -41,14 +39,6 @@ async def fake(settings: Settings) -> FakeGenerator:
 async def client(settings: Settings, fake: FakeGenerator) -> AsyncIterator[Client]:
     async with serve(settings, fake) as test_client:
         yield test_client
-
-
-def serve(settings: Settings, fake: FakeGenerator) -> TestClient[web.Request, web.Application]:
-    app = create_app(settings, FakeSupervisor(), run_supervisor=False)  # type: ignore[arg-type]
-    app[GENERATOR] = fake  # type: ignore[assignment]
-    app[QUEUE].generator = fake
-    app[QUEUE].shutdown_grace_s = 0.0
-    return TestClient(TestServer(app, host="127.0.0.1"))
 
 
 async def submit(client: Client, body: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
