@@ -164,9 +164,11 @@ async def queue_prompt(request: web.Request) -> web.Response:
         base_url=base_url(request, request.app[SETTINGS]),
     )  # fmt: skip
     logger.info("editor run %s queued for client %s", record.request_id, run.client_id)
-    asyncio.get_running_loop().create_task(
+    watcher = asyncio.get_running_loop().create_task(
         _report_early_failure(request.app, record.request_id, run.client_id)
     )
+    _watchers.add(watcher)  # held until done, so it is not collected mid-run
+    watcher.add_done_callback(_watchers.discard)
     number = queue.position(record.request_id) or 0
     return web.json_response({"prompt_id": record.request_id, "number": number, "node_errors": {}})
 

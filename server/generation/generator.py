@@ -138,7 +138,8 @@ class Generator:
     ) -> dict[str, Any]:
         """An editor run: its prompt as it is, on the editor's worker, under the editor's client id (so
         the editor gets the events); finished when the worker's history has it. Answers ComfyUI's outputs."""
-        run = EditorRun.model_validate(request.model_dump())
+        assert isinstance(request, EditorRun), f"{endpoint.app_id} takes an EditorRun, got {type(request)}"
+        run = request
         async with self.supervisor.worker(worker_id=EDITOR_WORKER) as worker:
             self.last_run[worker.id] = endpoint.app_id
             try:
