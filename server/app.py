@@ -15,12 +15,15 @@ from aiohttp.typedefs import Handler
 from aiohttp.web_log import AccessLogger
 
 from server.api import (
+    assets,
     auth,
     dashboard,
     editor,
+    endpoints,
     files,
     metrics,
     openapi,
+    playground,
     queue,
     realtime,
     run,
@@ -164,9 +167,12 @@ def create_app(settings: Settings, supervisor: Supervisor, *, run_supervisor: bo
             *realtime.routes(),
             *storage.routes(),
             *workflows.routes(),
+            *endpoints.routes(),  # after workflows': /endpoints/{app_id}/workflow is matched first
             *editor.routes(),
             *metrics.routes(app[METRICS]),
             *dashboard.routes(),
+            *playground.routes(),
+            *assets.routes(),
         ]
     )
     if app[KEYS].open:
@@ -179,9 +185,9 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
     app[KEYS] = KeyRing.from_settings(settings, TokenSigner.load_or_create(settings.token_secret_path))
     app[HUB] = ProgressHub()
     manifest = load_manifest()
-    app[ENDPOINTS] = endpoints = load_endpoints(WORKFLOWS_DIR, manifest)
-    endpoints[EDITOR_APP] = editor_endpoint()
-    app[CATALOG] = Catalog(settings.published_path, endpoints, manifest)
+    app[ENDPOINTS] = served = load_endpoints(WORKFLOWS_DIR, manifest)
+    served[EDITOR_APP] = editor_endpoint()
+    app[CATALOG] = Catalog(settings.published_path, served, manifest)
     app[CATALOG].load()  # before the queue recovers requests for published endpoints
     outputs = OutputStore(settings.outputs_path)
     app[GENERATOR] = Generator(settings, supervisor, manifest, outputs, LoraCache(settings))
@@ -193,7 +199,7 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
         backoff_max_s=settings.webhook_backoff_max_s,
     )  # fmt: skip
     app[QUEUE] = JobQueue(
-        store, app[GENERATOR], app[HUB], endpoints, outputs=outputs,
+        store, app[GENERATOR], app[HUB], served, outputs=outputs,
         retention_s=settings.result_retention_s, max_queue_length=settings.queue_max_length,
         previews_per_s=settings.previews_per_s, shutdown_grace_s=settings.shutdown_grace_s, webhooks=sender,
     )  # fmt: skip
@@ -201,7 +207,7 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
     app[MULTIPART] = MultipartStore(settings.uploads_path, settings.upload_max_bytes)
     app[EDITOR] = EditorProxy(supervisor)
     app[INVENTORY] = ModelInventory(manifest, settings.models_path)
-    app[METRICS] = Metrics(supervisor, app[QUEUE], endpoints)
+    app[METRICS] = Metrics(supervisor, app[QUEUE], served)
     app[QUEUE].observers.append(app[METRICS].job_finished)
     sender.observers.append(app[METRICS].webhook_settled)
     return signer

@@ -67,3 +67,18 @@ def set_input(prompt: dict[str, Any], node_id: str, name: str, value: Any) -> di
     changed = copy.deepcopy(prompt)
     changed[node_id]["inputs"][name] = value
     return changed
+
+
+def marked_flux2_edit(manifest: Manifest) -> dict[str, Any]:
+    """An image-to-image variant: the request's ``image_url`` (DarkroomInputImage) is encoded as the start
+    latent (at its own size) and 60 % of the schedule runs over it."""
+    prompt = marked_flux2(manifest)
+    for node_id in ("6", "21"):
+        del prompt[node_id]
+    image = {"field": "image_url", "image": "example.png"}
+    prompt["30"] = {"class_type": "DarkroomInputImage", "inputs": image}
+    prompt["31"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["30", 0], "vae": ["15", 1]}}
+    prompt["7"]["inputs"].update(width=["30", 1], height=["30", 2])
+    prompt["11"]["inputs"]["latent_image"] = ["31", 0]
+    prompt["16"]["inputs"]["denoise"] = 0.6
+    return prompt

@@ -8,11 +8,10 @@ the WebSocket routes (``/ws``, ``/run/{app}/realtime``) check their own credenti
 ``Authorization: Bearer <token>``), which limits the connection to the token's apps.
 
 Public: /health, /ready, /.well-known/jwks.json, the API description (/openapi.json, /docs), the
-editor frontend's favicons, and GET/HEAD under /files/, which are capability URLs (random 128-bit
-ids, like fal's CDN links) so results can be handed to browsers and other services that cannot send
-our key. Handlers marked
-``self_authenticating`` check their own credentials (upload tokens, one-time upload URLs, WebSockets,
-the editor's session).
+editor frontend's favicons, the pages' stylesheet and scripts (/static/), and GET/HEAD under /files/,
+which are capability URLs (random 128-bit ids, like fal's CDN links) so results can be handed to
+browsers and other services that cannot send our key. Handlers marked ``self_authenticating`` check
+their own credentials (upload tokens, one-time upload URLs, WebSockets, the pages' browser session).
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import asyncio
 import logging
 import time
 from typing import TypeVar
+from urllib.parse import quote
 
 from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Handler
@@ -46,6 +46,7 @@ PUBLIC_PATHS = frozenset(
         "/docs",
         "/favicon.ico",
         "/assets/{path}",
+        "/static/{name}",
     }
 )
 PUBLIC_GET_PREFIX = "/files/"
@@ -53,8 +54,9 @@ TOKEN_QUERY = "fal_jwt_token"
 # HTTP routes a browser may call with a token in the query instead of a key: fal's JS client in
 # connectionMode "client" streams this way (POST /run/{app}/stream?fal_jwt_token=...).
 TOKEN_ROUTES = frozenset({"/run/{path}/stream"})
-# Routes a signed-in browser may call with its session cookie (the editor's Publish action).
-SESSION_ROUTES = ("/workflows", "/endpoints/")
+# Routes a signed-in browser may call with its session cookie: the editor's Publish action, and what
+# the playground calls (endpoint descriptions, uploads, a token for the live-events socket, cancel).
+SESSION_ROUTES = ("/workflows", "/endpoints", "/storage/", "/tokens", "/queue/")
 _SELF_AUTH_ATTR = "_darkroom_self_authenticating"
 
 F = TypeVar("F")
@@ -216,6 +218,13 @@ def require_browser_or_key(request: web.Request, *, page: str) -> None:
         raise ForbiddenError(
             f"Cross-site request refused: changes must come from darkroom's own pages ({page})."
         )
+
+
+def page_access(request: web.Request, *, page: str) -> None:
+    """A darkroom page: a browser that is not signed in (and sends no key) is sent to sign in and back."""
+    if not signed_in(request) and not request.headers.get("Authorization"):
+        raise web.HTTPSeeOther(f"/editor/login?next={quote(page, safe='/@')}")
+    require_browser_or_key(request, page=page)
 
 
 def _require_app_token(request: web.Request) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from server.api import sse
-from server.api.auth import require_browser_or_key, self_authenticating, signed_in
+from server.api.auth import page_access, require_browser_or_key, self_authenticating
 from server.api.state import GENERATOR, INVENTORY, METRICS, QUEUE, SUPERVISOR
 from server.errors import NotFoundError
 from server.queue.store import JobRecord, JobStatus
@@ -86,9 +86,7 @@ def _require(request: web.Request) -> None:
 
 @self_authenticating
 async def page(request: web.Request) -> web.Response:
-    if not signed_in(request) and not request.headers.get("Authorization"):
-        raise web.HTTPSeeOther("/editor/login?next=/dashboard")
-    _require(request)
+    page_access(request, page="/dashboard")
     return web.Response(text=_PAGE, content_type="text/html", headers={"Cache-Control": "no-store"})
 
 

@@ -38,6 +38,18 @@ class LoraCache:
         self._locks: dict[str, asyncio.Lock] = {}
         self.downloads = 0  # for tests and metrics: how many files were actually fetched
 
+    def local_files(self, *, limit: int = 1000) -> list[str]:
+        """Names a request may give as ``path``: the LoRA folder's .safetensors files (not the download
+        cache), sorted, at most ``limit``."""
+        if not self.folder.is_dir():
+            return []
+        names = (
+            p.relative_to(self.folder).as_posix()
+            for p in self.folder.rglob("*.safetensors")
+            if p.is_file() and not p.is_relative_to(self.cache)
+        )
+        return sorted(names)[:limit]
+
     async def resolve(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The same entries with `path` replaced by a file name inside the LoRA folder."""
         resolved = []

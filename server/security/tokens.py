@@ -131,11 +131,14 @@ class TokenSigner:
 
 
 def owner_alias(app_path: str) -> tuple[str, str]:
-    """fal's (owner, alias) of an app path: ``owner/alias[/subpath]``, after a workflows/ or comfy/ prefix."""
+    """fal's (owner, alias) of an app path: ``owner/alias[@version][/subpath]``, after a workflows/ or comfy/
+    prefix. A published workflow's pinned version (``@n``) has its app's alias, so a token for the app
+    reaches its versions."""
     parts = app_path.strip("/").split("/")
     if parts[0] in NAMESPACES:
         parts = parts[1:]
-    return (parts[0], parts[1]) if len(parts) >= 2 else ("", parts[0])
+    owner, alias = (parts[0], parts[1]) if len(parts) >= 2 else ("", parts[0])
+    return owner, alias.split("@", 1)[0]
 
 
 @dataclass(frozen=True)

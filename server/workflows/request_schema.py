@@ -47,6 +47,9 @@ class ParamSpec(BaseModel):
         default=None, description='enum of "W:H" ratios: "auto" picks the one nearest this image_url input'
     )
     to: list[str] | dict[str, list[str]] = Field(default_factory=list)
+    advanced: bool = Field(
+        default=False, description="beyond fal's schema: the playground shows it under Advanced"
+    )
     absent_removes: list[str] = Field(
         default_factory=list,
         description='optional fields: "node_id.input" links and "node_id" nodes dropped when it is left out',

@@ -42,7 +42,8 @@ async def open_page(**context_options: Any) -> AsyncIterator[Any]:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        context = await launched.new_context(viewport={"width": 1400, "height": 900}, **context_options)
+        options = {"viewport": {"width": 1400, "height": 900}, **context_options}
+        context = await launched.new_context(**options)
         page = await context.new_page()
         page.problems = []
         page.on("pageerror", lambda error: page.problems.append(f"page error: {error}"))

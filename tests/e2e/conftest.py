@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
+from served import Server, serve_darkroom
 
 from server.app import create_app
 from server.engine.models import load_manifest, make_tiny, sha256_of
@@ -133,3 +134,11 @@ async def facade(stack_settings: Settings, supervisor: Supervisor) -> AsyncItera
     app = create_app(stack_settings, supervisor, run_supervisor=False)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def served_darkroom(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path, comfyui_dir: Path
+) -> Iterator[Server]:
+    """`darkroom serve` over TLS with a key, shared by the browser tests (each publishes its own names)."""
+    yield from serve_darkroom(tmp_path_factory.mktemp("served"), tiny_models_dir, comfyui_dir)

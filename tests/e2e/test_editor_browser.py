@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
 from browser import SCREENSHOTS, chromium_or_skip, open_page
-from served import KEY, Server, check_image, run_sdk, serve_darkroom
+from served import KEY, Server, check_image, run_sdk
 
 from server.engine.models import load_manifest
 from tests.marked import marked_flux2
@@ -30,11 +29,9 @@ ARGUMENTS = {"prompt": "a red cube", "image_size": {"width": 96, "height": 64}, 
 
 
 @pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path, comfyui_dir: Path
-) -> Iterator[Server]:
+def server(served_darkroom: Server) -> Server:
     chromium_or_skip()
-    yield from serve_darkroom(tmp_path_factory.mktemp("editor-browser"), tiny_models_dir, comfyui_dir)
+    return served_darkroom
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -16,8 +16,11 @@ from pydantic import BaseModel
 from server.api.state import GENERATOR, QUEUE
 from server.app import create_app
 from server.engine import client as cc
+from server.engine.models import load_manifest
 from server.errors import GenerationError
+from server.media.loras import LoraCache
 from server.settings import Settings
+from server.workflows.choices import ComfyChoices
 from server.workflows.mapping import Endpoint
 
 
@@ -27,6 +30,7 @@ class FakeWorker:
         self.state = state
         self.gpu: str | None = None
         self.restarts = 0
+        self.client = None  # no ComfyUI to ask (sampler lists stay unknown)
 
     @property
     def ready(self) -> bool:
@@ -60,6 +64,9 @@ class FakeGenerator:
     def __init__(self, settings: Settings, *, hold: bool = False) -> None:
         self.settings = settings
         self.hold = hold
+        self.manifest = load_manifest()
+        self.choices = ComfyChoices()
+        self.loras = LoraCache(settings)
         self.last_run: dict[int, str] = {}
         self.started: list[str] = []
         self.cancelled: list[str] = []

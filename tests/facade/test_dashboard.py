@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from queue_fakes import APP, FakeGenerator, serve
+from queue_fakes import APP, FakeGenerator
 
 from server.settings import Settings, load_settings
 
@@ -23,17 +21,6 @@ AUTH = {"Authorization": "Key dash-key"}
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return load_settings({}, data_dir=str(tmp_path), api_keys="dash-key")
-
-
-@pytest.fixture
-def fake(settings: Settings) -> FakeGenerator:
-    return FakeGenerator(settings, hold=True)
-
-
-@pytest_asyncio.fixture
-async def client(settings: Settings, fake: FakeGenerator) -> AsyncIterator[Client]:
-    async with serve(settings, fake) as test_client:
-        yield test_client
 
 
 async def submit(client: Client, prompt: str) -> str:

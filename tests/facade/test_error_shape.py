@@ -42,10 +42,20 @@ BODY_METHODS = {"POST", "PUT", "PATCH"}
 LISTINGS = {
     (method, path)
     for method in ("GET", "HEAD")
-    for path in ("/workflows", "/metrics", "/dashboard/state", "/dashboard/events")
+    for path in ("/workflows", "/endpoints", "/metrics", "/dashboard/state", "/dashboard/events")
 }
-# Pages for people, answering HTML (the editor's sign-in): tests/e2e/test_editor.py checks them.
-BROWSER_PAGES = {"/editor", "/editor/", "/editor/login", "/editor/logout", "/dashboard"}
+# Pages for people, answering HTML (the editor's sign-in): tests/e2e/test_editor.py and
+# tests/facade/test_playground.py check them.
+BROWSER_PAGES = {
+    "/editor",
+    "/editor/",
+    "/editor/login",
+    "/editor/logout",
+    "/dashboard",
+    "/playground",
+    "/playground/",
+    "/playground/{app_id}",
+}
 CANCEL_BODIES = [{"status": "NOT_FOUND"}, {"status": "ALREADY_COMPLETED"}]
 
 

@@ -1,6 +1,7 @@
 // darkroom's editor extension: "Publish to darkroom" (Workflow menu and command palette).
 // Sends the open workflow (UI and API format) to darkroom's POST /workflows with the browser's
-// session, then shows the endpoint's URL with curl, Python (fal_client) and JS snippets.
+// session, then shows the endpoint's URL with curl, Python (fal_client) and JS snippets (darkroom's own
+// /static/snippets.js, which the playground uses too: the editor is served from darkroom's origin).
 import { app } from "../../scripts/app.js";
 
 const EDITOR_PREFIX = "/editor/";
@@ -18,16 +19,6 @@ function exampleArguments(prompt) {
     else if (node.class_type !== "DarkroomInputSeed") args[inputs.field] = inputs.value;
   }
   return args;
-}
-
-function snippets(appId, args) {
-  const host = location.host;
-  const json = JSON.stringify(args, null, 2);
-  return {
-    curl: `curl -X POST ${root()}/run/${appId} \\\n  -H "Authorization: Key $FAL_KEY" -H "Content-Type: application/json" \\\n  -d '${JSON.stringify(args)}'`,
-    python: `# FAL_KEY=<key> FAL_RUN_HOST=${host}/run FAL_QUEUE_RUN_HOST=${host}/queue python app.py\nimport fal_client\n\nresult = fal_client.subscribe("${appId}", arguments=${json.replace(/\btrue\b/g, "True").replace(/\bfalse\b/g, "False")})\nprint(result)`,
-    javascript: `import { fal } from "@fal-ai/client";\n\n// Send fal's hosts to darkroom (see darkroom's README: requestMiddleware).\nfal.config({\n  credentials: process.env.FAL_KEY,\n  requestMiddleware: async (request) => ({\n    ...request,\n    url: request.url.replace("https://queue.fal.run/", "${root()}/queue/").replace("https://fal.run/", "${root()}/run/"),\n  }),\n});\nconst result = await fal.subscribe("${appId}", { input: ${json} });\nconsole.log(result.data);`,
-  };
 }
 
 function dialog(title, bodyNodes) {
@@ -100,7 +91,10 @@ export async function publish(name) {
   url.querySelector("[data-endpoint]").textContent = body.urls.run;
   url.querySelector("[data-version]").textContent = body.version;
   url.querySelector("[data-pinned]").textContent = body.pinned_urls.run;
-  const code = snippets(body.name, exampleArguments(output));
+  const playground = Object.assign(document.createElement("a"), { href: `${root()}/playground/${body.name}`, target: "_blank", textContent: "Try it in the playground" });
+  url.append(document.createElement("br"), playground);
+  const { snippets } = await import(`${root()}/static/snippets.js`);
+  const code = snippets(root(), body.name, exampleArguments(output));
   dialog(`Published ${body.app_id}`, [url, codeBlock("curl", code.curl), codeBlock("Python", code.python), codeBlock("JavaScript", code.javascript)]);
   return body;
 }

@@ -126,6 +126,7 @@ def test_a_damaged_secret_file_is_a_config_error(tmp_path: Path) -> None:
         ("comfy/me/graph/sub", ("me", "graph")),
         ("/workflows/me/flow/", ("me", "flow")),
         ("alone", ("", "alone")),
+        ("me/flow@3", ("me", "flow")),  # a published workflow's pinned version
     ],
 )
 def test_owner_alias_follows_fals_app_id(path: str, expected: tuple[str, str]) -> None:
@@ -140,6 +141,7 @@ def test_grants_match_by_alias_or_owner_and_alias() -> None:
     pinned = Grant(("darkroom/demo-flux-2",))
     assert pinned.allows("darkroom/demo-flux-2") and not pinned.allows("other/demo-flux-2")
     assert Grant().allows("anything/at-all") and Grant().describe_apps() == "every app"
+    assert Grant(("me/flow",)).allows("me/flow@2") and not Grant(("me/flow",)).allows("me/flower@2")
 
 
 def test_app_tokens_carry_the_apps_and_the_minting_user() -> None:

@@ -1,0 +1,53 @@
+"""``/playground/``: every endpoint, with its model files present or missing; ``/playground/{app_id}``: a
+form built from the endpoint's description (``GET /endpoints/{app_id}``) that runs it through the queue
+over ``/ws`` (a token minted from the browser session), with progress, previews, logs, the images or
+video, cancel, the request as JSON and as curl/Python/JS snippets, and this browser's past runs side by
+side. Plain pages (``pages/playground*``), no build step; the browser session, a key, or open access.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+from server.api.auth import page_access, self_authenticating
+from server.api.state import ENDPOINTS
+from server.errors import NotFoundError
+
+_PAGES = Path(__file__).parent / "pages"
+_INDEX = (_PAGES / "playground-index.html").read_text()
+_ENDPOINT = (_PAGES / "playground.html").read_text()
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/playground", to_index),
+        web.get("/playground/", index),
+        web.get("/playground/{app_id:.+}", endpoint_page),
+    ]
+
+
+def _html(text: str) -> web.Response:
+    return web.Response(text=text, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+
+@self_authenticating
+async def to_index(request: web.Request) -> web.Response:
+    raise web.HTTPPermanentRedirect("/playground/")
+
+
+@self_authenticating
+async def index(request: web.Request) -> web.Response:
+    page_access(request, page="/playground/")
+    return _html(_INDEX)
+
+
+@self_authenticating
+async def endpoint_page(request: web.Request) -> web.Response:
+    app_id = request.match_info["app_id"]
+    page_access(request, page=f"/playground/{app_id}")
+    endpoint = request.app[ENDPOINTS].get(app_id)
+    if endpoint is None or endpoint.raw:
+        raise NotFoundError(f"No endpoint {app_id!r}; /playground/ lists them")
+    return _html(_ENDPOINT)
