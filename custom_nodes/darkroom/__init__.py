@@ -1,6 +1,7 @@
 """darkroom's ComfyUI node pack, layered like ComfyUI-GGUF; a module imports only from layers below:
 
-    extension | tiny     the pack's one ComfyExtension | tiny random-weight models for tests (apart)
+    extension | routes   the pack's one ComfyExtension | its HTTP routes on ComfyUI's server
+    | tiny               tiny random-weight models for tests (apart)
     nodes                v3 node classes (io.ComfyNode schemas): the public node IDs, thin execute()
     ops                  what needs ComfyUI: loaders, LoRA stacks, model blends, sampler overrides
     formats              no ComfyUI: model-file layouts and quantisation, LoRA key names, override
@@ -19,6 +20,8 @@ WEB_DIRECTORY = "./web"
 
 
 async def comfy_entrypoint() -> Any:
+    from . import routes
     from .extension import DarkroomExtension
 
+    routes.register()
     return DarkroomExtension()

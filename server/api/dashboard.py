@@ -1,6 +1,7 @@
 """``/dashboard``: what the server is doing, for the people running it. Queue (waiting and running
-requests per endpoint, with age and position; cancel), workers (state, device, GPU memory, the
-endpoint each ran last, restarts, last log lines), model files (present, size, sha256 checked, the
+requests per endpoint, with age and position; cancel), workers (state, device, GPU memory, the models
+ComfyUI keeps loaded there (the node pack's /darkroom/loaded), the endpoint each ran last, restarts,
+last log lines), model files (present, size, sha256 checked, the
 fetch command) and recent failures. The page follows ``GET /dashboard/events`` (server-sent events,
 one snapshot when something changed, checked every second), so open pages cost no polling.
 
@@ -20,13 +21,14 @@ from aiohttp import web
 from server.api import sse
 from server.api.auth import page_access, require_browser_or_key, self_authenticating
 from server.api.state import GENERATOR, INVENTORY, METRICS, QUEUE, SUPERVISOR
-from server.errors import NotFoundError
+from server.errors import NotFoundError, WorkerConnectionError, WorkerResponseError
 from server.queue.store import JobRecord, JobStatus
 from server.workflows.editor import EDITOR_APP
 
 SNAPSHOT_INTERVAL_S = 1.0
 RECENT_FAILURES = 20
 LOG_LINES = 8
+LOADED_TIMEOUT_S = 2.0
 _PAGE = (Path(__file__).parent / "pages" / "dashboard.html").read_text()
 
 
@@ -118,7 +120,7 @@ async def snapshot(app: web.Application) -> dict[str, Any]:
     return {
         "now": now,
         "queue": [_waiting(r, queue.position(r.request_id), now) for r in live],
-        "workers": _workers(app),
+        "workers": await _workers(app),
         "models": app[INVENTORY].describe(),
         "failures": [_failure(r) for r in failed[:RECENT_FAILURES]],
     }
@@ -142,13 +144,27 @@ def _failure(record: JobRecord) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _workers(app: web.Application) -> list[dict[str, Any]]:
-    gpu, last_run = app[METRICS].gpu_memory, app[GENERATOR].last_run
+async def _workers(app: web.Application) -> list[dict[str, Any]]:
+    gpu, last_run, workers = app[METRICS].gpu_memory, app[GENERATOR].last_run, app[SUPERVISOR].workers
+    loaded = await asyncio.gather(*(_loaded_models(w) for w in workers))
     rows = []
-    for worker in app[SUPERVISOR].workers:
+    for worker, models in zip(workers, loaded, strict=True):
         used, total = gpu.get(str(worker.id), (None, None))
         rows.append({
             **worker.describe(), "gpu_memory_used_bytes": used, "gpu_memory_total_bytes": total,
-            "last_endpoint": last_run.get(worker.id), "log": worker.recent_logs(LOG_LINES),
+            "loaded_models": models, "last_endpoint": last_run.get(worker.id),
+            "log": worker.recent_logs(LOG_LINES),
         })  # fmt: skip
     return rows
+
+
+async def _loaded_models(worker: Any) -> list[dict[str, Any]] | None:
+    """What ComfyUI keeps loaded on the worker; None when it cannot say now (starting, restarting)."""
+    if not worker.ready:
+        return None
+    try:
+        async with asyncio.timeout(LOADED_TIMEOUT_S):
+            models: list[dict[str, Any]] = await worker.client.loaded_models()
+            return models
+    except (TimeoutError, WorkerConnectionError, WorkerResponseError):
+        return None

@@ -211,6 +211,12 @@ class ComfyClient:
         result: dict[str, Any] = await self._json("GET", "/system_stats")
         return result
 
+    async def loaded_models(self) -> list[dict[str, Any]]:
+        """The models this worker keeps loaded (GET /darkroom/loaded, the node pack's route): kind, files,
+        class, device, bytes on the device and in all."""
+        data = await self._json("GET", "/darkroom/loaded")
+        return list(data["models"]) if isinstance(data, Mapping) else []
+
     async def history(self, prompt_id: str) -> dict[str, Any] | None:
         """The finished prompt's history entry (outputs, status), or None if unknown."""
         data = await self._json("GET", f"/history/{prompt_id}")

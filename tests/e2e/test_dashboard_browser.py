@@ -1,5 +1,6 @@
 """The dashboard in headless Chromium on the real stack: a running and a queued request and the worker
-appear live (no reload), Cancel removes the queued one, the failures list shows it. Screenshot:
+appear live (no reload), Cancel removes the queued one, the failures list shows it, the worker row the
+model files ComfyUI keeps loaded. Screenshot:
 ``data/screenshots/dashboard.png``."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pytest_asyncio
 from browser import SCREENSHOTS, chromium_or_skip, open_page
 from queue_stack import Client, facade, submit, wait_status
 
+from server.engine.models import load_manifest
 from server.engine.supervisor import Supervisor
 from server.settings import Settings
 
@@ -51,6 +53,11 @@ async def test_the_dashboard_follows_the_queue_and_cancels(client: Client, page:
     cancelled = await wait_status(client, waiting)
     assert cancelled.get("error_type") == "request_cancelled", cancelled
     assert "error" not in await wait_status(client, running), "cancelling one request left the other alone"
+    vae = load_manifest().get("tiny-flux2-vae").folder_name  # the models the run left loaded
+    await page.wait_for_function(
+        "vae => document.querySelector(\"#workers tr[data-worker='0'] .loaded\").innerText.includes(vae)",
+        arg=vae, timeout=15_000,
+    )  # fmt: skip
     await page.wait_for_selector(f"#failures >> text={waiting[:8]}", timeout=15_000)
     await page.wait_for_selector("#queue .empty", timeout=15_000)
     assert page.problems == [], page.problems

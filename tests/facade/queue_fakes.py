@@ -17,11 +17,24 @@ from server.api.state import GENERATOR, QUEUE
 from server.app import create_app
 from server.engine import client as cc
 from server.engine.models import load_manifest
-from server.errors import GenerationError
+from server.errors import GenerationError, WorkerConnectionError
 from server.media.loras import LoraCache
 from server.settings import Settings
 from server.workflows.choices import ComfyChoices
 from server.workflows.mapping import Endpoint
+
+LOADED = [{"kind": "vae", "files": ["tiny/flux2_vae.safetensors"], "class": "AutoencoderKL", "device": "cpu",
+           "loaded_bytes": 1024, "size_bytes": 1024}]  # fmt: skip
+
+
+class FakeClient:
+    """A worker's API without a ComfyUI: its loaded models; sampler lists stay unknown."""
+
+    async def loaded_models(self) -> list[dict[str, Any]]:
+        return LOADED
+
+    async def object_info(self, node_class: str | None = None) -> dict[str, Any]:
+        raise WorkerConnectionError("no ComfyUI in the facade tests")
 
 
 class FakeWorker:
@@ -30,7 +43,7 @@ class FakeWorker:
         self.state = state
         self.gpu: str | None = None
         self.restarts = 0
-        self.client = None  # no ComfyUI to ask (sampler lists stay unknown)
+        self.client = FakeClient()
 
     @property
     def ready(self) -> bool:

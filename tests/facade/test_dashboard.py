@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from queue_fakes import APP, FakeGenerator
+from queue_fakes import APP, LOADED, FakeGenerator
 
 from server.settings import Settings, load_settings
 
@@ -54,6 +54,7 @@ async def test_state_shows_the_queue_workers_models_and_failures(client: Client,
     assert rows[waiting]["status"] == "IN_QUEUE" and rows[waiting]["position"] == 0
     assert [row["request_id"] for row in state["queue"]] == [running, waiting], "running first"
     assert state["workers"][0]["id"] == 0 and "log" in state["workers"][0]
+    assert state["workers"][0]["loaded_models"] == LOADED, "what the worker's /darkroom/loaded says"
     models = {m["name"]: m for m in state["models"]}
     assert (
         models["flux2-vae"]["fetch"] == "darkroom models fetch flux2-vae"

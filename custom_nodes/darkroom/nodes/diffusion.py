@@ -11,6 +11,7 @@ from comfy_api.latest import io
 from ..formats.arch import Family, ModelFileError, parse_override
 from ..formats.checkpoint import WeightDtype
 from ..ops.diffusion import inspect_file, load_diffusion_model
+from ..ops.loaded import remember
 
 _FOLDER = "diffusion_models"
 _WEIGHT_DTYPE_TIP = (
@@ -86,6 +87,7 @@ class _DiffusionLoader(io.ComfyNode):
             weight_dtype=WeightDtype(weight_dtype),
             config_override=parse_override(config_override),
         )
+        remember(model, "diffusion_model", model_name)
         return io.NodeOutput(model)
 
 

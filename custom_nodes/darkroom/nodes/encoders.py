@@ -11,6 +11,7 @@ from comfy_api.latest import io
 
 from ..formats.arch import ModelFileError
 from ..ops.encoders import TextEncoderFamily, inspect_text_encoder, load_text_encoder
+from ..ops.loaded import remember
 from ..ops.vae import VAEFamily, inspect_vae, load_vae
 
 NO_FILE = "none"
@@ -116,6 +117,7 @@ class DarkroomTextEncoderLoader(io.ComfyNode):
             config_override=parse_config_override(config_override),
             embedding_directory=folder_paths.get_folder_paths("embeddings"),
         )
+        remember(clip, "text_encoder", *(n for n in (text_encoder_name, text_encoder_name_2) if n != NO_FILE))
         return io.NodeOutput(clip)
 
 
@@ -158,7 +160,9 @@ class DarkroomVAELoader(io.ComfyNode):
     @classmethod
     def execute(cls, vae_name: str, family: str) -> io.NodeOutput:
         path = Path(folder_paths.get_full_path_or_raise("vae", vae_name))
-        return io.NodeOutput(load_vae(path, family))
+        vae = load_vae(path, family)
+        remember(vae, "vae", vae_name)
+        return io.NodeOutput(vae)
 
 
 NODES: list[type[io.ComfyNode]] = [DarkroomTextEncoderLoader, DarkroomVAELoader]

@@ -22,6 +22,7 @@ from ..formats.overrides import (
     parse_lora_stack,
 )
 from ..ops.blend import BlendInput, BlendMismatchError, blend_models, cache_key, check_compatible
+from ..ops.loaded import remember
 from ..ops.lora import apply_stack, resolve
 from ..ops.sampling import (
     check_vae,
@@ -191,6 +192,7 @@ class DarkroomModelBlend(io.ComfyNode):
         model = blend_models(
             _blend_inputs(models), Family(family), weight_dtype=WeightDtype(weight_dtype), work_dir=work_dir
         )
+        remember(model, "diffusion_model", *(spec.model for spec in parse_blend(models)))
         return io.NodeOutput(model)
 
 
