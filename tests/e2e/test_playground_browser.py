@@ -148,6 +148,12 @@ async def test_flux2_demo_runs_with_progress_and_compares_two_runs(page: Any, cl
     assert await natural_sizes(page) == [[64, 64]]
     assert "seed 7" in await page.inner_text("#status")
     assert "Running" in (await page.text_content("#logs") or "")
+    await page.click("#result img")  # the full-size view
+    assert await page.get_attribute("#viewer img", "src") == await page.get_attribute("#result img", "src")
+    assert await page.is_visible("#viewer img")
+    await page.keyboard.press("Escape")
+    download = await page.get_attribute("#result a[download]", "href")
+    assert download == await page.get_attribute("#result img", "src"), "Download saves the shown image"
 
     await page.click("#advanced summary")
     await page.select_option(".field[data-field=sampler] select", "dpmpp_2m")
@@ -210,6 +216,8 @@ async def test_cancel_stops_a_running_request(page: Any, client: Client) -> None
     await page.fill(".field[data-field=prompt] textarea", "never finished")
     await page.click("#run")
     await page.wait_for_selector("#steps >> text=/DarkroomTestSlow step [1-9]/", timeout=60_000)
+    preview = await page.wait_for_selector("#preview:not([hidden])")  # the node's live preview
+    assert (await preview.get_attribute("src") or "").startswith("data:image/jpeg;base64,")
     request_id = await page.get_attribute("#output-card", "data-request")
     await page.click("#cancel")
     await page.wait_for_selector("#status.warn >> text=cancelled", timeout=30_000)
