@@ -31,6 +31,7 @@ from server.api import (
     workflows,
     ws,
 )  # fmt: skip
+from server.api.described import operation
 from server.api.metrics import Metrics
 from server.api.proxy import EditorProxy
 from server.api.state import (
@@ -254,11 +255,17 @@ async def _sweep_multipart(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+@operation(summary="Liveness: 200 while the process is alive", responses={200: "Alive"}, tag="health")
 async def health(request: web.Request) -> web.Response:
     """200 while the process is alive."""
     return web.json_response({"status": "ok"})
 
 
+@operation(
+    summary="Readiness: 200 when every ComfyUI worker answers",
+    responses={200: "Ready", 503: "A worker is not ready (each worker's state)"},
+    tag="health",
+)
 async def ready(request: web.Request) -> web.Response:
     """200 when every worker answers; 503 with each worker's state otherwise."""
     supervisor = request.app[SUPERVISOR]

@@ -26,6 +26,7 @@ from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
+from server.api.described import operation
 from server.api.request import own_origins, read_json
 from server.api.state import KEYS, SETTINGS, USER_ID
 from server.errors import AuthError, ForbiddenError, RequestValidationError
@@ -167,6 +168,12 @@ def require_app(grant: Grant, app_path: str) -> None:
         )
 
 
+@operation(
+    summary="Mint an app token (fal's realtime and browser token call)",
+    body=TokenRequest,
+    responses={200: "The token, a JSON string", 422: "Invalid body"},
+    tag="tokens",
+)
 async def mint_token(request: web.Request) -> web.Response:
     """``POST /tokens/`` (fal's realtime token call): ``{"allowed_apps": [alias, ...],
     "token_expiration": s}`` -> the token as a bare JSON string. Needs a key (the middleware checks)."""

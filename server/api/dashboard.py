@@ -20,6 +20,7 @@ from aiohttp import web
 
 from server.api import sse
 from server.api.auth import page_access, require_browser_or_key, self_authenticating
+from server.api.described import operation
 from server.api.state import GENERATOR, INVENTORY, METRICS, QUEUE, SUPERVISOR
 from server.errors import NotFoundError, WorkerConnectionError, WorkerResponseError
 from server.queue.store import JobRecord, JobStatus
@@ -36,11 +37,24 @@ def routes() -> list[web.RouteDef]:
     snapshots = _Snapshots()
 
     @self_authenticating
+    @operation(
+        "The dashboard's snapshot: queue, workers, models, failures",
+        responses={200: "The snapshot", 401: "Not signed in"},
+        schemes=("session", "key"),
+        tag="pages",
+    )
     async def state(request: web.Request) -> web.Response:
         _require(request)
         return web.json_response(await snapshots.get(request.app))
 
     @self_authenticating
+    @operation(
+        "The dashboard's snapshots as server-sent events",
+        ok="text/event-stream",
+        responses={200: "Snapshots", 401: "Not signed in"},
+        schemes=("session", "key"),
+        tag="pages",
+    )
     async def events(request: web.Request) -> web.StreamResponse:
         """A snapshot now, then one each time it changes (checked every second), until the client leaves."""
         _require(request)
@@ -87,12 +101,30 @@ def _require(request: web.Request) -> None:
 
 
 @self_authenticating
+@operation(
+    summary="The dashboard page",
+    ok="text/html",
+    responses={200: "The page", 303: "Not signed in: the sign-in page"},
+    schemes=("session", "key"),
+    tag="pages",
+)
 async def page(request: web.Request) -> web.Response:
     page_access(request, page="/dashboard")
     return web.Response(text=_PAGE, content_type="text/html", headers={"Cache-Control": "no-store"})
 
 
 @self_authenticating
+@operation(
+    summary="Cancel a request from the dashboard",
+    responses={
+        200: "The cancel result",
+        401: "Not signed in",
+        403: "Not from darkroom's page",
+        404: "Unknown request",
+    },
+    schemes=("session", "key"),
+    tag="pages",
+)
 async def cancel(request: web.Request) -> web.Response:
     _require(request)
     request_id = request.match_info["request_id"]

@@ -24,6 +24,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from server.api.auth import require_browser_or_key, self_authenticating, signed_in
+from server.api.described import operation
 from server.api.proxy import check_allowed
 from server.api.request import base_url, own_origins, read_json
 from server.api.state import EDITOR, ENDPOINTS, HUB, KEYS, QUEUE, SETTINGS
@@ -54,6 +55,7 @@ def routes() -> list[web.RouteDef]:
 
 
 @self_authenticating
+@operation(summary="The editor (redirect)", responses={303: "To /editor/"}, schemes=(), tag="editor")
 async def to_editor(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther("/editor/")
 
@@ -65,6 +67,14 @@ def _next(value: object) -> str:
 
 
 @self_authenticating
+@operation(
+    summary="The sign-in page",
+    ok="text/html",
+    responses={200: "The page", 303: "Already signed in"},
+    query={"next": "Where to go after signing in (a path here)"},
+    schemes=(),
+    tag="editor",
+)
 async def login_page(request: web.Request) -> web.Response:
     if signed_in(request):
         raise web.HTTPSeeOther(_next(request.query.get("next")))
@@ -72,6 +82,14 @@ async def login_page(request: web.Request) -> web.Response:
 
 
 @self_authenticating
+@operation(
+    summary="Sign in with an API key (form post): a session cookie",
+    body="application/x-www-form-urlencoded",
+    ok="text/html",
+    responses={303: "Signed in", 401: "Not a key of this server", 403: "Not from darkroom's page"},
+    schemes=(),
+    tag="editor",
+)
 async def login(request: web.Request) -> web.Response:
     """A key from the form becomes a session cookie; a wrong key shows the page again (401)."""
     if not sessions.same_origin(request.method, request.headers, own_origins(request, request.app[SETTINGS])):
@@ -90,6 +108,13 @@ async def login(request: web.Request) -> web.Response:
 
 
 @self_authenticating
+@operation(
+    summary="Sign out",
+    ok="text/html",
+    responses={303: "Signed out", 403: "Not from darkroom's page"},
+    schemes=("session",),
+    tag="editor",
+)
 async def logout(request: web.Request) -> web.Response:
     if not sessions.same_origin(request.method, request.headers, own_origins(request, request.app[SETTINGS])):
         return _page("This sign-out did not come from darkroom's own page.", status=403)
@@ -99,6 +124,13 @@ async def logout(request: web.Request) -> web.Response:
 
 
 @self_authenticating
+@operation(
+    summary="ComfyUI's editor (its page, relayed)",
+    ok="text/html",
+    responses={200: "The editor", 303: "Not signed in: the sign-in page"},
+    schemes=("session",),
+    tag="editor",
+)
 async def index(request: web.Request) -> web.StreamResponse:
     """The editor itself when signed in, else the sign-in page."""
     if not signed_in(request):
@@ -111,6 +143,18 @@ def _require_session(request: web.Request) -> None:
 
 
 @self_authenticating
+@operation(
+    summary="The editor's own API and files, relayed to worker 0 (reads, uploads, user files)",
+    ok="application/octet-stream",
+    responses={
+        200: "ComfyUI's answer",
+        401: "Not signed in",
+        403: "Not allowed through the relay",
+        503: "The editor's worker is not ready",
+    },
+    schemes=("session",),
+    tag="editor",
+)
 async def relay(request: web.Request) -> web.StreamResponse:
     _require_session(request)
     # As sent, still %-encoded: ComfyUI names user files with an encoded "/" (workflows%2Fa.json).
@@ -120,28 +164,64 @@ async def relay(request: web.Request) -> web.StreamResponse:
 
 
 @self_authenticating
+@operation(
+    summary="The editor's user stylesheet",
+    ok="text/css",
+    responses={200: "The stylesheet", 401: "Not signed in", 503: "The editor's worker is not ready"},
+    schemes=("session",),
+    tag="editor",
+)
 async def user_css(request: web.Request) -> web.StreamResponse:
     """The frontend asks for /user.css beside the page (ComfyUI serves none there): the user's own."""
     _require_session(request)
     return await request.app[EDITOR].forward(request, "api/userdata/user.css")
 
 
+@operation(summary="No favicon here", responses={204: "Nothing"}, tag="editor")
 async def no_favicon(request: web.Request) -> web.Response:
     return web.Response(status=204, headers={"Cache-Control": "public, max-age=86400"})
 
 
+@operation(
+    summary="The editor's favicons",
+    ok="image/png",
+    responses={200: "The icon", 401: "Not one of the icons (and no key)", 404: "Unknown icon"},
+    tag="editor",
+)
 async def favicon(request: web.Request) -> web.StreamResponse:
     """Public (``auth.PUBLIC_PATHS``), as static files are: browsers fetch favicons without cookies."""
     return await request.app[EDITOR].forward(request, f"assets/{request.match_info['path']}")
 
 
 @self_authenticating
+@operation(
+    summary="The editor's WebSocket (ComfyUI's events for its runs)",
+    responses={
+        101: "Switching to the WebSocket",
+        401: "Not signed in",
+        503: "The editor's worker is not ready",
+    },
+    schemes=("session",),
+    tag="editor",
+)
 async def socket(request: web.Request) -> web.WebSocketResponse:
     _require_session(request)
     return await request.app[EDITOR].relay_socket(request)
 
 
 @self_authenticating
+@operation(
+    summary="Queue the editor's prompt (through darkroom's queue)",
+    responses={
+        200: "Queued: its prompt id",
+        400: ("ComfyUI refused the prompt: its own error body", None),
+        401: "Not signed in",
+        403: "Not from darkroom's page",
+        422: "Not a JSON prompt",
+    },
+    schemes=("session",),
+    tag="editor",
+)
 async def queue_prompt(request: web.Request) -> web.Response:
     """The editor's "Queue": a darkroom/editor request; answers as ComfyUI's POST /prompt does."""
     _require_session(request)
@@ -214,6 +294,12 @@ async def _cancel_editor_runs(request: web.Request, ids: list[str]) -> None:
 
 
 @self_authenticating
+@operation(
+    summary="Interrupt the editor's running prompt",
+    responses={200: "Interrupted", 401: "Not signed in", 403: "Not from darkroom's page", 422: "Not JSON"},
+    schemes=("session",),
+    tag="editor",
+)
 async def interrupt(request: web.Request) -> web.Response:
     """The editor's "Cancel": its running run (or the one it names), never an API request."""
     _require_session(request)
@@ -226,6 +312,12 @@ async def interrupt(request: web.Request) -> web.Response:
 
 
 @self_authenticating
+@operation(
+    summary="Delete or clear the editor's queued prompts",
+    responses={200: "Done", 401: "Not signed in", 403: "Not from darkroom's page", 422: "Not JSON"},
+    schemes=("session",),
+    tag="editor",
+)
 async def edit_queue(request: web.Request) -> web.Response:
     """The editor's queue panel: ``{"delete": [ids]}`` or ``{"clear": true}``, for editor runs only."""
     _require_session(request)

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from server.api.described import operation
 from server.api.state import CATALOG, ENDPOINTS, GENERATOR, INVENTORY, SUPERVISOR
 from server.api.workflows import endpoint_urls
 from server.errors import NotFoundError
@@ -24,6 +25,11 @@ def routes() -> list[web.RouteDef]:
     return [web.get("/endpoints", list_endpoints), web.get("/endpoints/{app_id:.+}", show_endpoint)]
 
 
+@operation(
+    summary="Every endpoint with its model files (present or missing)",
+    responses={200: "The list"},
+    tag="endpoints",
+)
 async def list_endpoints(request: web.Request) -> web.Response:
     """Every endpoint a client can call (pinned versions of published workflows left out: they are each
     one version of a listed one), with whether its model files are all here."""
@@ -40,6 +46,11 @@ async def list_endpoints(request: web.Request) -> web.Response:
     return web.json_response({"endpoints": listed})
 
 
+@operation(
+    summary="One endpoint's fields as a form needs them",
+    responses={200: "Fields, output kind, model files, URLs", 404: "Unknown endpoint"},
+    tag="endpoints",
+)
 async def show_endpoint(request: web.Request) -> web.Response:
     app_id = request.match_info["app_id"]
     endpoint = request.app[ENDPOINTS].get(app_id)

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from server.api.described import operation
 from server.media.outputs import OutputStore, content_type_of
 
 
 def file_route(store: OutputStore) -> web.RouteDef:
+    @operation(
+        "An output file (capability URL: no key needed)",
+        ok="application/octet-stream",
+        responses={200: "The file", 404: "Unknown file"},
+        tag="files",
+    )
     async def serve(request: web.Request) -> web.FileResponse:
         path = store.path_of(request.match_info["request_id"], request.match_info["name"])
         return web.FileResponse(path, headers={"Content-Type": content_type_of(path.name)})

@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from server.api.described import operation
 from server.engine.supervisor import Supervisor
 from server.queue.job_queue import JobQueue
 from server.queue.store import JobRecord, Outcome
@@ -182,6 +183,9 @@ class Metrics:
 
 
 def routes(collected: Metrics) -> list[web.RouteDef]:
+    @operation(
+        "Prometheus metrics (text format)", ok="text/plain", responses={200: "The metrics"}, tag="health"
+    )
     async def metrics(request: web.Request) -> web.Response:
         await collected.refresh_gpu_memory()
         return web.Response(body=collected.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,17 +1,56 @@
-"""The OpenAPI 3.1 document, generated from the workflow mappings, and a docs page that needs no CDN."""
+"""The OpenAPI 3.1 document of every route, built from the routes themselves: each handler's
+``@operation`` (``server.api.described``) for what it does, takes and answers, ``server.api.auth`` for
+who may call it, and the workflow mappings for each app's input and output. ``/docs`` renders it with
+Swagger UI (vendored: ``pages/vendor/swagger-ui``), no CDN."""
 
 from __future__ import annotations
 
-import html
+import re
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from server.api import auth
+from server.api.described import Operation, operation, operation_of
 from server.engine.supervisor import Supervisor
+from server.errors import ConfigError
+from server.security import sessions
 from server.workflows.choices import FIELD_TYPES, ComfyChoices
 from server.workflows.mapping import Endpoint
 from server.workflows.request_schema import DEFAULT
+
+_DOCS_PAGE = (Path(__file__).parent / "pages" / "docs.html").read_text()
+# Routes documented once per app (each app's own input and output), not as one templated path.
+PER_APP = {("POST", "/run/{path}"), ("POST", "/queue/{path}")}
+_SCHEMES: dict[str, dict[str, Any]] = {
+    "key": {"type": "apiKey", "in": "header", "name": "Authorization", "description": "`Key <key>`"},
+    "token": {
+        "type": "apiKey",
+        "in": "query",
+        "name": auth.TOKEN_QUERY,
+        "description": "An app token from POST /tokens/",
+    },
+    "session": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": sessions.COOKIE,
+        "description": "The pages' sign-in (/editor/login)",
+    },
+    "upload_token": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A token from POST /storage/auth/token",
+    },
+    "capability": {
+        "type": "apiKey",
+        "in": "query",
+        "name": "upload",
+        "description": "None: the upload URL itself is the credential",
+    },
+}
 
 
 class File(BaseModel):
@@ -52,156 +91,195 @@ class ValidationIssue(BaseModel):
     input: Any = None
 
 
-class ValidationErrorBody(BaseModel):
-    detail: list[ValidationIssue]
-
-
 class ErrorBody(BaseModel):
-    detail: str
+    """darkroom's one error envelope (fal's): a message, or for invalid input the list of issues."""
+
+    detail: str | list[ValidationIssue]
     error_type: str | None = None
 
 
+class QueueSubmitted(BaseModel):
+    status: str
+    request_id: str
+    response_url: str
+    status_url: str
+    cancel_url: str
+    queue_position: int
+    gateway_request_id: str
+
+
 _SHARED: dict[str, type[BaseModel]] = {
-    "File": File,
-    "Image": Image,
-    "Timings": Timings,
-    "ImageOutput": ImageOutput,
-    "VideoOutput": VideoOutput,
-    "ValidationIssue": ValidationIssue,
-    "ValidationErrorBody": ValidationErrorBody,
-    "ErrorBody": ErrorBody,
-}
+    "File": File, "Image": Image, "Timings": Timings, "ImageOutput": ImageOutput, "VideoOutput": VideoOutput,
+    "ValidationIssue": ValidationIssue, "ErrorBody": ErrorBody, "QueueSubmitted": QueueSubmitted,
+}  # fmt: skip
+
+
+class _Builder:
+    """Collects the component schemas while the operations are written."""
+
+    def __init__(self) -> None:
+        self.schemas: dict[str, Any] = {}
+        for model in _SHARED.values():
+            self.ref(model)
+
+    def ref(self, model: type[BaseModel], schema: dict[str, Any] | None = None) -> dict[str, str]:
+        if model.__name__ not in self.schemas:
+            schema = schema or model.model_json_schema(ref_template="#/components/schemas/{model}")
+            self.schemas.update(schema.pop("$defs", {}))
+            self.schemas[model.__name__] = schema
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    def content(self, body: type[BaseModel] | str | None) -> dict[str, Any]:
+        if body is None:
+            return {"application/json": {"schema": {}}}
+        if isinstance(body, str):
+            return {body: {"schema": {"type": "string"}}}
+        return {"application/json": {"schema": self.ref(body)}}
 
 
 def build_document(
-    endpoints: dict[str, Endpoint], choices: dict[str, list[str]] | None = None
+    routes: Iterable[web.AbstractRoute],
+    endpoints: dict[str, Endpoint],
+    choices: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """One POST /run/{app_id} operation per endpoint, its input schema taken from its mapping;
-    sampler and scheduler fields list ComfyUI's names when ``choices`` (read from a worker) are known."""
-    schemas: dict[str, Any] = {}
-    for name, model in _SHARED.items():
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(schema.pop("$defs", {}))
-        schemas[name] = schema
-    paths: dict[str, Any] = {}
-    for app_id, endpoint in sorted(endpoints.items()):
-        if endpoint.raw:
-            continue  # the editor's runs: not an API for clients
-        input_name = endpoint.request_model.__name__
-        schema = endpoint.request_model.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(schema.pop("$defs", {}))
-        if choices is not None:
-            for name in endpoint.params_of(*FIELD_TYPES):
-                schema["properties"][name]["enum"] = [DEFAULT, *choices[endpoint.params[name].type]]
-        schemas[input_name] = schema
-        paths[f"/run/{app_id}"] = {"post": _operation(app_id, endpoint, input_name)}
+    """Every route of the app (HEAD aside), with each app's run and queue operations; sampler and
+    scheduler fields list ComfyUI's names when ``choices`` (read from a worker) are known. A route
+    without an ``@operation`` is a ConfigError: nothing is served undocumented."""
+    builder, paths = _Builder(), dict[str, dict[str, Any]]()
+    apps = {app_id: e for app_id, e in sorted(endpoints.items()) if not e.raw}
+    for route in sorted(routes, key=lambda r: (r.resource.canonical if r.resource else "", r.method)):
+        if route.method == "HEAD" or route.resource is None:
+            continue
+        method, canonical = route.method, route.resource.canonical
+        described = operation_of(route.handler)
+        if described is None:
+            raise ConfigError(f"{method} {canonical} ({route.handler.__qualname__}) has no @operation")
+        if (method, canonical) in PER_APP:
+            for app_id, endpoint in apps.items():
+                path = canonical.replace("{path}", app_id)
+                paths.setdefault(path, {})[method.lower()] = _app_operation(
+                    builder, method, path, described, endpoint, choices
+                )
+            continue
+        for verb in ["get", "post", "put", "delete"] if method == "*" else [method.lower()]:
+            paths.setdefault(canonical, {})[verb] = _operation(builder, verb, canonical, described)
     return {
         "openapi": "3.1.0",
         "info": {"title": "darkroom", "version": "1", "description": "fal-compatible generation API"},
         "paths": paths,
-        "components": {
-            "schemas": schemas,
-            "securitySchemes": {
-                "falKey": {
-                    "type": "apiKey",
-                    "in": "header",
-                    "name": "Authorization",
-                    "description": "`Key <key>`",
-                }
-            },
-        },
-        "security": [{"falKey": []}],
+        "components": {"schemas": builder.schemas, "securitySchemes": _SCHEMES},
+        "security": [{"key": []}],
     }
 
 
-def _operation(app_id: str, endpoint: Endpoint, input_name: str) -> dict[str, Any]:
-    output = "VideoOutput" if endpoint.output.kind == "video" else "ImageOutput"
-
-    def body(schema: str) -> dict[str, Any]:
-        return {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
-
-    return {
-        "operationId": "run_" + "".join(c if c.isalnum() else "_" for c in app_id),
-        "summary": f"Run {app_id} and wait for the result",
-        "description": "Also available through the queue: POST /queue/" + app_id,
-        "requestBody": {"required": True, "content": body(input_name)},
-        "responses": {
-            "200": {"description": "The output", "content": body(output)},
-            "404": {"description": "Unknown app", "content": body("ErrorBody")},
-            "422": {
-                "description": "Invalid input: each issue names the field and what is allowed",
-                "content": body("ValidationErrorBody"),
-            },
-            "503": {
-                "description": "Model files missing or no worker available",
-                "content": body("ErrorBody"),
-            },
-        },
-    }
-
-
-def render_docs(document: dict[str, Any]) -> str:
-    """A plain HTML page listing every endpoint's fields, types, defaults and ranges."""
-    schemas = document["components"]["schemas"]
-    sections = []
-    for path, item in document["paths"].items():
-        input_ref = item["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
-        schema = schemas[input_ref.rsplit("/", 1)[1]]
-        rows = "".join(
-            _row(name, prop, name in schema.get("required", []))
-            for name, prop in schema["properties"].items()
-        )
-        sections.append(
-            f"<h2><code>POST {html.escape(path)}</code></h2><table><tr><th>field</th><th>type</th>"
-            f"<th>default</th><th>allowed</th><th>description</th></tr>{rows}</table>"
-        )
-    return (
-        "<!doctype html><meta charset=utf-8><title>darkroom API</title><style>body{font:15px system-ui;"
-        "margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;"
-        "text-align:left}</style><h1>darkroom API</h1><p>fal-compatible; the machine-readable document is "
-        "<a href=/openapi.json>/openapi.json</a>.</p>" + "".join(sections)
-    )
-
-
-def _row(name: str, prop: dict[str, Any], required: bool) -> str:
-    kind = prop.get("type") or " | ".join(
-        str(o.get("type", o.get("$ref", "?")).rsplit("/", 1)[-1])
-        for o in prop.get("anyOf", prop.get("oneOf", []))
-    )
-    allowed = [f"{k} {prop[k]}" for k in ("minimum", "maximum", "minLength", "maxLength") if k in prop]
-    if "enum" in prop:
-        allowed.append(", ".join(map(str, prop["enum"])))
-    default = "required" if required else html.escape(repr(prop.get("default")))
-    cells = [
-        f"<code>{html.escape(name)}</code>",
-        html.escape(str(kind)),
-        default,
-        html.escape("; ".join(allowed)),
-        html.escape(prop.get("description", "")),
+def _operation(
+    builder: _Builder, verb: str, path: str, described: Operation, body: dict[str, Any] | None = None,
+    ok: dict[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    security = _security(verb.upper(), path, described)
+    operation_id = verb + "_" + re.sub(r"[^A-Za-z0-9]+", "_", path).lstrip("_")  # "/x/" differs from "/x"
+    op: dict[str, Any] = {
+        "operationId": operation_id, "summary": described.summary, "tags": [described.tag],
+        "security": security, "responses": _responses(builder, described, ok, secured=bool(security)),
+    }  # fmt: skip
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"\{(\w+)\}", path)
     ]
-    return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+    parameters += [
+        {"name": name, "in": "query", "required": False, "description": text, "schema": {"type": "string"}}
+        for name, text in described.query.items()
+    ]
+    parameters += [
+        {"name": name, "in": "header", "required": False, "description": text, "schema": {"type": "string"}}
+        for name, text in described.headers.items()
+    ]
+    if parameters:
+        op["parameters"] = parameters
+    if body is not None or described.body is not None:
+        op["requestBody"] = {"required": True, "content": body or builder.content(described.body)}
+    return op
+
+
+def _app_operation(
+    builder: _Builder, method: str, path: str, described: Operation, endpoint: Endpoint,
+    choices: dict[str, list[str]] | None,
+) -> dict[str, Any]:  # fmt: skip
+    schema = endpoint.request_model.model_json_schema(ref_template="#/components/schemas/{model}")
+    if choices is not None:
+        for name in endpoint.params_of(*FIELD_TYPES):
+            schema["properties"][name]["enum"] = [DEFAULT, *choices[endpoint.params[name].type]]
+    body = {"application/json": {"schema": builder.ref(endpoint.request_model, schema)}}
+    output = VideoOutput if endpoint.output.kind == "video" else ImageOutput
+    ok = builder.content(output if path.startswith("/run/") else QueueSubmitted)
+    return _operation(builder, method.lower(), path, described, body=body, ok=ok)
+
+
+def _security(method: str, path: str, described: Operation) -> list[dict[str, list[str]]]:
+    """Who may call the route, by the rules ``server.api.auth`` enforces."""
+    public = path in auth.PUBLIC_PATHS or (method == "GET" and path.startswith(auth.PUBLIC_GET_PREFIX))
+    if public or described.schemes == ():
+        return []
+    if described.schemes is not None:
+        return [{scheme: []} for scheme in described.schemes]
+    schemes = ["key"]
+    if path.startswith(auth.SESSION_ROUTES):
+        schemes.append("session")
+    if path in auth.TOKEN_ROUTES:
+        schemes.append("token")
+    return [{scheme: []} for scheme in schemes]
+
+
+def _responses(
+    builder: _Builder, described: Operation, ok: dict[str, Any] | None, *, secured: bool
+) -> dict[str, Any]:
+    statuses: dict[int, str | tuple[str, Any]] = dict(described.responses)
+    if secured:
+        statuses.setdefault(401, "Missing or invalid credentials")
+    if described.body is not None or ok is not None:
+        statuses.setdefault(422, "Invalid input: each issue names the field and what is allowed")
+    statuses.setdefault(500, "Internal error")
+    responses: dict[str, Any] = {}
+    success = next((s for s in sorted(statuses) if 200 <= s < 300), None)
+    for status, promised in sorted(statuses.items()):
+        text, body = promised if isinstance(promised, tuple) else (promised, ErrorBody)
+        entry: dict[str, Any] = {"description": text}
+        if isinstance(promised, tuple):
+            entry["content"] = builder.content(body)
+        elif status >= 400:
+            entry["content"] = builder.content(ErrorBody)
+        elif status == success:
+            entry["content"] = ok or builder.content(described.ok)
+        responses[str(status)] = entry
+    return responses
 
 
 def routes(
     endpoints: dict[str, Endpoint], choices: ComfyChoices, supervisor: Supervisor
 ) -> list[web.RouteDef]:
     # Built once per endpoint set (publishing changes it) and per whether ComfyUI's sampler lists are known.
-    built: dict[tuple[bool, frozenset[str]], tuple[dict[str, Any], str]] = {}
+    built: dict[tuple[bool, frozenset[str]], dict[str, Any]] = {}
 
-    async def current() -> tuple[dict[str, Any], str]:
+    async def current(app: web.Application) -> dict[str, Any]:
         client = next((w.client for w in supervisor.workers if w.ready), None)
         lists = await choices.lists_if_known(client)
         key = (lists is not None, frozenset(endpoints))
         if key not in built:
             built.clear()
-            document = build_document(endpoints, lists)
-            built[key] = (document, render_docs(document))
+            built[key] = build_document(app.router.routes(), endpoints, lists)
         return built[key]
 
+    @operation("This document", responses={200: "The OpenAPI document"}, tag="health")
     async def openapi(request: web.Request) -> web.Response:
-        return web.json_response((await current())[0])
+        return web.json_response(await current(request.app))
 
+    @operation(
+        "The API reference in a browser (Swagger UI)",
+        ok="text/html",
+        responses={200: "The page"},
+        tag="health",
+    )
     async def docs(request: web.Request) -> web.Response:
-        return web.Response(text=(await current())[1], content_type="text/html")
+        return web.Response(text=_DOCS_PAGE, content_type="text/html")
 
     return [web.get("/openapi.json", openapi), web.get("/docs", docs)]

@@ -12,6 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from server.api.auth import page_access, self_authenticating
+from server.api.described import operation
 from server.api.state import ENDPOINTS
 from server.errors import NotFoundError
 
@@ -33,17 +34,32 @@ def _html(text: str) -> web.Response:
 
 
 @self_authenticating
+@operation(summary="The playground (redirect)", responses={308: "To /playground/"}, tag="pages")
 async def to_index(request: web.Request) -> web.Response:
     raise web.HTTPPermanentRedirect("/playground/")
 
 
 @self_authenticating
+@operation(
+    summary="The playground: every endpoint",
+    ok="text/html",
+    responses={200: "The page", 303: "Not signed in: the sign-in page"},
+    schemes=("session", "key"),
+    tag="pages",
+)
 async def index(request: web.Request) -> web.Response:
     page_access(request, page="/playground/")
     return _html(_INDEX)
 
 
 @self_authenticating
+@operation(
+    summary="The playground for one endpoint",
+    ok="text/html",
+    responses={200: "The page", 303: "Not signed in: the sign-in page", 404: "Unknown endpoint"},
+    schemes=("session", "key"),
+    tag="pages",
+)
 async def endpoint_page(request: web.Request) -> web.Response:
     app_id = request.match_info["app_id"]
     page_access(request, page=f"/playground/{app_id}")

@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
+from pydantic import BaseModel
 from yarl import URL
 
 from server.api import sse
+from server.api.described import operation
 from server.api.request import base_url, read_json
 from server.api.state import ENDPOINTS, HUB, QUEUE, REQUEST_ID, SETTINGS, USER_ID
 from server.errors import BlockedAddressError, NotFoundError, RequestValidationError
@@ -37,6 +39,25 @@ _CANCEL_STATUS = {
 }
 
 
+class QueueStatus(BaseModel):
+    """fal's status body; which keys are present depends on the status."""
+
+    status: Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
+    request_id: str
+    response_url: str
+    status_url: str
+    cancel_url: str
+    queue_position: int | None = None
+    logs: list[dict[str, Any]] | None = None
+    metrics: dict[str, Any] | None = None
+    error: str | None = None
+    error_type: str | None = None
+
+
+class CancelBody(BaseModel):
+    status: Literal["CANCELLATION_REQUESTED", "ALREADY_COMPLETED", "NOT_FOUND"]
+
+
 def routes(signer: WebhookSigner) -> list[web.RouteDef]:
     """The queue routes, and the webhook key at ``GET /.well-known/jwks.json``."""
     requests = "/queue/{base:.+}/requests/{request_id}"
@@ -53,6 +74,11 @@ def routes(signer: WebhookSigner) -> list[web.RouteDef]:
 def jwks_route(signer: WebhookSigner) -> web.RouteDef:
     """``GET /.well-known/jwks.json``: the public key receivers verify signatures with."""
 
+    @operation(
+        "The public key webhook receivers verify signatures with (JWKS)",
+        responses={200: "The key set"},
+        tag="queue",
+    )
     async def jwks(request: web.Request) -> web.Response:
         return web.json_response(signer.jwks(), headers={"Cache-Control": "public, max-age=3600"})
 
@@ -126,6 +152,24 @@ def submitted_body(app: web.Application, record: JobRecord) -> dict[str, Any]:
     }
 
 
+@operation(
+    summary="Queue a request for an app (fal's queue API)",
+    responses={
+        200: "Queued: the request id and its URLs",
+        404: "Unknown app",
+        422: "Invalid input, header or query",
+        429: "The queue is full",
+    },
+    query={
+        "fal_webhook": "URL called with the result",
+        "fal_max_queue_length": "Refuse (429) when this many wait already",
+    },
+    headers={
+        "X-Fal-Queue-Priority": "normal or low",
+        "X-Fal-Request-Timeout": "Seconds the request may wait to start",
+    },
+    tag="queue",
+)
 async def submit(request: web.Request) -> web.Response:
     """``POST /queue/{app_id}[/{subpath}]``: validate, persist, answer at once."""
     find_endpoint(request.app[ENDPOINTS], request.match_info["path"])  # 404 before reading the body
@@ -154,6 +198,13 @@ async def _status_now(request: web.Request, record: JobRecord, with_logs: bool) 
     return status_body(record, position=queue.position(record.request_id), logs=logs)
 
 
+@operation(
+    summary="A queued request's status",
+    ok=QueueStatus,
+    responses={200: "Completed", 202: "Queued or running", 404: "Unknown request, or its result expired"},
+    query={"logs": "1 or true: include the logs"},
+    tag="queue",
+)
 async def status(request: web.Request) -> web.Response:
     """202 while queued or running, 200 once completed; memory only unless finished logs are asked for."""
     record = _lookup(request)
@@ -161,6 +212,13 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if record.status is JobStatus.COMPLETED else 202)
 
 
+@operation(
+    summary="A queued request's status as server-sent events, until it completes",
+    ok="text/event-stream",
+    responses={200: "Status events", 404: "Unknown request"},
+    query={"logs": "1 or true: include new log lines"},
+    tag="queue",
+)
 async def status_stream(request: web.Request) -> web.StreamResponse:
     """SSE: the status now, then once per change (new logs only), closing after COMPLETED."""
     record = _lookup(request)
@@ -194,6 +252,19 @@ async def status_stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+@operation(
+    summary="A queued request's output (or its failure, replayed)",
+    responses={
+        200: "The output",
+        400: "Not finished yet",
+        404: "Unknown request, or its result expired",
+        422: "The input was invalid",
+        499: "Cancelled",
+        500: "The run failed",
+        503: "Model files missing or no worker",
+    },
+    tag="queue",
+)
 async def result(request: web.Request) -> web.Response:
     """The output (200), a failure replayed (its status, body, headers), 400 if unfinished, 404."""
     record = _lookup(request)
@@ -204,6 +275,16 @@ async def result(request: web.Request) -> web.Response:
     )  # fmt: skip
 
 
+@operation(
+    summary="Cancel a queued or running request",
+    ok=CancelBody,
+    responses={
+        202: "Cancellation requested",
+        400: ("Already completed", CancelBody),
+        404: ("Unknown request", CancelBody),
+    },
+    tag="queue",
+)
 async def cancel(request: web.Request) -> web.Response:
     """202 CANCELLATION_REQUESTED (queued: removed; running: interrupted), 400 ALREADY_COMPLETED, 404."""
     request_id = request[REQUEST_ID] = request.match_info["request_id"]

@@ -36,6 +36,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from server.api import auth
+from server.api.described import operation
 from server.api.request import base_url
 from server.api.state import ENDPOINTS, GENERATOR, HUB
 from server.errors import DarkroomError, RequestValidationError
@@ -185,6 +186,18 @@ def _message(action: str, client_request_id: Any) -> dict[str, Any]:
 
 
 @auth.self_authenticating
+@operation(
+    summary="fal's realtime WebSocket: msgpack inputs in, outputs out",
+    responses={
+        101: "Switching to the WebSocket",
+        400: "Not a WebSocket handshake",
+        404: "Unknown app",
+        422: "Invalid max_buffering",
+    },
+    query={"max_buffering": "Inputs that may wait while one runs (1 to 60)", "fal_jwt_token": "An app token"},
+    schemes=("key", "token"),
+    tag="realtime",
+)
 async def realtime(request: web.Request) -> web.WebSocketResponse:
     """fal's realtime WebSocket for one app; see the module docstring for the protocol."""
     grant = auth.websocket_grant(request)

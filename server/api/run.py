@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from server.api import sse
+from server.api.described import operation
 from server.api.request import base_url, read_json
 from server.api.state import ENDPOINTS, GENERATOR, HUB, METRICS, REQUEST_ID
 from server.errors import DarkroomError
@@ -30,6 +31,19 @@ async def read_input(request: web.Request, endpoint: Endpoint) -> Any:
     return validate_input(endpoint, await read_json(request))
 
 
+@operation(
+    summary="Run an app and wait for its output (fal's sync API)",
+    responses={
+        200: "The output",
+        404: "Unknown app",
+        422: "Invalid input",
+        499: "The client left",
+        500: "The run failed",
+        502: "The worker answered wrongly",
+        503: "Model files missing or no worker available",
+    },
+    tag="run",
+)
 async def run(request: web.Request) -> web.Response:
     """Sync run: the response is the model output itself (fal sends no envelope)."""
     endpoint = find_endpoint(request.app[ENDPOINTS], request.match_info["path"])
@@ -63,6 +77,12 @@ def counted(request: web.Request, app_id: str) -> Iterator[None]:
         request.app[METRICS].run_finished(app_id, status, time.perf_counter() - started)
 
 
+@operation(
+    summary="Run an app, streaming its events as server-sent events",
+    ok="text/event-stream",
+    responses={200: "Events, then the output (or an error event)", 404: "Unknown app", 422: "Invalid input"},
+    tag="run",
+)
 async def run_stream(request: web.Request) -> web.StreamResponse:
     """Sync run as SSE: live events (started, progress, preview, log), then the output as the last
     event; an error is one event ``{"detail", "error_type"}``. A client that leaves cancels the run."""

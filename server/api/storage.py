@@ -33,6 +33,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
 from server.api import auth
+from server.api.described import operation
 from server.api.request import read_json
 from server.api.state import KEYS, MULTIPART, SETTINGS, UPLOADS
 from server.errors import AuthError, InputError, RequestValidationError
@@ -127,6 +128,11 @@ def _require_upload_credentials(request: web.Request) -> None:
         raise AuthError("Missing or expired upload token: get one from POST /storage/auth/token.")
 
 
+@operation(
+    summary="A short-lived token for the CDN upload (fal's storage token)",
+    responses={200: "The token", 422: "Invalid body or storage_type"},
+    tag="storage",
+)
 async def auth_token(request: web.Request) -> web.Response:
     """A short-lived token for ``POST /files/upload`` (fal's CDN v3 token)."""
     _check_storage_type(request)
@@ -147,6 +153,13 @@ async def auth_token(request: web.Request) -> web.Response:
     )
 
 
+@operation(
+    summary="Start an upload: a one-time upload URL and the file's URL",
+    body=InitiateBody,
+    responses={200: "upload_url and file_url", 422: "Invalid body or storage_type"},
+    query={"storage_type": "fal-cdn-v3 (accepted)"},
+    tag="storage",
+)
 async def initiate(request: web.Request) -> web.Response:
     """Reserve an upload: ``{upload_url, file_url}``; the bytes come in a PUT to upload_url."""
     body = await _initiate_body(request)
@@ -156,6 +169,13 @@ async def initiate(request: web.Request) -> web.Response:
 
 
 @auth.self_authenticating
+@operation(
+    summary="Send the bytes of an initiated upload (its one-time URL)",
+    body="application/octet-stream",
+    responses={200: "Stored", 404: "Unknown or used upload URL", 413: "Too large"},
+    schemes=("capability",),
+    tag="storage",
+)
 async def put_upload(request: web.Request) -> web.Response:
     """The one PUT an initiated upload accepts: its id, from an authenticated initiate, is the credential."""
     store = request.app[UPLOADS]
@@ -168,6 +188,13 @@ async def put_upload(request: web.Request) -> web.Response:
 
 
 @auth.self_authenticating
+@operation(
+    summary="Upload a file in one request (fal's CDN upload)",
+    body="application/octet-stream",
+    responses={200: "The file's URL", 413: "Larger than DARKROOM_UPLOAD_MAX_BYTES", 422: "Invalid upload"},
+    schemes=("upload_token", "key"),
+    tag="storage",
+)
 async def cdn_upload(request: web.Request) -> web.Response:
     """``POST /files/upload``: raw bytes with an upload token (or an API key) -> ``{access_url}``."""
     _require_upload_credentials(request)
@@ -185,6 +212,12 @@ async def cdn_upload(request: web.Request) -> web.Response:
 
 
 @auth.self_authenticating
+@operation(
+    summary="Start a CDN multipart upload",
+    responses={200: "The multipart upload", 400: "Invalid request"},
+    schemes=("upload_token", "key"),
+    tag="storage",
+)
 async def cdn_multipart(request: web.Request) -> web.Response:
     """Python's big-file flow: ``POST /files/upload/multipart`` (token or key): ``{access_url, uploadId}``."""
     _require_upload_credentials(request)
@@ -200,6 +233,13 @@ async def cdn_multipart(request: web.Request) -> web.Response:
     return web.json_response({"access_url": url, "uploadId": multipart_id})
 
 
+@operation(
+    summary="Start a multipart upload",
+    body=InitiateBody,
+    responses={200: "The multipart upload's URLs", 422: "Invalid body or storage_type"},
+    query={"storage_type": "fal-cdn-v3 (accepted)"},
+    tag="storage",
+)
 async def initiate_multipart(request: web.Request) -> web.Response:
     """JS's big-file flow: ``{upload_url, file_url}``; parts go to ``{upload_url}/{n}``, then ``complete``."""
     body = await _initiate_body(request)
@@ -219,6 +259,13 @@ def _multipart_ids(request: web.Request) -> tuple[str, str, str]:
 
 
 @auth.self_authenticating
+@operation(
+    summary="One part of a multipart upload",
+    body="application/octet-stream",
+    responses={200: "The part's etag", 400: "Invalid part number", 404: "Unknown upload", 413: "Too large"},
+    schemes=("capability",),
+    tag="storage",
+)
 async def put_part(request: web.Request) -> web.Response:
     """One part (any order; a re-sent part replaces the earlier one): an ``ETag`` and ``{partNumber, etag}``.
     The multipart id, handed only to the client that started the upload, is the credential."""
@@ -236,6 +283,18 @@ async def put_part(request: web.Request) -> web.Response:
 
 
 @auth.self_authenticating
+@operation(
+    summary="Finish a multipart upload from its parts",
+    body=CompleteBody,
+    responses={
+        200: "The file's URL",
+        400: "Invalid or missing parts",
+        404: "Unknown upload",
+        422: "Invalid body",
+    },
+    schemes=("capability",),
+    tag="storage",
+)
 async def complete_multipart(request: web.Request) -> web.Response:
     """Join the listed parts into the upload's file, which appears whole at its URL."""
     body = await _body_as(CompleteBody, request)
@@ -246,6 +305,12 @@ async def complete_multipart(request: web.Request) -> web.Response:
     return web.json_response({"access_url": url, "file_url": url, "file_size": size})
 
 
+@operation(
+    summary="An uploaded file (capability URL)",
+    ok="application/octet-stream",
+    responses={200: "The file", 404: "Unknown file"},
+    tag="storage",
+)
 async def serve_upload(request: web.Request) -> web.FileResponse:
     """An uploaded file, by its capability URL."""
     path = request.app[UPLOADS].path_of(request.match_info["upload_id"], request.match_info["name"])

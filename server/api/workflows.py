@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from server.api.described import operation
 from server.api.request import base_url, read_json
 from server.api.state import CATALOG, ENDPOINTS, GENERATOR, SETTINGS, SUPERVISOR
 from server.errors import NotFoundError, RequestValidationError, WorkerUnavailableError
@@ -42,6 +43,16 @@ def endpoint_urls(request: web.Request, app_id: str) -> dict[str, str]:
     return {"run": f"{root}/run/{app_id}", "queue": f"{root}/queue/{app_id}"}
 
 
+@operation(
+    summary="Publish a workflow as an endpoint (a new version)",
+    body=PublishBody,
+    responses={
+        201: "Published: its version and URLs",
+        422: "Not publishable: each problem names its node",
+        503: "No worker ready to check the nodes",
+    },
+    tag="workflows",
+)
 async def publish(request: web.Request) -> web.Response:
     """Check and publish; 201 with the new version and the URLs serving it."""
     try:
@@ -68,6 +79,9 @@ def _described(request: web.Request, version: Version) -> dict[str, Any]:
     }
 
 
+@operation(
+    summary="Published workflows, each with its latest version", responses={200: "The list"}, tag="workflows"
+)
 async def list_workflows(request: web.Request) -> web.Response:
     catalog = request.app[CATALOG]
     listed = []
@@ -81,6 +95,11 @@ def _name(request: web.Request) -> str:
     return f"{request.match_info['owner']}/{request.match_info['name']}"
 
 
+@operation(
+    summary="A published workflow's versions",
+    responses={200: "Its versions", 404: "Not published"},
+    tag="workflows",
+)
 async def show(request: web.Request) -> web.Response:
     name = _name(request)
     versions = request.app[CATALOG].versions(name)
@@ -94,6 +113,11 @@ async def show(request: web.Request) -> web.Response:
     )
 
 
+@operation(
+    summary="One version of a published workflow (its prompt and editor workflow)",
+    responses={200: "The version", 404: "Unknown version"},
+    tag="workflows",
+)
 async def show_version(request: web.Request) -> web.Response:
     version = request.app[CATALOG].version(_name(request), int(request.match_info["version"]))
     return web.json_response(
@@ -101,6 +125,11 @@ async def show_version(request: web.Request) -> web.Response:
     )
 
 
+@operation(
+    summary="Any endpoint as an editor workflow (request fields as input nodes)",
+    responses={200: "The prompt", 404: "Unknown endpoint"},
+    tag="workflows",
+)
 async def endpoint_workflow(request: web.Request) -> web.Response:
     """Any endpoint's workflow for the editor: a published one's latest prompt, a built-in one's graph
     with its request fields as input nodes (open it, change it, publish it under a new name)."""
@@ -117,6 +146,11 @@ async def endpoint_workflow(request: web.Request) -> web.Response:
     return web.json_response({"app_id": app_id, "prompt": prompt})
 
 
+@operation(
+    summary="Unpublish a workflow (every version)",
+    responses={200: "The versions removed", 404: "Not published"},
+    tag="workflows",
+)
 async def unpublish(request: web.Request) -> web.Response:
     removed = request.app[CATALOG].unpublish(_name(request))
     return web.json_response({"name": _name(request), "unpublished_versions": [v.number for v in removed]})

@@ -28,6 +28,7 @@ import aiohttp
 from aiohttp import web
 
 from server.api import auth
+from server.api.described import operation
 from server.api.queue import submit_job, submitted_body
 from server.api.request import base_url
 from server.api.state import HUB, QUEUE, SETTINGS
@@ -178,6 +179,13 @@ def _ids(message: dict[str, Any]) -> list[str]:
 
 
 @auth.self_authenticating
+@operation(
+    summary="Live events of requests over a WebSocket (subscribe, submit)",
+    responses={101: "Switching to the WebSocket", 400: "Not a WebSocket handshake"},
+    query={"fal_jwt_token": "An app token (browsers cannot send headers)"},
+    schemes=("key", "token"),
+    tag="events",
+)
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     """The live-events socket; see the module docstring for the protocol."""
     grant = auth.websocket_grant(request)  # before the upgrade: a refusal is a plain 401

@@ -20,6 +20,8 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.api import auth
+from server.api.openapi import build_document
+from server.api.state import ENDPOINTS
 from server.app import create_app
 from server.settings import Settings, load_settings
 from tests.fakes import IdleSupervisor
@@ -61,6 +63,29 @@ CANCEL_BODIES = [{"status": "NOT_FOUND"}, {"status": "ALREADY_COMPLETED"}]
 
 def build_app(settings: Settings) -> web.Application:
     return create_app(settings, IdleSupervisor(ready=False), run_supervisor=False)  # type: ignore[arg-type]
+
+
+def documented_statuses() -> dict[tuple[str, str], set[int]]:
+    """(method, canonical path) -> the statuses the OpenAPI document promises (per-app routes: any app's)."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        app = build_app(load_settings({}, data_dir=data_dir, api_keys=KEY))
+        document = build_document(app.router.routes(), app[ENDPOINTS])
+    statuses: dict[tuple[str, str], set[int]] = {}
+    for path, item in document["paths"].items():
+        for verb, op in item.items():
+            key = (verb.upper(), re.sub(r"^/(run|queue)/darkroom/demo-flux-2$", r"/\1/{path}", path))
+            statuses.setdefault(key, set()).update(int(code) for code in op["responses"])
+    return statuses
+
+
+DOCUMENTED = documented_statuses()
+
+
+def assert_documented(method: str, canonical: str, status: int) -> None:
+    promised = DOCUMENTED.get((method if method != "HEAD" else "GET", canonical), set())
+    assert status in promised, (
+        f"{method} {canonical} answered {status}, not in the document's {sorted(promised)}"
+    )
 
 
 def registered_routes() -> list[tuple[str, str]]:
@@ -143,6 +168,7 @@ async def test_route_errors_have_fal_shape(
         for headers in ({}, {"Authorization": "Key wrong-key"}):
             merged = {**body_kwargs.get("headers", {}), **headers}
             response = await client.request(method, path, **{**body_kwargs, "headers": merged})
+            assert_documented(method, canonical, response.status)
             if response.status == 401:
                 body = await assert_fal_shape(response, method)
                 assert body is None or body["error_type"] == "unauthorized"
@@ -153,6 +179,7 @@ async def test_route_errors_have_fal_shape(
 
     merged = {**body_kwargs.get("headers", {}), **GOOD}
     response = await client.request(method, path, **{**body_kwargs, "headers": merged})
+    assert_documented(method, canonical, response.status)
     if public and response.status < 400:
         assert response.headers.get("x-fal-request-id")  # health, readiness, docs: fine to succeed
         return

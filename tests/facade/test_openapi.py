@@ -1,23 +1,40 @@
-"""The OpenAPI document generated from the mappings, and the docs page."""
+"""The OpenAPI document: every route of the app, from each handler's @operation and the mappings."""
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
+from aiohttp import web
 from openapi_spec_validator import validate
 
-from server.api.openapi import build_document, render_docs
-from server.engine.models import load_manifest
-from server.workflows.mapping import WORKFLOWS_DIR, load_endpoints
+from server.api.openapi import PER_APP, build_document
+from server.api.state import ENDPOINTS
+from server.app import create_app
+from server.errors import ConfigError
+from server.settings import load_settings
+from tests.fakes import IdleSupervisor
 
 
 @pytest.fixture(scope="module")
-def endpoints():
-    return load_endpoints(WORKFLOWS_DIR, load_manifest())
+def app():
+    with tempfile.TemporaryDirectory() as data_dir:
+        settings = load_settings({}, data_dir=data_dir, api_keys="doc-key")
+        yield create_app(settings, IdleSupervisor(ready=False), run_supervisor=False)
 
 
 @pytest.fixture(scope="module")
-def document(endpoints):
-    return build_document(endpoints)
+def endpoints(app):
+    return {k: e for k, e in app[ENDPOINTS].items() if not e.raw}
+
+
+def build(app, lists=None):
+    return build_document(app.router.routes(), app[ENDPOINTS], lists)
+
+
+@pytest.fixture(scope="module")
+def document(app):
+    return build(app)
 
 
 def test_document_is_valid_openapi_3_1(document):
@@ -25,8 +42,49 @@ def test_document_is_valid_openapi_3_1(document):
     validate(document)
 
 
-def test_every_endpoint_has_an_operation(document, endpoints):
-    assert set(document["paths"]) == {f"/run/{app_id}" for app_id in endpoints}
+def test_every_route_and_every_app_has_an_operation(document, app, endpoints):
+    for route in app.router.routes():
+        method, path = route.method, route.resource.canonical
+        if method == "HEAD":
+            continue
+        if (method, path) in PER_APP:
+            for app_id in endpoints:
+                assert method.lower() in document["paths"][path.replace("{path}", app_id)], (method, app_id)
+        else:
+            verbs = ["get", "post", "put", "delete"] if method == "*" else [method.lower()]
+            assert all(v in document["paths"][path] for v in verbs), (method, path)
+    assert "/run/{path}" not in document["paths"], "run and queue submit: one operation per app instead"
+
+
+def test_who_may_call_follows_the_auth_rules(document):
+    paths = document["paths"]
+    assert (
+        paths["/health"]["get"]["security"] == []
+        and paths["/files/{request_id}/{name}"]["get"]["security"] == []
+    )
+    assert paths["/queue/{base}/requests/{request_id}"]["get"]["security"] == [{"key": []}, {"session": []}]
+    assert paths["/run/{path}/stream"]["post"]["security"] == [{"key": []}, {"token": []}]
+    assert {"key": []} in paths["/ws"]["get"]["security"] and {"token": []} in paths["/ws"]["get"]["security"]
+    assert paths["/files/uploads/{upload_id}/{name}"]["put"]["security"] == [{"capability": []}]
+    assert (
+        "401" not in paths["/health"]["get"]["responses"] and "401" in paths["/workflows"]["get"]["responses"]
+    )
+    cancel = paths["/queue/{base}/requests/{request_id}/cancel"]["put"]["responses"]
+    assert cancel["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/CancelBody")
+    submit = paths["/queue/darkroom/demo-flux-2"]["post"]["responses"]
+    assert {"200", "404", "422", "429", "500"} <= set(submit)
+    assert submit["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/QueueSubmitted")
+
+
+def test_a_route_without_an_operation_fails_the_build(app):
+    async def undocumented(request: web.Request) -> web.Response:
+        return web.Response()
+
+    routes = [*app.router.routes(), web.RouteDef("GET", "/x", undocumented, {})]
+    extra = web.Application()
+    extra.router.add_routes(routes[-1:])
+    with pytest.raises(ConfigError, match="GET /x .*has no @operation"):
+        build_document([*app.router.routes(), *extra.router.routes()], app[ENDPOINTS])
 
 
 def test_fields_carry_their_ranges_and_defaults(document):
@@ -43,13 +101,6 @@ def test_fields_carry_their_ranges_and_defaults(document):
 def test_video_endpoints_document_a_video_output(document):
     response = document["paths"]["/run/fal-ai/wan/v2.2-5b/text-to-video"]["post"]["responses"]["200"]
     assert response["content"]["application/json"]["schema"]["$ref"].endswith("/VideoOutput")
-
-
-def test_docs_page_lists_every_endpoint_and_field(document, endpoints):
-    page = render_docs(document)
-    for app_id in endpoints:
-        assert f"POST /run/{app_id}" in page
-    assert "num_inference_steps" in page and "maximum 50" in page
 
 
 def test_parameters_beyond_fal_are_listed_with_their_ranges(document):
@@ -82,16 +133,11 @@ def test_wan_endpoints_list_schedule_vae_and_blend_fields(document, app_id):
     assert ("end_image_url" in fields) == any(t in app_id for t in ("a14b_image", "a14b_i2v"))
 
 
-def test_sampler_fields_list_comfyuis_names_once_a_worker_told_them(endpoints):
+def test_sampler_fields_list_comfyuis_names_once_a_worker_told_them(app):
     lists = {"sampler": ["euler", "heun"], "scheduler": ["simple", "karras"]}
-    schemas = build_document(endpoints, lists)["components"]["schemas"]
+    schemas = build(app, lists)["components"]["schemas"]
     for app_id in ("Input_fal_ai_flux_2", "Input_fal_ai_wan_v2_2_a14b_text_to_video"):
         fields = schemas[app_id]["properties"]
         assert fields["sampler"]["enum"] == ["default", "euler", "heun"]
         assert fields["scheduler"]["enum"] == ["default", "simple", "karras"]
-    assert (
-        "enum"
-        not in build_document(endpoints)["components"]["schemas"]["Input_fal_ai_flux_2"]["properties"][
-            "sampler"
-        ]
-    )
+    assert "enum" not in build(app)["components"]["schemas"]["Input_fal_ai_flux_2"]["properties"]["sampler"]
