@@ -32,6 +32,9 @@ class EndpointSpec(BaseModel):
     params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-field overrides")
     lookups: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-lookup overrides")
     fixed: dict[str, Any] = Field(default_factory=dict, description='"node_id.input" -> constant')
+    limits_note: str | None = Field(
+        default=None, description="Why the bounds are what they are (the CPU demos'), added to a 422 past them"
+    )
 
 
 class LookupSpec(BaseModel):
@@ -101,6 +104,7 @@ class Endpoint:
     request_model: type[BaseModel]
     # The request is a whole prompt to run as it is (the editor's runs), not fields of a mapping.
     raw: bool = False
+    limits_note: str | None = None  # see EndpointSpec
 
     def validate(self, body: Any) -> BaseModel:
         """Parse a request body; raises pydantic's ValidationError with fal-style details."""
@@ -227,6 +231,7 @@ def _endpoint(
         lookups=lookups,
         output=mapping.output,
         request_model=request_model(model_name, params),
+        limits_note=spec.limits_note,
     )
 
 

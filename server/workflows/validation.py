@@ -28,9 +28,20 @@ def validation_error(error: ValidationError) -> RequestValidationError:
     return wrapped
 
 
+BOUND_ERRORS = frozenset(
+    {"less_than_equal", "greater_than_equal", "less_than", "greater_than", "too_long", "too_short"}
+)
+
+
 def validate_input(endpoint: Endpoint, body: Any) -> Any:
-    """The endpoint's validated request model for a parsed JSON body, or a 422 in fal's shape."""
+    """The endpoint's validated request model for a parsed JSON body, or a 422 in fal's shape; a value
+    past the endpoint's bounds also says why they are set so (``limits_note``, the CPU demos')."""
     try:
         return endpoint.validate(body)
     except ValidationError as e:
-        raise validation_error(e) from e
+        wrapped = validation_error(e)
+        if endpoint.limits_note:
+            for entry in wrapped.errors:
+                if entry.get("type") in BOUND_ERRORS:
+                    entry["msg"] = f"{entry['msg']} ({endpoint.app_id}: {endpoint.limits_note})"
+        raise wrapped from e

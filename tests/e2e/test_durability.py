@@ -29,7 +29,13 @@ from server.queue.webhooks import verify_signature
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(240)]
 
 DEMO = "darkroom/demo-flux-2"
-SLOW = {"prompt": "slow", "num_inference_steps": 50, "image_size": {"width": 384, "height": 384}}
+# The most a CPU demo allows (about 3 s here), so the kill lands while it runs.
+SLOW = {
+    "prompt": "slow",
+    "num_inference_steps": 12,
+    "num_images": 2,
+    "image_size": {"width": 512, "height": 512},
+}
 
 
 class Server:

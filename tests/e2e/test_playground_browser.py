@@ -192,7 +192,7 @@ async def test_a_422_appears_next_to_its_fields(page: Any, client: Client) -> No
     await page.click("#advanced summary")  # closed again: the error opens it
     await page.click("#run")
     steps = await page.wait_for_selector(".field[data-field=num_inference_steps].invalid .error")
-    assert "less than or equal to 50" in await steps.inner_text()
+    assert "less than or equal to 12 (darkroom/demo-flux-2: a CPU demo" in await steps.inner_text()
     assert "less than or equal to 100" in await page.inner_text(".field[data-field=shift] .error")
     lora_error = await page.inner_text(".field[data-field=loras] .error")
     assert lora_error.startswith("0.path: String should have at least 1 character"), lora_error

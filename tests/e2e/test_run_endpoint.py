@@ -90,7 +90,8 @@ async def test_bad_input_is_a_422_naming_field_and_range(facade: TestClient) -> 
     assert response.status == 422
     body = await response.json()
     (item,) = body["detail"]
-    assert item["loc"] == ["body", "num_inference_steps"] and item["ctx"] == {"le": 50}
+    assert item["loc"] == ["body", "num_inference_steps"] and item["ctx"] == {"le": 12}
+    assert "a CPU demo" in item["msg"], item
     assert response.headers["x-fal-request-id"]
 
 

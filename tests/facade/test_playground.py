@@ -81,7 +81,7 @@ async def test_a_description_has_every_field_for_the_form(client: Client, settin
     assert described["fields"][0]["name"] == "prompt" and fields["prompt"]["required"]
     assert fields["image_size"]["default"] == {"width": 64, "height": 64}
     assert fields["image_size"]["presets"]["square_hd"] == {"width": 1024, "height": 1024}
-    assert (fields["num_inference_steps"]["ge"], fields["num_inference_steps"]["le"]) == (1, 50)
+    assert (fields["num_inference_steps"]["ge"], fields["num_inference_steps"]["le"]) == (1, 12)
     assert fields["output_format"]["choices"] == ["jpeg", "png", "webp"]
     assert fields["sampler"]["choices"] == ["default"], "no worker asked: only the endpoint's own"
     advanced = {name for name, f in fields.items() if f["advanced"]}

@@ -9,11 +9,11 @@ import pytest
 from pydantic import ValidationError
 
 from server.engine.models import load_manifest
-from server.errors import NotFoundError
+from server.errors import NotFoundError, RequestValidationError
 from server.settings import PROJECT_ROOT
 from server.workflows.mapping import ImageInput, MappingError, load_endpoints
 from server.workflows.request_schema import IMAGE_SIZE_PRESETS
-from server.workflows.validation import find_endpoint, validation_error
+from server.workflows.validation import find_endpoint, validate_input, validation_error
 
 WORKFLOWS = PROJECT_ROOT / "workflows"
 
@@ -201,3 +201,26 @@ def test_a_lookup_missing_a_combination_fails_at_load(tmp_path, manifest):
     (tmp_path / "m.yaml").write_text(text)
     with pytest.raises(MappingError, match="480p 1:1"):
         load_endpoints(tmp_path, manifest)
+
+
+def test_the_cpu_demos_say_why_their_bounds_are_small(endpoints) -> None:
+    with pytest.raises(RequestValidationError) as demo:
+        validate_input(
+            endpoints["darkroom/demo-flux-2"], {"prompt": "x", "num_images": 3, "num_inference_steps": 13}
+        )
+    messages = [e["msg"] for e in demo.value.errors]
+    assert len(messages) == 2 and all("darkroom/demo-flux-2: a CPU demo: at most" in m for m in messages), (
+        messages
+    )
+    with pytest.raises(RequestValidationError) as real:
+        validate_input(endpoints["fal-ai/flux-2"], {"prompt": "x", "num_images": 5})
+    assert real.value.errors[0]["msg"] == "Input should be less than or equal to 4", (
+        "only the demos add a note"
+    )
+    for app_id in ("darkroom/demo-flux-2", "darkroom/demo-flux-dev", "darkroom/demo-flux-schnell"):
+        params = endpoints[app_id].params
+        assert (params["num_inference_steps"].le, params["num_images"].le, params["image_size"].le) == (
+            12,
+            2,
+            512,
+        )
