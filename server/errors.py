@@ -146,6 +146,16 @@ class WorkerStartError(DarkroomError):
         super().__init__(f"{message}\n  last log lines of worker {worker_id}:\n{tail}" if tail else message)
 
 
+class RunTimeoutError(DarkroomError):
+    """A run went past its run limit (``run_timeout_s``); it was interrupted on its worker."""
+
+    status = 504
+    code = "request_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"X-Fal-Request-Timeout-Type": "server"})
+
+
 class ConfigError(DarkroomError):
     """The settings cannot work on this machine (e.g. device=cuda without a GPU)."""
 

@@ -73,6 +73,13 @@ class Settings:
         default=43200.0,
         metadata={"help": "How long a browser stays signed in to the editor after signing in with a key."},
     )
+    run_timeout_s: float = field(
+        default=1800.0,
+        metadata={
+            "help": "Longest a run may hold a worker; past it the run is interrupted and fails with 504 "
+            "(an endpoint's mapping may set a shorter run_timeout_s, as the CPU demos do)."
+        },
+    )
     worker_hang_timeout_s: float = field(
         default=60.0,
         metadata={

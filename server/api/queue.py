@@ -262,6 +262,7 @@ async def status_stream(request: web.Request) -> web.StreamResponse:
         499: "Cancelled",
         500: "The run failed",
         503: "Model files missing or no worker",
+        504: "Did not start before its X-Fal-Request-Timeout, or ran past its run limit",
     },
     tag="queue",
 )

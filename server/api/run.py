@@ -41,6 +41,7 @@ async def read_input(request: web.Request, endpoint: Endpoint) -> Any:
         500: "The run failed",
         502: "The worker answered wrongly",
         503: "Model files missing or no worker available",
+        504: "Ran past its run limit and was interrupted",
     },
     tag="run",
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from server.errors import (
     GenerationError,
     InputError,
     ModelsMissingError,
+    RunTimeoutError,
     WorkerConnectionError,
     public_message,
 )
@@ -126,7 +128,18 @@ class Generator:
                 prepared[name] = ImageInput(uploaded, width, height)
             prompt, resolved = endpoint.build_prompt(request, self.manifest, prepared)
             started = time.perf_counter()
-            saved = await self._execute(worker.client, prompt, endpoint, request_id, on_event)
+            limit_s = min(endpoint.run_timeout_s or math.inf, self.settings.run_timeout_s)
+            limit = asyncio.timeout(limit_s)  # cancelling the run interrupts it on the worker
+            try:
+                async with limit:
+                    saved = await self._execute(worker.client, prompt, endpoint, request_id, on_event)
+            except TimeoutError:
+                if not limit.expired():
+                    raise  # a timeout of its own (the worker's connection), not the run limit
+                raise RunTimeoutError(
+                    f"{endpoint.app_id}: request {request_id} ran past its run limit of {limit_s:g} s and "
+                    "was interrupted (DARKROOM_RUN_TIMEOUT_S, or the endpoint's run_timeout_s)"
+                ) from None
             files = [
                 await self._store(worker.client, entry, request_id, index, resolved, base_url)
                 for index, entry in enumerate(saved)

@@ -339,7 +339,7 @@ class JobQueue:
         if isinstance(error, _StartTimeout):
             return START_TIMEOUT
         if isinstance(error, DarkroomError):
-            return error_outcome(error.status, error.detail, error.message, error.code)
+            return error_outcome(error.status, error.detail, error.message, error.code, **error.headers)
         logger.error("request %s failed", record.request_id, exc_info=error)
         return error_outcome(
             500, "Internal Server Error", f"Internal Server Error: {type(error).__name__}", "internal_error"

@@ -33,7 +33,11 @@ class EndpointSpec(BaseModel):
     lookups: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-lookup overrides")
     fixed: dict[str, Any] = Field(default_factory=dict, description='"node_id.input" -> constant')
     limits_note: str | None = Field(
-        default=None, description="Why the bounds are what they are (the CPU demos'), added to a 422 past them"
+        default=None,
+        description="Why the bounds are what they are (the CPU demos'), added to a 422 past them",
+    )
+    run_timeout_s: float | None = Field(
+        default=None, gt=0, description="Longest a run may take here, if shorter than DARKROOM_RUN_TIMEOUT_S"
     )
 
 
@@ -105,6 +109,7 @@ class Endpoint:
     # The request is a whole prompt to run as it is (the editor's runs), not fields of a mapping.
     raw: bool = False
     limits_note: str | None = None  # see EndpointSpec
+    run_timeout_s: float | None = None  # see EndpointSpec
 
     def validate(self, body: Any) -> BaseModel:
         """Parse a request body; raises pydantic's ValidationError with fal-style details."""
@@ -232,6 +237,7 @@ def _endpoint(
         output=mapping.output,
         request_model=request_model(model_name, params),
         limits_note=spec.limits_note,
+        run_timeout_s=spec.run_timeout_s,
     )
 
 
