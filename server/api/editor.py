@@ -86,7 +86,11 @@ async def login_page(request: web.Request) -> web.Response:
     summary="Sign in with an API key (form post): a session cookie",
     body="application/x-www-form-urlencoded",
     ok="text/html",
-    responses={303: "Signed in", 401: "Not a key of this server", 403: "Not from darkroom's page"},
+    responses={
+        303: "Signed in",
+        401: ("Not a key of this server: the page again", "text/html"),
+        403: ("Not from darkroom's page", "text/html"),
+    },
     schemes=(),
     tag="editor",
 )
@@ -111,7 +115,7 @@ async def login(request: web.Request) -> web.Response:
 @operation(
     summary="Sign out",
     ok="text/html",
-    responses={303: "Signed out", 403: "Not from darkroom's page"},
+    responses={303: "Signed out", 403: ("Not from darkroom's page", "text/html")},
     schemes=("session",),
     tag="editor",
 )
@@ -148,8 +152,11 @@ def _require_session(request: web.Request) -> None:
     ok="application/octet-stream",
     responses={
         200: "ComfyUI's answer",
+        400: ("ComfyUI refused it: its own body", None),
         401: "Not signed in",
         403: "Not allowed through the relay",
+        404: ("ComfyUI has no such path", None),
+        405: ("ComfyUI does not take this method there", None),
         503: "The editor's worker is not ready",
     },
     schemes=("session",),

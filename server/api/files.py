@@ -19,4 +19,4 @@ def file_route(store: OutputStore) -> web.RouteDef:
         path = store.path_of(request.match_info["request_id"], request.match_info["name"])
         return web.FileResponse(path, headers={"Content-Type": content_type_of(path.name)})
 
-    return web.get("/files/{request_id}/{name}", serve)
+    return web.get("/files/{request_id:[0-9a-f-]+}/{name}", serve)  # uuid4 ids: not /files/upload

@@ -132,8 +132,8 @@ class _Builder:
     def content(self, body: type[BaseModel] | str | None) -> dict[str, Any]:
         if body is None:
             return {"application/json": {"schema": {}}}
-        if isinstance(body, str):
-            return {body: {"schema": {"type": "string"}}}
+        if isinstance(body, str):  # events are JSON objects, other types text or bytes
+            return {body: {"schema": {} if body == "text/event-stream" else {"type": "string"}}}
         return {"application/json": {"schema": self.ref(body)}}
 
 
@@ -248,7 +248,7 @@ def _responses(
             entry["content"] = builder.content(body)
         elif status >= 400:
             entry["content"] = builder.content(ErrorBody)
-        elif status == success:
+        elif status == success and status != 204:
             entry["content"] = ok or builder.content(described.ok)
         responses[str(status)] = entry
     return responses

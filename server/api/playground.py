@@ -34,7 +34,7 @@ def _html(text: str) -> web.Response:
 
 
 @self_authenticating
-@operation(summary="The playground (redirect)", responses={308: "To /playground/"}, tag="pages")
+@operation(summary="The playground (redirect)", responses={308: "To /playground/"}, schemes=(), tag="pages")
 async def to_index(request: web.Request) -> web.Response:
     raise web.HTTPPermanentRedirect("/playground/")
 

@@ -66,7 +66,7 @@ def routes(signer: WebhookSigner) -> list[web.RouteDef]:
         web.get(requests + "/status", status),
         web.put(requests + "/cancel", cancel),
         web.get(requests, result),
-        web.post("/queue/{path:.+}", submit),
+        web.post("/queue/{path:(?!.*/requests/).+}", submit),  # not a request's own URLs
         jwks_route(signer),
     ]
 

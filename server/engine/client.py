@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -49,6 +50,8 @@ __all__ = [
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
+
+ABANDON_WAIT_S = 30.0  # how long a cancelled prompt may take to leave the worker before it is lent again
 
 
 class ComfyClient:
@@ -148,8 +151,22 @@ class ComfyClient:
         await self.interrupt(prompt_id)
 
     async def _abandon(self, prompt_id: str) -> None:
+        """Cancel the prompt and wait (``ABANDON_WAIT_S`` at most) until the worker has let go of it:
+        an interrupt takes effect at the next step, and a prompt still running would make the next
+        borrower's prompt wait behind it (and count against that one's run limit)."""
         try:
             await self.cancel(prompt_id)
+            deadline = time.monotonic() + ABANDON_WAIT_S
+            while prompt_id in [p for ids in await self.queue() for p in ids]:
+                if time.monotonic() > deadline:
+                    logger.warning(
+                        "%s: prompt %s still runs %g s after its interrupt",
+                        self.base_url,
+                        prompt_id,
+                        ABANDON_WAIT_S,
+                    )
+                    break
+                await asyncio.sleep(0.1)
         except (WorkerConnectionError, WorkerResponseError) as e:
             logger.debug("could not cancel abandoned prompt %s on %s: %s", prompt_id, self.base_url, e)
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,18 +129,8 @@ class Generator:
                 prepared[name] = ImageInput(uploaded, width, height)
             prompt, resolved = endpoint.build_prompt(request, self.manifest, prepared)
             started = time.perf_counter()
-            limit_s = min(endpoint.run_timeout_s or math.inf, self.settings.run_timeout_s)
-            limit = asyncio.timeout(limit_s)  # cancelling the run interrupts it on the worker
-            try:
-                async with limit:
-                    saved = await self._execute(worker.client, prompt, endpoint, request_id, on_event)
-            except TimeoutError:
-                if not limit.expired():
-                    raise  # a timeout of its own (the worker's connection), not the run limit
-                raise RunTimeoutError(
-                    f"{endpoint.app_id}: request {request_id} ran past its run limit of {limit_s:g} s and "
-                    "was interrupted (DARKROOM_RUN_TIMEOUT_S, or the endpoint's run_timeout_s)"
-                ) from None
+            async with self._run_limit(endpoint, request_id):
+                saved = await self._execute(worker.client, prompt, endpoint, request_id, on_event)
             files = [
                 await self._store(worker.client, entry, request_id, index, resolved, base_url)
                 for index, entry in enumerate(saved)
@@ -165,8 +156,9 @@ class Generator:
                 await on_event(cc.Started(request_id))
             started = time.perf_counter()
             try:
-                entry = await _finished(worker.client, request_id)
-            except asyncio.CancelledError:
+                async with self._run_limit(endpoint, request_id):
+                    entry = await _finished(worker.client, request_id)
+            except (asyncio.CancelledError, RunTimeoutError):
                 await worker.client.cancel(request_id)  # cancelled here: stop it on the worker too
                 raise
         status = entry.get("status", {})
@@ -177,6 +169,23 @@ class Generator:
             "outputs": entry.get("outputs", {}),
             "timings": {"inference": time.perf_counter() - started},
         }
+
+    @contextlib.asynccontextmanager
+    async def _run_limit(self, endpoint: Endpoint, request_id: str) -> AsyncIterator[None]:
+        """At most the run limit (the endpoint's if shorter than DARKROOM_RUN_TIMEOUT_S): past it the run
+        is cancelled, which interrupts it on the worker, and fails with RunTimeoutError (504)."""
+        limit_s = min(endpoint.run_timeout_s or math.inf, self.settings.run_timeout_s)
+        limit = asyncio.timeout(limit_s)
+        try:
+            async with limit:
+                yield
+        except TimeoutError:
+            if not limit.expired():
+                raise  # a timeout of its own (the worker's connection), not the run limit
+            raise RunTimeoutError(
+                f"{endpoint.app_id}: request {request_id} ran past its run limit of {limit_s:g} s and "
+                "was interrupted (DARKROOM_RUN_TIMEOUT_S, or the endpoint's run_timeout_s)"
+            ) from None
 
     async def _fetch_images(
         self, endpoint: Endpoint, request: BaseModel, request_id: str, base_url: str

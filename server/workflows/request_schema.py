@@ -106,7 +106,10 @@ def _annotation(field_name: str, spec: ParamSpec) -> tuple[Any, dict[str, Any]]:
         "loras": (list[LoraEntry], {"max_length": spec.max_length or 8}),
         "sampler": (str, {"min_length": 1, "max_length": 64}),
         "scheduler": (str, {"min_length": 1, "max_length": 64}),
-        "sigmas": (list[Annotated[float, Field(ge=0)]] | None, {"min_length": 2, "max_length": 1000}),
+        "sigmas": (
+            list[Annotated[float, Field(ge=0)]] | None,
+            {"min_length": 2, "max_length": spec.max_length or 1000},
+        ),
         "model_file": (str | None, {"min_length": 1, "max_length": 512}),
         "model_blend": (list[BlendEntry] | None, {"min_length": 1, "max_length": spec.max_length or 8}),
     }
