@@ -38,8 +38,11 @@ from server.settings import PINNED_COMFYUI_COMMIT  # noqa: E402
 
 KEY = "drill-fuzz-key"
 EXCLUDE_PATH = r"^/(ws|editor(/.*)?|run/.+/realtime|run/fal-ai/.+|queue/fal-ai/[^{]+)$"
+# --skip-generation: no run or queue submit of any app (the round in make test; see its docstring).
+EXCLUDE_GENERATION = r"^/(ws|editor(/.*)?|run/.+|queue/(?!\{base\}).+)$"
 EXCLUDE_CHECKS = "positive_data_acceptance,negative_data_rejection,ignored_auth"
 READY_TIMEOUT_S = 240.0
+LOG = ROOT / "data" / "drills" / "fuzz-serve.log"  # the server's log of the last run, kept to read
 COMFYUI = Path(
     os.environ.get("DARKROOM_COMFYUI_DIR") or ROOT / "data" / "comfyui" / f"ComfyUI-{PINNED_COMFYUI_COMMIT}"
 )
@@ -57,13 +60,14 @@ def serve(data_dir: Path, models_dir: Path) -> tuple[subprocess.Popen[bytes], st
     }  # fmt: skip
     command = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--cpu", "--workers", "1", "--data-dir", str(data_dir)]  # fmt: skip
-    log = (data_dir / "serve.log").open("wb")
+    LOG.parent.mkdir(parents=True, exist_ok=True)
+    log = LOG.open("wb")
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"darkroom serve exited with {process.returncode}; see {data_dir / 'serve.log'}")
+            raise SystemExit(f"darkroom serve exited with {process.returncode}; see {LOG}")
         try:
             with urllib.request.urlopen(base + "/ready", timeout=5) as response:
                 if response.status == 200:
@@ -76,13 +80,13 @@ def serve(data_dir: Path, models_dir: Path) -> tuple[subprocess.Popen[bytes], st
 
 
 def fuzz(base: str, *, max_examples: int, max_time_s: float, seed: int, request_timeout_s: float,
-         report: Path) -> tuple[int, dict[str, object]]:  # fmt: skip
+         report: Path, exclude: str = EXCLUDE_PATH) -> tuple[int, dict[str, object]]:  # fmt: skip
     """Run schemathesis; (its exit code, figures from its JSON report)."""
     command = [
         str(Path(sys.executable).with_name("st")), "run", f"{base}/openapi.json",
         "-H", f"Authorization: Key {KEY}", "--max-examples", str(max_examples), "--seed", str(seed),
         "--max-time", str(int(max_time_s)), "--request-timeout", str(request_timeout_s),
-        "--exclude-path-regex", EXCLUDE_PATH, "--exclude-checks", EXCLUDE_CHECKS,
+        "--exclude-path-regex", exclude, "--exclude-checks", EXCLUDE_CHECKS,
         "--generation-deterministic", "--no-shrink", "--continue-on-failure",
         "--report", "ndjson", "--report-ndjson-path", str(report),
     ]  # fmt: skip
@@ -114,6 +118,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--request-timeout-s", type=float, default=90.0)
     parser.add_argument("--models-dir", default=str(ROOT / "data" / "models"))
+    parser.add_argument("--skip-generation", action="store_true", help="leave out every run and submit")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="drill-fuzz-") as tmp:
         process, base = serve(Path(tmp), Path(args.models_dir))
@@ -121,6 +126,7 @@ def main() -> int:
             code, figures = fuzz(
                 base, max_examples=args.max_examples, max_time_s=args.max_time_s, seed=args.seed,
                 request_timeout_s=args.request_timeout_s, report=Path(tmp) / "report.ndjson",
+                exclude=EXCLUDE_GENERATION if args.skip_generation else EXCLUDE_PATH,
             )  # fmt: skip
         finally:
             process.terminate()  # drains: running requests finish first (DARKROOM_SHUTDOWN_GRACE_S)
