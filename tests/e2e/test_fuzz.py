@@ -21,8 +21,8 @@ pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
 
 def test_a_seeded_fuzz_round_finds_nothing(comfyui_dir: Path, tiny_models_dir: Path) -> None:
     done = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "scripts" / "drill_fuzz.py"), "--max-examples", "3",
-         "--max-time-s", "90", "--models-dir", str(tiny_models_dir), "--skip-generation"],
+        [sys.executable, str(PROJECT_ROOT / "scripts" / "drill_fuzz.py"), "--max-examples", "2",
+         "--max-time-s", "180", "--models-dir", str(tiny_models_dir), "--skip-generation"],
         capture_output=True, text=True, timeout=540,
         env={**os.environ, "DARKROOM_COMFYUI_DIR": str(comfyui_dir)},
     )  # fmt: skip
@@ -30,5 +30,5 @@ def test_a_seeded_fuzz_round_finds_nothing(comfyui_dir: Path, tiny_models_dir: P
     print(figures[-1] if figures else done.stdout[-3000:])
     assert figures, f"the drill printed no figures:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     found = json.loads(figures[-1][len("FIGURES ") :])
-    assert found["cases"] > 0 and found["operations"] > 30, found
+    assert found["cases"] > 0 and found["operations"] >= 30, f"too few operations reached: {found}"
     assert done.returncode == 0 and found["failures"] == 0, f"{found}\n{done.stdout[-6000:]}"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from queue_fakes import APP, FakeGenerator
+from queue_fakes import APP, FakeGenerator, serve
 
 from server.settings import Settings, load_settings
 
@@ -131,3 +131,12 @@ async def test_static_files_are_public_and_revalidated(client: Client) -> None:
     assert (await client.get("/static/darkroom.css")).content_type == "text/css"
     missing = await client.get("/static/server.py")
     assert missing.status == 404 and "snippets.js" in (await missing.json())["detail"]
+
+
+async def test_open_access_needs_no_sign_in(tmp_path: Path) -> None:
+    open_settings = load_settings({}, data_dir=str(tmp_path / "open"))
+    async with serve(open_settings, FakeGenerator(open_settings)) as open_client:
+        assert (await open_client.get(f"/playground/{APP}", allow_redirects=False)).status == 200
+        assert (await json_of(open_client, "/endpoints"))["endpoints"]
+        token = await open_client.post("/tokens/", json={"allowed_apps": [APP]}, headers=origin(open_client))
+        assert token.status == 200
