@@ -135,8 +135,9 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        figures["key_in_log"] = KEY in LOG.read_text(errors="replace")  # sent with every request
         print("FIGURES " + json.dumps(figures))
-    return code
+    return code or int(bool(figures["key_in_log"]))
 
 
 if __name__ == "__main__":

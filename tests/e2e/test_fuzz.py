@@ -31,4 +31,5 @@ def test_a_seeded_fuzz_round_finds_nothing(comfyui_dir: Path, tiny_models_dir: P
     assert figures, f"the drill printed no figures:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     found = json.loads(figures[-1][len("FIGURES ") :])
     assert found["cases"] > 0 and found["operations"] >= 30, f"too few operations reached: {found}"
+    assert not found["key_in_log"], "the API key is in the server's log"
     assert done.returncode == 0 and found["failures"] == 0, f"{found}\n{done.stdout[-6000:]}"

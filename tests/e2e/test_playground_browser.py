@@ -339,3 +339,5 @@ async def test_the_snippets_run_as_shown(server: Server, tmp_path: Path) -> None
     for name, result in outputs.items():
         assert result["seed"] == 11, name
         assert server.get(result["images"][0]["url"])[1] == page_bytes, f"{name} gives the page's image"
+    secret = KEY.split(":")[1]  # signed in with it, and sent by curl, fal_client and the JS client
+    assert secret not in server.log.read_text(errors="replace"), "the key is in the server's log"
