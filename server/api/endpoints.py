@@ -17,7 +17,6 @@ from server.api.state import CATALOG, ENDPOINTS, GENERATOR, INVENTORY, SUPERVISO
 from server.api.workflows import endpoint_urls
 from server.errors import NotFoundError
 from server.workflows.describe import describe, model_names
-from server.workflows.mapping import Endpoint
 
 
 def routes() -> list[web.RouteDef]:
@@ -34,11 +33,11 @@ async def list_endpoints(request: web.Request) -> web.Response:
     """Every endpoint a client can call (pinned versions of published workflows left out: they are each
     one version of a listed one), with whether its model files are all here."""
     app, listed = request.app, []
-    published = set(app[CATALOG].names())
+    published, rows = set(app[CATALOG].names()), _model_rows(request)  # one look at the files for all
     for app_id, endpoint in sorted(app[ENDPOINTS].items()):
         if endpoint.raw or "@" in app_id:
             continue
-        models = _models(request, endpoint)
+        models = [rows[name] for name in model_names(endpoint, app[GENERATOR].manifest)]
         listed.append({
             "app_id": app_id, "output": endpoint.output.kind, "published": app_id in published,
             "models": models, "ready": all(m["present"] for m in models),
@@ -62,7 +61,8 @@ async def show_endpoint(request: web.Request) -> web.Response:
     for field in described["fields"]:
         if field["type"] == "loras":  # suggestions for the path; URLs and hf:// work too
             field["files"] = await asyncio.to_thread(request.app[GENERATOR].loras.local_files)
-    models = _models(request, endpoint)
+    rows = _model_rows(request)
+    models = [rows[name] for name in described["models"]]
     return web.json_response({
         **described, "models": models, "ready": all(m["present"] for m in models),
         "published": app_id.split("@")[0] in request.app[CATALOG].names(),
@@ -70,7 +70,6 @@ async def show_endpoint(request: web.Request) -> web.Response:
     })  # fmt: skip
 
 
-def _models(request: web.Request, endpoint: Endpoint) -> list[dict[str, Any]]:
-    """The endpoint's model files as the dashboard shows them (present, size, sha256 state, fetch)."""
-    rows = {row["name"]: row for row in request.app[INVENTORY].describe()}
-    return [rows[name] for name in model_names(endpoint, request.app[GENERATOR].manifest)]
+def _model_rows(request: web.Request) -> dict[str, dict[str, Any]]:
+    """Every manifest file as the dashboard shows it (present, size, sha256 state, fetch), by name."""
+    return {row["name"]: row for row in request.app[INVENTORY].describe()}
