@@ -21,62 +21,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from drill_serve import KEY, ROOT, Server
 
-from server.engine.worker import free_port  # noqa: E402
-from server.settings import PINNED_COMFYUI_COMMIT  # noqa: E402
-
-KEY = "drill-fuzz-key"
 EXCLUDE_PATH = r"^/(ws|editor(/.*)?|run/.+/realtime|run/fal-ai/.+|queue/fal-ai/[^{]+)$"
 # --skip-generation: no run or queue submit of any app (the round in make test; see its docstring).
 EXCLUDE_GENERATION = r"^/(ws|editor(/.*)?|run/.+|queue/(?!\{base\}).+)$"
 EXCLUDE_CHECKS = "positive_data_acceptance,negative_data_rejection,ignored_auth"
-READY_TIMEOUT_S = 240.0
-LOG = ROOT / "data" / "drills" / "fuzz-serve.log"  # the server's log of the last run, kept to read
-COMFYUI = Path(
-    os.environ.get("DARKROOM_COMFYUI_DIR") or ROOT / "data" / "comfyui" / f"ComfyUI-{PINNED_COMFYUI_COMMIT}"
-)
-
-
-def serve(data_dir: Path, models_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """`darkroom serve` on a free loopback port; returns the process and its base URL once ready."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DARKROOM_")} | {
-        "DARKROOM_API_KEYS": KEY, "DARKROOM_MODELS_DIR": str(models_dir),
-        "DARKROOM_COMFYUI_DIR": str(COMFYUI),
-        "DARKROOM_WORKER_BASE_PORT": str(free_port()), "DARKROOM_QUEUE_MAX_LENGTH": "4",
-        "DARKROOM_RUN_TIMEOUT_S": "30",
-        "OMP_NUM_THREADS": "1",
-    }  # fmt: skip
-    command = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--cpu", "--workers", "1", "--data-dir", str(data_dir)]  # fmt: skip
-    LOG.parent.mkdir(parents=True, exist_ok=True)
-    log = LOG.open("wb")
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"darkroom serve exited with {process.returncode}; see {LOG}")
-        try:
-            with urllib.request.urlopen(base + "/ready", timeout=5) as response:
-                if response.status == 200:
-                    return process, base
-        except OSError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise SystemExit(f"darkroom serve not ready in {READY_TIMEOUT_S:g} s")
 
 
 def fuzz(base: str, *, max_examples: int, max_time_s: float, seed: int, request_timeout_s: float,
@@ -121,21 +77,18 @@ def main() -> int:
     parser.add_argument("--skip-generation", action="store_true", help="leave out every run and submit")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="drill-fuzz-") as tmp:
-        process, base = serve(Path(tmp), Path(args.models_dir))
+        server = Server("fuzz", Path(tmp), Path(args.models_dir),
+                        {"DARKROOM_QUEUE_MAX_LENGTH": "4", "DARKROOM_RUN_TIMEOUT_S": "30"})  # fmt: skip
+        server.start()
         try:
             code, figures = fuzz(
-                base, max_examples=args.max_examples, max_time_s=args.max_time_s, seed=args.seed,
+                server.base, max_examples=args.max_examples, max_time_s=args.max_time_s, seed=args.seed,
                 request_timeout_s=args.request_timeout_s, report=Path(tmp) / "report.ndjson",
                 exclude=EXCLUDE_GENERATION if args.skip_generation else EXCLUDE_PATH,
             )  # fmt: skip
         finally:
-            process.terminate()  # drains: running requests finish first (DARKROOM_SHUTDOWN_GRACE_S)
-            try:
-                process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        figures["key_in_log"] = KEY in LOG.read_text(errors="replace")  # sent with every request
+            server.stop()
+        figures["key_in_log"] = server.log_has(KEY)  # sent with every request
         print("FIGURES " + json.dumps(figures))
     return code or int(bool(figures["key_in_log"]))
 

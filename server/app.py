@@ -56,6 +56,7 @@ from server.engine.supervisor import Supervisor
 from server.errors import DarkroomError
 from server.generation.generator import Generator
 from server.generation.progress import ProgressHub
+from server.media.disk import DiskBudget
 from server.media.loras import LoraCache
 from server.media.multipart import MultipartStore
 from server.media.outputs import OutputStore
@@ -71,6 +72,7 @@ from server.workflows.editor import EDITOR_APP, editor_endpoint
 from server.workflows.mapping import WORKFLOWS_DIR, load_endpoints
 
 logger = logging.getLogger(__name__)
+UPLOADS_SWEEP_INTERVAL_S = 60.0
 
 __all__ = ["REQUEST_ID", "SETTINGS", "SUPERVISOR", "PollQuietAccessLogger", "create_app"]
 
@@ -154,7 +156,7 @@ def create_app(settings: Settings, supervisor: Supervisor, *, run_supervisor: bo
     signer = _build_parts(app, settings, supervisor)
     if run_supervisor:
         app.cleanup_ctx.append(_run_supervisor)
-    app.cleanup_ctx.extend([_run_queue, _sweep_multipart, _run_editor_proxy])
+    app.cleanup_ctx.extend([_run_queue, _sweep_uploads, _run_editor_proxy])
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_routes(
@@ -190,7 +192,11 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
     served[EDITOR_APP] = editor_endpoint()
     app[CATALOG] = Catalog(settings.published_path, served, manifest)
     app[CATALOG].load()  # before the queue recovers requests for published endpoints
-    outputs = OutputStore(settings.outputs_path)
+    budget = DiskBudget(
+        (settings.outputs_path, settings.uploads_path),
+        quota_bytes=settings.storage_quota_bytes, min_free_bytes=settings.disk_min_free_bytes,
+    )  # fmt: skip
+    outputs = OutputStore(settings.outputs_path, budget)
     app[GENERATOR] = Generator(settings, supervisor, manifest, outputs, LoraCache(settings))
     signer = WebhookSigner.load_or_create(settings.webhook_key_path)
     store = SqliteJobStore(settings.jobs_db_path)
@@ -204,8 +210,8 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
         retention_s=settings.result_retention_s, max_queue_length=settings.queue_max_length,
         previews_per_s=settings.previews_per_s, shutdown_grace_s=settings.shutdown_grace_s, webhooks=sender,
     )  # fmt: skip
-    app[UPLOADS] = UploadStore(settings.uploads_path, settings.upload_max_bytes)
-    app[MULTIPART] = MultipartStore(settings.uploads_path, settings.upload_max_bytes)
+    app[UPLOADS] = UploadStore(settings.uploads_path, settings.upload_max_bytes, budget)
+    app[MULTIPART] = MultipartStore(settings.uploads_path, settings.upload_max_bytes, budget=budget)
     app[EDITOR] = EditorProxy(supervisor)
     app[INVENTORY] = ModelInventory(manifest, settings.models_path)
     app[METRICS] = Metrics(supervisor, app[QUEUE], served)
@@ -247,12 +253,23 @@ async def _run_editor_proxy(app: web.Application) -> AsyncIterator[None]:
         await app[EDITOR].close()
 
 
-async def _sweep_multipart(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[MULTIPART].sweep_forever(), name="multipart-sweeper")
+async def _sweep_uploads(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(_sweep_uploads_forever(app), name="uploads-sweeper")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _sweep_uploads_forever(app: web.Application) -> None:
+    """Drop abandoned multipart uploads and uploads past their retention, now and once a minute."""
+    while True:
+        try:
+            await app[MULTIPART].sweep()
+            await asyncio.to_thread(app[UPLOADS].expire, older_than_s=app[SETTINGS].upload_retention_s)
+        except Exception:
+            logger.exception("uploads sweep failed")
+        await asyncio.sleep(UPLOADS_SWEEP_INTERVAL_S)
 
 
 @operation(summary="Liveness: 200 while the process is alive", responses={200: "Alive"}, tag="health")

@@ -165,6 +165,24 @@ class Settings:
         },
     )
 
+    upload_retention_s: float = field(
+        default=7 * 86400.0,
+        metadata={"help": "How long an uploaded file (/storage uploads) stays fetchable before deletion."},
+    )
+    storage_quota_bytes: int = field(
+        default=0,
+        metadata={
+            "help": "Most bytes the outputs and uploads may hold together; past it writes fail with 507 "
+            "until results expire (0: no quota)."
+        },
+    )
+    disk_min_free_bytes: int = field(
+        default=512 * 1024 * 1024,
+        metadata={
+            "help": "Free disk space outputs and uploads always leave (for the job store and logs); "
+            "a write that would go below it fails with 507."
+        },
+    )
     result_retention_s: float = field(
         default=3600.0,
         metadata={

@@ -263,6 +263,7 @@ async def status_stream(request: web.Request) -> web.StreamResponse:
         500: "The run failed",
         503: "Model files missing or no worker",
         504: "Did not start before its X-Fal-Request-Timeout, or ran past its run limit",
+        507: "No room to store the output (storage quota or disk full)",
     },
     tag="queue",
 )

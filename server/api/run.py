@@ -42,6 +42,7 @@ async def read_input(request: web.Request, endpoint: Endpoint) -> Any:
         502: "The worker answered wrongly",
         503: "Model files missing or no worker available",
         504: "Ran past its run limit and was interrupted",
+        507: "No room to store the output (storage quota or disk full)",
     },
     tag="run",
 )

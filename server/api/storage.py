@@ -172,7 +172,12 @@ async def initiate(request: web.Request) -> web.Response:
 @operation(
     summary="Send the bytes of an initiated upload (its one-time URL)",
     body="application/octet-stream",
-    responses={200: "Stored", 404: "Unknown or used upload URL", 413: "Too large"},
+    responses={
+        200: "Stored",
+        404: "Unknown or used upload URL",
+        413: "Too large",
+        507: "No room: storage quota or disk full",
+    },
     schemes=("capability",),
     tag="storage",
 )
@@ -191,7 +196,12 @@ async def put_upload(request: web.Request) -> web.Response:
 @operation(
     summary="Upload a file in one request (fal's CDN upload)",
     body="application/octet-stream",
-    responses={200: "The file's URL", 413: "Larger than DARKROOM_UPLOAD_MAX_BYTES", 422: "Invalid upload"},
+    responses={
+        200: "The file's URL",
+        413: "Larger than DARKROOM_UPLOAD_MAX_BYTES",
+        422: "Invalid upload",
+        507: "No room: storage quota or disk full",
+    },
     schemes=("upload_token", "key"),
     tag="storage",
 )
@@ -262,7 +272,13 @@ def _multipart_ids(request: web.Request) -> tuple[str, str, str]:
 @operation(
     summary="One part of a multipart upload",
     body="application/octet-stream",
-    responses={200: "The part's etag", 400: "Invalid part number", 404: "Unknown upload", 413: "Too large"},
+    responses={
+        200: "The part's etag",
+        400: "Invalid part number",
+        404: "Unknown upload",
+        413: "Too large",
+        507: "No room: storage quota or disk full",
+    },
     schemes=("capability",),
     tag="storage",
 )
@@ -291,6 +307,7 @@ async def put_part(request: web.Request) -> web.Response:
         400: "Invalid or missing parts",
         404: "Unknown upload",
         422: "Invalid body",
+        507: "No room: storage quota or disk full",
     },
     schemes=("capability",),
     tag="storage",

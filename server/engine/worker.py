@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
@@ -130,6 +130,16 @@ class Worker:
 
     def __repr__(self) -> str:
         return f"<Worker {self.id} {self.state.value} {self.base_url} pid={self.pid}>"
+
+    def discard(self, folder: str, names: Iterable[str]) -> None:
+        """Delete files darkroom put in this worker's ``folder`` ("input", "output") for a run, or fetched
+        from it, once the facade is done with them (files outside the folder are refused, not touched)."""
+        root = (self.base_dir / folder).resolve()
+        for name in names:
+            path = (root / name).resolve()
+            if path.is_relative_to(root) and path != root:
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
 
     @property
     def base_url(self) -> str:

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from server.engine import client as cc
 from server.engine.models import Manifest
 from server.engine.supervisor import Supervisor
+from server.engine.worker import Worker
 from server.errors import (
     ComfyValidationError,
     GenerationError,
@@ -124,18 +125,40 @@ class Generator:
         async with self.supervisor.worker() as worker:
             self.last_run[worker.id] = endpoint.app_id
             await self.choices.check(endpoint, request, worker.client)
-            for name, (data, width, height) in images.items():
-                uploaded = await worker.client.upload_input(data, f"{request_id}-{name}")
-                prepared[name] = ImageInput(uploaded, width, height)
-            prompt, resolved = endpoint.build_prompt(request, self.manifest, prepared)
-            started = time.perf_counter()
-            async with self._run_limit(endpoint, request_id):
-                saved = await self._execute(worker.client, prompt, endpoint, request_id, on_event)
-            files = [
+            uploaded: list[str] = []
+            try:
+                for name, (data, width, height) in images.items():
+                    uploaded.append(await worker.client.upload_input(data, f"{request_id}-{name}"))
+                    prepared[name] = ImageInput(uploaded[-1], width, height)
+                prompt, resolved = endpoint.build_prompt(request, self.manifest, prepared)
+                started = time.perf_counter()
+                async with self._run_limit(endpoint, request_id):
+                    saved = await self._execute(worker.client, prompt, endpoint, request_id, on_event)
+                files = await self._store_all(worker, saved, request_id, resolved, base_url)
+            finally:
+                worker.discard("input", uploaded)
+            return files, resolved, time.perf_counter() - started
+
+    async def _store_all(
+        self,
+        worker: Worker,
+        saved: list[dict[str, Any]],
+        request_id: str,
+        resolved: dict[str, Any],
+        base_url: str,
+    ) -> list[dict[str, Any]]:
+        """Store every output (all or none: a request never shows half its files); the worker's copies
+        are deleted either way, so its output folder does not grow with every run."""
+        try:
+            return [
                 await self._store(worker.client, entry, request_id, index, resolved, base_url)
                 for index, entry in enumerate(saved)
             ]
-            return files, resolved, time.perf_counter() - started
+        except BaseException:
+            await asyncio.to_thread(self.store.delete, [request_id])
+            raise
+        finally:
+            worker.discard("output", [_output_path(e) for e in saved if e.get("type", "output") == "output"])
 
     async def _run_raw(
         self, endpoint: Endpoint, request: BaseModel, request_id: str, on_event: EventSink | None
@@ -282,6 +305,10 @@ class Generator:
         if "width" in entry:
             described.update(width=entry["width"], height=entry["height"])
         return described
+
+
+def _output_path(entry: Mapping[str, Any]) -> str:
+    return f"{entry['subfolder']}/{entry['filename']}" if entry.get("subfolder") else str(entry["filename"])
 
 
 async def _finished(client: cc.ComfyClient, prompt_id: str) -> dict[str, Any]:

@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.errors import InputError, NotFoundError
+from server.media.disk import DiskBudget
 
 logger = logging.getLogger(__name__)
 
 MAX_PARTS = 10_000
 MULTIPART_TTL_S = 3600.0
-SWEEP_INTERVAL_S = 60.0
 _JOIN_BUFFER_BYTES = 1 << 20
 
 
@@ -98,10 +98,12 @@ class MultipartStore:
         root: Path,
         max_bytes: int,
         *,
+        budget: DiskBudget | None = None,
         ttl_s: float = MULTIPART_TTL_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.root = root
+        self.budget = budget or DiskBudget()
         self.parts_root = root / ".multipart"
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
@@ -141,26 +143,34 @@ class MultipartStore:
             total = upload.stored_bytes - upload.replaced_bytes(part_number) + upload.inflight_bytes
             if total + declared_bytes > self.max_bytes:
                 raise too_large(total + declared_bytes, self.max_bytes)
+            self.budget.check(declared_bytes, f"part {part_number} of {file_id}/{name}")
         folder = self.parts_root / multipart_id
-        folder.mkdir(parents=True, exist_ok=True)
         partial = folder / f"{part_number}.{secrets.token_hex(4)}.tmp"
         digest, size = hashlib.md5(usedforsecurity=False), 0
+        what = f"part {part_number} of upload {file_id}/{name}"
         upload.inflight_parts += 1
         try:
-            with partial.open("wb") as out:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    upload.inflight_bytes += len(chunk)
-                    total = upload.stored_bytes - upload.replaced_bytes(part_number) + upload.inflight_bytes
-                    if total > self.max_bytes:
-                        raise too_large(total, self.max_bytes)
-                    digest.update(chunk)
-                    out.write(chunk)
+            with self.budget.writing(what):
+                folder.mkdir(parents=True, exist_ok=True)
+                with partial.open("wb") as out:
+                    async for chunk in chunks:
+                        total = upload.stored_bytes - upload.replaced_bytes(part_number)
+                        if total + upload.inflight_bytes + len(chunk) > self.max_bytes:
+                            raise too_large(total + upload.inflight_bytes + len(chunk), self.max_bytes)
+                        self.budget.take(len(chunk), what)
+                        size += len(chunk)
+                        upload.inflight_bytes += len(chunk)
+                        digest.update(chunk)
+                        out.write(chunk)
             self._check_open(upload, multipart_id)
             partial.replace(folder / str(part_number))
             part = Part(digest.hexdigest(), size)
+            self.budget.give_back(upload.replaced_bytes(part_number))
             upload.stored_bytes += size - upload.replaced_bytes(part_number)
             upload.parts[part_number] = part
+        except BaseException:
+            self.budget.give_back(size)
+            raise
         finally:
             upload.inflight_parts -= 1
             upload.inflight_bytes -= size
@@ -222,28 +232,25 @@ class MultipartStore:
     def _join(self, multipart_id: str, upload: Multipart, numbers: Sequence[int]) -> int:
         folder = self.parts_root / multipart_id
         final = self.root / upload.file_id / upload.name
-        final.parent.mkdir(parents=True, exist_ok=True)
         partial = final.with_name(final.name + ".part")
+        what = f"upload {upload.file_id}/{upload.name}"
+        size = sum(upload.parts[number].size_bytes for number in numbers)
+        self.budget.take(size, what)  # the parts and the joined file are both on disk for a while
         try:
-            with partial.open("wb") as out:
-                for number in numbers:
-                    with (folder / str(number)).open("rb") as part:
-                        shutil.copyfileobj(part, out, _JOIN_BUFFER_BYTES)
-                size = out.tell()
-            partial.replace(final)
+            with self.budget.writing(what):
+                final.parent.mkdir(parents=True, exist_ok=True)
+                with partial.open("wb") as out:
+                    for number in numbers:
+                        with (folder / str(number)).open("rb") as part:
+                            shutil.copyfileobj(part, out, _JOIN_BUFFER_BYTES)
+                partial.replace(final)
+        except BaseException:
+            self.budget.give_back(size)
+            raise
         finally:
             partial.unlink(missing_ok=True)
-        shutil.rmtree(folder, ignore_errors=True)
+        self.budget.remove_folder(folder)
         return size
-
-    async def sweep_forever(self, interval_s: float = SWEEP_INTERVAL_S) -> None:
-        """Sweep now and then every ``interval_s`` until cancelled."""
-        while True:
-            try:
-                await self.sweep()
-            except Exception:
-                logger.exception("multipart sweep failed")
-            await asyncio.sleep(interval_s)
 
     async def sweep(self) -> list[str]:
         """Drop uploads idle for ``ttl_s`` and their parts, and part folders no upload owns that are as
@@ -268,5 +275,5 @@ class MultipartStore:
             if folder.name not in known and folder.name not in expired and folder.stat().st_mtime <= cutoff:
                 removed.append(folder.name)
         for multipart_id in removed:
-            shutil.rmtree(self.parts_root / multipart_id, ignore_errors=True)
+            self.budget.remove_folder(self.parts_root / multipart_id)
         return removed

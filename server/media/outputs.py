@@ -6,13 +6,12 @@ import base64
 import logging
 import mimetypes
 import re
-import shutil
-import time
 from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from server.errors import NotFoundError
+from server.media.disk import DiskBudget
 
 logger = logging.getLogger(__name__)
 
@@ -34,15 +33,27 @@ class StoredFile:
 class OutputStore:
     """Owns the outputs folder: one subfolder per request, names checked so nothing escapes it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, budget: DiskBudget | None = None) -> None:
         self.root = root
+        self.budget = budget or DiskBudget()  # none: no limits (readers only look files up)
 
     def save(self, request_id: str, name: str, data: bytes, content_type: str) -> StoredFile:
+        """Write one output; StorageFullError (507) if it does not fit, leaving nothing behind."""
         path = self._path(request_id, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        what = f"output {name} of request {request_id}"
+        self.budget.take(len(data), what)
         partial = path.with_name(path.name + ".part")
-        partial.write_bytes(data)
-        partial.rename(path)
+        replaced = path.stat().st_size if path.is_file() else 0  # a run tried again writes its files again
+        try:
+            with self.budget.writing(what):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial.write_bytes(data)
+                partial.rename(path)
+            self.budget.give_back(replaced)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            self.budget.give_back(len(data))
+            raise
         return StoredFile(request_id, name, content_type, len(data))
 
     def path_of(self, request_id: str, name: str) -> Path:
@@ -55,19 +66,12 @@ class OutputStore:
         """Delete these requests' output folders (missing ones are fine)."""
         for request_id in request_ids:
             if _SAFE_NAME.match(request_id):
-                shutil.rmtree(self.root / request_id, ignore_errors=True)
+                self.budget.remove_folder(self.root / request_id)
 
     def expire(self, *, older_than_s: float, keep: Container[str] = ()) -> int:
         """Delete request folders last written more than ``older_than_s`` ago, except those in ``keep``:
         sync runs' outputs (queue jobs expire with their record) and any a crash left behind."""
-        cutoff, stale = time.time() - older_than_s, []
-        if self.root.is_dir():
-            for folder in self.root.iterdir():
-                if folder.name in keep or not folder.is_dir() or not _SAFE_NAME.match(folder.name):
-                    continue
-                if folder.stat().st_mtime < cutoff:
-                    stale.append(folder.name)
-        self.delete(stale)
+        stale = self.budget.expire(self.root, older_than_s=older_than_s, keep=keep, name_ok=_SAFE_NAME.match)
         if stale:
             logger.info("deleted the outputs of %d request(s) older than %g s", len(stale), older_than_s)
         return len(stale)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.errors import NotFoundError
+from server.media.disk import DiskBudget
 from server.media.multipart import too_large
 
 logger = logging.getLogger(__name__)
@@ -44,9 +45,10 @@ def safe_name(file_name: str | None, content_type: str) -> str:
 class UploadStore:
     """Owns ``<data_dir>/uploads``: one folder per upload id; a file appears only once complete."""
 
-    def __init__(self, root: Path, max_bytes: int) -> None:
+    def __init__(self, root: Path, max_bytes: int, budget: DiskBudget | None = None) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        self.budget = budget or DiskBudget()
         self._pending: dict[str, Pending] = {}
 
     def begin(self, file_name: str | None, content_type: str) -> tuple[str, str]:
@@ -70,25 +72,40 @@ class UploadStore:
     async def receive(
         self, upload_id: str, name: str, chunks: AsyncIterable[bytes], *, declared_bytes: int | None = None
     ) -> int:
-        """Stream a body to the upload's file, enforcing the size limit; returns its size."""
+        """Stream a body to the upload's file, within the size limit and the disk budget; its size."""
         if declared_bytes is not None and declared_bytes > self.max_bytes:
             raise too_large(declared_bytes, self.max_bytes)
         path = self._path(upload_id, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        what = f"upload {upload_id}/{name}"
+        if declared_bytes is not None:
+            self.budget.check(declared_bytes, what)
         partial = path.with_name(path.name + ".part")
         size = 0
         try:
-            with partial.open("wb") as out:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        raise too_large(size, self.max_bytes)
-                    out.write(chunk)
-            partial.rename(path)
+            with self.budget.writing(what):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with partial.open("wb") as out:
+                    async for chunk in chunks:
+                        if size + len(chunk) > self.max_bytes:
+                            raise too_large(size + len(chunk), self.max_bytes)
+                        self.budget.take(len(chunk), what)
+                        size += len(chunk)
+                        out.write(chunk)
+                partial.rename(path)
+        except BaseException:
+            self.budget.give_back(size)
+            raise
         finally:
             partial.unlink(missing_ok=True)
         logger.info("upload %s/%s: %d bytes", upload_id, name, size)
         return size
+
+    def expire(self, *, older_than_s: float) -> int:
+        """Delete uploads stored more than ``older_than_s`` ago; returns how many."""
+        stale = self.budget.expire(self.root, older_than_s=older_than_s, name_ok=_ID.match)
+        if stale:
+            logger.info("deleted %d upload(s) older than %g s", len(stale), older_than_s)
+        return len(stale)
 
     def path_of(self, upload_id: str, name: str) -> Path:
         path = self._path(upload_id, name)

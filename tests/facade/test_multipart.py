@@ -207,6 +207,30 @@ async def test_total_size_limit_counts_all_parts(client: Client, settings: Setti
     assert sorted(os.listdir(settings.uploads_path / ".multipart" / multipart_id)) == ["1"]
 
 
+async def test_parts_and_the_joined_file_count_against_the_storage_quota(tmp_path: Path) -> None:
+    settings = load_settings(
+        {}, data_dir=str(tmp_path), api_keys="test-id:test-secret", storage_quota_bytes=1000
+    )
+    app = create_app(settings, IdleSupervisor(ready=True), run_supervisor=False)  # type: ignore[arg-type]
+    async with TestClient(TestServer(app)) as client:
+        urls = await js_start(client)
+        one = await put(client, f"{urls['upload_url']}/1", b"a" * 400)
+        assert one[0] == 200
+        status, error, _ = await put(client, f"{urls['upload_url']}/2", b"b" * 700)
+        assert status == 507 and error["error_type"] == "storage_full", error
+        assert (await put(client, f"{urls['upload_url']}/1", b"a" * 450))[0] == 200, "a re-sent part replaces"
+        # joining needs the parts' size again while both copies exist: 450 + 450 fits in 1000
+        status, body = await complete(
+            client, f"{urls['upload_url']}/complete", [{"partNumber": 1, "etag": md5_etag(b"a" * 450)}]
+        )
+        assert status == 200, body
+        assert leftovers(settings) == [f"{path_of(urls['file_url']).split('/')[3]}/clip.mp4"]
+        again = await js_start(client, "more.mp4")
+        status, error, _ = await put(client, f"{again['upload_url']}/1", b"c" * 600)
+        assert status == 507, "the joined file still counts; its parts no longer do"
+        assert (await put(client, f"{again['upload_url']}/1", b"c" * 500))[0] == 200
+
+
 async def test_complete_waits_for_parts_in_flight(client: Client) -> None:
     urls = await js_start(client)
     release = asyncio.Event()

@@ -126,6 +126,25 @@ async def test_size_limit_declared_and_streamed(
     assert [p for p in settings.uploads_path.rglob("*") if p.is_file()] == [], "no partial file is left"
 
 
+async def test_storage_quota_is_507_when_full_and_413_past_it(tmp_path: Path) -> None:
+    settings = load_settings(
+        {}, data_dir=str(tmp_path), api_keys="test-id:test-secret", storage_quota_bytes=1000
+    )
+    app = create_app(settings, IdleSupervisor(ready=True), run_supervisor=False)  # type: ignore[arg-type]
+    async with TestClient(TestServer(app)) as client:
+        first = await client.post("/files/upload", data=b"a" * 700, headers=KEY)
+        assert first.status == 200, await first.text()
+        full = await client.post("/files/upload", data=b"b" * 400, headers=KEY)
+        assert full.status == 507 and full.headers["Retry-After"] == "60"
+        body = await full.json()
+        assert body["error_type"] == "storage_full" and "700 of 1000 bytes" in body["detail"]
+        never = await client.post("/files/upload", data=b"c" * 1200, headers=KEY)
+        assert never.status == 413 and "whole storage quota" in (await never.json())["detail"]
+        assert len([p for p in settings.uploads_path.rglob("*") if p.is_file()]) == 1, "nothing half-written"
+        fits = await client.post("/files/upload", data=b"d" * 300, headers=KEY)
+        assert fits.status == 200
+
+
 async def test_bad_requests_are_422(client: TestClient[web.Request, web.Application]) -> None:
     bad_type = await client.post("/storage/upload/initiate?storage_type=s3", json={}, headers=KEY)
     assert bad_type.status == 422 and (await bad_type.json())["detail"][0]["loc"] == ["query", "storage_type"]
