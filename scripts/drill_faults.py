@@ -141,6 +141,10 @@ async def disk_full(drill: Drill) -> None:
     drill.check(not leftovers, f"disk full: half-written files left: {leftovers}")
     drill.check(ready.status == 200 and inline == 200, "disk full: the server keeps serving")
     drill.check(stored == 200 and bool(after.get("images")), f"disk full: a run once there is room: {stored}")
+    workers = drill.server.data_dir / "workers"
+    kept = [str(p) for folder in ("input", "output") for p in workers.glob(f"*/{folder}/**/*") if p.is_file()]
+    drill.figures["disk_full"]["worker_files_kept"] = len(kept)
+    drill.check(not kept, f"the worker keeps copies of runs' files: {kept[:5]}")
 
 
 async def drain(drill: Drill) -> None:
