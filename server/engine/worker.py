@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -127,6 +128,7 @@ class Worker:
         self._log_file: IO[str] | None = None
         self.first_attempt = asyncio.Event()  # set once the first start succeeded or failed
         self.first_error: WorkerStartError | None = None
+        self._last_outputs: set[str] = set()  # the last run's output files (see keep_outputs)
 
     def __repr__(self) -> str:
         return f"<Worker {self.id} {self.state.value} {self.base_url} pid={self.pid}>"
@@ -140,6 +142,22 @@ class Worker:
             if path.is_relative_to(root) and path != root:
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)
+
+    def keep_outputs(self, names: Iterable[str]) -> None:
+        """Keep the last run's output files and delete the run's before. ComfyUI's cache (classic, the
+        one workers run) holds the last prompt's nodes only, and a cached output node answers with the
+        file names it saved then: so the next run may name this run's files, never older ones."""
+        current = set(names)
+        self.discard("output", self._last_outputs - current)
+        self._last_outputs = current
+
+    def _clear_runs_files(self) -> None:
+        """Before a (re)start: a new process has an empty cache, so no run's files are needed, and those of
+        a facade killed mid-run (which never deleted them) go too. Only darkroom's: the output folder and
+        input/darkroom; editor users' own uploads elsewhere in input/ stay."""
+        self._last_outputs = set()
+        for folder in (self.output_dir, self.base_dir / "input" / "darkroom"):
+            shutil.rmtree(folder, ignore_errors=True)
 
     @property
     def base_url(self) -> str:
@@ -170,6 +188,7 @@ class Worker:
     ) -> None:
         """Start the process (not yet ready); picks another port if ours is taken."""
         self._proc = self._pump = None
+        self._clear_runs_files()
         if not _port_free(self.port):
             old, self.port = self.port, free_port()
             self.log.warning("[worker %d] port %d is taken; using %d", self.id, old, self.port)

@@ -147,8 +147,8 @@ class Generator:
         resolved: dict[str, Any],
         base_url: str,
     ) -> list[dict[str, Any]]:
-        """Store every output (all or none: a request never shows half its files); the worker's copies
-        are deleted either way, so its output folder does not grow with every run."""
+        """Store every output (all or none: a request never shows half its files); the worker keeps only
+        the last run's copies, so its output folder does not grow with every run."""
         try:
             return [
                 await self._store(worker.client, entry, request_id, index, resolved, base_url)
@@ -158,7 +158,7 @@ class Generator:
             await asyncio.to_thread(self.store.delete, [request_id])
             raise
         finally:
-            worker.discard("output", [_output_path(e) for e in saved if e.get("type", "output") == "output"])
+            worker.keep_outputs(_output_path(e) for e in saved if e.get("type", "output") == "output")
 
     async def _run_raw(
         self, endpoint: Endpoint, request: BaseModel, request_id: str, on_event: EventSink | None
@@ -233,7 +233,10 @@ class Generator:
                         accept=("image/",),
                     )
                     data = found.path.read_bytes()
-                    fetched[name] = (data, *await asyncio.to_thread(_image_size, data, name))
+                    fetched[name] = (
+                        data,
+                        *await asyncio.to_thread(_image_size, data, name, self.settings.input_max_pixels),
+                    )
         return fetched
 
     async def _execute(
@@ -339,13 +342,24 @@ def _history_error(status: Mapping[str, Any]) -> str:
     return "the run failed"
 
 
-def _image_size(data: bytes, field: str) -> tuple[int, int]:
-    """Width and height from the image header (Pillow reads no pixels for this)."""
+def _image_size(data: bytes, field: str, max_pixels: int) -> tuple[int, int]:
+    """Width and height from the image header (Pillow reads no pixels for this), at most ``max_pixels``
+    in all: a small file may claim billions of pixels (a decompression bomb) that the worker would decode."""
     try:
         with PIL.Image.open(io.BytesIO(data)) as image:
-            return image.size
+            width, height = image.size
+    except PIL.Image.DecompressionBombError as e:
+        raise InputError(
+            f"{field}: too many pixels ({e}); at most {max_pixels} (DARKROOM_INPUT_MAX_PIXELS)"
+        ) from e
     except (PIL.UnidentifiedImageError, OSError) as e:
         raise InputError(f"{field}: not an image Pillow can read ({e})") from e
+    if width * height > max_pixels:
+        raise InputError(
+            f"{field}: {width} x {height} is {width * height} pixels, more than the {max_pixels} allowed "
+            "(DARKROOM_INPUT_MAX_PIXELS)"
+        )
+    return width, height
 
 
 def _response(

@@ -18,6 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from server.engine import events as cc
+from server.engine.client import ComfyClient
 from server.engine.supervisor import Supervisor
 from server.workflows.mapping import Endpoint
 
@@ -99,9 +100,29 @@ def built_prompts(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return built
 
 
-async def run_on_worker(supervisor: Supervisor, graph: dict[str, Any]) -> bytes:
-    """The one file a graph saves, run on the session's worker directly (not through the facade)."""
+@pytest.fixture
+def uploaded_inputs(monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
+    """Every input image the facade puts on a worker during the test (the worker deletes its copy after
+    the run; run_on_worker puts it back for the graph that names it)."""
+    uploaded: dict[str, bytes] = {}
+    original = ComfyClient.upload_input
+
+    async def upload_input(self: ComfyClient, data: bytes, name: str, **kwargs: Any) -> str:
+        uploaded[name] = data
+        return await original(self, data, name, **kwargs)
+
+    monkeypatch.setattr(ComfyClient, "upload_input", upload_input)
+    return uploaded
+
+
+async def run_on_worker(
+    supervisor: Supervisor, graph: dict[str, Any], inputs: dict[str, bytes] | None = None
+) -> bytes:
+    """The one file a graph saves, run on the session's worker directly (not through the facade),
+    with ``inputs`` (name: bytes) put in its input folder first."""
     async with supervisor.worker() as worker:
+        for name, data in (inputs or {}).items():
+            await worker.client.upload_input(data, name)
         events = [event async for event in worker.client.run(graph)]
         (file,) = [f for e in events if isinstance(e, cc.Executed) for f in e.files]
         return await worker.client.fetch_output(file.filename, file.subfolder, file.type)
@@ -130,6 +151,7 @@ async def test_requests_without_the_new_fields_give_the_ksampler_graphs_bytes(
     facade: TestClient,
     supervisor: Supervisor,
     built_prompts: list[dict[str, Any]],
+    uploaded_inputs: dict[str, bytes],
     app_id: str,
     body: dict[str, Any],
 ) -> None:
@@ -137,7 +159,7 @@ async def test_requests_without_the_new_fields_give_the_ksampler_graphs_bytes(
     (prompt,) = built_prompts
     legacy = ksampler_graph(prompt)
     assert {n["class_type"] for n in legacy.values()} & {"KSampler", "KSamplerAdvanced"}
-    assert ours == await run_on_worker(supervisor, legacy)
+    assert ours == await run_on_worker(supervisor, legacy, uploaded_inputs)
 
 
 @pytest.fixture(scope="module")

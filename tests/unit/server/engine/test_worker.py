@@ -229,3 +229,21 @@ async def test_a_pinned_borrower_waits_for_its_worker_and_holds_up_no_other(tmp_
     with pytest.raises(WorkerUnavailableError, match="no ComfyUI worker 5"):
         async with supervisor.worker(worker_id=5):
             pass
+
+
+def test_a_worker_keeps_its_last_runs_outputs_only(tmp_path: Path) -> None:
+    """ComfyUI's cache may answer the next prompt with the last run's file names: those stay, older go."""
+    from server.engine.worker import Worker
+
+    worker = Worker(0, None, tmp_path, free_port(), session=None)  # type: ignore[arg-type]
+    output = tmp_path / "output"
+    output.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        (output / name).write_bytes(b"x")
+    (tmp_path / "secret.txt").write_bytes(b"outside the folder")
+    worker.keep_outputs(["a.png", "b.png"])
+    worker.keep_outputs(["b.png", "c.png", "../secret.txt"])
+    assert sorted(p.name for p in output.iterdir()) == ["b.png", "c.png"]
+    worker.keep_outputs([])
+    assert not list(output.iterdir())
+    assert (tmp_path / "secret.txt").exists(), "names outside the output folder are never deleted"
