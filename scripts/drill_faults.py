@@ -142,9 +142,16 @@ async def disk_full(drill: Drill) -> None:
     drill.check(ready.status == 200 and inline == 200, "disk full: the server keeps serving")
     drill.check(stored == 200 and bool(after.get("images")), f"disk full: a run once there is room: {stored}")
     workers = drill.server.data_dir / "workers"
-    kept = [str(p) for folder in ("input", "output") for p in workers.glob(f"*/{folder}/**/*") if p.is_file()]
-    drill.figures["disk_full"]["worker_files_kept"] = len(kept)
-    drill.check(not kept, f"the worker keeps copies of runs' files: {kept[:5]}")
+    inputs = [str(p) for p in workers.glob("*/input/**/*") if p.is_file()]
+    kept = {
+        w.name: [p for p in w.glob("output/**/*") if p.is_file()] for w in workers.iterdir() if w.is_dir()
+    }
+    drill.figures["disk_full"]["worker_files_kept"] = len(inputs) + sum(map(len, kept.values()))
+    drill.check(not inputs, f"the worker keeps copies of runs' inputs: {inputs[:5]}")
+    most = max(map(len, kept.values()), default=0)
+    drill.check(
+        most <= len(after.get("images", ())), f"a worker keeps more than its last run's outputs: {outputs}"
+    )
 
 
 async def drain(drill: Drill) -> None:

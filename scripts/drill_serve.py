@@ -3,16 +3,19 @@ models, an API key), its log kept under data/drills/<name>-serve.log to read aft
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -90,6 +93,33 @@ class Server:
 
     def log_has(self, text: str) -> bool:
         return text in self.log_path.read_text(errors="replace")
+
+    def facade_tracebacks(self) -> int:
+        """Tracebacks the facade logged (its workers' lines, ComfyUI's own import noise among them, aside)."""
+        with self.log_path.open(errors="replace") as log:
+            return sum(1 for line in log if line.startswith("Traceback"))
+
+
+Drill = Callable[[Server], Coroutine[Any, Any, dict[str, Any]]]
+
+
+def drilled(name: str, models_dir: Path, env: Mapping[str, str], drill: Drill) -> dict[str, Any]:
+    """Run ``drill`` against a fresh server (a temporary data folder), stopped afterwards: its figures,
+    with ``key_in_log`` and ``facade_tracebacks`` added and a failure for each."""
+    with tempfile.TemporaryDirectory(prefix=f"drill-{name}-") as tmp:
+        server = Server(name, Path(tmp), models_dir, env)
+        server.start()
+        try:
+            figures = asyncio.run(drill(server))
+        finally:
+            server.stop()
+    figures.update(key_in_log=server.log_has(KEY), facade_tracebacks=server.facade_tracebacks())
+    failures = figures.setdefault("failures", [])
+    if figures["key_in_log"]:
+        failures.append("the API key is in the server's log")
+    if figures["facade_tracebacks"]:
+        failures.append(f"{figures['facade_tracebacks']} traceback(s) in the server's log: {server.log_path}")
+    return figures
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ import logging
 import math
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -142,6 +143,7 @@ class JobQueue:
         self.webhooks = webhooks
         self.clock = clock
         self.order = QueueOrder(hub)
+        self._adding: Counter[str] = Counter()  # submits being stored, per app
         # Told of every request that ends (metrics); must not raise or block.
         self.observers: list[Callable[[JobRecord, Outcome], None]] = []
         self._tasks: dict[str, asyncio.Task[dict[str, Any]]] = {}
@@ -262,12 +264,14 @@ class JobQueue:
         """Persist a new job and queue it; 429 when the queue or the app's queue is full."""
         if self._stopping:
             raise QueueFullError("The server is shutting down; submit again once it is back")
-        waiting = self.queue_length()
+        # Submits still being stored count too: concurrent ones must not all pass the check at once.
+        waiting = self.queue_length() + self._adding.total()
         if waiting >= self.max_queue_length:
             raise QueueFullError(
                 f"The queue is full: {waiting} requests waiting, the limit is {self.max_queue_length}"
             )
-        if max_queue_length is not None and (mine := self.queue_length(endpoint.app_id)) >= max_queue_length:
+        mine = self.queue_length(endpoint.app_id) + self._adding[endpoint.app_id]
+        if max_queue_length is not None and mine >= max_queue_length:
             raise QueueFullError(
                 f"{endpoint.app_id} has {mine} requests waiting; fal_max_queue_length={max_queue_length}"
             )
@@ -278,7 +282,11 @@ class JobQueue:
             start_deadline=None if timeout_s is None else now + timeout_s, webhook_url=webhook_url,
             user_id=user_id,
         )  # fmt: skip
-        record.seq = await self.store.add(record)
+        self._adding[endpoint.app_id] += 1
+        try:
+            record.seq = await self.store.add(record)
+        finally:
+            self._adding[endpoint.app_id] -= 1
         self.order.add(record, waiting=True)
         self.order.publish_positions()
         self._wakeup.set()

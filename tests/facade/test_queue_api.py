@@ -243,6 +243,17 @@ async def test_queue_limits_are_429(client: Client, fake: FakeGenerator) -> None
     assert response.status == 429 and "limit is 5" in (await response.json())["detail"]
 
 
+async def test_concurrent_submits_cannot_pass_the_limit_together(client: Client, fake: FakeGenerator) -> None:
+    running = (await submit(client))["request_id"]
+    await fake.wait_started(running)
+    answers = await asyncio.gather(
+        *(client.post(f"/queue/{APP}", json={"prompt": str(i)}) for i in range(12))
+    )
+    assert sorted(r.status for r in answers) == [200] * 5 + [429] * 7  # queue_max_length=5
+    for response in answers:
+        response.release()
+
+
 async def test_missed_start_deadline_replays_504_user_timeout(client: Client, fake: FakeGenerator) -> None:
     running = (await submit(client))["request_id"]
     await fake.wait_started(running)
