@@ -138,6 +138,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if e.status < 400:
             raise
         detail = f"Path {request.path} not found" if e.status == 404 else e.reason
+        if e.status == 413:  # aiohttp's own limit (request.read/post): it names the sizes
+            detail = f"{e.text} (DARKROOM_BODY_MAX_BYTES)"
         headers = {k: v for k, v in e.headers.items() if k.lower() == "allow"}
         return web.json_response({"detail": detail}, status=e.status, headers=headers)
     except Exception:
@@ -149,7 +151,10 @@ def create_app(settings: Settings, supervisor: Supervisor, *, run_supervisor: bo
     """The facade: every part built from ``settings`` (a bad mapping, key file or secret fails here, at
     start-up), then the routes. The supervisor runs with the app unless the caller runs it (tests share
     one supervisor across apps)."""
-    app = web.Application(middlewares=[request_id_middleware, error_middleware, auth.auth_middleware])
+    app = web.Application(
+        middlewares=[request_id_middleware, error_middleware, auth.auth_middleware],
+        client_max_size=settings.body_max_bytes,
+    )
     app.on_response_prepare.append(_request_id_on_prepare)
     app[SETTINGS] = settings
     app[SUPERVISOR] = supervisor

@@ -168,7 +168,7 @@ async def serve(settings: Settings) -> int:
     app = create_app(settings, Supervisor(settings, comfyui_dir))
     runner = web.AppRunner(
         app, handle_signals=False, access_log=logging.getLogger("darkroom.access"),
-        access_log_class=PollQuietAccessLogger,
+        access_log_class=PollQuietAccessLogger, keepalive_timeout=settings.client_timeout_s,
     )  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

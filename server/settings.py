@@ -134,6 +134,21 @@ class Settings:
         default="",
         metadata={"help": "PEM private key for tls_cert."},
     )
+    body_max_bytes: int = field(
+        default=160 * 1024 * 1024,
+        metadata={
+            "help": "Largest request body (JSON), checked while it streams in: room for an input of "
+            "input_max_bytes sent as a base64 data: URI. Uploads have their own limit."
+        },
+    )
+    client_timeout_s: float = field(
+        default=60.0,
+        metadata={
+            "help": "A client whose body brings less than 64 KiB in this long gets 408 and is disconnected; "
+            "one that has not finished its request headers this long after connecting is disconnected "
+            "(also the idle time of a keep-alive connection)."
+        },
+    )
     upload_max_bytes: int = field(
         default=2 * 1024 * 1024 * 1024,
         metadata={
@@ -144,6 +159,13 @@ class Settings:
     input_max_bytes: int = field(
         default=100 * 1024 * 1024,
         metadata={"help": "Largest input file (image_url etc.) fetched from a URL or data: URI."},
+    )
+    input_max_pixels: int = field(
+        default=64 * 1024 * 1024,
+        metadata={
+            "help": "Largest input image in pixels (width x height, 8192 x 8192 by default), read from its "
+            "header before anything decodes it."
+        },
     )
     lora_max_bytes: int = field(
         default=2 * 1024 * 1024 * 1024,

@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from server.api import auth
 from server.api.described import operation
-from server.api.request import read_json
+from server.api.request import body_chunks, read_json
 from server.api.state import KEYS, MULTIPART, SETTINGS, UPLOADS
 from server.errors import AuthError, InputError, RequestValidationError
 from server.media.multipart import MAX_PARTS, parse_part_number, quoted_etag
@@ -48,7 +48,6 @@ B = TypeVar("B", bound=BaseModel)
 STORAGE_TYPES = frozenset({"fal-cdn-v3", "fal-cdn", "gcs"})
 UPLOAD_TOKEN_SCOPE = "storage:upload"
 UPLOAD_TOKEN_TTL_S = 3600.0
-_CHUNK_BYTES = 1 << 16
 
 
 class InitiateBody(BaseModel):
@@ -187,7 +186,7 @@ async def put_upload(request: web.Request) -> web.Response:
     upload_id, name = request.match_info["upload_id"], request.match_info["name"]
     store.claim(upload_id, name)
     size = await store.receive(
-        upload_id, name, request.content.iter_chunked(_CHUNK_BYTES), declared_bytes=request.content_length
+        upload_id, name, body_chunks(request, request.app[SETTINGS]), declared_bytes=request.content_length
     )
     return web.json_response({"file_url": _file_url(request, upload_id, name), "file_size": size})
 
@@ -213,7 +212,7 @@ async def cdn_upload(request: web.Request) -> web.Response:
     upload_id, name = store.begin(request.headers.get("X-Fal-File-Name"), content_type)
     store.claim(upload_id, name)
     size = await store.receive(
-        upload_id, name, request.content.iter_chunked(_CHUNK_BYTES), declared_bytes=request.content_length
+        upload_id, name, body_chunks(request, request.app[SETTINGS]), declared_bytes=request.content_length
     )
     url = _file_url(request, upload_id, name)
     return web.json_response(
@@ -289,7 +288,7 @@ async def put_part(request: web.Request) -> web.Response:
     part = await request.app[MULTIPART].receive_part(
         *_multipart_ids(request),
         part_number,
-        request.content.iter_chunked(_CHUNK_BYTES),
+        body_chunks(request, request.app[SETTINGS]),
         declared_bytes=request.content_length,
     )
     etag = quoted_etag(part.etag)

@@ -79,8 +79,12 @@ class LoraCache:
     def _hf_url(self, path: str) -> str:
         spec, _, revision = path.removeprefix("hf://").partition("@")
         parts = spec.split("/", 2)
-        if len(parts) != 3 or not all(parts):
-            raise InputError(f"{path!r}: expected hf://owner/repo/path/to/file.safetensors[@revision]")
+        segments = spec.split("/") + (revision.split("/") if revision else [])
+        if len(parts) != 3 or not all(segments) or {".", ".."} & set(segments) or "\\" in path:
+            raise InputError(
+                f"{path!r}: expected hf://owner/repo/path/to/file.safetensors[@revision] "
+                "(no empty, . or .. parts)"
+            )
         owner, repo, file = parts
         return f"{self.settings.hf_endpoint.rstrip('/')}/{owner}/{repo}/resolve/{revision or 'main'}/{file}"
 
