@@ -180,7 +180,8 @@ def _operation(
     operation_id = verb + "_" + re.sub(r"[^A-Za-z0-9]+", "_", path).lstrip("_")  # "/x/" differs from "/x"
     op: dict[str, Any] = {
         "operationId": operation_id, "summary": described.summary, "tags": [described.tag],
-        "security": security, "responses": _responses(builder, described, ok, secured=bool(security)),
+        "security": security,
+        "responses": _responses(builder, described, ok, secured=bool(security), reads_body=body is not None),
     }  # fmt: skip
     parameters = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -231,13 +232,16 @@ def _security(method: str, path: str, described: Operation) -> list[dict[str, li
 
 
 def _responses(
-    builder: _Builder, described: Operation, ok: dict[str, Any] | None, *, secured: bool
+    builder: _Builder, described: Operation, ok: dict[str, Any] | None, *, secured: bool, reads_body: bool
 ) -> dict[str, Any]:
     statuses: dict[int, str | tuple[str, Any]] = dict(described.responses)
     if secured:
         statuses.setdefault(401, "Missing or invalid credentials")
     if described.body is not None or ok is not None:
         statuses.setdefault(422, "Invalid input: each issue names the field and what is allowed")
+    if reads_body or described.body is not None:  # server/api/request.py reads bodies under these limits
+        statuses.setdefault(408, "The body arrived too slowly (DARKROOM_CLIENT_TIMEOUT_S)")
+        statuses.setdefault(413, "The body is too large (DARKROOM_BODY_MAX_BYTES; uploads: their own limit)")
     statuses.setdefault(500, "Internal error")
     responses: dict[str, Any] = {}
     success = next((s for s in sorted(statuses) if 200 <= s < 300), None)
