@@ -142,6 +142,7 @@ def corpus(origin: str, loopback: str, own: str) -> list[Case]:
         # path traversal in names
         flux("LoRA path traversal", 422, "lora", loras=[{"path": "../../../../etc/passwd"}]),
         flux("LoRA absolute path", 422, "lora", loras=[{"path": "/etc/passwd"}]),
+        flux("LoRA name too long for a file", 422, "not a file", loras=[{"path": "0" * 2048}]),
         flux("LoRA file URL", 422, "https", loras=[{"path": "file:///etc/passwd"}]),
         flux("LoRA hf traversal", 422, "no empty, . or .. parts", loras=[{"path": "hf://../../etc/passwd"}]),
         flux("LoRA to metadata", 422, refused, loras=[{"path": "https://169.254.169.254/x.safetensors"}]),

@@ -67,7 +67,11 @@ class LoraCache:
 
     def _local(self, name: str, sha256: str | None) -> str:
         target = (self.folder / name).resolve()
-        if not target.is_relative_to(self.folder.resolve()) or not target.is_file():
+        try:
+            found = target.is_relative_to(self.folder.resolve()) and target.is_file()
+        except OSError:  # a name too long for the file system, say: no such file either
+            found = False
+        if not found:
             raise InputError(
                 f"LoRA {name!r} is not a file in the LoRA folder; give a file name there, "
                 "an https:// URL or hf://owner/repo/file[@revision]"

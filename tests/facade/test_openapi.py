@@ -144,7 +144,7 @@ def test_sampler_fields_list_comfyuis_names_once_a_worker_told_them(app):
 
 
 def test_routes_that_read_a_body_document_its_limits(document):
-    """server/api/request.py refuses a body too large (413) or too slow (408) on every route that reads one."""
+    """request.py refuses a body too large (413) or too slow (408) on every route that reads one."""
     for path in ("/run/darkroom/demo-flux-2", "/queue/darkroom/demo-flux-2", "/storage/upload/initiate"):
         responses = document["paths"][path]["post"]["responses"]
         assert {"408", "413", "422"} <= set(responses), (path, sorted(responses))
