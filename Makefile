@@ -13,7 +13,7 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: serve test setup lint bench clean browser
+.PHONY: serve test setup lint bench clean browser postgres
 serve: setup
 	$(DARKROOM) serve
 
@@ -21,7 +21,7 @@ test: setup
 	$(PY) -m pytest tests --ignore=tests/engine
 	$(PY) -m pytest tests/engine
 
-setup: $(VENV)/.deps-stamp data/.comfyui-stamp data/.tiny-stamp tests/e2e/js/node_modules/.stamp browser
+setup: $(VENV)/.deps-stamp data/.comfyui-stamp data/.tiny-stamp tests/e2e/js/node_modules/.stamp browser postgres
 
 $(VENV)/.deps-stamp: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,13 @@ $(VENV)/.deps-stamp: pyproject.toml constraints.txt
 browser:
 	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get install -y -q chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium); \
+	fi
+
+# Debian's PostgreSQL server for the fleet tests (each starts its own cluster in a temporary folder),
+# installed the same way; the package's own cluster is not used.
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q postgresql >/dev/null || (apt-get update -q && apt-get install -y -q postgresql); \
 	fi
 
 # fal's JS client for tests/e2e/test_fal_client.py (its tests are skipped where npm is missing).

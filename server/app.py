@@ -62,7 +62,9 @@ from server.media.multipart import MultipartStore
 from server.media.outputs import OutputStore
 from server.media.uploads import UploadStore
 from server.queue.job_queue import JobQueue
-from server.queue.store import SqliteJobStore
+from server.queue.postgres_store import PostgresJobStore
+from server.queue.sqlite_store import SqliteJobStore
+from server.queue.store import JobStore
 from server.queue.webhooks import WebhookSender, WebhookSigner, webhook_policy
 from server.security.keyring import KeyRing
 from server.security.tokens import TokenSigner
@@ -204,7 +206,7 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
     outputs = OutputStore(settings.outputs_path, budget)
     app[GENERATOR] = Generator(settings, supervisor, manifest, outputs, LoraCache(settings))
     signer = WebhookSigner.load_or_create(settings.webhook_key_path)
-    store = SqliteJobStore(settings.jobs_db_path)
+    store = job_store(settings)
     sender = WebhookSender(
         store, signer, webhook_policy(settings), timeout_s=settings.webhook_timeout_s,
         max_attempts=settings.webhook_max_attempts, backoff_base_s=settings.webhook_backoff_base_s,
@@ -223,6 +225,13 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
     app[QUEUE].observers.append(app[METRICS].job_finished)
     sender.observers.append(app[METRICS].webhook_settled)
     return signer
+
+
+def job_store(settings: Settings) -> JobStore:
+    """PostgreSQL when ``database_url`` names one (a fleet), else the SQLite file under the data dir."""
+    if settings.database_url:
+        return PostgresJobStore(settings.database_url)
+    return SqliteJobStore(settings.jobs_db_path)
 
 
 async def _run_supervisor(app: web.Application) -> AsyncIterator[None]:

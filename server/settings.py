@@ -38,6 +38,13 @@ class Settings:
         default="data",
         metadata={"help": "Root for models, outputs, worker state and the job store."},
     )
+    database_url: str = field(
+        default="",
+        metadata={
+            "help": "PostgreSQL URL (postgresql://user:password@host/db) of a job store shared by several "
+            "hosts; empty = SQLite under the data dir (one host)."
+        },
+    )
     models_dir: str = field(
         default="",
         metadata={

@@ -26,8 +26,8 @@ Client = TestClient[web.Request, web.Application]
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return load_settings({}, data_dir=str(tmp_path), queue_max_length=5)
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return load_settings({}, data_dir=str(tmp_path), queue_max_length=5, database_url=database_url)
 
 
 @pytest_asyncio.fixture

@@ -7,10 +7,11 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import pytest_asyncio
 
@@ -19,7 +20,7 @@ from server.engine.models import load_manifest
 from server.generation.progress import ProgressHub
 from server.media.outputs import OutputStore
 from server.queue.job_queue import MAX_ATTEMPTS, JobQueue
-from server.queue.store import Delivery, JobRecord, JobStatus, Outcome, Priority, SqliteJobStore
+from server.queue.store import Delivery, JobRecord, JobStatus, JobStore, Outcome, Priority
 from server.workflows.mapping import WORKFLOWS_DIR, Endpoint, load_endpoints
 
 APP = "darkroom/demo-flux-2"
@@ -73,8 +74,8 @@ def endpoints() -> dict[str, Endpoint]:
 
 
 @pytest_asyncio.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
-    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+async def store(new_job_store: Callable[[], JobStore]) -> AsyncIterator[JobStore]:
+    store = new_job_store()
     await store.open()
     yield store
     await store.close()
@@ -88,7 +89,7 @@ def record(request_id: str, priority: Priority = Priority.NORMAL, **fields: obje
 
 
 def make_queue(
-    store: SqliteJobStore,
+    store: JobStore,
     endpoints: dict[str, Endpoint],
     tmp_path: Path,
     *,
@@ -109,7 +110,9 @@ async def until(predicate: object, timeout_s: float = 5.0) -> None:
             await asyncio.sleep(0.005)
 
 
-async def test_store_round_trip_claim_finish_and_schema(store: SqliteJobStore, tmp_path: Path) -> None:
+async def test_store_round_trip_claim_finish_and_schema(
+    store: JobStore, new_job_store: Callable[[], JobStore], database_url: str, tmp_path: Path
+) -> None:
     first, second = await store.add(record("a")), await store.add(record("b"))
     assert second > first
     assert await store.claim("a", started_at=5.0) == 1
@@ -130,18 +133,29 @@ async def test_store_round_trip_claim_finish_and_schema(store: SqliteJobStore, t
     assert await store.due_deliveries(6.9, limit=10) == []
 
     await store.close()
-    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
-        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        db.execute("PRAGMA user_version = 99")
-    newer = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    assert _bump_schema_version(database_url, tmp_path, to=99) == 1
+    newer = new_job_store()
     with pytest.raises(RuntimeError, match="schema 99, newer"):
         await newer.open()
     await newer.close()
 
 
+def _bump_schema_version(database_url: str, tmp_path: Path, *, to: int) -> int:
+    """Pretend a newer darkroom migrated the store; the version it had."""
+    if not database_url:
+        with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            db.execute(f"PRAGMA user_version = {to}")
+            return version
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute("SELECT max(version) FROM darkroom.schema_version").fetchone()
+        conn.execute("INSERT INTO darkroom.schema_version (version) VALUES (%s)", (to,))
+        return int(row[0]) if row else 0
+
+
 async def test_priority_then_fifo_and_accurate_positions(
-    store: SqliteJobStore, endpoints: dict[str, Endpoint], tmp_path: Path
+    store: JobStore, endpoints: dict[str, Endpoint], tmp_path: Path
 ) -> None:
     queue, fake = make_queue(store, endpoints, tmp_path, hold=True)
     await queue.start()
@@ -176,7 +190,7 @@ async def test_priority_then_fifo_and_accurate_positions(
 
 
 async def test_restart_recovery_reruns_once_fails_twice_and_expires(
-    store: SqliteJobStore, endpoints: dict[str, Endpoint], tmp_path: Path
+    store: JobStore, endpoints: dict[str, Endpoint], tmp_path: Path
 ) -> None:
     clock = Clock()
     for job in [
@@ -217,7 +231,7 @@ async def test_restart_recovery_reruns_once_fails_twice_and_expires(
 
 
 async def test_retention_expiry_deletes_results_and_files(
-    store: SqliteJobStore, endpoints: dict[str, Endpoint], tmp_path: Path
+    store: JobStore, endpoints: dict[str, Endpoint], tmp_path: Path
 ) -> None:
     clock = Clock()
     queue, fake = make_queue(store, endpoints, tmp_path, hold=False, clock=clock)
@@ -238,7 +252,7 @@ async def test_retention_expiry_deletes_results_and_files(
 
 
 async def test_sweep_deletes_sync_outputs_past_retention_but_not_a_known_jobs(
-    store: SqliteJobStore, endpoints: dict[str, Endpoint], tmp_path: Path
+    store: JobStore, endpoints: dict[str, Endpoint], tmp_path: Path
 ) -> None:
     queue, _ = make_queue(store, endpoints, tmp_path, hold=True)
     await queue.start()
@@ -257,7 +271,7 @@ async def test_sweep_deletes_sync_outputs_past_retention_but_not_a_known_jobs(
 
 
 async def test_shutdown_puts_a_running_job_back_without_counting_the_attempt(
-    store: SqliteJobStore, endpoints: dict[str, Endpoint], tmp_path: Path
+    store: JobStore, endpoints: dict[str, Endpoint], tmp_path: Path
 ) -> None:
     queue, fake = make_queue(store, endpoints, tmp_path, hold=True)
     await queue.start()
@@ -270,7 +284,7 @@ async def test_shutdown_puts_a_running_job_back_without_counting_the_attempt(
 
 
 async def test_job_handle_waits_for_the_outcome_and_aborts(
-    store: SqliteJobStore, endpoints: dict[str, Endpoint], tmp_path: Path
+    store: JobStore, endpoints: dict[str, Endpoint], tmp_path: Path
 ) -> None:
     queue, fake = make_queue(store, endpoints, tmp_path, hold=True)
     await queue.start()

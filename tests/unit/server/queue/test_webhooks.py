@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import json
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 from nacl.signing import VerifyKey
 
 from server.errors import ConfigError
-from server.queue.store import Delivery, JobRecord, Outcome, SqliteJobStore
+from server.queue.store import Delivery, JobRecord, JobStore, Outcome
 from server.queue.webhooks import WebhookSender, WebhookSigner, backoff_s, verify_signature, webhook_payload
 from server.security.netpolicy import AddressPolicy, parse_networks
 
@@ -93,8 +93,8 @@ class Receiver:
 
 
 @pytest_asyncio.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
-    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+async def store(new_job_store: Callable[[], JobStore]) -> AsyncIterator[JobStore]:
+    store = new_job_store()
     await store.open()
     yield store
     await store.close()
@@ -109,14 +109,12 @@ async def serve(receiver: Receiver) -> TestServer:
 
 
 def sender(
-    store: SqliteJobStore, signer: WebhookSigner, policy: AddressPolicy = LOOPBACK, **kw: Any
+    store: JobStore, signer: WebhookSigner, policy: AddressPolicy = LOOPBACK, **kw: Any
 ) -> WebhookSender:
     return WebhookSender(store, signer, policy, timeout_s=2.0, backoff_base_s=0.05, backoff_max_s=0.2, **kw)
 
 
-async def test_delivery_is_retried_signed_and_survives_a_restart(
-    store: SqliteJobStore, tmp_path: Path
-) -> None:
+async def test_delivery_is_retried_signed_and_survives_a_restart(store: JobStore, tmp_path: Path) -> None:
     receiver = Receiver([500])
     server = await serve(receiver)
     signer = WebhookSigner.load_or_create(tmp_path / "k")
@@ -143,7 +141,7 @@ async def test_delivery_is_retried_signed_and_survives_a_restart(
     assert json.loads(receiver.calls[1][1])["status"] == "OK"
 
 
-async def test_gives_up_after_max_attempts(store: SqliteJobStore, tmp_path: Path) -> None:
+async def test_gives_up_after_max_attempts(store: JobStore, tmp_path: Path) -> None:
     receiver = Receiver([500, 503, 500])
     server = await serve(receiver)
     webhooks = sender(store, WebhookSigner.load_or_create(tmp_path / "k"), max_attempts=2)
@@ -158,7 +156,7 @@ async def test_gives_up_after_max_attempts(store: SqliteJobStore, tmp_path: Path
 
 
 async def test_refused_addresses_are_never_contacted(
-    store: SqliteJobStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    store: JobStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     receiver = Receiver([])
     server = await serve(receiver)
@@ -175,7 +173,7 @@ async def test_refused_addresses_are_never_contacted(
     assert "dropped: Refusing to connect to localhost" in caplog.text  # at once, not after retries
 
 
-async def test_observers_hear_each_attempts_result(store: SqliteJobStore, tmp_path: Path) -> None:
+async def test_observers_hear_each_attempts_result(store: JobStore, tmp_path: Path) -> None:
     receiver = Receiver([500, 500, 200])
     server = await serve(receiver)
     webhooks = sender(store, WebhookSigner.load_or_create(tmp_path / "k"), max_attempts=2)
