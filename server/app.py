@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator
 
@@ -79,6 +80,7 @@ UPLOADS_SWEEP_INTERVAL_S = 60.0
 __all__ = ["REQUEST_ID", "SETTINGS", "SUPERVISOR", "PollQuietAccessLogger", "create_app"]
 
 REQUEST_ID_HEADER = "x-fal-request-id"
+_HEADER_SAFE_ID = re.compile(r"[\x21-\x7e]{1,200}")
 ERROR_TYPE_HEADER = "x-fal-error-type"
 
 
@@ -120,7 +122,9 @@ async def _request_id_on_prepare(request: web.Request, response: web.StreamRespo
 def _request_id(request: web.Request) -> str:
     # A handler names its request with request[REQUEST_ID]; a plain "request_id" key is honoured too.
     request_id = request.get(REQUEST_ID) or request.get("request_id")
-    if not isinstance(request_id, str) or not request_id:
+    # An id taken from the path is whatever the client sent: one a header cannot carry (a newline,
+    # non-ASCII) would make aiohttp drop the connection instead of answering.
+    if not isinstance(request_id, str) or not _HEADER_SAFE_ID.fullmatch(request_id):
         request_id = str(uuid.uuid4())
     request[REQUEST_ID] = request_id
     return request_id

@@ -212,6 +212,13 @@ class Settings:
             "a write that would go below it fails with 507."
         },
     )
+    interrupt_grace_s: float = field(
+        default=30.0,
+        metadata={
+            "help": "How long a cancelled or timed-out prompt may run on after its interrupt (a node that "
+            "never checks for one); past it the worker is restarted before it takes another request."
+        },
+    )
     result_retention_s: float = field(
         default=3600.0,
         metadata={

@@ -11,8 +11,8 @@ from server.media.outputs import OutputStore, content_type_of
 def file_route(store: OutputStore) -> web.RouteDef:
     @operation(
         "An output file (capability URL: no key needed)",
-        ok="application/octet-stream",
-        responses={200: "The file", 404: "Unknown file"},
+        ok="*/*",  # the type its name's extension gives (image/png, video/mp4, ...)
+        responses={200: "The file, typed by its extension", 404: "Unknown file"},
         tag="files",
     )
     async def serve(request: web.Request) -> web.FileResponse:

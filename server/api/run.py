@@ -82,7 +82,14 @@ def counted(request: web.Request, app_id: str) -> Iterator[None]:
 @operation(
     summary="Run an app, streaming its events as server-sent events",
     ok="text/event-stream",
-    responses={200: "Events, then the output (or an error event)", 404: "Unknown app", 422: "Invalid input"},
+    # Errors found before the run starts are one event too (the SDKs read every answer as events).
+    responses={
+        200: "Events, then the output (or an error event)",
+        404: ("Unknown app, as one {detail, error_type} event", "text/event-stream"),
+        408: ("The body arrived too slowly (DARKROOM_CLIENT_TIMEOUT_S), as one event", "text/event-stream"),
+        413: ("The body is too large (DARKROOM_BODY_MAX_BYTES), as one event", "text/event-stream"),
+        422: ("Invalid input, as one {detail, error_type} event", "text/event-stream"),
+    },
     tag="run",
 )
 async def run_stream(request: web.Request) -> web.StreamResponse:

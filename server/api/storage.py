@@ -77,7 +77,8 @@ def routes() -> list[web.RouteDef]:
         web.post("/files/upload/multipart", cdn_multipart),
         web.put("/files/uploads/{upload_id}/{name}", put_upload),
         web.get("/files/uploads/{upload_id}/{name}", serve_upload),
-        web.put(_MULTIPART_PATH + "/{part}", put_part),
+        # Not "complete": its POST route would share the path, and OPTIONS would list PUT for it too.
+        web.put(_MULTIPART_PATH + "/{part:(?!complete$)[^/]+}", put_part),
         web.post(_MULTIPART_PATH + "/complete", complete_multipart),
     ]
 
@@ -323,8 +324,8 @@ async def complete_multipart(request: web.Request) -> web.Response:
 
 @operation(
     summary="An uploaded file (capability URL)",
-    ok="application/octet-stream",
-    responses={200: "The file", 404: "Unknown file"},
+    ok="*/*",  # the type its name's extension gives
+    responses={200: "The file, typed by its extension", 404: "Unknown file"},
     tag="storage",
 )
 async def serve_upload(request: web.Request) -> web.FileResponse:

@@ -51,18 +51,23 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ABANDON_WAIT_S = 30.0  # how long a cancelled prompt may take to leave the worker before it is lent again
+ABANDON_WAIT_S = 30.0  # default: how long a cancelled prompt may take to leave its worker
 
 
 class ComfyClient:
     """Talks to one ComfyUI worker at ``base_url`` through a shared aiohttp session."""
 
     def __init__(
-        self, base_url: str, session: aiohttp.ClientSession, *, request_timeout_s: float = 30.0
-    ) -> None:
+        self, base_url: str, session: aiohttp.ClientSession, *, request_timeout_s: float = 30.0,
+        abandon_wait_s: float = ABANDON_WAIT_S,
+    ) -> None:  # fmt: skip
         self.base_url = base_url.rstrip("/")
         self.session = session
         self.request_timeout_s = request_timeout_s
+        self.abandon_wait_s = abandon_wait_s
+        # A cancelled prompt still running abandon_wait_s after its interrupt (a node that never
+        # checks for one, e.g. a text encoder on a huge prompt): its worker must be restarted.
+        self.stuck_prompt: str | None = None
 
     def __repr__(self) -> str:
         return f"ComfyClient({self.base_url!r})"
@@ -151,20 +156,16 @@ class ComfyClient:
         await self.interrupt(prompt_id)
 
     async def _abandon(self, prompt_id: str) -> None:
-        """Cancel the prompt and wait (``ABANDON_WAIT_S`` at most) until the worker has let go of it:
+        """Cancel the prompt and wait (``abandon_wait_s`` at most) until the worker has let go of it:
         an interrupt takes effect at the next step, and a prompt still running would make the next
-        borrower's prompt wait behind it (and count against that one's run limit)."""
+        borrower's prompt wait behind it (and count against that one's run limit); past the wait it
+        is marked ``stuck_prompt``, and the supervisor restarts the worker before lending it again."""
         try:
             await self.cancel(prompt_id)
-            deadline = time.monotonic() + ABANDON_WAIT_S
+            deadline = time.monotonic() + self.abandon_wait_s
             while prompt_id in [p for ids in await self.queue() for p in ids]:
                 if time.monotonic() > deadline:
-                    logger.warning(
-                        "%s: prompt %s still runs %g s after its interrupt",
-                        self.base_url,
-                        prompt_id,
-                        ABANDON_WAIT_S,
-                    )
+                    self.stuck_prompt = prompt_id
                     break
                 await asyncio.sleep(0.1)
         except (WorkerConnectionError, WorkerResponseError) as e:

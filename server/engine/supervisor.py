@@ -133,7 +133,14 @@ class Supervisor:
         )
         self._session = aiohttp.ClientSession()
         self.workers = tuple(
-            Worker(i, gpu, self.workers_dir / str(i), self.settings.worker_base_port + i, self._session)
+            Worker(
+                i,
+                gpu,
+                self.workers_dir / str(i),
+                self.settings.worker_base_port + i,
+                self._session,
+                interrupt_grace_s=self.settings.interrupt_grace_s,
+            )  # fmt: skip
             for i, gpu in enumerate(devices)
         )
         logger.info("starting %d ComfyUI worker(s) from %s", len(self.workers), self.comfyui_dir)
@@ -240,6 +247,8 @@ class Supervisor:
             await w.check_alive()  # a dead worker must not be handed out before it is restarted
             raise
         finally:
+            if (stuck := w.client.stuck_prompt) is not None:
+                w.kill(f"prompt {stuck} still ran {w.interrupt_grace_s:g} s after its interrupt")
             self._release(w)
 
     async def _acquire(self, timeout_s: float | None, worker_id: int | None = None) -> Worker:

@@ -26,7 +26,7 @@ from typing import IO, Any
 
 import aiohttp
 
-from server.engine.client import ComfyClient
+from server.engine.client import ABANDON_WAIT_S, ComfyClient
 from server.errors import WorkerConnectionError, WorkerResponseError, WorkerStartError
 
 _PR_SET_PDEATHSIG = 1
@@ -107,8 +107,9 @@ class Worker:
     """One ComfyUI subprocess: its port, directories, process, logs and client."""
 
     def __init__(
-        self, worker_id: int, gpu: str | None, base_dir: Path, port: int, session: aiohttp.ClientSession
-    ):
+        self, worker_id: int, gpu: str | None, base_dir: Path, port: int, session: aiohttp.ClientSession,
+        *, interrupt_grace_s: float = ABANDON_WAIT_S,
+    ):  # fmt: skip
         self.id = worker_id
         self.gpu = gpu
         self.base_dir = base_dir
@@ -120,7 +121,8 @@ class Worker:
         self.last_exit_code: int | None = None
         self.port = port
         self._session = session
-        self.client = ComfyClient(self.base_url, session)
+        self.interrupt_grace_s = interrupt_grace_s
+        self.client = ComfyClient(self.base_url, session, abandon_wait_s=interrupt_grace_s)
         self.log = logging.getLogger(f"darkroom.worker.{worker_id}")
         self._lines: collections.deque[str] = collections.deque(maxlen=_LOG_RING_LINES)
         self._proc: asyncio.subprocess.Process | None = None
@@ -188,11 +190,12 @@ class Worker:
     ) -> None:
         """Start the process (not yet ready); picks another port if ours is taken."""
         self._proc = self._pump = None
+        self.client.stuck_prompt = None
         self._clear_runs_files()
         if not _port_free(self.port):
             old, self.port = self.port, free_port()
             self.log.warning("[worker %d] port %d is taken; using %d", self.id, old, self.port)
-            self.client = ComfyClient(self.base_url, self._session)
+            self.client = ComfyClient(self.base_url, self._session, abandon_wait_s=self.interrupt_grace_s)
         (self.base_dir / "custom_nodes").mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         prepare_user_directory(self.base_dir / "user" / "default")
@@ -245,12 +248,17 @@ class Worker:
                 async with asyncio.timeout(timeout_s):
                     await self.client.system_stats()
                     return True
+        self.kill(reason)
+        return False
+
+    def kill(self, reason: str) -> None:
+        """Take the worker out of service and SIGKILL its process group; the supervisor restarts it."""
+        proc = self._proc
         if self.state is WorkerState.READY:
             self.state = WorkerState.RESTARTING
         if proc is not None and proc.returncode is None:
             self.log.error("[worker %d] %s; killing it", self.id, reason)
             self._signal_group(proc.pid, signal.SIGKILL)
-        return False
 
     def start_error(self, what: str) -> WorkerStartError:
         """A WorkerStartError naming this worker, with its last log lines."""

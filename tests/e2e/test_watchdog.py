@@ -1,17 +1,20 @@
 """A worker that hangs instead of dying (SIGSTOP) is noticed by the supervisor's watchdog, killed and
-restarted, and the request it held runs once more: it completes, nothing is lost."""
+restarted, and the request it held runs once more: it completes, nothing is lost. A worker whose
+prompt outlives its interrupt is restarted too, before it takes another request."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import TEST_NODES
-from queue_stack import facade, submit, wait_status
+from queue_stack import DEMO, facade, slow_endpoint, submit, wait_status
 
+from server.api.state import ENDPOINTS
 from server.engine.supervisor import Supervisor
 from server.engine.worker import free_port
 from server.settings import Settings
@@ -44,5 +47,39 @@ async def test_a_stopped_worker_is_killed_restarted_and_its_request_runs_again(
             body = await wait_status(client, request_id, timeout_s=120, log="running it again")
             assert "error" not in body, body
             assert worker.pid not in (None, stopped_pid) and worker.restarts == 1
+    finally:
+        await supervisor.stop()
+
+
+async def test_a_prompt_that_ignores_its_interrupt_gets_its_worker_restarted(
+    stack_settings: Settings, comfyui_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A run past its limit whose node never checks for an interrupt (one 60 s step here; a text
+    encoder on a huge prompt in the fuzz drill) must not keep the worker from the next request."""
+    data = tmp_path_factory.mktemp("stuck")
+    settings = replace(
+        stack_settings, data_dir=str(data), worker_base_port=free_port(), run_timeout_s=2.0,
+        interrupt_grace_s=2.0,
+    )  # fmt: skip
+    nodes = settings.data_path / "workers" / "0" / "custom_nodes"
+    nodes.mkdir(parents=True)
+    (nodes / "darkroom_test_nodes.py").write_text(TEST_NODES, encoding="utf-8")
+    supervisor = Supervisor(settings, comfyui_dir)
+    await supervisor.start()
+    try:
+        async with facade(settings, supervisor, data / "facade") as client:
+            endpoints = client.server.app[ENDPOINTS]
+            endpoints["darkroom/test-stuck"] = slow_endpoint(
+                endpoints[DEMO], "darkroom/test-stuck", seconds=60, steps=1
+            )
+            (worker,) = supervisor.workers
+            stuck_pid = worker.pid
+            started = time.monotonic()
+            stuck = await wait_status(client, await submit(client, "darkroom/test-stuck"), timeout_s=60)
+            assert stuck["error_type"] == "request_timeout", stuck
+            after = await wait_status(client, await submit(client, body={"prompt": "next"}), timeout_s=90)
+            assert "error" not in after, after
+            assert time.monotonic() - started < 55, "the next request waited for the stuck step to end"
+            assert worker.pid not in (None, stuck_pid) and worker.restarts == 1
     finally:
         await supervisor.stop()

@@ -201,6 +201,11 @@ async def test_result_before_the_end_is_400_and_unknown_is_404(client: Client, f
     for path in ("", "/status", "/status/stream"):
         response = await client.get(f"/queue/{APP}/requests/00000000-0000-0000-0000-000000000000{path}")
         assert response.status == 404
+    # An id no header can carry (a newline, non-ASCII) is answered, not dropped (found by the fuzz drill).
+    for unsafe in ("%0Abad", "%C3%A9t%C3%A9"):
+        for method, path in (("GET", ""), ("GET", "/status"), ("PUT", "/cancel")):
+            response = await client.request(method, f"/queue/{APP}/requests/{unsafe}{path}")
+            assert response.status == 404 and len(response.headers["x-fal-request-id"]) == 36
     fake.release(request_id)
 
 

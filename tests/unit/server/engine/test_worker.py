@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -206,6 +207,7 @@ class _Idle:
 
     def __init__(self, worker_id: int) -> None:
         self.id, self.ready, self.busy = worker_id, True, False
+        self.client = SimpleNamespace(stuck_prompt=None)  # no prompt outlived its interrupt
 
 
 async def test_a_pinned_borrower_waits_for_its_worker_and_holds_up_no_other(tmp_path: Path) -> None:
