@@ -4,15 +4,18 @@ prompt outlives its interrupt is restarted too, before it takes another request.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import TEST_NODES
-from queue_stack import DEMO, facade, slow_endpoint, submit, wait_status
+from queue_stack import DEMO, Client, facade, slow_endpoint, submit, wait_status
 
 from server.api.state import ENDPOINTS
 from server.engine.supervisor import Supervisor
@@ -24,13 +27,12 @@ pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session")]
 HANG_TIMEOUT_S = 5.0  # short for the test; generous enough for a loaded 2-core machine
 
 
-async def test_a_stopped_worker_is_killed_restarted_and_its_request_runs_again(
-    stack_settings: Settings, comfyui_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    data = tmp_path_factory.mktemp("watchdog")
-    settings = replace(
-        stack_settings, data_dir=str(data), worker_base_port=free_port(), worker_hang_timeout_s=HANG_TIMEOUT_S
-    )
+@contextlib.asynccontextmanager
+async def own_worker(
+    stack_settings: Settings, comfyui_dir: Path, data: Path, **overrides: Any
+) -> AsyncIterator[tuple[Supervisor, Client]]:
+    """A supervisor with its own worker (the test kills it) and a facade over it."""
+    settings = replace(stack_settings, data_dir=str(data), worker_base_port=free_port(), **overrides)
     nodes = settings.data_path / "workers" / "0" / "custom_nodes"
     nodes.mkdir(parents=True)
     (nodes / "darkroom_test_nodes.py").write_text(TEST_NODES, encoding="utf-8")
@@ -38,17 +40,28 @@ async def test_a_stopped_worker_is_killed_restarted_and_its_request_runs_again(
     await supervisor.start()
     try:
         async with facade(settings, supervisor, data / "facade") as client:
-            request_id = await submit(client, "darkroom/test-pause")  # 2 s on the worker
-            await wait_status(client, request_id, "IN_PROGRESS", log="DarkroomTestSlow", timeout_s=60)
-            (worker,) = supervisor.workers
-            stopped_pid = worker.pid
-            assert stopped_pid is not None
-            os.killpg(stopped_pid, signal.SIGSTOP)  # alive, holding its socket, answering nothing
-            body = await wait_status(client, request_id, timeout_s=120, log="running it again")
-            assert "error" not in body, body
-            assert worker.pid not in (None, stopped_pid) and worker.restarts == 1
+            yield supervisor, client
     finally:
         await supervisor.stop()
+
+
+async def test_a_stopped_worker_is_killed_restarted_and_its_request_runs_again(
+    stack_settings: Settings, comfyui_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    data = tmp_path_factory.mktemp("watchdog")
+    async with own_worker(stack_settings, comfyui_dir, data, worker_hang_timeout_s=HANG_TIMEOUT_S) as (
+        supervisor,
+        client,
+    ):
+        request_id = await submit(client, "darkroom/test-pause")  # 2 s on the worker
+        await wait_status(client, request_id, "IN_PROGRESS", log="DarkroomTestSlow", timeout_s=60)
+        (worker,) = supervisor.workers
+        stopped_pid = worker.pid
+        assert stopped_pid is not None
+        os.killpg(stopped_pid, signal.SIGSTOP)  # alive, holding its socket, answering nothing
+        body = await wait_status(client, request_id, timeout_s=120, log="running it again")
+        assert "error" not in body, body
+        assert worker.pid not in (None, stopped_pid) and worker.restarts == 1
 
 
 async def test_a_prompt_that_ignores_its_interrupt_gets_its_worker_restarted(
@@ -57,29 +70,20 @@ async def test_a_prompt_that_ignores_its_interrupt_gets_its_worker_restarted(
     """A run past its limit whose node never checks for an interrupt (one 60 s step here; a text
     encoder on a huge prompt in the fuzz drill) must not keep the worker from the next request."""
     data = tmp_path_factory.mktemp("stuck")
-    settings = replace(
-        stack_settings, data_dir=str(data), worker_base_port=free_port(), run_timeout_s=2.0,
-        interrupt_grace_s=2.0,
-    )  # fmt: skip
-    nodes = settings.data_path / "workers" / "0" / "custom_nodes"
-    nodes.mkdir(parents=True)
-    (nodes / "darkroom_test_nodes.py").write_text(TEST_NODES, encoding="utf-8")
-    supervisor = Supervisor(settings, comfyui_dir)
-    await supervisor.start()
-    try:
-        async with facade(settings, supervisor, data / "facade") as client:
-            endpoints = client.server.app[ENDPOINTS]
-            endpoints["darkroom/test-stuck"] = slow_endpoint(
-                endpoints[DEMO], "darkroom/test-stuck", seconds=60, steps=1
-            )
-            (worker,) = supervisor.workers
-            stuck_pid = worker.pid
-            started = time.monotonic()
-            stuck = await wait_status(client, await submit(client, "darkroom/test-stuck"), timeout_s=60)
-            assert stuck["error_type"] == "request_timeout", stuck
-            after = await wait_status(client, await submit(client, body={"prompt": "next"}), timeout_s=90)
-            assert "error" not in after, after
-            assert time.monotonic() - started < 55, "the next request waited for the stuck step to end"
-            assert worker.pid not in (None, stuck_pid) and worker.restarts == 1
-    finally:
-        await supervisor.stop()
+    async with own_worker(stack_settings, comfyui_dir, data, run_timeout_s=2.0, interrupt_grace_s=2.0) as (
+        supervisor,
+        client,
+    ):
+        endpoints = client.server.app[ENDPOINTS]
+        endpoints["darkroom/test-stuck"] = slow_endpoint(
+            endpoints[DEMO], "darkroom/test-stuck", seconds=60, steps=1
+        )
+        (worker,) = supervisor.workers
+        stuck_pid = worker.pid
+        started = time.monotonic()
+        stuck = await wait_status(client, await submit(client, "darkroom/test-stuck"), timeout_s=60)
+        assert stuck["error_type"] == "request_timeout", stuck
+        after = await wait_status(client, await submit(client, body={"prompt": "next"}), timeout_s=90)
+        assert "error" not in after, after
+        assert time.monotonic() - started < 55, "the next request waited for the stuck step to end"
+        assert worker.pid not in (None, stuck_pid) and worker.restarts == 1
