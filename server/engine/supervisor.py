@@ -3,7 +3,8 @@
 Each worker is ComfyUI's ``main.py`` on its own loopback port, base directory and GPU, started in
 its own process group with PDEATHSIG=SIGKILL so that even a SIGKILLed facade leaves no orphans.
 A worker that dies is restarted with exponential back-off; endpoint code borrows a ready, idle
-worker with ``async with supervisor.worker() as w:`` (FIFO among waiters).
+worker with ``async with supervisor.worker(model_key=...) as w:``. Borrowers are served in arrival
+order; which idle worker one gets (warm for its models, else the least recently used) is placement's.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import yaml
 
+from server.engine.placement import pick_idle
 from server.engine.worker import Worker, WorkerState
 from server.errors import ConfigError, WorkerConnectionError, WorkerStartError, WorkerUnavailableError
 from server.settings import PROJECT_ROOT, Settings
@@ -88,6 +91,15 @@ def extra_model_paths(settings: Settings) -> dict[str, dict[str, str]]:
     }
 
 
+@dataclass(frozen=True)
+class _Waiter:
+    """A borrower in line: for any worker (``worker_id`` None) or one, wanting ``model_key`` loaded."""
+
+    future: asyncio.Future[Worker]
+    worker_id: int | None
+    model_key: str | None
+
+
 class Supervisor:
     """Starts, watches, restarts and stops the ComfyUI workers; schedules prompts onto them."""
 
@@ -104,14 +116,27 @@ class Supervisor:
         self.workers: tuple[Worker, ...] = ()
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        # Borrowers in arrival order, each for any worker (None) or for one worker id.
-        self._waiters: collections.deque[tuple[asyncio.Future[Worker], int | None]] = collections.deque()
+        self._waiters: collections.deque[_Waiter] = collections.deque()  # borrowers in arrival order
         self._stopping = False
 
     @property
     def ready(self) -> bool:
         """Every worker is up and answering."""
         return bool(self.workers) and all(w.ready for w in self.workers)
+
+    @property
+    def idle_workers(self) -> int:
+        """How many workers are ready and lent to no one: prompts this host can start right now."""
+        return sum(1 for w in self.workers if w.ready and not w.busy)
+
+    def warm_keys(self, *, idle_only: bool = False) -> set[str]:
+        """Model keys (``Endpoint.model_key``) loaded on a ready worker (an idle one with ``idle_only``):
+        a request with one of these keys starts here without loading its models, once a worker is free."""
+        return {
+            w.warm_key
+            for w in self.workers
+            if w.ready and w.warm_key is not None and not (idle_only and w.busy)
+        }
 
     @property
     def workers_dir(self) -> Path:
@@ -197,6 +222,7 @@ class Supervisor:
             "worker %d ready at %s (pid %s, %s) in %.1f s", w.id, w.base_url, w.pid, device, elapsed_s
         )
         w.first_attempt.set()
+        w.idle_since_s = time.monotonic()
         self._dispatch()
         watchdog = asyncio.create_task(self._watch(w), name=f"watchdog-{w.id}")
         try:
@@ -228,7 +254,7 @@ class Supervisor:
         for w in self.workers:
             w.state = WorkerState.STOPPED
         while self._waiters:
-            waiter, _ = self._waiters.popleft()
+            waiter = self._waiters.popleft().future
             if not waiter.done():
                 waiter.set_exception(WorkerUnavailableError("the server is shutting down"))
         if self._session is not None:
@@ -237,10 +263,12 @@ class Supervisor:
 
     @contextlib.asynccontextmanager
     async def worker(
-        self, *, timeout_s: float | None = None, worker_id: int | None = None
+        self, *, timeout_s: float | None = None, worker_id: int | None = None, model_key: str | None = None
     ) -> AsyncIterator[Worker]:
-        """Borrow an idle, ready worker (or worker ``worker_id``) for one prompt; waits in arrival order."""
-        w = await self._acquire(timeout_s, worker_id)
+        """Borrow an idle, ready worker (or worker ``worker_id``) for one prompt; waits in arrival order.
+        Of several idle workers it gets one warm for ``model_key``, which the worker then counts as
+        loaded (None: unknown, as for a raw editor prompt)."""
+        w = await self._acquire(timeout_s, worker_id, model_key)
         try:
             yield w
         except WorkerConnectionError:
@@ -251,13 +279,13 @@ class Supervisor:
                 w.kill(f"prompt {stuck} still ran {w.interrupt_grace_s:g} s after its interrupt")
             self._release(w)
 
-    async def _acquire(self, timeout_s: float | None, worker_id: int | None = None) -> Worker:
+    async def _acquire(self, timeout_s: float | None, worker_id: int | None, model_key: str | None) -> Worker:
         if self._stopping or not self.workers:
             raise WorkerUnavailableError("no ComfyUI workers are running")
         if worker_id is not None and not 0 <= worker_id < len(self.workers):
             raise WorkerUnavailableError(f"no ComfyUI worker {worker_id}: {len(self.workers)} are running")
         waiter: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
-        entry = (waiter, worker_id)
+        entry = _Waiter(waiter, worker_id, model_key)
         self._waiters.append(entry)
         self._dispatch()  # an idle worker goes to the oldest waiter it can serve, maybe this one
         try:
@@ -274,18 +302,20 @@ class Supervisor:
 
     def _release(self, w: Worker) -> None:
         w.busy = False
+        w.idle_since_s = time.monotonic()
         self._dispatch()
 
-    def _idle_worker(self, worker_id: int | None = None) -> Worker | None:
-        return next((w for w in self.workers if w.ready and not w.busy and worker_id in (None, w.id)), None)
+    def _idle_worker(self, entry: _Waiter) -> Worker | None:
+        idle = [w for w in self.workers if w.ready and not w.busy and entry.worker_id in (None, w.id)]
+        return pick_idle(idle, entry.model_key)
 
     def _dispatch(self) -> None:
         """Hand idle workers to waiters in arrival order; one waiting for a busy worker holds no other."""
         for entry in list(self._waiters):
-            waiter, worker_id = entry
-            if waiter.done():
+            if entry.future.done():
                 self._waiters.remove(entry)
-            elif (w := self._idle_worker(worker_id)) is not None:
+            elif (w := self._idle_worker(entry)) is not None:
                 self._waiters.remove(entry)
                 w.busy = True
-                waiter.set_result(w)
+                w.warm_key = entry.model_key
+                entry.future.set_result(w)

@@ -117,6 +117,10 @@ class Worker:
         self.log_path = base_dir / "comfyui.log"
         self.state = WorkerState.STARTING
         self.busy = False
+        # What placement reads (server/engine/placement.py): the model key of the last prompt it was lent
+        # for (None: nothing known loaded) and when it last became idle (time.monotonic()).
+        self.warm_key: str | None = None
+        self.idle_since_s = 0.0
         self.restarts = 0
         self.last_exit_code: int | None = None
         self.port = port
@@ -182,7 +186,7 @@ class Worker:
         return {
             "id": self.id, "state": self.state.value, "busy": self.busy, "pid": self.pid,
             "base_url": self.base_url, "device": f"cuda:{self.gpu}" if self.gpu is not None else "cpu",
-            "restarts": self.restarts, "last_exit_code": self.last_exit_code,
+            "restarts": self.restarts, "last_exit_code": self.last_exit_code, "warm_key": self.warm_key,
         }  # fmt: skip
 
     async def spawn(
@@ -191,6 +195,7 @@ class Worker:
         """Start the process (not yet ready); picks another port if ours is taken."""
         self._proc = self._pump = None
         self.client.stuck_prompt = None
+        self.warm_key = None  # a new process has nothing loaded
         self._clear_runs_files()
         if not _port_free(self.port):
             old, self.port = self.port, free_port()

@@ -122,7 +122,7 @@ class Generator:
         on_event: EventSink | None,
     ) -> tuple[list[dict[str, Any]], dict[str, Any], float]:
         """Borrow a worker, run the prompt there and store its outputs: (files, resolved values, seconds)."""
-        async with self.supervisor.worker() as worker:
+        async with self.supervisor.worker(model_key=endpoint.model_key(request)) as worker:
             self.last_run[worker.id] = endpoint.app_id
             await self.choices.check(endpoint, request, worker.client)
             uploaded: list[str] = []

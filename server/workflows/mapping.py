@@ -119,6 +119,16 @@ class Endpoint:
         """Request fields of these types (image URLs and LoRAs need I/O before the graph can run)."""
         return [name for name, spec in self.params.items() if spec.type in types]
 
+    def model_key(self, request: BaseModel) -> str:
+        """What a worker holds loaded after this request: its manifest model names, sorted and joined
+        with "+", then any model files or blend the request names. Endpoints over the same files share
+        a key (text-to-image and edit), so either runs warm where the other ran; LoRAs are left out:
+        they patch a loaded model without reloading it."""
+        key = "+".join(sorted(set(self.models.values())))
+        chosen = request.model_dump(mode="json", include=set(self.params_of("model_file", "model_blend")))
+        chosen = {name: value for name, value in chosen.items() if value is not None}
+        return f"{key} {json.dumps(chosen, sort_keys=True)}" if chosen else key
+
     def build_prompt(
         self, request: BaseModel, manifest: Manifest, prepared: dict[str, Any] | None = None
     ) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -152,11 +152,17 @@ async def test_a_dead_worker_is_restarted_after_backoff(tmp_path: Path) -> None:
         (worker,) = supervisor.workers
         first_pid = worker.pid
         assert supervisor.ready and first_pid is not None
+        async with supervisor.worker(model_key="a"):
+            pass
+        assert supervisor.warm_keys() == {"a"}
         os.kill(first_pid, signal.SIGKILL)
         killed_at = time.monotonic()
         while supervisor.ready:  # noticed once the child is reaped, within milliseconds
             await asyncio.sleep(0.01)
-        assert worker.state is WorkerState.RESTARTING
+        assert worker.state is WorkerState.RESTARTING and supervisor.warm_keys() == set()
+        while not supervisor.ready:
+            await asyncio.sleep(0.01)
+        assert worker.warm_key is None  # a restarted worker has nothing loaded
         async with supervisor.worker(timeout_s=10) as borrowed:
             assert borrowed.pid not in (None, first_pid)
             assert time.monotonic() - killed_at >= 0.9  # the first back-off is 1 s
@@ -207,6 +213,8 @@ class _Idle:
 
     def __init__(self, worker_id: int) -> None:
         self.id, self.ready, self.busy = worker_id, True, False
+        self.warm_key: str | None = None
+        self.idle_since_s = 0.0
         self.client = SimpleNamespace(stuck_prompt=None)  # no prompt outlived its interrupt
 
 

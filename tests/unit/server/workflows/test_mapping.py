@@ -224,3 +224,14 @@ def test_the_cpu_demos_say_why_their_bounds_are_small(endpoints) -> None:
             2,
             512,
         )
+
+
+def test_model_key_names_the_files_a_worker_keeps_loaded(endpoints):
+    t2i, lora, demo = (endpoints[a] for a in ("fal-ai/flux-2", "fal-ai/flux-2/lora", "darkroom/demo-flux-2"))
+    key = t2i.model_key(t2i.validate({"prompt": "a cat"}))
+    assert key == "flux2-dev-fp8mixed+flux2-vae+mistral3-small-flux2-fp8"
+    body = {"prompt": "a cat", "loras": [{"path": "style.safetensors", "scale": 0.5}]}
+    assert lora.model_key(lora.validate(body)) == key  # same files (a LoRA patches the loaded model)
+    assert demo.model_key(demo.validate({"prompt": "a cat"})) != key
+    vae = t2i.model_key(t2i.validate({"prompt": "a cat", "vae": "other-vae.safetensors"}))
+    assert vae == f'{key} {{"vae": "other-vae.safetensors"}}'
