@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import socket
 import uuid
 from collections.abc import AsyncIterator
 
@@ -62,7 +63,8 @@ from server.media.loras import LoraCache
 from server.media.multipart import MultipartStore
 from server.media.outputs import OutputStore
 from server.media.uploads import UploadStore
-from server.queue.job_queue import JobQueue
+from server.queue.fleet import Capabilities, Fleet
+from server.queue.job_queue import MAX_ATTEMPTS, JobQueue
 from server.queue.postgres_store import PostgresJobStore
 from server.queue.sqlite_store import SqliteJobStore
 from server.queue.store import JobStore
@@ -72,7 +74,7 @@ from server.security.tokens import TokenSigner
 from server.settings import Settings
 from server.workflows.catalog import Catalog
 from server.workflows.editor import EDITOR_APP, editor_endpoint
-from server.workflows.mapping import WORKFLOWS_DIR, load_endpoints
+from server.workflows.mapping import WORKFLOWS_DIR, Endpoint, load_endpoints
 
 logger = logging.getLogger(__name__)
 UPLOADS_SWEEP_INTERVAL_S = 60.0
@@ -211,6 +213,16 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
     app[GENERATOR] = Generator(settings, supervisor, manifest, outputs, LoraCache(settings))
     signer = WebhookSigner.load_or_create(settings.webhook_key_path)
     store = job_store(settings)
+    fleet = None
+    if isinstance(store, PostgresJobStore):
+
+        def capabilities() -> Capabilities:
+            return _capabilities(served, app[GENERATOR], supervisor)
+
+        fleet = Fleet(
+            store, name=f"{socket.gethostname()}:{settings.port}", lease_s=settings.host_lease_s,
+            capabilities=capabilities, max_attempts=MAX_ATTEMPTS,
+        )  # fmt: skip
     sender = WebhookSender(
         store, signer, webhook_policy(settings), timeout_s=settings.webhook_timeout_s,
         max_attempts=settings.webhook_max_attempts, backoff_base_s=settings.webhook_backoff_base_s,
@@ -220,6 +232,7 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
         store, app[GENERATOR], app[HUB], served, outputs=outputs,
         retention_s=settings.result_retention_s, max_queue_length=settings.queue_max_length,
         previews_per_s=settings.previews_per_s, shutdown_grace_s=settings.shutdown_grace_s, webhooks=sender,
+        fleet=fleet,
     )  # fmt: skip
     app[UPLOADS] = UploadStore(settings.uploads_path, settings.upload_max_bytes, budget)
     app[MULTIPART] = MultipartStore(settings.uploads_path, settings.upload_max_bytes, budget=budget)
@@ -229,6 +242,15 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
     app[QUEUE].observers.append(app[METRICS].job_finished)
     sender.observers.append(app[METRICS].webhook_settled)
     return signer
+
+
+def _capabilities(served: dict[str, Endpoint], generator: Generator, supervisor: Supervisor) -> Capabilities:
+    """What this host offers a fleet: the apps whose model files are here, the apps whose models a
+    worker has loaded, and how many workers are free."""
+    apps = [app for app, endpoint in served.items() if generator.has_models(endpoint)]
+    loaded = supervisor.warm_keys()
+    warm = [app for app in apps if served[app].models and served[app].models_key in loaded]
+    return Capabilities(apps, warm, supervisor.idle_workers)
 
 
 def job_store(settings: Settings) -> JobStore:

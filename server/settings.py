@@ -236,6 +236,13 @@ class Settings:
             "the next start."
         },
     )
+    host_lease_s: float = field(
+        default=30.0,
+        metadata={
+            "help": "Fleet (DARKROOM_DATABASE_URL): a host that has not renewed its lease for this long "
+            "is taken for dead, and its running requests run again on another host."
+        },
+    )
     previews_per_s: float = field(
         default=2.0,
         metadata={"help": "Most live preview images sent per second per request; 0 sends none."},

@@ -9,9 +9,13 @@ class IdleSupervisor:
     """Stands in for the worker supervisor where a test needs the app but no ComfyUI: no workers."""
 
     workers: list[Any] = []
+    idle_workers = 0
 
     def __init__(self, *, ready: bool = False) -> None:
         self.ready = ready
+
+    def warm_keys(self) -> set[str]:
+        return set()
 
     async def start(self, *, wait: bool = True) -> None:
         return None

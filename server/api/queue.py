@@ -52,6 +52,7 @@ class QueueStatus(BaseModel):
     metrics: dict[str, Any] | None = None
     error: str | None = None
     error_type: str | None = None
+    waiting_for: str | None = None  # darkroom: why a queued request cannot start anywhere yet
 
 
 class CancelBody(BaseModel):
@@ -102,12 +103,16 @@ def urls(record: JobRecord) -> dict[str, str]:
 
 
 def status_body(
-    record: JobRecord, *, position: int | None, logs: list[dict[str, Any]] | None
-) -> dict[str, Any]:
-    """fal's status body: exactly the keys each state has (see docs/fal-api.md section 2)."""
+    record: JobRecord, *, position: int | None, logs: list[dict[str, Any]] | None,
+    waiting_for: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """fal's status body: exactly the keys each state has (see docs/fal-api.md section 2), and, in a
+    fleet where no host can run the request, ``waiting_for`` saying so."""
     body: dict[str, Any] = {"status": record.status.value, "request_id": record.request_id, **urls(record)}
     if record.status is JobStatus.IN_QUEUE:
         body["queue_position"] = position or 0
+        if waiting_for is not None:
+            body["waiting_for"] = waiting_for
         return body
     body["logs"] = logs
     if record.status is JobStatus.COMPLETED and record.outcome is not None:
@@ -195,7 +200,9 @@ async def _status_now(request: web.Request, record: JobRecord, with_logs: bool) 
     logs = (
         await queue.logs(record.request_id) if with_logs and record.status is not JobStatus.IN_QUEUE else None
     )
-    return status_body(record, position=queue.position(record.request_id), logs=logs)
+    return status_body(
+        record, position=queue.position(record.request_id), logs=logs, waiting_for=queue.waiting_note(record)
+    )
 
 
 @operation(

@@ -66,6 +66,10 @@ class Generator:
     # The endpoint each worker ran last (its models are the ones ComfyUI keeps loaded), for the dashboard.
     last_run: dict[int, str] = field(default_factory=dict)
 
+    def has_models(self, endpoint: Endpoint) -> bool:
+        """Whether the endpoint's model files are all here."""
+        return not self.manifest.missing(endpoint.models.values(), self.settings.models_path)
+
     def check_models(self, endpoint: Endpoint) -> None:
         """Refuse an endpoint whose weights are absent, naming the files and the command that fetches them."""
         missing = self.manifest.missing(endpoint.models.values(), self.settings.models_path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,9 @@ class ProgressHub:
         self._requests: dict[str, _Request] = {}
         self._max_queued_events = max_queued_events
         self._max_log_lines = max_log_lines
+        # Told of every event published (a fleet host relays its runs' events to the others); fast,
+        # must not raise.
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
 
     def publish(self, request_id: str, event: dict[str, Any]) -> None:
         """Record the event in the request's state and hand it to every current subscriber."""
@@ -87,6 +91,8 @@ class ProgressHub:
         for queue in entry.queues:
             if queue.qsize() < self._max_queued_events or kind in TERMINAL_TYPES:
                 queue.put_nowait(event)
+        for listener in self.listeners:
+            listener(request_id, event)
 
     def snapshot(self, request_id: str) -> list[dict[str, Any]]:
         """The events a new subscriber would get first: state, logs so far, terminal event."""
@@ -97,6 +103,16 @@ class ProgressHub:
         """Whether the hub holds any state for the request."""
         entry = self._requests.get(request_id)
         return entry is not None and (entry.state is not None or entry.terminal is not None)
+
+    def watched(self, request_id: str) -> bool:
+        """Whether anyone is subscribed to the request now."""
+        entry = self._requests.get(request_id)
+        return entry is not None and bool(entry.queues)
+
+    def finished(self, request_id: str) -> bool:
+        """Whether the hub holds the request's terminal event."""
+        entry = self._requests.get(request_id)
+        return entry is not None and entry.terminal is not None
 
     def logs(self, request_id: str) -> list[dict[str, Any]]:
         """The request's log events so far (the newest max_log_lines)."""

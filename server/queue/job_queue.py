@@ -9,18 +9,25 @@ IN_QUEUE until its prompt's first ComfyUI event, then IN_PROGRESS, then COMPLETE
 Restart: queued jobs run again in order; a job that was running is re-run once, and ends with an
 error if it was already a re-run. Finished jobs (and their output files) are deleted after
 ``result_retention_s``.
+
+In a fleet (``fleet.Fleet``, on the PostgreSQL store) the index mirrors the whole fleet's jobs, kept
+current by the fleet's notifications; runners claim their jobs from the database instead of taking
+them from the index, a host's death is handled by the fleet's leases instead of at restart, and every
+outcome is written only if this host still owns the job.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -38,12 +45,14 @@ from server.generation.live import (
 )
 from server.generation.progress import ProgressHub
 from server.media.outputs import OutputStore
+from server.queue.fleet import RESYNC_INTERVAL_S, WARM_AFFINITY_S, Fleet
 from server.queue.order import QueueOrder
 from server.queue.store import (
     CANCELLED,
     DEFAULT_USER_ID,
     RESTARTED_TWICE,
     START_TIMEOUT,
+    Expected,
     JobRecord,
     JobStatus,
     JobStore,
@@ -60,6 +69,8 @@ logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 2  # a job running when the facade died is re-run once
 SWEEP_INTERVAL_S = 1.0
 OUTPUT_SWEEP_INTERVAL_S = 60.0  # sync runs' outputs (no job record) are looked for once a minute
+# Each host publishes a job's positions itself, and its outcome reaches the others through the store.
+_NOT_RELAYED = frozenset({"queued", "completed", "failed"})
 
 
 class QueueFullError(DarkroomError):
@@ -132,6 +143,7 @@ class JobQueue:
         *, outputs: OutputStore, concurrency: int = 1, retention_s: float = 3600.0,
         max_queue_length: int = 1000, previews_per_s: float = 2.0, shutdown_grace_s: float = 30.0,
         webhooks: WebhookSender | None = None, clock: Callable[[], float] = time.time,
+        fleet: Fleet | None = None,
     ) -> None:  # fmt: skip
         self.store, self.generator, self.hub, self.endpoints = store, generator, hub, endpoints
         self.outputs = outputs
@@ -142,11 +154,14 @@ class JobQueue:
         self.shutdown_grace_s = shutdown_grace_s
         self.webhooks = webhooks
         self.clock = clock
+        self.fleet = fleet
         self.order = QueueOrder(hub)
         self._adding: Counter[str] = Counter()  # submits being stored, per app
         # Told of every request that ends (metrics); must not raise or block.
         self.observers: list[Callable[[JobRecord, Outcome], None]] = []
         self._tasks: dict[str, asyncio.Task[dict[str, Any]]] = {}
+        self._abandoned: set[str] = set()  # running here when the fleet fenced this host: no writes
+        self._refreshing: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -155,8 +170,14 @@ class JobQueue:
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Recover the stored jobs, then start the runners and the sweeper."""
-        await self._recover()
+        """Recover the stored jobs (or join the fleet), then start the runners and the sweeper."""
+        if self.fleet is None:
+            await self._recover()
+        else:
+            self.hub.listeners.append(self._relay_event)
+            await self.fleet.start(self)
+            await self._resync()
+            await self._time_out_and_expire(self.clock())  # what expired while this host was down
         self._background = [
             *(asyncio.create_task(self._runner(), name=f"queue-runner-{i}") for i in range(self.concurrency)),
             asyncio.create_task(self._sweep_forever(), name="queue-sweeper"),
@@ -175,6 +196,8 @@ class JobQueue:
         if self._background:
             self._background[-1].cancel()  # the sweeper; the runners end once their job is settled
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self.fleet is not None:
+            await self.fleet.stop()
 
     async def _recover(self) -> None:
         now, expired, broken = self.clock(), [], []
@@ -194,7 +217,7 @@ class JobQueue:
             self.order.add(record, waiting=record.status is JobStatus.IN_QUEUE)
         for record in broken:
             logger.error("request %s was running at two server stops: failing it", record.request_id)
-            await self._finish(record, RESTARTED_TWICE)
+            await self._finish(record, RESTARTED_TWICE, expect=Expected(JobStatus.IN_PROGRESS))
         await self._expire(expired)
         self.order.publish_positions()
         if self.order.jobs:
@@ -281,6 +304,8 @@ class JobQueue:
             input=input_data, priority=priority, submitted_at=now,
             start_deadline=None if timeout_s is None else now + timeout_s, webhook_url=webhook_url,
             user_id=user_id,
+            # An editor run uses this host's ComfyUI, where the editor shows its outputs.
+            pinned_host=self.fleet.name if self.fleet is not None and endpoint.raw else None,
         )  # fmt: skip
         self._adding[endpoint.app_id] += 1
         try:
@@ -300,25 +325,63 @@ class JobQueue:
         if record.status is JobStatus.COMPLETED:
             return CancelResult.ALREADY_COMPLETED
         if self.order.unqueue(record):
-            await self._finish(record, CANCELLED)
+            cancelled = await self._finish(record, CANCELLED, expect=Expected(JobStatus.IN_QUEUE))
+            if not cancelled and self.fleet is not None:  # another host took it meanwhile
+                await self.fleet.request_cancel(request_id)
         elif (task := self._tasks.get(request_id)) is not None:
             # Cancelling the task makes ComfyClient.run delete/interrupt the prompt on its worker.
             task.cancel()
+        elif self.fleet is not None:
+            await self.fleet.request_cancel(request_id)
         return CancelResult.CANCELLATION_REQUESTED
 
     # -- running ----------------------------------------------------------------------------------
 
     async def _runner(self) -> None:
         while not self._stopping:
-            if not self.order.has_pending():
-                self._wakeup.clear()
-                await self._wakeup.wait()
+            self._wakeup.clear()
+            try:
+                record = await self._next_job()
+            except Exception:
+                logger.exception("queue runner: could not claim a request; trying again in 1 s")
+                await asyncio.sleep(1.0)
                 continue
-            record = self.order.take_next()
+            if record is None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._idle_wait_s()):
+                        await self._wakeup.wait()
+                continue
+            if self._stopping:  # claimed from the fleet as this host stops: back, attempt not counted
+                await self.store.requeue(
+                    record.request_id, attempts=record.attempts - 1, owner=record.host_id
+                )
+                break
             try:
                 await self._run(record)
             except Exception:
                 logger.exception("queue runner: request %s could not be finished", record.request_id)
+
+    async def _next_job(self) -> JobRecord | None:
+        """The next job to run here: from the index alone, or claimed from the fleet's database."""
+        if self.fleet is None:
+            return self.order.take_next() if self.order.has_pending() else None
+        claimed = await self.fleet.claim_next(now=self.clock())
+        if claimed is None:
+            return None
+        record = self._absorb(claimed)
+        record.status = JobStatus.IN_QUEUE  # to its clients it waits until its first ComfyUI event
+        self.order.dispatch(record)
+        return record
+
+    def _idle_wait_s(self) -> float | None:
+        """How long an idle runner sleeps unless woken: in a fleet, a job another host may be keeping
+        warm is tried again after the affinity window, and everything after the slow fallback."""
+        if self.fleet is None:
+            return None
+        fleet = self.fleet
+        if any(fleet.can_run(r.app_id) for r in self.order.pending()):
+            return WARM_AFFINITY_S
+        return RESYNC_INTERVAL_S
 
     async def _run(self, record: JobRecord) -> None:
         started = time.perf_counter()
@@ -329,14 +392,20 @@ class JobQueue:
         finally:
             del self._tasks[record.request_id]
             self.order.left(record.request_id)
+        if record.request_id in self._abandoned:
+            self._abandoned.discard(record.request_id)  # the fleet runs it again elsewhere
+            return
         if task.cancelled() and self._stopping:
             logger.warning(
                 "request %s interrupted by shutdown: it runs again at the next start", record.request_id
             )
-            await self.store.requeue(record.request_id, attempts=max(0, record.attempts - 1))
+            await self.store.requeue(
+                record.request_id, attempts=max(0, record.attempts - 1), owner=record.host_id
+            )
             return
         output = None if task.cancelled() or task.exception() else task.result()
-        await self._finish(record, self._outcome(record, task, time.perf_counter() - started), output)
+        outcome = self._outcome(record, task, time.perf_counter() - started)
+        await self._finish(record, outcome, output, expect=Expected(JobStatus.IN_PROGRESS, record.host_id))
 
     def _outcome(self, record: JobRecord, task: asyncio.Task[dict[str, Any]], elapsed_s: float) -> Outcome:
         if task.cancelled():
@@ -354,8 +423,9 @@ class JobQueue:
         )
 
     async def _execute(self, record: JobRecord) -> dict[str, Any]:
-        attempts = await self.store.claim(record.request_id, started_at=self.clock())
-        record.attempts = attempts if attempts is not None else record.attempts + 1
+        if self.fleet is None:  # a fleet's runner claimed it already
+            attempts = await self.store.claim(record.request_id, started_at=self.clock())
+            record.attempts = attempts if attempts is not None else record.attempts + 1
         endpoint = self.endpoints.get(record.app_id)
         if endpoint is None:
             raise NotFoundError(f"No app {record.app_id!r} on this server any more")
@@ -396,31 +466,158 @@ class JobQueue:
         record.started_at = self.clock()
         self.order.left(record.request_id)
 
-    async def _finish(self, record: JobRecord, outcome: Outcome, output: Any = None) -> None:
-        """Persist the outcome (and its webhook), then update the index, then tell subscribers."""
+    async def _finish(
+        self, record: JobRecord, outcome: Outcome, output: Any = None, *, expect: Expected
+    ) -> bool:
+        """Persist the outcome (and its webhook) if the job is still as ``expect`` says, then update
+        the index, then tell subscribers. False (nothing written) if it is not: another host of the
+        fleet took or settled it, and the index is refreshed from the store instead."""
         now = self.clock()
         delivery = self.webhooks.delivery(record, outcome) if self.webhooks else None
-        logs = [fal_log_entry(e) for e in self.hub.logs(record.request_id)]
+        write = functools.partial(
+            self.store.finish, record.request_id, outcome, finished_at=now, expires_at=now + self.retention_s,
+            logs=[fal_log_entry(e) for e in self.hub.logs(record.request_id)], delivery=delivery,
+            expect=expect,
+        )  # fmt: skip
+        stored = False
         try:
-            await self.store.finish(
-                record.request_id, outcome, finished_at=now, expires_at=now + self.retention_s, logs=logs,
-                delivery=delivery,
-            )  # fmt: skip
+            stored = await self._retrying(write)
         finally:
-            record.status, record.finished_at = JobStatus.COMPLETED, now
-            record.expires_at, record.outcome, record.input = (
-                now + self.retention_s,
-                outcome.without_body(),
-                {},
-            )
-            terminal = completed_event(output) if output is not None else _terminal_event(outcome)
-            self.hub.publish(record.request_id, terminal)
-            for observer in self.observers:
-                observer(record, outcome)
-            # The result lives in the store; ensure_live_state rebuilds the hub's state when asked.
-            asyncio.get_running_loop().call_later(FINISHED_STATE_TTL_S, self.hub.forget, record.request_id)
+            if stored or self.fleet is None:  # on one host the index must never keep a job unfinished
+                self._settle(record, outcome, output, now)
+        if not stored:
+            logger.warning("request %s: not %s any more, so its outcome here is dropped",
+                           record.request_id, expect.status.value)  # fmt: skip
+            await self._refresh(record.request_id)
+            return False
         if delivery is not None and self.webhooks is not None:
             self.webhooks.notify()
+        return True
+
+    async def _retrying(self, write: Callable[[], Awaitable[bool]]) -> bool:
+        """One host: the write. A fleet: the job stays this host's while its lease lasts, so a database
+        that is away for less than that must not leave the job unfinished: try again until then."""
+        if self.fleet is None:
+            return await write()
+        deadline = time.monotonic() + self.fleet.lease_s
+        while True:
+            try:
+                return await write()
+            except Exception as e:
+                if time.monotonic() > deadline:
+                    raise
+                logger.warning("job store write failed (%s); trying again in 1 s", e)
+                await asyncio.sleep(1.0)
+
+    def _settle(self, record: JobRecord, outcome: Outcome, output: Any, now: float) -> None:
+        record.status, record.finished_at = JobStatus.COMPLETED, now
+        record.expires_at, record.outcome, record.input = now + self.retention_s, outcome.without_body(), {}
+        self.order.place(record)
+        terminal = completed_event(output) if output is not None else _terminal_event(outcome)
+        self.hub.publish(record.request_id, terminal)
+        for observer in self.observers:
+            observer(record, outcome)
+        # The result lives in the store; ensure_live_state rebuilds the hub's state when asked.
+        asyncio.get_running_loop().call_later(FINISHED_STATE_TTL_S, self.hub.forget, record.request_id)
+
+    # -- the fleet (fleet.Member): the index follows the database ---------------------------------
+
+    def job_changed(self, request_id: str) -> None:
+        self._in_background(self._refresh(request_id))
+
+    def cancel_requested(self, request_id: str) -> None:
+        if (task := self._tasks.get(request_id)) is not None:
+            task.cancel()
+
+    def event_relayed(self, request_id: str, event: dict[str, Any]) -> None:
+        if request_id not in self._tasks and self.order.jobs.get(request_id) is not None:
+            self.hub.publish(request_id, event)
+
+    def fenced(self) -> None:
+        for request_id, task in self._tasks.items():
+            self._abandoned.add(request_id)
+            task.cancel()
+
+    def resync(self) -> None:
+        self._in_background(self._resync())
+
+    async def orphaned(self, records: list[JobRecord]) -> None:
+        for orphan in records:
+            logger.error("request %s lost its host on its second run: failing it", orphan.request_id)
+            record = self._absorb(orphan)
+            await self._finish(
+                record, RESTARTED_TWICE, expect=Expected(JobStatus.IN_PROGRESS, orphan.host_id)
+            )
+
+    def _in_background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
+
+    def _relay_event(self, request_id: str, event: dict[str, Any]) -> None:
+        # The live events of a job running here; its outcome reaches the other hosts through the store.
+        if self.fleet is not None and request_id in self._tasks and event["type"] not in _NOT_RELAYED:
+            self.fleet.relay(request_id, event)
+
+    async def _refresh(self, request_id: str) -> None:
+        """Bring one job's index entry in line with the store (another host changed it)."""
+        if request_id in self._tasks:
+            return  # running here: this host is the one that changes it
+        try:
+            stored = await self.store.get(request_id)
+        except Exception:
+            logger.exception("could not read request %s from the job store", request_id)
+            return
+        if stored is None:
+            self.order.forget(request_id)
+            self.hub.forget(request_id)
+        else:
+            self._absorb(stored)
+        self._wakeup.set()
+
+    async def _resync(self) -> None:
+        """Bring the whole index in line with the store (the fleet's slow fallback)."""
+        stored = {r.request_id: r for r in await self.store.index()}
+        for request_id in [rid for rid in self.order.jobs if rid not in stored and rid not in self._tasks]:
+            self.order.forget(request_id)
+            self.hub.forget(request_id)
+        for request_id, record in stored.items():
+            if request_id not in self._tasks:
+                self._absorb(record)
+        self._wakeup.set()
+
+    def _absorb(self, fresh: JobRecord) -> JobRecord:
+        """Merge a record read from the store into the index; returns the index's record."""
+        record = self.order.jobs.get(fresh.request_id)
+        settled_elsewhere = fresh.status is JobStatus.COMPLETED and (
+            record is None or record.status is not JobStatus.COMPLETED
+        )
+        if settled_elsewhere and fresh.outcome is not None and self.hub.watched(fresh.request_id):
+            if not self.hub.finished(fresh.request_id):
+                self.hub.publish(fresh.request_id, _terminal_event(fresh.outcome))
+            asyncio.get_running_loop().call_later(FINISHED_STATE_TTL_S, self.hub.forget, fresh.request_id)
+        elif settled_elsewhere:
+            self.hub.forget(fresh.request_id)  # what was relayed; the store has the rest
+        if fresh.outcome is not None:
+            fresh.outcome = fresh.outcome.without_body()
+        if record is None:
+            record = fresh
+        else:
+            vars(record).update(vars(fresh))
+        self.order.place(record)
+        self.order.publish_positions()
+        return record
+
+    def waiting_note(self, record: JobRecord) -> str | None:
+        """Why a queued job cannot start anywhere (no live host of the fleet can run its app), or None."""
+        if self.fleet is None or record.status is not JobStatus.IN_QUEUE:
+            return None
+        if record.app_id in self.fleet.runnable_apps or self.fleet.can_run(record.app_id):
+            return None
+        return (
+            f"No live host of the fleet has the model files {record.app_id} needs: the request waits "
+            "until a host that has them joins (or its X-Fal-Request-Timeout passes)"
+        )
 
     # -- housekeeping -----------------------------------------------------------------------------
 
@@ -439,13 +636,16 @@ class JobQueue:
         if now >= self._outputs_swept_at + OUTPUT_SWEEP_INTERVAL_S:
             self._outputs_swept_at, known = now, frozenset(self.order.jobs)
             await asyncio.to_thread(self.outputs.expire, older_than_s=self.retention_s, keep=known)
+        await self._time_out_and_expire(now)
+
+    async def _time_out_and_expire(self, now: float) -> None:
         for record in self.order.pending():
             if (
                 record.start_deadline is not None
                 and record.start_deadline <= now
                 and self.order.unqueue(record)
             ):
-                await self._finish(record, START_TIMEOUT)
+                await self._finish(record, START_TIMEOUT, expect=Expected(JobStatus.IN_QUEUE))
         await self._expire(
             [
                 r.request_id for r in self.order.jobs.values()

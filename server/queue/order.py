@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from server.generation.progress import ProgressHub
-from server.queue.store import JobRecord, Priority
+from server.queue.store import JobRecord, JobStatus, Priority
 
 
 class QueueOrder:
@@ -29,6 +29,26 @@ class QueueOrder:
         self.jobs[record.request_id] = record
         if waiting:
             self._pending[record.priority][record.request_id] = None
+
+    def place(self, record: JobRecord) -> None:
+        """Index a job where its status puts it (a record read from the fleet's store): in its
+        priority's line, by seq, while queued; out of every line once it runs or ended."""
+        request_id, line = record.request_id, self._pending[record.priority]
+        self.jobs[request_id] = record
+        if record.status is not JobStatus.IN_QUEUE:
+            line.pop(request_id, None)
+            self._dispatching.pop(request_id, None)
+            self._published.pop(request_id, None)
+        elif request_id not in line and request_id not in self._dispatching:
+            last = next(reversed(line), None)
+            line[request_id] = None
+            if last is not None and self.jobs[last].seq > record.seq:  # a job queued again
+                self._pending[record.priority] = dict.fromkeys(sorted(line, key=lambda r: self.jobs[r].seq))
+
+    def dispatch(self, record: JobRecord) -> None:
+        """A job this host claimed: first in line until its first ComfyUI event."""
+        self._pending[record.priority].pop(record.request_id, None)
+        self._dispatching[record.request_id] = None
 
     def has_pending(self) -> bool:
         return any(self._pending.values())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -20,7 +21,16 @@ from urllib.parse import urlsplit, urlunsplit
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from server.queue.store import FULL_COLUMNS, LIGHT_COLUMNS, Delivery, JobRecord, Outcome, record_from_row
+from server.queue.store import (
+    FULL_COLUMNS,
+    LIGHT_COLUMNS,
+    Delivery,
+    Expected,
+    JobRecord,
+    JobStatus,
+    Outcome,
+    record_from_row,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +60,25 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX deliveries_due ON darkroom.deliveries (next_attempt_at);
     """,
+    # The fleet: which host runs a job under its lease, the hosts and what they can run, and the live
+    # events too large for a NOTIFY payload (server/queue/fleet.py).
+    """
+    ALTER TABLE darkroom.jobs ADD COLUMN host_id TEXT, ADD COLUMN pinned_host TEXT,
+        ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT false;
+    CREATE INDEX jobs_host ON darkroom.jobs (host_id) WHERE status = 'IN_PROGRESS';
+    CREATE TABLE darkroom.hosts (
+        host_id TEXT PRIMARY KEY, name TEXT NOT NULL, apps TEXT[] NOT NULL DEFAULT '{}',
+        warm TEXT[] NOT NULL DEFAULT '{}', idle_workers INTEGER NOT NULL DEFAULT 0,
+        started_at DOUBLE PRECISION NOT NULL, lease_expires_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE UNLOGGED TABLE darkroom.relay (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL,
+        payload TEXT NOT NULL
+    );
+    """,
 )
+CHANNEL = "darkroom"  # LISTEN/NOTIFY channel of the fleet: job changes, cancels, relayed live events
+DB_NOW = "extract(epoch from clock_timestamp())"  # leases are timed on the database's clock
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -88,23 +116,30 @@ class PostgresJobStore:
 
     def __init__(self, url: str, *, pool_max_size: int = 4) -> None:
         self.url = url
-        self._pool = AsyncConnectionPool(
+        # This process in the fleet: jobs it claims carry it, and its NOTIFYs name it as their origin.
+        self.host_id = uuid.uuid4().hex
+        self.pool = AsyncConnectionPool(
             url, min_size=1, max_size=pool_max_size, open=False, kwargs={"autocommit": True}
         )
 
     async def open(self) -> None:
         try:
-            await self._pool.open(wait=True, timeout=30.0)
+            await self.pool.open(wait=True, timeout=30.0)
         except Exception as e:
             raise RuntimeError(f"cannot connect to the job store at {redacted(self.url)}: {e}") from e
-        async with self._pool.connection() as conn:
+        async with self.pool.connection() as conn:
             await migrate(conn)
 
     async def close(self) -> None:
-        await self._pool.close()
+        await self.pool.close()
+
+    async def notify_job(self, conn: Conn, request_id: str) -> None:
+        """Tell every host (on commit) that this job changed, so each refreshes its index."""
+        payload = json.dumps({"k": "job", "id": request_id, "h": self.host_id})
+        await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
 
     async def _call(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, conn.transaction():
             return await fn(conn)
 
     async def _execute(self, sql: str, params: Sequence[Any]) -> None:
@@ -126,53 +161,91 @@ class PostgresJobStore:
         return await self._call(run)
 
     async def add(self, job: JobRecord) -> int:
-        row = await self._one(
-            "INSERT INTO darkroom.jobs (request_id, app_id, url_path, base_url, input, priority, "
-            "submitted_at, start_deadline, webhook_url, user_id, status, attempts) "
-            "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING seq",
-            (
-                job.request_id, job.app_id, job.url_path, job.base_url, json.dumps(job.input),
-                job.priority.value, job.submitted_at, job.start_deadline, job.webhook_url, job.user_id,
-                job.status.value, job.attempts,
-            ),
-        )  # fmt: skip
-        assert row is not None
-        return int(row[0])
+        async def insert(conn: Conn) -> int:
+            row = await (
+                await conn.execute(
+                    "INSERT INTO darkroom.jobs (request_id, app_id, url_path, base_url, input, priority, "
+                    "submitted_at, start_deadline, webhook_url, user_id, status, attempts, pinned_host) "
+                    "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING seq",
+                    (
+                        job.request_id,
+                        job.app_id,
+                        job.url_path,
+                        job.base_url,
+                        json.dumps(job.input),
+                        job.priority.value,
+                        job.submitted_at,
+                        job.start_deadline,
+                        job.webhook_url,
+                        job.user_id,
+                        job.status.value,
+                        job.attempts,
+                        job.pinned_host,
+                    ),
+                )  # fmt: skip
+            ).fetchone()
+            assert row is not None
+            await self.notify_job(conn, job.request_id)
+            return int(row[0])
+
+        return await self._call(insert)
 
     async def claim(self, request_id: str, *, started_at: float) -> int | None:
-        row = await self._one(
-            "UPDATE darkroom.jobs SET status = 'IN_PROGRESS', attempts = attempts + 1, started_at = %s "
-            "WHERE request_id = %s AND status = 'IN_QUEUE' RETURNING attempts",
-            (started_at, request_id),
-        )
-        return None if row is None else int(row[0])
+        async def update(conn: Conn) -> int | None:
+            row = await (
+                await conn.execute(
+                    "UPDATE darkroom.jobs SET status = 'IN_PROGRESS', attempts = attempts + 1, "
+                    "started_at = %s, host_id = %s WHERE request_id = %s AND status = 'IN_QUEUE' "
+                    "RETURNING attempts",
+                    (started_at, self.host_id, request_id),
+                )
+            ).fetchone()
+            if row is not None:
+                await self.notify_job(conn, request_id)
+            return None if row is None else int(row[0])
 
-    async def requeue(self, request_id: str, *, attempts: int) -> None:
-        await self._execute(
-            "UPDATE darkroom.jobs SET status = 'IN_QUEUE', attempts = %s, started_at = NULL "
-            "WHERE request_id = %s",
-            (attempts, request_id),
-        )
+        return await self._call(update)
+
+    async def requeue(self, request_id: str, *, attempts: int, owner: str | None = None) -> bool:
+        where, values = Expected(JobStatus.IN_PROGRESS, owner).where("%s")
+
+        async def update(conn: Conn) -> bool:
+            cursor = await conn.execute(
+                "UPDATE darkroom.jobs SET status = 'IN_QUEUE', attempts = %s, started_at = NULL, "
+                f"host_id = NULL, cancel_requested = false WHERE request_id = %s{where}",
+                (attempts, request_id, *values),
+            )
+            if cursor.rowcount > 0:
+                await self.notify_job(conn, request_id)
+            return cursor.rowcount > 0
+
+        return await self._call(update)
 
     async def finish(
         self, request_id: str, outcome: Outcome, *, finished_at: float, expires_at: float,
-        logs: Sequence[dict[str, Any]], delivery: Delivery | None = None,
-    ) -> None:  # fmt: skip
-        async def update(conn: Conn) -> None:
-            await conn.execute(
+        logs: Sequence[dict[str, Any]], delivery: Delivery | None = None, expect: Expected | None = None,
+    ) -> bool:  # fmt: skip
+        where, values = expect.where("%s") if expect else ("", ())
+
+        async def update(conn: Conn) -> bool:
+            cursor = await conn.execute(
                 "UPDATE darkroom.jobs SET status = 'COMPLETED', finished_at = %s, expires_at = %s, "
                 "status_code = %s, body = %s, headers = %s, error = %s, error_type = %s, "
-                "inference_time_s = %s, logs = %s, input = '{}' WHERE request_id = %s",
+                f"inference_time_s = %s, logs = %s, input = '{{}}' WHERE request_id = %s{where}",
                 (
                     finished_at, expires_at, outcome.status_code, outcome.body_json,
                     json.dumps(outcome.headers), outcome.error, outcome.error_type,
-                    outcome.inference_time_s, json.dumps(list(logs)), request_id,
+                    outcome.inference_time_s, json.dumps(list(logs)), request_id, *values,
                 ),
             )  # fmt: skip
+            if cursor.rowcount == 0:
+                return False
             if delivery is not None:
                 await _insert_delivery(conn, delivery)
+            await self.notify_job(conn, request_id)
+            return True
 
-        await self._call(update)
+        return await self._call(update)
 
     async def get(self, request_id: str) -> JobRecord | None:
         row = await self._one(
@@ -194,11 +267,14 @@ class PostgresJobStore:
     async def add_delivery(self, delivery: Delivery) -> None:
         await self._call(lambda conn: _insert_delivery(conn, delivery))
 
-    async def due_deliveries(self, now: float, *, limit: int) -> list[Delivery]:
+    async def lease_deliveries(self, now: float, *, lease_s: float, limit: int) -> list[Delivery]:
+        # SKIP LOCKED: hosts leasing at the same moment take different deliveries, never the same one.
         rows = await self._all(
-            "SELECT request_id, user_id, url, body, next_attempt_at, attempts, id FROM darkroom.deliveries "
-            "WHERE next_attempt_at <= %s ORDER BY next_attempt_at LIMIT %s",
-            (now, limit),
+            "WITH due AS (SELECT id FROM darkroom.deliveries WHERE next_attempt_at <= %s "
+            "ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED) "
+            "UPDATE darkroom.deliveries d SET next_attempt_at = %s FROM due WHERE d.id = due.id "
+            "RETURNING d.request_id, d.user_id, d.url, d.body, d.next_attempt_at, d.attempts, d.id",
+            (now, limit, now + lease_s),
         )
         return [Delivery(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6]) for r in rows]
 

@@ -14,11 +14,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from server.queue.store import FULL_COLUMNS, LIGHT_COLUMNS, Delivery, JobRecord, Outcome, record_from_row
+from server.queue.store import (
+    FULL_COLUMNS,
+    LIGHT_COLUMNS,
+    Delivery,
+    Expected,
+    JobRecord,
+    JobStatus,
+    Outcome,
+    record_from_row,
+)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE jobs (
@@ -41,6 +50,8 @@ _MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX deliveries_due ON deliveries (next_attempt_at);
     """,
+    # The fleet's columns (PostgreSQL uses them; here they keep one row shape for both stores).
+    2: "ALTER TABLE jobs ADD COLUMN host_id TEXT; ALTER TABLE jobs ADD COLUMN pinned_host TEXT;",
 }
 
 
@@ -99,11 +110,12 @@ class SqliteJobStore:
         def insert(db: sqlite3.Connection) -> int:
             cursor = db.execute(
                 "INSERT INTO jobs (request_id, app_id, url_path, base_url, input, priority, submitted_at, "
-                "start_deadline, webhook_url, user_id, status, attempts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "start_deadline, webhook_url, user_id, status, attempts, pinned_host) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     job.request_id, job.app_id, job.url_path, job.base_url, json.dumps(job.input),
                     job.priority.value, job.submitted_at, job.start_deadline, job.webhook_url, job.user_id,
-                    job.status.value, job.attempts,
+                    job.status.value, job.attempts, job.pinned_host,
                 ),
             )  # fmt: skip
             return int(cursor.lastrowid or 0)
@@ -121,33 +133,45 @@ class SqliteJobStore:
 
         return await self._call(update)
 
-    async def requeue(self, request_id: str, *, attempts: int) -> None:
-        await self._call(
-            lambda db: db.execute(
-                "UPDATE jobs SET status = 'IN_QUEUE', attempts = ?, started_at = NULL WHERE request_id = ?",
-                (attempts, request_id),
+    async def requeue(self, request_id: str, *, attempts: int, owner: str | None = None) -> bool:
+        where, values = Expected(JobStatus.IN_PROGRESS, owner).where("?")
+
+        def update(db: sqlite3.Connection) -> bool:
+            return (
+                db.execute(
+                    "UPDATE jobs SET status = 'IN_QUEUE', attempts = ?, started_at = NULL, host_id = NULL "
+                    f"WHERE request_id = ?{where}",
+                    (attempts, request_id, *values),
+                ).rowcount
+                > 0
             )
-        )
+
+        return await self._call(update)
 
     async def finish(
         self, request_id: str, outcome: Outcome, *, finished_at: float, expires_at: float,
-        logs: Sequence[dict[str, Any]], delivery: Delivery | None = None,
-    ) -> None:  # fmt: skip
-        def update(db: sqlite3.Connection) -> None:
-            db.execute(
+        logs: Sequence[dict[str, Any]], delivery: Delivery | None = None, expect: Expected | None = None,
+    ) -> bool:  # fmt: skip
+        where, values = expect.where("?") if expect else ("", ())
+
+        def update(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
                 "UPDATE jobs SET status = 'COMPLETED', finished_at = ?, expires_at = ?, status_code = ?, "
                 "body = ?, headers = ?, error = ?, error_type = ?, inference_time_s = ?, logs = ?, "
-                "input = '{}' WHERE request_id = ?",
+                f"input = '{{}}' WHERE request_id = ?{where}",
                 (
                     finished_at, expires_at, outcome.status_code, outcome.body_json,
                     json.dumps(outcome.headers), outcome.error, outcome.error_type,
-                    outcome.inference_time_s, json.dumps(list(logs)), request_id,
+                    outcome.inference_time_s, json.dumps(list(logs)), request_id, *values,
                 ),
             )  # fmt: skip
+            if cursor.rowcount == 0:
+                return False
             if delivery is not None:
                 _insert_delivery(db, delivery)
+            return True
 
-        await self._call(update)
+        return await self._call(update)
 
     async def get(self, request_id: str) -> JobRecord | None:
         def select(db: sqlite3.Connection) -> JobRecord | None:
@@ -179,16 +203,20 @@ class SqliteJobStore:
     async def add_delivery(self, delivery: Delivery) -> None:
         await self._call(lambda db: _insert_delivery(db, delivery))
 
-    async def due_deliveries(self, now: float, *, limit: int) -> list[Delivery]:
-        def select(db: sqlite3.Connection) -> list[Delivery]:
+    async def lease_deliveries(self, now: float, *, lease_s: float, limit: int) -> list[Delivery]:
+        def lease(db: sqlite3.Connection) -> list[Delivery]:
             rows = db.execute(
                 "SELECT request_id, user_id, url, body, next_attempt_at, attempts, id FROM deliveries "
                 "WHERE next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
                 (now, limit),
+            ).fetchall()
+            db.executemany(
+                "UPDATE deliveries SET next_attempt_at = ? WHERE id = ?",
+                [(now + lease_s, r[6]) for r in rows],
             )
             return [Delivery(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6]) for r in rows]
 
-        return await self._call(select)
+        return await self._call(lease)
 
     async def next_delivery_at(self) -> float | None:
         def select(db: sqlite3.Connection) -> float | None:

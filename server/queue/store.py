@@ -80,6 +80,22 @@ RESTARTED_TWICE = error_outcome(
 )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Expected:
+    """The state ``finish`` requires: queued, or running on ``owner`` (a fleet host id; None: no fleet)."""
+
+    status: JobStatus
+    owner: str | None = None
+
+    def where(self, placeholder: str) -> tuple[str, tuple[Any, ...]]:
+        """The SQL condition (both stores accept ``IS`` for a NULL-safe comparison) and its values."""
+        if self.status is JobStatus.IN_PROGRESS:
+            return f" AND status = 'IN_PROGRESS' AND host_id IS NOT DISTINCT FROM {placeholder}", (
+                self.owner,
+            )
+        return f" AND status = '{self.status.value}'", ()
+
+
 @dataclass
 class JobRecord:
     """One queued request. ``seq`` (assigned by the store) orders jobs of equal priority."""
@@ -101,6 +117,8 @@ class JobRecord:
     finished_at: float | None = None
     expires_at: float | None = None
     outcome: Outcome | None = None
+    host_id: str | None = None  # the fleet host running it (PostgreSQL store; None on one host)
+    pinned_host: str | None = None  # only this fleet host may run it (editor runs: its ComfyUI)
 
 
 @dataclass(frozen=True)
@@ -127,14 +145,17 @@ class JobStore(Protocol):
     async def claim(self, request_id: str, *, started_at: float) -> int | None:
         """IN_QUEUE -> IN_PROGRESS, counting an attempt; the new attempt count, or None if not queued."""
 
-    async def requeue(self, request_id: str, *, attempts: int) -> None:
-        """Back to IN_QUEUE with the given attempt count (restart recovery, graceful shutdown)."""
+    async def requeue(self, request_id: str, *, attempts: int, owner: str | None = None) -> bool:
+        """A running job back to IN_QUEUE with the given attempt count (restart recovery, graceful
+        shutdown), if ``owner`` (a fleet host id, or None) still runs it; whether it did."""
 
     async def finish(
         self, request_id: str, outcome: Outcome, *, finished_at: float, expires_at: float,
-        logs: Sequence[dict[str, Any]], delivery: Delivery | None = None,
-    ) -> None:  # fmt: skip
-        """Record the outcome (and queue its webhook delivery) atomically."""
+        logs: Sequence[dict[str, Any]], delivery: Delivery | None = None, expect: Expected | None = None,
+    ) -> bool:  # fmt: skip
+        """Record the outcome (and queue its webhook delivery) atomically, if the job is still as
+        ``expect`` says (queued, or running on a given host): a fleet host that lost its lease, or
+        lost a race to cancel a queued job, writes nothing. Whether it was recorded."""
 
     async def get(self, request_id: str) -> JobRecord | None:
         """The full record, outcome body included."""
@@ -145,7 +166,11 @@ class JobStore(Protocol):
 
     async def delete(self, request_ids: Sequence[str]) -> None: ...
     async def add_delivery(self, delivery: Delivery) -> None: ...
-    async def due_deliveries(self, now: float, *, limit: int) -> list[Delivery]: ...
+    async def lease_deliveries(self, now: float, *, lease_s: float, limit: int) -> list[Delivery]:
+        """The due deliveries, each now pushed ``lease_s`` into the future in the same transaction, so
+        exactly one sender (of one host, or of a fleet) attempts it; a sender that dies mid-attempt
+        leaves it due again once the lease ends."""
+
     async def next_delivery_at(self) -> float | None: ...
     async def reschedule_delivery(
         self, delivery_id: int, *, attempts: int, next_attempt_at: float
@@ -156,7 +181,7 @@ class JobStore(Protocol):
 COLUMNS = (
     "seq, request_id, app_id, url_path, base_url, {input}, priority, submitted_at, start_deadline, "
     "webhook_url, user_id, status, attempts, started_at, finished_at, expires_at, status_code, {body}, "
-    "headers, error, error_type, inference_time_s"
+    "headers, error, error_type, inference_time_s, host_id, pinned_host"
 )
 # The index leaves out outcome bodies and finished jobs' inputs: only what the queue keeps in memory.
 LIGHT_COLUMNS = COLUMNS.format(input="CASE WHEN status = 'COMPLETED' THEN '{}' ELSE input END", body="''")
@@ -167,7 +192,7 @@ def record_from_row(row: Sequence[Any]) -> JobRecord:
     """A ``JobRecord`` from a row of ``FULL_COLUMNS`` or ``LIGHT_COLUMNS``."""
     (seq, request_id, app_id, url_path, base_url, input_json, priority, submitted_at, start_deadline,
      webhook_url, user_id, status, attempts, started_at, finished_at, expires_at, status_code, body,
-     headers, error, error_type, inference_time_s) = row  # fmt: skip
+     headers, error, error_type, inference_time_s, host_id, pinned_host) = row  # fmt: skip
     outcome = None
     if status_code is not None:
         outcome = Outcome(
@@ -178,5 +203,5 @@ def record_from_row(row: Sequence[Any]) -> JobRecord:
         input=json.loads(input_json), priority=Priority(priority), submitted_at=submitted_at,
         start_deadline=start_deadline, webhook_url=webhook_url, user_id=user_id, status=JobStatus(status),
         seq=seq, attempts=attempts, started_at=started_at, finished_at=finished_at, expires_at=expires_at,
-        outcome=outcome,
+        outcome=outcome, host_id=host_id, pinned_host=pinned_host,
     )  # fmt: skip

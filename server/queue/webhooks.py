@@ -210,20 +210,19 @@ class WebhookSender:
             self._wake.clear()
 
     async def _dispatch_due(self) -> None:
-        now = self.clock()
-        for delivery in await self.store.due_deliveries(now, limit=_BATCH):
-            # Lease it: a crash mid-attempt leaves it due again once the attempt would have timed out.
-            lease_s = self.timeout_s + 5.0
-            await self.store.reschedule_delivery(
-                delivery.id, attempts=delivery.attempts, next_attempt_at=now + lease_s
-            )
+        # Leased in the store: one sender of the fleet attempts each; a crash mid-attempt leaves it
+        # due again once the attempt would have timed out.
+        leased = await self.store.lease_deliveries(self.clock(), lease_s=self.timeout_s + 5.0, limit=_BATCH)
+        for delivery in leased:
             task = asyncio.create_task(self._attempt(delivery), name=f"webhook-{delivery.request_id}")
             self._attempts.add(task)
             task.add_done_callback(self._attempts.discard)
 
     async def _attempt(self, delivery: Delivery) -> None:
         assert self._session is not None
-        headers = {"Content-Type": "application/json"} | self.signer.headers(
+        # The request id is the delivery's idempotency key: the same on every attempt, from any host.
+        headers = {"Content-Type": "application/json", "Idempotency-Key": delivery.request_id}
+        headers |= self.signer.headers(
             request_id=delivery.request_id, user_id=delivery.user_id, body=delivery.body,
             timestamp_s=self.clock(),
         )  # fmt: skip

@@ -119,12 +119,17 @@ class Endpoint:
         """Request fields of these types (image URLs and LoRAs need I/O before the graph can run)."""
         return [name for name, spec in self.params.items() if spec.type in types]
 
+    @property
+    def models_key(self) -> str:
+        """The model key of a request that names no model files of its own (see ``model_key``)."""
+        return "+".join(sorted(set(self.models.values())))
+
     def model_key(self, request: BaseModel) -> str:
         """What a worker holds loaded after this request: its manifest model names, sorted and joined
         with "+", then any model files or blend the request names. Endpoints over the same files share
         a key (text-to-image and edit), so either runs warm where the other ran; LoRAs are left out:
         they patch a loaded model without reloading it."""
-        key = "+".join(sorted(set(self.models.values())))
+        key = self.models_key
         chosen = request.model_dump(mode="json", include=set(self.params_of("model_file", "model_blend")))
         chosen = {name: value for name, value in chosen.items() if value is not None}
         return f"{key} {json.dumps(chosen, sort_keys=True)}" if chosen else key

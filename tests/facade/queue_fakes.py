@@ -60,6 +60,10 @@ class FakeSupervisor:
     def __init__(self, workers: int = 1) -> None:
         self.workers = [FakeWorker(i) for i in range(workers)]
         self.ready = True
+        self.idle_workers = workers
+
+    def warm_keys(self) -> set[str]:
+        return set()
 
     async def start(self, *, wait: bool = True) -> None:
         pass
@@ -86,6 +90,9 @@ class FakeGenerator:
         self.finished: list[str] = []
         self._gates: dict[str, asyncio.Event] = {}
         self._worker = asyncio.Lock()
+
+    def has_models(self, endpoint: Any) -> bool:
+        return True
 
     def gate(self, request_id: str) -> asyncio.Event:
         return self._gates.setdefault(request_id, asyncio.Event())

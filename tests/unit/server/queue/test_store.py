@@ -19,8 +19,10 @@ from server.engine import client as cc
 from server.engine.models import load_manifest
 from server.generation.progress import ProgressHub
 from server.media.outputs import OutputStore
+from server.queue.fleet import Capabilities, Fleet
 from server.queue.job_queue import MAX_ATTEMPTS, JobQueue
-from server.queue.store import Delivery, JobRecord, JobStatus, JobStore, Outcome, Priority
+from server.queue.postgres_store import PostgresJobStore
+from server.queue.store import Delivery, Expected, JobRecord, JobStatus, JobStore, Outcome, Priority
 from server.workflows.mapping import WORKFLOWS_DIR, Endpoint, load_endpoints
 
 APP = "darkroom/demo-flux-2"
@@ -99,9 +101,18 @@ def make_queue(
     fake = FakeGenerator(hold=hold)
     queue = JobQueue(
         store, fake, ProgressHub(), endpoints, outputs=OutputStore(tmp_path / "outputs"), retention_s=60.0,
-        shutdown_grace_s=0.0, clock=clock or Clock(),
+        shutdown_grace_s=0.0, clock=clock or Clock(), fleet=fleet_of(store, endpoints),
     )  # fmt: skip
     return queue, fake
+
+
+def fleet_of(store: JobStore, endpoints: dict[str, Endpoint], name: str = "test-host") -> Fleet | None:
+    """On PostgreSQL the queue runs as a fleet host (as ``create_app`` makes it), able to run every app;
+    a queue made again with the same name is the same host restarted."""
+    if not isinstance(store, PostgresJobStore):
+        return None
+    offer = Capabilities(sorted(endpoints), (), 1)
+    return Fleet(store, name=name, lease_s=30.0, capabilities=lambda: offer, max_attempts=MAX_ATTEMPTS)
 
 
 async def until(predicate: object, timeout_s: float = 5.0) -> None:
@@ -128,12 +139,28 @@ async def test_store_round_trip_claim_finish_and_schema(
     light = {job.request_id: job for job in await store.index()}
     assert light["a"].outcome is not None and light["a"].outcome.body_json == "" and light["a"].input == {}
     assert light["b"].input == {"prompt": "b"} and light["b"].status is JobStatus.IN_QUEUE
-    (due,) = await store.due_deliveries(7.0, limit=10)
-    assert (due.request_id, due.body, await store.next_delivery_at()) == ("a", b"{}", 7.0)
-    assert await store.due_deliveries(6.9, limit=10) == []
+    assert await store.lease_deliveries(6.9, lease_s=20.0, limit=10) == []
+    assert await store.next_delivery_at() == 7.0
+    (due,) = await store.lease_deliveries(7.0, lease_s=20.0, limit=10)
+    assert (due.request_id, due.body, await store.next_delivery_at()) == ("a", b"{}", 27.0)
+    assert await store.lease_deliveries(26.9, lease_s=20.0, limit=10) == []  # leased: nobody else sends it
+
+    # Outcomes are written only where expected: a queued job's cancel loses to a claim, and a running
+    # job's outcome only counts from the host that runs it.
+    assert not await store.finish("b", outcome, finished_at=8.0, expires_at=68.0, logs=[],
+                                  expect=Expected(JobStatus.IN_PROGRESS))  # fmt: skip
+    assert await store.claim("b", started_at=8.0) == 1
+    assert not await store.finish("b", outcome, finished_at=8.0, expires_at=68.0, logs=[],
+                                  expect=Expected(JobStatus.IN_QUEUE))  # fmt: skip
+    assert not await store.finish("b", outcome, finished_at=8.0, expires_at=68.0, logs=[],
+                                  expect=Expected(JobStatus.IN_PROGRESS, "another-host"))  # fmt: skip
+    assert not await store.requeue("b", attempts=0, owner="another-host")
+    owner = (await store.get("b")).host_id  # type: ignore[union-attr]
+    assert await store.requeue("b", attempts=0, owner=owner)
+    assert (await store.get("b")).status is JobStatus.IN_QUEUE  # type: ignore[union-attr]
 
     await store.close()
-    assert _bump_schema_version(database_url, tmp_path, to=99) == 1
+    assert _bump_schema_version(database_url, tmp_path, to=99) == 2  # fleet columns: schema 2
     newer = new_job_store()
     with pytest.raises(RuntimeError, match="schema 99, newer"):
         await newer.open()
@@ -206,7 +233,8 @@ async def test_restart_recovery_reruns_once_fails_twice_and_expires(
         for _ in range(attempts):
             await store.claim(request_id, started_at=1.0)
             if request_id == "ran-twice" and _ == 0:
-                await store.requeue(request_id, attempts=1)
+                owner = (await store.get(request_id)).host_id  # type: ignore[union-attr]
+                assert await store.requeue(request_id, attempts=1, owner=owner)
     ok = Outcome(200, "{}", {}, inference_time_s=1.0)
     await store.finish("done", ok, finished_at=clock.now, expires_at=clock.now + 10, logs=[])
     await store.finish("old", ok, finished_at=1.0, expires_at=clock.now - 1, logs=[])
