@@ -45,6 +45,15 @@ class Settings:
             "hosts; empty = SQLite under the data dir (one host)."
         },
     )
+    storage_url: str = field(
+        default="",
+        metadata={
+            "help": "s3://bucket/prefix: keep outputs, uploads and downloaded LoRAs in this S3 bucket, "
+            "shared by several hosts; empty = files under the data dir (one host). The AWS SDK reads "
+            "the endpoint, region and credentials itself (AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, "
+            "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, or its config files or an instance role)."
+        },
+    )
     models_dir: str = field(
         default="",
         metadata={
