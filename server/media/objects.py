@@ -95,13 +95,27 @@ class ObjectStore:
         """Create the S3 client and check that the bucket answers (a wrong URL fails start-up)."""
         self._client = await self._stack.enter_async_context(get_session().create_client("s3"))
         self._loop = asyncio.get_running_loop()
-        async with self._errors(f"bucket {self.bucket}"):
-            await self._client.head_bucket(Bucket=self.bucket)
+        try:
+            async with self._errors(f"bucket {self.bucket}"):
+                await self._client.head_bucket(Bucket=self.bucket)
+        except NotFoundError as e:
+            endpoint = self._endpoint()
+            await self.close()
+            raise StorageUnavailableError(
+                f"DARKROOM_STORAGE_URL={self.url}: bucket {self.bucket} does not exist at {endpoint}; "
+                "create it, or fix the URL or AWS_ENDPOINT_URL."
+            ) from e
+        except BaseException:
+            await self.close()
+            raise
         logger.info("shared storage: %s", self.url)
 
     async def close(self) -> None:
         await self._stack.aclose()
         self._client = None
+
+    def _endpoint(self) -> str:
+        return str(self._client.meta.endpoint_url) if self._client is not None else "(no client)"
 
     def full_key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -111,11 +125,12 @@ class ObjectStore:
         if self._loop is None:
             work.close()
             raise RuntimeError("ObjectStore.run_sync before open()")
-        with contextlib.suppress(RuntimeError):
+        try:
             asyncio.get_running_loop()
-            work.close()
-            raise RuntimeError("ObjectStore.run_sync from the event loop: await the coroutine instead")
-        return asyncio.run_coroutine_threadsafe(work, self._loop).result()
+        except RuntimeError:  # no loop in this thread: the one place run_sync may wait
+            return asyncio.run_coroutine_threadsafe(work, self._loop).result()
+        work.close()
+        raise RuntimeError("ObjectStore.run_sync from the event loop: await the coroutine instead")
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         """Store ``data`` at ``key`` (it appears whole or not at all)."""
