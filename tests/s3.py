@@ -123,8 +123,7 @@ def _wait_ready(server: S3Server) -> None:
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"moto exited with {server.process.returncode}:\n{server.log()}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{server.endpoint}/moto-api/", timeout=2):
-                return
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{server.endpoint}/moto-api/", timeout=2):
+            return
         time.sleep(0.1)
     raise RuntimeError(f"moto not ready in {READY_TIMEOUT_S:g} s:\n{server.log()}")
