@@ -210,8 +210,9 @@ class Settings:
     storage_quota_bytes: int = field(
         default=0,
         metadata={
-            "help": "Most bytes the outputs and uploads may hold together; past it writes fail with 507 "
-            "until results expire (0: no quota)."
+            "help": "Most bytes the outputs and uploads may hold together on local disk (with a "
+            "storage_url: uploads while they arrive); past it writes fail with 507 until results expire "
+            "(0: no quota)."
         },
     )
     disk_min_free_bytes: int = field(

@@ -6,6 +6,7 @@ holds it only while it arrives) and is then put under ``uploads/<id>/<name>`` th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mimetypes
 import re
@@ -134,11 +135,22 @@ class UploadStore:
         call it from a worker thread (``asyncio.to_thread``)."""
         if self.objects is not None:
             stale = self.objects.run_sync(_expire_objects(self.objects, older_than_s))
+            self._drop_leftovers(older_than_s)
         else:
             stale = self.budget.expire(self.root, older_than_s=older_than_s, name_ok=_ID.match)
         if stale:
             logger.info("deleted %d upload(s) older than %g s", len(stale), older_than_s)
         return len(stale)
+
+    def _drop_leftovers(self, older_than_s: float) -> None:
+        """Delete files a crash left in ``.incoming`` that are as old as an expired upload."""
+        cutoff = time.time() - older_than_s
+        for leftover in (self.root / INCOMING).iterdir() if (self.root / INCOMING).is_dir() else ():
+            with contextlib.suppress(OSError):  # finished meanwhile
+                if leftover.stat().st_mtime < cutoff:
+                    size = leftover.stat().st_size
+                    leftover.unlink()
+                    self.budget.give_back(size)
 
     def path_of(self, upload_id: str, name: str) -> Path:
         path = self._path(upload_id, name)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -70,7 +72,11 @@ async def test_an_upload_lands_in_the_bucket_once_complete(
     assert (await objects.head(f"uploads/{upload_id}/{name}")).content_type == "image/png"  # type: ignore[union-attr]
     assert budget.used_bytes == 0 and not [p for p in (tmp_path / "uploads").rglob("*") if p.is_file()]
 
+    leftover = tmp_path / "uploads" / ".incoming" / "crashed.part"  # a process died mid-upload
+    leftover.write_bytes(b"half")
+    os.utime(leftover, (time.time() - 7200, time.time() - 7200))
     assert await asyncio.to_thread(store.expire, older_than_s=3600) == 0
+    assert not leftover.exists()
     assert await asyncio.to_thread(store.expire, older_than_s=-60) == 1
     assert s3_server.keys(storage_url) == []
 
