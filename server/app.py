@@ -46,6 +46,7 @@ from server.api.state import (
     KEYS,
     METRICS,
     MULTIPART,
+    OBJECTS,
     QUEUE,
     REQUEST_ID,
     SETTINGS,
@@ -61,6 +62,7 @@ from server.generation.progress import ProgressHub
 from server.media.disk import DiskBudget
 from server.media.loras import LoraCache
 from server.media.multipart import MultipartStore
+from server.media.objects import from_settings as object_store
 from server.media.outputs import OutputStore
 from server.media.uploads import UploadStore
 from server.queue.fleet import Capabilities, Fleet
@@ -169,7 +171,7 @@ def create_app(settings: Settings, supervisor: Supervisor, *, run_supervisor: bo
     signer = _build_parts(app, settings, supervisor)
     if run_supervisor:
         app.cleanup_ctx.append(_run_supervisor)
-    app.cleanup_ctx.extend([_run_queue, _sweep_uploads, _run_editor_proxy])
+    app.cleanup_ctx.extend([_open_objects, _run_queue, _sweep_uploads, _run_editor_proxy])
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_routes(
@@ -209,8 +211,11 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
         (settings.outputs_path, settings.uploads_path),
         quota_bytes=settings.storage_quota_bytes, min_free_bytes=settings.disk_min_free_bytes,
     )  # fmt: skip
-    outputs = OutputStore(settings.outputs_path, budget)
-    app[GENERATOR] = Generator(settings, supervisor, manifest, outputs, LoraCache(settings))
+    objects = object_store(settings)  # None: files stay under the data dir
+    if objects is not None:
+        app[OBJECTS] = objects
+    outputs = OutputStore(settings.outputs_path, budget, objects)
+    app[GENERATOR] = Generator(settings, supervisor, manifest, outputs, LoraCache(settings, objects))
     signer = WebhookSigner.load_or_create(settings.webhook_key_path)
     store = job_store(settings)
     fleet = None
@@ -234,8 +239,10 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
         previews_per_s=settings.previews_per_s, shutdown_grace_s=settings.shutdown_grace_s, webhooks=sender,
         fleet=fleet,
     )  # fmt: skip
-    app[UPLOADS] = UploadStore(settings.uploads_path, settings.upload_max_bytes, budget)
-    app[MULTIPART] = MultipartStore(settings.uploads_path, settings.upload_max_bytes, budget=budget)
+    app[UPLOADS] = UploadStore(settings.uploads_path, settings.upload_max_bytes, budget, objects)
+    app[MULTIPART] = MultipartStore(
+        settings.uploads_path, settings.upload_max_bytes, budget=budget, objects=objects
+    )
     app[EDITOR] = EditorProxy(supervisor)
     app[INVENTORY] = ModelInventory(manifest, settings.models_path)
     app[METRICS] = Metrics(supervisor, app[QUEUE], served)
@@ -267,6 +274,18 @@ async def _run_supervisor(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await supervisor.stop()
+
+
+async def _open_objects(app: web.Application) -> AsyncIterator[None]:
+    """The shared object store (DARKROOM_STORAGE_URL), open before the queue starts and after it stops."""
+    objects = app.get(OBJECTS)
+    if objects is not None:
+        await objects.open()
+    try:
+        yield
+    finally:
+        if objects is not None:
+            await objects.close()
 
 
 async def _run_queue(app: web.Application) -> AsyncIterator[None]:

@@ -45,6 +45,15 @@ class Settings:
             "hosts; empty = SQLite under the data dir (one host)."
         },
     )
+    storage_url: str = field(
+        default="",
+        metadata={
+            "help": "s3://bucket/prefix: keep outputs, uploads and downloaded LoRAs in this S3 bucket, "
+            "shared by several hosts; empty = files under the data dir (one host). The AWS SDK reads "
+            "the endpoint, region and credentials itself (AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, "
+            "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, or its config files or an instance role)."
+        },
+    )
     models_dir: str = field(
         default="",
         metadata={
@@ -201,8 +210,9 @@ class Settings:
     storage_quota_bytes: int = field(
         default=0,
         metadata={
-            "help": "Most bytes the outputs and uploads may hold together; past it writes fail with 507 "
-            "until results expire (0: no quota)."
+            "help": "Most bytes the outputs and uploads may hold together on local disk (with a "
+            "storage_url: uploads while they arrive); past it writes fail with 507 until results expire "
+            "(0: no quota)."
         },
     )
     disk_min_free_bytes: int = field(

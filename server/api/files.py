@@ -1,22 +1,67 @@
-"""``GET /files/{id}/{name}``: the outputs, at capability URLs (no key needed to read one)."""
+"""``GET /files/{id}/{name}``: the outputs, at capability URLs (no key needed to read one).
+
+With a shared object store (``DARKROOM_STORAGE_URL``) every host serves every file: the body streams
+from the store as it arrives (never whole in memory), a single byte range is passed on to the store.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from server.api.described import operation
-from server.media.outputs import OutputStore, content_type_of
+from server.errors import NotFoundError
+from server.media.objects import ObjectStore
+from server.media.outputs import OutputStore, content_type_of, output_key
+
+# What /files and /files/uploads answer besides the whole file (a local file's Range is aiohttp's).
+SERVED_RESPONSES: dict[int, str | tuple[str, str]] = {
+    200: "The file, typed by its extension",
+    206: ("One byte range of the file (a Range header)", "*/*"),
+    404: "Unknown file",
+    416: "The range starts past the end of the file",
+    503: "The shared storage (DARKROOM_STORAGE_URL) is unavailable; retry",
+}
+RANGE_HEADER = {
+    "Range": "One byte range, bytes=start-[end] or bytes=-suffix (206); others get the whole file"
+}
 
 
 def file_route(store: OutputStore) -> web.RouteDef:
     @operation(
         "An output file (capability URL: no key needed)",
         ok="*/*",  # the type its name's extension gives (image/png, video/mp4, ...)
-        responses={200: "The file, typed by its extension", 404: "Unknown file"},
+        responses=SERVED_RESPONSES,
+        headers=RANGE_HEADER,
         tag="files",
     )
-    async def serve(request: web.Request) -> web.FileResponse:
-        path = store.path_of(request.match_info["request_id"], request.match_info["name"])
+    async def serve(request: web.Request) -> web.StreamResponse:
+        request_id, name = request.match_info["request_id"], request.match_info["name"]
+        if store.objects is not None:
+            return await serve_object(request, store.objects, output_key(request_id, name), name)
+        path = store.path_of(request_id, name)
         return web.FileResponse(path, headers={"Content-Type": content_type_of(path.name)})
 
     return web.get("/files/{request_id:[0-9a-f-]+}/{name}", serve)  # uuid4 ids: not /files/upload
+
+
+async def serve_object(request: web.Request, objects: ObjectStore, key: str, name: str) -> web.StreamResponse:
+    """Stream the object at ``key``, typed by ``name``'s extension; a Range header gets a 206."""
+    headers = {"Content-Type": content_type_of(name), "Accept-Ranges": "bytes"}
+    if request.method == "HEAD":
+        info = await objects.head(key)
+        if info is None:
+            raise NotFoundError(f"No file {key}")
+        return web.Response(headers={**headers, "Content-Length": str(info.size_bytes)})
+    body = await objects.get(key, byte_range=request.headers.get("Range"))
+    if body.content_range:
+        headers["Content-Range"] = body.content_range
+    response = web.StreamResponse(status=206 if body.content_range else 200, headers=headers)
+    response.content_length = body.size_bytes
+    try:
+        await response.prepare(request)
+        async for chunk in body.chunks:
+            await response.write(chunk)
+    finally:
+        await body.chunks.aclose()
+    await response.write_eof()
+    return response

@@ -11,6 +11,7 @@ from server.engine.supervisor import Supervisor
 from server.generation.generator import Generator
 from server.generation.progress import ProgressHub
 from server.media.multipart import MultipartStore
+from server.media.objects import ObjectStore
 from server.media.uploads import UploadStore
 from server.queue.job_queue import JobQueue
 from server.security.keyring import KeyRing
@@ -28,6 +29,7 @@ GENERATOR = web.AppKey("generator", Generator)
 QUEUE = web.AppKey("job_queue", JobQueue)
 UPLOADS = web.AppKey("uploads", UploadStore)
 MULTIPART = web.AppKey("multipart", MultipartStore)
+OBJECTS = web.AppKey("objects", ObjectStore)  # only with DARKROOM_STORAGE_URL
 EDITOR = web.AppKey("editor", EditorProxy)
 METRICS = web.AppKey("metrics", Metrics)
 INVENTORY = web.AppKey("inventory", ModelInventory)

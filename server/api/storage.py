@@ -1,7 +1,8 @@
 """fal's storage API, so ``fal_client.upload*`` and the JS ``storage.upload`` work against this server.
 
-Two flows (fal-api.md section 7), both ending in a file under ``<data_dir>/uploads/<id>/<name>`` that is
-served at ``/files/uploads/<id>/<name>`` (a capability URL: 128 random bits, no key needed to read it):
+Two flows (fal-api.md section 7), both ending in a file under ``<data_dir>/uploads/<id>/<name>`` (or
+``uploads/<id>/<name>`` in the shared object store, ``DARKROOM_STORAGE_URL``) that is served at
+``/files/uploads/<id>/<name>`` (a capability URL: 128 random bits, no key needed to read it):
 
 - ``POST /storage/upload/initiate`` ``{file_name, content_type}`` -> ``{upload_url, file_url}``, then the
   client PUTs the raw bytes to ``upload_url`` (the same path; it accepts one PUT, for an hour).
@@ -34,12 +35,13 @@ from pydantic import BaseModel, Field, ValidationError
 
 from server.api import auth
 from server.api.described import operation
+from server.api.files import RANGE_HEADER, SERVED_RESPONSES, serve_object
 from server.api.request import body_chunks, read_json
 from server.api.state import KEYS, MULTIPART, SETTINGS, UPLOADS
 from server.errors import AuthError, InputError, RequestValidationError
 from server.media.multipart import MAX_PARTS, parse_part_number, quoted_etag
 from server.media.outputs import content_type_of
-from server.media.uploads import safe_name
+from server.media.uploads import safe_name, upload_key
 from server.security.keyring import credentials
 
 logger = logging.getLogger(__name__)
@@ -325,10 +327,14 @@ async def complete_multipart(request: web.Request) -> web.Response:
 @operation(
     summary="An uploaded file (capability URL)",
     ok="*/*",  # the type its name's extension gives
-    responses={200: "The file, typed by its extension", 404: "Unknown file"},
+    responses=SERVED_RESPONSES,
+    headers=RANGE_HEADER,
     tag="storage",
 )
-async def serve_upload(request: web.Request) -> web.FileResponse:
-    """An uploaded file, by its capability URL."""
-    path = request.app[UPLOADS].path_of(request.match_info["upload_id"], request.match_info["name"])
+async def serve_upload(request: web.Request) -> web.StreamResponse:
+    """An uploaded file, by its capability URL (from the shared object store when there is one)."""
+    store, upload_id, name = request.app[UPLOADS], request.match_info["upload_id"], request.match_info["name"]
+    if store.objects is not None:
+        return await serve_object(request, store.objects, upload_key(upload_id, name), name)
+    path = store.path_of(upload_id, name)
     return web.FileResponse(path, headers={"Content-Type": content_type_of(path.name)})

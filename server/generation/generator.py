@@ -234,6 +234,7 @@ class Generator:
                         session=session,
                         dest_dir=folder,
                         own_base_url=base_url,
+                        objects=self.store.objects,
                         accept=("image/",),
                     )
                     data = found.path.read_bytes()
@@ -307,7 +308,7 @@ class Generator:
         if resolved.get("sync_mode"):
             url = data_uri(data, content_type)  # kept out of the store, as fal keeps it out of history
         else:
-            url = base_url + self.store.save(request_id, name, data, content_type).route
+            url = base_url + (await self.store.write(request_id, name, data, content_type)).route
         described = {"url": url, "content_type": content_type, "file_name": name, "file_size": len(data)}
         if "width" in entry:
             described.update(width=entry["width"], height=entry["height"])

@@ -25,8 +25,9 @@ import aiohttp
 from yarl import URL
 
 from server.errors import InputError, NotFoundError
-from server.media.outputs import OutputStore, content_type_of
-from server.media.uploads import UploadStore, safe_name
+from server.media.objects import ObjectStore
+from server.media.outputs import OutputStore, content_type_of, output_key
+from server.media.uploads import UploadStore, safe_name, upload_key
 from server.security import netpolicy
 from server.settings import Settings
 
@@ -94,6 +95,7 @@ async def fetch_input(
     session: aiohttp.ClientSession,
     dest_dir: Path | None = None,
     own_base_url: str | None = None,
+    objects: ObjectStore | None = None,
     accept: Sequence[str] = (),
     max_bytes: int | None = None,
     timeout_s: float | None = None,
@@ -101,7 +103,8 @@ async def fetch_input(
     """Fetch ``url`` into ``dest_dir`` (default: a new folder under ``<data_dir>/inputs``).
 
     ``session`` must come from ``netpolicy.guarded_session``. Links to this server's own files
-    (``own_base_url`` + ``/files/...``) are read from disk. ``accept`` lists content-type prefixes
+    (``own_base_url`` + ``/files/...``) are read from disk, or from ``objects`` (the shared store) when
+    given. ``accept`` lists content-type prefixes
     ("image/"); anything else is a 422. ``max_bytes`` and ``timeout_s`` override ``input_max_bytes`` and
     ``input_timeout_s`` for callers with their own limits (LoRA files).
     """
@@ -113,6 +116,8 @@ async def fetch_input(
     dest_dir.mkdir(parents=True, exist_ok=True)
     if url.startswith("data:"):
         found = await asyncio.to_thread(_save_data_uri, url, dest_dir, limit)
+    elif own_base_url and url.startswith(own_base_url.rstrip("/") + "/files/") and objects is not None:
+        found = await _copy_object(url, own_base_url, objects, dest_dir, limit)
     elif own_base_url and url.startswith(own_base_url.rstrip("/") + "/files/"):
         found = await asyncio.to_thread(_copy_local, url, own_base_url, settings, dest_dir, limit)
     else:
@@ -172,10 +177,42 @@ def _save_data_uri(url: str, dest_dir: Path, limit: int) -> InputFile:
     return _finish(partial, dest_dir, "input", match["type"], len(data))
 
 
-def _copy_local(url: str, own_base_url: str, settings: Settings, dest_dir: Path, limit: int) -> InputFile:
+def _own_path(url: str, own_base_url: str) -> str:
     path = urllib.parse.unquote(URL(url).path)
     base_path = URL(own_base_url).path.rstrip("/")
-    path = path[len(base_path) :] if base_path and path.startswith(base_path) else path
+    return path[len(base_path) :] if base_path and path.startswith(base_path) else path
+
+
+async def _copy_object(
+    url: str, own_base_url: str, objects: ObjectStore, dest_dir: Path, limit: int
+) -> InputFile:
+    path = _own_path(url, own_base_url)
+    try:
+        if upload := _UPLOAD_PATH.match(path):
+            key = upload_key(upload["id"], upload["name"])
+        elif output := _OUTPUT_PATH.match(path):
+            key = output_key(output["id"], output["name"])
+        else:
+            raise NotFoundError(path)
+        info = await objects.head(key)
+        if info is None:
+            raise NotFoundError(path)
+    except NotFoundError as e:
+        raise InputError(f"{_short(url)} names no file on this server", status=404, code="not_found") from e
+    if info.size_bytes > limit:
+        raise _too_large(url, info.size_bytes, limit)
+    partial = dest_dir / f".{secrets.token_hex(8)}.part"
+    try:
+        size = await objects.download(key, partial)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    name = key.rsplit("/", 1)[-1]
+    return _finish(partial, dest_dir, name, content_type_of(name), size)
+
+
+def _copy_local(url: str, own_base_url: str, settings: Settings, dest_dir: Path, limit: int) -> InputFile:
+    path = _own_path(url, own_base_url)
     try:
         if upload := _UPLOAD_PATH.match(path):
             source = UploadStore(settings.uploads_path, 0).path_of(upload["id"], upload["name"])

@@ -4,21 +4,31 @@ Remote files are downloaded once into `<models>/loras/cache/<sha256>.safetensors
 shared by every worker), with an index from URL to hash so a second request for the same URL costs
 nothing, and one download at a time per URL however many requests ask at once. Downloads use the
 input-URL address policy, a size limit, and never show a partial file under its final name.
+
+With a shared object store (``storage_url``) the cache has a second level there, so one host's download
+serves every host: ``loras/<sha256>.safetensors`` (content-addressed) and ``loras/urls/<sha256 of the
+URL>`` (the content's hash). A host that misses locally looks there (by the ``sha256`` given with the
+entry, else by URL), copies the file into its local cache and checks its hash; the worker always loads
+a local file. A store that fails only costs the sharing: the LoRA is downloaded from its URL instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
+import re
+import secrets
 from typing import Any
 
 from yarl import URL
 
 from server.engine.models import sha256_of
-from server.errors import InputError
+from server.errors import InputError, NotFoundError
 from server.media import inputs
+from server.media.objects import ObjectStore, StorageUnavailableError
 from server.security import netpolicy
 from server.settings import Settings
 
@@ -26,17 +36,20 @@ log = logging.getLogger(__name__)
 
 CACHE_FOLDER = "cache"
 _INDEX = "index.json"
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
 class LoraCache:
     """Turns request LoRA entries into names the LoRA stack node loads from the LoRA folder."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, objects: ObjectStore | None = None) -> None:
         self.settings = settings
+        self.objects = objects
         self.folder = settings.models_path / "loras"
         self.cache = self.folder / CACHE_FOLDER
         self._locks: dict[str, asyncio.Lock] = {}
         self.downloads = 0  # for tests and metrics: how many files were actually fetched
+        self.shared_copies = 0  # how many came from the object store instead
 
     def local_files(self, *, limit: int = 1000) -> list[str]:
         """Names a request may give as ``path``: the LoRA folder's .safetensors files (not the download
@@ -104,9 +117,67 @@ class LoraCache:
                 if sha256 and known != sha256:
                     raise InputError(f"LoRA {url} has sha256 {known}, not the {sha256} given with it")
                 return f"{CACHE_FOLDER}/{known}.safetensors"
-            digest = await self._download(url, sha256)
+            digest = await self._from_objects(url, sha256)
+            if digest is None:
+                digest = await self._download(url, sha256)
+                await self._share(url, digest)
             self._remember(url, digest)
             return f"{CACHE_FOLDER}/{digest}.safetensors"
+
+    async def _from_objects(self, url: str, sha256: str | None) -> str | None:
+        """The hash of the LoRA for ``url`` once copied from the object store into the local cache; None
+        if the store does not have it (or fails, or holds a file whose hash is wrong)."""
+        if self.objects is None:
+            return None
+        try:
+            digest = sha256 or await self._shared_digest(self.objects, url)
+            if digest is None or not _DIGEST.match(digest):
+                return None
+            if not (self.cache / f"{digest}.safetensors").is_file():
+                if await self.objects.head(_lora_key(digest)) is None:
+                    return None
+                if not await self._copy_shared(self.objects, digest):
+                    return None
+        except StorageUnavailableError as e:
+            log.warning("LoRA %s: the object store failed (%s); downloading it instead", url, e)
+            return None
+        if sha256 is None or digest == sha256:
+            return digest
+        raise InputError(f"LoRA {url} has sha256 {digest}, not the {sha256} given with it")
+
+    async def _shared_digest(self, objects: ObjectStore, url: str) -> str | None:
+        try:
+            return (await objects.read(_url_key(url))).decode("ascii", "replace").strip()
+        except NotFoundError:
+            return None
+
+    async def _copy_shared(self, objects: ObjectStore, digest: str) -> bool:
+        staging = self.cache / ".incoming"
+        staging.mkdir(parents=True, exist_ok=True)
+        partial = staging / f"{digest}.{secrets.token_hex(4)}.part"
+        try:
+            await objects.download(_lora_key(digest), partial)
+            if await asyncio.to_thread(sha256_of, partial) != digest:
+                log.warning("LoRA %s in %s does not match its hash; ignoring it", digest, objects.url)
+                return False
+            os.replace(partial, self.cache / f"{digest}.safetensors")
+        finally:
+            partial.unlink(missing_ok=True)
+        self.shared_copies += 1
+        log.info("LoRA %s copied from %s", digest, objects.url)
+        return True
+
+    async def _share(self, url: str, digest: str) -> None:
+        """Put a downloaded LoRA in the object store for the other hosts (a failure only logs)."""
+        if self.objects is None:
+            return
+        try:
+            if await self.objects.head(_lora_key(digest)) is None:
+                path = self.cache / f"{digest}.safetensors"
+                await self.objects.put_file(_lora_key(digest), path, "application/octet-stream")
+            await self.objects.put(_url_key(url), digest.encode(), "text/plain")
+        except StorageUnavailableError as e:
+            log.warning("LoRA %s not shared: the object store failed (%s)", url, e)
 
     async def _download(self, url: str, sha256: str | None) -> str:
         self.cache.mkdir(parents=True, exist_ok=True)
@@ -143,3 +214,11 @@ class LoraCache:
         partial = self.cache / f"{_INDEX}.part"
         partial.write_text(json.dumps(index, indent=1, sort_keys=True))
         os.replace(partial, self.cache / _INDEX)
+
+
+def _lora_key(digest: str) -> str:
+    return f"loras/{digest}.safetensors"
+
+
+def _url_key(url: str) -> str:
+    return f"loras/urls/{hashlib.sha256(url.encode()).hexdigest()}"

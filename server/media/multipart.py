@@ -10,6 +10,8 @@ which is the credential for its parts and its completion, as an initiated upload
 - The parts together may not pass ``max_bytes``, counted while they stream (parts in flight included).
 - ``complete`` checks the listed parts' ETags, joins them in part-number order into ``<name>.part`` and
   renames that to ``<uploads>/<id>/<name>``: the file appears whole or not at all.
+- With an object store, ``complete`` joins the parts under ``<uploads>/.incoming``, puts the file in the
+  store (``uploads/<id>/<name>``) and only then deletes the parts, so a failed put can be completed again.
 - An upload untouched for ``ttl_s`` (an hour) is dropped with its parts by ``sweep``, which also removes
   part folders an earlier process left behind.
 """
@@ -29,22 +31,15 @@ from pathlib import Path
 
 from server.errors import InputError, NotFoundError
 from server.media.disk import DiskBudget
+from server.media.objects import ObjectStore
+from server.media.outputs import content_type_of
+from server.media.uploads import INCOMING, too_large, upload_key
 
 logger = logging.getLogger(__name__)
 
 MAX_PARTS = 10_000
 MULTIPART_TTL_S = 3600.0
 _JOIN_BUFFER_BYTES = 1 << 20
-
-
-def too_large(size_bytes: int, max_bytes: int) -> InputError:
-    """The 413 for an upload past ``upload_max_bytes`` (single or multipart)."""
-    return InputError(
-        f"Upload is too large: {size_bytes} bytes or more, the limit is {max_bytes} "
-        "(DARKROOM_UPLOAD_MAX_BYTES).",
-        status=413,
-        code="file_too_large",
-    )
 
 
 def _invalid_part(message: str) -> InputError:
@@ -99,10 +94,12 @@ class MultipartStore:
         max_bytes: int,
         *,
         budget: DiskBudget | None = None,
+        objects: ObjectStore | None = None,
         ttl_s: float = MULTIPART_TTL_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.root = root
+        self.objects = objects
         self.budget = budget or DiskBudget()
         self.parts_root = root / ".multipart"
         self.max_bytes = max_bytes
@@ -201,7 +198,12 @@ class MultipartStore:
         upload.completing = True
         try:
             numbers = [number for number, _ in listing]
-            size = await asyncio.to_thread(self._join, multipart_id, upload, numbers)
+            if self.objects is None:
+                final = self.root / upload.file_id / upload.name
+                size = await asyncio.to_thread(self._join, multipart_id, upload, numbers, final)
+            else:
+                size = await self._join_to_objects(self.objects, multipart_id, upload, numbers)
+            await asyncio.to_thread(self.budget.remove_folder, self.parts_root / multipart_id)
         finally:
             upload.completing = False
         upload.completed, upload.size_bytes, upload.parts = listing, size, {}
@@ -229,9 +231,22 @@ class MultipartStore:
                     "list the ETag its PUT answered."
                 )
 
-    def _join(self, multipart_id: str, upload: Multipart, numbers: Sequence[int]) -> int:
+    async def _join_to_objects(
+        self, objects: ObjectStore, multipart_id: str, upload: Multipart, numbers: Sequence[int]
+    ) -> int:
+        joined = self.root / INCOMING / f"{multipart_id}-{upload.name}"
+        size = await asyncio.to_thread(self._join, multipart_id, upload, numbers, joined)
+        try:
+            key = upload_key(upload.file_id, upload.name)
+            await objects.put_file(key, joined, content_type_of(upload.name))
+        finally:
+            joined.unlink(missing_ok=True)
+            self.budget.give_back(size)
+        return size
+
+    def _join(self, multipart_id: str, upload: Multipart, numbers: Sequence[int], final: Path) -> int:
+        """Join the parts into ``final`` (appearing whole); the parts stay for the caller to delete."""
         folder = self.parts_root / multipart_id
-        final = self.root / upload.file_id / upload.name
         partial = final.with_name(final.name + ".part")
         what = f"upload {upload.file_id}/{upload.name}"
         size = sum(upload.parts[number].size_bytes for number in numbers)
@@ -249,7 +264,6 @@ class MultipartStore:
             raise
         finally:
             partial.unlink(missing_ok=True)
-        self.budget.remove_folder(folder)
         return size
 
     async def sweep(self) -> list[str]:
