@@ -187,9 +187,9 @@ async def submit(request: web.Request) -> web.Response:
     return web.json_response(submitted_body(request.app, record))
 
 
-def _lookup(request: web.Request) -> JobRecord:
+async def _lookup(request: web.Request) -> JobRecord:
     request_id = request[REQUEST_ID] = request.match_info["request_id"]
-    record = request.app[QUEUE].get(request_id)
+    record = await request.app[QUEUE].find(request_id)
     if record is None:
         raise NotFoundError(f"Request {request_id} not found (unknown, or its result expired)")
     return record
@@ -214,7 +214,7 @@ async def _status_now(request: web.Request, record: JobRecord, with_logs: bool) 
 )
 async def status(request: web.Request) -> web.Response:
     """202 while queued or running, 200 once completed; memory only unless finished logs are asked for."""
-    record = _lookup(request)
+    record = await _lookup(request)
     body = await _status_now(request, record, wants_logs(request.query))
     return web.json_response(body, status=200 if record.status is JobStatus.COMPLETED else 202)
 
@@ -228,7 +228,7 @@ async def status(request: web.Request) -> web.Response:
 )
 async def status_stream(request: web.Request) -> web.StreamResponse:
     """SSE: the status now, then once per change (new logs only), closing after COMPLETED."""
-    record = _lookup(request)
+    record = await _lookup(request)
     queue, with_logs = request.app[QUEUE], wants_logs(request.query)
     await queue.ensure_live_state(record.request_id)
     subscription = request.app[HUB].subscribe(record.request_id)
@@ -276,7 +276,7 @@ async def status_stream(request: web.Request) -> web.StreamResponse:
 )
 async def result(request: web.Request) -> web.Response:
     """The output (200), a failure replayed (its status, body, headers), 400 if unfinished, 404."""
-    record = _lookup(request)
+    record = await _lookup(request)
     outcome = await request.app[QUEUE].outcome(record.request_id)
     return web.Response(
         body=outcome.body_json.encode(), status=outcome.status_code, headers=outcome.headers,

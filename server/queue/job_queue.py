@@ -231,6 +231,15 @@ class JobQueue:
         """The job's in-memory record (no outcome body), or None if unknown or expired."""
         return self.order.jobs.get(request_id)
 
+    async def find(self, request_id: str) -> JobRecord | None:
+        """``get``, and in a fleet a job submitted to another host a moment ago, which this host's
+        index may not have heard of yet: read from the store once."""
+        record = self.order.jobs.get(request_id)
+        if record is not None or self.fleet is None:
+            return record
+        stored = await self.store.get(request_id)
+        return None if stored is None else self._absorb(stored)
+
     def job(self, request_id: str) -> Job:
         return Job(request_id, self)
 
@@ -252,7 +261,7 @@ class JobQueue:
 
     async def outcome(self, request_id: str) -> Outcome:
         """The finished job's outcome with its body; 404 unknown/expired, 400 not finished yet."""
-        record = self.order.jobs.get(request_id)
+        record = await self.find(request_id)
         if record is None:
             raise NotFoundError(f"Request {request_id} not found (unknown, or its result expired)")
         if record.status is not JobStatus.COMPLETED:
@@ -266,7 +275,7 @@ class JobQueue:
         """Whether the request is known; gives the hub a finished job's terminal event if it has none."""
         if self.hub.known(request_id):
             return True
-        record = self.order.jobs.get(request_id)
+        record = await self.find(request_id)
         if record is None:
             return False
         if record.status is JobStatus.COMPLETED:
@@ -319,7 +328,7 @@ class JobQueue:
 
     async def cancel(self, request_id: str) -> CancelResult:
         """Remove a queued job or interrupt a running one; either way it ends COMPLETED, cancelled."""
-        record = self.order.jobs.get(request_id)
+        record = await self.find(request_id)
         if record is None:
             return CancelResult.NOT_FOUND
         if record.status is JobStatus.COMPLETED:
@@ -462,6 +471,7 @@ class JobQueue:
                 raise
 
     def _started(self, record: JobRecord) -> None:
+        logger.info("%s %s: started on a worker of this host", record.app_id, record.request_id)
         record.status = JobStatus.IN_PROGRESS
         record.started_at = self.clock()
         self.order.left(record.request_id)
