@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
 
 from server.queue.postgres_store import CHANNEL, DB_NOW, Conn, PostgresJobStore
 from server.queue.store import LIGHT_COLUMNS, JobRecord, record_from_row
@@ -85,6 +86,11 @@ class Fleet:
         self._renewed_at = time.monotonic()
         self._joined = False  # this host id holds a lease row: only then may it claim
         self._relay: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        # Its own connections: a burst of submits waiting for the store's pool must not delay a
+        # heartbeat past the lease.
+        self._pool = AsyncConnectionPool(
+            store.url, min_size=1, max_size=3, open=False, kwargs={"autocommit": True}
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -96,6 +102,7 @@ class Fleet:
     async def start(self, member: Member) -> None:
         """Join: replace this host's previous incarnation (its jobs run again at once), then listen."""
         self._member = member
+        await self._pool.open(wait=True, timeout=30.0)
         listening = asyncio.Event()
         self._tasks = [
             asyncio.create_task(self._listen(listening), name="fleet-listen"),
@@ -114,6 +121,7 @@ class Fleet:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self._execute("DELETE FROM darkroom.hosts WHERE host_id = %s", (self.host_id,))
+        await self._pool.close()
 
     async def _join(self, *, replace_previous: bool = False) -> None:
         self._offer = self.capabilities()
@@ -248,10 +256,12 @@ class Fleet:
         )
         orphans = [record_from_row(row) for row in rows]
         for record in orphans:
-            if record.attempts < self.max_attempts and await self.store.requeue(
-                record.request_id, attempts=record.attempts, owner=record.host_id
-            ):
+            requeue = functools.partial(
+                self.store.requeue_in, record.request_id, attempts=record.attempts, owner=record.host_id
+            )
+            if record.attempts < self.max_attempts and await self._call(requeue):
                 logger.warning("fleet: request %s lost its host: queued again", record.request_id)
+                self._member.job_changed(record.request_id)  # its NOTIFY is this host's own: skipped
         await self._member.orphaned([r for r in orphans if r.attempts >= self.max_attempts])
         apps = await self._fetch(
             f"SELECT DISTINCT unnest(apps) FROM darkroom.hosts WHERE lease_expires_at > {DB_NOW}", ()
@@ -327,7 +337,7 @@ class Fleet:
     # -- database helpers -------------------------------------------------------------------------
 
     async def _call(self, fn: Callable[[Conn], Any]) -> Any:
-        async with self.store.pool.connection() as conn, conn.transaction():
+        async with self._pool.connection() as conn, conn.transaction():
             return await fn(conn)
 
     async def _execute(self, sql: str, params: Sequence[Any]) -> None:

@@ -162,6 +162,7 @@ class JobQueue:
         self._tasks: dict[str, asyncio.Task[dict[str, Any]]] = {}
         self._abandoned: set[str] = set()  # running here when the fleet fenced this host: no writes
         self._refreshing: set[asyncio.Task[None]] = set()
+        self._stale: dict[str, bool] = {}  # jobs being read again: whether they changed meanwhile
         self._wakeup = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -533,7 +534,23 @@ class JobQueue:
     # -- the fleet (fleet.Member): the index follows the database ---------------------------------
 
     def job_changed(self, request_id: str) -> None:
-        self._in_background(self._refresh(request_id))
+        # One read at a time per job, again after it if another change came meanwhile: the last
+        # read always follows the last change, so reads finishing out of order cannot leave it stale.
+        if request_id in self._stale:
+            self._stale[request_id] = True
+            return
+        self._stale[request_id] = False
+        self._in_background(self._refresh_until_current(request_id))
+
+    async def _refresh_until_current(self, request_id: str) -> None:
+        try:
+            while True:
+                await self._refresh(request_id)
+                if not self._stale[request_id]:
+                    return
+                self._stale[request_id] = False
+        finally:
+            del self._stale[request_id]
 
     def cancel_requested(self, request_id: str) -> None:
         if (task := self._tasks.get(request_id)) is not None:
@@ -571,13 +588,13 @@ class JobQueue:
 
     async def _refresh(self, request_id: str) -> None:
         """Bring one job's index entry in line with the store (another host changed it)."""
-        if request_id in self._tasks:
-            return  # running here: this host is the one that changes it
         try:
             stored = await self.store.get(request_id)
         except Exception:
             logger.exception("could not read request %s from the job store", request_id)
             return
+        if request_id in self._tasks:
+            return  # running here (claimed while it was read): this host is the one that changes it
         if stored is None:
             self.order.forget(request_id)
             self.hub.forget(request_id)
@@ -599,6 +616,8 @@ class JobQueue:
     def _absorb(self, fresh: JobRecord) -> JobRecord:
         """Merge a record read from the store into the index; returns the index's record."""
         record = self.order.jobs.get(fresh.request_id)
+        if record is not None and record.status is JobStatus.COMPLETED:
+            return record  # an outcome is final: what differs is a read older than it
         settled_elsewhere = fresh.status is JobStatus.COMPLETED and (
             record is None or record.status is not JobStatus.COMPLETED
         )

@@ -11,6 +11,7 @@ Every call is one transaction on a connection from a small pool.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import uuid
@@ -207,19 +208,21 @@ class PostgresJobStore:
         return await self._call(update)
 
     async def requeue(self, request_id: str, *, attempts: int, owner: str | None = None) -> bool:
+        return await self._call(
+            functools.partial(self.requeue_in, request_id, attempts=attempts, owner=owner)
+        )
+
+    async def requeue_in(self, request_id: str, conn: Conn, *, attempts: int, owner: str | None) -> bool:
+        """``requeue`` in the caller's transaction."""
         where, values = Expected(JobStatus.IN_PROGRESS, owner).where("%s")
-
-        async def update(conn: Conn) -> bool:
-            cursor = await conn.execute(
-                "UPDATE darkroom.jobs SET status = 'IN_QUEUE', attempts = %s, started_at = NULL, "
-                f"host_id = NULL, cancel_requested = false WHERE request_id = %s{where}",
-                (attempts, request_id, *values),
-            )
-            if cursor.rowcount > 0:
-                await self.notify_job(conn, request_id)
-            return cursor.rowcount > 0
-
-        return await self._call(update)
+        cursor = await conn.execute(
+            "UPDATE darkroom.jobs SET status = 'IN_QUEUE', attempts = %s, started_at = NULL, "
+            f"host_id = NULL, cancel_requested = false WHERE request_id = %s{where}",
+            (attempts, request_id, *values),
+        )
+        if cursor.rowcount > 0:
+            await self.notify_job(conn, request_id)
+        return cursor.rowcount > 0
 
     async def finish(
         self, request_id: str, outcome: Outcome, *, finished_at: float, expires_at: float,
