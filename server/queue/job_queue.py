@@ -27,7 +27,7 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -40,12 +40,12 @@ from server.generation.live import (
     FINISHED_STATE_TTL_S,
     LiveReporter,
     completed_event,
-    failed_event,
     fal_log_entry,
 )
 from server.generation.progress import ProgressHub
 from server.media.outputs import OutputStore
 from server.queue.fleet import RESYNC_INTERVAL_S, WARM_AFFINITY_S, Fleet
+from server.queue.fleet_member import FleetMember, terminal_event
 from server.queue.order import QueueOrder
 from server.queue.store import (
     CANCELLED,
@@ -69,8 +69,6 @@ logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 2  # a job running when the facade died is re-run once
 SWEEP_INTERVAL_S = 1.0
 OUTPUT_SWEEP_INTERVAL_S = 60.0  # sync runs' outputs (no job record) are looked for once a minute
-# Each host publishes a job's positions itself, and its outcome reaches the others through the store.
-_NOT_RELAYED = frozenset({"queued", "completed", "failed"})
 
 
 class QueueFullError(DarkroomError):
@@ -135,7 +133,7 @@ class Job:
         return await self.queue.cancel(self.request_id)
 
 
-class JobQueue:
+class JobQueue(FleetMember):
     """Schedules stored jobs onto the workers; see the module docstring."""
 
     def __init__(
@@ -232,15 +230,6 @@ class JobQueue:
         """The job's in-memory record (no outcome body), or None if unknown or expired."""
         return self.order.jobs.get(request_id)
 
-    async def find(self, request_id: str) -> JobRecord | None:
-        """``get``, and in a fleet a job submitted to another host a moment ago, which this host's
-        index may not have heard of yet: read from the store once."""
-        record = self.order.jobs.get(request_id)
-        if record is not None or self.fleet is None:
-            return record
-        stored = await self.store.get(request_id)
-        return None if stored is None else self._absorb(stored)
-
     def job(self, request_id: str) -> Job:
         return Job(request_id, self)
 
@@ -282,7 +271,7 @@ class JobQueue:
         if record.status is JobStatus.COMPLETED:
             stored = await self.store.get(request_id)
             if stored is not None and stored.outcome is not None and not self.hub.known(request_id):
-                self.hub.publish(request_id, _terminal_event(stored.outcome))
+                self.hub.publish(request_id, terminal_event(stored.outcome))
         elif record.status is JobStatus.IN_PROGRESS:
             self.hub.publish(request_id, {"type": "started"})
         return True
@@ -524,129 +513,12 @@ class JobQueue:
         record.status, record.finished_at = JobStatus.COMPLETED, now
         record.expires_at, record.outcome, record.input = now + self.retention_s, outcome.without_body(), {}
         self.order.place(record)
-        terminal = completed_event(output) if output is not None else _terminal_event(outcome)
+        terminal = completed_event(output) if output is not None else terminal_event(outcome)
         self.hub.publish(record.request_id, terminal)
         for observer in self.observers:
             observer(record, outcome)
         # The result lives in the store; ensure_live_state rebuilds the hub's state when asked.
         asyncio.get_running_loop().call_later(FINISHED_STATE_TTL_S, self.hub.forget, record.request_id)
-
-    # -- the fleet (fleet.Member): the index follows the database ---------------------------------
-
-    def job_changed(self, request_id: str) -> None:
-        # One read at a time per job, again after it if another change came meanwhile: the last
-        # read always follows the last change, so reads finishing out of order cannot leave it stale.
-        if request_id in self._stale:
-            self._stale[request_id] = True
-            return
-        self._stale[request_id] = False
-        self._in_background(self._refresh_until_current(request_id))
-
-    async def _refresh_until_current(self, request_id: str) -> None:
-        try:
-            while True:
-                await self._refresh(request_id)
-                if not self._stale[request_id]:
-                    return
-                self._stale[request_id] = False
-        finally:
-            del self._stale[request_id]
-
-    def cancel_requested(self, request_id: str) -> None:
-        if (task := self._tasks.get(request_id)) is not None:
-            task.cancel()
-
-    def event_relayed(self, request_id: str, event: dict[str, Any]) -> None:
-        if request_id not in self._tasks and self.order.jobs.get(request_id) is not None:
-            self.hub.publish(request_id, event)
-
-    def fenced(self) -> None:
-        for request_id, task in self._tasks.items():
-            self._abandoned.add(request_id)
-            task.cancel()
-
-    def resync(self) -> None:
-        self._in_background(self._resync())
-
-    async def orphaned(self, records: list[JobRecord]) -> None:
-        for orphan in records:
-            logger.error("request %s lost its host on its second run: failing it", orphan.request_id)
-            record = self._absorb(orphan)
-            await self._finish(
-                record, RESTARTED_TWICE, expect=Expected(JobStatus.IN_PROGRESS, orphan.host_id)
-            )
-
-    def _in_background(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._refreshing.add(task)
-        task.add_done_callback(self._refreshing.discard)
-
-    def _relay_event(self, request_id: str, event: dict[str, Any]) -> None:
-        # The live events of a job running here; its outcome reaches the other hosts through the store.
-        if self.fleet is not None and request_id in self._tasks and event["type"] not in _NOT_RELAYED:
-            self.fleet.relay(request_id, event)
-
-    async def _refresh(self, request_id: str) -> None:
-        """Bring one job's index entry in line with the store (another host changed it)."""
-        try:
-            stored = await self.store.get(request_id)
-        except Exception:
-            logger.exception("could not read request %s from the job store", request_id)
-            return
-        if request_id in self._tasks:
-            return  # running here (claimed while it was read): this host is the one that changes it
-        if stored is None:
-            self.order.forget(request_id)
-            self.hub.forget(request_id)
-        else:
-            self._absorb(stored)
-        self._wakeup.set()
-
-    async def _resync(self) -> None:
-        """Bring the whole index in line with the store (the fleet's slow fallback)."""
-        stored = {r.request_id: r for r in await self.store.index()}
-        for request_id in [rid for rid in self.order.jobs if rid not in stored and rid not in self._tasks]:
-            self.order.forget(request_id)
-            self.hub.forget(request_id)
-        for request_id, record in stored.items():
-            if request_id not in self._tasks:
-                self._absorb(record)
-        self._wakeup.set()
-
-    def _absorb(self, fresh: JobRecord) -> JobRecord:
-        """Merge a record read from the store into the index; returns the index's record."""
-        record = self.order.jobs.get(fresh.request_id)
-        if record is not None and record.status is JobStatus.COMPLETED:
-            return record  # an outcome is final: what differs is a read older than it
-        settled_elsewhere = fresh.status is JobStatus.COMPLETED and (
-            record is None or record.status is not JobStatus.COMPLETED
-        )
-        if settled_elsewhere and fresh.outcome is not None and self.hub.watched(fresh.request_id):
-            if not self.hub.finished(fresh.request_id):
-                self.hub.publish(fresh.request_id, _terminal_event(fresh.outcome))
-            asyncio.get_running_loop().call_later(FINISHED_STATE_TTL_S, self.hub.forget, fresh.request_id)
-        elif settled_elsewhere:
-            self.hub.forget(fresh.request_id)  # what was relayed; the store has the rest
-        if fresh.outcome is not None:
-            fresh.outcome = fresh.outcome.without_body()
-        if record is None:
-            record = fresh
-        else:
-            vars(record).update(vars(fresh))
-        self.order.place(record)
-        self.order.publish_positions()
-        return record
-
-    def waiting_note(self, record: JobRecord) -> str | None:
-        """Why a queued job cannot start anywhere (no live host of the fleet can run its app), or None."""
-        if self.fleet is None or record.status is not JobStatus.IN_QUEUE:
-            return None
-        if record.app_id in self.fleet.runnable_apps or self.fleet.can_run(record.app_id):
-            return None
-        return (
-            f"No live host of the fleet has the model files {record.app_id} needs: the request waits "
-            "until a host that has them joins (or its X-Fal-Request-Timeout passes)"
-        )
 
     # -- housekeeping -----------------------------------------------------------------------------
 
@@ -691,11 +563,3 @@ class JobQueue:
             self.hub.forget(request_id)
         await asyncio.to_thread(self.outputs.delete, request_ids)
         logger.info("deleted %d expired request(s) and their outputs", len(request_ids))
-
-
-def _terminal_event(outcome: Outcome) -> dict[str, Any]:
-    body = json.loads(outcome.body_json) if outcome.body_json else None
-    if outcome.ok:
-        return completed_event(body)
-    detail = body.get("detail") if isinstance(body, dict) else body
-    return failed_event(outcome.status_code, detail, outcome.error or "", outcome.error_type or "")
