@@ -27,20 +27,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import re
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from drill_serve import KEY, ROOT, Server
+from drill_serve import KEY, ROOT, Server, postgres_database
 
 from server.engine.worker import free_port
 
@@ -276,18 +274,6 @@ async def drill(
     return figures
 
 
-@contextlib.contextmanager
-def postgres(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    sys.path.insert(0, str(ROOT))
-    from tests.postgres import postgres_or_skip, running_postgres
-
-    with running_postgres(postgres_or_skip()) as server:
-        yield server.database()
-
-
 async def run(args: argparse.Namespace, database_url: str, root: Path) -> dict[str, Any]:
     receiver = Receiver()
     app = web.Application()
@@ -323,7 +309,10 @@ def main() -> int:
     parser.add_argument("--database-url")
     parser.add_argument("--models-dir", default=str(ROOT / "data" / "models"))
     args = parser.parse_args()
-    with postgres(args.database_url) as url, tempfile.TemporaryDirectory(prefix="drill-fleet-") as tmp:
+    with (
+        postgres_database(args.database_url) as url,
+        tempfile.TemporaryDirectory(prefix="drill-fleet-") as tmp,
+    ):
         figures = asyncio.run(run(args, url, Path(tmp)))
     wrong = failures(figures, args)
     if figures["key_in_log"] or figures["facade_tracebacks"]:

@@ -131,3 +131,16 @@ def serving(name: str, data_dir: Path, models_dir: Path, **env: str) -> Iterator
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def postgres_database(url: str | None) -> Iterator[str]:
+    """``url``, or a fresh database on a throwaway PostgreSQL cluster (Debian's postgresql package)
+    started for the duration, on loopback."""
+    if url:
+        yield url
+        return
+    from tests.postgres import postgres_or_skip, running_postgres
+
+    with running_postgres(postgres_or_skip()) as server:
+        yield server.database()
