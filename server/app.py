@@ -200,7 +200,8 @@ def create_app(settings: Settings, supervisor: Supervisor, *, run_supervisor: bo
 
 def _build_parts(app: web.Application, settings: Settings, supervisor: Supervisor) -> WebhookSigner:
     """Keys, mappings, generator, queue and stores on the app; returns the webhook signer (for JWKS)."""
-    app[KEYS] = KeyRing.from_settings(settings, TokenSigner.load_or_create(settings.token_secret_path))
+    token_signer = TokenSigner.load_or_create(settings.token_secret_path, database_url=settings.database_url)
+    app[KEYS] = KeyRing.from_settings(settings, token_signer)
     app[HUB] = ProgressHub()
     manifest = load_manifest()
     app[ENDPOINTS] = served = load_endpoints(WORKFLOWS_DIR, manifest)
@@ -216,7 +217,7 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
         app[OBJECTS] = objects
     outputs = OutputStore(settings.outputs_path, budget, objects)
     app[GENERATOR] = Generator(settings, supervisor, manifest, outputs, LoraCache(settings, objects))
-    signer = WebhookSigner.load_or_create(settings.webhook_key_path)
+    signer = WebhookSigner.load_or_create(settings.webhook_key_path, database_url=settings.database_url)
     store = job_store(settings)
     fleet = None
     if isinstance(store, PostgresJobStore):

@@ -59,11 +59,13 @@ class WebhookSigner:
         self.kid = _b64url(hashlib.sha256(thumbprint.encode()).digest())  # RFC 7638
 
     @classmethod
-    def load_or_create(cls, path: Path) -> WebhookSigner:
-        """The key in ``path`` (a raw 32-byte seed, mode 0600), generated on first use."""
+    def load_or_create(cls, path: Path, *, database_url: str = "") -> WebhookSigner:
+        """The key in ``path`` (a raw 32-byte seed, mode 0600), generated on first use (a fleet's: in
+        its database)."""
         seed = secret_files.load_or_create(
-            path, 32, what="a webhook signing key", on_delete="receivers must then fetch the new JWKS"
-        )
+            path, 32, what="a webhook signing key", on_delete="receivers must then fetch the new JWKS",
+            database_url=database_url,
+        )  # fmt: skip
         return cls(SigningKey(seed))
 
     def headers(self, *, request_id: str, user_id: str, body: bytes, timestamp_s: float) -> dict[str, str]:

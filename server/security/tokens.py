@@ -80,13 +80,15 @@ class TokenSigner:
         return cls(secrets.token_bytes(SECRET_BYTES))
 
     @classmethod
-    def load_or_create(cls, path: Path) -> TokenSigner:
-        """The secret in ``path`` (32 raw bytes, mode 0600), generated on first use."""
+    def load_or_create(cls, path: Path, *, database_url: str = "") -> TokenSigner:
+        """The secret in ``path`` (32 raw bytes, mode 0600), generated on first use (a fleet's: in its
+        database)."""
         return cls(
             secret_files.load_or_create(
-                path, SECRET_BYTES, what="a token secret", on_delete="tokens issued before then stop working"
+                path, SECRET_BYTES, what="a token secret", on_delete="tokens issued before then stop working",
+                database_url=database_url,
             )
-        )
+        )  # fmt: skip
 
     def issue(self, scope: str, ttl_s: float, **claims: Any) -> tuple[str, float]:
         """A token for ``scope`` valid ``ttl_s`` seconds with extra ``claims``, and its expiry (unix s)."""
