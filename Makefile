@@ -13,15 +13,19 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: serve test setup lint bench clean browser postgres
+.PHONY: serve test setup test-setup lint bench clean browser postgres
 serve: setup
 	$(DARKROOM) serve
 
-test: setup
+test: test-setup
 	$(PY) -m pytest tests --ignore=tests/engine
 	$(PY) -m pytest tests/engine
 
-setup: $(VENV)/.deps-stamp data/.comfyui-stamp data/.tiny-stamp tests/e2e/js/node_modules/.stamp browser postgres
+# What serving needs (the Docker image runs this); the tests also need a browser, PostgreSQL and fal's
+# JS client.
+setup: $(VENV)/.deps-stamp data/.comfyui-stamp data/.tiny-stamp
+
+test-setup: setup tests/e2e/js/node_modules/.stamp browser postgres
 
 $(VENV)/.deps-stamp: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,7 +60,7 @@ data/.tiny-stamp: data/.comfyui-stamp $(wildcard custom_nodes/darkroom/*.py cust
 	$(DARKROOM) models make-tiny
 	touch $@
 
-lint: setup
+lint: test-setup
 	$(VENV)/bin/ruff check server scripts tests custom_nodes
 	$(VENV)/bin/ruff format --check server scripts tests custom_nodes
 	$(VENV)/bin/mypy

@@ -38,7 +38,7 @@ def postgres_or_skip() -> Path:
     """The server binaries' folder, or skip (fail under CI=true) saying what is missing."""
     bin_dir = _bin_dir()
     if bin_dir is None or not (bin_dir / "initdb").exists():
-        message = "PostgreSQL tests need Debian's postgresql package (make setup installs it as root)"
+        message = "PostgreSQL tests need Debian's postgresql package (make test-setup installs it as root)"
         if os.environ.get("CI") == "true":
             pytest.fail(message, pytrace=False)
         pytest.skip(message)

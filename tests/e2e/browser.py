@@ -22,7 +22,7 @@ SCREENSHOTS = PROJECT_ROOT / "data" / "screenshots"
 def chromium_or_skip() -> None:
     missing = []
     if CHROMIUM is None:
-        missing.append("Debian's chromium (apt-get install chromium; make setup does it as root)")
+        missing.append("Debian's chromium (apt-get install chromium; make test-setup does it as root)")
     try:
         import playwright  # noqa: F401
     except ImportError:

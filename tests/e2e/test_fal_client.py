@@ -244,7 +244,7 @@ def test_cancel_queued_and_running(server: Server) -> None:
 JS_DIR = PROJECT_ROOT / "tests" / "e2e" / "js"
 needs_js = pytest.mark.skipif(
     shutil.which("node") is None or not (JS_DIR / "node_modules" / "@fal-ai" / "client").is_dir(),
-    reason="needs node and `npm ci --prefix tests/e2e/js` (make setup does it when npm is present)",
+    reason="needs node and `npm ci --prefix tests/e2e/js` (make test-setup does it when npm is present)",
 )
 
 

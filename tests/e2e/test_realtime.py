@@ -91,7 +91,7 @@ def test_realtime_refuses_a_wrong_key_both_ways(server: Server) -> None:  # noqa
 
 @pytest.mark.skipif(
     shutil.which("node") is None or not (JS_DIR / "node_modules" / "@fal-ai" / "client").is_dir(),
-    reason="needs node and `npm ci --prefix tests/e2e/js` (make setup does it when npm is present)",
+    reason="needs node and `npm ci --prefix tests/e2e/js` (make test-setup does it when npm is present)",
 )
 def test_realtime_with_fals_js_client(server: Server) -> None:  # noqa: F811
     env = {
