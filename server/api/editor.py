@@ -289,7 +289,11 @@ def _execution_error(prompt_id: str, message: str) -> dict[str, Any]:
 def _editor_runs(request: web.Request, *, running: bool) -> list[str]:
     queue = request.app[QUEUE]
     wanted = JobStatus.IN_PROGRESS if running else JobStatus.IN_QUEUE
-    return [r.request_id for r in queue.order.jobs.values() if r.app_id == EDITOR_APP and r.status is wanted]
+    here = queue.fleet.name if queue.fleet is not None else None  # a fleet's other hosts have editors too
+    return [
+        r.request_id for r in queue.order.jobs.values()
+        if r.app_id == EDITOR_APP and r.status is wanted and r.pinned_host == here
+    ]  # fmt: skip
 
 
 async def _cancel_editor_runs(request: web.Request, ids: list[str]) -> None:

@@ -24,6 +24,7 @@ from server.queue.job_queue import MAX_ATTEMPTS, JobQueue
 from server.queue.postgres_store import PostgresJobStore
 from server.queue.store import Delivery, Expected, JobRecord, JobStatus, JobStore, Outcome, Priority
 from server.workflows.mapping import WORKFLOWS_DIR, Endpoint, load_endpoints
+from tests.postgres import PostgresServer
 
 APP = "darkroom/demo-flux-2"
 
@@ -333,3 +334,30 @@ async def test_job_handle_waits_for_the_outcome_and_aborts(
     assert outcome.ok and json.loads(outcome.body_json)["prompt"] == "a"
     assert await first.abort() == "ALREADY_COMPLETED" and queue.job("nope").status() is None
     await queue.stop()
+
+
+async def test_a_fleet_request_waits_for_a_host_with_its_models_and_says_why(
+    postgres_server: PostgresServer, endpoints: dict[str, Endpoint], tmp_path: Path
+) -> None:
+    url = postgres_server.database()
+    thin_store, full_store = PostgresJobStore(url), PostgresJobStore(url)
+    for store in (thin_store, full_store):
+        await store.open()
+    thin, _ = make_queue(thin_store, endpoints, tmp_path / "thin", hold=False)
+    assert thin.fleet is not None
+    thin.fleet.capabilities = lambda: Capabilities([], (), 1)  # this host has no model files
+    await thin.start()
+    job = await thin.submit(endpoints[APP], {"prompt": "x"}, url_path=APP, base_url="http://h")
+    await asyncio.sleep(0.5)
+    assert thin.get(job.request_id).status is JobStatus.IN_QUEUE  # type: ignore[union-attr]
+    assert "No live host of the fleet has the model files" in (thin.waiting_note(job) or "")
+
+    full, fake = make_queue(full_store, endpoints, tmp_path / "full", hold=False)
+    full.fleet.name = "full-host"  # type: ignore[union-attr]
+    await full.start()  # a host that has the files joins: it runs the request, the other hears of it
+    await until(lambda: thin.get(job.request_id).status is JobStatus.COMPLETED)  # type: ignore[union-attr]
+    assert fake.finished == [job.request_id] and thin.waiting_note(job) is None
+    assert (await thin.outcome(job.request_id)).ok
+    for queue, store in ((thin, thin_store), (full, full_store)):
+        await queue.stop()
+        await store.close()
