@@ -23,6 +23,7 @@ import psycopg
 import pytest
 
 from server.engine.worker import free_port
+from tests.processes import stop_process
 
 READY_TIMEOUT_S = 60.0
 
@@ -94,12 +95,7 @@ def running_postgres(bin_dir: Path) -> Iterator[PostgresServer]:
         _wait_ready(server)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_s=30)
         log.close()
         shutil.rmtree(root, ignore_errors=True)
 

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from server.engine.worker import free_port
+from tests.processes import stop_process
 
 READY_TIMEOUT_S = 30.0
 
@@ -109,12 +110,7 @@ def running_s3() -> Iterator[S3Server]:
         _wait_ready(server)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_s=10)
         log_path.unlink(missing_ok=True)
 
 
