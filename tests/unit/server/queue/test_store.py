@@ -107,13 +107,15 @@ def make_queue(
     return queue, fake
 
 
-def fleet_of(store: JobStore, endpoints: dict[str, Endpoint], name: str = "test-host") -> Fleet | None:
+def fleet_of(
+    store: JobStore, endpoints: dict[str, Endpoint], name: str = "test-host", lease_s: float = 30.0
+) -> Fleet | None:
     """On PostgreSQL the queue runs as a fleet host (as ``create_app`` makes it), able to run every app;
     a queue made again with the same name is the same host restarted."""
     if not isinstance(store, PostgresJobStore):
         return None
     offer = Capabilities(sorted(endpoints), (), 1)
-    return Fleet(store, name=name, lease_s=30.0, capabilities=lambda: offer, max_attempts=MAX_ATTEMPTS)
+    return Fleet(store, name=name, lease_s=lease_s, capabilities=lambda: offer, max_attempts=MAX_ATTEMPTS)
 
 
 async def until(predicate: object, timeout_s: float = 5.0) -> None:
@@ -360,4 +362,39 @@ async def test_a_fleet_request_waits_for_a_host_with_its_models_and_says_why(
     assert (await thin.outcome(job.request_id)).ok
     for queue, store in ((thin, thin_store), (full, full_store)):
         await queue.stop()
+        await store.close()
+
+
+async def test_a_fleet_host_that_lost_its_lease_drops_its_run_and_another_host_runs_it(
+    postgres_server: PostgresServer, endpoints: dict[str, Endpoint], tmp_path: Path
+) -> None:
+    url = postgres_server.database()
+    stores = [PostgresJobStore(url), PostgresJobStore(url)]
+    queues = []
+    for index, store in enumerate(stores):
+        await store.open()
+        queue, fake = make_queue(store, endpoints, tmp_path / str(index), hold=True)
+        queue.fleet = fleet_of(store, endpoints, name=f"host-{index}", lease_s=1.5)
+        queues.append((queue, fake))
+    (first, first_fake), (second, second_fake) = queues
+    await first.start()
+    job = await first.submit(endpoints[APP], {"prompt": "x"}, url_path=APP, base_url="http://h")
+    await first_fake.wait_started(job.request_id)
+    await second.start()
+    lost = first.fleet.host_id  # type: ignore[union-attr]
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:  # its lease, reaped
+        await conn.execute("DELETE FROM darkroom.hosts WHERE host_id = %s", (lost,))
+
+    await second_fake.wait_started(job.request_id)  # the other host runs it again...
+    assert first_fake.cancelled == [job.request_id]  # ...and the first stopped its run, writing nothing
+    assert first.fleet.host_id != lost  # type: ignore[union-attr]  # it joined again as another host
+    first_fake.release(job.request_id)
+    second_fake.release(job.request_id)
+    await until(lambda: first.get(job.request_id).status is JobStatus.COMPLETED)  # type: ignore[union-attr]
+    stored = await stores[0].get(job.request_id)
+    assert stored is not None and stored.attempts == 2 and stored.outcome is not None and stored.outcome.ok
+    assert first_fake.finished == []  # its run never completed, so nothing of it was recorded
+    for queue, _ in queues:
+        await queue.stop()
+    for store in stores:
         await store.close()
