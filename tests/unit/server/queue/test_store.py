@@ -398,3 +398,29 @@ async def test_a_fleet_host_that_lost_its_lease_drops_its_run_and_another_host_r
         await queue.stop()
     for store in stores:
         await store.close()
+
+
+async def test_a_fleet_leaves_a_request_to_the_idle_host_that_has_its_model_warm(
+    postgres_server: PostgresServer, endpoints: dict[str, Endpoint], tmp_path: Path
+) -> None:
+    url = postgres_server.database()
+    stores = [PostgresJobStore(url), PostgresJobStore(url)]
+    hosts = []
+    for name, warm in (("warm", (APP,)), ("cold", ())):
+        store = stores[len(hosts)]
+        await store.open()
+        queue, fake = make_queue(store, endpoints, tmp_path / name, hold=False)
+        queue.fleet = fleet_of(store, endpoints, name=name)
+        offer = Capabilities(sorted(endpoints), warm, 1)
+        queue.fleet.capabilities = lambda offer=offer: offer  # type: ignore[union-attr, misc]
+        await queue.start()
+        hosts.append((queue, fake))
+    (_, warm_fake), (cold, cold_fake) = hosts
+    for seed in range(5):  # submitted to the cold host, one at a time: both hosts hear of each at once
+        job = await cold.submit(endpoints[APP], {"prompt": str(seed)}, url_path=APP, base_url="http://h")
+        await until(lambda job=job: cold.get(job.request_id).status is JobStatus.COMPLETED)  # type: ignore[misc, union-attr]
+    assert len(warm_fake.finished) == 5 and cold_fake.finished == []
+    for queue, _ in hosts:
+        await queue.stop()
+    for store in stores:
+        await store.close()
