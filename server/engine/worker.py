@@ -80,12 +80,24 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on right now."""
+def free_port(count: int = 1) -> int:
+    """A loopback port nothing listens on right now; with ``count``, the first of that many in a row
+    (the base port of ``count`` workers, which take base, base+1...)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port + count <= 65536 and all(_is_free(port + i) for i in range(1, count)):
+            return port
+
+
+def _is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _die_with_parent() -> Callable[[], None] | None:

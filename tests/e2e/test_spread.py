@@ -34,7 +34,8 @@ async def two_workers(
 ) -> AsyncIterator[tuple[Supervisor, Client]]:
     """A supervisor of its own with two CPU workers, and a facade over it; stopped at the end."""
     data = tmp_path_factory.mktemp("spread")
-    settings = replace(stack_settings, data_dir=str(data), workers=WORKERS, worker_base_port=free_port())
+    port = free_port(WORKERS)  # workers take base, base+1: all free
+    settings = replace(stack_settings, data_dir=str(data), workers=WORKERS, worker_base_port=port)
     supervisor = Supervisor(settings, comfyui_dir)
     await supervisor.start()
     try:
@@ -50,7 +51,8 @@ async def run_on(supervisor: Supervisor, client: Client, app_id: str) -> int:
     assert response.status == 200, await response.text()
     request_id = response.headers["x-fal-request-id"]
     ran = [w.id for w in supervisor.workers if await w.client.history(request_id) is not None]
-    assert len(ran) == 1, f"{request_id} is in the history of workers {ran}"
+    restarts = [w.restarts for w in supervisor.workers]  # a restart empties a worker's history
+    assert len(ran) == 1, f"{request_id} is in the history of workers {ran}; restarts per worker {restarts}"
     return ran[0]
 
 
