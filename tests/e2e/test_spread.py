@@ -50,7 +50,12 @@ async def run_on(supervisor: Supervisor, client: Client, app_id: str) -> int:
     response = await client.post(f"/run/{app_id}", json=BODY)
     assert response.status == 200, await response.text()
     request_id = response.headers["x-fal-request-id"]
-    ran = [w.id for w in supervisor.workers if await w.client.history(request_id) is not None]
+    # The run answers at ComfyUI's execution_success, which comes just before the prompt's history entry.
+    for _ in range(50):
+        ran = [w.id for w in supervisor.workers if await w.client.history(request_id) is not None]
+        if ran:
+            break
+        await asyncio.sleep(0.05)
     restarts = [w.restarts for w in supervisor.workers]  # a restart empties a worker's history
     assert len(ran) == 1, f"{request_id} is in the history of workers {ran}; restarts per worker {restarts}"
     return ran[0]
