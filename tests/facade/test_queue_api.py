@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -206,6 +207,9 @@ async def test_result_before_the_end_is_400_and_unknown_is_404(client: Client, f
         for method, path in (("GET", ""), ("GET", "/status"), ("PUT", "/cancel")):
             response = await client.request(method, f"/queue/{APP}/requests/{unsafe}{path}")
             assert response.status == 404 and len(response.headers["x-fal-request-id"]) == 36
+    # A newline in the app part still reaches the route: cancel's documented 404 body, not a bare one.
+    response = await client.put(f"/queue/bad%0Aapp/requests/{uuid.uuid4()}/cancel")
+    assert response.status == 404 and await response.json() == {"status": "NOT_FOUND"}
     fake.release(request_id)
 
 
