@@ -79,6 +79,18 @@ async def test_submit_answers_at_once_with_fal_keys_and_urls(client: Client) -> 
     assert (body["status_url"], body["cancel_url"]) == (base + "/status", base + "/cancel")
 
 
+async def test_request_ids_and_so_file_urls_are_unguessable(client: Client, fake: FakeGenerator) -> None:
+    """Outputs are served without a key at /files/<request id>/<name> (a capability URL), so the id is
+    the secret: a random uuid4 (122 random bits), a new one for every request. (/run makes its ids with
+    uuid.uuid4() too, in server/api/run.py; the holding fake here would keep a run from answering.)"""
+    ids = [(await submit(client))["request_id"] for _ in range(3)]
+    for request_id in ids:
+        parsed = uuid.UUID(request_id)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, request_id), request_id
+        fake.release(request_id)
+    assert len(set(ids)) == len(ids)
+
+
 async def test_urls_drop_the_subpath_and_keep_a_namespace(settings: Settings) -> None:
     from server.api.queue import queue_base
 
