@@ -134,6 +134,7 @@ def corpus(origin: str, loopback: str, own: str) -> list[Case]:
         flux("sigmas not ending at 0", 422, "last value must be 0", sigmas=[1.0, 0.5]),
         flux("sigmas past the CPU cap", 422, "at most 13", sigmas=sigmas_60),
         flux("shift out of range", 422, LE + "100", shift=101),
+        flux("shift overflowing FLUX's mu", 422, "no finite schedule", shift=93.5, scheduler="sgm_uniform"),
         flux("denoise out of range", 422, LE + "1", denoise=2),
         flux("too many LoRAs", 422, "at most 8", loras=[{"path": "a.safetensors"}] * 9),
         flux("LoRA entry unknown key", 422, "extra inputs", loras=[{"path": "a", "weight": 1}]),

@@ -2,10 +2,14 @@
 
 1. kill -9: the facade is SIGKILLed with --requests queue requests submitted, some done, one running.
    After a restart every request completes exactly as submitted: none lost, none failed.
-2. Disk full: the outputs folder becomes a 4 KiB tmpfs (needs root, for mount). A run then fails with
+2. A hung worker: its process group is SIGSTOPped while it runs a queue request (alive, holding its
+   socket, answering nothing). The supervisor's watchdog (DARKROOM_WORKER_HANG_TIMEOUT_S, 5 s here)
+   kills and restarts it, and the request runs once more and completes. Figures: seconds from the stop
+   to the worker's removal from service and to a new, ready worker; how the request ended.
+3. Disk full: the outputs folder becomes a 4 KiB tmpfs (needs root, for mount). A run then fails with
    507 storage_full, nothing half-written is left, and the server keeps serving: /ready, a sync_mode run
    (no file written) and, once the disk has room again, a stored run.
-3. SIGTERM drains: a running request finishes before the process exits (within DARKROOM_SHUTDOWN_GRACE_S)
+4. SIGTERM drains: a running request finishes before the process exits (within DARKROOM_SHUTDOWN_GRACE_S)
    and is not run again; the queued ones run after the next start.
 
     .venv/bin/python scripts/drill_faults.py [--requests 100] [--models-dir data/models]
@@ -20,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,6 +46,7 @@ SLOW = {
 }
 HEADERS = {"Authorization": f"Key {KEY}"}
 WAIT_S = 600.0
+HANG_TIMEOUT_S = 5.0  # as tests/e2e/test_watchdog.py: short, with margin for a loaded 2-core machine
 
 
 class Drill:
@@ -90,6 +96,12 @@ class Drill:
         async with self.http.post(f"{self.server.base}/run/{APP}", json=body) as response:
             return response.status, await response.json()
 
+    async def worker(self) -> dict[str, Any]:
+        """The one worker as /ready describes it (state, pid, restarts), and whether /ready is 200."""
+        async with self.http.get(f"{self.server.base}/ready") as response:
+            (worker,) = (await response.json())["workers"]
+            return {**worker, "ready": response.status == 200}
+
     def restart(self) -> float:
         started = time.monotonic()
         self.server.start(append_log=True)
@@ -113,6 +125,36 @@ async def kill_nine(drill: Drill, count: int) -> None:
     )
     drill.check(outcome["ok"] == count, f"kill -9: {outcome} of {count} requests")
     drill.check(drill.figures["kill9"]["run_again"] == 1, "kill -9: exactly the running request runs again")
+
+
+async def hang(drill: Drill) -> None:
+    request_id = await drill.submit({**SLOW, "seed": 7})
+    await drill.until([request_id], "IN_PROGRESS", at_least=1)
+    before = await drill.worker()
+    os.killpg(before["pid"], signal.SIGSTOP)  # the worker runs in its own session: its group is its own
+    stopped = time.monotonic()
+    figures: dict[str, Any] = {"hang_timeout_s": HANG_TIMEOUT_S}
+    drill.figures["hang"] = figures
+    async with asyncio.timeout(HANG_TIMEOUT_S * 6 + 120):
+        while (now := await drill.worker())["state"] == "ready" and now["pid"] == before["pid"]:
+            await asyncio.sleep(0.1)
+        figures["detected_s"] = round(time.monotonic() - stopped, 2)
+        while not ((now := await drill.worker())["ready"] and now["pid"] != before["pid"]):
+            await asyncio.sleep(0.1)
+        figures["restarted_s"] = round(time.monotonic() - stopped, 2)
+    await drill.until([request_id], "COMPLETED", at_least=1)
+    figures["completed_s"] = round(time.monotonic() - stopped, 2)
+    log = drill.server.log_path.read_text(errors="replace")
+    figures.update(
+        await drill.outcomes([request_id]),
+        watchdog_killed=f"did not answer for {HANG_TIMEOUT_S:g} s; killing it" in log,
+        run_again=log.count(f"{request_id} lost its worker"),
+        restarts=now["restarts"] - before["restarts"],
+    )  # fmt: skip
+    drill.check(figures["watchdog_killed"], "hang: the watchdog did not log killing the stopped worker")
+    drill.check(figures["restarts"] == 1, f"hang: {figures['restarts']} worker restarts, expected 1")
+    drill.check(figures["run_again"] == 1, f"hang: the request ran again {figures['run_again']} times")
+    drill.check(figures["ok"] == 1, f"hang: the request did not complete with images: {figures}")
 
 
 async def disk_full(drill: Drill) -> None:
@@ -173,13 +215,15 @@ async def drain(drill: Drill) -> None:
 
 
 async def main_async(args: argparse.Namespace, data_dir: Path) -> Drill:
-    server = Server("faults", data_dir, Path(args.models_dir), {"DARKROOM_DISK_MIN_FREE_BYTES": "0"})
+    env = {"DARKROOM_DISK_MIN_FREE_BYTES": "0", "DARKROOM_WORKER_HANG_TIMEOUT_S": f"{HANG_TIMEOUT_S:g}"}
+    server = Server("faults", data_dir, Path(args.models_dir), env)
     server.start()
     try:
         async with aiohttp.ClientSession(headers=HEADERS, timeout=aiohttp.ClientTimeout(total=120)) as http:
             drill = Drill(server, http)
             phases: list[Callable[[], Awaitable[None]]] = [
-                lambda: kill_nine(drill, args.requests), lambda: disk_full(drill), lambda: drain(drill)
+                lambda: kill_nine(drill, args.requests), lambda: hang(drill), lambda: disk_full(drill),
+                lambda: drain(drill),
             ]  # fmt: skip
             for phase in phases:
                 try:

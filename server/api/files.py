@@ -6,10 +6,12 @@ from the store as it arrives (never whole in memory), a single byte range is pas
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aiohttp import web
 
 from server.api.described import operation
-from server.errors import NotFoundError
+from server.errors import DarkroomError, NotFoundError
 from server.media.objects import ObjectStore
 from server.media.outputs import OutputStore, content_type_of, output_key
 
@@ -18,11 +20,11 @@ SERVED_RESPONSES: dict[int, str | tuple[str, str]] = {
     200: "The file, typed by its extension",
     206: ("One byte range of the file (a Range header)", "*/*"),
     404: "Unknown file",
-    416: "The range starts past the end of the file",
+    416: "The range starts past the end of the file, or is not one byte range",
     503: "The shared storage (DARKROOM_STORAGE_URL) is unavailable; retry",
 }
 RANGE_HEADER = {
-    "Range": "One byte range, bytes=start-[end] or bytes=-suffix (206); others get the whole file"
+    "Range": "One byte range, bytes=start-[end] or bytes=-suffix (206); one past the end of the file gets 416"
 }
 
 
@@ -38,10 +40,33 @@ def file_route(store: OutputStore) -> web.RouteDef:
         request_id, name = request.match_info["request_id"], request.match_info["name"]
         if store.objects is not None:
             return await serve_object(request, store.objects, output_key(request_id, name), name)
-        path = store.path_of(request_id, name)
-        return web.FileResponse(path, headers={"Content-Type": content_type_of(path.name)})
+        return local_file(request, store.path_of(request_id, name))
 
     return web.get("/files/{request_id:[0-9a-f-]+}/{name}", serve)  # uuid4 ids: not /files/upload
+
+
+def local_file(request: web.Request, path: Path) -> web.FileResponse:
+    """aiohttp's FileResponse for ``path``, typed by its extension; a Range it would refuse with an empty
+    416 (past the end, or not one byte range) gets our error body instead, as from a shared store."""
+    stat, if_range = path.stat(), request.if_range
+    size_bytes = stat.st_size
+    if "Range" in request.headers and (if_range is None or stat.st_mtime <= if_range.timestamp()):
+        try:
+            start = request.http_range.start
+        except ValueError as e:
+            raise _unsatisfiable(
+                f"Range {request.headers['Range']!r} is not one byte range ({e})", size_bytes
+            ) from e
+        if start is not None and (start if start >= 0 else max(start + size_bytes, 0)) >= size_bytes:
+            raise _unsatisfiable(f"The range asked for is past the end of {path.name}", size_bytes)
+    return web.FileResponse(path, headers={"Content-Type": content_type_of(path.name)})
+
+
+def _unsatisfiable(message: str, size_bytes: int) -> DarkroomError:
+    return DarkroomError(
+        f"{message}: send bytes=start-[end] or bytes=-suffix within its {size_bytes} bytes",
+        status=416, code="range_not_satisfiable", headers={"Content-Range": f"bytes */{size_bytes}"},
+    )  # fmt: skip
 
 
 async def serve_object(request: web.Request, objects: ObjectStore, key: str, name: str) -> web.StreamResponse:

@@ -61,13 +61,15 @@ class CancelBody(BaseModel):
 
 def routes(signer: WebhookSigner) -> list[web.RouteDef]:
     """The queue routes, and the webhook key at ``GET /.well-known/jwks.json``."""
-    requests = "/queue/{base:.+}/requests/{request_id}"
+    # (?s: any character, a newline too, as a client may send it percent-encoded: such a path gets the
+    # route's own answer, e.g. cancel's documented 404 {"status": "NOT_FOUND"}, not a bare "not found".
+    requests = "/queue/{base:(?s:.+)}/requests/{request_id}"
     return [
         web.get(requests + "/status/stream", status_stream),
         web.get(requests + "/status", status),
         web.put(requests + "/cancel", cancel),
         web.get(requests, result),
-        web.post("/queue/{path:(?!.*/requests/).+}", submit),  # not a request's own URLs
+        web.post("/queue/{path:(?s:(?!.*/requests/).+)}", submit),  # not a request's own URLs
         jwks_route(signer),
     ]
 

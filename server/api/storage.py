@@ -35,12 +35,11 @@ from pydantic import BaseModel, Field, ValidationError
 
 from server.api import auth
 from server.api.described import operation
-from server.api.files import RANGE_HEADER, SERVED_RESPONSES, serve_object
+from server.api.files import RANGE_HEADER, SERVED_RESPONSES, local_file, serve_object
 from server.api.request import body_chunks, read_json
 from server.api.state import KEYS, MULTIPART, SETTINGS, UPLOADS
 from server.errors import AuthError, InputError, RequestValidationError
 from server.media.multipart import MAX_PARTS, parse_part_number, quoted_etag
-from server.media.outputs import content_type_of
 from server.media.uploads import safe_name, upload_key
 from server.security.keyring import credentials
 
@@ -336,5 +335,4 @@ async def serve_upload(request: web.Request) -> web.StreamResponse:
     store, upload_id, name = request.app[UPLOADS], request.match_info["upload_id"], request.match_info["name"]
     if store.objects is not None:
         return await serve_object(request, store.objects, upload_key(upload_id, name), name)
-    path = store.path_of(upload_id, name)
-    return web.FileResponse(path, headers={"Content-Type": content_type_of(path.name)})
+    return local_file(request, store.path_of(upload_id, name))

@@ -129,6 +129,12 @@ def test_bad_overrides_fail_at_queue_time(flux2: Any) -> None:
     assert "sigmas replaces the whole schedule" in conflict
     assert "strictly descend" in Sigmas.validate_inputs(**(DEFAULTS | {"custom_sigmas": "[1, 2, 0]"}))
     assert "not one of" in Sigmas.validate_inputs(**(DEFAULTS | {"scheduler": "nope"}))
+    # FLUX's shift is an exponent: a large one (a fuzzed 93.5) made every sigma NaN and the sampler
+    # fail deep inside (a 500); it is the override's error (a 422) instead.
+    default = nf.Flux2Scheduler.execute(steps=STEPS, width=64, height=64).args[0]
+    with pytest.raises(sampling.OverrideError, match="shift 93.5 .* no finite schedule"):
+        huge = {"shift": 93.5, "scheduler": "sgm_uniform"}
+        Sigmas.execute(model=flux2, sigmas=default, **(DEFAULTS | huge))
     with pytest.raises(sampling.OverrideError, match="sampler 'nope'"):
         sampling.select_sampler(None, "nope")
     for node in [*nodes_extras.NODES, *nodes_sampling.NODES]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -76,6 +77,18 @@ async def test_submit_answers_at_once_with_fal_keys_and_urls(client: Client) -> 
     base = f"http://{client.server.host}:{client.server.port}/queue/{APP}/requests/{body['request_id']}"
     assert body["response_url"] == base
     assert (body["status_url"], body["cancel_url"]) == (base + "/status", base + "/cancel")
+
+
+async def test_request_ids_and_so_file_urls_are_unguessable(client: Client, fake: FakeGenerator) -> None:
+    """Outputs are served without a key at /files/<request id>/<name> (a capability URL), so the id is
+    the secret: a random uuid4 (122 random bits), a new one for every request. (/run makes its ids with
+    uuid.uuid4() too, in server/api/run.py; the holding fake here would keep a run from answering.)"""
+    ids = [(await submit(client))["request_id"] for _ in range(3)]
+    for request_id in ids:
+        parsed = uuid.UUID(request_id)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, request_id), request_id
+        fake.release(request_id)
+    assert len(set(ids)) == len(ids)
 
 
 async def test_urls_drop_the_subpath_and_keep_a_namespace(settings: Settings) -> None:
@@ -206,6 +219,9 @@ async def test_result_before_the_end_is_400_and_unknown_is_404(client: Client, f
         for method, path in (("GET", ""), ("GET", "/status"), ("PUT", "/cancel")):
             response = await client.request(method, f"/queue/{APP}/requests/{unsafe}{path}")
             assert response.status == 404 and len(response.headers["x-fal-request-id"]) == 36
+    # A newline in the app part still reaches the route: cancel's documented 404 body, not a bare one.
+    response = await client.put(f"/queue/bad%0Aapp/requests/{uuid.uuid4()}/cancel")
+    assert response.status == 404 and await response.json() == {"status": "NOT_FOUND"}
     fake.release(request_id)
 
 

@@ -251,6 +251,19 @@ async def test_a_token_in_the_query_opens_the_stream_route_of_its_apps_only(clie
     assert forged.status == 401
 
 
+async def test_a_token_does_not_stand_in_for_a_key_on_a_requests_urls(client: Client) -> None:
+    """A browser token (for its own apps) opens only the socket and stream routes: a request's status,
+    result and cancel, even of its own app and user, still need a key, however the token is sent."""
+    token = await mint(client, ["demo-flux-2"])
+    mine = await client.post(f"/queue/{APP}", json={"prompt": "mine"}, headers=ALICE)
+    base = f"/queue/{APP}/requests/{(await mine.json())['request_id']}"
+    for method, path in (("GET", "/status"), ("GET", "/status/stream"), ("GET", ""), ("PUT", "/cancel")):
+        for sent in ({"params": {"fal_jwt_token": token}}, {"headers": {"Authorization": f"Bearer {token}"}}):
+            response = await client.request(method, base + path, **sent)
+            assert response.status == 401, (method, path, sent, response.status)
+            assert (await response.json())["error_type"] == "unauthorized"
+
+
 @pytest.mark.parametrize("path", ["/ws", f"/run/{APP}/realtime"])
 async def test_a_tokens_socket_closes_when_the_token_expires(client: Client, path: str) -> None:
     token = await mint(client, ["demo-flux-2"], token_expiration=1)

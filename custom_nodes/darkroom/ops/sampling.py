@@ -115,6 +115,13 @@ def compute_sigmas(model: Any, default: torch.Tensor, override: ScheduleOverride
     scheduler = "simple" if override.scheduler == DEFAULT else override.scheduler
     total = steps if override.denoise >= 1 else int(steps / override.denoise)
     sigmas: torch.Tensor = comfy.samplers.calculate_sigmas(sampling, scheduler, total).cpu()
+    if not bool(torch.isfinite(sigmas).all()):
+        # FLUX's shift is mu in exp(mu): past ~88 that overflows float32 and every sigma is NaN,
+        # which a sampler would only fail on deep inside (found by the fuzz drill).
+        raise OverrideError(
+            f"shift {override.shift:g} with scheduler {scheduler!r} gives this model no finite schedule; "
+            "use a smaller shift (FLUX's is an exponent, mu: FLUX.1 uses 1.15, FLUX.2 2.02)"
+        )
     return sigmas[-(steps + 1) :]
 
 

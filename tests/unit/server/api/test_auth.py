@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import re
 from pathlib import Path
@@ -44,6 +45,29 @@ def test_only_digests_are_kept(tmp_path: Path) -> None:
     assert "super-secret-key" not in repr(ring)
     assert all(len(d) == 32 for d in ring.digests)
     assert "super-secret-key" not in repr(load_settings({}, api_keys="super-secret-key"))
+
+
+def test_a_key_is_compared_with_every_digest_in_constant_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether a key matches, and which, must not show in the time taken: every lookup hashes the key
+    and compares its digest with every configured digest by hmac.compare_digest (spied on here, the
+    real one still deciding), all of the same length, with no early exit on a match."""
+    ring = keyring(
+        tmp_path, "first-key, middle-key", f"last-key\nsha256:{hashlib.sha256(b'h').hexdigest()}\n"
+    )
+    compared: list[tuple[int, int]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    for key in ("first-key", "last-key", "h", "wrong", "", "x" * 10_000):
+        compared.clear()
+        ring.lookup(key)
+        assert compared == [(32, 32)] * 4, (key, compared)
 
 
 def test_bad_keys_file_is_a_config_error(tmp_path: Path) -> None:
