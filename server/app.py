@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from aiohttp.web_log import AccessLogger
+from aiohttp.web_log import AccessLogger, KeyMethod
 
 from server.api import (
     assets,
@@ -86,12 +86,22 @@ __all__ = ["REQUEST_ID", "SETTINGS", "SUPERVISOR", "PollQuietAccessLogger", "cre
 REQUEST_ID_HEADER = "x-fal-request-id"
 _HEADER_SAFE_ID = re.compile(r"[\x21-\x7e]{1,200}")
 ERROR_TYPE_HEADER = "x-fal-error-type"
+_SECRET_QUERY = frozenset({"fal_jwt_token"})  # the app token browsers send in a URL
 
 
 class PollQuietAccessLogger(AccessLogger):
     """aiohttp's access log without the successful polls: SDKs poll a request's status ten times a
     second, and formatting those lines cost a third of a status answer. Set the access logger to DEBUG
     to see them."""
+
+    def __init__(self, logger: logging.Logger, log_format: str = AccessLogger.LOG_FORMAT) -> None:
+        super().__init__(logger, log_format)
+        # The request line (%r) without the credentials a query may carry (a browser's app token). Not
+        # in compile_format: aiohttp caches compiled formats for every AccessLogger by format string.
+        self._methods = [
+            KeyMethod(m.key, _redacted_request_line) if m.key == "first_request_line" else m
+            for m in self._methods
+        ]
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         if (
@@ -102,6 +112,14 @@ class PollQuietAccessLogger(AccessLogger):
         ):
             return
         super().log(request, response, time)
+
+
+def _redacted_request_line(request: web.BaseRequest, response: web.StreamResponse, time: float) -> str:
+    query = "&".join(
+        f"{name}=***" if name in _SECRET_QUERY else f"{name}={value}" for name, value in request.query.items()
+    )
+    path = f"{request.path}?{query}" if request.query_string else request.path
+    return f"{request.method} {path} HTTP/{request.version.major}.{request.version.minor}"
 
 
 @web.middleware

@@ -231,3 +231,13 @@ def test_access_log_leaves_out_successful_polls(caplog: pytest.LogCaptureFixture
     with caplog.at_level(logging.DEBUG, logger="test.access"):
         access.log(make_mocked_request("GET", poll), web.Response(status=202), 0.001)
     assert len(caplog.records) == 1
+
+
+def test_access_log_leaves_out_app_tokens(caplog: pytest.LogCaptureFixture) -> None:
+    access = PollQuietAccessLogger(logging.getLogger("test.access"), PollQuietAccessLogger.LOG_FORMAT)
+    path = "/run/darkroom/demo-flux-2/stream?fal_jwt_token=secret-token-value&x=1"
+    with caplog.at_level(logging.INFO, logger="test.access"):
+        access.log(make_mocked_request("POST", path), web.Response(status=200), 0.001)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "secret-token-value" not in line
+    assert '"POST /run/darkroom/demo-flux-2/stream?fal_jwt_token=***&x=1 HTTP/1.1"' in line
