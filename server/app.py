@@ -53,6 +53,7 @@ from server.api.state import (
     SUPERVISOR,
     UPLOADS,
 )
+from server.api.streams import STREAMS, end_streams
 from server.engine.inventory import ModelInventory
 from server.engine.models import load_manifest
 from server.engine.supervisor import Supervisor
@@ -184,6 +185,8 @@ def create_app(settings: Settings, supervisor: Supervisor, *, run_supervisor: bo
         client_max_size=settings.body_max_bytes,
     )
     app.on_response_prepare.append(_request_id_on_prepare)
+    app[STREAMS] = {}
+    app.on_shutdown.append(end_streams)  # before aiohttp waits for handlers: see api/streams.py
     app[SETTINGS] = settings
     app[SUPERVISOR] = supervisor
     signer = _build_parts(app, settings, supervisor)

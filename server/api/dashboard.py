@@ -22,6 +22,7 @@ from server.api import sse
 from server.api.auth import page_access, require_browser_or_key, self_authenticating
 from server.api.described import operation
 from server.api.state import GENERATOR, INVENTORY, METRICS, QUEUE, SUPERVISOR
+from server.api.streams import endless
 from server.errors import NotFoundError, WorkerConnectionError, WorkerResponseError
 from server.queue.store import JobRecord, JobStatus
 from server.workflows.editor import EDITOR_APP
@@ -55,6 +56,7 @@ def routes() -> list[web.RouteDef]:
         schemes=("session", "key"),
         tag="pages",
     )
+    @endless
     async def events(request: web.Request) -> web.StreamResponse:
         """A snapshot now, then one each time it changes (checked every second), until the client leaves."""
         _require(request)

@@ -23,6 +23,7 @@ from server.api import sse
 from server.api.described import operation
 from server.api.request import base_url, read_json
 from server.api.state import ENDPOINTS, HUB, QUEUE, REQUEST_ID, SETTINGS, USER_ID
+from server.api.streams import endless
 from server.errors import BlockedAddressError, NotFoundError, RequestValidationError
 from server.queue.job_queue import CancelResult
 from server.queue.store import DEFAULT_USER_ID, JobRecord, JobStatus, Priority
@@ -228,6 +229,7 @@ async def status(request: web.Request) -> web.Response:
     query={"logs": "1 or true: include new log lines"},
     tag="queue",
 )
+@endless
 async def status_stream(request: web.Request) -> web.StreamResponse:
     """SSE: the status now, then once per change (new logs only), closing after COMPLETED."""
     record = await _lookup(request)

@@ -39,6 +39,7 @@ from server.api import auth
 from server.api.described import operation
 from server.api.request import base_url
 from server.api.state import ENDPOINTS, GENERATOR, HUB
+from server.api.streams import endless
 from server.errors import DarkroomError, RequestValidationError
 from server.generation.live import run_live
 from server.workflows.mapping import Endpoint
@@ -198,7 +199,8 @@ def _message(action: str, client_request_id: Any) -> dict[str, Any]:
     schemes=("key", "token"),
     tag="realtime",
 )
-async def realtime(request: web.Request) -> web.WebSocketResponse:
+@endless
+async def realtime(request: web.Request) -> web.StreamResponse:
     """fal's realtime WebSocket for one app; see the module docstring for the protocol."""
     grant = auth.websocket_grant(request)
     path = request.match_info["path"]

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from server.api import streams
 from server.errors import DarkroomError
 
 KEEPALIVE_S = 15.0
@@ -19,6 +20,7 @@ async def open_stream(request: web.Request, *, status: int = 200) -> web.StreamR
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
     await response.prepare(request)
+    request[streams.RESPONSE] = response
     return response
 
 

@@ -32,6 +32,7 @@ from server.api.described import operation
 from server.api.queue import submit_job, submitted_body
 from server.api.request import base_url
 from server.api.state import HUB, QUEUE, SETTINGS
+from server.api.streams import endless
 from server.errors import DarkroomError, ForbiddenError
 from server.queue.store import DEFAULT_USER_ID
 from server.security.tokens import Grant
@@ -186,7 +187,8 @@ def _ids(message: dict[str, Any]) -> list[str]:
     schemes=("key", "token"),
     tag="events",
 )
-async def websocket(request: web.Request) -> web.WebSocketResponse:
+@endless
+async def websocket(request: web.Request) -> web.StreamResponse:
     """The live-events socket; see the module docstring for the protocol."""
     grant = auth.websocket_grant(request)  # before the upgrade: a refusal is a plain 401
     ws = web.WebSocketResponse(heartbeat=30.0)
