@@ -49,6 +49,7 @@ RESYNC_INTERVAL_S = 30.0  # the slow fallback behind the notifications
 RELAY_KEEP_S = 60.0  # how long an oversized relayed event stays readable
 _NOTIFY_MAX_BYTES = 7900  # PostgreSQL's NOTIFY payload limit is 8000 bytes
 _RELAY_BATCH = 100
+STOP_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -118,10 +119,14 @@ class Fleet:
         """Leave: stop listening and give up the lease (call after the queue requeued its jobs)."""
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await self._execute("DELETE FROM darkroom.hosts WHERE host_id = %s", (self.host_id,))
-        await self._pool.close()
+        try:  # a database that does not answer must not hold the shutdown: the lease ends anyway
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+                with contextlib.suppress(Exception):
+                    await self._execute("DELETE FROM darkroom.hosts WHERE host_id = %s", (self.host_id,))
+        except TimeoutError:
+            logger.warning("fleet: leaving took over %g s; the lease will lapse instead", STOP_TIMEOUT_S)
+        await self._pool.close(timeout=STOP_TIMEOUT_S)
 
     async def _join(self, *, replace_previous: bool = False) -> None:
         self._offer = self.capabilities()

@@ -195,6 +195,9 @@ class JobQueue(FleetMember):
         if self._background:
             self._background[-1].cancel()  # the sweeper; the runners end once their job is settled
         await asyncio.gather(*self._background, return_exceptions=True)
+        for refresh in self._refreshing:
+            refresh.cancel()
+        await asyncio.gather(*self._refreshing, return_exceptions=True)
         if self.fleet is not None:
             await self.fleet.stop()
 
