@@ -131,6 +131,15 @@ class Fleet:
             )
         return found
 
+    async def started_on(self, request_id: str, *, timeout_s: float = 60) -> str:
+        """Wait until one host's log says the request started on its worker (a claim shows the
+        request IN_PROGRESS before the worker's first event); that host."""
+        async with asyncio.timeout(timeout_s):
+            while not (hosts := self.runners(request_id)):
+                await asyncio.sleep(0.1)
+        (host,) = hosts
+        return host
+
     def ran(self, request_id: str) -> list[str]:
         """The hosts whose log says the request's run finished (once per run)."""
         pattern = re.compile(rf"{re.escape(request_id)}: \d+ file\(s\) in")
@@ -197,6 +206,7 @@ async def routing_and_cancel(fleet: Fleet) -> dict[str, Any]:
     await fleet.until(WAN, routed, "COMPLETED", timeout_s=120)
     doomed = await fleet.submit("A", FLUX1, {**SLOW, "seed": 3})
     await fleet.until(FLUX1, doomed, "IN_PROGRESS", timeout_s=120)
+    await fleet.started_on(doomed)
     async with fleet.http.put(f"{fleet.servers['C'].base}/queue/{FLUX1}/requests/{doomed}/cancel") as r:
         cancel_status = r.status
     await fleet.until(FLUX1, doomed, "COMPLETED", timeout_s=60)
@@ -213,7 +223,7 @@ async def host_death(fleet: Fleet, receiver: Receiver, lease_s: float) -> dict[s
         receiver.refuse_first[rid] = 2  # its delivery stays pending over the death, with back-off
     victim_request = await fleet.submit("C", FLUX1, {**SLOW, "seed": 7})
     await fleet.until(FLUX1, victim_request, "IN_PROGRESS", timeout_s=120)
-    (victim,) = fleet.runners(victim_request)
+    victim = await fleet.started_on(victim_request)
     fleet.servers[victim].kill()
     killed_at = time.monotonic()
     await fleet.until(FLUX1, victim_request, "COMPLETED", timeout_s=lease_s + 120)
