@@ -55,7 +55,7 @@ from server.api.state import (
 )
 from server.api.streams import STREAMS, end_streams
 from server.engine.inventory import ModelInventory
-from server.engine.models import load_manifest
+from server.engine.models import Manifest, load_manifest
 from server.engine.supervisor import Supervisor
 from server.errors import DarkroomError
 from server.generation.generator import Generator
@@ -67,6 +67,7 @@ from server.media.objects import from_settings as object_store
 from server.media.outputs import OutputStore
 from server.media.uploads import UploadStore
 from server.queue.fleet import Capabilities, Fleet
+from server.queue.fleet_workflows import shared_catalog
 from server.queue.job_queue import MAX_ATTEMPTS, JobQueue
 from server.queue.postgres_store import PostgresJobStore
 from server.queue.sqlite_store import SqliteJobStore
@@ -78,6 +79,7 @@ from server.settings import Settings
 from server.workflows.catalog import Catalog
 from server.workflows.editor import EDITOR_APP, editor_endpoint
 from server.workflows.mapping import WORKFLOWS_DIR, Endpoint, load_endpoints
+from server.workflows.version_files import VersionFiles
 
 logger = logging.getLogger(__name__)
 UPLOADS_SWEEP_INTERVAL_S = 60.0
@@ -227,8 +229,6 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
     manifest = load_manifest()
     app[ENDPOINTS] = served = load_endpoints(WORKFLOWS_DIR, manifest)
     served[EDITOR_APP] = editor_endpoint()
-    app[CATALOG] = Catalog(settings.published_path, served, manifest)
-    app[CATALOG].load()  # before the queue recovers requests for published endpoints
     budget = DiskBudget(
         (settings.outputs_path, settings.uploads_path),
         quota_bytes=settings.storage_quota_bytes, min_free_bytes=settings.disk_min_free_bytes,
@@ -250,6 +250,7 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
             store, name=f"{socket.gethostname()}:{settings.port}", lease_s=settings.host_lease_s,
             capabilities=capabilities, max_attempts=MAX_ATTEMPTS,
         )  # fmt: skip
+    app[CATALOG] = _catalog(settings, fleet, served, manifest)
     sender = WebhookSender(
         store, signer, webhook_policy(settings), timeout_s=settings.webhook_timeout_s,
         max_attempts=settings.webhook_max_attempts, backoff_base_s=settings.webhook_backoff_base_s,
@@ -271,6 +272,21 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
     app[QUEUE].observers.append(app[METRICS].job_finished)
     sender.observers.append(app[METRICS].webhook_settled)
     return signer
+
+
+def _catalog(
+    settings: Settings, fleet: Fleet | None, served: dict[str, Endpoint], manifest: Manifest
+) -> Catalog:
+    """Published workflows: in the fleet's database when there is a fleet (every host serves what any
+    host published, and claims them once it can run them), else in files under the data dir."""
+    if fleet is None:
+        return Catalog(VersionFiles(settings.published_path), served, manifest)
+    if any(settings.published_path.glob("*/*/*.json")):
+        logger.warning(
+            "the workflows published under %s are not served in a fleet, which keeps them in its "
+            "database: publish them again through any host", settings.published_path
+        )  # fmt: skip
+    return shared_catalog(fleet, served, manifest)
 
 
 def _capabilities(served: dict[str, Endpoint], generator: Generator, supervisor: Supervisor) -> Capabilities:
@@ -315,6 +331,7 @@ async def _run_queue(app: web.Application) -> AsyncIterator[None]:
     queue = app[QUEUE]
     assert queue.webhooks is not None
     await queue.store.open()
+    await app[CATALOG].load()  # before the queue recovers requests for published endpoints
     queue.concurrency = max(1, len(app[SUPERVISOR].workers))  # one job per worker at a time
     await queue.start()
     await queue.webhooks.start()

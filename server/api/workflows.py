@@ -66,7 +66,7 @@ async def publish(request: web.Request) -> web.Response:
             "publish again once GET /ready answers 200."
         )
     node_types = await client.object_info()
-    version = request.app[CATALOG].publish(body.name, body.prompt, body.workflow, node_types)
+    version = await request.app[CATALOG].publish(body.name, body.prompt, body.workflow, node_types)
     return web.json_response(_described(request, version), status=201)
 
 
@@ -152,5 +152,5 @@ async def endpoint_workflow(request: web.Request) -> web.Response:
     tag="workflows",
 )
 async def unpublish(request: web.Request) -> web.Response:
-    removed = request.app[CATALOG].unpublish(_name(request))
+    removed = await request.app[CATALOG].unpublish(_name(request))
     return web.json_response({"name": _name(request), "unpublished_versions": [v.number for v in removed]})

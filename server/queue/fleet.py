@@ -16,11 +16,12 @@ under a new host id; its finishing writes are conditional on still owning the jo
 recorded by two hosts.
 
 One LISTEN connection per host carries, on the channel ``darkroom``: job changes (every host keeps an
-index of all jobs: status answers never touch the database), cancels of a job running elsewhere, and
-the live events (progress, previews, logs) of each running job, relayed to every other host's
-subscribers. An event over NOTIFY's payload limit travels through the unlogged ``darkroom.relay``
-table. A missed notification is caught by a full re-read of the index every ``RESYNC_INTERVAL_S`` and
-after the connection comes back.
+index of all jobs: status answers never touch the database), cancels of a job running elsewhere, the
+live events (progress, previews, logs) of each running job, relayed to every other host's
+subscribers, and changes of other things (published workflows), passed to their ``listeners``. An
+event over NOTIFY's payload limit travels through the unlogged ``darkroom.relay`` table. A missed
+notification is caught by a full re-read of the index every ``RESYNC_INTERVAL_S`` and after the
+connection comes back (when the listeners also read everything again).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -69,6 +70,7 @@ class Member(Protocol):
     def event_relayed(self, request_id: str, event: dict[str, Any]) -> None: ...
     def fenced(self) -> None: ...
     def resync(self) -> None: ...
+    def wake(self) -> None: ...
     async def orphaned(self, records: list[JobRecord]) -> None: ...
 
 
@@ -87,6 +89,9 @@ class Fleet:
         self._renewed_at = time.monotonic()
         self._joined = False  # this host id holds a lease row: only then may it claim
         self._relay: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._beat_now = asyncio.Event()
+        # kind -> called with the changed key, or None after a reconnect (anything may have changed)
+        self.listeners: dict[str, Callable[[str | None], Awaitable[None]]] = {}
         # Its own connections: a burst of submits waiting for the store's pool must not delay a
         # heartbeat past the lease.
         self._pool = AsyncConnectionPool(
@@ -188,6 +193,14 @@ class Fleet:
     def can_run(self, app_id: str) -> bool:
         return app_id in self._offer.apps
 
+    def offer_changed(self) -> None:
+        """The apps here changed (a workflow published or unpublished): claim by the new offer at once,
+        and tell the fleet now rather than at the next heartbeat."""
+        self._offer = self.capabilities()
+        self._beat_now.set()
+        if self._member is not None:
+            self._member.wake()
+
     async def request_cancel(self, request_id: str) -> None:
         """Ask the host running the job to interrupt it (NOTIFY now; its heartbeat checks the flag too)."""
 
@@ -208,7 +221,10 @@ class Fleet:
 
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(self.lease_s / 3)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.lease_s / 3):
+                    await self._beat_now.wait()
+            self._beat_now.clear()
             try:
                 await self._beat()
             except Exception as e:
@@ -282,9 +298,11 @@ class Fleet:
                 conn = await AsyncConnection.connect(self.store.url, autocommit=True)
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
-                    if listening.is_set():
+                    if listening.is_set():  # what was missed while disconnected
                         assert self._member is not None
-                        self._member.resync()  # what was missed while disconnected
+                        self._member.resync()
+                        for listener in self.listeners.values():
+                            await self._tell(listener, None)
                     listening.set()
                     backoff_s = 0.5
                     await self._dispatch(conn)
@@ -300,15 +318,23 @@ class Fleet:
             message = json.loads(notify.payload)
             if message.get("h") == self.host_id or self._member is None:
                 continue
-            kind, request_id = message["k"], message["id"]
+            kind, key = message["k"], message["id"]  # key: a request id, or what the kind names
             if kind == "job":
-                self._member.job_changed(request_id)
+                self._member.job_changed(key)
             elif kind == "cancel":
-                self._member.cancel_requested(request_id)
+                self._member.cancel_requested(key)
             elif kind == "ev":
                 event = message.get("e") or await self._relayed(int(message["ref"]))
                 if event is not None:
-                    self._member.event_relayed(request_id, event)
+                    self._member.event_relayed(key, event)
+            elif (listener := self.listeners.get(kind)) is not None:
+                await self._tell(listener, key)
+
+    async def _tell(self, listener: Callable[[str | None], Awaitable[None]], key: str | None) -> None:
+        try:
+            await listener(key)
+        except Exception:
+            logger.exception("fleet: a change of %s could not be taken in", key or "everything")
 
     async def _relayed(self, ref: int) -> dict[str, Any] | None:
         rows = await self._fetch("SELECT payload FROM darkroom.relay WHERE id = %s", (ref,))

@@ -99,6 +99,9 @@ class FleetMember:
     def resync(self) -> None:
         self._in_background(self._resync())
 
+    def wake(self) -> None:
+        self._wakeup.set()  # a claim may succeed now
+
     async def orphaned(self, records: list[JobRecord]) -> None:
         for orphan in records:
             logger.error("request %s lost its host on its second run: failing it", orphan.request_id)

@@ -77,8 +77,16 @@ MIGRATIONS: tuple[str, ...] = (
         payload TEXT NOT NULL
     );
     """,
+    # Published workflows, shared by the fleet's hosts (server/queue/fleet_workflows.py).
+    """
+    CREATE TABLE darkroom.workflows (
+        name TEXT NOT NULL, number INTEGER NOT NULL, published_at DOUBLE PRECISION NOT NULL,
+        prompt TEXT NOT NULL, workflow TEXT, PRIMARY KEY (name, number)
+    );
+    """,
 )
-CHANNEL = "darkroom"  # LISTEN/NOTIFY channel of the fleet: job changes, cancels, relayed live events
+# LISTEN/NOTIFY channel of the fleet: job changes, cancels, relayed live events, published workflows
+CHANNEL = "darkroom"
 DB_NOW = "extract(epoch from clock_timestamp())"  # leases are timed on the database's clock
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -136,7 +144,11 @@ class PostgresJobStore:
 
     async def notify_job(self, conn: Conn, request_id: str) -> None:
         """Tell every host (on commit) that this job changed, so each refreshes its index."""
-        payload = json.dumps({"k": "job", "id": request_id, "h": self.host_id})
+        await self.notify(conn, "job", request_id)
+
+    async def notify(self, conn: Conn, kind: str, key: str) -> None:
+        """Tell every other host (on commit) that the ``kind`` thing named ``key`` changed."""
+        payload = json.dumps({"k": kind, "id": key, "h": self.host_id})
         await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
 
     async def _call(self, fn: Callable[[Conn], Awaitable[T]]) -> T:

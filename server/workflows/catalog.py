@@ -1,20 +1,18 @@
-"""Published workflows: immutable numbered versions in ``<data_dir>/workflows/<owner>/<name>/<n>.json``,
-served the moment they are published. ``owner/name`` serves the latest version, ``owner/name@<n>``
-pins one; publishing an old version's workflow again is the rollback (it becomes the newest).
+"""Published workflows: immutable numbered versions, served the moment they are published.
+``owner/name`` serves the latest version, ``owner/name@<n>`` pins one; publishing an old version's
+workflow again is the rollback (it becomes the newest). The versions are kept by a ``VersionStore``:
+files under the data dir (``version_files.py``), or a fleet's database, where every host serves what
+any host published (``server/queue/fleet_workflows.py``).
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
-import os
 import re
-import shutil
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from server.engine.models import Manifest
 from server.errors import ConfigError, DarkroomError, NotFoundError, RequestValidationError
@@ -47,45 +45,76 @@ class Version:
         return {"version": self.number, "app_id": self.app_id, "published_at": self.published_at}
 
 
-class Catalog:
-    """Owns the published workflows on disk and their entries in the app's endpoint table."""
+class VersionStore(Protocol):
+    """Where published versions are kept: files under the data dir on one host, the fleet's database
+    in a fleet (where a change also reaches every other host's catalog)."""
 
-    def __init__(self, root: Path, endpoints: dict[str, Endpoint], manifest: Manifest) -> None:
-        self.root = root
+    async def read(self, name: str | None = None) -> list[Version]:
+        """Every version (of ``name`` alone if given), by name, oldest first."""
+        ...
+
+    async def add(self, name: str, prompt: dict[str, Any], workflow: dict[str, Any] | None) -> Version:
+        """Keep the next version of ``name`` (one more than its newest, 1 for a new name)."""
+        ...
+
+    async def remove(self, name: str) -> None:
+        """Delete every version of ``name``."""
+        ...
+
+
+class Catalog:
+    """Owns the published workflows in ``store`` and their entries in the app's endpoint table."""
+
+    def __init__(self, store: VersionStore, endpoints: dict[str, Endpoint], manifest: Manifest) -> None:
+        self.store = store
         self.endpoints = endpoints
         self.manifest = manifest
         self.builtin = frozenset(endpoints)  # the mappings' endpoints, loaded before the catalog
+        self.observers: list[Callable[[str], None]] = []  # told each name whose versions changed
         self._versions: dict[str, list[Version]] = {}
+        self._lock = asyncio.Lock()  # one change at a time: a read and its serving stay together
 
-    def load(self) -> None:
-        """Serve every version on disk (checked when it was published, so no worker is needed now)."""
-        for path in sorted(self.root.glob("*/*/*.json")):
-            version = _read(path)
-            self._versions.setdefault(version.name, []).append(version)
-        for name, versions in self._versions.items():
-            versions.sort(key=lambda v: v.number)
+    async def load(self) -> None:
+        """Serve every version kept (checked when it was published, so no worker is needed now)."""
+        for name, versions in _by_name(await self.store.read()).items():
             try:
-                self._serve(name)
+                self._serve(name, versions)
             except (DarkroomError, ValueError) as e:
-                raise ConfigError(
-                    f"published workflow {name} in {self.root / name} cannot be served: {e}"
-                ) from e
+                raise ConfigError(f"published workflow {name} cannot be served: {e}") from e
         if self._versions:
-            logger.info("serving %d published workflow(s) from %s", len(self._versions), self.root)
+            logger.info("serving %d published workflow(s)", len(self._versions))
 
-    def publish(
+    async def publish(
         self, name: str, prompt: Any, workflow: dict[str, Any] | None, node_types: Mapping[str, Any]
     ) -> Version:
-        """Check ``prompt`` against the workers' nodes and models, store it as the next version, serve it."""
+        """Check ``prompt`` against the workers' nodes and models, keep it as the next version, serve it."""
         self._check_name(name)
         endpoint_from_prompt(name, prompt, node_types=node_types, manifest=self.manifest)
-        versions = self._versions.setdefault(name, [])
-        version = Version(name, (versions[-1].number if versions else 0) + 1, time.time(), prompt, workflow)
-        _write(self._path(version), version)
-        versions.append(version)
-        self._serve(name)
+        async with self._lock:
+            version = await self.store.add(name, prompt, workflow)
+            await self._reload(name)  # with any version another host of a fleet added meanwhile
         logger.info("published %s version %d", name, version.number)
         return version
+
+    async def unpublish(self, name: str) -> list[Version]:
+        """Stop serving ``name`` (every version) and delete it; returns what was removed."""
+        versions = self.versions(name)
+        async with self._lock:
+            await self.store.remove(name)
+            self._unserve(name)
+            self._tell(name)
+        logger.info("unpublished %s (%d version(s))", name, len(versions))
+        return versions
+
+    async def refresh(self, name: str | None = None) -> None:
+        """Serve what the store holds now for ``name`` (every name if None): another host changed it."""
+        async with self._lock:
+            if name is not None:
+                await self._reload(name)
+                return
+            fresh = _by_name(await self.store.read())
+            for each in sorted(set(self._versions) | set(fresh)):
+                self._replace(each, fresh.get(each, []))
 
     def names(self) -> list[str]:
         return sorted(self._versions)
@@ -107,21 +136,34 @@ class Catalog:
             f"{name} has no version {number}; it has {[v.number for v in self.versions(name)]}"
         )
 
-    def unpublish(self, name: str) -> list[Version]:
-        """Stop serving ``name`` (every version) and delete its files; returns what was removed."""
-        versions = self.versions(name)
-        for app_id in [name, *(v.app_id for v in versions)]:
-            self.endpoints.pop(app_id, None)
-        del self._versions[name]
-        shutil.rmtree(self.root / name, ignore_errors=True)
-        logger.info("unpublished %s (%d version(s))", name, len(versions))
-        return versions
+    async def _reload(self, name: str) -> None:
+        self._replace(name, await self.store.read(name))
 
-    def _serve(self, name: str) -> None:
-        versions = self._versions[name]
-        for version in versions:
-            self.endpoints[version.app_id] = self._endpoint(version.app_id, version)
-        self.endpoints[name] = self._endpoint(name, versions[-1])
+    def _replace(self, name: str, versions: list[Version]) -> None:
+        if versions == self._versions.get(name, []):
+            return
+        self._unserve(name)
+        if versions:
+            try:
+                self._serve(name, versions)
+            except (DarkroomError, ValueError) as e:  # kept by another host, unservable here
+                logger.error("published workflow %s cannot be served on this host: %s", name, e)
+        self._tell(name)
+
+    def _serve(self, name: str, versions: list[Version]) -> None:
+        served = {v.app_id: self._endpoint(v.app_id, v) for v in versions}
+        served[name] = self._endpoint(name, versions[-1])
+        self.endpoints.update(served)  # only once every version is servable
+        self._versions[name] = versions
+
+    def _unserve(self, name: str) -> None:
+        for version in self._versions.pop(name, []):
+            self.endpoints.pop(version.app_id, None)
+        self.endpoints.pop(name, None)
+
+    def _tell(self, name: str) -> None:
+        for observer in self.observers:
+            observer(name)
 
     def _endpoint(self, app_id: str, version: Version) -> Endpoint:
         return endpoint_from_prompt(app_id, version.prompt, node_types=None, manifest=self.manifest)
@@ -131,8 +173,12 @@ class Catalog:
         if problem:
             raise RequestValidationError([{"loc": ["body", "name"], "msg": problem, "type": "name"}])
 
-    def _path(self, version: Version) -> Path:
-        return self.root / version.name / f"{version.number}.json"
+
+def _by_name(versions: list[Version]) -> dict[str, list[Version]]:
+    grouped: dict[str, list[Version]] = {}
+    for version in sorted(versions, key=lambda v: (v.name, v.number)):
+        grouped.setdefault(version.name, []).append(version)
+    return grouped
 
 
 def _name_problem(name: str, builtin: Iterable[str]) -> str | None:
@@ -146,28 +192,3 @@ def _name_problem(name: str, builtin: Iterable[str]) -> str | None:
         if name == app_id or app_id.startswith(name + "/") or name.startswith(app_id + "/"):
             return f"name {name!r} collides with the built-in endpoint {app_id!r}; pick another name"
     return None
-
-
-def _read(path: Path) -> Version:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"published workflow file {path} is unreadable: {e}") from e
-    return Version(
-        data["name"], int(data["version"]), float(data["published_at"]), data["prompt"], data.get("workflow")
-    )
-
-
-def _write(path: Path, version: Version) -> None:
-    """Written whole or not at all (a temporary file renamed), never overwritten: versions are immutable."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body = {
-        "name": version.name, "version": version.number, "published_at": version.published_at,
-        "prompt": version.prompt, "workflow": version.workflow,
-    }  # fmt: skip
-    partial = path.with_name(path.name + ".part")
-    partial.write_text(json.dumps(body))
-    with partial.open("rb") as f:
-        os.fsync(f.fileno())
-    os.link(partial, path)  # fails if the version exists: never replace one
-    partial.unlink()
