@@ -28,6 +28,7 @@ from server.api.described import operation
 from server.api.proxy import check_allowed
 from server.api.request import base_url, own_origins, read_json
 from server.api.state import EDITOR, ENDPOINTS, HUB, KEYS, QUEUE, SETTINGS
+from server.api.streams import endless
 from server.queue.store import JobStatus
 from server.security import sessions
 from server.workflows.editor import EDITOR_APP, EditorRun
@@ -211,7 +212,8 @@ async def favicon(request: web.Request) -> web.StreamResponse:
     schemes=("session",),
     tag="editor",
 )
-async def socket(request: web.Request) -> web.WebSocketResponse:
+@endless
+async def socket(request: web.Request) -> web.StreamResponse:
     _require_session(request)
     return await request.app[EDITOR].relay_socket(request)
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import WSMsgType
@@ -204,3 +206,21 @@ async def test_open_access_needs_no_sign_in_but_still_refuses_other_sites(
         assert forged.status == 403, "a page on another site cannot queue runs on a loopback editor"
         css = await open_client.get("/editor/user.css")
         assert css.status == 200, "a new user directory has what the editor asks for"
+
+
+async def test_shutdown_closes_an_open_editor_socket_at_once(
+    stack_settings: Settings, supervisor: Supervisor, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    editor = facade(stack_settings, supervisor, tmp_path_factory.mktemp("editor-stop"))
+    await editor.start_server()
+    async with aiohttp.ClientSession() as browser:  # not the test client's: closing it closes its sockets
+        url = str(editor.make_url("/editor/ws?clientId=stop-tab"))
+        async with browser.ws_connect(url, headers=origin(editor)) as ws:
+            assert (await ws.receive_json(timeout=30))["type"] == "status"  # relayed from the worker
+            started = time.monotonic()
+            await editor.close()
+            elapsed_s = time.monotonic() - started
+            assert elapsed_s < 15, f"shutdown waited {elapsed_s:.1f} s for the editor's socket"
+            async with asyncio.timeout(5):
+                while (await ws.receive()).type not in (WSMsgType.CLOSE, WSMsgType.CLOSED):
+                    pass
