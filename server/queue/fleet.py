@@ -146,8 +146,9 @@ class Fleet:
                  self._offer.idle_workers, self.lease_s),
             )  # fmt: skip
 
+        sent_at = time.monotonic()
         await self._call(join)
-        self._renewed_at, self._joined = time.monotonic(), True
+        self._renewed_at, self._joined = sent_at, True
         logger.info("fleet: joined as %s (%s), lease %g s", self.host_id, self.name, self.lease_s)
 
     # -- claims and cancels -----------------------------------------------------------------------
@@ -220,17 +221,31 @@ class Fleet:
     # -- the heartbeat: lease, reaping, flags -----------------------------------------------------
 
     async def _heartbeat(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.lease_s / 3):
-                    await self._beat_now.wait()
-            self._beat_now.clear()
-            try:
-                await self._beat()
-            except Exception as e:
-                logger.warning("fleet: heartbeat failed: %s", e)
-            if self._joined and time.monotonic() - self._renewed_at > self.lease_s * 2 / 3:
-                self._fence("its lease could not be renewed in time")
+        beat: asyncio.Task[None] | None = None
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.lease_s / 3):
+                        await self._beat_now.wait()
+                self._beat_now.clear()
+                if beat is None or beat.done():
+                    beat = asyncio.create_task(self._beat_or_log(), name="fleet-beat")
+                # A database that stops answering (a partition: no error, no reply) must not hold the
+                # fence past its time: wait for the beat only until then; it goes on in the background.
+                fence_in_s = self._renewed_at + self.lease_s * 2 / 3 - time.monotonic()
+                await asyncio.wait({beat}, timeout=max(0.0, fence_in_s))
+                if self._joined and time.monotonic() - self._renewed_at > self.lease_s * 2 / 3:
+                    self._fence("its lease could not be renewed in time")
+                    beat.cancel()  # a renewal that comes now would be for a host that no longer runs
+        finally:
+            if beat is not None:
+                beat.cancel()
+
+    async def _beat_or_log(self) -> None:
+        try:
+            await self._beat()
+        except Exception as e:
+            logger.warning("fleet: heartbeat failed: %s", e)
 
     async def _beat(self) -> None:
         if self._member is None:
@@ -238,6 +253,7 @@ class Fleet:
         if not self._joined:
             await self._join()
         self._offer = self.capabilities()
+        sent_at = time.monotonic()  # the lease runs from when the database ran it: no earlier than now
         renewed = await self._fetch(
             f"UPDATE darkroom.hosts SET lease_expires_at = {DB_NOW} + %s, apps = %s, warm = %s, "
             "idle_workers = %s WHERE host_id = %s RETURNING 1",
@@ -248,7 +264,7 @@ class Fleet:
             self._fence("another host found its lease expired")
             await self._join()
         else:
-            self._renewed_at = time.monotonic()
+            self._renewed_at = sent_at
         await self._reap()
         for (request_id,) in await self._fetch(
             "SELECT request_id FROM darkroom.jobs WHERE status = 'IN_PROGRESS' AND host_id = %s "

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -20,6 +21,7 @@ from server.queue.postgres_store import PostgresJobStore
 from server.queue.store import JobStatus
 from server.workflows.mapping import WORKFLOWS_DIR, Endpoint, load_endpoints
 from tests.marked import marked_flux2
+from tests.partition import Partition
 from tests.postgres import PostgresServer
 from tests.unit.server.queue.test_store import APP, FakeGenerator, fleet_of, make_queue, until
 from tests.unit.server.workflows.test_published import node_types
@@ -56,17 +58,21 @@ class Host:
 Hosts = Callable[..., Awaitable[Host]]
 
 
+@pytest.fixture
+def database(postgres_server: PostgresServer) -> str:
+    return postgres_server.database()
+
+
 @pytest_asyncio.fixture
-async def host(
-    postgres_server: PostgresServer, endpoints: dict[str, Endpoint], tmp_path: Path
-) -> AsyncIterator[Hosts]:
-    """Makes started hosts on one database: ``host(name, hold=, lease_s=, table=, offer=)``, where
-    ``table`` is its endpoint table and ``offer`` what it tells the fleet (default: every app in it)."""
-    url, made = postgres_server.database(), []
+async def host(database: str, endpoints: dict[str, Endpoint], tmp_path: Path) -> AsyncIterator[Hosts]:
+    """Makes started hosts on one database: ``host(name, hold=, lease_s=, table=, offer=, url=)``, where
+    ``table`` is its endpoint table, ``offer`` what it tells the fleet (default: every app in it) and
+    ``url`` another way to the database (through a ``Partition``)."""
+    made = []
 
     async def make(
         name: str, *, hold: bool = False, lease_s: float = 30.0, table: dict[str, Endpoint] | None = None,
-        offer: Callable[[], Capabilities] | None = None,
+        offer: Callable[[], Capabilities] | None = None, url: str = database,
     ) -> Host:  # fmt: skip
         store = PostgresJobStore(url)
         await store.open()
@@ -120,6 +126,51 @@ async def test_a_fleet_host_that_lost_its_lease_drops_its_run_and_another_host_r
     stored = await first.store.get(request_id)
     assert stored is not None and stored.attempts == 2 and stored.outcome is not None and stored.outcome.ok
     assert first.fake.finished + second.fake.finished == [request_id]  # one run completed, once
+
+
+@pytest_asyncio.fixture
+async def partition(database: str) -> AsyncIterator[Partition]:
+    """Between one host and the database; healed and stopped before the hosts stop (ask for it after
+    ``host``), so a failing test's hosts still stop at once."""
+    partition = Partition(int(urlsplit(database).port or 5432))
+    await partition.start()
+    yield partition
+    partition.heal()
+    await partition.stop()
+
+
+async def test_a_host_cut_off_from_the_database_stops_its_run_before_another_host_runs_it(
+    host: Hosts, partition: Partition, database: str
+) -> None:
+    order: list[str] = []
+    lease_s = 3.0
+    cut_off = await host("cut-off", hold=True, lease_s=lease_s, url=database.replace(
+        f":{partition.target_port}/", f":{partition.port}/"))  # fmt: skip
+    request_id = await cut_off.submit(APP)
+    await cut_off.fake.wait_started(request_id)
+    other = await host("other", hold=True, lease_s=lease_s)
+    cut_off.fake.cancelled, other.fake.started = Log(order, "stopped"), Log(order, "started elsewhere")
+
+    partition.cut()  # no error, no answer: the host cannot tell a slow database from a lost one
+    await until(lambda: order == ["stopped", "started elsewhere"], timeout_s=lease_s * 4)
+    other.fake.release(request_id)
+    await until(lambda: other.status(request_id) is JobStatus.COMPLETED)
+    partition.heal()  # the host comes back under a new identity and hears the outcome
+    await until(lambda: cut_off.status(request_id) is JobStatus.COMPLETED, timeout_s=30)
+    stored = await other.store.get(request_id)
+    assert stored is not None and stored.attempts == 2 and cut_off.fake.finished == []
+
+
+class Log(list[str]):
+    """A list that also notes, in one shared ``order``, that something was added to it."""
+
+    def __init__(self, order: list[str], tag: str) -> None:
+        super().__init__()
+        self.order, self.tag = order, tag
+
+    def append(self, item: str) -> None:
+        self.order.append(self.tag)
+        super().append(item)
 
 
 async def test_a_fleet_leaves_a_request_to_the_idle_host_that_has_its_model_warm(
