@@ -25,7 +25,7 @@ from server.api.request import base_url, read_json
 from server.api.state import ENDPOINTS, HUB, QUEUE, REQUEST_ID, SETTINGS, USER_ID
 from server.api.streams import endless
 from server.errors import BlockedAddressError, NotFoundError, RequestValidationError
-from server.queue.job_queue import CancelResult
+from server.queue.job import CancelResult
 from server.queue.store import DEFAULT_USER_ID, JobRecord, JobStatus, Priority
 from server.queue.webhooks import WebhookSigner, check_webhook_url, webhook_policy
 from server.security.netpolicy import PolicyResolver

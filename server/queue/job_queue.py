@@ -28,8 +28,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
@@ -46,7 +44,9 @@ from server.generation.progress import ProgressHub
 from server.media.outputs import OutputStore
 from server.queue.fleet import RESYNC_INTERVAL_S, WARM_AFFINITY_S, Fleet
 from server.queue.fleet_member import FleetMember, terminal_event
+from server.queue.job import CancelResult, Job, QueueFullError, StillRunningError
 from server.queue.order import QueueOrder
+from server.queue.retention import Retention
 from server.queue.store import (
     CANCELLED,
     DEFAULT_USER_ID,
@@ -67,30 +67,6 @@ from server.workflows.validation import validation_error
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 2  # a job running when the facade died is re-run once
-SWEEP_INTERVAL_S = 1.0
-OUTPUT_SWEEP_INTERVAL_S = 60.0  # sync runs' outputs (no job record) are looked for once a minute
-
-
-class QueueFullError(DarkroomError):
-    """The queue (or the app's share of it) is at its limit (429; clients retry later)."""
-
-    status = 429
-    code = "queue_full"
-
-
-class StillRunningError(DarkroomError):
-    """A result was asked for before the request finished."""
-
-    status = 400
-    code = "request_in_progress"
-
-
-class CancelResult(StrEnum):
-    """fal's cancel answers (the body's "status")."""
-
-    CANCELLATION_REQUESTED = "CANCELLATION_REQUESTED"
-    ALREADY_COMPLETED = "ALREADY_COMPLETED"
-    NOT_FOUND = "NOT_FOUND"
 
 
 class RunsRequests(Protocol):
@@ -106,34 +82,7 @@ class _StartTimeout(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class Job:
-    """A handle on one queued request (as in arq): its status, its outcome when done, cancel it."""
-
-    request_id: str
-    queue: JobQueue
-
-    def status(self) -> JobStatus | None:
-        record = self.queue.get(self.request_id)
-        return None if record is None else record.status
-
-    async def result(self, *, timeout_s: float | None = None) -> Outcome:
-        """Wait until the request finished; its outcome (body included)."""
-        async with asyncio.timeout(timeout_s):
-            if self.status() in (JobStatus.IN_QUEUE, JobStatus.IN_PROGRESS):
-                subscription = self.queue.hub.subscribe(self.request_id)
-                try:
-                    async for _ in subscription:
-                        pass
-                finally:
-                    subscription.close()
-        return await self.queue.outcome(self.request_id)
-
-    async def abort(self) -> CancelResult:
-        return await self.queue.cancel(self.request_id)
-
-
-class JobQueue(FleetMember):
+class JobQueue(FleetMember, Retention):
     """Schedules stored jobs onto the workers; see the module docstring."""
 
     def __init__(
@@ -522,47 +471,3 @@ class JobQueue(FleetMember):
             observer(record, outcome)
         # The result lives in the store; ensure_live_state rebuilds the hub's state when asked.
         asyncio.get_running_loop().call_later(FINISHED_STATE_TTL_S, self.hub.forget, record.request_id)
-
-    # -- housekeeping -----------------------------------------------------------------------------
-
-    async def _sweep_forever(self) -> None:
-        while not self._stopping:
-            await asyncio.sleep(SWEEP_INTERVAL_S)
-            try:
-                await self.sweep()
-            except Exception:
-                logger.exception("queue sweep failed")
-
-    async def sweep(self) -> None:
-        """Time out queued jobs past their start deadline; delete jobs past their retention, and
-        (once a minute) output folders past it that no job owns: sync runs' outputs."""
-        now = self.clock()
-        if now >= self._outputs_swept_at + OUTPUT_SWEEP_INTERVAL_S:
-            self._outputs_swept_at, known = now, frozenset(self.order.jobs)
-            await asyncio.to_thread(self.outputs.expire, older_than_s=self.retention_s, keep=known)
-        await self._time_out_and_expire(now)
-
-    async def _time_out_and_expire(self, now: float) -> None:
-        for record in self.order.pending():
-            if (
-                record.start_deadline is not None
-                and record.start_deadline <= now
-                and self.order.unqueue(record)
-            ):
-                await self._finish(record, START_TIMEOUT, expect=Expected(JobStatus.IN_QUEUE))
-        await self._expire(
-            [
-                r.request_id for r in self.order.jobs.values()
-                if r.status is JobStatus.COMPLETED and r.expires_at is not None and r.expires_at <= now
-            ]
-        )  # fmt: skip
-
-    async def _expire(self, request_ids: list[str]) -> None:
-        if not request_ids:
-            return
-        await self.store.delete(request_ids)
-        for request_id in request_ids:
-            self.order.forget(request_id)
-            self.hub.forget(request_id)
-        await asyncio.to_thread(self.outputs.delete, request_ids)
-        logger.info("deleted %d expired request(s) and their outputs", len(request_ids))
