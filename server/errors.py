@@ -112,6 +112,13 @@ class ModelsMissingError(DarkroomError):
     code = "models_missing"
 
 
+class StoreUnavailableError(DarkroomError):
+    """The job store (a fleet's database) refused, failed or did not answer in time."""
+
+    status = 503
+    code = "store_unavailable"
+
+
 class WorkerUnavailableError(DarkroomError):
     """No ComfyUI worker could take the request (none ready in time, or shutting down)."""
 

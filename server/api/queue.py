@@ -32,6 +32,7 @@ from server.security.netpolicy import PolicyResolver
 from server.settings import Settings
 from server.workflows.validation import find_endpoint, validate_input
 
+STORE_DOWN = "The job store (a fleet's database) is unavailable: try again shortly"
 NAMESPACES = frozenset({"workflows", "comfy"})
 _CANCEL_STATUS = {
     CancelResult.CANCELLATION_REQUESTED: 202,
@@ -167,6 +168,7 @@ def submitted_body(app: web.Application, record: JobRecord) -> dict[str, Any]:
         404: "Unknown app",
         422: "Invalid input, header or query",
         429: "The queue is full",
+        503: STORE_DOWN,
     },
     query={
         "fal_webhook": "URL called with the result",
@@ -211,7 +213,12 @@ async def _status_now(request: web.Request, record: JobRecord, with_logs: bool) 
 @operation(
     summary="A queued request's status",
     ok=QueueStatus,
-    responses={200: "Completed", 202: "Queued or running", 404: "Unknown request, or its result expired"},
+    responses={
+        200: "Completed",
+        202: "Queued or running",
+        404: "Unknown request, or its result expired",
+        503: STORE_DOWN,
+    },
     query={"logs": "1 or true: include the logs"},
     tag="queue",
 )
@@ -225,7 +232,7 @@ async def status(request: web.Request) -> web.Response:
 @operation(
     summary="A queued request's status as server-sent events, until it completes",
     ok="text/event-stream",
-    responses={200: "Status events", 404: "Unknown request"},
+    responses={200: "Status events", 404: "Unknown request", 503: STORE_DOWN},
     query={"logs": "1 or true: include new log lines"},
     tag="queue",
 )
@@ -272,7 +279,7 @@ async def status_stream(request: web.Request) -> web.StreamResponse:
         422: "The input was invalid",
         499: "Cancelled",
         500: "The run failed",
-        503: "Model files missing or no worker",
+        503: "Model files missing or no worker; or the job store (a fleet's database) is unavailable",
         504: "Did not start before its X-Fal-Request-Timeout, or ran past its run limit",
         507: "No room to store the output (storage quota or disk full)",
     },
@@ -295,6 +302,7 @@ async def result(request: web.Request) -> web.Response:
         202: "Cancellation requested",
         400: ("Already completed", CancelBody),
         404: ("Unknown request", CancelBody),
+        503: STORE_DOWN,
     },
     tag="queue",
 )

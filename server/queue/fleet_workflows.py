@@ -10,7 +10,7 @@ from typing import Any
 
 from server.engine.models import Manifest
 from server.queue.fleet import Fleet
-from server.queue.postgres_store import PostgresJobStore
+from server.queue.postgres_store import Conn, PostgresJobStore
 from server.workflows.catalog import Catalog, Version
 from server.workflows.mapping import Endpoint
 
@@ -36,14 +36,15 @@ class FleetVersions:
 
     async def read(self, name: str | None = None) -> list[Version]:
         where, params = ("WHERE name = %s", (name,)) if name is not None else ("", ())
-        async with self.store.pool.connection() as conn:
-            cursor = await conn.execute(
-                f"SELECT {_COLUMNS} FROM darkroom.workflows {where} ORDER BY name, number", params
-            )
-            return [_version(row) for row in await cursor.fetchall()]
+
+        async def select(conn: Conn) -> list[tuple[Any, ...]]:
+            sql = f"SELECT {_COLUMNS} FROM darkroom.workflows {where} ORDER BY name, number"
+            return await (await conn.execute(sql, params)).fetchall()
+
+        return [_version(row) for row in await self.store.call(select)]
 
     async def add(self, name: str, prompt: dict[str, Any], workflow: dict[str, Any] | None) -> Version:
-        async with self.store.pool.connection() as conn, conn.transaction():
+        async def insert(conn: Conn) -> tuple[Any, ...] | None:
             # Two hosts publishing one name at once take turns: each gets its own next number.
             await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_SPACE, name))
             cursor = await conn.execute(
@@ -52,15 +53,19 @@ class FleetVersions:
                 f"RETURNING {_COLUMNS}",
                 (name, time.time(), json.dumps(prompt), _json_or_none(workflow), name),
             )
-            row = await cursor.fetchone()
-            assert row is not None
             await self.store.notify(conn, NOTICE, name)
+            return await cursor.fetchone()
+
+        row = await self.store.call(insert)
+        assert row is not None
         return _version(row)
 
     async def remove(self, name: str) -> None:
-        async with self.store.pool.connection() as conn, conn.transaction():
+        async def delete(conn: Conn) -> None:
             await conn.execute("DELETE FROM darkroom.workflows WHERE name = %s", (name,))
             await self.store.notify(conn, NOTICE, name)
+
+        await self.store.call(delete)
 
 
 def _json_or_none(value: dict[str, Any] | None) -> str | None:

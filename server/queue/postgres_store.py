@@ -11,6 +11,7 @@ Every call is one transaction on a connection from a small pool.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -19,9 +20,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from server.errors import StoreUnavailableError
 from server.queue.store import (
     FULL_COLUMNS,
     LIGHT_COLUMNS,
@@ -89,6 +92,7 @@ MIGRATIONS: tuple[str, ...] = (
 CHANNEL = "darkroom"
 DB_NOW = "extract(epoch from clock_timestamp())"  # leases are timed on the database's clock
 SCHEMA_VERSION = len(MIGRATIONS)
+STORE_TIMEOUT_S = 15.0  # the longest a call waits for a connection and its answer
 
 
 def redacted(url: str) -> str:
@@ -123,8 +127,8 @@ async def migrate(conn: Conn) -> int:
 class PostgresJobStore:
     """``JobStore`` on a PostgreSQL database; see the module docstring."""
 
-    def __init__(self, url: str, *, pool_max_size: int = 4) -> None:
-        self.url = url
+    def __init__(self, url: str, *, pool_max_size: int = 4, timeout_s: float = STORE_TIMEOUT_S) -> None:
+        self.url, self.timeout_s = url, timeout_s
         # This process in the fleet: jobs it claims carry it, and its NOTIFYs name it as their origin.
         self.host_id = uuid.uuid4().hex
         self.pool = AsyncConnectionPool(
@@ -151,27 +155,36 @@ class PostgresJobStore:
         payload = json.dumps({"k": kind, "id": key, "h": self.host_id})
         await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
 
-    async def _call(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
-        async with self.pool.connection() as conn, conn.transaction():
-            return await fn(conn)
+    async def call(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """``fn`` in one transaction; 503 (``StoreUnavailableError``) if the database refuses, fails or
+        does not answer within ``timeout_s``, so a request never waits on it for ever."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                async with self.pool.connection() as conn, conn.transaction():
+                    return await fn(conn)
+        except (TimeoutError, PoolTimeout, psycopg.OperationalError) as e:
+            why = str(e).strip() or f"no answer in {self.timeout_s:g} s"
+            raise StoreUnavailableError(
+                f"The job store at {redacted(self.url)} is unavailable ({why}); try again shortly"
+            ) from e
 
     async def _execute(self, sql: str, params: Sequence[Any]) -> None:
         async def run(conn: Conn) -> None:
             await conn.execute(sql, params)
 
-        await self._call(run)
+        await self.call(run)
 
     async def _one(self, sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
         async def run(conn: Conn) -> tuple[Any, ...] | None:
             return await (await conn.execute(sql, params)).fetchone()
 
-        return await self._call(run)
+        return await self.call(run)
 
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         async def run(conn: Conn) -> list[tuple[Any, ...]]:
             return await (await conn.execute(sql, params)).fetchall()
 
-        return await self._call(run)
+        return await self.call(run)
 
     async def add(self, job: JobRecord) -> int:
         async def insert(conn: Conn) -> int:
@@ -201,7 +214,7 @@ class PostgresJobStore:
             await self.notify_job(conn, job.request_id)
             return int(row[0])
 
-        return await self._call(insert)
+        return await self.call(insert)
 
     async def claim(self, request_id: str, *, started_at: float) -> int | None:
         async def update(conn: Conn) -> int | None:
@@ -217,12 +230,10 @@ class PostgresJobStore:
                 await self.notify_job(conn, request_id)
             return None if row is None else int(row[0])
 
-        return await self._call(update)
+        return await self.call(update)
 
     async def requeue(self, request_id: str, *, attempts: int, owner: str | None = None) -> bool:
-        return await self._call(
-            functools.partial(self.requeue_in, request_id, attempts=attempts, owner=owner)
-        )
+        return await self.call(functools.partial(self.requeue_in, request_id, attempts=attempts, owner=owner))
 
     async def requeue_in(self, request_id: str, conn: Conn, *, attempts: int, owner: str | None) -> bool:
         """``requeue`` in the caller's transaction."""
@@ -260,7 +271,7 @@ class PostgresJobStore:
             await self.notify_job(conn, request_id)
             return True
 
-        return await self._call(update)
+        return await self.call(update)
 
     async def get(self, request_id: str) -> JobRecord | None:
         row = await self._one(
@@ -280,7 +291,7 @@ class PostgresJobStore:
         await self._execute("DELETE FROM darkroom.jobs WHERE request_id = ANY(%s)", (list(request_ids),))
 
     async def add_delivery(self, delivery: Delivery) -> None:
-        await self._call(lambda conn: _insert_delivery(conn, delivery))
+        await self.call(lambda conn: _insert_delivery(conn, delivery))
 
     async def lease_deliveries(self, now: float, *, lease_s: float, limit: int) -> list[Delivery]:
         # SKIP LOCKED: hosts leasing at the same moment take different deliveries, never the same one.

@@ -4,7 +4,7 @@ a lost lease, warm affinity, and published workflows shared by every host."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -128,15 +128,15 @@ async def test_a_fleet_host_that_lost_its_lease_drops_its_run_and_another_host_r
     assert first.fake.finished + second.fake.finished == [request_id]  # one run completed, once
 
 
-@pytest_asyncio.fixture
-async def partition(database: str) -> AsyncIterator[Partition]:
+@pytest.fixture
+def partition(database: str) -> Iterator[Partition]:
     """Between one host and the database; healed and stopped before the hosts stop (ask for it after
     ``host``), so a failing test's hosts still stop at once."""
     partition = Partition(int(urlsplit(database).port or 5432))
-    await partition.start()
+    partition.start()
     yield partition
     partition.heal()
-    await partition.stop()
+    partition.stop()
 
 
 async def test_a_host_cut_off_from_the_database_stops_its_run_before_another_host_runs_it(
