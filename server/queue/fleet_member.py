@@ -152,6 +152,8 @@ class FleetMember:
         record = self.order.jobs.get(fresh.request_id)
         if record is not None and record.status is JobStatus.COMPLETED:
             return record  # an outcome is final: what differs is a read older than it
+        if record is not None and fresh.request_id in self._tasks:
+            return record  # running here: this host changes it (a read racing its claim is older)
         settled_elsewhere = fresh.status is JobStatus.COMPLETED and (
             record is None or record.status is not JobStatus.COMPLETED
         )

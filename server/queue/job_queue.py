@@ -390,16 +390,16 @@ class JobQueue(FleetMember, Retention):
         left_s = None if record.start_deadline is None else record.start_deadline - self.clock()
         if left_s is not None and left_s <= 0:
             raise _StartTimeout
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(None if left_s is None else loop.time() + left_s) as deadline:
+        deadline = asyncio.timeout(left_s)  # to its first event: once it runs, the run limit applies
 
-            async def on_event(event: Any) -> None:
-                if record.status is JobStatus.IN_QUEUE:  # the first event: it runs on a worker now
-                    deadline.reschedule(None)
-                    self._started(record)
-                await reporter(event)
+        async def on_event(event: Any) -> None:
+            if record.status is JobStatus.IN_QUEUE:  # the first event: it runs on a worker now
+                deadline.reschedule(None)
+                self._started(record)
+            await reporter(event)
 
-            try:
+        try:
+            async with deadline:
                 return await self.generator.run(
                     endpoint,
                     request,
@@ -407,10 +407,10 @@ class JobQueue(FleetMember, Retention):
                     base_url=record.base_url,
                     on_event=on_event,
                 )
-            except TimeoutError:
-                if deadline.expired():
-                    raise _StartTimeout from None
-                raise
+        except TimeoutError:
+            if deadline.expired():
+                raise _StartTimeout from None
+            raise
 
     def _started(self, record: JobRecord) -> None:
         logger.info("%s %s: started on a worker of this host", record.app_id, record.request_id)

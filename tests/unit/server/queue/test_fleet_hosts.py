@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -126,6 +127,37 @@ async def test_a_fleet_host_that_lost_its_lease_drops_its_run_and_another_host_r
     stored = await first.store.get(request_id)
     assert stored is not None and stored.attempts == 2 and stored.outcome is not None and stored.outcome.ok
     assert first.fake.finished + second.fake.finished == [request_id]  # one run completed, once
+
+
+async def test_a_status_read_racing_the_claim_does_not_undo_the_start(
+    host: Hosts, endpoints: dict[str, Endpoint]
+) -> None:
+    a = await host("a", hold=True)
+    b = await host("b", offer=lambda: Capabilities([], (), 1))  # it runs nothing
+    a.queue.job_changed = lambda request_id: None  # type: ignore[method-assign]  # a hears only through find()
+    a.fake.first_event, read = asyncio.Event(), asyncio.Event()
+    stored_get = a.store.get
+
+    async def late_get(request_id: str) -> Any:
+        await read.wait()  # a status poll's read of the store that ends after a claimed the request
+        return await stored_get(request_id)
+
+    a.store.get = late_get  # type: ignore[method-assign]
+    job = await b.queue.submit(
+        endpoints[APP], {"prompt": "x"}, url_path=APP, base_url="http://h", timeout_s=1.0
+    )  # fmt: skip
+    polled = asyncio.create_task(a.queue.find(job.request_id))  # a status poll on a, which has not heard
+    a.queue.wake()
+    await until(lambda: job.request_id in a.queue._tasks)  # claimed: its worker has not started it yet
+    read.set()
+    await polled
+    a.fake.first_event.set()
+    await a.fake.wait_started(job.request_id)
+    await asyncio.sleep(1.5)  # past its start deadline: it started, so the deadline no longer applies
+    assert a.status(job.request_id) is JobStatus.IN_PROGRESS
+    a.fake.release(job.request_id)
+    await until(lambda: b.status(job.request_id) is JobStatus.COMPLETED)
+    assert (await b.queue.outcome(job.request_id)).ok
 
 
 @pytest.fixture

@@ -46,6 +46,7 @@ class FakeGenerator:
         self.cancelled: list[str] = []
         self.finished: list[str] = []
         self._gates: dict[str, asyncio.Event] = {}
+        self.first_event: asyncio.Event | None = None  # set: each run waits for it before its first event
         self._worker = asyncio.Lock()
 
     def release(self, request_id: str) -> None:
@@ -58,6 +59,8 @@ class FakeGenerator:
         self, endpoint: Endpoint, request: Any, *, request_id: str, base_url: str, on_event: Any
     ) -> dict[str, Any]:
         async with self._worker:
+            if self.first_event is not None:
+                await self.first_event.wait()
             await on_event(cc.Started(request_id))
             self.started.append(request_id)
             try:
@@ -336,3 +339,18 @@ async def test_job_handle_waits_for_the_outcome_and_aborts(
     assert outcome.ok and json.loads(outcome.body_json)["prompt"] == "a"
     assert await first.abort() == "ALREADY_COMPLETED" and queue.job("nope").status() is None
     await queue.stop()
+
+
+async def test_a_job_waiting_for_a_busy_worker_times_out_at_its_start_deadline(
+    store: JobStore, endpoints: dict[str, Endpoint], tmp_path: Path
+) -> None:
+    queue, fake = make_queue(store, endpoints, tmp_path, hold=False)
+    await queue.start()
+    async with fake._worker:  # a sync run holds the worker: the job is taken from the queue and waits
+        job = await queue.submit(
+            endpoints[APP], {"prompt": "late"}, url_path=APP, base_url="http://h", timeout_s=0.5
+        )  # fmt: skip
+        outcome = await queue.job(job.request_id).result(timeout_s=5)
+    assert outcome.status_code == 504 and outcome.error_type == "request_timeout" and fake.started == []
+    await queue.stop()
+
