@@ -6,98 +6,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Callable, Coroutine, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from server.engine.worker import free_port  # noqa: E402
 from server.settings import PINNED_COMFYUI_COMMIT  # noqa: E402
+from tests.serve_process import ServeProcess  # noqa: E402
 
 KEY = "drill-key-0f3c9a"
-READY_TIMEOUT_S = 240.0
 LOGS = ROOT / "data" / "drills"
 COMFYUI = Path(
     os.environ.get("DARKROOM_COMFYUI_DIR") or ROOT / "data" / "comfyui" / f"ComfyUI-{PINNED_COMFYUI_COMMIT}"
 )
 
 
-@dataclass
-class Server:
-    """One `darkroom serve` process; ``start`` again after ``stop``/``kill`` reuses its data and port."""
+class Server(ServeProcess):
+    """A drill's `darkroom serve`: the drills' API key, its log kept as data/drills/<name>-serve.log."""
 
-    name: str
-    data_dir: Path
-    models_dir: Path
-    env: Mapping[str, str] = field(default_factory=dict)
-    port: int = field(default_factory=free_port)
-    worker_port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return LOGS / f"{self.name}-serve.log"
-
-    def start(self, *, append_log: bool = False) -> None:
-        """Start it and wait until /ready answers 200."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DARKROOM_")} | {
-            "DARKROOM_API_KEYS": KEY, "DARKROOM_MODELS_DIR": str(self.models_dir),
-            "DARKROOM_COMFYUI_DIR": str(COMFYUI), "DARKROOM_WORKER_BASE_PORT": str(self.worker_port),
-            "OMP_NUM_THREADS": "1", **self.env,
-        }  # fmt: skip
-        command = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port",
-                   str(self.port), "--cpu", "--workers", "1", "--data-dir", str(self.data_dir)]  # fmt: skip
-        LOGS.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab" if append_log else "wb") as log:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"darkroom serve exited with {self.process.returncode}; see {self.log_path}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(self.base + "/ready", timeout=5) as r:
-                if r.status == 200:
-                    return
-            time.sleep(0.3)
-        self.kill()
-        raise SystemExit(f"darkroom serve not ready in {READY_TIMEOUT_S:g} s; see {self.log_path}")
-
-    def stop(self, timeout_s: float = 120.0) -> int:
-        """SIGTERM (it drains: running requests finish first), then SIGKILL past ``timeout_s``."""
-        if self.process is None:
-            return 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return self.kill()
-
-    def kill(self) -> int:
-        """SIGKILL the facade only, as a crash would (its ComfyUI worker dies with it: see worker.py)."""
-        if self.process is None:
-            return 0
-        self.process.kill()
-        return self.process.wait()
+    def __init__(
+        self, name: str, data_dir: Path, models_dir: Path, env: Mapping[str, str] | None = None
+    ) -> None:
+        log_path = LOGS / f"{name}-serve.log"
+        super().__init__(data_dir, models_dir, COMFYUI, log_path, {"DARKROOM_API_KEYS": KEY, **(env or {})})
+        self.name = name
 
     def log_has(self, text: str) -> bool:
-        return text in self.log_path.read_text(errors="replace")
+        return text in self.log()
 
     def facade_tracebacks(self) -> int:
         """Tracebacks the facade logged (its workers' lines, ComfyUI's own import noise among them, aside)."""
-        with self.log_path.open(errors="replace") as log:
-            return sum(1 for line in log if line.startswith("Traceback"))
+        return sum(1 for line in self.log().splitlines() if line.startswith("Traceback"))
 
 
 Drill = Callable[[Server], Coroutine[Any, Any, dict[str, Any]]]

@@ -7,12 +7,10 @@ import io
 import json
 import os
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,8 +21,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from server.engine.worker import free_port
-from server.settings import PROJECT_ROOT
+from tests.serve_process import ServeProcess
 
 KEY = "e2e-key-id:e2e-key-secret"
 READY_TIMEOUT_S = 240.0
@@ -73,51 +70,19 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 def serve_darkroom(root: Path, tiny_models_dir: Path, comfyui_dir: Path) -> Iterator[Server]:
-    """`darkroom serve` with TLS and an API key, one CPU worker, polled until /ready answers 200."""
+    """`darkroom serve` with TLS and an API key, one CPU worker, ready; drained afterwards."""
     cert, key = make_certificate(root)
-    port, log = free_port(), root / "serve.log"
-    env = {
-        **os.environ,
-        "DARKROOM_MODELS_DIR": str(tiny_models_dir),
-        "DARKROOM_COMFYUI_DIR": str(comfyui_dir),
-        "DARKROOM_WORKER_BASE_PORT": str(free_port()),
-        "DARKROOM_WORKER_START_TIMEOUT_S": "180",
-        "DARKROOM_API_KEYS": KEY,
-        "DARKROOM_PUBLIC_URL": "",
-        "OMP_NUM_THREADS": "1",
-    }
-    command = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--cpu", "--workers", "1", "--data-dir", str(root / "data"),
-               "--tls-cert", str(cert), "--tls-key", str(key)]  # fmt: skip
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    running = Server(port, cert, log)
+    process = ServeProcess(
+        root / "data", tiny_models_dir, comfyui_dir, root / "serve.log",
+        env={"DARKROOM_WORKER_START_TIMEOUT_S": "180", "DARKROOM_API_KEYS": KEY, "DARKROOM_PUBLIC_URL": ""},
+        args=("--tls-cert", str(cert), "--tls-key", str(key)),
+        ssl_context=ssl.create_default_context(cafile=str(cert)),
+    )  # fmt: skip
     try:
-        _wait_ready(running, process)
-        yield running
+        process.start()
+        yield Server(process.port, cert, process.log_path)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_ready(server: Server, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(
-                f"darkroom serve exited with {process.returncode}:\n{_tail(server.log)}", pytrace=False
-            )
-        try:
-            if server.get(server.base + "/ready")[0] == 200:
-                return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"darkroom serve not ready in {READY_TIMEOUT_S:g} s:\n{_tail(server.log)}", pytrace=False)
+        process.stop(timeout_s=60)
 
 
 PRELUDE = """

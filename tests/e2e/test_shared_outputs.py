@@ -6,10 +6,7 @@ retention passes, A's queue deletes the objects and both hosts answer 404."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,10 +19,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
 from server.app import create_app
-from server.engine.worker import free_port
-from server.settings import PROJECT_ROOT, load_settings
+from server.settings import load_settings
 from tests.fakes import IdleSupervisor
 from tests.s3 import S3Server
+from tests.serve_process import ServeProcess
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(300)]
 
@@ -38,31 +35,16 @@ def host_a(
     tmp_path: Path, tiny_models_dir: Path, comfyui_dir: Path, storage_url: str, s3_server: S3Server
 ) -> Iterator[str]:
     """`darkroom serve` (one CPU worker) storing its files in the bucket; its base URL."""
-    port, log_path = free_port(), tmp_path / "a.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DARKROOM_")} | s3_server.env | {
-        "DARKROOM_STORAGE_URL": storage_url,
-        "DARKROOM_RESULT_RETENTION_S": str(RETENTION_S),
-        "DARKROOM_MODELS_DIR": str(tiny_models_dir),
-        "DARKROOM_COMFYUI_DIR": str(comfyui_dir),
-        "DARKROOM_WORKER_BASE_PORT": str(free_port()),
-        "OMP_NUM_THREADS": "1",
-    }  # fmt: skip
-    # `-m server.cli` from the project root: this checkout's server, whichever one the venv installed.
-    command = [sys.executable, "-m", "server.cli", "serve", "--cpu", "--workers", "1",
-               "--port", str(port), "--data-dir", str(tmp_path / "a")]  # fmt: skip
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    shared = {"DARKROOM_STORAGE_URL": storage_url, "DARKROOM_RESULT_RETENTION_S": str(RETENTION_S)}
+    process = ServeProcess(
+        tmp_path / "a", tiny_models_dir, comfyui_dir, tmp_path / "a.log", s3_server.env | shared
+    )
+    process.start(wait=False)  # the test waits for /ready
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield process.base
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        if process.returncode not in (0, -signal.SIGTERM):
-            print(log_path.read_text(errors="replace")[-3000:])
+        if process.stop(timeout_s=30) not in (0, -signal.SIGTERM):
+            print(process.tail())
 
 
 @pytest_asyncio.fixture

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +16,10 @@ from workers import kill_worker
 
 from server.engine import client as cc
 from server.engine.supervisor import Supervisor
-from server.engine.worker import WorkerState, free_port
+from server.engine.worker import WorkerState
 from server.errors import ComfyValidationError, WorkerUnavailableError
 from server.settings import Settings
+from tests.serve_process import ServeProcess
 
 pytestmark = pytest.mark.stack
 session_loop = pytest.mark.asyncio(loop_scope="session")
@@ -265,71 +262,39 @@ def wait_until(predicate: Any, timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def get_json(url: str) -> tuple[int, dict[str, Any]]:
+@pytest.fixture
+def serve(tmp_path: Path, tiny_models_dir: Path, comfyui_dir: Path) -> Iterator[ServeProcess]:
+    """`darkroom serve` in its own process group, not started; killed with its group afterwards."""
+    process = ServeProcess(
+        tmp_path / "data", tiny_models_dir, comfyui_dir, tmp_path / "serve.log", new_session=True
+    )
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-def start_serve(tmp_path: Path, comfyui_dir: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
-    port = free_port()
-    script = Path(sys.executable).with_name("darkroom")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "server.cli"]
-    env = {
-        **os.environ,
-        "DARKROOM_COMFYUI_DIR": str(comfyui_dir),
-        "DARKROOM_WORKER_BASE_PORT": str(free_port()),
-    }
-    log_path = tmp_path / "serve.log"
-    flags = ["--port", str(port), "--workers", "1", "--cpu", "--data-dir", str(tmp_path / "data")]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*command, "serve", *flags], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    return process, f"http://127.0.0.1:{port}", log_path
-
-
-def wait_ready(process: subprocess.Popen[bytes], url: str, log_path: Path) -> list[int]:
-    """Poll /ready until 200; returns the worker pids."""
-    deadline = time.monotonic() + 90
-    while True:
-        assert process.poll() is None, f"darkroom serve exited early:\n{log_path.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"not ready after 90 s:\n{log_path.read_text()[-3000:]}"
-        try:
-            status, body = get_json(url + "/ready")
-        except (urllib.error.URLError, ConnectionError):
-            status = 0
-        if status == 200:
-            return [w["pid"] for w in body["workers"]]
-        if status:
-            assert status == 503 and body["status"] == "not_ready"
-        time.sleep(0.25)
-
-
-def test_serve_exits_cleanly_on_sigterm(tmp_path: Path, comfyui_dir: Path) -> None:
-    process, url, log_path = start_serve(tmp_path, comfyui_dir)
-    try:
-        worker_pids = wait_ready(process, url, log_path)
-        assert get_json(url + "/health") == (200, {"status": "ok"})
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0, log_path.read_text()[-3000:]
+        yield process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    log = log_path.read_text()
-    assert f"darkroom ready at {url}" in log and "[worker 0]" in log
-    assert worker_pids and all(not live_pids(pid) for pid in worker_pids), "a worker survived"
-    assert not live_pids(process.pid)
+        if process.process is not None and process.process.poll() is None:
+            os.killpg(process.process.pid, signal.SIGKILL)
+            process.process.wait()
 
 
-def test_serve_sigkilled_leaves_no_orphans(tmp_path: Path, comfyui_dir: Path) -> None:
-    process, url, log_path = start_serve(tmp_path, comfyui_dir)
-    try:
-        worker_pids = wait_ready(process, url, log_path)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the facade's own group only; workers have their own
-        process.wait()
-    wait_until(lambda: all(not live_pids(pid) for pid in worker_pids), 15, "workers to die with the facade")
+def worker_pids(serve: ServeProcess) -> list[int]:
+    """Start it; its workers' pids, once ready."""
+    serve.start(wait=False)
+    return [worker["pid"] for worker in serve.wait_ready(timeout_s=90)["workers"]]
+
+
+def test_serve_exits_cleanly_on_sigterm(serve: ServeProcess) -> None:
+    workers = worker_pids(serve)
+    assert serve.get_json("/health") == (200, {"status": "ok"})
+    assert serve.stop(timeout_s=30) == 0, serve.tail()
+    log = serve.log()
+    assert f"darkroom ready at {serve.base}" in log and "[worker 0]" in log
+    assert workers and all(not live_pids(pid) for pid in workers), "a worker survived"
+    assert serve.process is not None and not live_pids(serve.process.pid)
+
+
+def test_serve_sigkilled_leaves_no_orphans(serve: ServeProcess) -> None:
+    workers = worker_pids(serve)
+    assert serve.process is not None
+    os.killpg(serve.process.pid, signal.SIGKILL)  # the facade's own group only; workers have their own
+    serve.process.wait()
+    wait_until(lambda: all(not live_pids(pid) for pid in workers), 15, "workers to die with the facade")
