@@ -164,6 +164,8 @@ def corpus(origin: str, loopback: str, own: str) -> list[Case]:
         Case("queue body not JSON", QUEUE, 422, "not valid json", raw=b"{"),
         queue("queue timeout header not a number", "x-fal-request-timeout", {"X-Fal-Request-Timeout": "now"}),
         queue("queue timeout header negative", "x-fal-request-timeout", {"X-Fal-Request-Timeout": "-5"}),
+        Case("run timeout header not finite", FLUX, 422, "x-fal-request-timeout", {"prompt": "x"},
+             headers={"X-Fal-Request-Timeout": "inf"}),
         queue("queue priority unknown", "normal or low", {"X-Fal-Queue-Priority": "urgent"}),
         queue("queue webhook to loopback", refused, query="?fal_webhook=http://127.0.0.1:9/hook"),
         queue("queue webhook not a URL", "url", query="?fal_webhook=hook"),

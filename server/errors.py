@@ -163,6 +163,19 @@ class RunTimeoutError(DarkroomError):
         super().__init__(message, headers={"X-Fal-Request-Timeout-Type": "server"})
 
 
+class StartTimeoutError(DarkroomError):
+    """A request did not start on a worker (its first event) before its X-Fal-Request-Timeout."""
+
+    status = 504
+    code = "request_timeout"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Request timed out: it did not start before its X-Fal-Request-Timeout deadline",
+            headers={"X-Fal-Request-Timeout-Type": "user"},
+        )
+
+
 class ConfigError(DarkroomError):
     """The settings cannot work on this machine (e.g. device=cuda without a GPU)."""
 

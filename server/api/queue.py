@@ -21,10 +21,10 @@ from yarl import URL
 
 from server.api import sse
 from server.api.described import operation
-from server.api.request import base_url, read_json
+from server.api.request import base_url, invalid, read_json, request_timeout_s
 from server.api.state import ENDPOINTS, HUB, QUEUE, REQUEST_ID, SETTINGS, USER_ID
 from server.api.streams import endless
-from server.errors import BlockedAddressError, NotFoundError, RequestValidationError
+from server.errors import BlockedAddressError, NotFoundError
 from server.queue.job import CancelResult
 from server.queue.store import DEFAULT_USER_ID, JobRecord, JobStatus, Priority
 from server.queue.webhooks import WebhookSigner, check_webhook_url, webhook_policy
@@ -144,7 +144,7 @@ async def submit_job(
     return await app[QUEUE].submit(
         endpoint, parsed.model_dump(mode="json", exclude_unset=True), url_path=queue_base(path),
         base_url=base, priority=_priority(headers.get("X-Fal-Queue-Priority")),
-        timeout_s=_positive_float(headers.get("X-Fal-Request-Timeout"), "header", "x-fal-request-timeout"),
+        timeout_s=request_timeout_s(headers),
         webhook_url=webhook_url,
         max_queue_length=_count(query.get("fal_max_queue_length"), "query", "fal_max_queue_length"),
         user_id=user_id,
@@ -313,26 +313,11 @@ async def cancel(request: web.Request) -> web.Response:
     return web.json_response({"status": outcome.value}, status=_CANCEL_STATUS[outcome])
 
 
-def _invalid(where: str, name: str, message: str, value: str) -> RequestValidationError:
-    return RequestValidationError(
-        [{"loc": [where, name], "msg": message, "type": "value_error", "input": value}]
-    )
-
-
 def _priority(value: str | None) -> Priority:
     try:
         return Priority((value or "normal").strip().lower())
     except ValueError:
-        raise _invalid("header", "x-fal-queue-priority", "expected normal or low", value or "") from None
-
-
-def _positive_float(value: str | None, where: str, name: str) -> float | None:
-    if value is None or not value.strip():
-        return None
-    with contextlib.suppress(ValueError):
-        if (number := float(value)) > 0:
-            return number
-    raise _invalid(where, name, "expected a number of seconds greater than 0", value)
+        raise invalid("header", "x-fal-queue-priority", "expected normal or low", value or "") from None
 
 
 def _count(value: str | None, where: str, name: str) -> int | None:
@@ -341,7 +326,7 @@ def _count(value: str | None, where: str, name: str) -> int | None:
     with contextlib.suppress(ValueError):
         if (number := int(value)) >= 0:
             return number
-    raise _invalid(where, name, "expected a whole number, 0 or more", value)
+    raise invalid(where, name, "expected a whole number, 0 or more", value)
 
 
 async def _webhook_url(settings: Settings, url: str | None) -> str | None:
@@ -354,7 +339,7 @@ async def _webhook_url(settings: Settings, url: str | None) -> str | None:
         check_webhook_url(url, policy)
         await PolicyResolver(policy).resolve(host.strip("[]"), URL(url).port or 0, family=socket.AF_UNSPEC)
     except BlockedAddressError as e:
-        raise _invalid("query", "fal_webhook", e.message, url) from e
+        raise invalid("query", "fal_webhook", e.message, url) from e
     except OSError as e:
-        raise _invalid("query", "fal_webhook", f"the webhook host {host} does not resolve: {e}", url) from e
+        raise invalid("query", "fal_webhook", f"the webhook host {host} does not resolve: {e}", url) from e
     return url

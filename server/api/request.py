@@ -1,5 +1,5 @@
-"""Reading what every route reads: the body (within its size and time limits), as strict JSON, and the
-base URL the client reached us at.
+"""Reading what every route reads: the body (within its size and time limits), as strict JSON, fal's
+X-Fal-Request-Timeout, and the base URL the client reached us at.
 
 A body streams in under two limits: ``body_max_bytes`` in all (413), and at least ``MIN_WINDOW_BYTES`` in
 every ``client_timeout_s`` (408: a slow-loris client holds a connection for a while, never a worker).
@@ -11,9 +11,10 @@ without end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -125,3 +126,25 @@ def own_origins(request: web.Request, settings: Settings) -> set[str]:
 
 def base_url(request: web.Request, settings: Settings) -> str:
     return settings.public_url.rstrip("/") if settings.public_url else f"{request.scheme}://{request.host}"
+
+
+def request_timeout_s(headers: Mapping[str, str]) -> float | None:
+    """``X-Fal-Request-Timeout``: the seconds a request may wait to start, or None; 422 if it is not a
+    number of seconds greater than 0."""
+    return positive_seconds(headers.get("X-Fal-Request-Timeout"), "header", "x-fal-request-timeout")
+
+
+def positive_seconds(value: str | None, where: str, name: str) -> float | None:
+    if value is None or not value.strip():
+        return None
+    with contextlib.suppress(ValueError):
+        if math.isfinite(number := float(value)) and number > 0:
+            return number
+    raise invalid(where, name, "expected a number of seconds greater than 0", value)
+
+
+def invalid(where: str, name: str, message: str, value: str) -> RequestValidationError:
+    """A 422 for one header or query parameter: where it is, what is wrong, what was sent."""
+    return RequestValidationError(
+        [{"loc": [where, name], "msg": message, "type": "value_error", "input": value}]
+    )

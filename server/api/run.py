@@ -13,12 +13,14 @@ from aiohttp import web
 
 from server.api import sse
 from server.api.described import operation
-from server.api.request import base_url, read_json
+from server.api.request import base_url, read_json, request_timeout_s
 from server.api.state import ENDPOINTS, GENERATOR, HUB, METRICS, REQUEST_ID
 from server.errors import DarkroomError
 from server.generation.live import run_live
 from server.workflows.mapping import Endpoint
 from server.workflows.validation import find_endpoint, validate_input
+
+START_HEADER = {"X-Fal-Request-Timeout": "Seconds the run may wait for a worker before it starts (else 504)"}
 
 
 def routes() -> list[web.RouteDef]:
@@ -41,9 +43,10 @@ async def read_input(request: web.Request, endpoint: Endpoint) -> Any:
         500: "The run failed",
         502: "The worker answered wrongly",
         503: "Model files missing or no worker available",
-        504: "Ran past its run limit and was interrupted",
+        504: "Did not start before its X-Fal-Request-Timeout, or ran past its run limit and was interrupted",
         507: "No room to store the output (storage quota or disk full)",
     },
+    headers=START_HEADER,
     tag="run",
 )
 async def run(request: web.Request) -> web.Response:
@@ -51,11 +54,13 @@ async def run(request: web.Request) -> web.Response:
     endpoint = find_endpoint(request.app[ENDPOINTS], request.match_info["path"])
     request_id = request[REQUEST_ID] = str(uuid.uuid4())
     with counted(request, endpoint.app_id):
+        start_timeout_s = request_timeout_s(request.headers)
         parsed = await read_input(request, endpoint)
         generator = request.app[GENERATOR]
         output = await run_live(
             generator, request.app[HUB], endpoint, parsed, request_id=request_id,
             base_url=base_url(request, generator.settings), previews_per_s=generator.settings.previews_per_s,
+            start_timeout_s=start_timeout_s,
         )  # fmt: skip
     return web.json_response(output)
 
@@ -88,8 +93,9 @@ def counted(request: web.Request, app_id: str) -> Iterator[None]:
         404: ("Unknown app, as one {detail, error_type} event", "text/event-stream"),
         408: ("The body arrived too slowly (DARKROOM_CLIENT_TIMEOUT_S), as one event", "text/event-stream"),
         413: ("The body is too large (DARKROOM_BODY_MAX_BYTES), as one event", "text/event-stream"),
-        422: ("Invalid input, as one {detail, error_type} event", "text/event-stream"),
+        422: ("Invalid input or header, as one {detail, error_type} event", "text/event-stream"),
     },
+    headers=START_HEADER,
     tag="run",
 )
 async def run_stream(request: web.Request) -> web.StreamResponse:
@@ -98,6 +104,7 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
     request_id = request[REQUEST_ID] = str(uuid.uuid4())
     try:
         endpoint = find_endpoint(request.app[ENDPOINTS], request.match_info["path"])
+        start_timeout_s = request_timeout_s(request.headers)
         parsed = await read_input(request, endpoint)
     except DarkroomError as e:
         return await sse.error_stream(request, e)
@@ -107,6 +114,7 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
         run_live(
             generator, hub, endpoint, parsed, request_id=request_id,
             base_url=base_url(request, generator.settings), previews_per_s=generator.settings.previews_per_s,
+            start_timeout_s=start_timeout_s,
         )
     )  # fmt: skip
     response = await sse.open_stream(request)

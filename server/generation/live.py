@@ -14,20 +14,21 @@ import base64
 import io
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 from pydantic import BaseModel
 
 from server.engine import client as cc
-from server.errors import CANCELLED_DETAIL, DarkroomError, public_message
-from server.generation.generator import Generator
+from server.errors import CANCELLED_DETAIL, DarkroomError, StartTimeoutError, public_message
+from server.generation.generator import EventSink, Generator
 from server.generation.progress import ProgressHub
 from server.workflows.mapping import Endpoint
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SAMPLER_CLASS_TYPES = frozenset({"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"})
 PREVIEW_MAX_SIDE_PX = 256
@@ -209,13 +210,18 @@ class LiveReporter:
 
 async def run_live(
     generator: Generator, hub: ProgressHub, endpoint: Endpoint, request: BaseModel, *,
-    request_id: str, base_url: str, previews_per_s: float,
+    request_id: str, base_url: str, previews_per_s: float, start_timeout_s: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """A sync run with live events: ``Generator.run`` plus the terminal event; errors propagate."""
+    """A sync run with live events: ``Generator.run`` plus the terminal event; errors propagate. With
+    ``start_timeout_s`` it must start on a worker within that many seconds (504 if not)."""
     reporter = LiveReporter(hub, request_id, endpoint.workflow, previews_per_s=previews_per_s)
     try:
-        output = await generator.run(
-            endpoint, request, request_id=request_id, base_url=base_url, on_event=reporter
+        output = await started_within(
+            start_timeout_s,
+            lambda sink: generator.run(
+                endpoint, request, request_id=request_id, base_url=base_url, on_event=sink
+            ),
+            reporter,
         )
     except DarkroomError as e:
         hub.publish(request_id, failed_event(e.status, e.detail, e.message, e.code))
@@ -232,3 +238,24 @@ async def run_live(
         asyncio.get_running_loop().call_later(FINISHED_STATE_TTL_S, hub.forget, request_id)
     hub.publish(request_id, completed_event(output))
     return output
+
+
+async def started_within(
+    timeout_s: float | None, run: Callable[[EventSink], Awaitable[T]], on_event: EventSink
+) -> T:
+    """``run(sink)``, whose first event (its start on a worker) must come within ``timeout_s`` (None: no
+    limit; X-Fal-Request-Timeout); past it, the run is cancelled and ``StartTimeoutError`` (504) raised.
+    Once it started, it runs without that limit (its run limit is the generator's)."""
+    deadline = asyncio.timeout(timeout_s)
+
+    async def sink(event: Any) -> None:
+        deadline.reschedule(None)
+        await on_event(event)
+
+    try:
+        async with deadline:
+            return await run(sink)
+    except TimeoutError:
+        if deadline.expired():
+            raise StartTimeoutError from None
+        raise

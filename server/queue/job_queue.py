@@ -32,13 +32,14 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from server.errors import DarkroomError, NotFoundError
+from server.errors import DarkroomError, NotFoundError, StartTimeoutError
 from server.generation.generator import EventSink
 from server.generation.live import (
     FINISHED_STATE_TTL_S,
     LiveReporter,
     completed_event,
     fal_log_entry,
+    started_within,
 )
 from server.generation.progress import ProgressHub
 from server.media.outputs import OutputStore
@@ -76,10 +77,6 @@ class RunsRequests(Protocol):
         self, endpoint: Endpoint, request: BaseModel, *, request_id: str, base_url: str,
         on_event: EventSink | None = None,
     ) -> dict[str, Any]: ...  # fmt: skip
-
-
-class _StartTimeout(Exception):
-    pass
 
 
 class JobQueue(FleetMember, Retention):
@@ -364,8 +361,8 @@ class JobQueue(FleetMember, Retention):
         error = task.exception()
         if error is None:
             return Outcome(200, json.dumps(task.result()), inference_time_s=elapsed_s)
-        if isinstance(error, _StartTimeout):
-            return START_TIMEOUT
+        if isinstance(error, StartTimeoutError):
+            return START_TIMEOUT  # as for one that timed out in the queue
         if isinstance(error, DarkroomError):
             return error_outcome(error.status, error.detail, error.message, error.code, **error.headers)
         logger.error("request %s failed", record.request_id, exc_info=error)
@@ -389,28 +386,20 @@ class JobQueue(FleetMember, Retention):
         )
         left_s = None if record.start_deadline is None else record.start_deadline - self.clock()
         if left_s is not None and left_s <= 0:
-            raise _StartTimeout
-        deadline = asyncio.timeout(left_s)  # to its first event: once it runs, the run limit applies
+            raise StartTimeoutError
 
         async def on_event(event: Any) -> None:
             if record.status is JobStatus.IN_QUEUE:  # the first event: it runs on a worker now
-                deadline.reschedule(None)
                 self._started(record)
             await reporter(event)
 
-        try:
-            async with deadline:
-                return await self.generator.run(
-                    endpoint,
-                    request,
-                    request_id=record.request_id,
-                    base_url=record.base_url,
-                    on_event=on_event,
-                )
-        except TimeoutError:
-            if deadline.expired():
-                raise _StartTimeout from None
-            raise
+        return await started_within(
+            left_s,
+            lambda sink: self.generator.run(
+                endpoint, request, request_id=record.request_id, base_url=record.base_url, on_event=sink
+            ),
+            on_event,
+        )
 
     def _started(self, record: JobRecord) -> None:
         logger.info("%s %s: started on a worker of this host", record.app_id, record.request_id)

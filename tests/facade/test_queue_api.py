@@ -342,6 +342,32 @@ async def test_run_stream_errors_are_one_sse_event(client: Client, fake: FakeGen
     assert events[-1]["error_type"] == "generation_error" and "boom" in events[-1]["detail"]
 
 
+async def test_a_sync_run_must_start_within_its_request_timeout(client: Client, fake: FakeGenerator) -> None:
+    held = asyncio.create_task(client.post(f"/run/{APP}", json={"prompt": "holds the worker"}))
+    async with asyncio.timeout(5):
+        while not fake.started:
+            await asyncio.sleep(0.01)
+    late = await client.post(f"/run/{APP}", json={"prompt": "late"}, headers={"X-Fal-Request-Timeout": "0.3"})
+    body = await late.json()
+    assert late.status == 504 and late.headers["X-Fal-Request-Timeout-Type"] == "user", body
+    assert body["error_type"] == "request_timeout" and "did not start" in body["detail"]
+    assert "late" not in str(fake.started), "it never reached the worker"
+    fake.release(fake.started[0])
+    assert (await held).status == 200
+
+    on_time = asyncio.create_task(
+        client.post(f"/run/{APP}", json={"prompt": "x"}, headers={"X-Fal-Request-Timeout": "0.3"})
+    )
+    async with asyncio.timeout(5):
+        while len(fake.started) < 2:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.6)  # started in time: the deadline no longer applies, however long it runs
+    fake.release(fake.started[1])
+    assert (await on_time).status == 200
+    bad = await client.post(f"/run/{APP}", json={"prompt": "x"}, headers={"X-Fal-Request-Timeout": "inf"})
+    assert bad.status == 422 and (await bad.json())["detail"][0]["loc"] == ["header", "x-fal-request-timeout"]
+
+
 async def test_jwks_is_served(client: Client) -> None:
     response = await client.get("/.well-known/jwks.json")
     (key,) = (await response.json())["keys"]
