@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import io
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,11 +25,34 @@ from PIL import Image
 from server.api.state import ENDPOINTS
 from server.app import create_app
 from server.engine.supervisor import Supervisor
+from server.engine.worker import free_port
 from server.settings import Settings
 from server.workflows.mapping import Endpoint
 
 DEMO = "darkroom/demo-flux-2"
 Client = TestClient[web.Request, web.Application]
+
+
+@contextlib.asynccontextmanager
+async def own_supervisor(
+    stack_settings: Settings, comfyui_dir: Path, data: Path, *, nodes: str | None = None, **overrides: Any
+) -> AsyncIterator[tuple[Supervisor, Client]]:
+    """A supervisor of its own (for a test that kills or hangs its workers, or wants several) and a facade
+    over it, stopped on leaving. Its workers take consecutive free ports; ``nodes``, a node file put in
+    each worker's custom nodes."""
+    workers = int(overrides.get("workers", stack_settings.workers))
+    settings = replace(stack_settings, data_dir=str(data), worker_base_port=free_port(workers), **overrides)
+    for index in range(workers if nodes is not None else 0):
+        folder = settings.data_path / "workers" / str(index) / "custom_nodes"
+        folder.mkdir(parents=True)
+        (folder / "darkroom_test_nodes.py").write_text(nodes or "", encoding="utf-8")
+    supervisor = Supervisor(settings, comfyui_dir)
+    await supervisor.start()
+    try:
+        async with facade(settings, supervisor, data / "facade") as client:
+            yield supervisor, client
+    finally:
+        await supervisor.stop()
 
 
 def slow_endpoint(demo: Endpoint, app_id: str, *, seconds: float, steps: int) -> Endpoint:

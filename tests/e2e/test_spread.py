@@ -8,16 +8,14 @@ import asyncio
 import collections
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from queue_stack import Client, facade
+from queue_stack import Client, own_supervisor
 
 from server.engine.models import load_manifest
 from server.engine.supervisor import Supervisor
-from server.engine.worker import free_port
 from server.settings import Settings
 
 pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session")]
@@ -34,15 +32,8 @@ async def two_workers(
 ) -> AsyncIterator[tuple[Supervisor, Client]]:
     """A supervisor of its own with two CPU workers, and a facade over it; stopped at the end."""
     data = tmp_path_factory.mktemp("spread")
-    port = free_port(WORKERS)  # workers take base, base+1: all free
-    settings = replace(stack_settings, data_dir=str(data), workers=WORKERS, worker_base_port=port)
-    supervisor = Supervisor(settings, comfyui_dir)
-    await supervisor.start()
-    try:
-        async with facade(settings, supervisor, data / "facade") as client:
-            yield supervisor, client
-    finally:
-        await supervisor.stop()
+    async with own_supervisor(stack_settings, comfyui_dir, data, workers=WORKERS) as (supervisor, client):
+        yield supervisor, client
 
 
 async def run_on(supervisor: Supervisor, client: Client, app_id: str) -> int:

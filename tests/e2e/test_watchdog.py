@@ -4,22 +4,16 @@ prompt outlives its interrupt is restarted too, before it takes another request.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import TEST_NODES
-from queue_stack import DEMO, Client, facade, slow_endpoint, submit, wait_status
+from queue_stack import DEMO, own_supervisor, slow_endpoint, submit, wait_status
 
 from server.api.state import ENDPOINTS
-from server.engine.supervisor import Supervisor
-from server.engine.worker import free_port
 from server.settings import Settings
 
 pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session")]
@@ -27,29 +21,13 @@ pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session")]
 HANG_TIMEOUT_S = 5.0  # short for the test; generous enough for a loaded 2-core machine
 
 
-@contextlib.asynccontextmanager
-async def own_worker(
-    stack_settings: Settings, comfyui_dir: Path, data: Path, **overrides: Any
-) -> AsyncIterator[tuple[Supervisor, Client]]:
-    """A supervisor with its own worker (the test kills it) and a facade over it."""
-    settings = replace(stack_settings, data_dir=str(data), worker_base_port=free_port(), **overrides)
-    nodes = settings.data_path / "workers" / "0" / "custom_nodes"
-    nodes.mkdir(parents=True)
-    (nodes / "darkroom_test_nodes.py").write_text(TEST_NODES, encoding="utf-8")
-    supervisor = Supervisor(settings, comfyui_dir)
-    await supervisor.start()
-    try:
-        async with facade(settings, supervisor, data / "facade") as client:
-            yield supervisor, client
-    finally:
-        await supervisor.stop()
-
-
 async def test_a_stopped_worker_is_killed_restarted_and_its_request_runs_again(
     stack_settings: Settings, comfyui_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     data = tmp_path_factory.mktemp("watchdog")
-    async with own_worker(stack_settings, comfyui_dir, data, worker_hang_timeout_s=HANG_TIMEOUT_S) as (
+    async with own_supervisor(
+        stack_settings, comfyui_dir, data, nodes=TEST_NODES, worker_hang_timeout_s=HANG_TIMEOUT_S
+    ) as (
         supervisor,
         client,
     ):
@@ -70,7 +48,9 @@ async def test_a_prompt_that_ignores_its_interrupt_gets_its_worker_restarted(
     """A run past its limit whose node never checks for an interrupt (one 60 s step here; a text
     encoder on a huge prompt in the fuzz drill) must not keep the worker from the next request."""
     data = tmp_path_factory.mktemp("stuck")
-    async with own_worker(stack_settings, comfyui_dir, data, run_timeout_s=2.0, interrupt_grace_s=2.0) as (
+    async with own_supervisor(
+        stack_settings, comfyui_dir, data, nodes=TEST_NODES, run_timeout_s=2.0, interrupt_grace_s=2.0
+    ) as (
         supervisor,
         client,
     ):
