@@ -23,6 +23,7 @@ from server.api import (
     editor,
     endpoints,
     files,
+    hosts,
     metrics,
     openapi,
     playground,
@@ -66,7 +67,7 @@ from server.media.multipart import MultipartStore
 from server.media.objects import from_settings as object_store
 from server.media.outputs import OutputStore
 from server.media.uploads import UploadStore
-from server.queue.fleet import Capabilities, Fleet
+from server.queue.fleet import Capabilities, Fleet, capabilities_of
 from server.queue.fleet_workflows import shared_catalog
 from server.queue.job_queue import MAX_ATTEMPTS, JobQueue
 from server.queue.postgres_store import PostgresJobStore
@@ -211,6 +212,7 @@ def create_app(settings: Settings, supervisor: Supervisor, *, run_supervisor: bo
             *endpoints.routes(),  # after workflows': /endpoints/{app_id}/workflow is matched first
             *editor.routes(),
             *metrics.routes(app[METRICS]),
+            *hosts.routes(),
             *dashboard.routes(),
             *playground.routes(),
             *assets.routes(),
@@ -244,7 +246,7 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
     if isinstance(store, PostgresJobStore):
 
         def capabilities() -> Capabilities:
-            return _capabilities(served, app[GENERATOR], supervisor)
+            return capabilities_of(served, app[GENERATOR], supervisor)
 
         fleet = Fleet(
             store, name=f"{socket.gethostname()}:{settings.port}", lease_s=settings.host_lease_s,
@@ -287,15 +289,6 @@ def _catalog(
             "database: publish them again through any host", settings.published_path
         )  # fmt: skip
     return shared_catalog(fleet, served, manifest)
-
-
-def _capabilities(served: dict[str, Endpoint], generator: Generator, supervisor: Supervisor) -> Capabilities:
-    """What this host offers a fleet: the apps whose model files are here, the apps whose models a
-    worker has loaded, and how many workers are free."""
-    apps = [app for app, endpoint in served.items() if generator.has_models(endpoint)]
-    loaded = supervisor.warm_keys()
-    warm = [app for app in apps if served[app].models and served[app].models_key in loaded]
-    return Capabilities(apps, warm, supervisor.idle_workers)
 
 
 def job_store(settings: Settings) -> JobStore:

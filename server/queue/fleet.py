@@ -33,15 +33,18 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from server.engine.supervisor import Supervisor
+from server.generation.generator import Generator
 from server.queue.postgres_store import CHANNEL, DB_NOW, Conn, PostgresJobStore
 from server.queue.store import LIGHT_COLUMNS, JobRecord, record_from_row
+from server.workflows.mapping import Endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,17 @@ class Capabilities:
     apps: Sequence[str]  # apps whose model files are here
     warm: Sequence[str]  # apps a worker ran last (its models are loaded)
     idle_workers: int
+
+
+def capabilities_of(
+    served: Mapping[str, Endpoint], generator: Generator, supervisor: Supervisor
+) -> Capabilities:
+    """What a host offers: the apps whose model files are here, the apps whose models a worker has
+    loaded, and how many workers are free."""
+    apps = [app for app, endpoint in served.items() if generator.has_models(endpoint)]
+    loaded = supervisor.warm_keys()
+    warm = [app for app in apps if served[app].models and served[app].models_key in loaded]
+    return Capabilities(apps, warm, supervisor.idle_workers)
 
 
 class Member(Protocol):
@@ -201,6 +215,26 @@ class Fleet:
         self._beat_now.set()
         if self._member is not None:
             self._member.wake()
+
+    async def hosts(self) -> list[dict[str, Any]]:
+        """The fleet's live hosts as their last heartbeats left them, this one marked; 503 if the
+        database does not answer."""
+
+        async def select(conn: Conn) -> list[tuple[Any, ...]]:
+            cursor = await conn.execute(
+                f"SELECT host_id, name, apps, warm, idle_workers, started_at, lease_expires_at - {DB_NOW} "
+                f"FROM darkroom.hosts WHERE lease_expires_at > {DB_NOW} ORDER BY name, started_at"
+            )
+            return await cursor.fetchall()
+
+        return [
+            {
+                "name": name, "host_id": host_id, "this_host": host_id == self.host_id,
+                "started_at": started_at, "lease_left_s": round(left_s, 1), "apps": sorted(apps),
+                "warm": sorted(warm), "idle_workers": idle,
+            }
+            for host_id, name, apps, warm, idle, started_at, left_s in await self.store.call(select)
+        ]  # fmt: skip
 
     async def request_cancel(self, request_id: str) -> None:
         """Ask the host running the job to interrupt it (NOTIFY now; its heartbeat checks the flag too)."""

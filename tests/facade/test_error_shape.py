@@ -44,7 +44,7 @@ BODY_METHODS = {"POST", "PUT", "PATCH"}
 LISTINGS = {
     (method, path)
     for method in ("GET", "HEAD")
-    for path in ("/workflows", "/endpoints", "/metrics", "/dashboard/state", "/dashboard/events")
+    for path in ("/workflows", "/endpoints", "/hosts", "/metrics", "/dashboard/state", "/dashboard/events")
 }
 # Pages for people, answering HTML (the editor's sign-in): tests/e2e/test_editor.py and
 # tests/facade/test_playground.py check them.
