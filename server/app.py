@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import socket
 import uuid
 from collections.abc import AsyncIterator
 
@@ -249,7 +248,7 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
             return capabilities_of(served, app[GENERATOR], supervisor)
 
         fleet = Fleet(
-            store, name=f"{socket.gethostname()}:{settings.port}", lease_s=settings.host_lease_s,
+            store, name=settings.host_name, lease_s=settings.host_lease_s,
             capabilities=capabilities, max_attempts=MAX_ATTEMPTS,
         )  # fmt: skip
     app[CATALOG] = _catalog(settings, fleet, served, manifest)

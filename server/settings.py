@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -300,6 +301,11 @@ class Settings:
     @property
     def uploads_path(self) -> Path:
         return self.data_path / "uploads"
+
+    @property
+    def host_name(self) -> str:
+        """This host among a fleet's: its machine's name and its port (a restart keeps it)."""
+        return f"{socket.gethostname()}:{self.port}"
 
     @property
     def published_path(self) -> Path:

@@ -4,8 +4,6 @@ how long its lease has left), or this host alone when there is no fleet."""
 
 from __future__ import annotations
 
-import socket
-
 from aiohttp import web
 
 from server.api.described import operation
@@ -29,7 +27,7 @@ async def hosts(request: web.Request) -> web.Response:
     served = request.app[ENDPOINTS]
     offer = capabilities_of(served, request.app[GENERATOR], request.app[SUPERVISOR])
     this = {
-        "name": f"{socket.gethostname()}:{request.app[SETTINGS].port}", "this_host": True,
+        "name": request.app[SETTINGS].host_name, "this_host": True,
         "apps": sorted(offer.apps), "warm": sorted(offer.warm), "idle_workers": offer.idle_workers,
     }  # fmt: skip
     return web.json_response({"fleet": False, "hosts": [this]})

@@ -131,10 +131,10 @@ def base_url(request: web.Request, settings: Settings) -> str:
 def request_timeout_s(headers: Mapping[str, str]) -> float | None:
     """``X-Fal-Request-Timeout``: the seconds a request may wait to start, or None; 422 if it is not a
     number of seconds greater than 0."""
-    return positive_seconds(headers.get("X-Fal-Request-Timeout"), "header", "x-fal-request-timeout")
+    return _positive_seconds(headers.get("X-Fal-Request-Timeout"), "header", "x-fal-request-timeout")
 
 
-def positive_seconds(value: str | None, where: str, name: str) -> float | None:
+def _positive_seconds(value: str | None, where: str, name: str) -> float | None:
     if value is None or not value.strip():
         return None
     with contextlib.suppress(ValueError):

@@ -142,9 +142,8 @@ class FleetMember:
         for request_id in [rid for rid in self.order.jobs if rid not in stored and rid not in self._tasks]:
             self.order.forget(request_id)
             self.hub.forget(request_id)
-        for request_id, record in stored.items():
-            if request_id not in self._tasks:
-                self._absorb(record)
+        for record in stored.values():
+            self._absorb(record)  # leaves a job running here as it is
         self._wakeup.set()
 
     def _absorb(self, fresh: JobRecord) -> JobRecord:
