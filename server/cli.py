@@ -56,16 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("names", nargs="+", help="Endpoint ids (all their models) or manifest entry names.")
 
     workflows = commands.add_parser("workflows", help="Publish workflows to a running server; list them.")
-    workflows.add_argument(
-        "--url", help="The server (default: DARKROOM_HOST and DARKROOM_PORT on this host)."
-    )
-    workflows.add_argument("--key", help="One of the server's API keys (default: $FAL_KEY, as fal's SDKs).")
+    _server_options(workflows, default=None)
     workflow_commands = workflows.add_subparsers(dest="action", required=True)
     publish = workflow_commands.add_parser("publish", help="Publish an API-format workflow as an endpoint.")
     publish.add_argument("file", help="The editor's API export, or a JSON object {prompt, workflow}.")
     publish.add_argument("--name", required=True, help="owner/name: the endpoint's app id.")
-    workflow_commands.add_parser("list", help="List the published workflows and their URLs.")
+    _server_options(publish)
+    _server_options(workflow_commands.add_parser("list", help="List the published workflows and their URLs."))
     return parser
+
+
+def _server_options(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
+    """--url and --key, before or after the workflows subcommand (a subcommand's are left out of the
+    namespace when not given, so they do not undo the ones given before it)."""
+    parser.add_argument(
+        "--url", default=default, help="The server (default: DARKROOM_HOST and DARKROOM_PORT on this host)."
+    )
+    parser.add_argument(
+        "--key", default=default, help="One of the server's API keys (default: $FAL_KEY, as fal's SDKs)."
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

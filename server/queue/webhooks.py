@@ -131,7 +131,9 @@ def backoff_s(attempts: int, *, base_s: float, max_s: float) -> float:
 def webhook_policy(settings: Settings) -> AddressPolicy:
     """The networks webhooks may reach although non-public (``webhook_allow_cidrs``)."""
     try:
-        return AddressPolicy(parse_networks(settings.webhook_allow_cidrs))
+        return AddressPolicy(
+            parse_networks(settings.webhook_allow_cidrs), setting="DARKROOM_WEBHOOK_ALLOW_CIDRS"
+        )
     except ConfigError as e:
         raise ConfigError(f"DARKROOM_WEBHOOK_ALLOW_CIDRS: {e}") from e
 

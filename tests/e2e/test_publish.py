@@ -155,10 +155,10 @@ async def test_the_cli_publishes_and_lists(client: Client, tmp_path: Path) -> No
     url = f"http://127.0.0.1:{client.server.port}"
     export = tmp_path / "api.json"
     export.write_text(json.dumps(marked_flux2(MANIFEST)))  # as the editor's "Export (API)" writes it
-    code, output = await run_cli("--url", url, "publish", str(export), "--name", "me/from-cli")
+    code, output = await run_cli("publish", str(export), "--name", "me/from-cli", "--url", url)
     assert code == 0, output
     assert "published me/from-cli@1" in output and f"{url}/run/me/from-cli" in output
-    code, output = await run_cli("--url", url, "list")
+    code, output = await run_cli("list", "--url", url)
     assert code == 0 and "me/from-cli  version 1 of 1" in output, output
     run = await client.post("/run/me/from-cli", json=REQUEST)
     assert run.status == 200 and (await run.json())["images"][0]["width"] == 80

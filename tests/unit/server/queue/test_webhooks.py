@@ -16,10 +16,19 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from nacl.signing import VerifyKey
 
-from server.errors import ConfigError
+from server.errors import BlockedAddressError, ConfigError
 from server.queue.store import Delivery, JobRecord, JobStore, Outcome
-from server.queue.webhooks import WebhookSender, WebhookSigner, backoff_s, verify_signature, webhook_payload
+from server.queue.webhooks import (
+    WebhookSender,
+    WebhookSigner,
+    backoff_s,
+    check_webhook_url,
+    verify_signature,
+    webhook_payload,
+    webhook_policy,
+)
 from server.security.netpolicy import AddressPolicy, parse_networks
+from server.settings import load_settings
 
 LOOPBACK = AddressPolicy(parse_networks("127.0.0.0/8"))
 
@@ -54,6 +63,13 @@ def test_signature_verifies_with_the_jwks_and_fails_when_anything_changes(tmp_pa
     assert not verify_signature(jwks, headers, body, now_s=1_700_000_000 + 301)  # stale
     other = WebhookSigner.load_or_create(tmp_path / "other").jwks()
     assert not verify_signature(other, headers, body, now_s=1_700_000_100)
+
+
+def test_a_refused_webhook_names_the_setting_that_allows_it() -> None:
+    with pytest.raises(BlockedAddressError, match="allow the network with DARKROOM_WEBHOOK_ALLOW_CIDRS"):
+        check_webhook_url("http://127.0.0.1:9/hook", webhook_policy(load_settings({})))
+    allowed = webhook_policy(load_settings({"DARKROOM_WEBHOOK_ALLOW_CIDRS": "127.0.0.0/8"}))
+    assert check_webhook_url("http://127.0.0.1:9/hook", allowed) == "http://127.0.0.1:9/hook"
 
 
 def test_payloads_match_fals_shape() -> None:
