@@ -1,6 +1,6 @@
 """``GET /hosts``: the hosts serving this API, for an operator or a dashboard: a fleet's live hosts as
 their last heartbeats left them (the apps each can run, the ones a worker has warm, its idle workers,
-how long its lease has left), or this host alone when there is no fleet."""
+how long its lease has left), or this host alone when there is no fleet (its ``lease_left_s`` null)."""
 
 from __future__ import annotations
 
@@ -29,5 +29,6 @@ async def hosts(request: web.Request) -> web.Response:
     this = {
         "name": request.app[SETTINGS].host_name, "this_host": True,
         "apps": sorted(offer.apps), "warm": sorted(offer.warm), "idle_workers": offer.idle_workers,
+        "lease_left_s": None,  # a lease is a fleet's: a host alone holds none
     }  # fmt: skip
     return web.json_response({"fleet": False, "hosts": [this]})

@@ -38,7 +38,7 @@ from pydantic import BaseModel
 from server.api import auth
 from server.api.described import operation
 from server.api.request import base_url
-from server.api.state import ENDPOINTS, GENERATOR, HUB
+from server.api.state import ENDPOINTS, GENERATOR, HUB, QUEUE
 from server.api.streams import endless
 from server.errors import DarkroomError, RequestValidationError
 from server.generation.live import run_live
@@ -157,7 +157,7 @@ class _Session:
             output = await run_live(
                 generator, self.request.app[HUB], self.endpoint, item.parsed, request_id=str(uuid.uuid4()),
                 base_url=base_url(self.request, generator.settings),
-                previews_per_s=generator.settings.previews_per_s,
+                previews_per_s=generator.settings.previews_per_s, turn=self.request.app[QUEUE].sync_turn,
             )  # fmt: skip
         except DarkroomError as e:
             await self._send_text(error_frame(e, item.client_request_id))

@@ -14,7 +14,7 @@ from aiohttp import web
 from server.api import sse
 from server.api.described import operation
 from server.api.request import base_url, read_json, request_timeout_s
-from server.api.state import ENDPOINTS, GENERATOR, HUB, METRICS, REQUEST_ID
+from server.api.state import ENDPOINTS, GENERATOR, HUB, METRICS, QUEUE, REQUEST_ID
 from server.errors import DarkroomError
 from server.generation.live import run_live
 from server.workflows.mapping import Endpoint
@@ -60,7 +60,7 @@ async def run(request: web.Request) -> web.Response:
         output = await run_live(
             generator, request.app[HUB], endpoint, parsed, request_id=request_id,
             base_url=base_url(request, generator.settings), previews_per_s=generator.settings.previews_per_s,
-            start_timeout_s=start_timeout_s,
+            start_timeout_s=start_timeout_s, turn=request.app[QUEUE].sync_turn,
         )  # fmt: skip
     return web.json_response(output)
 
@@ -114,7 +114,7 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
         run_live(
             generator, hub, endpoint, parsed, request_id=request_id,
             base_url=base_url(request, generator.settings), previews_per_s=generator.settings.previews_per_s,
-            start_timeout_s=start_timeout_s,
+            start_timeout_s=start_timeout_s, turn=request.app[QUEUE].sync_turn,
         )
     )  # fmt: skip
     response = await sse.open_stream(request)

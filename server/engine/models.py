@@ -74,6 +74,33 @@ class Manifest(BaseModel):
         """Names whose files are absent from models_dir."""
         return [n for n in names if not (models_dir / self.get(n).file).exists()]
 
+    def command_for(self, name: str) -> str:
+        """The command that puts an entry's file in place: make-tiny builds the generated ones."""
+        return (
+            "darkroom models make-tiny"
+            if self.get(name).source.generated
+            else f"darkroom models fetch {name}"
+        )
+
+    def missing_detail(self, app_id: str, names: Iterable[str], models_dir: Path) -> str | None:
+        """What an endpoint answers while its files are absent: each one with the command that provides
+        it (one fetch of the whole endpoint when none of its files is generated); None when all are here."""
+        names = list(names)
+        missing = self.missing(names, models_dir)
+        if not missing:
+            return None
+        if not any(self.get(n).source.generated for n in names):
+            by_command = {f"darkroom models fetch {app_id}": missing}
+        else:
+            by_command = {}
+            for name in missing:
+                by_command.setdefault(self.command_for(name), []).append(name)
+        parts = "; ".join(
+            f"{', '.join(self.get(n).file for n in group)}: run `{command}`"
+            for command, group in by_command.items()
+        )
+        return f"{app_id} needs model files that are not in {models_dir}: {parts}."
+
 
 def load_manifest(path: Path = MANIFEST_PATH) -> Manifest:
     return Manifest.model_validate(yaml.safe_load(path.read_text()))

@@ -71,14 +71,12 @@ class Generator:
         return not self.manifest.missing(endpoint.models.values(), self.settings.models_path)
 
     def check_models(self, endpoint: Endpoint) -> None:
-        """Refuse an endpoint whose weights are absent, naming the files and the command that fetches them."""
-        missing = self.manifest.missing(endpoint.models.values(), self.settings.models_path)
-        if missing:
-            files = ", ".join(self.manifest.get(n).file for n in missing)
-            raise ModelsMissingError(
-                f"{endpoint.app_id} needs model files that are not in {self.settings.models_path}: {files}. "
-                f"Fetch them with `darkroom models fetch {endpoint.app_id}`."
-            )
+        """Refuse an endpoint whose weights are absent, naming each file and the command that provides it."""
+        detail = self.manifest.missing_detail(
+            endpoint.app_id, endpoint.models.values(), self.settings.models_path
+        )
+        if detail:
+            raise ModelsMissingError(detail)
 
     async def run(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import logging
 import time
@@ -211,18 +212,21 @@ class LiveReporter:
 async def run_live(
     generator: Generator, hub: ProgressHub, endpoint: Endpoint, request: BaseModel, *,
     request_id: str, base_url: str, previews_per_s: float, start_timeout_s: float | None = None,
+    turn: Callable[[], contextlib.AbstractAsyncContextManager[None]] = contextlib.nullcontext,
 ) -> dict[str, Any]:  # fmt: skip
-    """A sync run with live events: ``Generator.run`` plus the terminal event; errors propagate. With
-    ``start_timeout_s`` it must start on a worker within that many seconds (504 if not)."""
+    """A sync run with live events: ``Generator.run`` plus the terminal event; errors propagate. It runs
+    within ``turn()`` (the queue's: its turn among queued requests). With ``start_timeout_s`` it must
+    start on a worker within that many seconds (504 if not), its wait for its turn included."""
     reporter = LiveReporter(hub, request_id, endpoint.workflow, previews_per_s=previews_per_s)
-    try:
-        output = await started_within(
-            start_timeout_s,
-            lambda sink: generator.run(
+
+    async def in_turn(sink: EventSink) -> dict[str, Any]:
+        async with turn():
+            return await generator.run(
                 endpoint, request, request_id=request_id, base_url=base_url, on_event=sink
-            ),
-            reporter,
-        )
+            )
+
+    try:
+        output = await started_within(start_timeout_s, in_turn, reporter)
     except DarkroomError as e:
         hub.publish(request_id, failed_event(e.status, e.detail, e.message, e.code))
         raise

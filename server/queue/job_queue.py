@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from server.errors import DarkroomError, NotFoundError, StartTimeoutError
+from server.errors import DarkroomError, NotFoundError, StartTimeoutError, WorkerUnavailableError
 from server.generation.generator import EventSink
 from server.generation.live import (
     FINISHED_STATE_TTL_S,
@@ -61,6 +61,7 @@ from server.queue.store import (
     Priority,
     error_outcome,
 )
+from server.queue.turns import SyncTurns
 from server.queue.webhooks import WebhookSender
 from server.workflows.mapping import Endpoint
 from server.workflows.validation import validation_error
@@ -108,6 +109,7 @@ class JobQueue(FleetMember, Retention):
         self._refreshing: set[asyncio.Task[None]] = set()
         self._stale: dict[str, bool] = {}  # jobs being read again: whether they changed meanwhile
         self._wakeup = asyncio.Event()
+        self.turns = SyncTurns()
         self._background: list[asyncio.Task[None]] = []
         self._stopping = False
         self._outputs_swept_at = -math.inf
@@ -132,6 +134,7 @@ class JobQueue(FleetMember, Retention):
         """Let running jobs finish for ``shutdown_grace_s``; the rest go back to the queue for next time."""
         self._stopping = True
         self._wakeup.set()
+        self.turns.close(WorkerUnavailableError("the server is shutting down"))
         running = list(self._tasks.values())
         if running:
             logger.info("waiting up to %g s for %d running request(s)", self.shutdown_grace_s, len(running))
@@ -283,11 +286,22 @@ class JobQueue(FleetMember, Retention):
             await self.fleet.request_cancel(request_id)
         return CancelResult.CANCELLATION_REQUESTED
 
+    def sync_turn(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """A sync run's turn among the queue's requests (``turns.py``). In a fleet, whose queue is the
+        database's, a sync run takes the next free worker of the host that received it."""
+        if self.fleet is not None or self._stopping:
+            return contextlib.nullcontext()
+        ahead = [r.request_id for r in self.order.pending() if r.priority is Priority.NORMAL]
+        return self.turns.turn(ahead, self._wakeup.set)
+
     # -- running ----------------------------------------------------------------------------------
 
     async def _runner(self) -> None:
         while not self._stopping:
             self._wakeup.clear()
+            if self.fleet is None and (turn := self.turns.grant_next(self.order.is_pending)) is not None:
+                await turn.done.wait()  # a sync run's turn: this runner's worker is its
+                continue
             try:
                 record = await self._next_job()
             except Exception:

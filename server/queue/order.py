@@ -53,6 +53,10 @@ class QueueOrder:
     def has_pending(self) -> bool:
         return any(self._pending.values())
 
+    def is_pending(self, request_id: str) -> bool:
+        """Whether the job waits for a runner to take it."""
+        return any(request_id in line for line in self._pending.values())
+
     def take_next(self) -> JobRecord:
         """The next pending job (highest priority, oldest first), now dispatching."""
         priority = next(p for p in Priority if self._pending[p])

@@ -67,9 +67,7 @@ def error_outcome(status_code: int, detail: Any, error: str, error_type: str, **
     return Outcome(status_code, body, {"x-fal-error-type": error_type, **headers}, error, error_type)
 
 
-CANCELLED = Outcome(
-    499, json.dumps({"detail": CANCELLED_DETAIL}), {}, error=CANCELLED_DETAIL, error_type="request_cancelled"
-)
+CANCELLED = error_outcome(499, CANCELLED_DETAIL, CANCELLED_DETAIL, "request_cancelled")
 START_TIMEOUT = error_outcome(
     504, "Request timed out: it did not start before its X-Fal-Request-Timeout deadline",
     "Request timed out before it started", "request_timeout", **{"X-Fal-Request-Timeout-Type": "user"},

@@ -133,9 +133,10 @@ def _options(info: Mapping[str, Any], name: str) -> list[Any] | None:
 def _not_offered(class_type: str, name: str, value: Any, options: list[Any], manifest: Manifest) -> str:
     for model_name, entry in manifest.models.items():
         if value in (entry.folder_name, entry.file):
+            verb = "build" if entry.source.generated else "fetch"
             return (
                 f"{class_type}.{name}: model file {value!r} is not in the models folder; "
-                f"fetch it with `darkroom models fetch {model_name}`"
+                f"{verb} it with `{manifest.command_for(model_name)}`"
             )
     shown = ", ".join(map(repr, options[:20])) + (", ..." if len(options) > 20 else "")
     return f"{class_type}.{name}: {value!r} is not offered here; the worker offers {len(options)}: {shown}"

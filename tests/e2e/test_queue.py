@@ -67,7 +67,10 @@ async def test_cancel_queued_and_running_then_the_worker_serves_the_next(
         assert time.monotonic() - started < 5, "cancelling must not wait for the job to finish"
         assert body["error_type"] == "request_cancelled"
         result = await client.get(f"/queue/{DEMO}/requests/{request_id}")
-        assert result.status == 499 and await result.json() == {"detail": "Request cancelled by the client."}
+        assert result.status == 499 and await result.json() == {
+            "detail": "Request cancelled by the client.",
+            "error_type": "request_cancelled",
+        }
 
     (worker,) = supervisor.workers
     async with asyncio.timeout(10):

@@ -19,7 +19,7 @@ async def test_without_a_fleet_it_is_this_host(tmp_path: Path) -> None:
     assert response.status == 200 and body["fleet"] is False
     (host,) = body["hosts"]
     assert host["this_host"] and host["name"].endswith(":8123") and APP in host["apps"]
-    assert host["idle_workers"] == 1 and host["warm"] == []
+    assert host["idle_workers"] == 1 and host["warm"] == [] and host["lease_left_s"] is None
 
 
 async def test_in_a_fleet_every_host_lists_every_live_host(

@@ -238,8 +238,9 @@ async def test_cancel_matrix(client: Client, fake: FakeGenerator) -> None:
         body = await until_completed(client, request_id)
         assert body["error_type"] == "request_cancelled"
         response = await client.get(f"/queue/{APP}/requests/{request_id}")
-        assert response.status == 499
-        assert await response.json() == {"detail": "Request cancelled by the client."}
+        assert response.status == 499 and response.headers["x-fal-error-type"] == "request_cancelled"
+        cancelled = {"detail": "Request cancelled by the client.", "error_type": "request_cancelled"}
+        assert await response.json() == cancelled
     assert fake.cancelled == [running] and queued not in fake.started
 
     await fake.wait_started(after)  # the worker is free again
@@ -366,6 +367,41 @@ async def test_a_sync_run_must_start_within_its_request_timeout(client: Client, 
     assert (await on_time).status == 200
     bad = await client.post(f"/run/{APP}", json={"prompt": "x"}, headers={"X-Fal-Request-Timeout": "inf"})
     assert bad.status == 422 and (await bad.json())["detail"][0]["loc"] == ["header", "x-fal-request-timeout"]
+
+
+async def wait_started_count(fake: FakeGenerator, count: int) -> None:
+    async with asyncio.timeout(5):
+        while len(fake.started) < count:
+            await asyncio.sleep(0.01)
+
+
+async def test_a_sync_run_takes_its_turn_among_queued_requests(tmp_path: Path) -> None:
+    """One worker: a sync run sent after two queued requests starts after them and before a queued
+    request sent after it (and before low-priority ones); before, it took the worker ahead of both."""
+    settings = load_settings({}, data_dir=str(tmp_path))
+    fake = FakeGenerator(settings, hold=True)
+    async with serve(settings, fake) as client:
+        running = (await submit(client))["request_id"]
+        await fake.wait_started(running)
+        low = (await submit(client, headers={"X-Fal-Queue-Priority": "low"}))["request_id"]
+        first, second = [(await submit(client))["request_id"] for _ in range(2)]
+        sync = asyncio.create_task(client.post(f"/run/{APP}", json={"prompt": "sync"}))
+        await asyncio.sleep(0.1)  # the sync run is waiting for its turn
+        later = (await submit(client))["request_id"]
+        for request_id in (running, first, second):
+            fake.release(request_id)
+            await wait_started_count(fake, fake.started.index(request_id) + 2)
+        sync_id = fake.started[3]
+        assert fake.started[:3] == [running, first, second] and sync_id not in (later, low), fake.started
+        fake.release(sync_id)
+        response = await sync
+        assert response.status == 200 and response.headers["x-fal-request-id"] == sync_id
+        await fake.wait_started(later)
+        fake.release(later)
+        await fake.wait_started(low)
+        fake.release(low)
+        await until_completed(client, low)
+        assert fake.started == [running, first, second, sync_id, later, low]
 
 
 async def test_jwks_is_served(client: Client) -> None:

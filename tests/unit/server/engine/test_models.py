@@ -101,3 +101,28 @@ def test_cli_expands_an_endpoint_into_its_model_files():
     assert names == ["flux2-dev-fp8mixed", "mistral3-small-flux2-fp8", "flux2-vae"]
     with pytest.raises(KeyError, match="nope"):
         expand_model_names(["nope"])
+
+
+def test_missing_files_name_the_command_that_provides_each(tmp_path):
+    from server.cli import expand_model_names
+    from server.workflows.mapping import WORKFLOWS_DIR, load_endpoints
+
+    manifest = load_manifest()
+    endpoints = load_endpoints(WORKFLOWS_DIR, manifest)
+    settings = load_settings({}, data_dir=str(tmp_path / "data"))
+    demo = endpoints["darkroom/demo-flux-2"].models.values()
+    detail = manifest.missing_detail("darkroom/demo-flux-2", demo, settings.models_path)
+    assert detail is not None and detail.endswith(": run `darkroom models make-tiny`.")
+    assert all(manifest.get(n).file in detail for n in demo) and "models fetch" not in detail
+    with pytest.raises(models.FetchError, match="make-tiny"):  # why fetch is not the command for them
+        models.fetch(settings, expand_model_names(["darkroom/demo-flux-2"]))
+
+    real = endpoints["fal-ai/flux-2"].models.values()
+    detail = manifest.missing_detail("fal-ai/flux-2", real, settings.models_path)
+    assert detail is not None and detail.endswith(": run `darkroom models fetch fal-ai/flux-2`.")
+    mixed = manifest.missing_detail("x/y", ["tiny-flux2-vae", "flux2-vae"], settings.models_path)
+    assert mixed is not None and mixed.endswith(
+        "tiny/flux2-vae.safetensors: run `darkroom models make-tiny`; "
+        "vae/flux2-vae.safetensors: run `darkroom models fetch flux2-vae`."
+    )
+    assert manifest.missing_detail("x/y", [], settings.models_path) is None

@@ -353,4 +353,3 @@ async def test_a_job_waiting_for_a_busy_worker_times_out_at_its_start_deadline(
         outcome = await queue.job(job.request_id).result(timeout_s=5)
     assert outcome.status_code == 504 and outcome.error_type == "request_timeout" and fake.started == []
     await queue.stop()
-
