@@ -1,4 +1,5 @@
-"""The `darkroom` command: serve, comfyui install, models make-tiny / fetch. Logging is set up here only."""
+"""The `darkroom` command: serve, comfyui install, models make-tiny / fetch / list / verify / import,
+workflows. Logging is set up here only."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ import aiohttp
 from aiohttp import web
 
 from server.app import PollQuietAccessLogger, create_app
-from server.engine import install, models
+from server.engine import fetch, install, model_lock, models
 from server.engine.supervisor import Supervisor
 from server.errors import ConfigError, DarkroomError
+from server.media import model_share
 from server.security.keyring import KeyRing, check_exposure
 from server.settings import Settings, load_settings
 from server.workflows.mapping import WORKFLOWS_DIR, load_endpoints
@@ -52,8 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
     model_parser = commands.add_parser("models", help="Manage model files.")
     model_commands = model_parser.add_subparsers(dest="action", required=True)
     model_commands.add_parser("make-tiny", help="Build the tiny random-weight test models.")
-    fetch = model_commands.add_parser("fetch", help="Download the named manifest entries.")
-    fetch.add_argument("names", nargs="+", help="Endpoint ids (all their models) or manifest entry names.")
+    fetch_parser = model_commands.add_parser(
+        "fetch", help="Download the named manifest entries (verified; from the fleet's bucket first)."
+    )
+    fetch_parser.add_argument("names", nargs="+", help="Endpoint ids (all their models) or manifest entries.")
+    fetch_parser.add_argument(
+        "--unpinned", action="store_true", help="Allow entries without a pinned commit (take main as it is)."
+    )
+    listing = model_commands.add_parser("list", help="Model files: present, missing, size, verified.")
+    listing.add_argument("names", nargs="*", help="Endpoint ids or manifest entries (default: all).")
+    verify = model_commands.add_parser("verify", help="Hash the present files again (a mismatch is deleted).")
+    verify.add_argument("names", nargs="*", help="Endpoint ids or manifest entries (default: all).")
+    importing = model_commands.add_parser(
+        "import", help="Bring in model files copied from elsewhere, verified."
+    )
+    importing.add_argument("path", help="A file, or a folder (searched for *.safetensors).")
 
     workflows = commands.add_parser("workflows", help="Publish workflows to a running server; list them.")
     _server_options(workflows, default=None)
@@ -126,11 +141,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             if mismatched:
                 logger.warning("generated models differ from the manifest hashes: %s", ", ".join(mismatched))
             return 0
-        models.fetch(settings, expand_model_names(args.names))
-        return 0
+        return models_command(args, settings)
     except (DarkroomError, install.ComfyInstallError, models.FetchError, KeyError, OSError, ValueError) as e:
         logger.error("%s", e)
         return 1
+
+
+def models_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``darkroom models fetch|list|verify|import``."""
+    manifest = models.load_manifest()
+    names = expand_model_names(getattr(args, "names", None) or list(manifest.models))
+    if args.action == "fetch":
+        with model_share.opened(settings) as shared:
+            fetched = fetch.fetch(settings, names, manifest=manifest, shared=shared, unpinned=args.unpinned)
+        logger.info("fetched %d files; %d were present", len(fetched), len(names) - len(fetched))
+        return 0
+    if args.action == "list":
+        table = [("name", "file", "state", "size", "verified"), *model_lock.rows(settings, manifest, names)]
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        for row in table:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        return 0
+    if args.action == "verify":
+        problems = model_lock.verify(settings, manifest, names)
+        for problem in problems:
+            logger.error("%s", problem)
+        return 1 if problems else 0
+    imported = model_lock.import_path(settings, manifest, Path(args.path))
+    logger.info("imported %d files: %s", len(imported), ", ".join(imported) or "none")
+    return 0
 
 
 async def workflows_command(args: argparse.Namespace, settings: Settings) -> int:

@@ -109,11 +109,17 @@ class Settings:
     )
     hf_endpoint: str = field(
         default="https://huggingface.co",
-        metadata={"help": "Hugging Face endpoint that `darkroom models fetch` downloads from."},
+        metadata={
+            "help": "Hugging Face endpoint (the hub, or an HF-compatible mirror) that `darkroom models "
+            "fetch` and hf:// LoRAs download from; unset: HF_ENDPOINT, else this default."
+        },
     )
     hf_token: str = field(
         default="",
-        metadata={"help": "Token for gated Hugging Face repositories (FLUX.2 [dev] is gated)."},
+        metadata={
+            "help": "Token for gated Hugging Face repositories (FLUX.2 [dev] is gated); unset: HF_TOKEN, "
+            "else the token `hf auth login` stored."
+        },
     )
     public_url: str = field(
         default="",
@@ -348,6 +354,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     values.update({k: v for k, v in overrides.items() if v is not None})
     if not values.get("cache_dir"):
         values["cache_dir"] = _default_cache_dir(env)
+    if "hf_endpoint" not in values and env.get("HF_ENDPOINT"):  # huggingface_hub's own variable
+        values["hf_endpoint"] = env["HF_ENDPOINT"]
     return Settings(**values)
 
 

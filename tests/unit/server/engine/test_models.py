@@ -1,17 +1,11 @@
-"""The manifest, and fetching model files with hash checks (from a loopback HTTP server)."""
+"""The manifest: its entries, their folders and sources (fetching: test_fetch.py)."""
 
 from __future__ import annotations
 
-import hashlib
-import http.server
-import threading
-from pathlib import Path
-
 import pytest
-import yaml
 
-from server.engine import models
-from server.engine.models import ModelKind, load_manifest
+from server.engine.fetch import fetch
+from server.engine.models import FetchError, ModelKind, load_manifest
 from server.settings import load_settings
 
 
@@ -21,77 +15,15 @@ def test_manifest_loads_and_names_folders():
     assert entry.kind is ModelKind.VAE and entry.folder_name == "tiny/flux2-vae.safetensors"
     for name, item in manifest.models.items():
         assert item.file.split("/", 1)[0] in {"diffusion_models", "text_encoders", "vae", "loras"}, name
-        assert item.source.generated != bool(item.source.hf or item.source.url), name
+        assert item.source.generated != bool(item.source.hf), name
+        if item.source.hf:
+            repo, path, _ = item.source.hf_parts
+            assert repo.count("/") == 1 and path.endswith(".safetensors"), name
 
 
 def test_unknown_model_name_lists_the_known_ones():
     with pytest.raises(KeyError, match="tiny-flux2-vae"):
         load_manifest().get("nope")
-
-
-@pytest.fixture
-def file_server(tmp_path):
-    root = tmp_path / "remote"
-    root.mkdir()
-    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(root), **k)  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-def _use_manifest(monkeypatch, tmp_path: Path, entries: dict) -> None:
-    path = tmp_path / "manifest.yaml"
-    path.write_text(yaml.safe_dump({"models": entries}))
-    monkeypatch.setattr(models, "MANIFEST_PATH", path)
-    monkeypatch.setattr(
-        models, "load_manifest", lambda p=path: models.Manifest.model_validate(yaml.safe_load(p.read_text()))
-    )
-
-
-def _entry(sha: str, hf: str) -> dict:
-    source = {"hf": hf}
-    return {"file": "vae/real.safetensors", "kind": "vae", "family": "flux2", "source": source, "sha256": sha}
-
-
-def test_fetch_downloads_verifies_and_is_idempotent(tmp_path, monkeypatch, file_server):
-    root, url = file_server
-    (root / "org" / "repo" / "resolve" / "main").mkdir(parents=True)
-    payload = b"weights" * 1000
-    (root / "org/repo/resolve/main/vae.safetensors").write_bytes(payload)
-    _use_manifest(
-        monkeypatch,
-        tmp_path,
-        {"real-vae": _entry(hashlib.sha256(payload).hexdigest(), "org/repo/vae.safetensors")},
-    )
-    settings = load_settings({}, data_dir=str(tmp_path / "data"), hf_endpoint=url)
-    models.fetch(settings, ["real-vae"])
-    target = settings.models_path / "vae/real.safetensors"
-    assert target.read_bytes() == payload
-    (root / "org/repo/resolve/main/vae.safetensors").unlink()  # a second fetch must not download again
-    models.fetch(settings, ["real-vae"])
-
-
-def test_fetch_with_wrong_hash_leaves_nothing_visible(tmp_path, monkeypatch, file_server):
-    root, url = file_server
-    (root / "org/repo/resolve/v1").mkdir(parents=True)
-    (root / "org/repo/resolve/v1/vae.safetensors").write_bytes(b"tampered")
-    _use_manifest(monkeypatch, tmp_path, {"real-vae": _entry("0" * 64, "org/repo/vae.safetensors@v1")})
-    settings = load_settings({}, data_dir=str(tmp_path / "data"), hf_endpoint=url)
-    with pytest.raises(models.FetchError, match="does not match"):
-        models.fetch(settings, ["real-vae"])
-    assert not list((settings.models_path / "vae").iterdir())
-
-
-def test_fetch_of_an_unreachable_source_is_a_clear_error(tmp_path, monkeypatch, file_server):
-    _, url = file_server
-    _use_manifest(monkeypatch, tmp_path, {"real-vae": _entry("0" * 64, "org/repo/missing.safetensors")})
-    settings = load_settings({}, data_dir=str(tmp_path / "data"), hf_endpoint=url)
-    with pytest.raises(models.FetchError, match="404"):
-        models.fetch(settings, ["real-vae"])
-    assert not list((settings.models_path / "vae").iterdir())
 
 
 def test_cli_expands_an_endpoint_into_its_model_files():
@@ -114,8 +46,8 @@ def test_missing_files_name_the_command_that_provides_each(tmp_path):
     detail = manifest.missing_detail("darkroom/demo-flux-2", demo, settings.models_path)
     assert detail is not None and detail.endswith(": run `darkroom models make-tiny`.")
     assert all(manifest.get(n).file in detail for n in demo) and "models fetch" not in detail
-    with pytest.raises(models.FetchError, match="make-tiny"):  # why fetch is not the command for them
-        models.fetch(settings, expand_model_names(["darkroom/demo-flux-2"]))
+    with pytest.raises(FetchError, match="make-tiny"):  # why fetch is not the command for them
+        fetch(settings, expand_model_names(["darkroom/demo-flux-2"]))
 
     real = endpoints["fal-ai/flux-2"].models.values()
     detail = manifest.missing_detail("fal-ai/flux-2", real, settings.models_path)
