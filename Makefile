@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DARKROOM := $(VENV)/bin/darkroom
+# The data dir the server will use: ComfyUI is installed and the tiny models are built there.
+DATA := $(or $(DARKROOM_DATA_DIR),data)
 ARCH := $(shell uname -m)
 # torch builds that ComfyUI v0.8.0 runs on; torchvision must match torch exactly.
 ifeq ($(ARCH),aarch64)
@@ -23,7 +25,7 @@ test: test-setup
 
 # What serving needs (the Docker image runs this); the tests also need a browser, PostgreSQL and fal's
 # JS client.
-setup: $(VENV)/.deps-stamp data/.comfyui-stamp data/.tiny-stamp
+setup: $(VENV)/.deps-stamp $(DATA)/.comfyui-stamp $(DATA)/.tiny-stamp
 
 test-setup: setup tests/e2e/js/node_modules/.stamp browser postgres
 
@@ -52,11 +54,11 @@ postgres:
 tests/e2e/js/node_modules/.stamp: tests/e2e/js/package.json tests/e2e/js/package-lock.json
 	if command -v npm >/dev/null; then npm ci --prefix tests/e2e/js --no-audit --no-fund && touch $@; fi
 
-data/.comfyui-stamp: $(VENV)/.deps-stamp constraints.txt
+$(DATA)/.comfyui-stamp: $(VENV)/.deps-stamp constraints.txt
 	$(DARKROOM) comfyui install
-	mkdir -p data && touch $@
+	mkdir -p $(DATA) && touch $@
 
-data/.tiny-stamp: data/.comfyui-stamp $(wildcard custom_nodes/darkroom/*.py custom_nodes/darkroom/*/*.py)
+$(DATA)/.tiny-stamp: $(DATA)/.comfyui-stamp $(wildcard custom_nodes/darkroom/*.py custom_nodes/darkroom/*/*.py)
 	$(DARKROOM) models make-tiny
 	touch $@
 

@@ -37,7 +37,10 @@ class Settings:
     )
     data_dir: str = field(
         default="data",
-        metadata={"help": "Root for models, outputs, worker state and the job store."},
+        metadata={
+            "help": "Root for models, outputs, worker state, the job store and the managed ComfyUI "
+            "install (<data>/comfyui/)."
+        },
     )
     database_url: str = field(
         default="",
