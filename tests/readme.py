@@ -6,7 +6,8 @@ paths and modules they name, and the host, port and key substituted into a block
 Kinds: ``run open|keyed [expect=TEXT]`` a shell or Python block run against an open-access or a
 keyed TLS server (its output must contain TEXT); ``file NAME`` a block the later run blocks find as
 NAME in their directory; ``webhook-verify`` the standalone receiver's check; ``no-key-routes`` and
-``sign-in-routes`` lists of routes; ``commands`` the command table; ``layers`` the layers table.
+``sign-in-routes`` lists of routes; ``commands`` the command table; ``layers`` the layers table;
+``not-run: REASON`` a shell or Python block that cannot run in a test (every other one must).
 """
 
 from __future__ import annotations
@@ -79,6 +80,16 @@ def marked(document: Path = README, kind: str | None = None) -> list[Marked]:
             )  # fmt: skip
         )
     return [m for m in found if kind is None or m.kind == kind]
+
+
+def unmarked_blocks(document: Path) -> list[int]:
+    """Lines of the shell and Python blocks of ``document`` that no marker precedes."""
+    text = document.read_text()
+    return [
+        text.count("\n", 0, fence.start()) + 1
+        for fence in re.finditer(r"^```(sh|bash|python)\n", text, re.M)
+        if not re.search(r"<!-- readme-test: [^>]*-->\n$", text[: fence.start()])
+    ]
 
 
 def ticked(text: str) -> list[str]:

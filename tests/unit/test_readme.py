@@ -10,7 +10,17 @@ import re
 import pytest
 
 from server.cli import build_parser
-from tests.readme import DOCUMENTS, README, marked, path_exists, repo_path, resolve_dotted, table_rows, ticked
+from tests.readme import (
+    DOCUMENTS,
+    README,
+    marked,
+    path_exists,
+    repo_path,
+    resolve_dotted,
+    table_rows,
+    ticked,
+    unmarked_blocks,
+)
 
 _TOKEN = re.compile(r"<[^>]+>|\[|\]|[^\s\[\]]+")
 
@@ -127,8 +137,20 @@ def test_the_layers_table_names_real_modules() -> None:
 
 
 def test_the_markers_are_known_and_the_run_blocks_are_complete() -> None:
-    kinds = {"run", "file", "webhook-verify", "no-key-routes", "sign-in-routes", "commands", "layers"}
+    kinds = {
+        "run",
+        "file",
+        "webhook-verify",
+        "no-key-routes",
+        "sign-in-routes",
+        "commands",
+        "layers",
+        "not-run:",
+    }
     found = [m for document in DOCUMENTS for m in marked(document)]
+    for document in DOCUMENTS:
+        unmarked = unmarked_blocks(document)
+        assert not unmarked, f"{document.name}: mark the blocks at lines {unmarked} (run, or not-run: why)"
     assert {m.kind for m in found} <= kinds, [m.where() for m in found if m.kind not in kinds]
     for block in found:
         if block.kind == "run":
