@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import re
+import subprocess
 
 import pytest
 
 from server.cli import build_parser
+from server.settings import PROJECT_ROOT
 from tests.readme import (
     DOCUMENTS,
     README,
@@ -159,3 +161,15 @@ def test_the_markers_are_known_and_the_run_blocks_are_complete() -> None:
     assert {"run", "file", "webhook-verify", "no-key-routes", "sign-in-routes", "commands", "layers"} <= {
         m.kind for m in found
     }
+
+
+def test_make_serve_sets_up_the_data_dir_it_serves(tmp_path) -> None:
+    """`make serve DARKROOM_DATA_DIR=...` installs ComfyUI and builds the tiny models there (as the
+    README says), not only into ./data: `make -n` shows what it would run."""
+    data = tmp_path / "elsewhere"
+    shown = subprocess.run(
+        ["make", "-n", "serve", f"DARKROOM_DATA_DIR={data}"], cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"touch {data}/.comfyui-stamp" in shown.stdout and f"touch {data}/.tiny-stamp" in shown.stdout
+    assert "darkroom models make-tiny" in shown.stdout and "darkroom serve" in shown.stdout
