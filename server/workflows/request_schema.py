@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
 
 IMAGE_SIZE_PRESETS: dict[str, tuple[int, int]] = {
     "square_hd": (1024, 1024),
@@ -54,6 +54,13 @@ class ParamSpec(BaseModel):
         default_factory=list,
         description='optional fields: "node_id.input" links and "node_id" nodes dropped when it is left out',
     )
+    honoured: list[Any] | None = Field(
+        default=None,
+        description="fal's fields darkroom cannot fully honour: the values it can. A request that sends "
+        "another gets a 422 giving `unhonoured` as the reason; one that leaves the field out gets fal's "
+        "default in the schema and darkroom's behaviour the description states",
+    )
+    unhonoured: str = Field(default="", description="why the values outside `honoured` are refused")
 
 
 _PRESET_TAG, _CUSTOM_TAG = "preset", "custom"
@@ -85,12 +92,34 @@ def request_model(name: str, params: dict[str, ParamSpec]) -> type[BaseModel]:
     for field_name, spec in params.items():
         annotation, constraints = _annotation(f"{name}_{field_name}", spec)
         default = ... if spec.required else spec.default
+        if spec.honoured is not None:
+            # Only a value the request sends is checked: fal's default, left out, is not refused.
+            annotation = Annotated[annotation, AfterValidator(_honoured(spec))]
         fields[field_name] = (
             annotation,
-            Field(default=default, description=spec.description, validate_default=True, **constraints),
+            Field(
+                default=default,
+                description=spec.description,
+                validate_default=spec.honoured is None,
+                **constraints,
+            ),
         )
     model: type[BaseModel] = create_model(name, __config__=ConfigDict(extra="ignore"), **fields)
     return model
+
+
+def _honoured(spec: ParamSpec) -> Any:
+    allowed = spec.honoured or []
+
+    def check(value: Any) -> Any:
+        if value not in allowed:
+            shown = " or ".join(repr(v) for v in allowed)
+            raise ValueError(
+                f"{value!r} is not served by darkroom ({spec.unhonoured}); send {shown} or leave it out"
+            )
+        return value
+
+    return check
 
 
 def _annotation(field_name: str, spec: ParamSpec) -> tuple[Any, dict[str, Any]]:
