@@ -8,8 +8,10 @@ import asyncio
 import contextlib
 import logging
 import re
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -29,6 +31,7 @@ from server.api import (
     queue,
     realtime,
     run,
+    security_headers,
     storage,
     workflows,
     ws,
@@ -57,7 +60,7 @@ from server.api.streams import STREAMS, end_streams
 from server.engine.inventory import ModelInventory
 from server.engine.models import Manifest, load_manifest
 from server.engine.supervisor import Supervisor
-from server.errors import DarkroomError
+from server.errors import DarkroomError, relative_paths
 from server.generation.generator import Generator
 from server.generation.progress import ProgressHub
 from server.media.disk import DiskBudget
@@ -89,7 +92,20 @@ __all__ = ["REQUEST_ID", "SETTINGS", "SUPERVISOR", "PollQuietAccessLogger", "cre
 REQUEST_ID_HEADER = "x-fal-request-id"
 _HEADER_SAFE_ID = re.compile(r"[\x21-\x7e]{1,200}")
 ERROR_TYPE_HEADER = "x-fal-error-type"
-_SECRET_QUERY = frozenset({"fal_jwt_token"})  # the app token browsers send in a URL
+# Query parameters whose values the access log shows as *** (a browser's app token, a key sent where it
+# does not belong): any name holding one of these words.
+_SECRET_WORDS = (
+    "key",
+    "token",
+    "auth",
+    "secret",
+    "password",
+    "passwd",
+    "signature",
+    "jwt",
+    "session",
+    "cred",
+)
 
 
 class PollQuietAccessLogger(AccessLogger):
@@ -99,10 +115,15 @@ class PollQuietAccessLogger(AccessLogger):
 
     def __init__(self, logger: logging.Logger, log_format: str = AccessLogger.LOG_FORMAT) -> None:
         super().__init__(logger, log_format)
-        # The request line (%r) without the credentials a query may carry (a browser's app token). Not
-        # in compile_format: aiohttp caches compiled formats for every AccessLogger by format string.
+        # The request line (%r) and the Referer as sent (%-encoded: no control character), without the
+        # credentials a query may carry. Not in compile_format: aiohttp caches compiled formats for every
+        # AccessLogger by format string.
         self._methods = [
-            KeyMethod(m.key, _redacted_request_line) if m.key == "first_request_line" else m
+            KeyMethod(m.key, _redacted_request_line)
+            if m.key == "first_request_line"
+            else KeyMethod(m.key, _redacted_referer)
+            if m.key == ("request_header", "Referer")
+            else m
             for m in self._methods
         ]
 
@@ -118,11 +139,25 @@ class PollQuietAccessLogger(AccessLogger):
 
 
 def _redacted_request_line(request: web.BaseRequest, response: web.StreamResponse, time: float) -> str:
-    query = "&".join(
-        f"{name}=***" if name in _SECRET_QUERY else f"{name}={value}" for name, value in request.query.items()
+    return (
+        f"{request.method} {redacted(request.raw_path)} HTTP/{request.version.major}.{request.version.minor}"
     )
-    path = f"{request.path}?{query}" if request.query_string else request.path
-    return f"{request.method} {path} HTTP/{request.version.major}.{request.version.minor}"
+
+
+def _redacted_referer(request: web.BaseRequest, response: web.StreamResponse, time: float) -> str:
+    return redacted(request.headers.get("Referer", "-"))
+
+
+def redacted(target: str) -> str:
+    """A URL or request target with the values of key- and token-like query parameters as ***."""
+    path, mark, query = target.partition("?")
+    pairs = (pair.partition("=") for pair in query.split("&")) if mark else ()
+    shown = [f"{name}=***" if eq and _secret(name) else f"{name}{eq}{value}" for name, eq, value in pairs]
+    return f"{path}?{'&'.join(shown)}" if mark else path
+
+
+def _secret(name: str) -> bool:
+    return any(word in urllib.parse.unquote(name).lower() for word in _SECRET_WORDS)
 
 
 @web.middleware
@@ -164,7 +199,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log = logger.warning if e.status >= 500 else logger.info
         log("%s %s -> %d %s: %s", request.method, request.path, e.status, e.code, e.message)
         headers = {**e.headers, ERROR_TYPE_HEADER: e.code}
-        return web.json_response({"detail": e.detail, "error_type": e.code}, status=e.status, headers=headers)
+        detail = relative_paths(e.detail, request.app[SETTINGS].folders)
+        return web.json_response({"detail": detail, "error_type": e.code}, status=e.status, headers=headers)
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -186,7 +222,7 @@ def create_app(settings: Settings, supervisor: Supervisor, *, run_supervisor: bo
         middlewares=[request_id_middleware, error_middleware, auth.auth_middleware],
         client_max_size=settings.body_max_bytes,
     )
-    app.on_response_prepare.append(_request_id_on_prepare)
+    app.on_response_prepare.extend([_request_id_on_prepare, security_headers.on_prepare])
     app[STREAMS] = {}
     app.on_shutdown.append(end_streams)  # before aiohttp waits for handlers: see api/streams.py
     app[SETTINGS] = settings
@@ -261,7 +297,7 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
         store, app[GENERATOR], app[HUB], served, outputs=outputs,
         retention_s=settings.result_retention_s, max_queue_length=settings.queue_max_length,
         previews_per_s=settings.previews_per_s, shutdown_grace_s=settings.shutdown_grace_s, webhooks=sender,
-        fleet=fleet,
+        fleet=fleet, folders=settings.folders,
     )  # fmt: skip
     app[UPLOADS] = UploadStore(settings.uploads_path, settings.upload_max_bytes, budget, objects)
     app[MULTIPART] = MultipartStore(
@@ -374,19 +410,17 @@ async def health(request: web.Request) -> web.Response:
     tag="health",
 )
 async def ready(request: web.Request) -> web.Response:
-    """200 when every worker answers; 503 with each worker's state otherwise."""
+    """200 when every worker answers, 503 otherwise; each worker's state only to a caller with a key
+    (its process id and address are nobody else's business)."""
     supervisor = request.app[SUPERVISOR]
-    workers = [w.describe() for w in supervisor.workers]
-    if supervisor.ready:
-        return web.json_response({"status": "ready", "workers": workers})
-    waiting = sum(1 for w in workers if w["state"] != "ready")
-    return web.json_response(
-        {
-            "status": "not_ready",
-            "detail": f"{waiting} of {len(workers)} ComfyUI workers not ready"
-            if workers
-            else "no workers started",
-            "workers": workers,
-        },
-        status=503,
-    )
+    status = 200 if supervisor.ready else 503
+    body: dict[str, Any] = {"status": "ready" if supervisor.ready else "not_ready"}
+    if auth.has_valid_key(request):
+        workers = [w.describe() for w in supervisor.workers]
+        waiting = sum(1 for w in workers if w["state"] != "ready")
+        body["workers"] = workers
+        if status != 200:
+            body["detail"] = (
+                f"{waiting} of {len(workers)} ComfyUI workers not ready" if workers else "no workers started"
+            )
+    return web.json_response(body, status=status)

@@ -19,12 +19,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from server.api import malformed
 from server.app import PollQuietAccessLogger, create_app
 from server.engine import fetch, install, model_lock, models
 from server.engine.supervisor import Supervisor
 from server.errors import ConfigError, DarkroomError
 from server.media import model_share
 from server.security.keyring import KeyRing, check_exposure
+from server.security.untrusted import LogFormatter
 from server.settings import Settings, load_settings
 from server.workflows.mapping import WORKFLOWS_DIR, load_endpoints
 
@@ -122,11 +124,10 @@ def expand_model_names(names: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``darkroom`` script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    # One line per record, control characters escaped: a request's newline never forges a log line.
+    handler.setFormatter(LogFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     settings = settings_from(args)
     try:
         if args.command == "serve":
@@ -214,7 +215,7 @@ async def serve(settings: Settings) -> int:
     # Requirements are installed by `darkroom comfyui install` (make setup), not on every start.
     comfyui_dir = await asyncio.to_thread(install.ensure_comfyui, settings, install_requirements=False)
     app = create_app(settings, Supervisor(settings, comfyui_dir))
-    runner = web.AppRunner(
+    runner = malformed.Runner(
         app, handle_signals=False, access_log=logging.getLogger("darkroom.access"),
         access_log_class=PollQuietAccessLogger, keepalive_timeout=settings.client_timeout_s,
     )  # fmt: skip

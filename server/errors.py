@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # An absolute path to a model file: where it lives is this server's business, its name is not.
@@ -21,6 +22,19 @@ def public_message(message: str) -> str:
     """A worker's error message fit for clients: model files by name, not by their path on this server
     (the worker's own log keeps the full message)."""
     return _MODEL_PATH.sub(r"\1", message)
+
+
+def relative_paths(detail: Any, folders: Sequence[Path]) -> Any:
+    """An error's detail (a message, or pydantic-style entries) with paths inside ``folders`` written
+    relative to them: a client learns which file, not where this server keeps it."""
+    if isinstance(detail, str):
+        for folder in folders:
+            detail = detail.replace(f"{folder}/", "").replace(str(folder), ".")
+        return detail
+    if isinstance(detail, list):
+        return [{**e, "msg": relative_paths(e["msg"], folders)} if isinstance(e, dict) and "msg" in e else e
+                for e in detail]  # fmt: skip
+    return detail
 
 
 # What a request cancelled by its client reports (499, error_type "request_cancelled").

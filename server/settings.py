@@ -341,6 +341,15 @@ class Settings:
     def managed_comfyui_path(self) -> Path:
         return self.data_path / "comfyui" / f"ComfyUI-{self.comfyui_commit}"
 
+    @property
+    def folders(self) -> tuple[Path, ...]:
+        """darkroom's folders on this host (ComfyUI's, the models', the data dir), the deepest first:
+        error messages name files relative to them, never where they are."""
+        found = {self.managed_comfyui_path, self.models_path, self.data_path, self.cache_path}
+        if self.comfyui_dir:
+            found.add(Path(self.comfyui_dir).resolve())
+        return tuple(sorted(found, key=lambda p: len(str(p)), reverse=True))
+
 
 def env_name(field_name: str) -> str:
     return f"DARKROOM_{field_name.upper()}"

@@ -78,9 +78,12 @@ class ServeProcess:
         raise RuntimeError(f"darkroom serve not ready in {timeout_s:g} s:\n{self.tail()}")
 
     def get_json(self, path: str) -> tuple[int, Any]:
-        """GET ``path`` (no key): its status and JSON body."""
+        """GET ``path`` (with its first key, if it has keys): its status and JSON body."""
+        keys = [k for k in self.env.get("DARKROOM_API_KEYS", "").split(",") if k.strip()]
+        headers = {"Authorization": f"Key {keys[0].strip()}"} if keys else {}
+        request = urllib.request.Request(self.base + path, headers=headers)
         try:
-            with urllib.request.urlopen(self.base + path, timeout=5, context=self.ssl_context) as response:
+            with urllib.request.urlopen(request, timeout=5, context=self.ssl_context) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read())

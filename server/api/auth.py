@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from server.api.described import operation
 from server.api.request import own_origins, read_json
 from server.api.state import KEYS, SETTINGS, USER_ID
-from server.errors import AuthError, ForbiddenError, RequestValidationError
+from server.errors import AuthError, DarkroomError, ForbiddenError, RequestValidationError
 from server.security import sessions
 from server.security.keyring import credentials
 from server.security.tokens import Grant, TokenRequest, app_grant, issue_app_token
@@ -188,6 +188,13 @@ async def mint_token(request: web.Request) -> web.Response:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every route but the public ones needs a configured key (or, on TOKEN_ROUTES, an app token; on
     SESSION_ROUTES, a browser session)."""
+    if len(sent := request.headers.getall("Authorization", [])) > 1:
+        # Proxies and servers disagree about which of several counts: refuse rather than pick one.
+        raise DarkroomError(
+            f"The request has {len(sent)} Authorization headers; send exactly one: 'Authorization: Key "
+            "<your API key>'.",
+            status=400, code="invalid_request",
+        )  # fmt: skip
     pattern = _pattern(request)
     if is_public(request) or (pattern.startswith(SESSION_ROUTES) and _browser_session(request)):
         return await handler(request)

@@ -11,13 +11,14 @@ from pathlib import Path
 from aiohttp import web
 
 from server.api.described import operation
+from server.api.security_headers import SNIFF_BYTES, user_file_headers
 from server.errors import DarkroomError, NotFoundError
 from server.media.objects import ObjectStore
-from server.media.outputs import OutputStore, content_type_of, output_key
+from server.media.outputs import OutputStore, output_key
 
 # What /files and /files/uploads answer besides the whole file (a local file's Range is aiohttp's).
 SERVED_RESPONSES: dict[int, str | tuple[str, str]] = {
-    200: "The file, typed by its extension",
+    200: "The file: a recognised image, video or audio type by its bytes, else an attachment",
     206: ("One byte range of the file (a Range header)", "*/*"),
     404: "Unknown file",
     416: "The range starts past the end of the file, or is not one byte range",
@@ -31,7 +32,7 @@ RANGE_HEADER = {
 def file_route(store: OutputStore) -> web.RouteDef:
     @operation(
         "An output file (capability URL: no key needed)",
-        ok="*/*",  # the type its name's extension gives (image/png, video/mp4, ...)
+        ok="*/*",  # the type its bytes show (image/png, video/mp4, ...), else an attachment
         responses=SERVED_RESPONSES,
         headers=RANGE_HEADER,
         tag="files",
@@ -46,7 +47,7 @@ def file_route(store: OutputStore) -> web.RouteDef:
 
 
 def local_file(request: web.Request, path: Path) -> web.FileResponse:
-    """aiohttp's FileResponse for ``path``, typed by its extension; a Range it would refuse with an empty
+    """aiohttp's FileResponse for ``path``, typed by its first bytes; a Range it would refuse with an empty
     416 (past the end, or not one byte range) gets our error body instead, as from a shared store."""
     stat, if_range = path.stat(), request.if_range
     size_bytes = stat.st_size
@@ -59,7 +60,9 @@ def local_file(request: web.Request, path: Path) -> web.FileResponse:
             ) from e
         if start is not None and (start if start >= 0 else max(start + size_bytes, 0)) >= size_bytes:
             raise _unsatisfiable(f"The range asked for is past the end of {path.name}", size_bytes)
-    return web.FileResponse(path, headers={"Content-Type": content_type_of(path.name)})
+    with path.open("rb") as file:
+        head = file.read(SNIFF_BYTES)
+    return web.FileResponse(path, headers=user_file_headers(head, path.name))
 
 
 def _unsatisfiable(message: str, size_bytes: int) -> DarkroomError:
@@ -70,12 +73,14 @@ def _unsatisfiable(message: str, size_bytes: int) -> DarkroomError:
 
 
 async def serve_object(request: web.Request, objects: ObjectStore, key: str, name: str) -> web.StreamResponse:
-    """Stream the object at ``key``, typed by ``name``'s extension; a Range header gets a 206."""
-    headers = {"Content-Type": content_type_of(name), "Accept-Ranges": "bytes"}
+    """Stream the object at ``key``, typed by its first bytes (``security_headers``); a Range header gets
+    a 206."""
+    info = await objects.head(key)
+    if info is None:
+        raise NotFoundError(f"No file {key}")
+    head = await objects.read(key, byte_range=f"bytes=0-{SNIFF_BYTES - 1}") if info.size_bytes else b""
+    headers = {**user_file_headers(head, name), "Accept-Ranges": "bytes"}
     if request.method == "HEAD":
-        info = await objects.head(key)
-        if info is None:
-            raise NotFoundError(f"No file {key}")
         return web.Response(headers={**headers, "Content-Length": str(info.size_bytes)})
     body = await objects.get(key, byte_range=request.headers.get("Range"))
     if body.content_range:

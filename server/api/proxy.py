@@ -14,11 +14,13 @@ import contextlib
 import logging
 import re
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import WSMsgType, web
 from yarl import URL
 
+from server.api.security_headers import SNIFF_BYTES, relayed_headers, user_file_headers
 from server.engine.supervisor import Supervisor
 from server.errors import ForbiddenError, WorkerUnavailableError
 from server.workflows.editor import EDITOR_WORKER
@@ -35,6 +37,8 @@ ALLOWED_WRITES = (
     ("POST", re.compile(r"^api/v2/userdata/[^/]+$")),
     ("POST", re.compile(r"^api/settings(/[^/]+)?$")),
 )
+# What ComfyUI serves from its folders (inputs, outputs, user files): user content, whatever its name.
+USER_FILES = re.compile(r"^(api/)?(view|userdata/[^/]+)$")
 _FORWARDED_REQUEST_HEADERS = (
     "Accept", "Accept-Language", "Content-Type", "Comfy-User", "If-None-Match", "If-Modified-Since", "Range",
 )  # fmt: skip
@@ -78,24 +82,20 @@ class EditorProxy:
         return url.rstrip("/")
 
     async def forward(self, request: web.Request, tail: str) -> web.StreamResponse:
-        """Send the request on to the worker and stream its answer back."""
+        """Send the request on to the worker and stream its answer back; a user file (``USER_FILES``)
+        typed by its bytes, as darkroom serves its own (``security_headers``)."""
         assert self.session is not None, "EditorProxy.open() was not called"
+        user_file = request.method in ("GET", "HEAD") and USER_FILES.match(tail) is not None
         headers = {h: request.headers[h] for h in _FORWARDED_REQUEST_HEADERS if h in request.headers}
+        if user_file:
+            headers.pop("Range", None)  # the whole file, so its first bytes decide its type
         body = await request.read() if request.can_read_body else None
         url = URL(f"{self.worker_url()}/{tail}", encoded=True)  # ``tail`` is already %-encoded
         try:
             async with self.session.request(
                 request.method, url, params=request.query, headers=headers, data=body, allow_redirects=False
             ) as upstream:
-                response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-                for name, value in upstream.headers.items():
-                    if name.lower() not in _HOP_BY_HOP:
-                        response.headers.add(name, value)
-                await response.prepare(request)
-                async for chunk in upstream.content.iter_chunked(_CHUNK_BYTES):
-                    await response.write(chunk)
-                await response.write_eof()
-                return response
+                return await _relay(request, upstream, tail, user_file=user_file and upstream.status == 200)
         except aiohttp.ClientError as e:
             raise WorkerUnavailableError(f"The editor's ComfyUI worker did not answer: {e}") from e
 
@@ -121,6 +121,32 @@ class EditorProxy:
         for ws in list(self.sockets.get(client_id, ())):
             with contextlib.suppress(ConnectionResetError, RuntimeError):
                 await ws.send_json(message)
+
+
+async def _relay(
+    request: web.Request, upstream: aiohttp.ClientResponse, tail: str, *, user_file: bool
+) -> web.StreamResponse:
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    for name, value in upstream.headers.items():
+        if name.lower() not in _HOP_BY_HOP:
+            response.headers.add(name, value)
+    head = b""
+    if user_file:  # typed by its first bytes, whatever ComfyUI guessed from the name
+        while len(head) < SNIFF_BYTES and (chunk := await upstream.content.read(SNIFF_BYTES - len(head))):
+            head += chunk
+        for name in ("Content-Type", "Content-Disposition"):
+            response.headers.popall(name, None)
+        name = request.query.get("filename") or unquote(tail.rsplit("/", 1)[-1])
+        response.headers.update(user_file_headers(head, name))
+    else:
+        response.headers.update(relayed_headers(tail, upstream.headers.get("Content-Type", "")))
+    await response.prepare(request)
+    if head:
+        await response.write(head)
+    async for chunk in upstream.content.iter_chunked(_CHUNK_BYTES):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 async def _pump_both(browser: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:

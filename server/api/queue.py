@@ -17,7 +17,6 @@ from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel
-from yarl import URL
 
 from server.api import sse
 from server.api.described import operation
@@ -29,6 +28,7 @@ from server.queue.job import CancelResult
 from server.queue.store import DEFAULT_USER_ID, JobRecord, JobStatus, Priority
 from server.queue.webhooks import WebhookSigner, check_webhook_url, webhook_policy
 from server.security.netpolicy import PolicyResolver
+from server.security.untrusted import url_field
 from server.settings import Settings
 from server.workflows.validation import find_endpoint, validate_input
 
@@ -334,10 +334,11 @@ async def _webhook_url(settings: Settings, url: str | None) -> str | None:
     if not url:
         return None
     policy = webhook_policy(settings)
-    host = URL(url).raw_host or ""
+    parsed = url_field(url, "query", "fal_webhook")
+    host = parsed.raw_host or ""
     try:
         check_webhook_url(url, policy)
-        await PolicyResolver(policy).resolve(host.strip("[]"), URL(url).port or 0, family=socket.AF_UNSPEC)
+        await PolicyResolver(policy).resolve(host.strip("[]"), parsed.port or 0, family=socket.AF_UNSPEC)
     except BlockedAddressError as e:
         raise invalid("query", "fal_webhook", e.message, url) from e
     except OSError as e:

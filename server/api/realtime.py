@@ -37,8 +37,8 @@ from pydantic import BaseModel
 
 from server.api import auth
 from server.api.described import operation
-from server.api.request import base_url
-from server.api.state import ENDPOINTS, GENERATOR, HUB, QUEUE
+from server.api.request import base_url, within_depth
+from server.api.state import ENDPOINTS, GENERATOR, HUB, QUEUE, SETTINGS
 from server.api.streams import endless
 from server.errors import DarkroomError, RequestValidationError
 from server.generation.live import run_live
@@ -114,9 +114,12 @@ class _Session:
 
     async def _accept(self, data: bytes) -> None:
         try:
-            decoded = msgpack.unpackb(data, raw=False)
+            decoded = within_depth(msgpack.unpackb(data, raw=False))
         except (ValueError, TypeError, msgpack.UnpackException) as e:
             await self._refuse(None, f"Frame is not msgpack: {e}")
+            return
+        except DarkroomError as e:  # nested past the limit of an HTTP body
+            await self._refuse(None, e.message)
             return
         if not isinstance(decoded, dict):
             await self._refuse(
@@ -207,7 +210,8 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     endpoint = find_endpoint(request.app[ENDPOINTS], path)
     auth.require_app(grant, path)
     buffering = max_buffering(request.query.get("max_buffering"))
-    ws = web.WebSocketResponse(heartbeat=30.0)
+    # A frame past the body limit closes the socket with 1009 (message too big).
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=request.app[SETTINGS].body_max_bytes)
     await ws.prepare(request)
     expiry = auth.close_at_expiry(ws, grant)
     try:

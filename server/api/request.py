@@ -82,6 +82,12 @@ def parse_json(body: bytes) -> Any:
         raise _too_deep() from None
     except ValueError as e:  # from the hooks below, or an integer past Python's digit limit
         raise _invalid(f"Body is not valid JSON: {e}") from e
+    return within_depth(value)
+
+
+def within_depth(value: Any) -> Any:
+    """``value`` if its arrays and objects (lists and dicts) nest at most ``MAX_JSON_DEPTH`` levels; a 422
+    otherwise (for decoded bodies other than JSON: the realtime socket's msgpack)."""
     if _depth(value) > MAX_JSON_DEPTH:
         raise _too_deep()
     return value

@@ -325,7 +325,7 @@ async def complete_multipart(request: web.Request) -> web.Response:
 
 @operation(
     summary="An uploaded file (capability URL)",
-    ok="*/*",  # the type its name's extension gives
+    ok="*/*",  # the type its bytes show, else an attachment
     responses=SERVED_RESPONSES,
     headers=RANGE_HEADER,
     tag="storage",

@@ -30,10 +30,10 @@ from aiohttp import web
 from server.api import auth
 from server.api.described import operation
 from server.api.queue import submit_job, submitted_body
-from server.api.request import base_url
+from server.api.request import base_url, parse_json
 from server.api.state import HUB, QUEUE, SETTINGS
 from server.api.streams import endless
-from server.errors import DarkroomError, ForbiddenError
+from server.errors import DarkroomError, ForbiddenError, RequestValidationError
 from server.queue.store import DEFAULT_USER_ID
 from server.security.tokens import Grant
 
@@ -68,10 +68,11 @@ class _Session:
         await self.send({**message, **extra, **({"ref": ref} if ref is not None else {})})
 
     async def handle(self, text: str) -> None:
-        try:
-            message = json.loads(text)
-        except json.JSONDecodeError as e:
-            await self.error(None, 400, f"Message is not JSON: {e}", "bad_message")
+        try:  # the limits of an HTTP body: UTF-8, strict JSON, nesting, number length
+            message = parse_json(text.encode())
+        except RequestValidationError as e:
+            reason = str(e.errors[0]["msg"]).removeprefix("Body ")
+            await self.error(None, 400, f"The message {reason}", "bad_message")
             return
         if not isinstance(message, dict):
             await self.error(None, 400, "Expected a JSON object with an action", "bad_message")
@@ -95,6 +96,18 @@ class _Session:
                 )  # noqa: E501
         except DarkroomError as e:
             await self.error(ref, e.status, e.detail, e.code)
+
+    async def handle_safely(self, text: str) -> None:
+        """``handle``, and a failure it did not foresee an error frame: the connection stays usable."""
+        try:
+            await self.handle(text)
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception:
+            logger.exception("a /ws message failed")
+            await self.error(
+                None, 500, "The message could not be handled (the server logged why)", "internal_error"
+            )
 
     async def subscribe(self, request_ids: list[str], ref: Any) -> None:
         queue = self.app[QUEUE]
@@ -191,14 +204,15 @@ def _ids(message: dict[str, Any]) -> list[str]:
 async def websocket(request: web.Request) -> web.StreamResponse:
     """The live-events socket; see the module docstring for the protocol."""
     grant = auth.websocket_grant(request)  # before the upgrade: a refusal is a plain 401
-    ws = web.WebSocketResponse(heartbeat=30.0)
+    # A message past the body limit closes the socket with 1009 (message too big).
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=request.app[SETTINGS].body_max_bytes)
     await ws.prepare(request)
     session = _Session(request, ws, grant)
     expiry = auth.close_at_expiry(ws, grant)
     try:
         async for msg in ws:
             if msg.type is aiohttp.WSMsgType.TEXT:
-                await session.handle(msg.data)
+                await session.handle_safely(msg.data)
             elif msg.type is aiohttp.WSMsgType.BINARY:
                 await session.error(None, 400, "Send JSON text frames", "bad_message")
     finally:

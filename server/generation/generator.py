@@ -346,17 +346,20 @@ def _history_error(status: Mapping[str, Any]) -> str:
 
 
 def _image_size(data: bytes, field: str, max_pixels: int) -> tuple[int, int]:
-    """Width and height from the image header (Pillow reads no pixels for this), at most ``max_pixels``
-    in all: a small file may claim billions of pixels (a decompression bomb) that the worker would decode."""
+    """Width and height, at most ``max_pixels`` in all (checked from the header first: a small file may
+    claim billions of pixels, a decompression bomb), then every pixel decoded: a truncated or corrupt
+    image is refused here, before any worker spends time on it."""
     try:
         with PIL.Image.open(io.BytesIO(data)) as image:
             width, height = image.size
+            if width * height <= max_pixels:
+                image.load()
     except PIL.Image.DecompressionBombError as e:
         raise InputError(
             f"{field}: too many pixels ({e}); at most {max_pixels} (DARKROOM_INPUT_MAX_PIXELS)"
         ) from e
-    except (PIL.UnidentifiedImageError, OSError) as e:
-        raise InputError(f"{field}: not an image Pillow can read ({e})") from e
+    except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # Pillow's decoders' own
+        raise InputError(f"{field}: not a complete image Pillow can decode ({e})") from e
     if width * height > max_pixels:
         raise InputError(
             f"{field}: {width} x {height} is {width * height} pixels, more than the {max_pixels} allowed "

@@ -28,7 +28,7 @@ from server.errors import InputError, NotFoundError
 from server.media.objects import ObjectStore
 from server.media.outputs import OutputStore, content_type_of, output_key
 from server.media.uploads import UploadStore, safe_name, upload_key
-from server.security import netpolicy
+from server.security import netpolicy, untrusted
 from server.settings import Settings
 
 MAX_REDIRECTS = 5
@@ -235,7 +235,7 @@ async def _download(
 ) -> InputFile:
     policy = netpolicy.AddressPolicy.from_settings(settings)
     schemes = ("https", "http") if settings.inputs_allow_http else ("https",)
-    current = URL(url)
+    current = _parsed(url, url)
     for _ in range(MAX_REDIRECTS + 1):
         netpolicy.check_url(current, policy, schemes=schemes)
         try:
@@ -244,7 +244,7 @@ async def _download(
                     location = response.headers.get("Location")
                     if not location:
                         raise InputError(f"{_short(url)}: HTTP {response.status} redirect without a Location")
-                    current = current.join(URL(location))
+                    current = _parsed(url, location, base=current)
                     continue
                 if response.status != 200:
                     raise InputError(
@@ -256,6 +256,15 @@ async def _download(
         except aiohttp.ClientError as e:
             raise InputError(f"Fetching {_short(url)} failed: {e}") from e
     raise InputError(f"{_short(url)} redirected more than {MAX_REDIRECTS} times")
+
+
+def _parsed(url: str, text: str, *, base: URL | None = None) -> URL:
+    """``text`` (the URL itself, or a redirect's Location relative to ``base``) through the one parser."""
+    try:
+        return untrusted.parse_url(text, base=base)
+    except untrusted.UrlError as e:
+        what = f"{_short(url)} redirected to a Location that" if base is not None else _short(url)
+        raise InputError(f"{what} cannot be fetched: {e}") from e
 
 
 async def _stream(response: aiohttp.ClientResponse, url: str, limit: int, dest_dir: Path) -> InputFile:

@@ -23,13 +23,11 @@ import re
 import secrets
 from typing import Any
 
-from yarl import URL
-
 from server.engine.models import sha256_of
 from server.errors import InputError, NotFoundError
 from server.media import inputs
 from server.media.objects import ObjectStore, StorageUnavailableError
-from server.security import netpolicy
+from server.security import netpolicy, untrusted
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,10 +77,10 @@ class LoraCache:
         return self._local(path, sha256)
 
     def _local(self, name: str, sha256: str | None) -> str:
-        target = (self.folder / name).resolve()
         try:
+            target = (self.folder / untrusted.check_name(name)).resolve()
             found = target.is_relative_to(self.folder.resolve()) and target.is_file()
-        except OSError:  # a name too long for the file system, say: no such file either
+        except (OSError, ValueError):  # a name no file system holds (too long, a NUL): no such file
             found = False
         if not found:
             raise InputError(
@@ -109,7 +107,11 @@ class LoraCache:
         # The policy applies to cached URLs too, so changing it takes effect at once (names are
         # checked again when the download resolves them).
         schemes = ("https", "http") if self.settings.inputs_allow_http else ("https",)
-        netpolicy.check_url(URL(url), netpolicy.AddressPolicy.from_settings(self.settings), schemes=schemes)
+        try:
+            parsed = untrusted.parse_url(url)
+        except untrusted.UrlError as e:  # an hf:// path whose parts make no URL
+            raise InputError(f"LoRA {url!r} cannot be fetched: {e}") from e
+        netpolicy.check_url(parsed, netpolicy.AddressPolicy.from_settings(self.settings), schemes=schemes)
         lock = self._locks.setdefault(url, asyncio.Lock())
         async with lock:
             known = self._index().get(url)

@@ -186,9 +186,10 @@ class ObjectStore:
             content_range=answer.get("ContentRange") if extra else None,
         )
 
-    async def read(self, key: str) -> bytes:
-        """The whole object at ``key`` (for small ones); NotFoundError if there is none."""
-        body = await self.get(key)
+    async def read(self, key: str, *, byte_range: str | None = None) -> bytes:
+        """The whole object at ``key`` (for small ones), or the ``byte_range`` of it; NotFoundError if
+        there is none."""
+        body = await self.get(key, byte_range=byte_range)
         async with self._errors(key):
             return b"".join([chunk async for chunk in body.chunks])
 

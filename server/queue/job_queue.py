@@ -27,12 +27,19 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from server.errors import DarkroomError, NotFoundError, StartTimeoutError, WorkerUnavailableError
+from server.errors import (
+    DarkroomError,
+    NotFoundError,
+    StartTimeoutError,
+    WorkerUnavailableError,
+    relative_paths,
+)
 from server.generation.generator import EventSink
 from server.generation.live import (
     FINISHED_STATE_TTL_S,
@@ -88,9 +95,10 @@ class JobQueue(FleetMember, Retention):
         *, outputs: OutputStore, concurrency: int = 1, retention_s: float = 3600.0,
         max_queue_length: int = 1000, previews_per_s: float = 2.0, shutdown_grace_s: float = 30.0,
         webhooks: WebhookSender | None = None, clock: Callable[[], float] = time.time,
-        fleet: Fleet | None = None,
+        fleet: Fleet | None = None, folders: Sequence[Path] = (),
     ) -> None:  # fmt: skip
         self.store, self.generator, self.hub, self.endpoints = store, generator, hub, endpoints
+        self.folders = tuple(folders)  # errors name files relative to these (Settings.folders)
         self.outputs = outputs
         self.concurrency = max(1, concurrency)
         self.retention_s = retention_s
@@ -378,7 +386,11 @@ class JobQueue(FleetMember, Retention):
         if isinstance(error, StartTimeoutError):
             return START_TIMEOUT  # as for one that timed out in the queue
         if isinstance(error, DarkroomError):
-            return error_outcome(error.status, error.detail, error.message, error.code, **error.headers)
+            detail, message = (
+                relative_paths(error.detail, self.folders),
+                relative_paths(error.message, self.folders),
+            )
+            return error_outcome(error.status, detail, message, error.code, **error.headers)
         logger.error("request %s failed", record.request_id, exc_info=error)
         return error_outcome(
             500, "Internal Server Error", f"Internal Server Error: {type(error).__name__}", "internal_error"

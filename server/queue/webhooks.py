@@ -24,12 +24,12 @@ from typing import Any
 import aiohttp
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
-from yarl import URL
 
 from server.errors import ConfigError, DarkroomError
 from server.queue.store import Delivery, JobRecord, JobStore, Outcome
 from server.security import secret_files
 from server.security.netpolicy import AddressPolicy, check_url, guarded_session, parse_networks
+from server.security.untrusted import parse_url
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def webhook_policy(settings: Settings) -> AddressPolicy:
 
 def check_webhook_url(url: str, policy: AddressPolicy) -> str:
     """The URL if it may be a webhook target (http(s), no refused literal address); 422 otherwise."""
-    check_url(URL(url), policy, schemes=("http", "https"))
+    check_url(parse_url(url), policy, schemes=("http", "https"))
     return url
 
 

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
 
+from server.security.untrusted import check_name, parse_url
+
 IMAGE_SIZE_PRESETS: dict[str, tuple[int, int]] = {
     "square_hd": (1024, 1024),
     "square": (512, 512),
@@ -63,6 +65,26 @@ class ParamSpec(BaseModel):
     unhonoured: str = Field(default="", description="why the values outside `honoured` are refused")
 
 
+def _input_url(value: str) -> str:
+    """A URL field: a data: URI, or a URL the one parser takes (a 422 at submit, never a 500 later)."""
+    if not value.startswith("data:"):
+        try:
+            parse_url(value)
+        except ValueError as e:
+            raise ValueError(f"{e}; expected an https:// URL or a data: URI") from None
+    return value
+
+
+def _lora_path(value: str) -> str:
+    """A LoRA: an http(s) URL the one parser takes, or a name a file system could hold."""
+    if value.startswith(("https://", "http://")):
+        parse_url(value)
+    return check_name(value)
+
+
+InputUrl = Annotated[str, AfterValidator(_input_url)]
+FileName = Annotated[str, AfterValidator(check_name)]
+
 _PRESET_TAG, _CUSTOM_TAG = "preset", "custom"
 UNION_TAGS = frozenset({_PRESET_TAG, _CUSTOM_TAG})
 
@@ -71,7 +93,7 @@ class LoraEntry(BaseModel):
     """One LoRA of a stack: a file in the LoRA folder, an https URL or hf://owner/repo/file[@rev]."""
 
     model_config = ConfigDict(extra="forbid")
-    path: str = Field(min_length=1, max_length=2048)
+    path: Annotated[str, AfterValidator(_lora_path)] = Field(min_length=1, max_length=2048)
     scale: float = Field(default=1.0, ge=-8, le=8, description="Strength on the diffusion model")
     text_encoder_scale: float | None = Field(default=None, ge=-8, le=8, description="Default: scale")
     expert: Literal["high", "low", "both"] = Field(default="both", description="Wan A14B: which expert")
@@ -82,7 +104,7 @@ class BlendEntry(BaseModel):
     """One diffusion model of a blend: a manifest name or a file in the diffusion model folder."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str = Field(min_length=1, max_length=512)
+    model: FileName = Field(min_length=1, max_length=512)
     weight: float = Field(ge=0, le=1000)
 
 
@@ -131,7 +153,7 @@ def _annotation(field_name: str, spec: ParamSpec) -> tuple[Any, dict[str, Any]]:
         "number": (float, bounds),
         "boolean": (bool, {}),
         "seed": (int | None, {"ge": 0, "le": SEED_MAX}),
-        "image_url": (str if spec.required else str | None, {"min_length": 1}),
+        "image_url": (InputUrl if spec.required else InputUrl | None, {"min_length": 1}),
         "loras": (list[LoraEntry], {"max_length": spec.max_length or 8}),
         "sampler": (str, {"min_length": 1, "max_length": 64}),
         "scheduler": (str, {"min_length": 1, "max_length": 64}),
@@ -139,7 +161,7 @@ def _annotation(field_name: str, spec: ParamSpec) -> tuple[Any, dict[str, Any]]:
             list[Annotated[float, Field(ge=0)]] | None,
             {"min_length": 2, "max_length": spec.max_length or 1000},
         ),
-        "model_file": (str | None, {"min_length": 1, "max_length": 512}),
+        "model_file": (FileName | None, {"min_length": 1, "max_length": 512}),
         "model_blend": (list[BlendEntry] | None, {"min_length": 1, "max_length": spec.max_length or 8}),
     }
     if spec.type in simple:

@@ -74,7 +74,7 @@ async def test_an_upload_to_one_host_is_served_by_the_other(
     head = await b.head(path)
     assert head.status == 200 and head.headers["Content-Length"] == str(len(PNG))
     missing = await b.get(path.replace("cat.png", "dog.png"))
-    assert missing.status == 404 and "No object" in (await missing.json())["detail"]
+    assert missing.status == 404 and "No file" in (await missing.json())["detail"]
 
 
 async def test_a_multipart_upload_completed_on_one_host_is_served_by_the_other(

@@ -53,11 +53,11 @@ async def test_initiate_then_put_then_get(
     assert urls["upload_url"].startswith(f"http://{client.host}:{client.port}/files/uploads/")
     assert urls["file_url"].endswith("/cat.png")
     put = await client.put(
-        path_of(urls["upload_url"]), data=b"\x89PNG fake", headers={"Content-Type": "image/png"}
+        path_of(urls["upload_url"]), data=b"\x89PNG\r\n\x1a\nfake", headers={"Content-Type": "image/png"}
     )
     assert put.status == 200 and put.headers["x-fal-request-id"]
     got = await client.get(path_of(urls["file_url"]))  # no key: a capability URL
-    assert got.status == 200 and await got.read() == b"\x89PNG fake"
+    assert got.status == 200 and await got.read() == b"\x89PNG\r\n\x1a\nfake"
     assert got.headers["Content-Type"] == "image/png"
     assert list(settings.uploads_path.glob("*/*")) == [
         settings.uploads_path / path_of(urls["file_url"]).split("/")[3] / "cat.png"
@@ -129,7 +129,9 @@ async def test_v3_token_then_post(client: TestClient[web.Request, web.Applicatio
     body = await upload.json()
     assert body["access_url"].endswith("/notes.txt") and body["file_size"] == 5
     got = await client.get(path_of(body["access_url"]))
-    assert await got.read() == b"hello" and got.headers["Content-Type"].startswith("text/plain")
+    # Not an image, video or audio file by its bytes: an attachment, whatever type the upload claimed.
+    assert await got.read() == b"hello" and got.headers["Content-Type"] == "application/octet-stream"
+    assert got.headers["Content-Disposition"] == "attachment; filename*=UTF-8''notes.txt"
 
 
 @pytest.mark.parametrize(
