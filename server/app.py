@@ -8,14 +8,12 @@ import asyncio
 import contextlib
 import logging
 import re
-import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from aiohttp.web_log import AccessLogger, KeyMethod
 
 from server.api import (
     assets,
@@ -87,77 +85,11 @@ from server.workflows.version_files import VersionFiles
 logger = logging.getLogger(__name__)
 UPLOADS_SWEEP_INTERVAL_S = 60.0
 
-__all__ = ["REQUEST_ID", "SETTINGS", "SUPERVISOR", "PollQuietAccessLogger", "create_app"]
+__all__ = ["REQUEST_ID", "SETTINGS", "SUPERVISOR", "create_app"]
 
 REQUEST_ID_HEADER = "x-fal-request-id"
 _HEADER_SAFE_ID = re.compile(r"[\x21-\x7e]{1,200}")
 ERROR_TYPE_HEADER = "x-fal-error-type"
-# Query parameters whose values the access log shows as *** (a browser's app token, a key sent where it
-# does not belong): any name holding one of these words.
-_SECRET_WORDS = (
-    "key",
-    "token",
-    "auth",
-    "secret",
-    "password",
-    "passwd",
-    "signature",
-    "jwt",
-    "session",
-    "cred",
-)
-
-
-class PollQuietAccessLogger(AccessLogger):
-    """aiohttp's access log without the successful polls: SDKs poll a request's status ten times a
-    second, and formatting those lines cost a third of a status answer. Set the access logger to DEBUG
-    to see them."""
-
-    def __init__(self, logger: logging.Logger, log_format: str = AccessLogger.LOG_FORMAT) -> None:
-        super().__init__(logger, log_format)
-        # The request line (%r) and the Referer as sent (%-encoded: no control character), without the
-        # credentials a query may carry. Not in compile_format: aiohttp caches compiled formats for every
-        # AccessLogger by format string.
-        self._methods = [
-            KeyMethod(m.key, _redacted_request_line)
-            if m.key == "first_request_line"
-            else KeyMethod(m.key, _redacted_referer)
-            if m.key == ("request_header", "Referer")
-            else m
-            for m in self._methods
-        ]
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        if (
-            request.method == "GET"
-            and response.status < 400
-            and (request.path.endswith("/status") or request.path in ("/health", "/ready"))
-            and not self.logger.isEnabledFor(logging.DEBUG)
-        ):
-            return
-        super().log(request, response, time)
-
-
-def _redacted_request_line(request: web.BaseRequest, response: web.StreamResponse, time: float) -> str:
-    return (
-        f"{request.method} {redacted(request.raw_path)} HTTP/{request.version.major}.{request.version.minor}"
-    )
-
-
-def _redacted_referer(request: web.BaseRequest, response: web.StreamResponse, time: float) -> str:
-    return redacted(request.headers.get("Referer", "-"))
-
-
-def redacted(target: str) -> str:
-    """A URL or request target with the values of key- and token-like query parameters as ***."""
-    path, mark, query = target.partition("?")
-    pairs = (pair.partition("=") for pair in query.split("&")) if mark else ()
-    shown = [f"{name}=***" if eq and _secret(name) else f"{name}{eq}{value}" for name, eq, value in pairs]
-    return f"{path}?{'&'.join(shown)}" if mark else path
-
-
-def _secret(name: str) -> bool:
-    return any(word in urllib.parse.unquote(name).lower() for word in _SECRET_WORDS)
 
 
 @web.middleware

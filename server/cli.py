@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from server.api import malformed
-from server.app import PollQuietAccessLogger, create_app
+from server.app import create_app
 from server.engine import fetch, install, model_lock, models
 from server.engine.supervisor import Supervisor
 from server.errors import ConfigError, DarkroomError
@@ -215,10 +215,7 @@ async def serve(settings: Settings) -> int:
     # Requirements are installed by `darkroom comfyui install` (make setup), not on every start.
     comfyui_dir = await asyncio.to_thread(install.ensure_comfyui, settings, install_requirements=False)
     app = create_app(settings, Supervisor(settings, comfyui_dir))
-    runner = malformed.Runner(
-        app, handle_signals=False, access_log=logging.getLogger("darkroom.access"),
-        access_log_class=PollQuietAccessLogger, keepalive_timeout=settings.client_timeout_s,
-    )  # fmt: skip
+    runner = malformed.runner(app, keepalive_timeout_s=settings.client_timeout_s)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -19,6 +19,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from server.api.access_log import PollQuietAccessLogger
+
 logger = logging.getLogger(__name__)
 ERROR_CODE = "malformed_request"
 # The words of aiohttp's message before it quotes anything ("Invalid header value char:\n\n  b'...'").
@@ -58,3 +60,12 @@ class Runner(web.AppRunner):
         return _Server(
             server.request_handler, request_factory=server.request_factory, loop=server._loop, **kwargs
         )
+
+
+def runner(app: web.Application, *, keepalive_timeout_s: float) -> Runner:
+    """How ``darkroom serve`` runs the app: malformed requests enveloped, the access log as
+    ``access_log`` writes it (to the ``darkroom.access`` logger)."""
+    return Runner(
+        app, handle_signals=False, access_log=logging.getLogger("darkroom.access"),
+        access_log_class=PollQuietAccessLogger, keepalive_timeout=keepalive_timeout_s,
+    )  # fmt: skip

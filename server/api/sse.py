@@ -8,7 +8,8 @@ from typing import Any
 from aiohttp import web
 
 from server.api import streams
-from server.errors import DarkroomError
+from server.api.state import SETTINGS
+from server.errors import DarkroomError, relative_paths
 
 KEEPALIVE_S = 15.0
 
@@ -37,6 +38,7 @@ async def keepalive(response: web.StreamResponse) -> None:
 async def error_stream(request: web.Request, error: DarkroomError) -> web.StreamResponse:
     """An error as a single event ``{"detail", "error_type"}`` with the error's status code."""
     response = await open_stream(request, status=error.status)
-    await send(response, {"detail": error.detail, "error_type": error.code})
+    detail = relative_paths(error.detail, request.app[SETTINGS].folders)
+    await send(response, {"detail": detail, "error_type": error.code})
     await response.write_eof()
     return response

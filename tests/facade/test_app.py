@@ -14,8 +14,9 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
+from server.api.access_log import PollQuietAccessLogger
 from server.api.state import REQUEST_ID, SETTINGS, SUPERVISOR
-from server.app import PollQuietAccessLogger, create_app
+from server.app import create_app
 from server.errors import NotFoundError, RequestValidationError, WorkerUnavailableError
 from server.settings import Settings, load_settings
 

@@ -1,10 +1,13 @@
-"""What a client may see of a worker's error message."""
+"""What a client may see of an error message: model files by name, files relative to darkroom's folders."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from server.errors import public_message
+from server.errors import public_message, relative_paths
+from server.settings import load_settings
 
 
 @pytest.mark.parametrize(
@@ -23,3 +26,15 @@ from server.errors import public_message
 )
 def test_model_paths_become_file_names(message: str, shown: str) -> None:
     assert public_message(message) == shown
+
+
+def test_paths_in_darkroom_folders_become_relative(tmp_path: Path) -> None:
+    settings = load_settings({}, data_dir=str(tmp_path / "data"), models_dir=str(tmp_path / "models"))
+    message = (
+        f"cannot read {settings.uploads_path}/ab/x.png nor {settings.models_path}/loras/a.safetensors "
+        f"in {settings.data_path}; /etc/passwd stays"
+    )
+    shown = relative_paths(message, settings.folders)
+    assert shown == "cannot read uploads/ab/x.png nor loras/a.safetensors in .; /etc/passwd stays"
+    entries = relative_paths([{"loc": ["body"], "msg": message}], settings.folders)
+    assert entries == [{"loc": ["body"], "msg": shown}] and str(tmp_path) not in str(entries)

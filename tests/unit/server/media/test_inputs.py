@@ -7,6 +7,7 @@ import base64
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -61,6 +62,10 @@ async def redirect_to(request: web.Request) -> web.Response:
     raise web.HTTPFound(request.query["to"])
 
 
+async def raw_redirect(request: web.Request) -> web.Response:
+    return web.Response(status=302, headers={"Location": request.query["to"]})  # as sent, unparsed
+
+
 async def slow(request: web.Request) -> web.Response:
     await asyncio.sleep(5)
     return web.Response(body=PNG)
@@ -75,6 +80,7 @@ async def origin() -> AsyncIterator[str]:
     app.router.add_get("/declared-big", declared_big)
     app.router.add_get("/redirect/{n}", redirect)
     app.router.add_get("/redirect-to", redirect_to)
+    app.router.add_get("/raw-redirect", raw_redirect)
     app.router.add_get("/slow", slow)
     async with TestServer(app, host="127.0.0.1") as server:
         yield f"http://127.0.0.1:{server.port}"
@@ -142,6 +148,25 @@ async def test_redirects_are_checked_by_the_same_policy(
 ) -> None:
     with pytest.raises(BlockedAddressError, match=message):
         await fetch(make_settings(tmp_path), f"{origin}/redirect-to?to={target}")
+
+
+@pytest.mark.parametrize(
+    ("location", "reason"),
+    [
+        ("https://[::1/a.png", "IPv6"),
+        ("https://h:99999/", "Port out of range"),
+        ("https://a%20b/x", "host name"),
+    ],
+)
+async def test_a_redirect_to_an_unparseable_location_fails_that_input(
+    tmp_path: Path, origin: str, location: str, reason: str
+) -> None:
+    """Each hop's Location goes through the one URL parser: a clear 422 for that input, never a 500."""
+    with pytest.raises(
+        InputError, match=f"redirected to a Location that cannot be fetched: .*{reason}"
+    ) as caught:
+        await fetch(make_settings(tmp_path), f"{origin}/raw-redirect?to={quote(location)}")
+    assert caught.value.status == 422
 
 
 @pytest.mark.parametrize("path", ["/endless", "/declared-big"])
