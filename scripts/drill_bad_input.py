@@ -143,7 +143,7 @@ def corpus(origin: str, loopback: str, own: str) -> list[Case]:
         # path traversal in names
         flux("LoRA path traversal", 422, "lora", loras=[{"path": "../../../../etc/passwd"}]),
         flux("LoRA absolute path", 422, "lora", loras=[{"path": "/etc/passwd"}]),
-        flux("LoRA name too long for a file", 422, "not a file", loras=[{"path": "0" * 2048}]),
+        flux("LoRA name too long for a file", 422, "255 at most", loras=[{"path": "0" * 2048}]),
         flux("LoRA file URL", 422, "https", loras=[{"path": "file:///etc/passwd"}]),
         flux("LoRA hf traversal", 422, "no empty, . or .. parts", loras=[{"path": "hf://../../etc/passwd"}]),
         flux("LoRA to metadata", 422, refused, loras=[{"path": "https://169.254.169.254/x.safetensors"}]),
@@ -178,7 +178,7 @@ def corpus(origin: str, loopback: str, own: str) -> list[Case]:
         # image inputs
         i2v("image_url missing", 422, "field required", None) | _drop("image_url"),
         i2v("image_url null", 422, "valid string", None),
-        i2v("image_url not a URL", 422, "only https://", "a picture of a cat"),
+        i2v("image_url not a URL", 422, "expected an https:// url", "a picture of a cat"),
         i2v("image_url ftp", 422, "https", "ftp://example.com/cat.png"),
         i2v("image_url file", 422, "https", "file:///etc/passwd"),
         i2v("data URI bad base64", 422, "base64", "data:image/png;base64,@@@@"),
@@ -209,6 +209,31 @@ def corpus(origin: str, loopback: str, own: str) -> list[Case]:
         i2v("allowed host, too large", 422, "too large", f"{origin}/big"),
         i2v("allowed host, too slow", 422, "took longer than", f"{origin}/slow"),
         i2v("allowed host, decompression bomb", 422, "darkroom_input_max_pixels", f"{origin}/bomb"),
+        # URLs the one parser cannot parse: a 422 naming the field, at submit (issue 21)
+        i2v("image_url backslash in the authority", 422, "backslash", "https://evil.invalid\\@127.0.0.1/a.png"),
+        i2v("image_url unclosed IPv6 bracket", 422, "ipv6", "https://[::1/a.png"),
+        i2v("image_url port past 65535", 422, "port out of range", "https://h:99999/a.png"),
+        i2v("image_url host %-encoded", 422, "not a host name", "https://ex%41mple.com/a.png"),
+        i2v("image_url NUL in the host", 422, "control characters", "https://a\x00b.example/a.png"),
+        Case("queue image_url unparseable", I2V.replace("/run/", "/queue/"), 422, "ipv6",
+             {"prompt": "x", "image_url": "https://[::1/a.png"}),
+        flux("LoRA URL unparseable", 422, "port out of range", loras=[{"path": "https://h:99999/x.safetensors"}]),
+        queue("queue webhook unparseable", "ipv6", query="?fal_webhook=https://[::1/hook"),
+        queue("queue webhook port past 65535", "port out of range", query="?fal_webhook=https://h:99999/"),
+        i2v("redirect to an unparseable Location", 422, "cannot be fetched", f"{origin}/raw?to=https://[::1/a.png"),
+        i2v("redirect to a port past 65535", 422, "port out of range", f"{origin}/raw?to=https://h:99999/a.png"),
+        # names a filesystem refuses, before any filesystem call
+        flux("LoRA name with NUL", 422, "nul", loras=[{"path": "tiny/x.safetensors\u0000.txt"}]),
+        flux("VAE name with a newline", 422, "control characters", vae="a\n" + FORGED),
+        flux("VAE name part too long", 422, "bytes", vae="v" * 300),
+        flux("model_blend name with NUL", 422, "nul", model_blend=[{"model": "a\u0000b", "weight": 1}]),
+        # images decoded completely before any GPU work
+        i2v("data URI PNG cut after its header", 422, "not a complete image", data_uri(png(64, 64)[:-40])),
+        # a key where it does not belong, and two of them
+        Case("key in the query string", FLUX + f"?key={KEY}", 401, "missing api key", {"prompt": "x"},
+             headers={"Authorization": ""}),
+        Case("token-like query values", f"/workflows?token={KEY}&auth={KEY}&fal_jwt_token={KEY}", 200, "",
+             method="GET"),
     ]
     # fmt: on
 
@@ -273,10 +298,13 @@ async def origin_server() -> AsyncIterator[int]:
     async def loop(_: web.Request) -> web.Response:
         raise web.HTTPFound("/loop")
 
+    async def raw(request: web.Request) -> web.Response:  # a Location as sent, unparsed
+        return web.Response(status=302, headers={"Location": request.query["to"]})
+
     app = web.Application()
     app.router.add_routes([web.get("/png", good), web.get("/text", text), web.get("/big", big),
                            web.get("/slow", slow), web.get("/bomb", bomb), web.get("/to", redirect),
-                           web.get("/loop", loop)])  # fmt: skip
+                           web.get("/loop", loop), web.get("/raw", raw)])  # fmt: skip
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     probe = web.TCPSite(runner, ALLOWED_HOST, 0)
@@ -322,6 +350,104 @@ async def uploads(http: aiohttp.ClientSession, base: str) -> list[tuple[str, boo
         ("upload URL used twice", first == 200 and response.status == 404, f"{response.status} {words}")
     )
     return found
+
+
+HTML = b"<!doctype html><script>fetch('/tokens/', {method: 'POST'})</script>"
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>fetch("/tokens/")</script></svg>'
+FORGED = "2026-01-01 00:00:00 INFO    server.app: FORGED"  # a log line a request must never write
+
+
+async def hostile(http: aiohttp.ClientSession, server: Server) -> list[tuple[str, bool, str]]:
+    """Issue 21's classes that are not one request and one answer: uploaded pages served back, /ws
+    messages past the body's limits, headers aiohttp's parser refuses, /ready to a stranger."""
+    found = [await _served_back(http, server.base, *upload) for upload in (
+        ("initiate", "x.html", HTML, "text/html"), ("cdn", "y.html", HTML, "text/html"),
+        ("initiate", "z.svg", SVG, "image/svg+xml"), ("cdn", "p.png", HTML, "image/png"),
+    )]  # fmt: skip
+    found += await _ws_limits(http, server.base)
+    for name, header, words in [
+        (
+            "Authorization with a control character",
+            f"Authorization: Key {KEY}\x01x",
+            "malformed http request",
+        ),
+        ("Authorization obs-fold", f"Authorization: Key {KEY}\r\n x", "malformed http request"),
+        ("two Authorization headers", f"Authorization: Key {KEY}\r\nAuthorization: Key other", "exactly one"),
+        ("a newline in the path", f"Authorization: Key {KEY}", "not found"),
+    ]:
+        # darkroom logs a refused request's path (decoded): a newline there must not start a log line
+        forged = FORGED.replace(" ", "%20")
+        target = f"/queue/darkroom/x%0A{forged}/requests/{NO_ID}/status" if "path" in name else "/workflows"
+        status, body = await raw_request(server.port, target, header)
+        ok = status in (400, 404) and words in message_of(body) and KEY not in body and body.startswith("{")
+        found.append((name, ok, f"{status} {body[:200]}"))
+    async with aiohttp.ClientSession() as stranger, stranger.get(server.base + "/ready") as ready:
+        body = await ready.text()
+        found.append(
+            ("/ready without a key", json.loads(body) == {"status": "ready"}, f"{ready.status} {body}")
+        )
+    return found
+
+
+async def _served_back(
+    http: aiohttp.ClientSession, base: str, route: str, name: str, data: bytes, content_type: str
+) -> tuple[str, bool, str]:
+    """An uploaded page or SVG, served back: an attachment typed by its bytes, nosniff, no script."""
+    if route == "initiate":
+        body = {"file_name": name, "content_type": content_type}
+        async with http.post(base + "/storage/upload/initiate", json=body) as response:
+            url = (await response.json())["upload_url"]
+        async with http.put(url, data=data, headers={"Content-Type": content_type}) as response:
+            assert response.status == 200, await response.text()
+    else:
+        headers = {"Content-Type": content_type, "X-Fal-File-Name": name}
+        async with http.post(base + "/files/upload", data=data, headers=headers) as response:
+            url = (await response.json())["access_url"]
+    async with aiohttp.ClientSession() as browser, browser.get(url) as served:
+        h = served.headers
+        ok = (served.status == 200 and h.get("Content-Type") == "application/octet-stream"
+              and h.get("Content-Disposition", "").startswith("attachment;")
+              and h.get("X-Content-Type-Options") == "nosniff"
+              and h.get("Content-Security-Policy") == "default-src 'none'; sandbox")  # fmt: skip
+        return f"uploaded {name} ({route}) served back", ok, f"{served.status} {dict(h)}"
+
+
+async def _ws_limits(http: aiohttp.ClientSession, base: str) -> list[tuple[str, bool, str]]:
+    found = []
+    subscribe = '{"action": "subscribe", "request_ids": '
+    async with http.ws_connect(base.replace("http", "ws", 1) + "/ws") as ws:
+        for name, text in [
+            ("/ws request_ids nested 5000 deep", subscribe + "[" * 5000 + "]" * 5000 + "}"),
+            ("/ws a 5000-digit integer", subscribe + "[" + "9" * 5000 + "]}"),
+            ("/ws NaN", subscribe + "[NaN]}"),
+            ("/ws webhook_url unparseable", json.dumps({"action": "submit", "app_id": FLUX[5:],
+                                                       "input": {"prompt": "x"}, "webhook_url": "https://[::1/"})),
+        ]:  # fmt: skip
+            await ws.send_str(text)
+            answer = await ws.receive_json(timeout=10)
+            ok = answer.get("type") == "error" and answer.get("status_code") in (400, 422)
+            found.append((name, ok, f"ws {answer}"))
+        await ws.send_str(json.dumps({"action": "subscribe", "request_ids": [NO_ID], "ref": 1}))
+        answer = await ws.receive_json(timeout=10)
+        found.append(("/ws still usable afterwards", answer.get("status_code") == 404, f"ws {answer}"))
+        await ws.send_str(json.dumps({"action": "subscribe", "request_ids": ["x" * (BODY_MAX_BYTES + 1)]}))
+        await ws.receive(timeout=10)
+        found.append(("/ws message past the body limit", ws.close_code == 1009, f"ws close {ws.close_code}"))
+    return found
+
+
+async def raw_request(port: int, target: str, header: str) -> tuple[int, str]:
+    """A GET with one hand-written header block (what aiohttp's client refuses to send): status and body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{header}\r\nConnection: close\r\n\r\n".encode()
+    )
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), timeout=30)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = head.split(b" ", 2)[1]
+    return (int(status) if status.isdigit() else 0), body.decode(errors="replace")
 
 
 async def slow_loris(port: int, *, headers_only: bool) -> tuple[int | None, float]:
@@ -379,8 +505,11 @@ async def drill(server: Server, args: argparse.Namespace) -> dict[str, Any]:
                 figures["cases_failed"] = figures.get("cases_failed", 0) + 1
                 figures["failures"].append(f"{case.name}: expected {case.status} with {case.message!r}, "
                                            f"got {status} {words[:200]}")  # fmt: skip
-        for name, ok, got in await uploads(http, server.base) if args.only.lower() in "upload" else []:
-            seen[int(got.split()[0])] += 1
+        extra = await uploads(http, server.base) if args.only.lower() in "upload" else []
+        extra += await hostile(http, server) if args.only.lower() in "hostile" else []
+        for name, ok, got in extra:
+            if (first := got.split(" ", 1)[0]).isdigit():  # an HTTP status (the /ws checks have none)
+                seen[int(first)] += 1
             figures["cases_tried"] = figures.get("cases_tried", 0) + 1
             print(f"{'ok  ' if ok else 'FAIL'} {name}: {got[:300]}", flush=True)
             if not ok:

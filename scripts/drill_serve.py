@@ -39,8 +39,9 @@ class Server(ServeProcess):
         return text in self.log()
 
     def facade_tracebacks(self) -> int:
-        """Tracebacks the facade logged (its workers' lines, ComfyUI's own import noise among them, aside)."""
-        return sum(1 for line in self.log().splitlines() if line.startswith("Traceback"))
+        """Tracebacks the facade logged, indented under their record (its workers' lines, ComfyUI's own import
+        noise among them, are tagged "[worker N]" and aside)."""
+        return sum(1 for line in self.log().splitlines() if line.startswith("    Traceback"))  # LogFormatter
 
 
 Drill = Callable[[Server], Coroutine[Any, Any, dict[str, Any]]]
@@ -56,10 +57,18 @@ def drilled(name: str, models_dir: Path, env: Mapping[str, str], drill: Drill) -
             figures = asyncio.run(drill(server))
         finally:
             server.stop()
-    figures.update(key_in_log=server.log_has(KEY), facade_tracebacks=server.facade_tracebacks())
+    unframed, controls = server.log_scan()
+    figures.update(
+        key_in_log=server.log_has(KEY), facade_tracebacks=server.facade_tracebacks(),
+        unframed_log_lines=len(unframed), raw_control_characters_in_log=controls,
+    )  # fmt: skip
     failures = figures.setdefault("failures", [])
     if figures["key_in_log"]:
         failures.append("the API key is in the server's log")
+    if unframed:
+        failures.append(f"{len(unframed)} log line(s) no log record began (forged?): {unframed[:3]}")
+    if controls:
+        failures.append(f"{controls} raw control character(s) in the server's log: {server.log_path}")
     if figures["facade_tracebacks"]:
         failures.append(f"{figures['facade_tracebacks']} traceback(s) in the server's log: {server.log_path}")
     return figures

@@ -128,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # One line per record, control characters escaped: a request's newline never forges a log line.
     handler.setFormatter(LogFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    logging.captureWarnings(True)  # a library's warning is a record too, not a stray line
     settings = settings_from(args)
     try:
         if args.command == "serve":

@@ -132,6 +132,16 @@ class Settings:
         },
     )
 
+    files_url: str = field(
+        default="",
+        metadata={
+            "help": "Base URL of a host name of its own for user files (https://files.example.com, routed "
+            "to this server by a proxy), as fal serves files from its CDN: the URLs of outputs and uploads "
+            "use it, so a file can never share an origin (cookies, storage) with darkroom's pages; "
+            "default: the API's own base URL."
+        },
+    )
+
     api_keys: str = field(
         default="",
         repr=False,

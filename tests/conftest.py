@@ -1,16 +1,22 @@
 """Fixtures every tier shares: the job stores, so queue tests run against SQLite and PostgreSQL both, and
-a real S3-compatible server for the shared file storage (DARKROOM_STORAGE_URL)."""
+a real S3-compatible server for the shared file storage (DARKROOM_STORAGE_URL). And the log scan after
+the suite (tests/log_scan.py): the run fails if a key or a request's control character reached a log."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from server.queue.postgres_store import PostgresJobStore
 from server.queue.sqlite_store import SqliteJobStore
 from server.queue.store import JobStore
+from server.security.keyring import KeyRing
+from server.settings import Settings
+from tests import log_scan
 from tests.postgres import PostgresServer, postgres_or_skip, running_postgres
 from tests.s3 import S3Server, moto_or_skip, running_s3
 
@@ -55,3 +61,39 @@ def storage_url(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
     for name, value in s3_server.env.items():
         monkeypatch.setenv(name, value)
     return s3_server.bucket()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Collect what the in-process apps log, and the keys they are configured with, for the log scan."""
+    collector = log_scan.Collector()
+    logging.getLogger().addHandler(collector)
+    for name in ("server", "darkroom"):  # INFO records too (the access log, refused requests)
+        logging.getLogger(name).setLevel(logging.INFO)
+    config.stash[_COLLECTOR] = collector
+    original = KeyRing.from_settings.__func__  # type: ignore[attr-defined]
+
+    def from_settings(cls: type[KeyRing], settings: Settings, *args: Any, **kwargs: Any) -> KeyRing:
+        log_scan.register(*(entry.split()[0] for entry in settings.api_keys.split(",") if entry.strip()))
+        return original(cls, settings, *args, **kwargs)  # type: ignore[no-any-return]
+
+    KeyRing.from_settings = classmethod(from_settings)  # type: ignore[method-assign, assignment]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The log scan: any finding fails the run, each one said."""
+    collector = session.config.stash.get(_COLLECTOR, None)
+    if collector is None:
+        return
+    logging.getLogger().removeHandler(collector)
+    collector.scan()
+    if log_scan.findings:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = ["log scan: a key or a request's control character reached a log", *log_scan.findings]
+        if reporter is not None:
+            reporter.write_sep("=", "log scan failed", red=True)
+            for line in lines:
+                reporter.write_line(line)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_COLLECTOR = pytest.StashKey[log_scan.Collector]()

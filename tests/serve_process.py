@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -22,8 +23,13 @@ from typing import Any
 
 from server.engine.worker import free_port
 from server.settings import PROJECT_ROOT
+from tests import log_scan
 
 READY_TIMEOUT_S = 240.0
+# How each line of a `darkroom serve` log begins: a record's time (logging's asctime), or the indent of
+# a traceback under its record (server.security.untrusted.LogFormatter).
+_RECORD_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} |    ")
+_RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f]")
 
 
 @dataclass
@@ -94,19 +100,38 @@ class ServeProcess:
             return 0 if self.process is None else self.process.returncode
         self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(timeout=timeout_s)
+            code = self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             return self.kill()
+        self._scan_log()
+        return code
 
     def kill(self) -> int:
         """SIGKILL the facade only, as a crash would (its ComfyUI worker dies with it: see worker.py)."""
         if self.process is None:
             return 0
         self.process.kill()
-        return self.process.wait()
+        code = self.process.wait()
+        self._scan_log()
+        return code
+
+    def _scan_log(self) -> None:
+        """Give the suite's log scan (tests/log_scan.py) this log, before a temporary folder takes it."""
+        keys = [
+            entry.split()[0] for entry in self.env.get("DARKROOM_API_KEYS", "").split(",") if entry.strip()
+        ]
+        log_scan.scan_serve_log(self.log_path, keys, *self.log_scan())
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_scan(self) -> tuple[list[str], int]:
+        """What a request must never leave in the log: lines no log record began (darkroom writes each
+        record on one line, a traceback indented under it, so another line is forged or stray), and raw
+        control characters (their count)."""
+        text = self.log()
+        unframed = [line for line in text.splitlines() if line and not _RECORD_START.match(line)]
+        return unframed, len(_RAW_CONTROL.findall(text))
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log().splitlines()[-lines:])

@@ -91,6 +91,12 @@ def base_url(request: web.Request) -> str:
 
 
 def _file_url(request: web.Request, upload_id: str, name: str) -> str:
+    """Where the file is read (``files_url``'s host when set; uploads and parts go to ``_upload_url``)."""
+    files_url = request.app[SETTINGS].files_url.rstrip("/")
+    return f"{files_url or base_url(request)}/files/uploads/{upload_id}/{name}"
+
+
+def _upload_url(request: web.Request, upload_id: str, name: str) -> str:
     return f"{base_url(request)}/files/uploads/{upload_id}/{name}"
 
 
@@ -165,8 +171,9 @@ async def initiate(request: web.Request) -> web.Response:
     """Reserve an upload: ``{upload_url, file_url}``; the bytes come in a PUT to upload_url."""
     body = await _initiate_body(request)
     upload_id, name = request.app[UPLOADS].begin(body.file_name, body.content_type)
-    url = _file_url(request, upload_id, name)
-    return web.json_response({"upload_url": url, "file_url": url})
+    return web.json_response(
+        {"upload_url": _upload_url(request, upload_id, name), "file_url": _file_url(request, upload_id, name)}
+    )
 
 
 @auth.self_authenticating
@@ -261,7 +268,8 @@ async def initiate_multipart(request: web.Request) -> web.Response:
 def _begin_multipart(request: web.Request, file_name: str | None, content_type: str) -> tuple[str, str]:
     upload_id, name = secrets.token_hex(16), safe_name(file_name, content_type)
     multipart_id = request.app[MULTIPART].begin(upload_id, name)
-    return _file_url(request, upload_id, name), multipart_id
+    # The API's own URL, not files_url's: the parts go to it (Python's flow names the file by it too).
+    return _upload_url(request, upload_id, name), multipart_id
 
 
 def _multipart_ids(request: web.Request) -> tuple[str, str, str]:

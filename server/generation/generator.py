@@ -306,7 +306,8 @@ class Generator:
         if resolved.get("sync_mode"):
             url = data_uri(data, content_type)  # kept out of the store, as fal keeps it out of history
         else:
-            url = base_url + (await self.store.write(request_id, name, data, content_type)).route
+            files_base = self.settings.files_url.rstrip("/") or base_url
+            url = files_base + (await self.store.write(request_id, name, data, content_type)).route
         described = {"url": url, "content_type": content_type, "file_name": name, "file_size": len(data)}
         if "width" in entry:
             described.update(width=entry["width"], height=entry["height"])
@@ -358,8 +359,10 @@ def _image_size(data: bytes, field: str, max_pixels: int) -> tuple[int, int]:
         raise InputError(
             f"{field}: too many pixels ({e}); at most {max_pixels} (DARKROOM_INPUT_MAX_PIXELS)"
         ) from e
-    except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # Pillow's decoders' own
-        raise InputError(f"{field}: not a complete image Pillow can decode ({e})") from e
+    except PIL.UnidentifiedImageError as e:
+        raise InputError(f"{field}: not an image Pillow can read ({e})") from e
+    except (OSError, SyntaxError, ValueError) as e:  # what Pillow's decoders raise for cut or corrupt data
+        raise InputError(f"{field}: not a complete image: decoding it failed ({e})") from e
     if width * height > max_pixels:
         raise InputError(
             f"{field}: {width} x {height} is {width * height} pixels, more than the {max_pixels} allowed "

@@ -103,10 +103,10 @@ async def fetch_input(
     """Fetch ``url`` into ``dest_dir`` (default: a new folder under ``<data_dir>/inputs``).
 
     ``session`` must come from ``netpolicy.guarded_session``. Links to this server's own files
-    (``own_base_url`` + ``/files/...``) are read from disk, or from ``objects`` (the shared store) when
-    given. ``accept`` lists content-type prefixes
-    ("image/"); anything else is a 422. ``max_bytes`` and ``timeout_s`` override ``input_max_bytes`` and
-    ``input_timeout_s`` for callers with their own limits (LoRA files).
+    (``own_base_url`` or ``files_url`` + ``/files/...``) are read from disk, or from ``objects`` (the
+    shared store) when given. ``accept`` lists content-type prefixes ("image/"); anything else is a 422.
+    ``max_bytes`` and ``timeout_s`` override ``input_max_bytes`` and ``input_timeout_s`` for callers with
+    their own limits (LoRA files).
     """
     netpolicy.require_guarded(session)
     limit = settings.input_max_bytes if max_bytes is None else max_bytes
@@ -114,12 +114,16 @@ async def fetch_input(
     if dest_dir is None:
         dest_dir = settings.inputs_path / secrets.token_hex(8)
     dest_dir.mkdir(parents=True, exist_ok=True)
+    own = next(
+        (b for b in (own_base_url, settings.files_url) if b and url.startswith(b.rstrip("/") + "/files/")),
+        None,
+    )
     if url.startswith("data:"):
         found = await asyncio.to_thread(_save_data_uri, url, dest_dir, limit)
-    elif own_base_url and url.startswith(own_base_url.rstrip("/") + "/files/") and objects is not None:
-        found = await _copy_object(url, own_base_url, objects, dest_dir, limit)
-    elif own_base_url and url.startswith(own_base_url.rstrip("/") + "/files/"):
-        found = await asyncio.to_thread(_copy_local, url, own_base_url, settings, dest_dir, limit)
+    elif own and objects is not None:
+        found = await _copy_object(url, own, objects, dest_dir, limit)
+    elif own:
+        found = await asyncio.to_thread(_copy_local, url, own, settings, dest_dir, limit)
     else:
         try:
             async with asyncio.timeout(timeout_s):

@@ -272,3 +272,22 @@ async def test_the_access_log_redacts_credentials_and_escapes_what_it_shows(
     assert KEY not in text and "key=***&x=1" in text and "API_KEY=***" in text and "/p?key=***" in text
     assert not any(line.startswith("FORGED") or "\r" in line for line in text.splitlines())
     assert "a%0A2026-01-01%20FORGED" in text, "the request line as sent, %-encoded"
+
+
+async def test_files_url_puts_file_urls_on_a_host_of_their_own(tmp_path: Path) -> None:
+    settings = load_settings(
+        {}, data_dir=str(tmp_path), api_keys=KEY, files_url="https://files.example.test/"
+    )
+    async with serve(settings, FakeGenerator(settings)) as client:
+        body = {"file_name": "a.png", "content_type": "image/png"}
+        urls = await (await client.post("/storage/upload/initiate", json=body, headers=AUTH)).json()
+        assert urls["file_url"].startswith("https://files.example.test/files/uploads/")
+        assert urls["upload_url"].startswith(f"http://127.0.0.1:{client.port}/files/uploads/"), (
+            "uploads: the API"
+        )
+        assert (await client.put(path_of(urls["upload_url"]), data=PNG)).status == 200
+        served = await client.get(path_of(urls["file_url"]))  # the proxy sends the files host here
+        assert served.status == 200 and await served.read() == PNG
+        headers = {**AUTH, "Content-Type": "image/png", "X-Fal-File-Name": "b.png"}
+        cdn = await (await client.post("/files/upload", data=PNG, headers=headers)).json()
+        assert cdn["access_url"].startswith("https://files.example.test/files/uploads/")

@@ -53,7 +53,8 @@ async def test_pages_send_a_browser_without_a_session_to_sign_in(client: Client)
     await sign_in(client)
     page = await client.get(f"/playground/{APP}")
     assert page.status == 200 and "/static/playground.js" in await page.text()
-    assert "/endpoints" in await (await client.get("/playground/")).text()
+    assert "/static/playground-index.js" in await (await client.get("/playground/")).text()
+    assert b'fetch("/endpoints"' in (await (await client.get("/static/playground-index.js")).read())
     missing = await client.get("/playground/nobody/nothing")
     assert missing.status == 404 and "nobody/nothing" in (await missing.json())["detail"]
     assert (await client.get("/playground/darkroom/editor")).status == 404, "the editor's runs are no app"

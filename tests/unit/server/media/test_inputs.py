@@ -230,6 +230,11 @@ async def test_links_to_our_own_files_are_read_from_disk(tmp_path: Path) -> None
     assert caught.value.status == 404
     with pytest.raises(BlockedAddressError):  # the same link is not "ours" without own_base_url
         await fetch(settings, f"{base}/files/uploads/{upload_id}/{name}")
+    files = make_settings(tmp_path, outbound_allow_cidrs="", files_url="https://files.example.test")
+    found = await fetch(
+        files, f"https://files.example.test/files/uploads/{upload_id}/{name}", own_base_url=base
+    )
+    assert found.path.read_bytes() == PNG, "a link on DARKROOM_FILES_URL's host is ours too"
 
 
 async def test_a_plain_session_is_refused(tmp_path: Path) -> None:
