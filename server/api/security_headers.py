@@ -10,9 +10,11 @@ else (HTML, SVG, XML, text, models, unknown bytes) as ``application/octet-stream
 SVG opened by a signed-in browser is downloaded, not run with the session's cookie.
 
 Pages (the sign-in page, dashboard, playground, docs): a CSP without inline script (``script-src
-'self'``), ``frame-ancestors 'none'``, ``Referrer-Policy: no-referrer`` and ``nosniff``. The editor's page
-is ComfyUI's frontend, relayed: it gets a looser policy (``EDITOR_CSP``: its bundle builds styles and
-modules at run time) but the same framing, referrer and sniffing rules.
+'self'``), ``frame-ancestors 'none'``, ``nosniff`` and ``Referrer-Policy: same-origin`` (no referrer
+leaves the origin, yet the browser still sends the Origin the CSRF checks read: ``no-referrer`` would
+make it "null" and refuse every form and fetch). The editor's page is ComfyUI's frontend, relayed: it
+gets a looser policy (``EDITOR_CSP``: its bundle builds styles and modules at run time) but the same
+framing, referrer and sniffing rules.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ INLINE_TYPES = frozenset(
     }
 )  # fmt: skip
 SNIFF_BYTES = 32
-_SHARED = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+_SHARED = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
 # Media may come from anywhere a request named (an https image_url, a data: URI, a separate files origin).
 _MEDIA = "img-src * data: blob:; media-src * data: blob:"
 PAGE_CSP = (

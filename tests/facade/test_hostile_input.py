@@ -120,7 +120,7 @@ async def test_darkroom_pages_send_a_policy_without_inline_script(client: Client
     assert policy == PAGE_CSP and "frame-ancestors 'none'" in policy
     script_src = re.search(r"script-src ([^;]*)", policy)
     assert script_src is not None and "unsafe-inline" not in script_src[1]
-    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["Referrer-Policy"] == "same-origin"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     inline = [tag for tag in re.findall(r"<script\b[^>]*>", await response.text()) if "src=" not in tag]
     assert inline == [], f"{page} has inline scripts the policy would block"
