@@ -134,10 +134,14 @@ async def _relay(
     if user_file:  # typed by its first bytes, whatever ComfyUI guessed from the name
         while len(head) < SNIFF_BYTES and (chunk := await upstream.content.read(SNIFF_BYTES - len(head))):
             head += chunk
+        declared = upstream.headers.get("Content-Type", "")
         for name in ("Content-Type", "Content-Disposition"):
             response.headers.popall(name, None)
         name = request.query.get("filename") or unquote(tail.rsplit("/", 1)[-1])
         response.headers.update(user_file_headers(head, name))
+        if declared.startswith("text/css") and "userdata" in tail:  # the user's stylesheet (user.css),
+            response.headers["Content-Type"] = declared  # which the editor applies: no script in CSS
+            response.headers.popall("Content-Disposition", None)
     else:
         response.headers.update(relayed_headers(tail, upstream.headers.get("Content-Type", "")))
     await response.prepare(request)
