@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgpack
 import pytest
 import pytest_asyncio
 from aiohttp import WSMsgType, web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from queue_fakes import FakeGenerator, FakeSupervisor, serve
 
 from server.api import malformed
@@ -291,3 +292,40 @@ async def test_files_url_puts_file_urls_on_a_host_of_their_own(tmp_path: Path) -
         headers = {**AUTH, "Content-Type": "image/png", "X-Fal-File-Name": "b.png"}
         cdn = await (await client.post("/files/upload", data=PNG, headers=headers)).json()
         assert cdn["access_url"].startswith("https://files.example.test/files/uploads/")
+
+
+async def test_realtime_frames_get_the_body_limits_and_the_socket_stays_usable(client: Client) -> None:
+    nested: Any = "x"
+    for _ in range(200):
+        nested = [nested]
+    async with client.ws_connect(f"/run/{FLUX}/realtime", headers=AUTH) as ws:
+        for frame, reason in [
+            (msgpack.packb({"prompt": "x", "loras": nested}), "nested too deeply"),
+            (msgpack.packb({"prompt": "x", "loras": [{"path": "https://[::1/x"}]}), "IPv6"),
+        ]:
+            await ws.send_bytes(frame)
+            message = await ws.receive(timeout=5)
+            assert message.type is WSMsgType.TEXT and reason in message.data, message
+            assert json.loads(message.data)["type"] == "x-fal-error"
+        await ws.send_bytes(msgpack.packb({"prompt": "still here", "request_id": "r"}))
+        answer = await ws.receive(timeout=10)
+        assert answer.type is WSMsgType.BINARY and msgpack.unpackb(answer.data)["prompt"] == "still here"
+        await ws.receive(timeout=5)  # its timings
+        await ws.send_bytes(b"\x00" * (70 * 1024))
+        closing = await ws.receive(timeout=5)
+        assert closing.type in (WSMsgType.CLOSE, WSMsgType.CLOSED) and ws.close_code == 1009  # too big
+
+
+async def test_error_details_name_files_relative_to_darkroom_folders(settings: Settings) -> None:
+    from server.errors import InputError
+
+    async def fails(request: web.Request) -> web.Response:
+        raise InputError(f"cannot read {settings.uploads_path}/ab/x.png from {settings.models_path}/loras")
+
+    app = create_app(settings, FakeSupervisor(), run_supervisor=False)  # type: ignore[arg-type]
+    app.router.add_get("/probe-paths", fails)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        body = await (await client.get("/probe-paths", headers=AUTH)).json()
+    assert body["detail"] == "cannot read uploads/ab/x.png from loras" and str(settings.data_path) not in str(
+        body
+    )
