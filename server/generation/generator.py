@@ -10,8 +10,10 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import PIL.Image
 from pydantic import BaseModel
 
@@ -49,7 +51,7 @@ HISTORY_POLL_S = 0.1  # how often an editor run's worker is asked whether it fin
 # does not fit, an impossible blend or schedule): a 422 for the client, not a server error.
 USER_INPUT_NODES = frozenset({
     "DarkroomLoraStack", "DarkroomVAEGuard", "DarkroomModelBlend", "DarkroomSigmas",
-    "DarkroomKSamplerSigmas", "DarkroomVAELoader", "LoadImage",
+    "DarkroomKSamplerSigmas", "DarkroomVAELoader", "LoadImage", "DarkroomReferenceImages",
 })  # fmt: skip
 
 
@@ -119,7 +121,7 @@ class Generator:
         request: BaseModel,
         request_id: str,
         base_url: str,
-        images: dict[str, tuple[bytes, int, int]],
+        images: dict[str, list[tuple[bytes, int, int]]],
         prepared: dict[str, Any],
         on_event: EventSink | None,
     ) -> tuple[list[dict[str, Any]], dict[str, Any], float]:
@@ -129,9 +131,15 @@ class Generator:
             await self.choices.check(endpoint, request, worker.client)
             uploaded: list[str] = []
             try:
-                for name, (data, width, height) in images.items():
-                    uploaded.append(await worker.client.upload_input(data, f"{request_id}-{name}"))
-                    prepared[name] = ImageInput(uploaded[-1], width, height)
+                for name, field_images in images.items():
+                    described = []
+                    for index, (data, width, height) in enumerate(field_images):
+                        uploaded.append(
+                            await worker.client.upload_input(data, f"{request_id}-{name}-{index}")
+                        )
+                        described.append(ImageInput(uploaded[-1], width, height))
+                    is_list = endpoint.params[name].type == "image_urls"
+                    prepared[name] = described if is_list else described[0]
                 prompt, resolved = endpoint.build_prompt(request, self.manifest, prepared)
                 started = time.perf_counter()
                 async with self._run_limit(endpoint, request_id):
@@ -214,33 +222,46 @@ class Generator:
 
     async def _fetch_images(
         self, endpoint: Endpoint, request: BaseModel, request_id: str, base_url: str
-    ) -> dict[str, tuple[bytes, int, int]]:
-        """Download each input image before taking a worker, so no worker waits on the network."""
-        fetched: dict[str, tuple[bytes, int, int]] = {}
-        urls = {
-            name: getattr(request, name) for name in endpoint.params_of("image_url") if getattr(request, name)
+    ) -> dict[str, list[tuple[bytes, int, int]]]:
+        """Download each input image before taking a worker, so no worker waits on the network:
+        (bytes, width, height) per image, a list per field (image_url fields: one)."""
+        fetched: dict[str, list[tuple[bytes, int, int]]] = {}
+        urls: dict[str, list[str]] = {
+            name: [value] if isinstance(value, str) else list(value)
+            for name in endpoint.params_of("image_url", "image_urls")
+            if (value := getattr(request, name))
         }
         if not urls:
             return fetched
         policy = netpolicy.AddressPolicy.from_settings(self.settings)
         with inputs.input_area(self.settings, request_id) as folder:
             async with netpolicy.guarded_session(policy) as session:
-                for name, url in urls.items():
-                    found = await inputs.fetch_input(
-                        url,
-                        settings=self.settings,
-                        session=session,
-                        dest_dir=folder,
-                        own_base_url=base_url,
-                        objects=self.store.objects,
-                        accept=("image/",),
-                    )
-                    data = found.path.read_bytes()
-                    fetched[name] = (
-                        data,
-                        *await asyncio.to_thread(_image_size, data, name, self.settings.input_max_pixels),
-                    )
+                for name, field_urls in urls.items():
+                    fetched[name] = []
+                    for index, url in enumerate(field_urls):
+                        label = name if endpoint.params[name].type == "image_url" else f"{name}[{index}]"
+                        fetched[name].append(await self._fetch_image(url, label, folder, session, base_url))
         return fetched
+
+    async def _fetch_image(
+        self, url: str, field: str, folder: Path, session: aiohttp.ClientSession, base_url: str
+    ) -> tuple[bytes, int, int]:
+        """One input image, checked to be an image of at most DARKROOM_INPUT_MAX_PIXELS; a 422 names
+        the field."""
+        try:
+            found = await inputs.fetch_input(
+                url,
+                settings=self.settings,
+                session=session,
+                dest_dir=folder,
+                own_base_url=base_url,
+                objects=self.store.objects,
+                accept=("image/",),
+            )
+        except InputError as e:
+            raise type(e)(f"{field}: {e.message}", status=e.status, code=e.code, headers=e.headers) from e
+        data = found.path.read_bytes()
+        return (data, *await asyncio.to_thread(_image_size, data, field, self.settings.input_max_pixels))
 
     async def _execute(
         self,

@@ -32,6 +32,11 @@ class EndpointSpec(BaseModel):
     params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-field overrides")
     lookups: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-lookup overrides")
     fixed: dict[str, Any] = Field(default_factory=dict, description='"node_id.input" -> constant')
+    without: list[str] = Field(
+        default_factory=list,
+        description="the mapping's params this endpoint does not have (fal's schema lacks them); their "
+        "targets keep the graph's values or the endpoint's `fixed` ones",
+    )
     limits_note: str | None = Field(
         default=None,
         description="Why the bounds are what they are (the CPU demos'), added to a 422 past them",
@@ -207,11 +212,13 @@ def _endpoint(
 ) -> Endpoint:
     params = {}
     for name, base in mapping.params.items():
-        params[name] = base.model_copy(update=spec.params.get(name, {}))
+        if name not in spec.without:
+            params[name] = base.model_copy(update=spec.params.get(name, {}))
     lookups = {
         name: base.model_copy(update=spec.lookups.get(name, {})) for name, base in mapping.lookups.items()
     }
     unknown = (set(spec.params) - set(params)) | (set(spec.lookups) - set(lookups))
+    unknown |= set(spec.without) - set(mapping.params)
     if unknown:
         raise MappingError(f"{path}: {app_id} overrides unknown params or lookups {sorted(unknown)}")
     blends = [p for p in params.values() if p.type == "model_blend"]
@@ -232,6 +239,10 @@ def _endpoint(
             )
     for name, lookup in lookups.items():
         _check_lookup(path, f"{app_id}: {name}", lookup, params)
+    for name, param in params.items():
+        source = params.get(param.size_from or "")
+        if param.size_from and (param.type != "image_size" or not source or source.type != "image_urls"):
+            raise MappingError(f"{path}: {app_id}: {name}'s size_from must name an image_urls field")
     for model_name in spec.models.values():
         try:
             manifest.get(model_name)
@@ -275,12 +286,17 @@ def _check_lookup(path: Path, name: str, lookup: LookupSpec, params: dict[str, P
 
 
 def _resolve(name: str, spec: ParamSpec, value: Any, prepared: dict[str, Any], manifest: Manifest) -> Any:
+    if value is None and spec.size_from:
+        first = prepared[spec.size_from][0]
+        return fitted_size(first.width, first.height, spec)
     if value is None and spec.type != "seed":
         return None
     if spec.type in ("sampler", "scheduler") and value == DEFAULT:
         return None  # the workflow's own choice
     if spec.type == "image_url":
         return prepared[name].name
+    if spec.type == "image_urls":
+        return json.dumps([image.name for image in prepared[name]])
     if value == AUTO and spec.auto_from:
         image = prepared[spec.auto_from]
         return _nearest_ratio(image.width / image.height, [v for v in spec.values or [] if v != AUTO])
@@ -299,6 +315,22 @@ def _resolve(name: str, spec: ParamSpec, value: Any, prepared: dict[str, Any], m
     if spec.type == "model_blend":
         return [{"model": _model_file(entry.model, manifest), "weight": entry.weight} for entry in value]
     return value
+
+
+def fitted_size(width: int, height: int, spec: ParamSpec) -> dict[str, int]:
+    """An input image's size as an output size: scaled (aspect kept) only as far as needed to bring the
+    longer side within ``le`` and the shorter up to ``ge``, sides rounded down to ``multiple_of``."""
+    step = spec.multiple_of or 1
+    factor = 1.0
+    if spec.le is not None and max(width, height) > spec.le:
+        factor = spec.le / max(width, height)
+    elif spec.ge is not None and min(width, height) < spec.ge:
+        factor = min(spec.ge / min(width, height), (spec.le or math.inf) / max(width, height))
+    low, high = int(spec.ge or step), int(spec.le or 2**31)
+    return {
+        side: min(high, max(low, max(step, int(length * factor) // step * step)))
+        for side, length in (("width", width), ("height", height))
+    }
 
 
 def _model_file(name: str, manifest: Manifest) -> str:

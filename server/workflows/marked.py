@@ -69,6 +69,8 @@ def _defaults(endpoint: Endpoint) -> BaseModel:
         if spec.required:
             own = _first_value(endpoint.workflow, spec.to) if isinstance(spec.to, list) and spec.to else None
             body[name] = own if isinstance(own, str) and own else "placeholder"
+            if spec.type == "image_urls":
+                body[name] = _graph_images(endpoint, spec) or ["placeholder"]
     return endpoint.validate(body)
 
 
@@ -80,7 +82,17 @@ def _placeholders(endpoint: Endpoint) -> dict[str, Any]:
         spec = endpoint.params[name]
         current = _first_value(endpoint.workflow, spec.to) if isinstance(spec.to, list) and spec.to else ""
         prepared[name] = ImageInput(str(current or ""), 1, 1)
+    for name in endpoint.params_of("image_urls"):
+        prepared[name] = [ImageInput(image, 1, 1) for image in _graph_images(endpoint, endpoint.params[name])]
     return prepared
+
+
+def _graph_images(endpoint: Endpoint, spec: ParamSpec) -> list[str]:
+    """An image_urls field's images as the graph names them (a JSON list; the field gets no input node:
+    the editor has none for a list of images, so the graph's stay)."""
+    current = _first_value(endpoint.workflow, spec.to) if isinstance(spec.to, list) and spec.to else None
+    images = json.loads(current) if isinstance(current, str) and current.startswith("[") else []
+    return [str(image) for image in images]
 
 
 def _first_value(prompt: Prompt, targets: list[str]) -> Any:

@@ -25,7 +25,7 @@ AUTO = "auto"
 DEFAULT = "default"
 
 ParamType = Literal[
-    "string", "integer", "number", "boolean", "enum", "image_size", "seed", "image_url",
+    "string", "integer", "number", "boolean", "enum", "image_size", "seed", "image_url", "image_urls",
     "loras", "sampler", "scheduler", "sigmas", "model_file", "model_blend",
 ]  # fmt: skip
 
@@ -45,6 +45,11 @@ class ParamSpec(BaseModel):
     values: list[str] | None = None
     multiple_of: int | None = Field(default=None, description="image_size: sides rounded down to this")
     family: str | None = Field(default=None, description="model_blend: the DarkroomModelBlend family")
+    size_from: str | None = Field(
+        default=None,
+        description="image_size without a default: left out, the size of the first image of this "
+        "image_urls field (fitted into the bounds, aspect kept)",
+    )
     auto_from: str | None = Field(
         default=None, description='enum of "W:H" ratios: "auto" picks the one nearest this image_url input'
     )
@@ -154,6 +159,7 @@ def _annotation(field_name: str, spec: ParamSpec) -> tuple[Any, dict[str, Any]]:
         "boolean": (bool, {}),
         "seed": (int | None, {"ge": 0, "le": SEED_MAX}),
         "image_url": (InputUrl if spec.required else InputUrl | None, {"min_length": 1}),
+        "image_urls": (list[InputUrl], {"min_length": 1, "max_length": spec.max_length or 1}),
         "loras": (list[LoraEntry], {"max_length": spec.max_length or 8}),
         "sampler": (str, {"min_length": 1, "max_length": 64}),
         "scheduler": (str, {"min_length": 1, "max_length": 64}),
@@ -169,7 +175,8 @@ def _annotation(field_name: str, spec: ParamSpec) -> tuple[Any, dict[str, Any]]:
     if spec.type == "enum":
         assert spec.values, f"enum parameter {field_name} needs values"
         return Literal[tuple(spec.values)], {}
-    return _image_size(field_name, spec), {}
+    size = _image_size(field_name, spec)
+    return (size | None if spec.size_from else size), {}
 
 
 def _image_size(field_name: str, spec: ParamSpec) -> Any:

@@ -47,6 +47,12 @@ CASES: list[tuple[str, dict[str, Any]]] = [
             "num_images": 2,
         },
     ),
+    ("darkroom/demo-flux-2-edit", {"image_urls": [png(80, 64, 1), png(64, 64, 2)]}),
+    ("darkroom/demo-flux-2-turbo", {}),
+    (
+        "darkroom/demo-flux-2-turbo-edit",
+        {"image_urls": [png(80, 64, 1)], "image_size": {"width": 64, "height": 48}},
+    ),
     ("darkroom/demo-flux-dev", {"loras": [{"path": "tiny/flux1-lora-a.safetensors"}], "sampler": "dpm_2"}),
     ("darkroom/demo-flux-schnell", {"output_format": "jpeg"}),
     ("darkroom/demo-wan-2.2-5b-t2v", {}),

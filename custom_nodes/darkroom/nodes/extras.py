@@ -16,6 +16,7 @@ from ..formats.overrides import (
     DEFAULT_MAX_LORAS,
     MAX_LORAS_LIMIT,
     Expert,
+    LoraSpec,
     OverrideError,
     check_file_name,
     parse_blend,
@@ -100,6 +101,43 @@ class DarkroomLoraStack(io.ComfyNode):
         specs = parse_lora_stack(loras, max_loras)
         model, clip, _ = apply_stack(model, clip, specs, Expert(expert))
         return io.NodeOutput(model, clip)
+
+
+class DarkroomLoraFile(io.ComfyNode):
+    """One LoRA that is part of an endpoint's model (FLUX.2 [dev] Turbo's), bound like a model file; an
+    empty name passes the model through, so one graph serves the endpoints with and without it."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DarkroomLoraFile",
+            display_name="LoRA File (darkroom)",
+            category="darkroom/loaders",
+            description="Applies one LoRA file from models/loras to the diffusion model; empty: none.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model the LoRA patches."),
+                io.String.Input("lora_name", default="", tooltip="A file in models/loras; empty: none."),
+                io.Float.Input("strength", default=1.0, min=-8.0, max=8.0, step=0.01),
+            ],
+            outputs=[io.Model.Output(tooltip="The patched model (a clone), or the same one without a LoRA.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, lora_name: str | None = None) -> bool | str:
+        if not lora_name:
+            return True
+        try:
+            resolve(check_file_name(lora_name, "lora_name"))
+        except (OverrideError, ModelFileError) as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, model: Any, lora_name: str, strength: float) -> io.NodeOutput:
+        if not lora_name:
+            return io.NodeOutput(model)
+        model, _, _ = apply_stack(model, None, [LoraSpec(path=lora_name, scale=strength)])
+        return io.NodeOutput(model)
 
 
 def _model_path(name: str) -> Path:
@@ -223,6 +261,7 @@ class DarkroomVAEGuard(io.ComfyNode):
 
 NODES: list[type[io.ComfyNode]] = [
     DarkroomLoraStack,
+    DarkroomLoraFile,
     DarkroomModelBlend,
     DarkroomVAEGuard,
 ]

@@ -81,6 +81,21 @@ const WIDGETS = {
     return { node: h("div", {}, choice, custom), get: () => (choice.value === "custom" ? { width: Number(width.value), height: Number(height.value) } : choice.value), set };
   },
   image_url: imageInput,
+  image_urls(field) {
+    const rows = h("div", {});
+    let items = [];
+    const add = h("button", { type: "button" }, "Add image");
+    const read = () => items.map((item) => item.get() ?? "");
+    const render = (values) => {
+      items = values.map((value) => { const item = imageInput({ ...field, required: false }); item.set(value); return item; });
+      rows.replaceChildren(...items.map((item, index) => h("div", { class: "list-row" }, item.node,
+        h("button", { type: "button", class: "danger", title: "Remove", onclick: () => { render(read().filter((_, i) => i !== index)); rows.dispatchEvent(new Event("input", { bubbles: true })); } }, "✕"))));
+      add.disabled = items.length >= (field.max_length ?? 1);
+    };
+    add.addEventListener("click", () => render([...read(), ""]));
+    render([""]);
+    return { node: h("div", {}, rows, add), get: () => read().filter(Boolean), set: (v) => render(v?.length ? v : [""]) };
+  },
   loras(field) {
     const editor = listEditor(field, { path: "", scale: 1 }, loraRow);
     const files = h("datalist", { id: "lora-files" }, (field.files ?? []).map((name) => h("option", { value: name })));

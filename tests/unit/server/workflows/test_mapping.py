@@ -235,3 +235,30 @@ def test_model_key_names_the_files_a_worker_keeps_loaded(endpoints):
     assert demo.model_key(demo.validate({"prompt": "a cat"})) != key
     vae = t2i.model_key(t2i.validate({"prompt": "a cat", "vae": "other-vae.safetensors"}))
     assert vae == f'{key} {{"vae": "other-vae.safetensors"}}'
+
+
+@pytest.mark.parametrize(
+    ("size", "fitted"),
+    [
+        ((1000, 600), (992, 592)),  # inside the bounds: as it is, sides rounded down to 16
+        ((4096, 1024), (2048, 512)),  # longer side brought down to 2048, aspect kept
+        ((300, 200), (768, 512)),  # shorter side brought up to 512
+        ((100, 3000), (512, 2048)),  # cannot keep both: each side clamped
+    ],
+)
+def test_an_edit_without_image_size_takes_the_first_images_size_fitted(
+    endpoints, manifest, size, fitted
+) -> None:
+    endpoint = endpoints["fal-ai/flux-2/edit"]
+    request = endpoint.validate(
+        {"prompt": "x", "image_urls": ["https://a.example/1.png", "https://a.example/2.png"]}
+    )
+    images = [ImageInput("first.png", *size), ImageInput("second.png", 64, 64)]
+    prompt, resolved = endpoint.build_prompt(request, manifest, {"image_urls": images})
+    assert (resolved["image_size"]["width"], resolved["image_size"]["height"]) == fitted
+    assert json.loads(prompt["18"]["inputs"]["images"]) == ["first.png", "second.png"]
+    given = endpoint.validate(
+        {"prompt": "x", "image_urls": ["https://a.example/1.png"], "image_size": "square"}
+    )
+    _, resolved = endpoint.build_prompt(given, manifest, {"image_urls": images[:1]})
+    assert resolved["image_size"] == {"width": 512, "height": 512}

@@ -1,0 +1,50 @@
+"""Reference images for edit models: one node that takes any number of them (a request's image_urls),
+so a workflow needs no chain of ReferenceLatent nodes per image count. Node ids are public API."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from comfy_api.latest import io
+
+from ..ops.references import add_references
+
+DEFAULT_TOTAL_PIXELS = 1024 * 1024  # ComfyUI's FLUX.2 edit template scales references to 1 megapixel
+
+
+class DarkroomReferenceImages(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DarkroomReferenceImages",
+            display_name="Reference Images (darkroom)",
+            category="darkroom/conditioning",
+            description="Encodes each image with the VAE and appends it to the conditioning's reference "
+            "latents in order (as chained ReferenceLatent nodes): FLUX.2 edit, FLUX.1 Kontext.",
+            inputs=[
+                io.Conditioning.Input("conditioning"),
+                io.Vae.Input("vae"),
+                io.String.Input(
+                    "images", default="[]", tooltip='JSON list of files in the input folder, e.g. ["a.png"].'
+                ),
+                io.Int.Input(
+                    "total_pixels",
+                    default=DEFAULT_TOTAL_PIXELS,
+                    min=256,
+                    max=16 * 1024 * 1024,
+                    tooltip="Each image is scaled to about this many pixels (aspect kept, sides of 16).",
+                ),
+            ],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, conditioning: Any, vae: Any, images: str, total_pixels: int) -> io.NodeOutput:
+        names = json.loads(images or "[]")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"images must be a JSON list of file names, got {images!r}")
+        return io.NodeOutput(add_references(conditioning, vae, names, total_pixels))
+
+
+NODES: list[type[io.ComfyNode]] = [DarkroomReferenceImages]
