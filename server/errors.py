@@ -28,8 +28,9 @@ def relative_paths(detail: Any, folders: Sequence[Path]) -> Any:
     """An error's detail (a message, or pydantic-style entries) with paths inside ``folders`` written
     relative to them: a client learns which file, not where this server keeps it."""
     if isinstance(detail, str):
-        for folder in folders:
-            detail = detail.replace(f"{folder}/", "").replace(str(folder), ".")
+        for folder in folders:  # the folder itself, not a longer name that starts like it
+            pattern = re.escape(str(folder).rstrip("/")) + r"(/|(?![\w.-]))"
+            detail = re.sub(pattern, lambda m: "" if m[1] == "/" else ".", detail)
         return detail
     if isinstance(detail, list):
         return [{**e, "msg": relative_paths(e["msg"], folders)} if isinstance(e, dict) and "msg" in e else e

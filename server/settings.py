@@ -358,7 +358,7 @@ class Settings:
         found = {self.managed_comfyui_path, self.models_path, self.data_path, self.cache_path}
         if self.comfyui_dir:
             found.add(Path(self.comfyui_dir).resolve())
-        return tuple(sorted(found, key=lambda p: len(str(p)), reverse=True))
+        return tuple(sorted((p for p in found if len(p.parts) > 1), key=lambda p: len(str(p)), reverse=True))
 
 
 def env_name(field_name: str) -> str:

@@ -32,9 +32,15 @@ def test_paths_in_darkroom_folders_become_relative(tmp_path: Path) -> None:
     settings = load_settings({}, data_dir=str(tmp_path / "data"), models_dir=str(tmp_path / "models"))
     message = (
         f"cannot read {settings.uploads_path}/ab/x.png nor {settings.models_path}/loras/a.safetensors "
-        f"in {settings.data_path}; /etc/passwd stays"
+        f"in {settings.data_path}; /etc/passwd and {settings.data_path}2/x stay"
     )
     shown = relative_paths(message, settings.folders)
-    assert shown == "cannot read uploads/ab/x.png nor loras/a.safetensors in .; /etc/passwd stays"
+    kept = f"/etc/passwd and {settings.data_path}2/x stay"  # not in a folder of darkroom's
+    assert shown == f"cannot read uploads/ab/x.png nor loras/a.safetensors in .; {kept}"
     entries = relative_paths([{"loc": ["body"], "msg": message}], settings.folders)
-    assert entries == [{"loc": ["body"], "msg": shown}] and str(tmp_path) not in str(entries)
+    assert entries == [{"loc": ["body"], "msg": shown}]
+
+
+def test_the_root_is_never_one_of_darkroom_folders() -> None:
+    settings = load_settings({}, data_dir="/", models_dir="/")
+    assert Path("/") not in settings.folders and relative_paths("/a/b", settings.folders) == "/a/b"
