@@ -39,6 +39,9 @@ ALLOWED_WRITES = (
 )
 # What ComfyUI serves from its folders (inputs, outputs, user files): user content, whatever its name.
 USER_FILES = re.compile(r"^(api/)?(view|userdata/[^/]+)$")
+# User data the editor reads by its type (workflows, settings, the user's stylesheet): no script runs in
+# either, so it keeps ComfyUI's type (with nosniff and the sandbox CSP); anything else there goes by bytes.
+_PASSIVE_USER_DATA = ("application/json", "text/css")
 _FORWARDED_REQUEST_HEADERS = (
     "Accept", "Accept-Language", "Content-Type", "Comfy-User", "If-None-Match", "If-Modified-Since", "Range",
 )  # fmt: skip
@@ -139,8 +142,8 @@ async def _relay(
             response.headers.popall(name, None)
         name = request.query.get("filename") or unquote(tail.rsplit("/", 1)[-1])
         response.headers.update(user_file_headers(head, name))
-        if declared.startswith("text/css") and "userdata" in tail:  # the user's stylesheet (user.css),
-            response.headers["Content-Type"] = declared  # which the editor applies: no script in CSS
+        if declared.startswith(_PASSIVE_USER_DATA) and "userdata" in tail:
+            response.headers["Content-Type"] = declared  # what the editor reads as such: no script
             response.headers.popall("Content-Disposition", None)
     else:
         response.headers.update(relayed_headers(tail, upstream.headers.get("Content-Type", "")))
