@@ -241,8 +241,12 @@ def _endpoint(
         _check_lookup(path, f"{app_id}: {name}", lookup, params)
     for name, param in params.items():
         source = params.get(param.size_from or "")
-        if param.size_from and (param.type != "image_size" or not source or source.type != "image_urls"):
-            raise MappingError(f"{path}: {app_id}: {name}'s size_from must name an image_urls field")
+        sized = param.type == "image_size" or (param.honoured is not None and isinstance(param.to, dict))
+        if param.size_from and (not sized or not source or source.type not in ("image_url", "image_urls")):
+            raise MappingError(
+                f"{path}: {app_id}: {name}'s size_from must name an image field, and {name} be an "
+                "image_size or a field with one honoured value and width/height targets"
+            )
     for model_name in spec.models.values():
         try:
             manifest.get(model_name)
@@ -286,8 +290,10 @@ def _check_lookup(path: Path, name: str, lookup: LookupSpec, params: dict[str, P
 
 
 def _resolve(name: str, spec: ParamSpec, value: Any, prepared: dict[str, Any], manifest: Manifest) -> Any:
-    if value is None and spec.size_from:
-        first = prepared[spec.size_from][0]
+    if spec.size_from and (value is None or spec.type != "image_size"):
+        # image_size left out, or a mode that means "the input's size" (its one honoured value)
+        images = prepared[spec.size_from]
+        first = images[0] if isinstance(images, list) else images
         return fitted_size(first.width, first.height, spec)
     if value is None and spec.type != "seed":
         return None

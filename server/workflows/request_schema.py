@@ -48,7 +48,8 @@ class ParamSpec(BaseModel):
     size_from: str | None = Field(
         default=None,
         description="image_size without a default: left out, the size of the first image of this "
-        "image_urls field (fitted into the bounds, aspect kept)",
+        "image_url(s) field (fitted into the bounds, aspect kept); a field of another type (a resolution "
+        "mode whose one honoured value is 'the input's size'): always that size",
     )
     auto_from: str | None = Field(
         default=None, description='enum of "W:H" ratios: "auto" picks the one nearest this image_url input'

@@ -55,6 +55,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ),
     ("darkroom/demo-flux-dev", {"loras": [{"path": "tiny/flux1-lora-a.safetensors"}], "sampler": "dpm_2"}),
     ("darkroom/demo-flux-schnell", {"output_format": "jpeg"}),
+    ("darkroom/demo-flux-kontext", {"image_url": png(80, 64, 1)}),
     ("darkroom/demo-wan-2.2-5b-t2v", {}),
     (
         "darkroom/demo-wan-2.2-5b-t2v",

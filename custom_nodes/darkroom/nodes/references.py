@@ -26,7 +26,9 @@ class DarkroomReferenceImages(io.ComfyNode):
                 io.Conditioning.Input("conditioning"),
                 io.Vae.Input("vae"),
                 io.String.Input(
-                    "images", default="[]", tooltip='JSON list of files in the input folder, e.g. ["a.png"].'
+                    "images",
+                    default="[]",
+                    tooltip='JSON list of files in the input folder, e.g. ["a.png"], or one file name.',
                 ),
                 io.Int.Input(
                     "total_pixels",
@@ -41,7 +43,7 @@ class DarkroomReferenceImages(io.ComfyNode):
 
     @classmethod
     def execute(cls, conditioning: Any, vae: Any, images: str, total_pixels: int) -> io.NodeOutput:
-        names = json.loads(images or "[]")
+        names = json.loads(images or "[]") if images.lstrip().startswith("[") or not images else [images]
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ValueError(f"images must be a JSON list of file names, got {images!r}")
         return io.NodeOutput(add_references(conditioning, vae, names, total_pixels))
