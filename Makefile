@@ -4,6 +4,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The package's extras: the tests' tools by default; the Docker image installs with EXTRAS= (none).
+EXTRAS ?= [dev]
 DARKROOM := $(VENV)/bin/darkroom
 # The data dir the server will use: ComfyUI is installed and the tiny models are built there.
 DATA := $(or $(DARKROOM_DATA_DIR),data)
@@ -33,7 +35,7 @@ $(VENV)/.deps-stamp: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.$(EXTRAS)'
 	touch $@
 
 # Debian's chromium for the browser tests, installed where the machine allows (root with apt-get);

@@ -105,7 +105,7 @@ def _extract(archive: Path, commit: str, root: Path) -> None:
                         f"{archive} must hold one top folder {top}/; found {outside[0]!r}. "
                         "Delete it and let darkroom download the archive again."
                     )
-                tar.extractall(tmp, filter="data")
+                _extract_all(tar, tmp, archive)
         except tarfile.TarError as e:
             raise ComfyInstallError(f"{archive} is not a readable tar.gz ({e}); delete it and retry") from e
         if root.exists():
@@ -113,6 +113,20 @@ def _extract(archive: Path, commit: str, root: Path) -> None:
         Path(tmp, top).rename(root)
     (root / _COMPLETE_MARKER).write_text(commit + "\n")
     log.info("ComfyUI %s extracted to %s", commit, root)
+
+
+def _extract_all(tar: tarfile.TarFile, dest: str, archive: Path) -> None:
+    """``extractall`` with the "data" filter; where Python lacks it (before 3.11.4: Debian bookworm's
+    3.11.2), the same refusals by hand: absolute paths, ``..``, links leaving the tree, devices."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+        return
+    for member in tar.getmembers():
+        names = [member.name] + ([member.linkname] if member.issym() or member.islnk() else [])
+        escapes = any(n.startswith("/") or ".." in n.split("/") for n in names)
+        if escapes or not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            raise ComfyInstallError(f"{archive}: refusing {member.name!r} (outside the tree or not a file)")
+    tar.extractall(dest)  # noqa: S202 (every member checked above)
 
 
 def _install_requirements(root: Path, data_dir: Path) -> None:

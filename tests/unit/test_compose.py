@@ -24,10 +24,11 @@ def expanded(value: Any) -> str:
 
 
 def image_env() -> dict[str, str]:
-    """The ENV the Dockerfile sets."""
-    block = re.search(r"^ENV ((?:.*\\\n)*.*)$", DOCKERFILE, flags=re.M)
-    assert block is not None, "the Dockerfile sets no ENV"
-    return dict(re.findall(r"(\w+)=(\S+)", block[1]))
+    """The ENV the image runs with: its last stage's (the first builds it)."""
+    final = DOCKERFILE.rsplit("\nFROM ", 1)[-1]
+    blocks = re.findall(r"^ENV ((?:.*\\\n)*.*)$", final, flags=re.M)
+    assert blocks, "the Dockerfile's last stage sets no ENV"
+    return {key: value for block in blocks for key, value in re.findall(r"(\w+)=(\S+)", block)}
 
 
 def test_its_darkroom_settings_exist_and_load_as_a_fleet() -> None:
@@ -62,3 +63,13 @@ def test_every_service_volume_and_dependency_it_names_is_defined() -> None:
         assert set(service.get("depends_on", ())) <= set(services), name
         for mount in service.get("volumes", ()):
             assert mount.split(":")[0] in volumes, (name, mount)
+
+
+def test_the_image_runs_unprivileged_checks_ready_and_leaves_the_build_tools_behind() -> None:
+    """What the Dockerfile says (scripts/drill_image.sh builds and runs it, which needs root)."""
+    final = DOCKERFILE.rsplit("\nFROM ", 1)[-1]
+    user = re.search(r"^USER (\S+)$", final, flags=re.M)
+    assert user is not None and user[1] not in ("root", "0"), "the image runs as root"
+    assert re.search(r"^HEALTHCHECK (?:.*\\\n)*.*http://127\.0\.0\.1:8000/ready", final, flags=re.M)
+    assert "make .venv/.deps-stamp EXTRAS= " in DOCKERFILE, "the image installs the test extras"
+    assert "apt-get" not in final and "COPY --from=build /app /app" in final

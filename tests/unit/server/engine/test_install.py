@@ -79,3 +79,23 @@ def test_existing_dir_that_is_not_comfyui_is_refused(tmp_path):
     settings = load_settings({}, comfyui_dir=str(tmp_path), data_dir=str(tmp_path / "data"))
     with pytest.raises(ComfyInstallError, match="no main.py"):
         ensure_comfyui(settings, install_requirements=False)
+
+
+@pytest.mark.parametrize("has_data_filter", [True, False])
+def test_a_path_leaving_the_tree_is_refused_with_or_without_the_data_filter(
+    settings, monkeypatch, has_data_filter
+):
+    """Pythons before 3.11.4 (Debian bookworm's 3.11.2, the image's base there) have no "data" filter:
+    the same refusals are made by hand, and a good archive still extracts."""
+    if not has_data_filter:
+        monkeypatch.delattr(install.tarfile, "data_filter")
+    top = f"ComfyUI-{COMMIT}"
+    _archive(install.archive_path(settings), top, {"main.py": "", "../../escaped.py": ""})
+    with pytest.raises(ComfyInstallError):
+        ensure_comfyui(settings, install_requirements=False)
+    assert not settings.managed_comfyui_path.exists()
+    assert not (settings.managed_comfyui_path.parent.parent / "escaped.py").exists()
+
+    _archive(install.archive_path(settings), top, {"main.py": "", "comfy/model.py": "x = 1\n"})
+    root = ensure_comfyui(settings, install_requirements=False)
+    assert (root / "comfy/model.py").read_text() == "x = 1\n"
