@@ -57,7 +57,9 @@ class Collector(logging.Handler):
         self.texts: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith(("server", "darkroom")):
+        # A worker's own output (ComfyUI's lines, "[worker N] ...") never holds a request's credentials,
+        # and its words ("Key mismatch in ...") could look like one.
+        if record.name.startswith(("server", "darkroom")) and not str(record.msg).startswith("[worker"):
             self.texts.append(self.format(record))
 
     def scan(self) -> None:

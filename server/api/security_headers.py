@@ -12,9 +12,10 @@ SVG opened by a signed-in browser is downloaded, not run with the session's cook
 Pages (the sign-in page, dashboard, playground, docs): a CSP without inline script (``script-src
 'self'``), ``frame-ancestors 'none'``, ``nosniff`` and ``Referrer-Policy: same-origin`` (no referrer
 leaves the origin, yet the browser still sends the Origin the CSRF checks read: ``no-referrer`` would
-make it "null" and refuse every form and fetch). The editor's page is ComfyUI's frontend, relayed: it
-gets a looser policy (``EDITOR_CSP``: its bundle builds styles and modules at run time) but the same
-framing, referrer and sniffing rules.
+make it "null" and refuse every form and fetch). The editor's page is ComfyUI's frontend, relayed:
+its policy (``EDITOR_CSP``) allows eval'd script, which its bundles use (``new Function``), but still no
+inline script, with the same framing, referrer and sniffing rules; tests/e2e/test_editor_browser.py
+runs the editor under it and fails on any refused script or style.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ PAGE_CSP = (
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 EDITOR_CSP = (
-    f"default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
+    f"default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
     f"{_MEDIA}; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; object-src 'none'; "
     "base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
 )

@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from queue_fakes import FakeGenerator, FakeSupervisor, serve
 
 from server.api import malformed
-from server.api.security_headers import PAGE_CSP, USER_FILE_CSP
+from server.api.security_headers import EDITOR_CSP, PAGE_CSP, USER_FILE_CSP, relayed_headers
 from server.api.state import QUEUE
 from server.app import create_app
 from server.security.untrusted import LogFormatter
@@ -125,6 +125,18 @@ async def test_darkroom_pages_send_a_policy_without_inline_script(client: Client
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     inline = [tag for tag in re.findall(r"<script\b[^>]*>", await response.text()) if "src=" not in tag]
     assert inline == [], f"{page} has inline scripts the policy would block"
+
+
+def test_what_the_editor_relays_gets_its_policy() -> None:
+    """The editor's page: eval'd script for ComfyUI's bundles, never inline script; any other page or SVG
+    ComfyUI serves (its folders hold what users put there) the user files' sandbox."""
+    editor = relayed_headers("", "text/html; charset=utf-8")["Content-Security-Policy"]
+    assert editor == EDITOR_CSP and "frame-ancestors 'none'" in editor
+    script_src = re.search(r"script-src ([^;]*)", editor)
+    assert script_src is not None and "unsafe-inline" not in script_src[1]
+    for tail, content_type in [("extensions/x/a.svg", "image/svg+xml"), ("templates/t.html", "text/html")]:
+        assert relayed_headers(tail, content_type) == {"Content-Security-Policy": USER_FILE_CSP}
+    assert relayed_headers("assets/index.js", "text/javascript") == {}
 
 
 @pytest.mark.parametrize("url", BAD_URLS)
