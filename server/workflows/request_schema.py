@@ -82,9 +82,12 @@ def _input_url(value: str) -> str:
 
 
 def _lora_path(value: str) -> str:
-    """A LoRA: an http(s) URL the one parser takes, or a name a file system could hold."""
+    """A LoRA: an http(s) URL the one parser takes (an hf:// path too, as the URL it becomes), or a name
+    a file system could hold."""
     if value.startswith(("https://", "http://")):
         parse_url(value)
+    elif value.startswith("hf://"):
+        parse_url("https://huggingface.co/" + value.removeprefix("hf://"))
     return check_name(value)
 
 

@@ -166,7 +166,8 @@ async def test_an_unparseable_lora_url_or_webhook_is_a_422(client: Client, url: 
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("loras", [{"path": "tiny/x.safetensors\x00.txt"}]), ("vae", "a\nFORGED"), ("vae", "x" * 300),
+    [("loras", [{"path": "tiny/x.safetensors\x00.txt"}]), ("loras", [{"path": "hf://o/r/a b.safetensors"}]),
+     ("vae", "a\nFORGED"), ("vae", "x" * 300),
      ("model_blend", [{"model": "a\x00b", "weight": 1}])],
 )  # fmt: skip
 async def test_a_name_no_filesystem_holds_is_a_422(client: Client, field: str, value: Any) -> None:
