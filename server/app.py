@@ -337,8 +337,8 @@ async def health(request: web.Request) -> web.Response:
 
 
 @operation(
-    summary="Readiness: 200 when every ComfyUI worker answers",
-    responses={200: "Ready", 503: "A worker is not ready (each worker's state)"},
+    summary="Readiness: 200 when every ComfyUI worker answers (each worker's state only with a key)",
+    responses={200: "Ready", 503: "A worker is not ready (with a key: which, and each worker's state)"},
     tag="health",
 )
 async def ready(request: web.Request) -> web.Response:
