@@ -19,8 +19,8 @@
 #
 # The base image is pulled, else built from Debian's packages (scripts/build_base_image.sh).
 # BUILD_FLAGS: more `buildah bud` flags, e.g. `-v /var/tmp/wheels:/wheels:ro -v pip.conf:/etc/pip.conf:ro`
-# for a local wheel cache. SKIP_BUILD=1 runs the image already tagged $IMAGE. Nothing leaves loopback
-# but the build's package downloads.
+# for a local wheel cache. SKIP_BUILD=1 runs the image already tagged $IMAGE; RUNNER=buildah runs it
+# with buildah even where podman could. Nothing leaves loopback but the build's package downloads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -91,12 +91,12 @@ RUN_FLAGS=(--runtime runc --ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit
 ENVS=(DARKROOM_DEVICE=cpu "DARKROOM_API_KEYS=$KEY" DARKROOM_SHUTDOWN_GRACE_S=300)
 "${P[@]}" rm -f darkroom-drill >/dev/null 2>&1 || true
 "${P[@]}" volume rm -f darkroom-drill-data >/dev/null 2>&1 || true
-if "${P[@]}" create --name darkroom-drill "${RUN_FLAGS[@]}" -p "127.0.0.1:$PORT:8000" \
+if [ "${RUNNER:-}" != buildah ] && "${P[@]}" create --name darkroom-drill "${RUN_FLAGS[@]}" -p "127.0.0.1:$PORT:8000" \
     "${ENVS[@]/#/--env=}" -v darkroom-drill-data:/app/data "$IMAGE" >"$WORK/podman.log" 2>&1 \
     && "${P[@]}" start darkroom-drill >>"$WORK/podman.log" 2>&1; then
   RUNNER=podman
 else
-  echo "podman cannot run the container here: $(tr '\n' ' ' <"$WORK/podman.log")"
+  [ -f "$WORK/podman.log" ] && echo "podman cannot run the container here: $(tr '\n' ' ' <"$WORK/podman.log")"
   "${P[@]}" rm -f darkroom-drill >/dev/null 2>&1 || true
   RUNNER=buildah
   "${B[@]}" from --name darkroom-drill "$IMAGE" >/dev/null
@@ -131,7 +131,9 @@ server_pid() { # the `darkroom serve` process under buildah run
     pids="$pids $children"; frontier=$children
   done
   for p in $pids; do
-    if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q 'darkroom serve'; then echo "$p"; return; fi
+    # the venv's Python running the script, not buildah's own processes (which name it too)
+    if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q '^/app/.venv/bin/python[0-9.]* /app/.venv/bin/darkroom serve'
+    then echo "$p"; return; fi
   done
 }
 stop_server() { # SIGTERM to darkroom serve (podman stop sends the image's STOPSIGNAL); its exit code
@@ -141,7 +143,10 @@ stop_server() { # SIGTERM to darkroom serve (podman stop sends the image's STOPS
     code=$("${P[@]}" inspect --format '{{.State.ExitCode}}' darkroom-drill)
   else
     pid=$(server_pid)
-    [ -n "$pid" ] && kill -TERM "$pid"
+    if [ -n "$pid" ]; then
+      echo "SIGTERM to $pid: $(tr '\0' ' ' <"/proc/$pid/cmdline")"
+      kill -TERM "$pid"
+    fi
     wait "$RUN_PID" || code=$?
   fi
   RUN_PID=
@@ -188,7 +193,9 @@ health_cmd=$("${P[@]}" image inspect --format '{{json .Config.Healthcheck.Test}}
 if [ "$RUNNER" = podman ]; then
   expect "podman healthcheck run (the image's HEALTHCHECK) says healthy" "${P[@]}" healthcheck run darkroom-drill
 else
-  expect "the image's HEALTHCHECK command succeeds against the running server" eval "in_container $health_cmd"
+  # the host's network here: the server listens on $PORT, not the image's 8000
+  expect "the image's HEALTHCHECK command succeeds against the running server (port $PORT)" \
+    eval "in_container ${health_cmd//:8000/:$PORT}"
 fi
 
 answer=$(api POST "/run/$APP" "$FAST")
