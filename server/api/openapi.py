@@ -83,6 +83,12 @@ class VideoOutput(BaseModel):
     prompt: str
 
 
+class UpscaleOutput(BaseModel):
+    """One image, as fal's upscalers answer (fal-ai/esrgan)."""
+
+    image: Image
+
+
 class ValidationIssue(BaseModel):
     loc: list[str | int]
     msg: str
@@ -110,6 +116,7 @@ class QueueSubmitted(BaseModel):
 
 _SHARED: dict[str, type[BaseModel]] = {
     "File": File, "Image": Image, "Timings": Timings, "ImageOutput": ImageOutput, "VideoOutput": VideoOutput,
+    "UpscaleOutput": UpscaleOutput,
     "ValidationIssue": ValidationIssue, "ErrorBody": ErrorBody, "QueueSubmitted": QueueSubmitted,
 }  # fmt: skip
 
@@ -211,7 +218,8 @@ def _app_operation(
         for name in endpoint.params_of(*FIELD_TYPES):
             schema["properties"][name]["enum"] = [DEFAULT, *choices[endpoint.params[name].type]]
     body = {"application/json": {"schema": builder.ref(endpoint.request_model, schema)}}
-    output = VideoOutput if endpoint.output.kind == "video" else ImageOutput
+    outputs: dict[str, type[BaseModel]] = {"video": VideoOutput, "image": UpscaleOutput}
+    output = outputs.get(endpoint.output.kind, ImageOutput)
     ok = builder.content(output if path.startswith("/run/") else QueueSubmitted)
     return _operation(builder, method.lower(), path, described, body=body, ok=ok)
 

@@ -38,6 +38,7 @@ class ModelKind(StrEnum):
     TEXT_ENCODER = "text_encoder"
     VAE = "vae"
     LORA = "lora"
+    UPSCALE_MODEL = "upscale_model"
 
 
 class Source(BaseModel):

@@ -86,6 +86,7 @@ def extra_model_paths(settings: Settings) -> dict[str, dict[str, str]]:
             "clip": "text_encoders",
             "vae": "vae",
             "loras": "loras",
+            "upscale_models": "upscale_models",
             "custom_nodes": str(PROJECT_ROOT / "custom_nodes"),
         }
     }

@@ -52,6 +52,7 @@ HISTORY_POLL_S = 0.1  # how often an editor run's worker is asked whether it fin
 USER_INPUT_NODES = frozenset({
     "DarkroomLoraStack", "DarkroomVAEGuard", "DarkroomModelBlend", "DarkroomSigmas",
     "DarkroomKSamplerSigmas", "DarkroomVAELoader", "LoadImage", "DarkroomReferenceImages",
+    "DarkroomUpscale",
 })  # fmt: skip
 
 
@@ -395,10 +396,13 @@ def _image_size(data: bytes, field: str, max_pixels: int) -> tuple[int, int]:
 def _response(
     endpoint: Endpoint, files: list[dict[str, Any]], resolved: dict[str, Any], inference_s: float
 ) -> dict[str, Any]:
-    """fal's output shape: image models answer images[] and friends, video models one File."""
+    """fal's output shape: image models answer images[] and friends, video models one File, upscalers
+    one image."""
     seed = next((resolved[name] for name in endpoint.params_of("seed")), None)
     if endpoint.output.kind == "video":
         return {"video": files[0], "seed": seed, "prompt": resolved.get("prompt", "")}
+    if endpoint.output.kind == "image":
+        return {"image": files[0]}
     return {
         "images": files,
         "seed": seed,

@@ -56,19 +56,21 @@ class LookupSpec(BaseModel):
 
 
 class OutputSpec(BaseModel):
-    """Which saved files become the response: `images[]` (image endpoints) or `video` (video ones)."""
+    """Which saved files become the response: `images[]` (image endpoints), `video` (video ones) or one
+    `image` (upscalers, as fal's esrgan answers)."""
 
     model_config = ConfigDict(extra="forbid")
     images: str | None = None
     video: str | None = None
+    image: str | None = None
 
     @property
     def kind(self) -> str:
-        return "images" if self.images else "video"
+        return "images" if self.images else "video" if self.video else "image"
 
     @property
     def node(self) -> str:
-        node = self.images or self.video
+        node = self.images or self.video or self.image
         assert node is not None
         return node
 
@@ -252,8 +254,11 @@ def _endpoint(
             manifest.get(model_name)
         except KeyError as e:
             raise MappingError(f"{path}: {app_id}: {e.args[0]}") from e
-    if (mapping.output.images is None) == (mapping.output.video is None):
-        raise MappingError(f"{path}: output names exactly one of images or video")
+    if (
+        sum(node is not None for node in (mapping.output.images, mapping.output.video, mapping.output.image))
+        != 1
+    ):
+        raise MappingError(f"{path}: output names exactly one of images, video or image")
     if mapping.output.node not in workflow:
         raise MappingError(f"{path}: output node {mapping.output.node} is not in {mapping.workflow}")
     model_name = "Input_" + "".join(c if c.isalnum() else "_" for c in app_id)

@@ -56,6 +56,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("darkroom/demo-flux-dev", {"loras": [{"path": "tiny/flux1-lora-a.safetensors"}], "sampler": "dpm_2"}),
     ("darkroom/demo-flux-schnell", {"output_format": "jpeg"}),
     ("darkroom/demo-flux-kontext", {"image_url": png(80, 64, 1)}),
+    ("darkroom/demo-esrgan", {"image_url": png(40, 24, 1), "scale": 4}),
     ("darkroom/demo-wan-2.2-5b-t2v", {}),
     (
         "darkroom/demo-wan-2.2-5b-t2v",
@@ -80,7 +81,8 @@ async def outputs(facade: TestClient, app_id: str, body: dict[str, Any]) -> list
     response = await facade.post(f"/run/{app_id}", json={"prompt": "a red fox", "seed": 3, **body})
     assert response.status == 200, await response.text()
     result = await response.json()
-    urls = [image["url"] for image in result["images"]] if "images" in result else [result["video"]["url"]]
+    urls = [image["url"] for image in result["images"]] if "images" in result else []
+    urls += [result[kind]["url"] for kind in ("video", "image") if kind in result]
     files = []
     for url in urls:
         download = await facade.get("/" + url.split("://", 1)[1].split("/", 1)[1])

@@ -18,14 +18,18 @@ def _use_cpu_without_gpu() -> None:
 
 def main() -> None:
     _use_cpu_without_gpu()
-    from . import diffusion, encoders
+    from . import diffusion, encoders, upscalers
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models-dir", type=Path, required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     started = time.perf_counter()
-    written = [*diffusion.build(args.models_dir), *encoders.build(args.models_dir)]
+    written = [
+        *diffusion.build(args.models_dir),
+        *encoders.build(args.models_dir),
+        *upscalers.build(args.models_dir),
+    ]
     took_s = time.perf_counter() - started
     logging.info("tiny models: %d files in %s (%.1f s)", len(written), args.models_dir, took_s)
 

@@ -375,11 +375,11 @@ async function cancel() {
 
 function media(result, { controls = true } = {}) {
   if (result?.video) return [h("video", { src: result.video.url, controls, loop: true, muted: true, autoplay: true, playsinline: true })];
-  return (result?.images ?? []).map((image) => h("img", { src: image.url, alt: `${image.width}×${image.height}`, width: image.width, height: image.height }));
+  return (result?.images ?? (result?.image ? [result.image] : [])).map((image) => h("img", { src: image.url, alt: `${image.width}×${image.height}`, width: image.width, height: image.height }));
 }
 
 function showResult(result) {
-  const files = result.video ? [result.video] : result.images ?? [];
+  const files = result.video ? [result.video] : result.images ?? (result.image ? [result.image] : []);
   const shown = media(result);
   const box = result.video ? h("div", {}, shown) : h("div", { class: "gallery" }, shown.map((img, i) => h("figure", {}, img,
     h("figcaption", {}, `${files[i].width}×${files[i].height}`, h("a", { href: files[i].url, download: files[i].file_name }, "Download")))));

@@ -14,11 +14,14 @@ def test_manifest_loads_and_names_folders():
     entry = manifest.get("tiny-flux2-vae")
     assert entry.kind is ModelKind.VAE and entry.folder_name == "tiny/flux2-vae.safetensors"
     for name, item in manifest.models.items():
-        assert item.file.split("/", 1)[0] in {"diffusion_models", "text_encoders", "vae", "loras"}, name
+        folders = {"diffusion_models", "text_encoders", "vae", "loras", "upscale_models"}
+        assert item.file.split("/", 1)[0] in folders, name
         assert item.source.generated != bool(item.source.hf), name
         if item.source.hf:
             repo, path, _ = item.source.hf_parts
-            assert repo.count("/") == 1 and path.endswith(".safetensors"), name
+            # Real-ESRGAN's weights exist as the release's .pth only (ComfyUI reads it weights_only).
+            pth = item.kind is ModelKind.UPSCALE_MODEL and path.endswith(".pth")
+            assert repo.count("/") == 1 and (path.endswith(".safetensors") or pth), name
 
 
 def test_unknown_model_name_lists_the_known_ones():
