@@ -121,6 +121,23 @@ def test_upload(server: Server, tmp_path: Path) -> None:
     assert server.get(urls["initiate"])[:2] == (200, b"via initiate")
 
 
+def test_edit_with_uploaded_images(server: Server, tmp_path: Path) -> None:
+    """fal-ai/flux-2/edit's twin with two images the SDK uploaded: the output takes the first's size."""
+    first, second = tmp_path / "wide.png", tmp_path / "square.png"
+    Image.effect_noise((80, 48), 30).convert("RGB").save(first)
+    Image.effect_noise((64, 64), 50).convert("RGB").save(second)
+    result = run_sdk(
+        server,
+        f"""
+        urls = [fal_client.upload_file({str(first)!r}), fal_client.upload_file({str(second)!r})]
+        arguments = {{"prompt": "make it blue", "seed": 2, "image_urls": urls}}
+        emit(fal_client.run("darkroom/demo-flux-2-edit", arguments=arguments))
+        """,
+    )
+    assert result["seed"] == 2
+    check_image(server, result["images"][0], (80, 48))
+
+
 def write_random(path: Path, size_bytes: int) -> str:
     """Fill ``path`` with ``size_bytes`` random bytes, 1 MiB at a time; their sha256."""
     digest = hashlib.sha256()
@@ -249,13 +266,13 @@ needs_js = pytest.mark.skipif(
 )
 
 
-def run_js(server: Server, scenario: str, *, timeout_s: float = 180.0) -> Any:
+def run_js(server: Server, scenario: str, *args: str, timeout_s: float = 180.0) -> Any:
     env = {
         k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and not k.startswith("FAL_")
     }
     env.update(FAL_KEY=KEY, NODE_EXTRA_CA_CERTS=str(server.cert), NO_PROXY="127.0.0.1,localhost")
     done = subprocess.run(
-        ["node", str(JS_DIR / "sdk_check.mjs"), server.base, scenario],
+        ["node", str(JS_DIR / "sdk_check.mjs"), server.base, scenario, *args],
         env=env, cwd=JS_DIR, capture_output=True, text=True, timeout=timeout_s,
     )  # fmt: skip
     results = [line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -277,6 +294,15 @@ def test_js_run_errors_and_upload(server: Server) -> None:
     )
     uploaded = run_js(server, "upload")["url"]
     assert server.get(uploaded)[:2] == (200, b"hello from js")
+
+
+@needs_js
+def test_js_edit_with_an_uploaded_image(server: Server, tmp_path: Path) -> None:
+    picture = tmp_path / "tall.png"
+    Image.effect_noise((48, 80), 40).convert("RGB").save(picture)
+    result = run_js(server, "edit", str(picture))
+    assert result["data"]["seed"] == 4
+    check_image(server, result["data"]["images"][0], (48, 80))
 
 
 @needs_js

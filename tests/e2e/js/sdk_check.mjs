@@ -50,6 +50,14 @@ const scenarios = {
       unknown: await apiError(() => fal.run("darkroom/no-such-app", { input: { prompt: "x" } })),
     };
   },
+  async edit() {
+    // fal-ai/flux-2/edit's twin with an image uploaded through the client's storage (argv: its path).
+    const { readFile } = await import("node:fs/promises");
+    const image = new File([await readFile(process.argv[4])], "tall.png", { type: "image/png" });
+    const input = { prompt: "make it blue", seed: 4, image_urls: [await fal.storage.upload(image)] };
+    const { data, requestId } = await fal.run("darkroom/demo-flux-2-edit", { input });
+    return { data, requestId };
+  },
   async upload() {
     const blob = new Blob(["hello from js"], { type: "text/plain" });
     return { url: await fal.storage.upload(blob) };
