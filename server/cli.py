@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     importing = model_commands.add_parser(
         "import", help="Bring in model files copied from elsewhere, verified."
     )
-    importing.add_argument("path", help="A file, or a folder (searched for *.safetensors).")
+    importing.add_argument("path", help="A file, or a folder (searched for the manifest's file names).")
 
     workflows = commands.add_parser("workflows", help="Publish workflows to a running server; list them.")
     _server_options(workflows, default=None)

@@ -172,9 +172,12 @@ def import_path(settings: Settings, manifest: Manifest, source: Path) -> list[st
     """
     if not source.exists():
         raise FetchError(f"{source} does not exist")
-    files = [source] if source.is_file() else sorted(p for p in source.rglob("*.safetensors") if p.is_file())
-    theirs = Lock(source if source.is_dir() else source.parent).entries()
     by_file_name = {Path(e.file).name: n for n, e in manifest.models.items() if not e.source.generated}
+    if source.is_file():
+        files = [source]
+    else:  # the files named as manifest entries are (.safetensors, an upscaler's .pth); nothing else
+        files = sorted(p for p in source.rglob("*") if p.name in by_file_name and p.is_file())
+    theirs = Lock(source if source.is_dir() else source.parent).entries()
     lock, imported = Lock(settings.models_path), []
     for path in files:
         name = by_file_name.get(path.name)
