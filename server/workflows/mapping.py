@@ -24,6 +24,7 @@ from server.settings import PROJECT_ROOT
 from server.workflows.request_schema import AUTO, DEFAULT, IMAGE_SIZE_PRESETS, ParamSpec, request_model
 
 WORKFLOWS_DIR = PROJECT_ROOT / "workflows"
+SHARED_BLOCKS = "shared/extensions.yaml"  # relative to a mapping's folder
 
 
 class EndpointSpec(BaseModel):
@@ -191,11 +192,29 @@ def load_endpoints(directory: Path, manifest: Manifest) -> dict[str, Endpoint]:
     return endpoints
 
 
+def _with_shared(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """Params written ``{shared: name, ...}`` start from that block of ``shared/extensions.yaml`` (the
+    fields beyond fal's that every family declares alike); their own keys override the block's."""
+    params = raw.get("params") or {}
+    if not any(isinstance(p, dict) and "shared" in p for p in params.values()):
+        return raw
+    blocks = yaml.safe_load((path.parent / SHARED_BLOCKS).read_text())
+    resolved = {}
+    for name, param in params.items():
+        if isinstance(param, dict) and "shared" in param:
+            if param["shared"] not in blocks:
+                raise MappingError(f"{path}: {name}: no shared block {param['shared']!r} in {SHARED_BLOCKS}")
+            param = {**blocks[param["shared"]], **{k: v for k, v in param.items() if k != "shared"}}
+        resolved[name] = param
+    return {**raw, "params": resolved}
+
+
 def _with_base(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
     """A mapping that extends another starts from the other's params and lookups (one level)."""
+    raw = _with_shared(path, raw)
     if not raw.get("extends"):
         return raw
-    base = yaml.safe_load((path.parent / raw["extends"]).read_text())
+    base = _with_shared(path, yaml.safe_load((path.parent / raw["extends"]).read_text()))
     if base.get("extends"):
         raise MappingError(f"{path}: extends {raw['extends']}, which itself extends another mapping")
     merged = dict(raw)

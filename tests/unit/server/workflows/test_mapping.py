@@ -116,6 +116,10 @@ def test_find_endpoint_accepts_subpaths_and_names_the_available(endpoints):
 
 def _write_mapping(tmp_path: Path, text: str) -> Path:
     (tmp_path / "flux2-t2i.json").write_text((WORKFLOWS / "flux2-t2i.json").read_text())
+    (tmp_path / "shared").mkdir(exist_ok=True)
+    (tmp_path / "shared" / "extensions.yaml").write_text(
+        (WORKFLOWS / "shared" / "extensions.yaml").read_text()
+    )
     (tmp_path / "m.yaml").write_text(text)
     return tmp_path
 
@@ -129,7 +133,10 @@ def test_mapping_that_targets_a_missing_input_fails_at_load(tmp_path, manifest):
 @pytest.mark.parametrize(("removes", "match"), [('["3.vae_nam"]', "3.vae_nam"), ('["99"]', "absent_removes")])
 def test_absent_removes_naming_what_the_workflow_lacks_fails_at_load(tmp_path, manifest, removes, match):
     text = (WORKFLOWS / "flux-2.yaml").read_text()
-    text = text.replace('    to: ["3.vae_name"]', f'    to: ["3.vae_name"]\n    absent_removes: {removes}')
+    text = text.replace(
+        'vae: {shared: vae, to: ["3.vae_name"]',
+        f'vae: {{shared: vae, to: ["3.vae_name"], absent_removes: {removes}',
+    )
     with pytest.raises(MappingError, match=match):
         load_endpoints(_write_mapping(tmp_path, text), manifest)
 
@@ -198,9 +205,8 @@ def test_a_lookup_missing_a_combination_fails_at_load(tmp_path, manifest):
         .read_text()
         .replace('      "480p 1:1": {width: 624, height: 624}\n', "")
     )
-    (tmp_path / "m.yaml").write_text(text)
     with pytest.raises(MappingError, match="480p 1:1"):
-        load_endpoints(tmp_path, manifest)
+        load_endpoints(_write_mapping(tmp_path, text), manifest)
 
 
 def test_the_cpu_demos_say_why_their_bounds_are_small(endpoints) -> None:
@@ -262,3 +268,16 @@ def test_an_edit_without_image_size_takes_the_first_images_size_fitted(
     )
     _, resolved = endpoint.build_prompt(given, manifest, {"image_urls": images[:1]})
     assert resolved["image_size"] == {"width": 512, "height": 512}
+
+
+def test_a_shared_block_is_the_params_start_and_its_own_keys_override(tmp_path, manifest) -> None:
+    mapping = (WORKFLOWS / "flux-2.yaml").read_text()
+    text = mapping.replace("denoise: {shared: denoise,", "denoise: {shared: denoise, le: 0.5,")
+    endpoint = load_endpoints(_write_mapping(tmp_path, text), manifest)["fal-ai/flux-2"]
+    denoise, sampler = endpoint.params["denoise"], endpoint.params["sampler"]
+    assert (denoise.type, denoise.advanced, denoise.ge, denoise.le) == ("number", True, 0, 0.5)
+    assert (sampler.type, sampler.default, sampler.to) == ("sampler", "default", ["17.sampler_name"])
+    with pytest.raises(MappingError, match="no shared block 'nothing'"):
+        load_endpoints(
+            _write_mapping(tmp_path, mapping.replace("{shared: denoise,", "{shared: nothing,")), manifest
+        )
