@@ -19,6 +19,7 @@ from server.workflows.published import MIN_SIDE
 from server.workflows.request_schema import IMAGE_SIZE_PRESETS, ParamSpec
 
 Prompt = dict[str, dict[str, Any]]
+_STAND_IN = "data:image/png;base64,"
 
 
 def marked_prompt(endpoint: Endpoint, manifest: Manifest) -> Prompt:
@@ -66,11 +67,12 @@ def _defaults(endpoint: Endpoint) -> BaseModel:
     """A request of defaults; a required field takes the graph's own value (or a stand-in)."""
     body: dict[str, Any] = {}
     for name, spec in endpoint.params.items():
-        if spec.required:
+        if spec.type in ("image_url", "image_urls") and spec.required:
+            # A stand-in the URL check accepts: build_prompt takes the graph's own images (_placeholders).
+            body[name] = _STAND_IN if spec.type == "image_url" else [_STAND_IN]
+        elif spec.required:
             own = _first_value(endpoint.workflow, spec.to) if isinstance(spec.to, list) and spec.to else None
             body[name] = own if isinstance(own, str) and own else "placeholder"
-            if spec.type == "image_urls":
-                body[name] = _graph_images(endpoint, spec) or ["placeholder"]
     return endpoint.validate(body)
 
 

@@ -281,3 +281,20 @@ def test_a_shared_block_is_the_params_start_and_its_own_keys_override(tmp_path, 
         load_endpoints(
             _write_mapping(tmp_path, mapping.replace("{shared: denoise,", "{shared: nothing,")), manifest
         )
+
+
+def test_every_endpoint_opens_as_a_marked_workflow(endpoints, manifest) -> None:
+    """The editor's "Open a darkroom endpoint" builds each endpoint's graph at its defaults; a required
+    image (a URL the request model checks) stands in for the graph's own, which stays."""
+    from server.workflows.marked import marked_prompt
+
+    for app_id, endpoint in endpoints.items():
+        prompt = marked_prompt(endpoint, manifest)
+        fields = {
+            n["inputs"]["field"] for n in prompt.values() if n["class_type"].startswith("DarkroomInput")
+        }
+        assert "prompt" in fields or "image_url" in endpoint.params, app_id
+        for name in [n for n in endpoint.params_of("image_url") if endpoint.params[n].required]:
+            (target,) = endpoint.params[name].to
+            loads = endpoint.workflow[target.split(".")[0]]["class_type"] == "LoadImage"
+            assert (name in fields) == loads, f"{app_id}: {name}"
