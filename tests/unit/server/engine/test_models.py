@@ -36,6 +36,18 @@ def test_cli_expands_an_endpoint_into_its_model_files():
     assert names == ["flux2-dev-fp8mixed", "mistral3-small-flux2-fp8", "flux2-vae"]
     with pytest.raises(KeyError, match="nope"):
         expand_model_names(["nope"])
+    # Issue 24's endpoints: exactly the files each needs (turbo: FLUX.2 [dev]'s and the Turbo LoRA).
+    assert expand_model_names(["fal-ai/flux-2/edit"]) == expand_model_names(["fal-ai/flux-2"])
+    assert expand_model_names(["fal-ai/flux-2/turbo/edit"]) == [
+        "flux2-dev-fp8mixed", "mistral3-small-flux2-fp8", "flux2-vae", "flux2-dev-turbo-lora",
+    ]  # fmt: skip
+    assert expand_model_names(["fal-ai/flux-kontext-lora"]) == [
+        "flux1-kontext-dev",
+        "clip-l",
+        "t5xxl-fp8",
+        "flux1-ae",
+    ]
+    assert expand_model_names(["fal-ai/esrgan"]) == ["realesrgan-x4plus"]
 
 
 def test_missing_files_name_the_command_that_provides_each(tmp_path):
@@ -51,6 +63,11 @@ def test_missing_files_name_the_command_that_provides_each(tmp_path):
     assert all(manifest.get(n).file in detail for n in demo) and "models fetch" not in detail
     with pytest.raises(FetchError, match="make-tiny"):  # why fetch is not the command for them
         fetch(settings, expand_model_names(["darkroom/demo-flux-2"]))
+
+    turbo = endpoints["fal-ai/flux-2/turbo"].models.values()
+    detail = manifest.missing_detail("fal-ai/flux-2/turbo", turbo, settings.models_path)
+    assert detail is not None and "loras/flux.2-turbo-lora.safetensors" in detail
+    assert detail.endswith(": run `darkroom models fetch fal-ai/flux-2/turbo`.")
 
     real = endpoints["fal-ai/flux-2"].models.values()
     detail = manifest.missing_detail("fal-ai/flux-2", real, settings.models_path)
