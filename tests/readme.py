@@ -1,5 +1,5 @@
 """The README and CONTRIBUTING.md as the tests read them (tests/unit/test_readme.py,
-tests/facade/test_readme_routes.py, tests/e2e/test_readme.py): the parts marked with an HTML comment
+tests/facade/test_readme_routes.py, tests/e2e/test_readme_blocks.py): the parts marked with an HTML comment
 ``<!-- readme-test: KIND [ARGS] -->`` right before them (a fenced block, a list or a table), the
 paths and modules they name, and the host, port and key substituted into a block before it runs.
 

@@ -1,6 +1,6 @@
 """The README and CONTRIBUTING.md against the code: the command synopses against the `darkroom`
 parser (both ways), every path and module they name, and the layers table. Their runnable blocks run
-in tests/e2e/test_readme.py, their routes in tests/facade/test_readme_routes.py."""
+in tests/e2e/test_readme_blocks.py, their routes in tests/facade/test_readme_routes.py."""
 
 from __future__ import annotations
 
