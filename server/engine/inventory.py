@@ -50,7 +50,7 @@ class ModelInventory:
             rows.append({
                 "name": name, "file": entry.file, "kind": entry.kind, "present": stat is not None,
                 "size_bytes": stat.st_size if stat else entry.size_bytes, "sha256": hashed,
-                "fetch": None if entry.source.generated else f"darkroom models fetch {name}",
+                "fetch": None if entry.source.generated else self.manifest.command_for(name),
             })  # fmt: skip
         if any(r["sha256"] == "checking" for r in rows) and (self._checking is None or self._checking.done()):
             self._checking = asyncio.get_running_loop().create_task(self._check_all())

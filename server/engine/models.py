@@ -96,11 +96,15 @@ class Manifest(BaseModel):
 
     def command_for(self, name: str) -> str:
         """The command that puts an entry's file in place: make-tiny builds the generated ones."""
-        return (
-            "darkroom models make-tiny"
-            if self.get(name).source.generated
-            else f"darkroom models fetch {name}"
-        )
+        if self.get(name).source.generated:
+            return "darkroom models make-tiny"
+        return self.fetch_command(name, [name])
+
+    def fetch_command(self, target: str, names: Iterable[str]) -> str:
+        """The fetch that works for these entries: ``--unpinned`` where one pins no commit (fetch refuses
+        those without it), so the command a 503 or a page names is never one that is refused."""
+        unpinned = any(not self.get(n).source.pinned for n in names)
+        return f"darkroom models fetch {target}" + (" --unpinned" if unpinned else "")
 
     def missing_detail(self, app_id: str, names: Iterable[str], models_dir: Path) -> str | None:
         """What an endpoint answers while its files are absent: each one with the command that provides
@@ -110,7 +114,7 @@ class Manifest(BaseModel):
         if not missing:
             return None
         if not any(self.get(n).source.generated for n in names):
-            by_command = {f"darkroom models fetch {app_id}": missing}
+            by_command = {self.fetch_command(app_id, missing): missing}
         else:
             by_command = {}
             for name in missing:

@@ -157,6 +157,25 @@ def test_an_unpinned_entry_needs_unpinned_and_records_the_commit_it_resolved_to(
     assert model_lock.Lock(settings.models_path).entries()["real-vae"].revision == COMMIT
 
 
+def test_the_command_a_missing_file_names_is_one_fetch_takes(tmp_path, fake_hub):
+    """A 503 or the pages name a fetch for a missing file: pinned or not, that exact command fetches it."""
+    fake_hub.add(REPO, COMMIT, "vae.safetensors", HubFile(_payload()))
+    fake_hub.refs["main"] = COMMIT
+    for host, source in (
+        ("pinned", f"{REPO}/vae.safetensors@{COMMIT}"),
+        ("unpinned", f"{REPO}/vae.safetensors"),
+    ):
+        settings, manifest = _settings(tmp_path, fake_hub.url, host), _manifest(source)
+        detail = manifest.missing_detail("org/app", ["real-vae"], settings.models_path)
+        command = re.search(r"run `(darkroom models fetch [^`]+)`", detail or "")
+        assert command is not None
+        words = command[1].split()
+        assert words[:4] == ["darkroom", "models", "fetch", "org/app"] and set(words[4:]) <= {"--unpinned"}
+        assert (host == "unpinned") == ("--unpinned" in words)
+        fetch(settings, ["real-vae"], manifest=manifest, unpinned="--unpinned" in words)
+        assert manifest.missing_detail("org/app", ["real-vae"], settings.models_path) is None
+
+
 def test_not_enough_disk_space_is_refused_naming_the_numbers(tmp_path, fake_hub, monkeypatch):
     source = fake_hub.add(REPO, COMMIT, "vae.safetensors", HubFile(_payload()))
     monkeypatch.setattr(fetch_module.shutil, "disk_usage", lambda _: type("Usage", (), {"free": 1000})())

@@ -67,14 +67,22 @@ def test_missing_files_name_the_command_that_provides_each(tmp_path):
     turbo = endpoints["fal-ai/flux-2/turbo"].models.values()
     detail = manifest.missing_detail("fal-ai/flux-2/turbo", turbo, settings.models_path)
     assert detail is not None and "loras/flux.2-turbo-lora.safetensors" in detail
-    assert detail.endswith(": run `darkroom models fetch fal-ai/flux-2/turbo`.")
+    assert detail.endswith(f": run `darkroom models fetch fal-ai/flux-2/turbo{_unpinned(manifest, turbo)}`.")
 
     real = endpoints["fal-ai/flux-2"].models.values()
     detail = manifest.missing_detail("fal-ai/flux-2", real, settings.models_path)
-    assert detail is not None and detail.endswith(": run `darkroom models fetch fal-ai/flux-2`.")
+    assert detail is not None and detail.endswith(
+        f": run `darkroom models fetch fal-ai/flux-2{_unpinned(manifest, real)}`."
+    )
     mixed = manifest.missing_detail("x/y", ["tiny-flux2-vae", "flux2-vae"], settings.models_path)
     assert mixed is not None and mixed.endswith(
         "tiny/flux2-vae.safetensors: run `darkroom models make-tiny`; "
-        "vae/flux2-vae.safetensors: run `darkroom models fetch flux2-vae`."
+        "vae/flux2-vae.safetensors: run "
+        f"`darkroom models fetch flux2-vae{_unpinned(manifest, ['flux2-vae'])}`."
     )
     assert manifest.missing_detail("x/y", [], settings.models_path) is None
+
+
+def _unpinned(manifest, names) -> str:
+    """What fetch needs for these entries: --unpinned while one of them pins no commit."""
+    return "" if all(manifest.get(n).source.pinned for n in names) else " --unpinned"

@@ -79,7 +79,7 @@ def test_a_request_sets_the_input_nodes_values() -> None:
         (
             lambda p: p["3"]["inputs"].update(vae_name=MANIFEST.get("flux2-vae").folder_name),
             "3",
-            "fetch it with `darkroom models fetch flux2-vae`",
+            "fetch it with `darkroom models fetch flux2-vae",
         ),
         (lambda p: p["9"]["inputs"].update(sampler_name="nope"), "9", "'nope' is not offered here"),
         (lambda p: p["22"]["inputs"].update(field="prompt"), "22", "already set by node 20"),
