@@ -76,10 +76,13 @@ class RequestValidationError(DarkroomError):
     status = 422
     code = "validation_error"
 
-    def __init__(self, errors: Sequence[Mapping[str, Any]], message: str = "") -> None:
+    def __init__(
+        self, errors: Sequence[Mapping[str, Any]], message: str = "", *, code: str | None = None
+    ) -> None:
         self.errors = [dict(e) for e in errors]
         first = self.errors[0]["msg"] if self.errors else "invalid request"
-        super().__init__(message or f"Request failed validation: {first}")
+        # ``code``: a well-formed value refused for what it names (a webhook host that is not allowed)
+        super().__init__(message or f"Request failed validation: {first}", code=code)
 
     @property
     def detail(self) -> list[dict[str, Any]]:

@@ -24,12 +24,11 @@ from urllib.parse import quote
 
 from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Handler
-from pydantic import ValidationError
 
 from server.api.described import operation
-from server.api.request import own_origins, read_json
+from server.api.request import own_origins, read_model
 from server.api.state import KEYS, SETTINGS, USER_ID
-from server.errors import AuthError, DarkroomError, ForbiddenError, RequestValidationError
+from server.errors import AuthError, DarkroomError, ForbiddenError
 from server.security import sessions
 from server.security.keyring import credentials
 from server.security.tokens import Grant, TokenRequest, app_grant, issue_app_token
@@ -177,10 +176,7 @@ def require_app(grant: Grant, app_path: str) -> None:
 async def mint_token(request: web.Request) -> web.Response:
     """``POST /tokens/`` (fal's realtime token call): ``{"allowed_apps": [alias, ...],
     "token_expiration": s}`` -> the token as a bare JSON string. Needs a key (the middleware checks)."""
-    try:
-        parsed = TokenRequest.model_validate(await read_json(request))
-    except ValidationError as e:
-        raise RequestValidationError.from_pydantic(e) from e
+    parsed = await read_model(request, TokenRequest)
     return web.json_response(issue_app_token(request.app[KEYS].tokens, parsed, request.get(USER_ID)))
 
 

@@ -14,11 +14,14 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel
 
+from server.api.params import Param
+
 F = TypeVar("F", bound=Callable[..., object])
 # The document's security schemes: a key header; a fal app token (query or Bearer); the pages' session
 # cookie; a storage upload token; an upload URL's own capability (no credential).
 Scheme = Literal["key", "token", "session", "upload_token", "capability"]
-Body = type[BaseModel] | str | None  # a model (JSON), a content type, or nothing
+# a model (JSON), a content type, a model in another content type (a form), or nothing
+Body = type[BaseModel] | str | tuple[str, type[BaseModel]] | None
 
 _ATTR = "_darkroom_operation"
 
@@ -30,8 +33,14 @@ class Operation:
     responses: Mapping[int, str | tuple[str, Body]] = field(default_factory=dict)
     body: Body = None
     ok: Body = None  # the success body (the first 2xx in responses)
-    query: Mapping[str, str] = field(default_factory=dict)  # name -> description
-    headers: Mapping[str, str] = field(default_factory=dict)
+    query: Mapping[str, str | Param] = field(default_factory=dict)  # name -> description (any string)
+    headers: Mapping[str, str | Param] = field(default_factory=dict)
+    # status -> the error types of refusals no schema can express (a LoRA file that is not there, a
+    # webhook host that is not allowed): documented on that response, the only refusals of well-formed
+    # requests the fuzz drill tolerates
+    refusals: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    # path parameter -> pattern, where the handler takes less than the route's regex matches
+    path: Mapping[str, str] = field(default_factory=dict)
     schemes: tuple[Scheme, ...] | None = None  # self-authenticating handlers: how they check callers
     tag: str = "api"
 

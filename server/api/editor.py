@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.api.auth import require_browser_or_key, self_authenticating, signed_in
 from server.api.described import operation
 from server.api.proxy import check_allowed
-from server.api.request import base_url, own_origins, read_json
+from server.api.request import base_url, own_origins, read_json, read_model
 from server.api.state import EDITOR, ENDPOINTS, HUB, KEYS, QUEUE, SETTINGS
 from server.api.streams import endless
 from server.queue.store import JobStatus
@@ -34,6 +34,30 @@ from server.security import sessions
 from server.workflows.editor import EDITOR_APP, EditorRun
 
 logger = logging.getLogger(__name__)
+_OWN = "login|logout|ws|user\\.css|api/prompt|api/interrupt|api/queue"
+_RELAYED = rf"(?!(?:{_OWN})$).+"
+
+
+class SignIn(BaseModel):
+    """The sign-in form."""
+
+    key: str = Field(description="One of this server's API keys")
+    next: str = Field(default="/editor/", description="Where to go after signing in (a path here)")
+
+
+class Interrupt(BaseModel):
+    """The editor's interrupt: its running prompt, or the one named."""
+
+    model_config = ConfigDict(strict=True)
+    prompt_id: str | None = None
+
+
+class QueueEdit(BaseModel):
+    """The editor's queue panel: prompts to delete, or all queued ones cleared."""
+
+    model_config = ConfigDict(strict=True)
+    delete: list[str] = Field(default_factory=list)
+    clear: bool = False
 
 
 def routes() -> list[web.RouteDef]:
@@ -44,11 +68,16 @@ def routes() -> list[web.RouteDef]:
         web.post("/editor/logout", logout),
         web.get("/editor/", index),
         web.get("/editor/ws", socket),
+        # Reads of these two are ComfyUI's (the frontend polls them): relayed beside darkroom's POST.
         web.post("/editor/api/prompt", queue_prompt),
+        web.get("/editor/api/prompt", relay),
         web.post("/editor/api/interrupt", interrupt),
         web.post("/editor/api/queue", edit_queue),
+        web.get("/editor/api/queue", relay),
         web.get("/editor/user.css", user_css),
-        web.route("*", "/editor/{tail:.+}", relay),
+        # Everything else under /editor/ (not darkroom's own paths above, so a method they do not take
+        # is a 405 naming theirs) in the methods the relay passes (``proxy.ALLOWED_WRITES``).
+        *(web.route(method, f"/editor/{{tail:{_RELAYED}}}", relay) for method in ("GET", "POST", "DELETE")),
         # The files the frontend asks for by an absolute path: its favicons (one per progress step).
         web.get(r"/assets/{path:favicon\.ico|images/favicon_progress_16x16/frame_[0-9]+\.png}", favicon),
         web.get("/favicon.ico", no_favicon),  # asked for by every tab, the sign-in page's too
@@ -85,7 +114,7 @@ async def login_page(request: web.Request) -> web.Response:
 @self_authenticating
 @operation(
     summary="Sign in with an API key (form post): a session cookie",
-    body="application/x-www-form-urlencoded",
+    body=("application/x-www-form-urlencoded", SignIn),
     ok="text/html",
     responses={
         303: "Signed in",
@@ -117,7 +146,7 @@ async def login(request: web.Request) -> web.Response:
     summary="Sign out",
     ok="text/html",
     responses={303: "Signed out", 403: ("Not from darkroom's page", "text/html")},
-    schemes=("session",),
+    schemes=(),
     tag="editor",
 )
 async def logout(request: web.Request) -> web.Response:
@@ -133,7 +162,7 @@ async def logout(request: web.Request) -> web.Response:
     summary="ComfyUI's editor (its page, relayed)",
     ok="text/html",
     responses={200: "The editor", 303: "Not signed in: the sign-in page"},
-    schemes=("session",),
+    schemes=(),
     tag="editor",
 )
 async def index(request: web.Request) -> web.StreamResponse:
@@ -150,17 +179,18 @@ def _require_session(request: web.Request) -> None:
 @self_authenticating
 @operation(
     summary="The editor's own API and files, relayed to worker 0 (reads, uploads, user files)",
-    ok="application/octet-stream",
+    body="application/octet-stream",  # ComfyUI's own bodies (uploads, user files), passed on as they are
+    ok="*/*",
     responses={
         200: "ComfyUI's answer",
-        400: ("ComfyUI refused it: its own body", None),
+        400: ("ComfyUI refused it: its own body", "*/*"),
         401: "Not signed in",
         403: "Not allowed through the relay",
-        404: ("ComfyUI has no such path", None),
-        405: ("ComfyUI does not take this method there", None),
+        404: ("ComfyUI has no such path", "*/*"),
+        405: ("ComfyUI does not take this method there", "*/*"),
         503: "The editor's worker is not ready",
     },
-    schemes=("session",),
+    schemes=("session", "key"),
     tag="editor",
 )
 async def relay(request: web.Request) -> web.StreamResponse:
@@ -176,7 +206,7 @@ async def relay(request: web.Request) -> web.StreamResponse:
     summary="The editor's user stylesheet",
     ok="text/css",
     responses={200: "The stylesheet", 401: "Not signed in", 503: "The editor's worker is not ready"},
-    schemes=("session",),
+    schemes=("session", "key"),
     tag="editor",
 )
 async def user_css(request: web.Request) -> web.StreamResponse:
@@ -192,7 +222,7 @@ async def no_favicon(request: web.Request) -> web.Response:
 
 @operation(
     summary="The editor's favicons",
-    ok="image/png",
+    ok="image/*",  # png frames, the .ico
     responses={200: "The icon", 401: "Not one of the icons (and no key)", 404: "Unknown icon"},
     tag="editor",
 )
@@ -206,10 +236,11 @@ async def favicon(request: web.Request) -> web.StreamResponse:
     summary="The editor's WebSocket (ComfyUI's events for its runs)",
     responses={
         101: "Switching to the WebSocket",
+        400: "Not a WebSocket handshake",
         401: "Not signed in",
         503: "The editor's worker is not ready",
     },
-    schemes=("session",),
+    schemes=("session", "key"),
     tag="editor",
 )
 @endless
@@ -221,6 +252,7 @@ async def socket(request: web.Request) -> web.StreamResponse:
 @self_authenticating
 @operation(
     summary="Queue the editor's prompt (through darkroom's queue)",
+    body=EditorRun,
     responses={
         200: "Queued: its prompt id",
         400: ("ComfyUI refused the prompt: its own error body", None),
@@ -228,7 +260,7 @@ async def socket(request: web.Request) -> web.StreamResponse:
         403: "Not from darkroom's page",
         422: "Not a JSON prompt",
     },
-    schemes=("session",),
+    schemes=("session", "key"),
     tag="editor",
 )
 async def queue_prompt(request: web.Request) -> web.Response:
@@ -236,13 +268,7 @@ async def queue_prompt(request: web.Request) -> web.Response:
     _require_session(request)
     body = await read_json(request)
     try:
-        run = EditorRun.model_validate(
-            {
-                k: body.get(k)
-                for k in ("prompt", "client_id", "extra_data")
-                if isinstance(body, dict) and k in body
-            }
-        )
+        run = EditorRun.model_validate(body)
     except ValidationError as e:
         message = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         error = {"type": "invalid_prompt", "message": message, "details": message, "extra_info": {}}
@@ -309,38 +335,33 @@ async def _cancel_editor_runs(request: web.Request, ids: list[str]) -> None:
 @self_authenticating
 @operation(
     summary="Interrupt the editor's running prompt",
-    responses={200: "Interrupted", 401: "Not signed in", 403: "Not from darkroom's page", 422: "Not JSON"},
-    schemes=("session",),
+    body=Interrupt,
+    responses={200: "Interrupted", 401: "Not signed in", 403: "Not from darkroom's page"},
+    schemes=("session", "key"),
     tag="editor",
 )
 async def interrupt(request: web.Request) -> web.Response:
     """The editor's "Cancel": its running run (or the one it names), never an API request."""
     _require_session(request)
-    body = await read_json(request)
-    named = body.get("prompt_id") if isinstance(body, dict) else None
-    await _cancel_editor_runs(
-        request, [named] if isinstance(named, str) else _editor_runs(request, running=True)
-    )
+    named = (await read_model(request, Interrupt)).prompt_id
+    await _cancel_editor_runs(request, [named] if named is not None else _editor_runs(request, running=True))
     return web.json_response({})
 
 
 @self_authenticating
 @operation(
     summary="Delete or clear the editor's queued prompts",
-    responses={200: "Done", 401: "Not signed in", 403: "Not from darkroom's page", 422: "Not JSON"},
-    schemes=("session",),
+    body=QueueEdit,
+    responses={200: "Done", 401: "Not signed in", 403: "Not from darkroom's page"},
+    schemes=("session", "key"),
     tag="editor",
 )
 async def edit_queue(request: web.Request) -> web.Response:
     """The editor's queue panel: ``{"delete": [ids]}`` or ``{"clear": true}``, for editor runs only."""
     _require_session(request)
-    body = await read_json(request)
-    ids: list[str] = []
-    if isinstance(body, dict) and isinstance(body.get("delete"), list):
-        ids = [i for i in body["delete"] if isinstance(i, str)]
-    if isinstance(body, dict) and body.get("clear"):
-        ids += _editor_runs(request, running=False)
-    await _cancel_editor_runs(request, ids)
+    edit = await read_model(request, QueueEdit)
+    cleared = _editor_runs(request, running=False) if edit.clear else []
+    await _cancel_editor_runs(request, edit.delete + cleared)
     return web.json_response({})
 
 

@@ -24,9 +24,13 @@ SERVED_RESPONSES: dict[int, str | tuple[str, str]] = {
     416: "The range starts past the end of the file, or is not one byte range",
     503: "The shared storage (DARKROOM_STORAGE_URL) is unavailable; retry",
 }
+# HTTP's Range (RFC 9110): what it can be is the RFC's; what this file can serve is a refusal no schema
+# can express (past its end), as is more than one range (not served here).
 RANGE_HEADER = {
-    "Range": "One byte range, bytes=start-[end] or bytes=-suffix (206); one past the end of the file gets 416"
+    "Range": "One byte range, bytes=start-[end] or bytes=-suffix (206); past the end of the file, or several "
+    "ranges, get 416"
 }
+RANGE_REFUSALS = {416: ("range_not_satisfiable",)}
 
 
 def file_route(store: OutputStore) -> web.RouteDef:
@@ -35,6 +39,7 @@ def file_route(store: OutputStore) -> web.RouteDef:
         ok="*/*",  # the type its bytes show (image/png, video/mp4, ...), else an attachment
         responses=SERVED_RESPONSES,
         headers=RANGE_HEADER,
+        refusals=RANGE_REFUSALS,
         tag="files",
     )
     async def serve(request: web.Request) -> web.StreamResponse:

@@ -14,7 +14,8 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from server.api import auth
-from server.api.described import Operation, operation, operation_of
+from server.api.described import Body, Operation, operation, operation_of
+from server.api.params import described as params_of
 from server.engine.supervisor import Supervisor
 from server.errors import ConfigError
 from server.security import sessions
@@ -25,6 +26,9 @@ from server.workflows.request_schema import DEFAULT
 _DOCS_PAGE = (Path(__file__).parent / "pages" / "docs.html").read_text()
 # Routes documented once per app (each app's own input and output), not as one templated path.
 PER_APP = {("POST", "/run/{path}"), ("POST", "/queue/{path}")}
+# On a response: the error types of the refusals no schema can express that it may carry (see
+# ``Operation.refusals``); the fuzz drill tolerates a well-formed request refused with one of these only.
+REFUSALS = "x-darkroom-refusals"
 _SCHEMES: dict[str, dict[str, Any]] = {
     "key": {"type": "apiKey", "in": "header", "name": "Authorization", "description": "`Key <key>`"},
     "token": {
@@ -136,11 +140,13 @@ class _Builder:
             self.schemas[model.__name__] = schema
         return {"$ref": f"#/components/schemas/{model.__name__}"}
 
-    def content(self, body: type[BaseModel] | str | None) -> dict[str, Any]:
+    def content(self, body: Body) -> dict[str, Any]:
         if body is None:
             return {"application/json": {"schema": {}}}
-        if isinstance(body, str):  # events are JSON objects, other types text or bytes
-            return {body: {"schema": {} if body == "text/event-stream" else {"type": "string"}}}
+        if isinstance(body, tuple):  # a model in another media type (a form)
+            return {body[0]: {"schema": self.ref(body[1])}}
+        if isinstance(body, str):  # events are JSON objects, */* anything, other types text or bytes
+            return {body: {"schema": {} if body in ("text/event-stream", "*/*") else {"type": "string"}}}
         return {"application/json": {"schema": self.ref(body)}}
 
 
@@ -155,7 +161,7 @@ def build_document(
     builder, paths = _Builder(), dict[str, dict[str, Any]]()
     apps = {app_id: e for app_id, e in sorted(endpoints.items()) if not e.raw}
     for route in sorted(routes, key=lambda r: (r.resource.canonical if r.resource else "", r.method)):
-        if route.method == "HEAD" or route.resource is None:
+        if route.resource is None:
             continue
         method, canonical = route.method, route.resource.canonical
         described = operation_of(route.handler)
@@ -168,8 +174,10 @@ def build_document(
                     builder, method, path, described, endpoint, choices
                 )
             continue
-        for verb in ["get", "post", "put", "delete"] if method == "*" else [method.lower()]:
-            paths.setdefault(canonical, {})[verb] = _operation(builder, verb, canonical, described)
+        patterns = {**path_patterns(route.resource.get_info().get("pattern")), **described.path}
+        paths.setdefault(canonical, {})[method.lower()] = _operation(
+            builder, method.lower(), canonical, described, patterns=patterns
+        )
     return {
         "openapi": "3.1.0",
         "info": {"title": "darkroom", "version": "1", "description": "fal-compatible generation API"},
@@ -181,7 +189,7 @@ def build_document(
 
 def _operation(
     builder: _Builder, verb: str, path: str, described: Operation, body: dict[str, Any] | None = None,
-    ok: dict[str, Any] | None = None,
+    ok: dict[str, Any] | None = None, patterns: dict[str, str] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     security = _security(verb.upper(), path, described)
     operation_id = verb + "_" + re.sub(r"[^A-Za-z0-9]+", "_", path).lstrip("_")  # "/x/" differs from "/x"
@@ -190,23 +198,55 @@ def _operation(
         "security": security,
         "responses": _responses(builder, described, ok, secured=bool(security), reads_body=body is not None),
     }  # fmt: skip
+    if verb == "head":  # the GET's answers without their bodies (and so without a content type to check)
+        op["responses"] = {
+            s: {k: v for k, v in r.items() if k != "content"} for s, r in op["responses"].items()
+        }
     parameters = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": name, "in": "path", "required": True, "schema": _pattern_schema((patterns or {}).get(name))}
         for name in re.findall(r"\{(\w+)\}", path)
     ]
-    parameters += [
-        {"name": name, "in": "query", "required": False, "description": text, "schema": {"type": "string"}}
-        for name, text in described.query.items()
-    ]
-    parameters += [
-        {"name": name, "in": "header", "required": False, "description": text, "schema": {"type": "string"}}
-        for name, text in described.headers.items()
-    ]
+    for where, params in (("query", described.query), ("header", described.headers)):
+        parameters += [
+            {"name": name, "in": where, "required": False, "description": p.description, "schema": p.schema()}
+            for name, p in params_of(params).items()
+        ]
     if parameters:
         op["parameters"] = parameters
-    if body is not None or described.body is not None:
-        op["requestBody"] = {"required": True, "content": body or builder.content(described.body)}
+    if (body is not None or described.body is not None) and verb not in ("get", "head", "delete"):
+        content = body or builder.content(described.body)
+        op["requestBody"] = {"required": _body_required(content, builder), "content": content}
     return op
+
+
+def _body_required(content: dict[str, Any], builder: _Builder) -> bool:
+    """A JSON body is required when its model has required fields (without one the server reads {});
+    raw bytes are not (no body is an empty file)."""
+    for media, entry in content.items():
+        ref = entry["schema"].get("$ref", "")
+        if media != "application/octet-stream" and ref:
+            return bool(builder.schemas[ref.rsplit("/", 1)[-1]].get("required"))
+    return False
+
+
+def path_patterns(pattern: re.Pattern[str] | None) -> dict[str, str]:
+    """Each path parameter's regex, from a route's compiled pattern (aiohttp's ``{name:regex}``), as a
+    JSON Schema pattern: ``(?s:...)`` (any character, a newline too) spelled with ``[\\s\\S]``."""
+    text, found = pattern.pattern if pattern is not None else "", {}
+    for match in re.finditer(r"\(\?P<(\w+)>", text):
+        depth, end = 1, match.end()
+        while depth:
+            depth += {"(": 1, ")": -1}.get(text[end], 0) if text[end - 1] != "\\" else 0
+            end += 1
+        regex = text[match.end() : end - 1]
+        if regex.startswith("(?s:"):
+            regex = "(?:" + re.sub(r"(?<!\\)\.", r"[\\s\\S]", regex[4:])
+        found[match[1]] = f"^(?:{regex})$"
+    return found
+
+
+def _pattern_schema(pattern: str | None) -> dict[str, Any]:
+    return {"type": "string", **({"pattern": pattern} if pattern else {})}
 
 
 def _app_operation(
@@ -226,7 +266,9 @@ def _app_operation(
 
 def _security(method: str, path: str, described: Operation) -> list[dict[str, list[str]]]:
     """Who may call the route, by the rules ``server.api.auth`` enforces."""
-    public = path in auth.PUBLIC_PATHS or (method == "GET" and path.startswith(auth.PUBLIC_GET_PREFIX))
+    public = path in auth.PUBLIC_PATHS or (
+        method in ("GET", "HEAD") and path.startswith(auth.PUBLIC_GET_PREFIX)
+    )
     if public or described.schemes == ():
         return []
     if described.schemes is not None:
@@ -245,7 +287,8 @@ def _responses(
     statuses: dict[int, str | tuple[str, Any]] = dict(described.responses)
     if secured:
         statuses.setdefault(401, "Missing or invalid credentials")
-    if described.body is not None or ok is not None:
+    checked = [*params_of(described.query).values(), *params_of(described.headers).values()]
+    if described.body is not None or ok is not None or any(p.pattern or p.enum for p in checked):
         statuses.setdefault(422, "Invalid input: each issue names the field and what is allowed")
     if reads_body or described.body is not None:  # server/api/request.py reads bodies under these limits
         statuses.setdefault(408, "The body arrived too slowly (DARKROOM_CLIENT_TIMEOUT_S)")
@@ -256,14 +299,27 @@ def _responses(
     for status, promised in sorted(statuses.items()):
         text, body = promised if isinstance(promised, tuple) else (promised, ErrorBody)
         entry: dict[str, Any] = {"description": text}
+        refusals = described.refusals.get(status, ())
         if isinstance(promised, tuple):
             entry["content"] = builder.content(body)
         elif status >= 400:
-            entry["content"] = builder.content(ErrorBody)
+            entry["content"] = _error_content(builder, status, refusals)
         elif status == success and status != 204:
             entry["content"] = ok or builder.content(described.ok)
+        if refusals:
+            entry[REFUSALS] = list(refusals)
         responses[str(status)] = entry
     return responses
+
+
+def _error_content(builder: _Builder, status: int, refusals: tuple[str, ...]) -> dict[str, Any]:
+    """The error envelope; a 422's error_type named: validation_error (what the schema says), or one of
+    the refusals declared for it. Other statuses carry the code of whichever error it was."""
+    if status != 422 and not refusals:
+        return builder.content(ErrorBody)
+    types = [*(["validation_error"] if status == 422 else []), *refusals]
+    schema = {"allOf": [builder.ref(ErrorBody)], "properties": {"error_type": {"enum": types}}}
+    return {"application/json": {"schema": schema}}
 
 
 def routes(

@@ -10,7 +10,6 @@ and stop with the app.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -20,10 +19,12 @@ from pydantic import BaseModel
 
 from server.api import sse
 from server.api.described import operation
-from server.api.request import base_url, invalid, read_json, request_timeout_s
+from server.api.params import HTTP_URL, WHOLE_NUMBER, Param, invalid
+from server.api.request import REQUEST_TIMEOUT, base_url, read_json, request_timeout_s
+from server.api.run import INPUT_REFUSALS
 from server.api.state import ENDPOINTS, HUB, QUEUE, REQUEST_ID, SETTINGS, USER_ID
 from server.api.streams import endless
-from server.errors import BlockedAddressError, NotFoundError
+from server.errors import BlockedAddressError, InputError, NotFoundError
 from server.queue.job import CancelResult
 from server.queue.store import DEFAULT_USER_ID, JobRecord, JobStatus, Priority
 from server.queue.webhooks import WebhookSigner, check_webhook_url, webhook_policy
@@ -32,6 +33,14 @@ from server.security.untrusted import url_field
 from server.settings import Settings
 from server.workflows.validation import find_endpoint, validate_input
 
+PRIORITY = Param("Where it waits: normal, or low (behind every normal one)", enum=("normal", "low"))
+WEBHOOK = Param(
+    "URL called with the result (http or https; its host must resolve to an allowed address)",
+    pattern=HTTP_URL, format="uri", message="an http:// or https:// URL",
+)  # fmt: skip
+MAX_QUEUE_LENGTH = Param(
+    "Refuse (429) when this many wait already", pattern=WHOLE_NUMBER, message="a whole number, 0 or more"
+)
 STORE_DOWN = "The job store (a fleet's database) is unavailable: try again shortly"
 NAMESPACES = frozenset({"workflows", "comfy"})
 _CANCEL_STATUS = {
@@ -140,13 +149,15 @@ async def submit_job(
     headers, query = headers or {}, query or {}
     endpoint = find_endpoint(app[ENDPOINTS], path)
     parsed = validate_input(endpoint, body)
-    webhook_url = await _webhook_url(app[SETTINGS], query.get("fal_webhook"))
+    webhook_url = await _webhook_url(app[SETTINGS], WEBHOOK.read("query", "fal_webhook", query))
+    max_queue_length = MAX_QUEUE_LENGTH.read("query", "fal_max_queue_length", query)
+    priority = PRIORITY.read("header", "X-Fal-Queue-Priority", headers) or "normal"
     return await app[QUEUE].submit(
         endpoint, parsed.model_dump(mode="json", exclude_unset=True), url_path=queue_base(path),
-        base_url=base, priority=_priority(headers.get("X-Fal-Queue-Priority")),
+        base_url=base, priority=Priority(priority),
         timeout_s=request_timeout_s(headers),
         webhook_url=webhook_url,
-        max_queue_length=_count(query.get("fal_max_queue_length"), "query", "fal_max_queue_length"),
+        max_queue_length=None if max_queue_length is None else int(max_queue_length),
         user_id=user_id,
     )  # fmt: skip
 
@@ -170,14 +181,9 @@ def submitted_body(app: web.Application, record: JobRecord) -> dict[str, Any]:
         429: "The queue is full",
         503: STORE_DOWN,
     },
-    query={
-        "fal_webhook": "URL called with the result",
-        "fal_max_queue_length": "Refuse (429) when this many wait already",
-    },
-    headers={
-        "X-Fal-Queue-Priority": "normal or low",
-        "X-Fal-Request-Timeout": "Seconds the request may wait to start",
-    },
+    query={"fal_webhook": WEBHOOK, "fal_max_queue_length": MAX_QUEUE_LENGTH},
+    headers={"X-Fal-Queue-Priority": PRIORITY, "X-Fal-Request-Timeout": REQUEST_TIMEOUT},
+    refusals=INPUT_REFUSALS,  # a webhook host that does not resolve, or one not allowed, too
     tag="queue",
 )
 async def submit(request: web.Request) -> web.Response:
@@ -276,13 +282,14 @@ async def status_stream(request: web.Request) -> web.StreamResponse:
         200: "The output",
         400: "Not finished yet",
         404: "Unknown request, or its result expired",
-        422: "The input was invalid",
+        422: "The input was refused when it ran (a file it names is not there or not allowed)",
         499: "Cancelled",
         500: "The run failed",
         503: "Model files missing or no worker; or the job store (a fleet's database) is unavailable",
         504: "Did not start before its X-Fal-Request-Timeout, or ran past its run limit",
         507: "No room to store the output (storage quota or disk full)",
     },
+    refusals=INPUT_REFUSALS,
     tag="queue",
 )
 async def result(request: web.Request) -> web.Response:
@@ -304,6 +311,7 @@ async def result(request: web.Request) -> web.Response:
         404: ("Unknown request", CancelBody),
         503: STORE_DOWN,
     },
+    refusals={400: (CancelResult.ALREADY_COMPLETED.value,)},  # fal's answer: {"status": ...}, no error_type
     tag="queue",
 )
 async def cancel(request: web.Request) -> web.Response:
@@ -311,22 +319,6 @@ async def cancel(request: web.Request) -> web.Response:
     request_id = request[REQUEST_ID] = request.match_info["request_id"]
     outcome = await request.app[QUEUE].cancel(request_id)
     return web.json_response({"status": outcome.value}, status=_CANCEL_STATUS[outcome])
-
-
-def _priority(value: str | None) -> Priority:
-    try:
-        return Priority((value or "normal").strip().lower())
-    except ValueError:
-        raise invalid("header", "x-fal-queue-priority", "expected normal or low", value or "") from None
-
-
-def _count(value: str | None, where: str, name: str) -> int | None:
-    if value is None or not value.strip():
-        return None
-    with contextlib.suppress(ValueError):
-        if (number := int(value)) >= 0:
-            return number
-    raise invalid(where, name, "expected a whole number, 0 or more", value)
 
 
 async def _webhook_url(settings: Settings, url: str | None) -> str | None:
@@ -340,7 +332,8 @@ async def _webhook_url(settings: Settings, url: str | None) -> str | None:
         check_webhook_url(url, policy)
         await PolicyResolver(policy).resolve(host.strip("[]"), parsed.port or 0, family=socket.AF_UNSPEC)
     except BlockedAddressError as e:
-        raise invalid("query", "fal_webhook", e.message, url) from e
+        raise invalid("query", "fal_webhook", e.message, url, code=e.code) from e
     except OSError as e:
-        raise invalid("query", "fal_webhook", f"the webhook host {host} does not resolve: {e}", url) from e
+        message = f"the webhook host {host} does not resolve: {e}"
+        raise invalid("query", "fal_webhook", message, url, code=InputError.code) from e
     return url

@@ -27,6 +27,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ from pydantic import BaseModel
 
 from server.api import auth
 from server.api.described import operation
+from server.api.params import Param
 from server.api.request import base_url, within_depth
 from server.api.state import ENDPOINTS, GENERATOR, HUB, QUEUE, SETTINGS
 from server.api.streams import endless
@@ -47,13 +49,12 @@ from server.workflows.validation import find_endpoint, validate_input
 
 logger = logging.getLogger(__name__)
 
-MAX_BUFFERING_RANGE = (1, 60)
 DEFAULT_MAX_BUFFERING = 1
 
 
 def routes() -> list[web.RouteDef]:
     """The realtime route (GET, so it does not clash with POST /run/{app_id})."""
-    return [web.get("/run/{path:.+}/realtime", realtime)]
+    return [web.get("/run/{path:(?s:.+)}/realtime", realtime)]
 
 
 @dataclass(frozen=True)
@@ -62,21 +63,16 @@ class _Input:
     client_request_id: str | int | None  # echoed as given (fal's JS client sends a string)
 
 
-def max_buffering(value: str | None) -> int:
+BUFFERING = Param(
+    "Inputs that may wait while one runs (1 to 60, default 1)",
+    pattern=r"^([1-9]|[1-5][0-9]|60)$", message="a whole number from 1 to 60",
+)  # fmt: skip
+
+
+def max_buffering(query: Mapping[str, str]) -> int:
     """The ``max_buffering`` query value (1..60, default 1), or a 422 saying what is allowed."""
-    if value is None or value == "":
-        return DEFAULT_MAX_BUFFERING
-    low, high = MAX_BUFFERING_RANGE
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if not low <= number <= high:
-        message = f"Input should be a whole number from {low} to {high}"
-        raise RequestValidationError(
-            [{"loc": ["query", "max_buffering"], "msg": message, "type": "value_error", "input": value}]
-        )
-    return number
+    value = BUFFERING.read("query", "max_buffering", query)
+    return DEFAULT_MAX_BUFFERING if value is None else int(value)
 
 
 def error_frame(error: DarkroomError, client_request_id: Any = None) -> dict[str, Any]:
@@ -198,7 +194,7 @@ def _message(action: str, client_request_id: Any) -> dict[str, Any]:
         404: "Unknown app",
         422: "Invalid max_buffering",
     },
-    query={"max_buffering": "Inputs that may wait while one runs (1 to 60)", "fal_jwt_token": "An app token"},
+    query={"max_buffering": BUFFERING, "fal_jwt_token": "An app token (POST /tokens/)"},
     schemes=("key", "token"),
     tag="realtime",
 )
@@ -209,7 +205,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     path = request.match_info["path"]
     endpoint = find_endpoint(request.app[ENDPOINTS], path)
     auth.require_app(grant, path)
-    buffering = max_buffering(request.query.get("max_buffering"))
+    buffering = max_buffering(request.query)
     # A frame past the body limit closes the socket with 1009 (message too big).
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=request.app[SETTINGS].body_max_bytes)
     await ws.prepare(request)

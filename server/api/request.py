@@ -11,18 +11,20 @@ without end.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
 
+from server.api.params import POSITIVE_SECONDS, Param
 from server.api.state import SETTINGS
 from server.errors import DarkroomError, RequestValidationError
 from server.settings import Settings
 
+M = TypeVar("M", bound=BaseModel)
 MAX_JSON_DEPTH = 64
 MIN_WINDOW_BYTES = 64 * 1024  # per client_timeout_s: 1 KiB/s at the default 60 s
 
@@ -68,6 +70,14 @@ async def body_chunks(request: web.Request, settings: Settings) -> AsyncIterator
             return
         window_bytes += len(chunk)
         yield chunk
+
+
+async def read_model(request: web.Request, model: type[M]) -> M:
+    """The JSON body validated as ``model`` (strictly typed: see its config); a 422 naming each problem."""
+    try:
+        return model.model_validate(await read_json(request))
+    except ValidationError as e:
+        raise RequestValidationError.from_pydantic(e) from e
 
 
 def parse_json(body: bytes) -> Any:
@@ -134,23 +144,14 @@ def base_url(request: web.Request, settings: Settings) -> str:
     return settings.public_url.rstrip("/") if settings.public_url else f"{request.scheme}://{request.host}"
 
 
+REQUEST_TIMEOUT = Param(
+    "Seconds the request may wait for a worker before it starts (else 504)",
+    pattern=POSITIVE_SECONDS, message="a number of seconds greater than 0 (digits and a decimal point)",
+)  # fmt: skip
+
+
 def request_timeout_s(headers: Mapping[str, str]) -> float | None:
     """``X-Fal-Request-Timeout``: the seconds a request may wait to start, or None; 422 if it is not a
     number of seconds greater than 0."""
-    return _positive_seconds(headers.get("X-Fal-Request-Timeout"), "header", "x-fal-request-timeout")
-
-
-def _positive_seconds(value: str | None, where: str, name: str) -> float | None:
-    if value is None or not value.strip():
-        return None
-    with contextlib.suppress(ValueError):
-        if math.isfinite(number := float(value)) and number > 0:
-            return number
-    raise invalid(where, name, "expected a number of seconds greater than 0", value)
-
-
-def invalid(where: str, name: str, message: str, value: str) -> RequestValidationError:
-    """A 422 for one header or query parameter: where it is, what is wrong, what was sent."""
-    return RequestValidationError(
-        [{"loc": [where, name], "msg": message, "type": "value_error", "input": value}]
-    )
+    value = REQUEST_TIMEOUT.read("header", "X-Fal-Request-Timeout", headers)
+    return None if value is None else float(value)

@@ -13,19 +13,29 @@ from aiohttp import web
 
 from server.api import sse
 from server.api.described import operation
-from server.api.request import base_url, read_json, request_timeout_s
+from server.api.request import REQUEST_TIMEOUT, base_url, read_json, request_timeout_s
 from server.api.state import ENDPOINTS, GENERATOR, HUB, METRICS, QUEUE, REQUEST_ID
-from server.errors import DarkroomError
+from server.errors import BlockedAddressError, DarkroomError, InputError, StartTimeoutError
 from server.generation.live import run_live
 from server.workflows.mapping import Endpoint
 from server.workflows.validation import find_endpoint, validate_input
 
-START_HEADER = {"X-Fal-Request-Timeout": "Seconds the run may wait for a worker before it starts (else 504)"}
+# A well-formed input refused for what it names: a file, LoRA or model that is not there or cannot be
+# fetched (input_error), a URL whose address the outbound policy refuses (address_not_allowed).
+# And fal's 504 request_timeout for a start deadline the client set (X-Fal-Request-Timeout) and a busy
+# worker could not meet (X-Fal-Request-Timeout-Type: user).
+INPUT_REFUSALS = {422: (InputError.code, BlockedAddressError.code), 504: (StartTimeoutError.code,)}
+START_HEADER = {"X-Fal-Request-Timeout": REQUEST_TIMEOUT}
 
 
 def routes() -> list[web.RouteDef]:
     """The sync run routes (the stream first: ``/run/{path}`` would match it too)."""
-    return [web.post("/run/{path:.+}/stream", run_stream), web.post("/run/{path:.+}", run)]
+    # (?s: any character, a newline too (as the queue routes): such a path gets the route's own 404.
+    # Not .../realtime: that is the realtime WebSocket's (GET), so a POST there is a 405.
+    return [
+        web.post("/run/{path:(?s:.+)}/stream", run_stream),
+        web.post("/run/{path:(?s:(?!.*/realtime$).+)}", run),
+    ]
 
 
 async def read_input(request: web.Request, endpoint: Endpoint) -> Any:
@@ -47,6 +57,7 @@ async def read_input(request: web.Request, endpoint: Endpoint) -> Any:
         507: "No room to store the output (storage quota or disk full)",
     },
     headers=START_HEADER,
+    refusals=INPUT_REFUSALS,
     tag="run",
 )
 async def run(request: web.Request) -> web.Response:
@@ -96,6 +107,7 @@ def counted(request: web.Request, app_id: str) -> Iterator[None]:
         422: ("Invalid input or header, as one {detail, error_type} event", "text/event-stream"),
     },
     headers=START_HEADER,
+    refusals=INPUT_REFUSALS,
     tag="run",
 )
 async def run_stream(request: web.Request) -> web.StreamResponse:

@@ -28,43 +28,53 @@ from __future__ import annotations
 import logging
 import secrets
 from datetime import UTC, datetime
-from typing import TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from server.api import auth
 from server.api.described import operation
-from server.api.files import RANGE_HEADER, SERVED_RESPONSES, local_file, serve_object
-from server.api.request import body_chunks, read_json
+from server.api.files import RANGE_HEADER, RANGE_REFUSALS, SERVED_RESPONSES, local_file, serve_object
+from server.api.params import Param
+from server.api.request import body_chunks, read_model
 from server.api.state import KEYS, MULTIPART, SETTINGS, UPLOADS
-from server.errors import AuthError, InputError, RequestValidationError
+from server.errors import AuthError, InputError
+from server.json_types import JsonInt
 from server.media.multipart import MAX_PARTS, parse_part_number, quoted_etag
 from server.media.uploads import safe_name, upload_key
 from server.security.keyring import credentials
 
 logger = logging.getLogger(__name__)
-B = TypeVar("B", bound=BaseModel)
 
-STORAGE_TYPES = frozenset({"fal-cdn-v3", "fal-cdn", "gcs"})
+STORAGE_TYPE = Param("fal's storage names (all served here)", enum=("fal-cdn-v3", "fal-cdn", "gcs"))
 UPLOAD_TOKEN_SCOPE = "storage:upload"
 UPLOAD_TOKEN_TTL_S = 3600.0
 
 
+class TokenBody(BaseModel):
+    """fal's storage token request: an object, its fields not used."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
 class InitiateBody(BaseModel):
+    model_config = ConfigDict(strict=True)
     file_name: str | None = None
     content_type: str = "application/octet-stream"
 
 
 class PartRef(BaseModel):
-    part_number: int = Field(alias="partNumber")
+    model_config = ConfigDict(strict=True)
+    part_number: JsonInt = Field(alias="partNumber", ge=1, le=MAX_PARTS)
     etag: str
 
 
 class CompleteBody(BaseModel):
+    model_config = ConfigDict(strict=True)
     parts: list[PartRef] = Field(min_length=1, max_length=MAX_PARTS)
 
 
+PART_NUMBER = r"^([1-9][0-9]{0,3}|10000)$"  # 1..MAX_PARTS, as parse_part_number takes it
 _MULTIPART_PATH = "/files/uploads/{upload_id}/{name}/multipart/{multipart_id}"
 
 
@@ -101,31 +111,12 @@ def _upload_url(request: web.Request, upload_id: str, name: str) -> str:
 
 
 def _check_storage_type(request: web.Request) -> None:
-    storage_type = request.query.get("storage_type")
-    if storage_type is not None and storage_type not in STORAGE_TYPES:
-        raise RequestValidationError(
-            [
-                {
-                    "loc": ["query", "storage_type"],
-                    "msg": f"Input should be one of {', '.join(sorted(STORAGE_TYPES))}",
-                    "type": "enum",
-                    "input": storage_type,
-                }
-            ]
-        )
-
-
-async def _body_as(model: type[B], request: web.Request) -> B:
-    """The JSON body validated as ``model``; a 422 in fal's shape otherwise."""
-    try:
-        return model.model_validate(await read_json(request))
-    except ValidationError as e:
-        raise RequestValidationError.from_pydantic(e) from e
+    STORAGE_TYPE.read("query", "storage_type", request.query)
 
 
 async def _initiate_body(request: web.Request) -> InitiateBody:
     _check_storage_type(request)
-    return await _body_as(InitiateBody, request)
+    return await read_model(request, InitiateBody)
 
 
 def _require_upload_credentials(request: web.Request) -> None:
@@ -137,17 +128,15 @@ def _require_upload_credentials(request: web.Request) -> None:
 
 @operation(
     summary="A short-lived token for the CDN upload (fal's storage token)",
+    body=TokenBody,
     responses={200: "The token", 422: "Invalid body or storage_type"},
+    query={"storage_type": STORAGE_TYPE},
     tag="storage",
 )
 async def auth_token(request: web.Request) -> web.Response:
     """A short-lived token for ``POST /files/upload`` (fal's CDN v3 token)."""
     _check_storage_type(request)
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise RequestValidationError(
-            [{"loc": ["body"], "msg": "Input should be an object", "type": "dict_type"}]
-        )
+    await read_model(request, TokenBody)
     token, expires_at = request.app[KEYS].issue_token(UPLOAD_TOKEN_SCOPE, UPLOAD_TOKEN_TTL_S)
     return web.json_response(
         {
@@ -164,7 +153,7 @@ async def auth_token(request: web.Request) -> web.Response:
     summary="Start an upload: a one-time upload URL and the file's URL",
     body=InitiateBody,
     responses={200: "upload_url and file_url", 422: "Invalid body or storage_type"},
-    query={"storage_type": "fal-cdn-v3 (accepted)"},
+    query={"storage_type": STORAGE_TYPE},
     tag="storage",
 )
 async def initiate(request: web.Request) -> web.Response:
@@ -255,7 +244,7 @@ async def cdn_multipart(request: web.Request) -> web.Response:
     summary="Start a multipart upload",
     body=InitiateBody,
     responses={200: "The multipart upload's URLs", 422: "Invalid body or storage_type"},
-    query={"storage_type": "fal-cdn-v3 (accepted)"},
+    query={"storage_type": STORAGE_TYPE},
     tag="storage",
 )
 async def initiate_multipart(request: web.Request) -> web.Response:
@@ -283,12 +272,14 @@ def _multipart_ids(request: web.Request) -> tuple[str, str, str]:
     body="application/octet-stream",
     responses={
         200: "The part's etag",
-        400: "Invalid part number",
+        400: "Invalid part number, or the upload is completed",
         404: "Unknown upload",
         413: "Too large",
         507: "No room: storage quota or disk full",
     },
     schemes=("capability",),
+    refusals={400: ("invalid_part",)},
+    path={"part": PART_NUMBER},
     tag="storage",
 )
 async def put_part(request: web.Request) -> web.Response:
@@ -319,11 +310,12 @@ async def put_part(request: web.Request) -> web.Response:
         507: "No room: storage quota or disk full",
     },
     schemes=("capability",),
+    refusals={400: ("invalid_part",)},
     tag="storage",
 )
 async def complete_multipart(request: web.Request) -> web.Response:
     """Join the listed parts into the upload's file, which appears whole at its URL."""
-    body = await _body_as(CompleteBody, request)
+    body = await read_model(request, CompleteBody)
     multipart_id, upload_id, name = _multipart_ids(request)
     listed = [(part.part_number, part.etag) for part in body.parts]
     size = await request.app[MULTIPART].complete(multipart_id, upload_id, name, listed)
@@ -336,6 +328,7 @@ async def complete_multipart(request: web.Request) -> web.Response:
     ok="*/*",  # the type its bytes show, else an attachment
     responses=SERVED_RESPONSES,
     headers=RANGE_HEADER,
+    refusals=RANGE_REFUSALS,
     tag="storage",
 )
 async def serve_upload(request: web.Request) -> web.StreamResponse:

@@ -9,20 +9,37 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from server.api.described import operation
-from server.api.request import base_url, read_json
+from server.api.request import base_url, read_model
 from server.api.state import CATALOG, ENDPOINTS, GENERATOR, SETTINGS, SUPERVISOR
 from server.errors import NotFoundError, RequestValidationError, WorkerUnavailableError
-from server.workflows.catalog import Version
+from server.workflows.catalog import NAME, RESERVED_OWNERS, Version
 from server.workflows.marked import marked_prompt
+
+# owner/name as the catalog takes it (NAME), the owners the queue routes use left out
+NAME_PATTERN = rf"^(?!(?:{'|'.join(sorted(RESERVED_OWNERS))})/){NAME.pattern.removeprefix('^')}"
+# Refused although well-formed: a node this server's ComfyUI does not have, a model file it lacks, no
+# marked output, a name taken by a built-in endpoint (each problem names its node or the name).
+NOT_PUBLISHABLE = "not_publishable"
+
+
+class PromptNode(BaseModel):
+    """One node of an API-format workflow (its other keys, such as _meta, are kept)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    class_type: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
 
 
 class PublishBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(description="owner/name: the endpoint's app id")
-    prompt: dict[str, Any] = Field(description="The API-format workflow (the editor's graphToPrompt output)")
+    # python-re: NAME_PATTERN looks ahead
+    model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
+    name: str = Field(description="owner/name: the endpoint's app id", pattern=NAME_PATTERN)
+    prompt: dict[str, PromptNode] = Field(
+        min_length=1, description="The API-format workflow (the editor's graphToPrompt output)"
+    )
     workflow: dict[str, Any] | None = Field(default=None, description="The UI-format workflow, to reopen it")
 
 
@@ -51,14 +68,12 @@ def endpoint_urls(request: web.Request, app_id: str) -> dict[str, str]:
         422: "Not publishable: each problem names its node",
         503: "No worker ready to check the nodes",
     },
+    refusals={422: (NOT_PUBLISHABLE,)},
     tag="workflows",
 )
 async def publish(request: web.Request) -> web.Response:
     """Check and publish; 201 with the new version and the URLs serving it."""
-    try:
-        body = PublishBody.model_validate(await read_json(request))
-    except ValidationError as e:
-        raise RequestValidationError.from_pydantic(e) from e
+    body = await read_model(request, PublishBody)
     client = next((w.client for w in request.app[SUPERVISOR].workers if w.ready), None)
     if client is None:
         raise WorkerUnavailableError(
@@ -66,7 +81,11 @@ async def publish(request: web.Request) -> web.Response:
             "publish again once GET /ready answers 200."
         )
     node_types = await client.object_info()
-    version = await request.app[CATALOG].publish(body.name, body.prompt, body.workflow, node_types)
+    prompt = {node_id: node.model_dump() for node_id, node in body.prompt.items()}
+    try:
+        version = await request.app[CATALOG].publish(body.name, prompt, body.workflow, node_types)
+    except RequestValidationError as e:
+        raise RequestValidationError(e.errors, code=NOT_PUBLISHABLE) from e
     return web.json_response(_described(request, version), status=201)
 
 

@@ -25,6 +25,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from server.json_types import JsonInt
 from server.security import secret_files
 
 logger = logging.getLogger(__name__)
@@ -44,10 +45,10 @@ AppName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern
 class TokenRequest(BaseModel):
     """fal's body for ``POST /tokens/``: the apps the token may reach, and its lifetime in seconds."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     allowed_apps: list[AppName] = Field(min_length=1, max_length=MAX_ALLOWED_APPS)
-    token_expiration: int = Field(default=120, ge=TOKEN_MIN_TTL_S, le=TOKEN_MAX_TTL_S)
+    token_expiration: JsonInt = Field(default=120, ge=TOKEN_MIN_TTL_S, le=TOKEN_MAX_TTL_S)
 
 
 def _b64(data: bytes) -> str:

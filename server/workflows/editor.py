@@ -19,9 +19,9 @@ EDITOR_WORKER = 0
 
 
 class EditorRun(BaseModel):
-    """What the editor's ``POST /prompt`` carries."""
+    """What the editor's ``POST /prompt`` carries (the rest of what its frontend sends is not used)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore", strict=True)
     prompt: dict[str, Any] = Field(min_length=1, description="The API-format prompt")
     client_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
     extra_data: dict[str, Any] = Field(

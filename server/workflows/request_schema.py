@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
 
+from server.json_types import JsonInt, json_int
 from server.security.untrusted import check_name, parse_url
 
 IMAGE_SIZE_PRESETS: dict[str, tuple[int, int]] = {
@@ -23,6 +24,7 @@ IMAGE_SIZE_PRESETS: dict[str, tuple[int, int]] = {
 SEED_MAX = 2**63 - 1
 AUTO = "auto"
 DEFAULT = "default"
+URI = {"format": "uri"}
 
 ParamType = Literal[
     "string", "integer", "number", "boolean", "enum", "image_size", "seed", "image_url", "image_urls",
@@ -101,7 +103,7 @@ UNION_TAGS = frozenset({_PRESET_TAG, _CUSTOM_TAG})
 class LoraEntry(BaseModel):
     """One LoRA of a stack: a file in the LoRA folder, an https URL or hf://owner/repo/file[@rev]."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     path: Annotated[str, AfterValidator(_lora_path)] = Field(min_length=1, max_length=2048)
     scale: float = Field(default=1.0, ge=-8, le=8, description="Strength on the diffusion model")
     text_encoder_scale: float | None = Field(default=None, ge=-8, le=8, description="Default: scale")
@@ -112,7 +114,7 @@ class LoraEntry(BaseModel):
 class BlendEntry(BaseModel):
     """One diffusion model of a blend: a manifest name or a file in the diffusion model folder."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     model: FileName = Field(min_length=1, max_length=512)
     weight: float = Field(ge=0, le=1000)
 
@@ -135,7 +137,7 @@ def request_model(name: str, params: dict[str, ParamSpec]) -> type[BaseModel]:
                 **constraints,
             ),
         )
-    model: type[BaseModel] = create_model(name, __config__=ConfigDict(extra="ignore"), **fields)
+    model: type[BaseModel] = create_model(name, __config__=ConfigDict(extra="ignore", strict=True), **fields)
     return model
 
 
@@ -158,12 +160,20 @@ def _annotation(field_name: str, spec: ParamSpec) -> tuple[Any, dict[str, Any]]:
     lengths = {k: v for k, v in (("min_length", spec.min_length), ("max_length", spec.max_length)) if v}
     simple: dict[str, tuple[Any, dict[str, Any]]] = {
         "string": (str, lengths),
-        "integer": (int, {k: int(v) for k, v in bounds.items()}),
+        "integer": (JsonInt, {k: int(v) for k, v in bounds.items()}),
         "number": (float, bounds),
         "boolean": (bool, {}),
-        "seed": (int | None, {"ge": 0, "le": SEED_MAX}),
-        "image_url": (InputUrl if spec.required else InputUrl | None, {"min_length": 1}),
-        "image_urls": (list[InputUrl], {"min_length": 1, "max_length": spec.max_length or 1}),
+        "seed": (json_int(ge=0, le=SEED_MAX) | None, {}),
+        # any URI the client names (https, a data URI, one of our /files/ URLs); what it may reach is
+        # the outbound policy's business (a refusal is a 422 address_not_allowed or input_error)
+        "image_url": (
+            InputUrl if spec.required else InputUrl | None,
+            {"min_length": 1, "json_schema_extra": URI},
+        ),
+        "image_urls": (
+            list[Annotated[InputUrl, Field(json_schema_extra=URI)]],
+            {"min_length": 1, "max_length": spec.max_length or 1},
+        ),
         "loras": (list[LoraEntry], {"max_length": spec.max_length or 8}),
         "sampler": (str, {"min_length": 1, "max_length": 64}),
         "scheduler": (str, {"min_length": 1, "max_length": 64}),
@@ -190,7 +200,10 @@ def _image_size(field_name: str, spec: ParamSpec) -> Any:
         ge=int(spec.ge) if spec.ge is not None else None, le=int(spec.le) if spec.le is not None else None
     )
     size: Any = create_model(
-        field_name, __config__=ConfigDict(extra="forbid"), width=(int, side), height=(int, side)
+        field_name,
+        __config__=ConfigDict(extra="forbid", strict=True),
+        width=(JsonInt, side),
+        height=(JsonInt, side),
     )
     preset: Any = Annotated[Literal[tuple(IMAGE_SIZE_PRESETS)], Tag(_PRESET_TAG)]
     custom: Any = Annotated[size, Tag(_CUSTOM_TAG)]

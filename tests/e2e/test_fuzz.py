@@ -1,8 +1,12 @@
 """A bounded round of the fuzz drill (``scripts/drill_fuzz.py``: schemathesis over darkroom's
 /openapi.json against `darkroom serve` on the real stack), generation included: the CPU demos' runs and
 queue submits, and the stateful links (submit -> status -> result -> cancel, uploads -> their files).
-No 5xx, no answer the document does not describe, no hang. Deterministic cases, two examples per
-operation, fuzzing and links for 120 s: about 2.5 minutes here on 2 cores. Its figures are printed too."""
+Every schemathesis check but the auth-mutation one (see the script's docstring): no 5xx, no answer the
+document does not describe, schema-valid requests accepted and schema-violating ones refused, 405s with
+the exact Allow, no hang; the only refusals of well-formed requests it tolerates are those the document
+declares, by error type. Deterministic cases, two examples per operation, fuzzing and links for 120 s;
+the coverage phase skips the demos' sync runs (each of its dozens of cases per app a generation on the
+CPU: minutes), which the fuzzing and stateful phases still send. About 2.5 minutes here on 2 cores."""
 
 from __future__ import annotations
 
@@ -17,10 +21,10 @@ pytestmark = [pytest.mark.stack, pytest.mark.timeout(420)]
 
 def test_a_bounded_fuzz_round_with_generation_finds_nothing(comfyui_dir: Path, tiny_models_dir: Path) -> None:
     found = run_drill(
-        "fuzz", "--max-examples", "2", "--max-time-s", "120",
+        "fuzz", "--max-examples", "2", "--max-time-s", "120", "--no-coverage-for", "^/run/darkroom/",
         comfyui_dir=comfyui_dir, models_dir=tiny_models_dir, timeout_s=360,
     )  # fmt: skip
-    assert found["cases"] > 0 and found["operations"] >= 45, f"too few operations reached: {found}"
+    assert found["cases"] > 0 and found["operations"] >= 90, f"too few operations reached: {found}"
     assert found["prompts_run"] > 0, f"no run or submit reached a worker: {found}"
     assert found.get("stateful_scenarios", 0) > 0, f"no stateful links were followed: {found}"
     assert not found["key_in_log"], "the API key is in the server's log"

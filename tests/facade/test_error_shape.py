@@ -81,6 +81,28 @@ def documented_statuses() -> dict[tuple[str, str], set[int]]:
 DOCUMENTED = documented_statuses()
 
 
+def documented_paths() -> dict[str, tuple[str, set[str]]]:
+    """Each documented path (per-app ones as they are) -> (a URL of it, its methods): each parameter
+    filled with a sample its documented pattern takes."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        app = build_app(load_settings({}, data_dir=data_dir, api_keys=KEY))
+        document = build_document(app.router.routes(), app[ENDPOINTS])
+    found = {}
+    for path, item in document["paths"].items():
+        url = path
+        for parameter in next(iter(item.values())).get("parameters", []):
+            if parameter["in"] == "path":
+                name, pattern = parameter["name"], parameter["schema"].get("pattern", "")
+                candidates = (SAMPLES.get(name, f"nope-{name}"), "favicon.ico", "1")
+                url = url.replace(f"{{{name}}}", next(c for c in candidates if re.match(pattern, c)))
+        found[path] = (url, {verb.upper() for verb in item})
+    return found
+
+
+PATHS = documented_paths()
+EVERY_METHOD = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE")
+
+
 def assert_documented(method: str, canonical: str, status: int) -> None:
     promised = DOCUMENTED.get((method if method != "HEAD" else "GET", canonical), set())
     assert status in promised, (
@@ -223,3 +245,18 @@ async def test_a_body_that_is_not_utf8_is_a_422(
     body = await assert_fal_shape(response, "POST")
     assert response.status == 422 or response.content_type == "text/event-stream", response.status
     assert body is not None and "not UTF-8" in body["detail"][0]["msg"], body
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+async def test_an_undeclared_method_is_405_allowing_exactly_the_declared_ones(
+    client: TestClient[web.Request, web.Application], path: str
+) -> None:
+    """Every documented path, every method it does not declare: 405, and Allow lists exactly the
+    document's methods for it (what a client generated from the document may send)."""
+    url, declared = PATHS[path]
+    for method in sorted(set(EVERY_METHOD) - declared):
+        response = await client.request(method, url, headers=GOOD)
+        assert response.status == 405, f"{method} {path}: {response.status}, declared {sorted(declared)}"
+        allowed = set(response.headers.get("Allow", "").split(",")) - {""}
+        assert allowed == declared, f"{method} {path}: Allow {sorted(allowed)}, declared {sorted(declared)}"
+        await assert_fal_shape(response, method)

@@ -193,6 +193,16 @@ async def test_invalid_input_is_a_422_before_queueing(client: Client) -> None:
         ({}, "?fal_webhook=http://127.0.0.1:9/hook", "fal_webhook"),
         ({}, "?fal_webhook=http://localhost:9/hook", "fal_webhook"),
         ({}, "?fal_webhook=http://169.254.169.254/latest", "fal_webhook"),
+        # exactly what the document says (issue 22): no case folding, no empty value, no other spelling
+        ({"X-Fal-Queue-Priority": "NORMAL"}, "", "x-fal-queue-priority"),
+        ({"X-Fal-Queue-Priority": ""}, "", "x-fal-queue-priority"),
+        ({"X-Fal-Request-Timeout": "0"}, "", "x-fal-request-timeout"),
+        ({"X-Fal-Request-Timeout": "1e3"}, "", "x-fal-request-timeout"),
+        ({"X-Fal-Request-Timeout": ""}, "", "x-fal-request-timeout"),
+        ({}, "?fal_max_queue_length=%2B5", "fal_max_queue_length"),
+        ({}, "?fal_max_queue_length=", "fal_max_queue_length"),
+        ({}, "?fal_webhook=", "fal_webhook"),
+        ({}, "?fal_webhook=https://%C3%BE%C3%BA/hook", "fal_webhook"),
     ],
 )
 async def test_bad_options_are_422_naming_them(
@@ -201,6 +211,18 @@ async def test_bad_options_are_422_naming_them(
     response = await client.post(f"/queue/{APP}{query}", json={"prompt": "x"}, headers=headers)
     assert response.status == 422, await response.text()
     assert (await response.json())["detail"][0]["loc"][1] == field
+
+
+@pytest.mark.parametrize(
+    ("query", "error_type"),
+    [
+        ("?fal_webhook=ftp://example.com/hook", "validation_error"),  # the document's pattern says so
+        ("?fal_webhook=http://127.0.0.1:9/hook", "address_not_allowed"),  # well-formed, not allowed
+    ],
+)
+async def test_a_webhook_refusal_names_its_error_type(client: Client, query: str, error_type: str) -> None:
+    response = await client.post(f"/queue/{APP}{query}", json={"prompt": "x"})
+    assert response.status == 422 and (await response.json())["error_type"] == error_type
 
 
 async def test_runner_hint_and_unknown_headers_are_accepted(client: Client) -> None:
