@@ -111,8 +111,10 @@ def main() -> int:
     )  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="drill-fuzz-") as tmp:
+        # A run limit under the request timeout: a run the loaded CPU cannot finish answers its 504 (a
+        # failure here) before the client would call it a hang.
         server = Server("fuzz", Path(tmp), Path(args.models_dir),
-                        {"DARKROOM_QUEUE_MAX_LENGTH": "4", "DARKROOM_RUN_TIMEOUT_S": "60"})  # fmt: skip
+                        {"DARKROOM_QUEUE_MAX_LENGTH": "4", "DARKROOM_RUN_TIMEOUT_S": "110"})  # fmt: skip
         server.start()
         try:
             code, figures = fuzz(

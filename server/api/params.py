@@ -21,7 +21,7 @@ Where = Literal["query", "header"]
 POSITIVE_SECONDS = r"^(?=[0-9.]*[1-9])([0-9]{1,12}(\.[0-9]{1,9})?|\.[0-9]{1,9})$"
 WHOLE_NUMBER = r"^[0-9]{1,9}$"
 # http(s), an ASCII host name or address (an IDN in its xn-- form), an optional port and path
-HTTP_URL = r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?([/?#][!-~]*)?$"
+HTTP_URL = r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?([/?#][!-~]*)?(?![\s\S])"
 
 
 @dataclass(frozen=True)

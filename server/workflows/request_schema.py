@@ -94,7 +94,13 @@ def _lora_path(value: str) -> str:
 
 
 InputUrl = Annotated[str, AfterValidator(_input_url)]
-FileName = Annotated[str, AfterValidator(check_name)]
+# What check_name takes, for the document: no control characters, "/"-separated parts of at most 255
+# (it counts UTF-8 bytes, which a JSON Schema cannot: a part of 255 characters past ASCII can still be
+# too long). It ends in (?![\s\S]), not $, which in Python's re also matches before a final newline.
+_PART = r"[^/\x00-\x1f\x7f-\x9f\u2028\u2029]{0,255}"
+NAME_PATTERN = rf"^(?:{_PART}/)*{_PART}(?![\s\S])"
+_NAMED = Field(json_schema_extra={"pattern": NAME_PATTERN})  # documented; check_name is the check
+FileName = Annotated[str, AfterValidator(check_name), _NAMED]
 
 _PRESET_TAG, _CUSTOM_TAG = "preset", "custom"
 UNION_TAGS = frozenset({_PRESET_TAG, _CUSTOM_TAG})
@@ -104,7 +110,7 @@ class LoraEntry(BaseModel):
     """One LoRA of a stack: a file in the LoRA folder, an https URL or hf://owner/repo/file[@rev]."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    path: Annotated[str, AfterValidator(_lora_path)] = Field(min_length=1, max_length=2048)
+    path: Annotated[str, AfterValidator(_lora_path), _NAMED] = Field(min_length=1, max_length=2048)
     scale: float = Field(default=1.0, ge=-8, le=8, description="Strength on the diffusion model")
     text_encoder_scale: float | None = Field(default=None, ge=-8, le=8, description="Default: scale")
     expert: Literal["high", "low", "both"] = Field(default="both", description="Wan A14B: which expert")
@@ -126,8 +132,10 @@ def request_model(name: str, params: dict[str, ParamSpec]) -> type[BaseModel]:
         annotation, constraints = _annotation(f"{name}_{field_name}", spec)
         default = ... if spec.required else spec.default
         if spec.honoured is not None:
-            # Only a value the request sends is checked: fal's default, left out, is not refused.
+            # Only a value the request sends is checked: fal's default, left out, is not refused. The
+            # document lists only the honoured values.
             annotation = Annotated[annotation, AfterValidator(_honoured(spec))]
+            constraints = {**constraints, "json_schema_extra": {"enum": spec.honoured}}
         fields[field_name] = (
             annotation,
             Field(
