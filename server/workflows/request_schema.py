@@ -6,6 +6,7 @@ The models give fal's 422 details for free: the field, what is wrong, and the al
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
@@ -135,7 +136,7 @@ def request_model(name: str, params: dict[str, ParamSpec]) -> type[BaseModel]:
             # Only a value the request sends is checked: fal's default, left out, is not refused. The
             # document lists only the honoured values.
             annotation = Annotated[annotation, AfterValidator(_honoured(spec))]
-            constraints = {**constraints, "json_schema_extra": {"enum": spec.honoured}}
+            constraints = {**constraints, "json_schema_extra": _only_honoured(spec)}
         fields[field_name] = (
             annotation,
             Field(
@@ -161,6 +162,18 @@ def _honoured(spec: ParamSpec) -> Any:
         return value
 
     return check
+
+
+def _only_honoured(spec: ParamSpec) -> Callable[[dict[str, Any]], None]:
+    """For the document: the honoured values as the enum, and fal's default left out when it is not one
+    of them (left out, the field runs as the honoured value; sent, fal's default is refused)."""
+
+    def document(schema: dict[str, Any]) -> None:
+        schema["enum"] = spec.honoured
+        if schema.get("default") not in (spec.honoured or []):
+            schema.pop("default", None)
+
+    return document
 
 
 def _annotation(field_name: str, spec: ParamSpec) -> tuple[Any, dict[str, Any]]:

@@ -105,7 +105,7 @@ def test_parameters_beyond_fal_are_listed_with_their_ranges(document):
     fields = schemas["Input_fal_ai_flux_2"]["properties"]
     assert fields["loras"]["maxItems"] == 8 and fields["loras"]["default"] == []
     assert (fields["shift"]["minimum"], fields["shift"]["maximum"]) == (0, 100)
-    assert (fields["denoise"]["minimum"], fields["denoise"]["maximum"]) == (0, 1)
+    assert (fields["denoise"]["minimum"], fields["denoise"]["maximum"]) == (0.01, 1)
     assert fields["sampler"]["default"] == fields["scheduler"]["default"] == "default"
     assert {"sigmas", "vae", "model_blend"} <= set(fields)
     lora = schemas["LoraEntry"]["properties"]

@@ -275,7 +275,7 @@ def test_a_shared_block_is_the_params_start_and_its_own_keys_override(tmp_path, 
     text = mapping.replace("denoise: {shared: denoise,", "denoise: {shared: denoise, le: 0.5,")
     endpoint = load_endpoints(_write_mapping(tmp_path, text), manifest)["fal-ai/flux-2"]
     denoise, sampler = endpoint.params["denoise"], endpoint.params["sampler"]
-    assert (denoise.type, denoise.advanced, denoise.ge, denoise.le) == ("number", True, 0, 0.5)
+    assert (denoise.type, denoise.advanced, denoise.ge, denoise.le) == ("number", True, 0.01, 0.5)
     assert (sampler.type, sampler.default, sampler.to) == ("sampler", "default", ["17.sampler_name"])
     with pytest.raises(MappingError, match="no shared block 'nothing'"):
         load_endpoints(
