@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -46,22 +47,28 @@ async def test_a_prompt_that_ignores_its_interrupt_gets_its_worker_restarted(
     stack_settings: Settings, comfyui_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """A run past its limit whose node never checks for an interrupt (one 60 s step here; a text
-    encoder on a huge prompt in the fuzz drill) must not keep the worker from the next request."""
+    encoder on a huge prompt in the fuzz drill) must not keep the worker from the next request.
+
+    The stuck run must be inside its slow node when its limit comes: a first run of the same graph
+    and seed fills ComfyUI's cache, so the stuck one starts there at once (otherwise, on a loaded
+    machine, the limit could fall in the sampler, which honours the interrupt, and nothing hangs)."""
     data = tmp_path_factory.mktemp("stuck")
     async with own_supervisor(
-        stack_settings, comfyui_dir, data, nodes=TEST_NODES, run_timeout_s=2.0, interrupt_grace_s=2.0
+        stack_settings, comfyui_dir, data, nodes=TEST_NODES, run_timeout_s=120.0, interrupt_grace_s=2.0
     ) as (
         supervisor,
         client,
     ):
         endpoints = client.server.app[ENDPOINTS]
-        endpoints["darkroom/test-stuck"] = slow_endpoint(
-            endpoints[DEMO], "darkroom/test-stuck", seconds=60, steps=1
-        )
+        slow = slow_endpoint(endpoints[DEMO], "darkroom/test-stuck", seconds=60, steps=1)
+        endpoints["darkroom/test-stuck"] = replace(slow, run_timeout_s=2.0)
+        body = {"prompt": "a red cube", "seed": 7}
+        warm = await wait_status(client, await submit(client, body=body), timeout_s=90)
+        assert "error" not in warm, warm
         (worker,) = supervisor.workers
         stuck_pid = worker.pid
         started = time.monotonic()
-        stuck = await wait_status(client, await submit(client, "darkroom/test-stuck"), timeout_s=60)
+        stuck = await wait_status(client, await submit(client, "darkroom/test-stuck", body), timeout_s=60)
         assert stuck["error_type"] == "request_timeout", stuck
         after = await wait_status(client, await submit(client, body={"prompt": "next"}), timeout_s=90)
         assert "error" not in after, after
