@@ -259,6 +259,7 @@ async def socket(request: web.Request) -> web.StreamResponse:
         401: "Not signed in",
         403: "Not from darkroom's page",
         422: "Not a JSON prompt",
+        429: "darkroom's queue is full",
     },
     schemes=("session", "key"),
     tag="editor",

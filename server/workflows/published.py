@@ -196,7 +196,7 @@ def _field_problem(field: Any, owners: dict[str, str]) -> str | None:
 
 
 def _node_order(node_id: str) -> tuple[int, str]:
-    return (int(node_id), "") if node_id.isdigit() else (1 << 62, node_id)
+    return (int(node_id), "") if node_id.isascii() and node_id.isdigit() else (1 << 62, node_id)  # not "²"
 
 
 def _literal(inputs: Inputs, name: str, kind: type | tuple[type, ...]) -> Any:

@@ -96,9 +96,10 @@ def _lora_path(value: str) -> str:
 
 InputUrl = Annotated[str, AfterValidator(_input_url)]
 # What check_name takes, for the document: no control characters, "/"-separated parts of at most 255
-# (it counts UTF-8 bytes, which a JSON Schema cannot: a part of 255 characters past ASCII can still be
-# too long). It ends in (?![\s\S]), not $, which in Python's re also matches before a final newline.
-_PART = r"[^/\x00-\x1f\x7f-\x9f\u2028\u2029]{0,255}"
+# bytes. A JSON Schema counts characters, not UTF-8 bytes: the pattern takes the parts surely short
+# enough (255 ASCII characters, or 63 of any), a subset of what the server takes. It ends in (?![\s\S]),
+# not $, which in Python's re also matches before a final newline.
+_PART = r"(?:[ -.0-~]{0,255}|[^/\x00-\x1f\x7f-\x9f\u2028\u2029]{0,63})"
 NAME_PATTERN = rf"^(?:{_PART}/)*{_PART}(?![\s\S])"
 _NAMED = Field(json_schema_extra={"pattern": NAME_PATTERN})  # documented; check_name is the check
 FileName = Annotated[str, AfterValidator(check_name), _NAMED]
