@@ -22,7 +22,7 @@ from server.api.described import operation
 from server.api.params import HTTP_URL, WHOLE_NUMBER, Param, invalid
 from server.api.request import REQUEST_TIMEOUT, base_url, read_json, request_timeout_s
 from server.api.run import INPUT_REFUSALS
-from server.api.state import ENDPOINTS, HUB, QUEUE, REQUEST_ID, SETTINGS, USER_ID
+from server.api.state import ENDPOINTS, GENERATOR, HUB, QUEUE, REQUEST_ID, SETTINGS, USER_ID
 from server.api.streams import endless
 from server.errors import BlockedAddressError, InputError, NotFoundError
 from server.queue.job import CancelResult
@@ -149,6 +149,7 @@ async def submit_job(
     headers, query = headers or {}, query or {}
     endpoint = find_endpoint(app[ENDPOINTS], path)
     parsed = validate_input(endpoint, body)
+    app[GENERATOR].choices.check_known(endpoint, parsed)
     webhook_url = await _webhook_url(app[SETTINGS], WEBHOOK.read("query", "fal_webhook", query))
     max_queue_length = MAX_QUEUE_LENGTH.read("query", "fal_max_queue_length", query)
     priority = PRIORITY.read("header", "X-Fal-Queue-Priority", headers) or "normal"

@@ -23,11 +23,23 @@ class ComfyChoices:
         self._lists: dict[str, list[str]] | None = None
 
     async def check(self, endpoint: Endpoint, request: BaseModel, client: ComfyClient) -> None:
+        if self._asked(endpoint, request):
+            self._check(endpoint, request, await self.lists(client))
+
+    def check_known(self, endpoint: Endpoint, request: BaseModel) -> None:
+        """``check`` without asking a worker: once the lists are known (a queue submit is refused then,
+        as the document's enum says, not when it runs)."""
+        if self._lists is not None and self._asked(endpoint, request):
+            self._check(endpoint, request, self._lists)
+
+    @staticmethod
+    def _asked(endpoint: Endpoint, request: BaseModel) -> dict[str, Any]:
+        fields = endpoint.params_of(*_LISTS)
+        return {name: getattr(request, name) for name in fields if getattr(request, name) != DEFAULT}
+
+    def _check(self, endpoint: Endpoint, request: BaseModel, lists: dict[str, list[str]]) -> None:
         fields = {name: endpoint.params[name].type for name in endpoint.params_of(*_LISTS)}
-        asked = {name: getattr(request, name) for name in fields if getattr(request, name) != DEFAULT}
-        if not asked:
-            return
-        lists = await self.lists(client)
+        asked = self._asked(endpoint, request)
         problems = []
         for name, value in asked.items():
             allowed = lists[fields[name]]
