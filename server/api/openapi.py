@@ -256,10 +256,7 @@ def _app_operation(
     schema = endpoint.request_model.model_json_schema(ref_template="#/components/schemas/{model}")
     if choices is not None:
         for name in endpoint.params_of(*FIELD_TYPES):
-            # Named, not an enum: the request takes any name (a worker's ComfyUI checks it when the
-            # request runs: a 422 input_error), so the document may not promise a refusal at submit.
-            known = ", ".join([DEFAULT, *choices[endpoint.params[name].type]])
-            schema["properties"][name]["description"] += f" This server's: {known}."
+            schema["properties"][name]["enum"] = [DEFAULT, *choices[endpoint.params[name].type]]
     body = {"application/json": {"schema": builder.ref(endpoint.request_model, schema)}}
     outputs: dict[str, type[BaseModel]] = {"video": VideoOutput, "image": UpscaleOutput}
     output = outputs.get(endpoint.output.kind, ImageOutput)

@@ -135,16 +135,9 @@ def test_sampler_fields_list_comfyuis_names_once_a_worker_told_them(app):
     schemas = build(app, lists)["components"]["schemas"]
     for app_id in ("Input_fal_ai_flux_2", "Input_fal_ai_wan_v2_2_a14b_text_to_video"):
         fields = schemas[app_id]["properties"]
-        # named, not an enum: any name is taken at submit (the worker's ComfyUI checks it when it runs)
-        assert "enum" not in fields["sampler"] and "enum" not in fields["scheduler"]
-        assert fields["sampler"]["description"].endswith("This server's: default, euler, heun.")
-        assert fields["scheduler"]["description"].endswith("This server's: default, simple, karras.")
-    assert (
-        "This server's"
-        not in build(app)["components"]["schemas"]["Input_fal_ai_flux_2"]["properties"]["sampler"][
-            "description"
-        ]
-    )
+        assert fields["sampler"]["enum"] == ["default", "euler", "heun"]
+        assert fields["scheduler"]["enum"] == ["default", "simple", "karras"]
+    assert "enum" not in build(app)["components"]["schemas"]["Input_fal_ai_flux_2"]["properties"]["sampler"]
 
 
 def test_routes_that_read_a_body_document_its_limits(document):
