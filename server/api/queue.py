@@ -33,10 +33,16 @@ from server.security.untrusted import url_field
 from server.settings import Settings
 from server.workflows.validation import find_endpoint, validate_input
 
-PRIORITY = Param("Where it waits: normal, or low (behind every normal one)", enum=("normal", "low"))
+PRIORITY = Param(
+    "Where it waits: normal, or low (behind every normal one)",
+    enum=("normal", "low"),
+    message="normal or low",
+)
 WEBHOOK = Param(
     "URL called with the result (http or https; its host must resolve to an allowed address)",
-    pattern=HTTP_URL, format="uri", message="an http:// or https:// URL",
+    pattern=HTTP_URL, format="uri",
+    message="an http:// or https:// URL: a host name in ASCII (an IDN as xn--), an IPv4 or a [bracketed] "
+    "IPv6 address",
 )  # fmt: skip
 MAX_QUEUE_LENGTH = Param(
     "Refuse (429) when this many wait already", pattern=WHOLE_NUMBER, message="a whole number, 0 or more"
