@@ -62,7 +62,7 @@ async def image_bytes(client: Client, result: dict[str, Any]) -> bytes:
         ),
         (
             lambda p: p["3"]["inputs"].update(vae_name=MANIFEST.get("flux2-vae").folder_name),
-            "fetch it with `darkroom models fetch flux2-vae`",
+            "fetch it with `darkroom models fetch flux2-vae",
         ),
         (lambda p: p["22"]["inputs"].update(field="prompt"), "already set by node 20"),
         (lambda p: p["22"]["inputs"].update(field="sync_mode"), "is reserved"),
