@@ -117,7 +117,14 @@ class DarkroomLoraFile(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model the LoRA patches."),
                 io.String.Input("lora_name", default="", tooltip="A file in models/loras; empty: none."),
-                io.Float.Input("strength", default=1.0, min=-8.0, max=8.0, step=0.01),
+                io.Float.Input(
+                    "strength",
+                    default=1.0,
+                    min=-8.0,
+                    max=8.0,
+                    step=0.01,
+                    tooltip="How strongly the LoRA applies.",
+                ),
             ],
             outputs=[io.Model.Output(tooltip="The patched model (a clone), or the same one without a LoRA.")],
         )
