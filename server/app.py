@@ -80,6 +80,7 @@ from server.settings import Settings
 from server.workflows.catalog import Catalog
 from server.workflows.editor import EDITOR_APP, editor_endpoint
 from server.workflows.mapping import WORKFLOWS_DIR, Endpoint, load_endpoints
+from server.workflows.safety import missing_checkers
 from server.workflows.version_files import VersionFiles
 
 logger = logging.getLogger(__name__)
@@ -197,6 +198,10 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
     app[HUB] = ProgressHub()
     manifest = load_manifest()
     app[ENDPOINTS] = served = load_endpoints(WORKFLOWS_DIR, manifest)
+    for warning in missing_checkers(
+        ((a, e.params) for a, e in served.items()), manifest, settings.models_path
+    ):
+        logger.warning("%s", warning)
     served[EDITOR_APP] = editor_endpoint()
     budget = DiskBudget(
         (settings.outputs_path, settings.uploads_path),

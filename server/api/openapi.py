@@ -78,7 +78,12 @@ class ImageOutput(BaseModel):
     seed: int
     timings: Timings
     prompt: str
-    has_nsfw_concepts: list[bool]
+    has_nsfw_concepts: list[bool | None] = Field(
+        description="One per image: true when the safety checker flagged it (the image is then black, as "
+        "fal's), false when it checked it and did not; null when nothing checked it: enable_safety_checker "
+        "was false, the endpoint has no checker, or the checker's weights are absent (the status logs and "
+        "the server's start-up warning say which). A null is never a pass."
+    )
 
 
 class VideoOutput(BaseModel):

@@ -28,6 +28,7 @@ from server.engine.events import (
     Executing,
     ExecutionError,
     Interrupted,
+    Note,
     OutputFile,
     Preview,
     Progress,
@@ -44,8 +45,8 @@ from server.errors import ComfyValidationError, WorkerConnectionError, WorkerRes
 
 __all__ = [
     "TERMINAL", "Cached", "ComfyClient", "Event", "Executed", "Executing", "ExecutionError", "Interrupted",
-    "OutputFile", "Preview", "Progress", "Removed", "Started", "Status", "Success", "Watcher", "WorkerLost",
-    "is_terminal",
+    "Note", "OutputFile", "Preview", "Progress", "Removed", "Started", "Status", "Success", "Watcher",
+    "WorkerLost", "is_terminal",
     "parse_binary", "parse_message",
 ]  # fmt: skip
 

@@ -137,6 +137,15 @@ class WorkerLost:
     reason: str
 
 
+@dataclass(frozen=True)
+class Note:
+    """A line for the request's status logs, made by the facade (e.g. what the safety checker did)."""
+
+    prompt_id: str
+    message: str
+    level: str = "INFO"
+
+
 Event = (
     Started
     | Cached
@@ -149,6 +158,7 @@ Event = (
     | Removed
     | Preview
     | WorkerLost
+    | Note
 )
 TERMINAL = (Success, ExecutionError, Interrupted, Removed)
 

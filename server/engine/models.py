@@ -39,6 +39,7 @@ class ModelKind(StrEnum):
     VAE = "vae"
     LORA = "lora"
     UPSCALE_MODEL = "upscale_model"
+    SAFETY_CHECKER = "safety_checker"
 
 
 class Source(BaseModel):

@@ -87,6 +87,7 @@ def extra_model_paths(settings: Settings) -> dict[str, dict[str, str]]:
             "vae": "vae",
             "loras": "loras",
             "upscale_models": "upscale_models",
+            "safety_checkers": "safety_checkers",
             "custom_nodes": str(PROJECT_ROOT / "custom_nodes"),
         }
     }

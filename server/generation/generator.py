@@ -38,6 +38,7 @@ from server.settings import Settings
 from server.workflows.choices import ComfyChoices
 from server.workflows.editor import EDITOR_WORKER, EditorRun
 from server.workflows.mapping import Endpoint, ImageInput
+from server.workflows.safety import Verdicts, verdicts
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class Generator:
         }
         for attempt in range(1, WORKER_ATTEMPTS + 1):
             try:
-                files, resolved, inference_s = await self._run_on_worker(
+                files, resolved, inference_s, checked = await self._run_on_worker(
                     endpoint, request, request_id, base_url, images, prepared, on_event
                 )
                 break
@@ -114,7 +115,9 @@ class Generator:
                 if on_event is not None:
                     await on_event(cc.WorkerLost(request_id, e.message))
         log.info("%s %s: %d file(s) in %.3f s", endpoint.app_id, request_id, len(files), inference_s)
-        return _response(endpoint, files, resolved, inference_s)
+        if endpoint.output.kind == "images":
+            await _report_safety(endpoint, request_id, checked, on_event)
+        return _response(endpoint, files, resolved, inference_s, checked)
 
     async def _run_on_worker(
         self,
@@ -125,8 +128,9 @@ class Generator:
         images: dict[str, list[tuple[bytes, int, int]]],
         prepared: dict[str, Any],
         on_event: EventSink | None,
-    ) -> tuple[list[dict[str, Any]], dict[str, Any], float]:
-        """Borrow a worker, run the prompt there and store its outputs: (files, resolved values, seconds)."""
+    ) -> tuple[list[dict[str, Any]], dict[str, Any], float, Verdicts]:
+        """Borrow a worker, run the prompt there and store its outputs: (files, resolved values, seconds,
+        the safety checker's verdicts)."""
         async with self.supervisor.worker(model_key=endpoint.model_key(request)) as worker:
             self.last_run[worker.id] = endpoint.app_id
             await self.choices.check(endpoint, request, worker.client)
@@ -148,7 +152,7 @@ class Generator:
                 files = await self._store_all(worker, saved, request_id, resolved, base_url)
             finally:
                 worker.discard("input", uploaded)
-            return files, resolved, time.perf_counter() - started
+            return files, resolved, time.perf_counter() - started, verdicts(endpoint.params, resolved, saved)
 
     async def _store_all(
         self,
@@ -393,8 +397,28 @@ def _image_size(data: bytes, field: str, max_pixels: int) -> tuple[int, int]:
     return width, height
 
 
+async def _report_safety(
+    endpoint: Endpoint, request_id: str, checked: Verdicts, on_event: EventSink | None
+) -> None:
+    """Say in the log and the request's status logs what the safety checker did, above all when it did
+    not run (has_nsfw_concepts null), so an unchecked image is never taken for a checked one."""
+    if checked.note is None:
+        message = f"Safety checker: {checked.flagged} of {len(checked.flags)} image(s) flagged"
+        message += " and replaced by black" if checked.flagged else ""
+    else:
+        message = f"Safety checker: not checked ({checked.note}); has_nsfw_concepts is null"
+    level = logging.WARNING if checked.failed else logging.INFO
+    log.log(level, "%s %s: %s", endpoint.app_id, request_id, message)
+    if on_event is not None:
+        await on_event(cc.Note(request_id, message, "WARN" if checked.failed else "INFO"))
+
+
 def _response(
-    endpoint: Endpoint, files: list[dict[str, Any]], resolved: dict[str, Any], inference_s: float
+    endpoint: Endpoint,
+    files: list[dict[str, Any]],
+    resolved: dict[str, Any],
+    inference_s: float,
+    checked: Verdicts,
 ) -> dict[str, Any]:
     """fal's output shape: image models answer images[] and friends, video models one File, upscalers
     one image."""
@@ -408,5 +432,5 @@ def _response(
         "seed": seed,
         "timings": {"inference": inference_s},
         "prompt": resolved.get("prompt", ""),
-        "has_nsfw_concepts": [False] * len(files),
+        "has_nsfw_concepts": checked.flags,
     }

@@ -168,6 +168,8 @@ class LiveReporter:
             self.log("Finished")
         elif isinstance(event, cc.WorkerLost):
             self.log(f"Lost its ComfyUI worker ({event.reason}); running it again", "WARN")
+        elif isinstance(event, cc.Note):
+            self.log(event.message, event.level)
 
     def _node_started(self, node: str | None) -> None:
         if self._running is not None:

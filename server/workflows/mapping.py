@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from server.engine.models import Manifest
 from server.settings import PROJECT_ROOT
 from server.workflows.request_schema import AUTO, DEFAULT, IMAGE_SIZE_PRESETS, ParamSpec, request_model
+from server.workflows.safety import check_spec, checker_field, insert_checker
 
 WORKFLOWS_DIR = PROJECT_ROOT / "workflows"
 SHARED_BLOCKS = "shared/extensions.yaml"  # relative to a mapping's folder
@@ -173,6 +174,10 @@ class Endpoint:
         for name, lookup in self.lookups.items():
             resolved[name] = lookup.table[" ".join(str(resolved[key]) for key in lookup.keys)]
             _set_parts(prompt, lookup.to, resolved[name])
+        checker = checker_field(self.params)
+        if checker is not None and resolved[checker]:
+            checker_file = manifest.get(self.params[checker].checker or "").folder_name
+            insert_checker(prompt, self.output.node, checker_file)
         return prompt, resolved
 
 
@@ -280,6 +285,9 @@ def _endpoint(
         raise MappingError(f"{path}: output names exactly one of images, video or image")
     if mapping.output.node not in workflow:
         raise MappingError(f"{path}: output node {mapping.output.node} is not in {mapping.workflow}")
+    output_class = workflow[mapping.output.node].get("class_type")
+    for problem in filter(None, (check_spec(n, p, manifest, output_class) for n, p in params.items())):
+        raise MappingError(f"{path}: {app_id}: {problem}")
     model_name = "Input_" + "".join(c if c.isalnum() else "_" for c in app_id)
     return Endpoint(
         app_id=app_id,

@@ -72,6 +72,11 @@ class ParamSpec(BaseModel):
         "default in the schema and darkroom's behaviour the description states",
     )
     unhonoured: str = Field(default="", description="why the values outside `honoured` are refused")
+    checker: str | None = Field(
+        default=None,
+        description="a boolean that switches the image safety checker: the classifier's manifest name. "
+        "True puts a DarkroomSafetyChecker between the output node and the images it saves",
+    )
 
 
 def _input_url(value: str) -> str:

@@ -8,6 +8,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..formats.media import CRF_MAX, FORMATS, VIDEO_CONTENT_TYPE, encode_image, encode_video, video_size
+from ..formats.safety import read_verdict
 
 _PREFIX_TIP = "Prefix (may hold a subfolder)."
 _CRF_TIP = "x264 quality: lower is better and larger; 0 is lossless (many players refuse it)."
@@ -28,13 +29,28 @@ class DarkroomSaveImage(io.ComfyNode):
                 io.Int.Input(
                     "quality", default=95, min=1, max=100, tooltip="jpeg/webp quality; png ignores it."
                 ),
+                io.String.Input(
+                    "safety",
+                    optional=True,
+                    force_input=True,
+                    tooltip="A Safety Checker's verdicts: each saved file is described with its "
+                    "has_nsfw_concept (null when nothing was checked).",
+                ),
             ],
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, images, filename_prefix: str, format: str, quality: int) -> io.NodeOutput:  # noqa: A002
+    def execute(
+        cls,
+        images,
+        filename_prefix: str,
+        format: str,
+        quality: int,
+        safety: str | None = None,  # noqa: A002
+    ) -> io.NodeOutput:
         height, width = int(images.shape[1]), int(images.shape[2])
+        flags, note = read_verdict(safety, len(images)) if safety else ([None] * len(images), None)
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, folder_paths.get_output_directory(), width, height
         )
@@ -55,6 +71,10 @@ class DarkroomSaveImage(io.ComfyNode):
                     "content_type": FORMATS[format],
                 }
             )
+            if safety:
+                results[-1]["has_nsfw_concept"] = flags[index]
+                if note:
+                    results[-1]["safety_note"] = note
         return io.NodeOutput(ui={"images": results})
 
 

@@ -276,8 +276,13 @@ FILES: Mapping[str, Callable[[], StateDict]] = {
 
 def build(models_dir: Path) -> list[Path]:
     """Write the tiny text encoders and VAEs under `models_dir` (same bytes on every run)."""
+    return write(models_dir, FILES)
+
+
+def write(models_dir: Path, files: Mapping[str, Callable[[], StateDict]]) -> list[Path]:
+    """Write each state dict under `models_dir` at its relative path."""
     written = []
-    for relative, make in FILES.items():
+    for relative, make in files.items():
         path = models_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         safetensors.torch.save_file(make(), str(path))
