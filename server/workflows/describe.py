@@ -41,6 +41,7 @@ def _field(name: str, spec: ParamSpec, choices: dict[str, list[str]] | None) -> 
         described["choices"] = [DEFAULT, *(choices or {}).get(spec.type, [])]
     elif spec.type == "image_size":
         described["presets"] = {k: {"width": w, "height": h} for k, (w, h) in IMAGE_SIZE_PRESETS.items()}
+        described["presets"].update(dict.fromkeys(spec.values or []))  # "auto": the input image's size
     elif spec.type == "seed":
         described.update(ge=0, le=SEED_MAX)
     elif spec.type == "loras":

@@ -268,6 +268,8 @@ def _endpoint(
     for name, param in params.items():
         source = params.get(param.size_from or "")
         sized = param.type == "image_size" or (param.honoured is not None and isinstance(param.to, dict))
+        if param.type == "image_size" and param.values and (not param.size_from or param.values != [AUTO]):
+            raise MappingError(f"{path}: {app_id}: {name}'s one extra name is {AUTO!r}, with size_from")
         if param.size_from and (not sized or not source or source.type not in ("image_url", "image_urls")):
             raise MappingError(
                 f"{path}: {app_id}: {name}'s size_from must name an image field, and {name} be an "
@@ -322,8 +324,8 @@ def _check_lookup(path: Path, name: str, lookup: LookupSpec, params: dict[str, P
 
 
 def _resolve(name: str, spec: ParamSpec, value: Any, prepared: dict[str, Any], manifest: Manifest) -> Any:
-    if spec.size_from and (value is None or spec.type != "image_size"):
-        # image_size left out, or a mode that means "the input's size" (its one honoured value)
+    if spec.size_from and (value is None or value == AUTO or spec.type != "image_size"):
+        # image_size left out or "auto", or a mode that means "the input's size" (its one honoured value)
         images = prepared[spec.size_from]
         first = images[0] if isinstance(images, list) else images
         return fitted_size(first.width, first.height, spec)

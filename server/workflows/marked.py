@@ -152,7 +152,7 @@ def _node_inputs(
 
 
 def _size(default: Any) -> tuple[int, int]:
-    if isinstance(default, str):
+    if isinstance(default, str) and default in IMAGE_SIZE_PRESETS:  # not "auto": the input image's size
         return IMAGE_SIZE_PRESETS[default]
     if isinstance(default, dict):
         return int(default["width"]), int(default["height"])

@@ -45,7 +45,11 @@ class ParamSpec(BaseModel):
     le: float | None = None
     min_length: int | None = None
     max_length: int | None = None
-    values: list[str] | None = None
+    values: list[str] | None = Field(
+        default=None,
+        description='enum: its values; image_size with size_from: names beyond the presets ("auto") that '
+        "mean the size_from image's size",
+    )
     multiple_of: int | None = Field(default=None, description="image_size: sides rounded down to this")
     family: str | None = Field(default=None, description="model_blend: the DarkroomModelBlend family")
     size_from: str | None = Field(
@@ -232,7 +236,8 @@ def _image_size(field_name: str, spec: ParamSpec) -> Any:
         width=(JsonInt, side),
         height=(JsonInt, side),
     )
-    preset: Any = Annotated[Literal[tuple(IMAGE_SIZE_PRESETS)], Tag(_PRESET_TAG)]
+    names = (*IMAGE_SIZE_PRESETS, *(spec.values or []))
+    preset: Any = Annotated[Literal[names], Tag(_PRESET_TAG)]
     custom: Any = Annotated[size, Tag(_CUSTOM_TAG)]
     return Annotated[preset | custom, Discriminator(_image_size_kind)]
 

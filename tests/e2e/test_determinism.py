@@ -57,6 +57,14 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("darkroom/demo-flux-schnell", {"output_format": "jpeg"}),
     ("darkroom/demo-flux-kontext", {"image_url": png(80, 64, 1)}),
     ("darkroom/demo-esrgan", {"image_url": png(40, 24, 1), "scale": 4}),
+    (
+        "darkroom/demo-z-image-turbo",
+        {"num_inference_steps": 3, "loras": [{"path": "tiny/zimage-lora-b.safetensors"}]},
+    ),
+    (
+        "darkroom/demo-z-image-turbo-i2i",
+        {"image_url": png(64, 48, 1), "num_inference_steps": 3, "strength": 0.8},
+    ),
     ("darkroom/demo-wan-2.2-5b-t2v", {}),
     (
         "darkroom/demo-wan-2.2-5b-t2v",

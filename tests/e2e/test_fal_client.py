@@ -121,8 +121,9 @@ def test_upload(server: Server, tmp_path: Path) -> None:
     assert server.get(urls["initiate"])[:2] == (200, b"via initiate")
 
 
-def test_edit_with_uploaded_images(server: Server, tmp_path: Path) -> None:
-    """fal-ai/flux-2/edit's twin with two images the SDK uploaded: the output takes the first's size."""
+def test_edit_and_z_image_with_uploaded_images(server: Server, tmp_path: Path) -> None:
+    """fal-ai/flux-2/edit's twin with two images the SDK uploaded: the output takes the first's size;
+    fal-ai/z-image/turbo's twin, and its image-to-image twin from the first upload (its size again)."""
     first, second = tmp_path / "wide.png", tmp_path / "square.png"
     Image.effect_noise((80, 48), 30).convert("RGB").save(first)
     Image.effect_noise((64, 64), 50).convert("RGB").save(second)
@@ -131,11 +132,19 @@ def test_edit_with_uploaded_images(server: Server, tmp_path: Path) -> None:
         f"""
         urls = [fal_client.upload_file({str(first)!r}), fal_client.upload_file({str(second)!r})]
         arguments = {{"prompt": "make it blue", "seed": 2, "image_urls": urls}}
-        emit(fal_client.run("darkroom/demo-flux-2-edit", arguments=arguments))
+        edit = fal_client.run("darkroom/demo-flux-2-edit", arguments=arguments)
+        z = {{"prompt": "a fox", "seed": 3, "num_inference_steps": 2}}
+        size = {{"width": 48, "height": 64}}
+        turbo = fal_client.run("darkroom/demo-z-image-turbo", arguments={{**z, "image_size": size}})
+        i2i = fal_client.run("darkroom/demo-z-image-turbo-i2i", arguments={{**z, "image_url": urls[0]}})
+        emit({{"edit": edit, "turbo": turbo, "i2i": i2i}})
         """,
     )
-    assert result["seed"] == 2
-    check_image(server, result["images"][0], (80, 48))
+    assert result["edit"]["seed"] == 2
+    check_image(server, result["edit"]["images"][0], (80, 48))
+    assert result["turbo"]["seed"] == result["i2i"]["seed"] == 3
+    check_image(server, result["turbo"]["images"][0], (48, 64))
+    check_image(server, result["i2i"]["images"][0], (80, 48))
 
 
 def write_random(path: Path, size_bytes: int) -> str:
@@ -297,12 +306,16 @@ def test_js_run_errors_and_upload(server: Server) -> None:
 
 
 @needs_js
-def test_js_edit_with_an_uploaded_image(server: Server, tmp_path: Path) -> None:
+def test_js_edit_and_z_image_with_an_uploaded_image(server: Server, tmp_path: Path) -> None:
     picture = tmp_path / "tall.png"
     Image.effect_noise((48, 80), 40).convert("RGB").save(picture)
     result = run_js(server, "edit", str(picture))
     assert result["data"]["seed"] == 4
     check_image(server, result["data"]["images"][0], (48, 80))
+    z_image = result["zImage"]  # fal-ai/z-image/turbo's twins: text-to-image, and from the upload
+    assert z_image["turbo"]["seed"] == z_image["i2i"]["seed"] == 6
+    check_image(server, z_image["turbo"]["images"][0], (64, 48))
+    check_image(server, z_image["i2i"]["images"][0], (48, 80))
 
 
 @needs_js

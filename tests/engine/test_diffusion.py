@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import comfy.ldm.flux.model
+import comfy.ldm.lumina.model
 import comfy.ldm.wan.model
 import comfy.lora
 import comfy.model_base
@@ -26,7 +27,7 @@ from darkroom.ops import diffusion
 from darkroom.tiny import diffusion as tiny
 
 W = checkpoint.WeightDtype
-FLUX, WAN = arch.Family.FLUX, arch.Family.WAN
+FLUX, WAN, ZIMAGE = arch.Family.FLUX, arch.Family.WAN, arch.Family.ZIMAGE
 # stem: (family, latent channels, latent format channels, variant)
 MODELS = {
     "flux2": (FLUX, 128, 128, "flux2"),
@@ -36,6 +37,7 @@ MODELS = {
     "wan22-a14b-low": (WAN, 16, 16, "wan21-t2v"),
     "wan22-a14b-i2v-high": (WAN, 16, 16, "wan21-t2v"),
     "wan22-a14b-i2v-low": (WAN, 16, 16, "wan21-t2v"),
+    "zimage": (ZIMAGE, 16, 16, "zimage"),
 }
 FILES = [f"{stem}-{kind}" for stem, _, _, _, kinds in tiny._MODELS for kind in kinds]
 
@@ -62,6 +64,8 @@ def _inputs(stem: str) -> tuple[torch.Tensor, dict[str, Any]]:
             kwargs["y"] = torch.randn(1, 64, generator=gen)
         return torch.randn(1, channels, size, size, generator=gen), kwargs
     kwargs = {"c_crossattn": torch.randn(1, 16, 64, generator=gen)}
+    if family is ZIMAGE:
+        return torch.randn(1, channels, 8, 8, generator=gen), kwargs | {"num_tokens": 16}
     if stem.startswith("wan22-a14b-i2v"):
         kwargs["c_concat"] = torch.zeros(1, 20, 2, 8, 8)
     return torch.randn(1, channels, 2, 8, 8, generator=gen), kwargs
@@ -86,6 +90,8 @@ def test_config_keys_match_comfyuis_model_signatures() -> None:
     wan = set(inspect.signature(comfy.ldm.wan.model.WanModel.__init__).parameters)
     assert flux == arch.FLUX_CONFIG_KEYS
     assert wan - {"self", "device", "dtype", "operations", "wan_attn_block_class"} == arch.WAN_CONFIG_KEYS
+    zimage = set(inspect.signature(comfy.ldm.lumina.model.NextDiT.__init__).parameters)
+    assert zimage - {"self", "device", "dtype", "operations"} == arch.ZIMAGE_CONFIG_KEYS
 
 
 @pytest.mark.parametrize(
@@ -97,6 +103,11 @@ def test_config_keys_match_comfyuis_model_signatures() -> None:
         (FLUX, tiny.FLUX1 | {"guidance_embed": False, "depth_single_blocks": 0}),
         (WAN, tiny.WAN22_5B | {"dim": 256, "num_heads": 2, "num_layers": 3, "ffn_dim": 512}),
         (WAN, tiny.WAN_A14B_I2V | {"dim": 384, "num_heads": 3}),
+        (
+            ZIMAGE,
+            tiny.ZIMAGE | {"dim": 512, "n_heads": 4, "n_kv_heads": 2, "n_layers": 2, "n_refiner_layers": 2},
+        ),
+        (ZIMAGE, tiny.ZIMAGE | {"dim": 384, "n_heads": 12, "n_kv_heads": 12, "axes_dims": [8, 12, 12]}),
     ],
 )
 def test_inference_recovers_configs_from_comfyuis_own_layouts(
@@ -236,6 +247,7 @@ def test_wan_5b_and_a14b_experts_sample(models_dir: Path) -> None:
         ("flux1", "flux1-bf16"),
         ("wan22-5b", "wan22-ti2v-5b-bf16"),
         ("wan-a14b", "wan22-a14b-low-bf16"),
+        ("zimage", "zimage-bf16"),
     ],
 )
 def test_tiny_loras_map_every_key_and_change_outputs(models_dir: Path, lora: str, model: str) -> None:
@@ -259,6 +271,7 @@ def test_nodes_schema_validation_and_execution(models_dir: Path) -> None:
     assert [n.define_schema().node_id for n in nodes_diffusion.NODES] == [
         "DarkroomFluxLoader",
         "DarkroomWanLoader",
+        "DarkroomZImageLoader",
     ]
     for node in nodes_diffusion.NODES:
         schema = node.define_schema()
@@ -270,6 +283,13 @@ def test_nodes_schema_validation_and_execution(models_dir: Path) -> None:
     assert ok is True
     assert "not a FLUX" in flux.validate_inputs(
         model_name="tiny/wan22-ti2v-5b-bf16.safetensors", weight_dtype="default"
+    )
+    zimage = nodes_diffusion.DarkroomZImageLoader
+    assert (
+        zimage.validate_inputs(model_name="tiny/zimage-bf16.safetensors", weight_dtype="fp8_e4m3fn") is True
+    )
+    assert "not a ZIMAGE" in zimage.validate_inputs(
+        model_name="tiny/flux1-bf16.safetensors", weight_dtype="default"
     )
     assert "round twice" in wan.validate_inputs(
         model_name="tiny/wan22-ti2v-5b-fp8_e4m3fn.safetensors", weight_dtype="fp8_e5m2"

@@ -26,6 +26,7 @@ TEXT_ENCODERS = {
     "flux2": (["mistral3-flux2"], (1, None, 192), None),
     "flux1": (["clip-l", "t5xxl"], (1, 256, 64), (1, 64)),
     "wan": (["umt5xxl"], (1, 512, 64), None),
+    "zimage": (["qwen3-4b"], (1, None, 64), None),
 }
 VAES = {
     # family: (file, frames in, latent shape)
@@ -171,12 +172,17 @@ def test_full_size_text_encoder_layouts_give_the_real_configs() -> None:
     ops, configs = comfy.ops.manual_cast, Path(comfy.clip_model.__file__).parent
     with torch.device("meta"):  # the real sizes, without allocating them
         mistral = comfy.text_encoders.llama.Mistral3Small24B({}, torch.bfloat16, "meta", ops)
+        qwen3 = comfy.text_encoders.llama.Qwen3_4B({}, torch.bfloat16, "meta", ops)
         t5_config = json.loads((configs / "text_encoders" / "t5_config_xxl.json").read_text())
         t5 = comfy.text_encoders.t5.T5(t5_config, torch.float16, "meta", ops)
         clip_config = json.loads((configs / "sd1_clip_config.json").read_text())
         clip = comfy.clip_model.CLIPTextModel(clip_config, torch.float16, "meta", ops)
     assert encoders.mistral3_config(mistral.state_dict()) == {
         **{"vocab_size": 131072, "hidden_size": 5120, "intermediate_size": 32768, "num_hidden_layers": 40},
+        **{"num_attention_heads": 32, "num_key_value_heads": 8, "final_norm": True},
+    }
+    assert encoders.QWEN3_4B.infer(qwen3.state_dict()) == {
+        **{"vocab_size": 151936, "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36},
         **{"num_attention_heads": 32, "num_key_value_heads": 8, "final_norm": True},
     }
     assert encoders.t5_config(t5.state_dict()) == {

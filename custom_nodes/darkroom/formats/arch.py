@@ -69,8 +69,36 @@ WAN_CONFIG_KEYS = frozenset(
         "in_dim_ref_conv",
     ]
 )
+# comfy.ldm.lumina.model.NextDiT's keyword arguments (minus device/dtype/operations).
+ZIMAGE_CONFIG_KEYS = frozenset(
+    [
+        "image_model",
+        "norm_eps",
+        "clip_text_dim",
+        "patch_size",
+        "in_channels",
+        "dim",
+        "n_layers",
+        "n_refiner_layers",
+        "n_heads",
+        "n_kv_heads",
+        "multiple_of",
+        "ffn_dim_multiplier",
+        "qk_norm",
+        "cap_feat_dim",
+        "axes_dims",
+        "axes_lens",
+        "rope_theta",
+        "z_image_modulation",
+        "time_scale",
+        "pad_tokens_multiple",
+    ]
+)
 _TUPLE_KEYS = frozenset({"patch_size", "window_size"})
 WAN_HEAD_DIM = 128  # every released Wan (1.3B, 5B, 14B) uses 128-wide heads
+# Z-Image's FeedForward width: int(8/3 * dim) rounded up to a multiple of 256 (model_detection.py:437).
+ZIMAGE_FFN_MULTIPLIER = 8.0 / 3.0
+ZIMAGE_FFN_MULTIPLE = 256
 
 
 class Family(StrEnum):
@@ -78,6 +106,7 @@ class Family(StrEnum):
 
     FLUX = "flux"
     WAN = "wan"
+    ZIMAGE = "zimage"
 
 
 class ModelFileError(ValueError):
@@ -114,10 +143,12 @@ class ArchConfig:
 _ANCHORS: dict[Family, tuple[str, ...]] = {
     Family.FLUX: ("img_in.weight", "txt_in.weight", "final_layer.linear.weight"),
     Family.WAN: ("head.modulation", "patch_embedding.weight", "text_embedding.0.weight"),
+    Family.ZIMAGE: ("cap_embedder.1.weight", "x_embedder.weight", "final_layer.linear.weight"),
 }
 _PREFIXES = ("", "model.diffusion_model.", "diffusion_model.", "model.")
 _FOREIGN_HINTS: tuple[tuple[str, str], ...] = (
     ("head.modulation", "a Wan diffusion model"),
+    ("cap_embedder.1.weight", "a Lumina 2 / Z-Image (NextDiT) diffusion model"),
     ("double_stream_modulation_img.lin.weight", "a FLUX.2 diffusion model"),
     ("double_blocks.0.img_attn.qkv.weight", "a FLUX-style (double/single block) diffusion model"),
     ("input_blocks.0.0.weight", "an SD1/SDXL UNet"),
@@ -314,6 +345,80 @@ def infer_wan(shapes: Mapping[str, Shape], source: str) -> ArchConfig:
     return ArchConfig(Family.WAN, variant, cfg)
 
 
+def zimage_axes_dims(head_dim: int) -> list[int]:
+    """RoPE axes for a head width in Z-Image's proportions (32/48/48 of 128): the first about a quarter,
+    the other two equal, all even."""
+    if head_dim % 2 or head_dim < 6:
+        raise ArchInferenceError(
+            f"head_dim {head_dim} is too small or odd for Z-Image rope; pass axes_dims in config_override"
+        )
+    first = max(2, 2 * round(head_dim / 8))
+    while (head_dim - first) % 4:
+        first += 2
+    rest = (head_dim - first) // 2
+    return [first, rest, rest]
+
+
+def _zimage_ffn(dim: int, hidden: int) -> tuple[float, int]:
+    """(ffn_dim_multiplier, multiple_of) giving FeedForward width `hidden`: Z-Image's own rule when it
+    fits (as ComfyUI's detection sets it), else the exact width (multiple_of = hidden rounds up to it)."""
+    multiple = ZIMAGE_FFN_MULTIPLE
+    if -(-int(ZIMAGE_FFN_MULTIPLIER * dim) // multiple) * multiple == hidden:
+        return ZIMAGE_FFN_MULTIPLIER, multiple
+    return hidden / dim, hidden
+
+
+def infer_zimage(shapes: Mapping[str, Shape], source: str) -> ArchConfig:
+    """Config for Z-Image (Lumina 2's NextDiT with Z-Image's modulation) at any width and depth. ComfyUI's
+    detection knows it only at 3840 wide (30 heads); here heads come from the q-norm width, GQA from the
+    fused qkv, depth from the block counts, the FFN width from its weight. Patches are 2x2 as released."""
+    if "layers.0.adaLN_modulation.1.weight" in shapes:
+        raise WrongFamilyError(f"{source}: a Lumina 2 model, which this loader does not serve; use ComfyUI's")
+    dim, cap_feat_dim = _shape(shapes, "cap_embedder.1.weight", source)
+    head_dim = _shape(shapes, "layers.0.attention.q_norm.weight", source)[0]
+    n_heads = _shape(shapes, "layers.0.attention.out.weight", source)[1] // head_dim
+    qkv_heads = _shape(shapes, "layers.0.attention.qkv.weight", source)[0] // head_dim
+    ffn_multiplier, multiple_of = _zimage_ffn(
+        dim, _shape(shapes, "layers.0.feed_forward.w1.weight", source)[0]
+    )
+    patch = 2
+    cfg: dict[str, Any] = {
+        "image_model": "lumina2",
+        "patch_size": patch,
+        "in_channels": _shape(shapes, "x_embedder.weight", source)[1] // (patch * patch),
+        "dim": dim,
+        "n_layers": count_blocks(shapes, "layers."),
+        "n_refiner_layers": count_blocks(shapes, "noise_refiner."),
+        "n_heads": n_heads,
+        "n_kv_heads": (qkv_heads - n_heads) // 2,
+        "multiple_of": multiple_of,
+        "ffn_dim_multiplier": ffn_multiplier,
+        "qk_norm": True,
+        "cap_feat_dim": cap_feat_dim,
+        "axes_dims": zimage_axes_dims(head_dim),
+        "axes_lens": [1536, 512, 512],
+        "rope_theta": 256.0,
+        "z_image_modulation": True,
+        "time_scale": 1000.0,
+    }
+    if "cap_pad_token" in shapes:
+        cfg["pad_tokens_multiple"] = 32
+    return ArchConfig(Family.ZIMAGE, "zimage", cfg)
+
+
+def _check_zimage(cfg: Mapping[str, Any], source: str) -> None:
+    dim, heads, kv_heads, axes = cfg["dim"], cfg["n_heads"], cfg["n_kv_heads"], list(cfg["axes_dims"])
+    if heads <= 0 or kv_heads <= 0 or dim % heads or heads % kv_heads:
+        raise ArchInferenceError(
+            f"{source}: Z-Image dim {dim} must split into n_heads {heads}, "
+            f"a multiple of n_kv_heads {kv_heads}"
+        )
+    if sum(axes) != dim // heads or any(a % 2 for a in axes):
+        raise ArchInferenceError(
+            f"{source}: axes_dims {axes} must be even numbers summing to the head width {dim // heads}"
+        )
+
+
 def _check_flux(cfg: Mapping[str, Any], source: str) -> None:
     hidden, heads, axes = cfg["hidden_size"], cfg["num_heads"], list(cfg["axes_dim"])
     if heads <= 0 or hidden % heads:
@@ -349,7 +454,7 @@ def parse_override(text: str | None) -> dict[str, Any]:
 
 def apply_override(config: ArchConfig, override: Mapping[str, Any], source: str) -> ArchConfig:
     """Merge an override over an inferred config; unknown keys and inconsistent heads/axes are rejected."""
-    allowed = FLUX_CONFIG_KEYS if config.family is Family.FLUX else WAN_CONFIG_KEYS
+    allowed = _CONFIG_KEYS[config.family]
     unknown = sorted(set(override) - allowed)
     if unknown:
         raise ArchInferenceError(
@@ -359,7 +464,7 @@ def apply_override(config: ArchConfig, override: Mapping[str, Any], source: str)
     merged = dict(config.unet_config)
     for key, value in override.items():
         merged[key] = tuple(value) if key in _TUPLE_KEYS and isinstance(value, list) else value
-    (_check_flux if config.family is Family.FLUX else _check_wan)(merged, source)
+    _CHECKS[config.family](merged, source)
     return ArchConfig(config.family, config.variant, merged)
 
 
@@ -367,18 +472,22 @@ def infer(
     family: Family, shapes: Mapping[str, Shape], source: str, override: Mapping[str, Any] | None = None
 ) -> ArchConfig:
     """Infer the config of un-prefixed `shapes` for `family`, then apply `override`."""
-    config = (infer_flux if family is Family.FLUX else infer_wan)(shapes, source)
+    config = _INFER[family](shapes, source)
     return apply_override(config, override or {}, source)
 
 
+_CONFIG_KEYS = {Family.FLUX: FLUX_CONFIG_KEYS, Family.WAN: WAN_CONFIG_KEYS, Family.ZIMAGE: ZIMAGE_CONFIG_KEYS}
+_CHECKS = {Family.FLUX: _check_flux, Family.WAN: _check_wan, Family.ZIMAGE: _check_zimage}
+_INFER = {Family.FLUX: infer_flux, Family.WAN: infer_wan, Family.ZIMAGE: infer_zimage}
 _BLOCK_PREFIXES: dict[Family, tuple[str, ...]] = {
     Family.FLUX: ("double_blocks.", "single_blocks."),
     Family.WAN: ("blocks.",),
+    Family.ZIMAGE: ("layers.", "noise_refiner.", "context_refiner."),
 }
 
 
 def is_linear_weight(key: str, shape: Shape) -> bool:
-    """True for the 2-D weight of a linear layer (in FLUX and Wan every 2-D `.weight` is one)."""
+    """True for the 2-D weight of a linear layer (in FLUX, Wan and Z-Image every 2-D `.weight` is one)."""
     return len(shape) == 2 and key.endswith(".weight")
 
 

@@ -31,6 +31,8 @@ def model_family(shapes: Mapping[str, Shape]) -> str:
         return "FLUX.2"
     if "img_in.weight" in shapes:
         return "FLUX.1"
+    if "cap_embedder.1.weight" in shapes:
+        return "Z-Image"
     return "Wan" if "head.modulation" in shapes else "an unrecognised model"
 
 

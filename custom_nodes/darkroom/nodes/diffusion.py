@@ -1,5 +1,6 @@
-"""Diffusion-model loader nodes: DarkroomFluxLoader (FLUX.2, FLUX.1 dev/schnell) and DarkroomWanLoader
-(Wan 2.1 layout incl. each Wan 2.2 A14B expert, Wan 2.2 TI2V-5B). Node ids are public API."""
+"""Diffusion-model loader nodes: DarkroomFluxLoader (FLUX.2, FLUX.1 dev/schnell), DarkroomWanLoader
+(Wan 2.1 layout incl. each Wan 2.2 A14B expert, Wan 2.2 TI2V-5B) and DarkroomZImageLoader (Z-Image).
+Node ids are public API."""
 
 from __future__ import annotations
 
@@ -117,4 +118,17 @@ class DarkroomWanLoader(_DiffusionLoader):
     )
 
 
-NODES: list[type[io.ComfyNode]] = [DarkroomFluxLoader, DarkroomWanLoader]
+class DarkroomZImageLoader(_DiffusionLoader):
+    """Z-Image (Lumina 2's NextDiT with Z-Image's modulation) at any width and depth."""
+
+    FAMILY = Family.ZIMAGE
+    NODE_ID = "DarkroomZImageLoader"
+    DISPLAY = "Load Z-Image Diffusion Model (darkroom)"
+    MODEL_TIP = (
+        "A Z-Image (Turbo) diffusion-model file from models/diffusion_models: bf16/fp16, fp8 or scaled fp8. "
+        "Width, heads, depth and FFN width are read from the tensors (ComfyUI's own detection knows only "
+        "the released 3840-wide model); wrong or damaged files are rejected before loading."
+    )
+
+
+NODES: list[type[io.ComfyNode]] = [DarkroomFluxLoader, DarkroomWanLoader, DarkroomZImageLoader]

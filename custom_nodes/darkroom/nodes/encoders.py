@@ -49,13 +49,14 @@ class DarkroomTextEncoderLoader(io.ComfyNode):
             node_id="DarkroomTextEncoderLoader",
             display_name="Load Text Encoder (darkroom)",
             category="darkroom/loaders",
-            description="Loads a FLUX.2, FLUX.1 or Wan text encoder at any size, reading it off the weights.",
+            description="Loads a FLUX.2, FLUX.1, Wan or Z-Image text encoder at any size, reading it off "
+            "the weights.",
             inputs=[
                 io.Combo.Input(
                     "text_encoder_name",
                     options=files,
                     tooltip="Text encoder file: Mistral-3 for flux2, CLIP-L or T5-XXL for flux1, "
-                    "umt5-xxl for wan.",
+                    "umt5-xxl for wan, Qwen3-4B for zimage.",
                 ),
                 io.Combo.Input(
                     "family",

@@ -15,6 +15,7 @@ from ..formats.overrides import (
 from ..ops.sampling import (
     DEFAULT,
     MAX_SHIFT,
+    MIN_DENOISE,
     SAMPLER_NAMES,
     SCHEDULER_NAMES,
     KSamplerSchedule,
@@ -61,7 +62,7 @@ class DarkroomSigmas(io.ComfyNode):
                 io.Float.Input(
                     "denoise",
                     default=1.0,
-                    min=0.01,
+                    min=MIN_DENOISE,
                     max=1.0,
                     step=0.01,
                     tooltip="Fraction of the noise schedule to run (image-to-image strength); 1 = all.",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import comfy.ldm.flux.model
+import comfy.ldm.lumina.model
 import comfy.ldm.wan.model
 import comfy.model_management
 import comfy.model_patcher
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 _UNET_CLASSES: dict[Family, type[torch.nn.Module]] = {
     Family.FLUX: comfy.ldm.flux.model.Flux,
     Family.WAN: comfy.ldm.wan.model.WanModel,
+    Family.ZIMAGE: comfy.ldm.lumina.model.NextDiT,
 }
 _MODEL_CONFIGS: dict[str, type[comfy.supported_models_base.BASE]] = {
     "flux2": comfy.supported_models.Flux2,
@@ -48,6 +50,7 @@ _MODEL_CONFIGS: dict[str, type[comfy.supported_models_base.BASE]] = {
     "wan21-t2v": comfy.supported_models.WAN21_T2V,
     "wan21-i2v": comfy.supported_models.WAN21_I2V,
     "wan22-ti2v-5b": comfy.supported_models.WAN22_T2V,
+    "zimage": comfy.supported_models.ZImage,
 }
 
 
@@ -139,7 +142,7 @@ def load_diffusion_model(
     path: Path, family: Family, *, weight_dtype: WeightDtype = WeightDtype.DEFAULT,
     config_override: Mapping[str, Any] | None = None,
 ) -> comfy.model_patcher.ModelPatcher:  # fmt: skip
-    """Load a FLUX or Wan diffusion model file as a ModelPatcher, served as `weight_dtype`."""
+    """Load a FLUX, Wan or Z-Image diffusion model file as a ModelPatcher, served as `weight_dtype`."""
     with _checked(path, family, weight_dtype, config_override) as (ckpt, config):
         plan = LoadPlan(weight_dtype, partial(quantisable, family))
         quantised, floats = ckpt.output_summary(plan)

@@ -1,7 +1,8 @@
-"""Text encoders for FLUX.2, FLUX.1 and Wan as ComfyUI CLIP objects, sized from their own weights.
+"""Text encoders for FLUX.2, FLUX.1, Wan and Z-Image as ComfyUI CLIP objects, sized from their own weights.
 
 ComfyUI's CLIPLoader recognises an encoder by hard-coded shapes (comfy/sd.py:1048-1093: Mistral-3 must
-be 5120 wide, T5-XXL must have a block 23), so a model at any other size does not load through it.
+be 5120 wide, T5-XXL must have a block 23, Qwen3-4B 2560 wide), so a model at any other size does not
+load through it.
 Here the caller names the family, every size is read off the weights and handed to ComfyUI's own
 classes through their `<name>_model_config` model options, and the keys are checked strictly
 (ComfyUI loads text encoders non-strictly and runs with uninitialised weights when keys are missing).
@@ -23,6 +24,7 @@ import comfy.text_encoders.flux
 import comfy.text_encoders.hunyuan_video
 import comfy.text_encoders.sd3_clip
 import comfy.text_encoders.wan
+import comfy.text_encoders.z_image
 import comfy.utils
 import torch
 
@@ -35,7 +37,8 @@ ConfigOverride = Mapping[str, Mapping[str, Any]]
 Configs = dict[str, dict[str, Any]]
 
 TOKENIZER_KEYS = frozenset({"tekken_model", "spiece_model"})
-# A class attribute of comfy.text_encoders.llama.Mistral3Small24BConfig, not a field: it cannot be set.
+# A class attribute of comfy.text_encoders.llama.Mistral3Small24BConfig (and Qwen3_4BConfig), not a
+# field: it cannot be set.
 MISTRAL3_HEAD_DIM = 128
 # Mistral3_24BModel(layer=[10, 20, 30]): FLUX.2 stacks these hidden states (flux.py:141, :157).
 FLUX2_HIDDEN_STATES = (10, 20, 30)
@@ -46,10 +49,12 @@ class TextEncoderFamily(StrEnum):
     FLUX2 = "flux2"
     FLUX1 = "flux1"
     WAN = "wan"
+    ZIMAGE = "zimage"
 
 
 def mistral3_config(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """Mistral3Small24BConfig fields read off a Mistral-3 state dict (output sizes only: safe for fp8)."""
+    """Mistral3Small24BConfig (or Qwen3_4BConfig) fields read off a Mistral-3 (Qwen3) state dict (output
+    sizes only: safe for fp8)."""
     embed = sd["model.embed_tokens.weight"]
     return {
         "vocab_size": embed.shape[0],
@@ -133,8 +138,20 @@ T5XXL = EncoderKind("t5xxl", "a T5-XXL v1.1 encoder (FLUX.1)", _T5_REQUIRED, t5_
 UMT5XXL = EncoderKind(
     "umt5xxl", "a umt5-xxl encoder (Wan)", _T5_REQUIRED, t5_config, tokenizer="spiece_model"
 )
+QWEN3_4B = EncoderKind(
+    "qwen3_4b",
+    "a Qwen3-4B text encoder (Z-Image)",
+    (
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.q_norm.weight",
+        "model.layers.0.mlp.gate_proj.weight",
+    ),
+    mistral3_config,  # the same llama.py fields, read the same way (128-wide heads too)
+)
 KINDS = {
     TextEncoderFamily.FLUX2: (MISTRAL3,),
+    TextEncoderFamily.ZIMAGE: (QWEN3_4B,),
     TextEncoderFamily.FLUX1: (CLIP_L, T5XXL),
     TextEncoderFamily.WAN: (UMT5XXL,),
 }
@@ -268,6 +285,12 @@ def _target(
         clip, tokenizer = (
             comfy.text_encoders.flux.flux_clip(**detected),
             comfy.text_encoders.flux.FluxTokenizer,
+        )
+    elif family is TextEncoderFamily.ZIMAGE:
+        detected = comfy.text_encoders.hunyuan_video.llama_detect(parts[0].sd)
+        clip, tokenizer = (
+            comfy.text_encoders.z_image.te(**detected),
+            comfy.text_encoders.z_image.ZImageTokenizer,
         )
     else:
         detected = comfy.text_encoders.sd3_clip.t5_xxl_detect(parts[0].sd)

@@ -32,6 +32,9 @@ from ..formats.overrides import OverrideError
 
 DEFAULT = "default"
 MAX_SHIFT = 100.0  # the DarkroomSigmas shift input's bound
+# The DarkroomSigmas denoise input's least value, enforced here too: ComfyUI does not hold a linked or
+# API-set float to its min, and a scheduler rebuild runs steps / denoise steps (near 0: without end).
+MIN_DENOISE = 0.01
 MAX_STEPS = 10000  # KSampler's steps bound
 SAMPLER_NAMES: list[str] = list(comfy.samplers.KSampler.SAMPLERS)
 SCHEDULER_NAMES: list[str] = list(comfy.samplers.KSampler.SCHEDULERS)
@@ -63,8 +66,10 @@ class ScheduleOverride:
             raise OverrideError(f"scheduler {self.scheduler!r} is not one of {[DEFAULT, *SCHEDULER_NAMES]}")
         if not (math.isfinite(self.shift) and 0 <= self.shift <= MAX_SHIFT):
             raise OverrideError(f"shift must be 0 to {MAX_SHIFT:g} (0 = the model's own), got {self.shift}")
-        if not (0 < self.denoise <= 1):
-            raise OverrideError(f"denoise must be in (0, 1], got {self.denoise}")
+        if not (MIN_DENOISE <= self.denoise <= 1):
+            raise OverrideError(
+                f"denoise (image-to-image strength) must be {MIN_DENOISE} to 1, got {self.denoise}"
+            )
         if self.sigmas is not None and (self.scheduler != DEFAULT or self.shift or self.denoise != 1):
             raise OverrideError(
                 "sigmas replaces the whole schedule: leave scheduler 'default', shift 0 and denoise 1 with it"

@@ -1,10 +1,10 @@
 """Tiny random-weight diffusion models and LoRAs with the real key layouts (for tests and the dev stack).
 
 Layouts come from ComfyUI's own classes (comfy.ldm.flux.model.Flux with FLUX.2 and FLUX.1 parameters,
-comfy.ldm.wan.model.WanModel), built on the meta device; values come from fixed per-tensor seeds, so a
-rebuild writes byte-identical files. Widths the text-encoder side must match: FLUX.2 context 192
-(3 stacked hidden layers of a 64-wide Mistral-3), FLUX.1 context 64 (T5) and vec 64 (CLIP-L), Wan
-text_dim 64 (umT5).
+comfy.ldm.wan.model.WanModel, comfy.ldm.lumina.model.NextDiT with Z-Image's), built on the meta device;
+values come from fixed per-tensor seeds, so a rebuild writes byte-identical files. Widths the
+text-encoder side must match: FLUX.2 context 192 (3 stacked hidden layers of a 64-wide Mistral-3),
+FLUX.1 context 64 (T5) and vec 64 (CLIP-L), Wan text_dim 64 (umT5), Z-Image cap_feat_dim 64 (Qwen3-4B).
 """
 
 from __future__ import annotations
@@ -43,6 +43,14 @@ _WAN: dict[str, Any] = {
     "image_model": "wan2.1", "model_type": "t2v", "patch_size": (1, 2, 2), "in_dim": 16, "dim": 128,
     "ffn_dim": 256, "freq_dim": 256, "text_dim": 64, "out_dim": 16, "num_heads": 1, "num_layers": 2,
     "window_size": (-1, -1), "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6,
+}  # fmt: skip
+# Z-Image's modulation reads a 256-wide timestep embedding, so 256 is the least width; 128-wide heads as
+# released. cap_feat_dim 64 is the tiny Qwen3-4B's width.
+ZIMAGE: dict[str, Any] = {
+    "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 256, "n_layers": 1,
+    "n_refiner_layers": 1, "n_heads": 2, "n_kv_heads": 2, "multiple_of": 256, "ffn_dim_multiplier": 8.0 / 3.0,
+    "qk_norm": True, "cap_feat_dim": 64, "axes_dims": [32, 48, 48], "axes_lens": [1536, 512, 512],
+    "rope_theta": 256.0, "z_image_modulation": True, "time_scale": 1000.0, "pad_tokens_multiple": 32,
 }  # fmt: skip
 WAN22_5B = _WAN | {"in_dim": 48, "out_dim": 48}
 WAN_A14B = dict(_WAN)
@@ -112,6 +120,7 @@ _MODELS: tuple[tuple[str, Family, dict[str, Any], str, tuple[str, ...]], ...] = 
     ("wan22-a14b-low", Family.WAN, WAN_A14B, "wan-a14b-low", ("bf16", "fp8_scaled")),
     ("wan22-a14b-i2v-high", Family.WAN, WAN_A14B_I2V, "wan-a14b-i2v-high", ("bf16",)),
     ("wan22-a14b-i2v-low", Family.WAN, WAN_A14B_I2V, "wan-a14b-i2v-low", ("bf16",)),
+    ("zimage", Family.ZIMAGE, ZIMAGE, "zimage", ("bf16",)),
 )
 # (LoRA stem, family, config it fits)
 _LORAS: tuple[tuple[str, Family, dict[str, Any]], ...] = (
@@ -119,6 +128,7 @@ _LORAS: tuple[tuple[str, Family, dict[str, Any]], ...] = (
     ("flux1", Family.FLUX, FLUX1),
     ("wan22-5b", Family.WAN, WAN22_5B),
     ("wan-a14b", Family.WAN, WAN_A14B),
+    ("zimage", Family.ZIMAGE, ZIMAGE),
 )
 
 

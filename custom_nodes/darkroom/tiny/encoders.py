@@ -1,11 +1,11 @@
-"""Tiny text encoders and VAEs for FLUX.2, FLUX.1 and Wan: ComfyUI's own classes at test widths.
+"""Tiny text encoders and VAEs for FLUX.2, FLUX.1, Wan and Z-Image: ComfyUI's own classes at test widths.
 
 Every tensor comes from ComfyUI's model classes (so the key layouts are the real ones) and is filled
 from a generator seeded by its name, so a rebuild writes the same bytes. The tokenizers live inside
 the files as ComfyUI expects them: a synthetic tekken vocabulary (`tekken_model`) for Mistral-3 and a
-sentencepiece model written here (`spiece_model`) for umt5; CLIP-L and T5 use the tokenizers ComfyUI
-ships. Widths agreed with the diffusion models: FLUX.2 context 3 x 64, FLUX.1 context 64 and pooled
-64, Wan text 64.
+sentencepiece model written here (`spiece_model`) for umt5; CLIP-L, T5 and Qwen3 use the tokenizers
+ComfyUI ships. Widths agreed with the diffusion models: FLUX.2 context 3 x 64, FLUX.1 context 64 and
+pooled 64, Wan text 64, Z-Image caption 64. Z-Image's VAE is FLUX.1's (16 channels at /8).
 """
 
 from __future__ import annotations
@@ -194,6 +194,25 @@ def mistral3_flux2() -> StateDict:
     return {**_weights(model, "mistral3", torch.float16), "tekken_model": _blob(tekken)}
 
 
+QWEN3_VOCAB = 151936  # Qwen3's embedding rows: ComfyUI ships its tokenizer (qwen25_tokenizer), ids < this
+
+
+def qwen3_4b() -> StateDict:
+    """Tiny Z-Image text encoder: Qwen3-4B's layout (q/k norms, 128-wide heads), 3 layers of width 64
+    (Z-Image reads the second-to-last hidden state, which needs 3: cap_feat_dim 64); the vocabulary is
+    Qwen's own."""
+    config = {
+        "vocab_size": QWEN3_VOCAB,
+        "hidden_size": HIDDEN,
+        "intermediate_size": 2 * HIDDEN,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 1,
+        "num_key_value_heads": 1,
+    }
+    model = comfy.text_encoders.llama.Qwen3_4B(config, torch.float32, "cpu", comfy.ops.manual_cast)
+    return _weights(model, "qwen3_4b", torch.bfloat16)
+
+
 def clip_l() -> StateDict:
     """Tiny CLIP-L: 2 layers of width 64 (FLUX.1 pooled 64); the vocabulary is CLIP's own 49408."""
     config = _config("sd1_clip_config.json", hidden_size=HIDDEN, intermediate_size=2 * HIDDEN)
@@ -267,6 +286,7 @@ FILES: Mapping[str, Callable[[], StateDict]] = {
     "text_encoders/tiny/clip-l.safetensors": clip_l,
     "text_encoders/tiny/t5xxl.safetensors": t5xxl,
     "text_encoders/tiny/umt5xxl.safetensors": umt5xxl,
+    "text_encoders/tiny/qwen3-4b.safetensors": qwen3_4b,
     "vae/tiny/flux2-vae.safetensors": flux2_vae,
     "vae/tiny/flux1-ae.safetensors": flux1_ae,
     "vae/tiny/wan21-vae.safetensors": wan21_vae,

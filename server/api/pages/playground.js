@@ -65,14 +65,14 @@ const WIDGETS = {
   },
   image_size(field) {
     const presets = Object.keys(field.presets);
-    const choice = h("select", { name: field.name }, [...presets, "custom"].map((p) => h("option", { value: p }, p === "custom" ? "custom size" : `${p} (${field.presets[p].width}×${field.presets[p].height})`)));
+    const choice = h("select", { name: field.name }, [...presets, "custom"].map((p) => h("option", { value: p }, p === "custom" ? "custom size" : field.presets[p] ? `${p} (${field.presets[p].width}×${field.presets[p].height})` : `${p} (the input image's size)`)));
     const width = h("input", { type: "number", "aria-label": "width", min: field.ge, max: field.le, step: field.multiple_of ?? 1 });
     const height = h("input", { type: "number", "aria-label": "height", min: field.ge, max: field.le, step: field.multiple_of ?? 1 });
     const custom = h("div", { class: "row" }, width, h("span", { class: "narrow" }, "×"), height);
     const set = (v) => {
       const isPreset = typeof v === "string";
       choice.value = isPreset ? v : "custom";
-      const size = isPreset ? field.presets[v] : v ?? { width: 1024, height: 1024 };
+      const size = (isPreset ? field.presets[v] : v) ?? { width: 1024, height: 1024 };
       width.value = size.width; height.value = size.height;
       custom.hidden = isPreset;
     };

@@ -51,12 +51,18 @@ const scenarios = {
     };
   },
   async edit() {
-    // fal-ai/flux-2/edit's twin with an image uploaded through the client's storage (argv: its path).
+    // fal-ai/flux-2/edit's and fal-ai/z-image/turbo's twins with an image uploaded through the client's
+    // storage (argv: its path).
     const { readFile } = await import("node:fs/promises");
     const image = new File([await readFile(process.argv[4])], "tall.png", { type: "image/png" });
-    const input = { prompt: "make it blue", seed: 4, image_urls: [await fal.storage.upload(image)] };
+    const url = await fal.storage.upload(image);
+    const input = { prompt: "make it blue", seed: 4, image_urls: [url] };
     const { data, requestId } = await fal.run("darkroom/demo-flux-2-edit", { input });
-    return { data, requestId };
+    // fal-ai/z-image/turbo's twins: text-to-image, and image-to-image from the same upload.
+    const z = { prompt: "a fox", seed: 6, num_inference_steps: 2 };
+    const turbo = await fal.run("darkroom/demo-z-image-turbo", { input: { ...z, image_size: { width: 64, height: 48 } } });
+    const i2i = await fal.run("darkroom/demo-z-image-turbo-i2i", { input: { ...z, image_url: url } });
+    return { data, requestId, zImage: { turbo: turbo.data, i2i: i2i.data } };
   },
   async upload() {
     const blob = new Blob(["hello from js"], { type: "text/plain" });

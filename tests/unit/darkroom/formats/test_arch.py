@@ -242,3 +242,82 @@ def test_quantisable_weights_are_block_linears_only() -> None:
     assert arch.quantisable(arch.Family.WAN, "blocks.1.ffn.0.weight", (256, 128))
     assert not arch.quantisable(arch.Family.WAN, "blocks.1.modulation", (1, 6, 128))
     assert not arch.quantisable(arch.Family.WAN, "patch_embedding.weight", (128, 16, 1, 2, 2))
+
+
+def zimage_shapes(
+    dim: int, head_dim: int, layers: int, *, kv_heads: int | None = None, cap: int = 64
+) -> Shapes:
+    """Key -> shape of a Z-Image NextDiT (comfy.ldm.lumina.model, z_image_modulation) with 2 refiners."""
+    heads = dim // head_dim
+    kv = kv_heads or heads
+    ffn = -(-int(8 / 3 * dim) // 256) * 256
+    out: Shapes = {
+        "x_embedder.weight": (dim, 64),
+        "cap_embedder.0.weight": (cap,),
+        "cap_embedder.1.weight": (dim, cap),
+        "final_layer.linear.weight": (64, dim),
+        "t_embedder.mlp.0.weight": (min(dim, 1024), 256),
+        "x_pad_token": (1, dim),
+        "cap_pad_token": (1, dim),
+    }
+    blocks = [f"layers.{i}." for i in range(layers)]
+    blocks += [f"{kind}.{i}." for kind in ("noise_refiner", "context_refiner") for i in range(2)]
+    for p in blocks:
+        out |= {
+            p + "attention.qkv.weight": ((heads + 2 * kv) * head_dim, dim),
+            p + "attention.out.weight": (dim, heads * head_dim),
+            p + "attention.q_norm.weight": (head_dim,),
+            p + "feed_forward.w1.weight": (ffn, dim),
+        }
+        if not p.startswith("context_refiner"):
+            out[p + "adaLN_modulation.0.weight"] = (4 * dim, min(dim, 256))
+    return out
+
+
+def test_zimage_full_width_matches_comfyuis_detection() -> None:
+    """At 3840 wide, the config is exactly what comfy/model_detection.py:434-444 hardcodes."""
+    config = arch.infer(arch.Family.ZIMAGE, zimage_shapes(3840, 128, 30, cap=2560), "z.safetensors")
+    assert config.variant == "zimage"
+    expected = {
+        "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 3840, "cap_feat_dim": 2560,
+        "n_layers": 30, "n_refiner_layers": 2, "qk_norm": True, "n_heads": 30, "n_kv_heads": 30,
+        "axes_dims": [32, 48, 48], "axes_lens": [1536, 512, 512], "rope_theta": 256.0,
+        "ffn_dim_multiplier": 8.0 / 3.0, "multiple_of": 256, "z_image_modulation": True, "time_scale": 1000.0,
+        "pad_tokens_multiple": 32,
+    }  # fmt: skip
+    assert config.unet_config == expected
+
+
+@pytest.mark.parametrize(
+    ("dim", "head_dim", "layers", "kv_heads", "axes"),
+    [(256, 128, 1, None, [32, 48, 48]), (512, 64, 3, 2, [16, 24, 24]), (384, 32, 2, 4, [8, 12, 12])],
+)
+def test_zimage_config_from_shapes_at_other_widths(
+    dim: int, head_dim: int, layers: int, kv_heads: int | None, axes: list[int]
+) -> None:
+    config = arch.infer(arch.Family.ZIMAGE, zimage_shapes(dim, head_dim, layers, kv_heads=kv_heads), "z")
+    cfg = config.unet_config
+    assert (cfg["dim"], cfg["n_layers"], cfg["n_heads"]) == (dim, layers, dim // head_dim)
+    assert cfg["n_kv_heads"] == (kv_heads or dim // head_dim)
+    assert cfg["axes_dims"] == axes and sum(axes) == head_dim
+
+
+def test_zimage_odd_ffn_width_is_taken_exactly() -> None:
+    shapes = zimage_shapes(256, 128, 1)
+    shapes["layers.0.feed_forward.w1.weight"] = (700, 256)
+    cfg = arch.infer(arch.Family.ZIMAGE, shapes, "z").unet_config
+    hidden = int(cfg["ffn_dim_multiplier"] * 256)
+    assert cfg["multiple_of"] * -(-hidden // cfg["multiple_of"]) == 700  # NextDiT's FeedForward rule
+
+
+def test_zimage_loader_names_other_files_and_lumina2() -> None:
+    with pytest.raises(arch.WrongFamilyError, match="Wan"):
+        arch.find_prefix(wan_shapes(128, 2), arch.Family.ZIMAGE, "w.safetensors")
+    with pytest.raises(arch.WrongFamilyError, match="Z-Image"):
+        arch.find_prefix(zimage_shapes(256, 128, 1), arch.Family.FLUX, "z.safetensors")
+    lumina = zimage_shapes(256, 128, 1)
+    lumina["layers.0.adaLN_modulation.1.weight"] = lumina.pop("layers.0.adaLN_modulation.0.weight")
+    with pytest.raises(arch.WrongFamilyError, match="Lumina 2"):
+        arch.infer(arch.Family.ZIMAGE, lumina, "l.safetensors")
+    with pytest.raises(arch.ArchInferenceError, match="axes_dims"):
+        arch.infer(arch.Family.ZIMAGE, zimage_shapes(256, 128, 1), "z", {"axes_dims": [32, 32, 32]})

@@ -48,6 +48,9 @@ def test_cli_expands_an_endpoint_into_its_model_files():
         "flux1-ae",
     ]
     assert expand_model_names(["fal-ai/esrgan"]) == ["realesrgan-x4plus"]
+    z_image = ["z-image-turbo", "qwen3-4b", "flux1-ae"]  # its VAE is FLUX.1's ae.safetensors
+    for app in ("fal-ai/z-image/turbo", "fal-ai/z-image/turbo/lora", "fal-ai/z-image/turbo/image-to-image"):
+        assert expand_model_names([app]) == z_image
 
 
 def test_missing_files_name_the_command_that_provides_each(tmp_path):
