@@ -298,3 +298,34 @@ def test_every_endpoint_opens_as_a_marked_workflow(endpoints, manifest) -> None:
             (target,) = endpoint.params[name].to
             loads = endpoint.workflow[target.split(".")[0]]["class_type"] == "LoadImage"
             assert (name in fields) == loads, f"{app_id}: {name}"
+
+
+def test_z_image_i2i_auto_is_the_inputs_size_and_strength_and_denoise_multiply(endpoints, manifest) -> None:
+    endpoint = endpoints["fal-ai/z-image/turbo/image-to-image"]
+    image = {"image_url": ImageInput("in.png", 900, 600)}
+    for body in ({}, {"image_size": "auto"}):  # fal's default, left out or sent
+        request = endpoint.validate({"prompt": "x", "image_url": "https://a.example/1.png", **body})
+        prompt, resolved = endpoint.build_prompt(request, manifest, image)
+        assert (
+            resolved["image_size"]
+            == {"width": 896, "height": 592}
+            == {side: prompt["20"]["inputs"][side] for side in ("width", "height")}
+        )
+    assert (prompt["17"]["inputs"]["denoise"], prompt["8"]["inputs"]["denoise"]) == (0.6, 1)
+    assert prompt["19"]["inputs"]["image"] == "in.png"
+    sized = endpoint.validate(
+        {"prompt": "x", "image_url": "https://a.example/1.png", "image_size": "square", "denoise": 0.5}
+    )
+    prompt, resolved = endpoint.build_prompt(sized, manifest, image)
+    assert resolved["image_size"] == {"width": 512, "height": 512} and prompt["8"]["inputs"]["denoise"] == 0.5
+    with pytest.raises(ValidationError):  # "auto" is an extra name of this image_size only
+        endpoints["fal-ai/z-image/turbo"].validate({"prompt": "x", "image_size": "auto"})
+
+
+def test_an_image_size_extra_name_needs_size_from(tmp_path, manifest) -> None:
+    mapping = (WORKFLOWS / "z-image-turbo.yaml").read_text()
+    text = mapping.replace("    default: landscape_4_3\n", "    default: landscape_4_3\n    values: [auto]\n")
+    folder = _write_mapping(tmp_path, text)
+    (folder / "zimage-t2i.json").write_text((WORKFLOWS / "zimage-t2i.json").read_text())
+    with pytest.raises(MappingError, match="one extra name is 'auto', with size_from"):
+        load_endpoints(folder, manifest)
