@@ -26,6 +26,7 @@ ENDPOINTS = (
     "fal-ai/esrgan", "fal-ai/z-image/turbo", "fal-ai/z-image/turbo/lora",
     "fal-ai/z-image/turbo/image-to-image",
     "fal-ai/qwen-image", "fal-ai/qwen-image/image-to-image", "fal-ai/stable-diffusion-v35-large",
+    "fal-ai/stable-diffusion-v35-medium",
     "fal-ai/wan/v2.2-5b/text-to-video", "fal-ai/wan/v2.2-a14b/text-to-video",
     "fal-ai/wan/v2.2-a14b/image-to-video",
 )  # fmt: skip
@@ -95,6 +96,9 @@ def _type(text: str, field: dict[str, Any], name: str) -> str:
         return "enum"
     if text.startswith(("array", "Array")):
         return "array"
+    if text.startswith("ref:"):
+        field["ref"] = text.removeprefix("ref:")
+        return "object"  # one of fal's structured inputs (ControlNet, IP-Adapter): a JSON object
     head = re.split(r"[\s!\[|]", text, maxsplit=1)[0]
     return {"int": "integer", "string": "string", "number": "number", "boolean": "boolean"}.get(head, head)
 

@@ -29,12 +29,14 @@ URI = {"format": "uri"}
 
 ParamType = Literal[
     "string", "integer", "number", "boolean", "enum", "image_size", "seed", "image_url", "image_urls",
-    "loras", "sampler", "scheduler", "sigmas", "model_file", "model_blend",
+    "loras", "sampler", "scheduler", "sigmas", "model_file", "model_blend", "object",
 ]  # fmt: skip
 
 
 class ParamSpec(BaseModel):
-    """One request field. `to` lists the "node_id.input" targets it sets (image_size: per side)."""
+    """One request field. `to` lists the "node_id.input" targets it sets (image_size: per side). An
+    `object` is one of fal's structured fields (a ControlNet, an IP-Adapter) that no graph reads: it is
+    declared with ``honoured: [null]``, so sending one is a 422 giving `unhonoured` as the reason."""
 
     model_config = ConfigDict(extra="forbid")
     type: ParamType
@@ -165,10 +167,9 @@ def _honoured(spec: ParamSpec) -> Any:
 
     def check(value: Any) -> Any:
         if value not in allowed:
-            shown = " or ".join(repr(v) for v in allowed)
-            raise ValueError(
-                f"{value!r} is not served by darkroom ({spec.unhonoured}); send {shown} or leave it out"
-            )
+            shown = " or ".join(repr(v) for v in allowed if v is not None)
+            send = f"send {shown} or leave it out" if shown else "leave it out"
+            raise ValueError(f"{value!r} is not served by darkroom ({spec.unhonoured}); {send}")
         return value
 
     return check
@@ -214,6 +215,7 @@ def _annotation(field_name: str, spec: ParamSpec) -> tuple[Any, dict[str, Any]]:
         ),
         "model_file": (FileName | None, {"min_length": 1, "max_length": 512}),
         "model_blend": (list[BlendEntry] | None, {"min_length": 1, "max_length": spec.max_length or 8}),
+        "object": (dict[str, Any] | None, {}),
     }
     if spec.type in simple:
         return simple[spec.type]

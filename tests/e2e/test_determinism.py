@@ -65,6 +65,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
         "darkroom/demo-z-image-turbo-i2i",
         {"image_url": png(64, 48, 1), "num_inference_steps": 3, "strength": 0.8},
     ),
+    ("darkroom/demo-sd35", {"negative_prompt": "fog", "loras": [{"path": "tiny/sd35-lora-a.safetensors"}]}),
     ("darkroom/demo-wan-2.2-5b-t2v", {}),
     (
         "darkroom/demo-wan-2.2-5b-t2v",

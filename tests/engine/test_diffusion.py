@@ -11,6 +11,7 @@ from typing import Any
 
 import comfy.ldm.flux.model
 import comfy.ldm.lumina.model
+import comfy.ldm.modules.diffusionmodules.mmdit
 import comfy.ldm.wan.model
 import comfy.lora
 import comfy.model_base
@@ -27,7 +28,7 @@ from darkroom.ops import diffusion
 from darkroom.tiny import diffusion as tiny
 
 W = checkpoint.WeightDtype
-FLUX, WAN, ZIMAGE = arch.Family.FLUX, arch.Family.WAN, arch.Family.ZIMAGE
+FLUX, WAN, ZIMAGE, SD3 = arch.Family.FLUX, arch.Family.WAN, arch.Family.ZIMAGE, arch.Family.SD3
 # stem: (family, latent channels, latent format channels, variant)
 MODELS = {
     "flux2": (FLUX, 128, 128, "flux2"),
@@ -38,6 +39,7 @@ MODELS = {
     "wan22-a14b-i2v-high": (WAN, 16, 16, "wan21-t2v"),
     "wan22-a14b-i2v-low": (WAN, 16, 16, "wan21-t2v"),
     "zimage": (ZIMAGE, 16, 16, "zimage"),
+    "sd35": (SD3, 16, 16, "sd35-medium"),
 }
 FILES = [f"{stem}-{kind}" for stem, _, _, _, kinds in tiny._MODELS for kind in kinds]
 
@@ -63,6 +65,12 @@ def _inputs(stem: str) -> tuple[torch.Tensor, dict[str, Any]]:
         if stem == "flux1":
             kwargs["y"] = torch.randn(1, 64, generator=gen)
         return torch.randn(1, channels, size, size, generator=gen), kwargs
+    if family is SD3:  # context: CLIP-L + CLIP-G, then T5, all 4096 wide; pooled: 64 + 64
+        kwargs = {
+            "c_crossattn": torch.randn(1, 16, 4096, generator=gen),
+            "y": torch.randn(1, 128, generator=gen),
+        }
+        return torch.randn(1, channels, 8, 8, generator=gen), kwargs
     kwargs = {"c_crossattn": torch.randn(1, 16, 64, generator=gen)}
     if family is ZIMAGE:
         return torch.randn(1, channels, 8, 8, generator=gen), kwargs | {"num_tokens": 16}
@@ -92,6 +100,12 @@ def test_config_keys_match_comfyuis_model_signatures() -> None:
     assert wan - {"self", "device", "dtype", "operations", "wan_attn_block_class"} == arch.WAN_CONFIG_KEYS
     zimage = set(inspect.signature(comfy.ldm.lumina.model.NextDiT.__init__).parameters)
     assert zimage - {"self", "device", "dtype", "operations"} == arch.ZIMAGE_CONFIG_KEYS
+    mmdit = set(inspect.signature(comfy.ldm.modules.diffusionmodules.mmdit.MMDiT.__init__).parameters)
+    assert mmdit >= arch.SD3_CONFIG_KEYS  # it takes more (hidden widths follow depth; see arch.py)
+
+
+# SD3's width is 64 x depth (ComfyUI's MMDiT fixes it): depth 3 is 192 wide.
+_SD3_CTX = {"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 192}}
 
 
 @pytest.mark.parametrize(
@@ -108,6 +122,10 @@ def test_config_keys_match_comfyuis_model_signatures() -> None:
             tiny.ZIMAGE | {"dim": 512, "n_heads": 4, "n_kv_heads": 2, "n_layers": 2, "n_refiner_layers": 2},
         ),
         (ZIMAGE, tiny.ZIMAGE | {"dim": 384, "n_heads": 12, "n_kv_heads": 12, "axes_dims": [8, 12, 12]}),
+            SD3,
+            tiny.SD35 | {"depth": 3, "x_block_self_attn_layers": [0, 2], "context_embedder_config": _SD3_CTX},
+        ),
+        (SD3, {k: v for k, v in tiny.SD35.items() if k != "qk_norm"} | {"x_block_self_attn_layers": []}),
     ],
 )
 def test_inference_recovers_configs_from_comfyuis_own_layouts(
@@ -136,7 +154,7 @@ def test_every_tiny_model_loads_and_predicts_finite_values(models_dir: Path, nam
 FP8_BOUNDS = {W.FP8_E4M3FN: 0.07, W.FP8_E5M2: 0.15, W.FP8_E4M3FN_SCALED: 0.07, W.FP8_E5M2_SCALED: 0.15}
 
 
-@pytest.mark.parametrize("stem", ["flux2", "flux1", "wan22-ti2v-5b", "wan22-a14b-low"])
+@pytest.mark.parametrize("stem", ["flux2", "flux1", "wan22-ti2v-5b", "wan22-a14b-low", "sd35"])
 def test_fp8_on_load_stays_close_to_bf16(models_dir: Path, stem: str) -> None:
     reference = _eps(diffusion.load_diffusion_model(_path(models_dir, f"{stem}-bf16"), MODELS[stem][0]), stem)
     for weight_dtype, bound in FP8_BOUNDS.items():
@@ -248,6 +266,7 @@ def test_wan_5b_and_a14b_experts_sample(models_dir: Path) -> None:
         ("wan22-5b", "wan22-ti2v-5b-bf16"),
         ("wan-a14b", "wan22-a14b-low-bf16"),
         ("zimage", "zimage-bf16"),
+        ("sd35", "sd35-bf16"),
     ],
 )
 def test_tiny_loras_map_every_key_and_change_outputs(models_dir: Path, lora: str, model: str) -> None:
@@ -272,6 +291,7 @@ def test_nodes_schema_validation_and_execution(models_dir: Path) -> None:
         "DarkroomFluxLoader",
         "DarkroomWanLoader",
         "DarkroomZImageLoader",
+        "DarkroomSD3Loader",
     ]
     for node in nodes_diffusion.NODES:
         schema = node.define_schema()

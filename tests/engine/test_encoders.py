@@ -27,6 +27,8 @@ TEXT_ENCODERS = {
     "flux1": (["clip-l", "t5xxl"], (1, 256, 64), (1, 64)),
     "wan": (["umt5xxl"], (1, 512, 64), None),
     "zimage": (["qwen3-4b"], (1, None, 64), None),
+    # SD3: 77 CLIP-L + CLIP-G tokens, then 77 T5 ones, every token padded to 4096; pooled CLIP-L + CLIP-G
+    "sd3": (["sd3-clip-l", "clip-g", "t5xxl"], (1, 154, 4096), (1, 128)),
 }
 VAES = {
     # family: (file, frames in, latent shape)
@@ -34,6 +36,7 @@ VAES = {
     "flux1": ("flux1-ae", 1, (1, 16, 8, 8)),
     "wan21": ("wan21-vae", 5, (1, 16, 2, 8, 8)),
     "wan22": ("wan22-vae", 5, (1, 48, 2, 4, 4)),
+    "sd3": ("sd3-vae", 1, (1, 16, 8, 8)),
 }
 
 
@@ -177,6 +180,8 @@ def test_full_size_text_encoder_layouts_give_the_real_configs() -> None:
         t5 = comfy.text_encoders.t5.T5(t5_config, torch.float16, "meta", ops)
         clip_config = json.loads((configs / "sd1_clip_config.json").read_text())
         clip = comfy.clip_model.CLIPTextModel(clip_config, torch.float16, "meta", ops)
+        bigg_config = json.loads((configs / "clip_config_bigg.json").read_text())
+        clip_g = comfy.clip_model.CLIPTextModel(bigg_config, torch.float16, "meta", ops)
     assert encoders.mistral3_config(mistral.state_dict()) == {
         **{"vocab_size": 131072, "hidden_size": 5120, "intermediate_size": 32768, "num_hidden_layers": 40},
         **{"num_attention_heads": 32, "num_key_value_heads": 8, "final_norm": True},
@@ -190,6 +195,22 @@ def test_full_size_text_encoder_layouts_give_the_real_configs() -> None:
         **{"d_ff": 10240, "is_gated_act": True},
     }
     assert encoders.clip_text_config(clip.state_dict())["num_attention_heads"] == 12
+    assert encoders.clip_text_config(clip_g.state_dict()) == {
+        **{"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32},
+        **{"num_attention_heads": 20, "max_position_embeddings": 77, "projection_dim": 1280},
+    }
+
+
+def test_sd3_takes_clip_l_clip_g_and_t5_in_that_order(models_dir: Path) -> None:
+    """Three files, each checked for its part; a narrower T5 is zero-padded to SD3's 4096 features."""
+    paths = _te_paths(models_dir, "sd3")
+    with pytest.raises(ModelFileError, match="expected a CLIP-G"):  # the T5 where CLIP-G belongs
+        load_text_encoder([paths[0], paths[2], paths[1]], "sd3")
+    with pytest.raises(ValueError, match=r"family sd3 needs 3 file\(s\)"):
+        load_text_encoder(paths[:2], "sd3")
+    cond, _ = _encode(load_text_encoder(paths, "sd3"), "a red cat")
+    t5_tokens = cond[0, 77:]
+    assert t5_tokens[:, :64].abs().sum() > 0 and not t5_tokens[:, 64:].any()
 
 
 @pytest.mark.parametrize("family", list(VAEFamily))
@@ -205,6 +226,7 @@ def test_full_size_vae_layouts_are_rebuilt_exactly(family: VAEFamily) -> None:
                 {**kl, "z_channels": 32, "batch_norm_latent": True}, embed_dim=32
             ),
             VAEFamily.FLUX1: lambda: vae.kl_autoencoder({**kl, "z_channels": 16}, embed_dim=None),
+            VAEFamily.SD3: lambda: vae.kl_autoencoder({**kl, "z_channels": 16}, embed_dim=None),
             VAEFamily.WAN21: lambda: comfy.ldm.wan.vae.WanVAE(dim=96, z_dim=16, **vae.WAN_LAYOUT),
             VAEFamily.WAN22: lambda: comfy.ldm.wan.vae2_2.WanVAE(
                 dim=160, dec_dim=256, z_dim=48, **vae.WAN_LAYOUT
@@ -212,7 +234,8 @@ def test_full_size_vae_layouts_are_rebuilt_exactly(family: VAEFamily) -> None:
         }[family]()
         rebuilt, attributes = vae.build_model(real.state_dict(), family)
     assert _shapes(rebuilt) == _shapes(real)
-    assert attributes["latent_channels"] == {"flux2": 128, "flux1": 16, "wan21": 16, "wan22": 48}[family]
+    channels = {"flux2": 128, "flux1": 16, "wan21": 16, "wan22": 48, "sd3": 16}
+    assert attributes["latent_channels"] == channels[family]
 
 
 def test_nodes_load_through_the_model_folders(models_dir: Path) -> None:

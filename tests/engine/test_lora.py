@@ -16,17 +16,21 @@ import comfy.utils
 import pytest
 import torch
 from darkroom.formats import arch
+from darkroom.formats.checkpoint import save_state_dict
+from darkroom.formats.lora_keys import LoraFormat
 from darkroom.nodes import extras as nodes_extras
 from darkroom.ops import diffusion, encoders, lora
+from darkroom.tiny import diffusion as tiny
 
 Stack = nodes_extras.DarkroomLoraStack
-FLUX, WAN = arch.Family.FLUX, arch.Family.WAN
+FLUX, WAN, SD3 = arch.Family.FLUX, arch.Family.WAN, arch.Family.SD3
 # LoRA stem: (model file, family, latent shape, context width)
 CASES = {
     "flux2": ("flux2-fp8_scaled", FLUX, (1, 128, 4, 4), 192),
     "flux1": ("flux1-bf16", FLUX, (1, 16, 8, 8), 64),
     "wan22-5b": ("wan22-ti2v-5b-bf16", WAN, (1, 48, 2, 8, 8), 64),
     "wan-a14b": ("wan22-a14b-high-bf16", WAN, (1, 16, 2, 8, 8), 64),
+    "sd35": ("sd35-bf16", SD3, (1, 16, 8, 8), 4096),
 }
 
 
@@ -47,8 +51,8 @@ def eps(patcher: Any, stem: str) -> torch.Tensor:
     kwargs: dict[str, Any] = {"c_crossattn": torch.randn(1, 16, ctx, generator=gen)}
     if family is FLUX:
         kwargs["guidance"] = torch.tensor([3.5])
-    if stem == "flux1":
-        kwargs["y"] = torch.randn(1, 64, generator=gen)
+    if stem in ("flux1", "sd35"):
+        kwargs["y"] = torch.randn(1, 64 if stem == "flux1" else 128, generator=gen)
     comfy.model_management.load_models_gpu([patcher])
     with torch.no_grad():
         return (x - patcher.model.apply_model(x, torch.tensor([0.7]), **kwargs)) / 0.7
@@ -94,6 +98,23 @@ def test_kohya_and_diffusers_renderings_equal_the_comfyui_file(models: dict[str,
     for fmt in ("kohya", "diffusers"):
         got = eps(stack(models[stem], [{"path": f"tiny/{stem}-lora-a-{fmt}.safetensors"}]), stem)
         assert torch.equal(got, reference), fmt
+
+
+def test_sd3_diffusers_lora_equals_the_comfyui_file_and_comfyuis_own_key_map(
+    models: dict[str, Any], models_dir: Path
+) -> None:
+    """fal's SD 3.5 LoRAs are diffusers files: our names (split q/k/v, the last block's swapped
+    modulation) give what the ComfyUI-format file gives, and what ComfyUI's own SD3 map gives."""
+    path = models_dir / "loras/tiny/sd35-lora-a-diffusers-test.safetensors"
+    save_state_dict(path, tiny.lora_rendering("sd35", "a", LoraFormat.DIFFUSERS))
+    reference = eps(stack(models["sd35"], [{"path": "tiny/sd35-lora-a.safetensors"}]), "sd35")
+    ours = stack(models["sd35"], [{"path": path.relative_to(models_dir / "loras").as_posix()}])
+    assert torch.equal(eps(ours, "sd35"), reference)
+    stock, _ = comfy.sd.load_lora_for_models(
+        models["sd35"], None, comfy.utils.load_torch_file(str(path)), 1, 0
+    )
+    assert len(stock.patches) == len(ours.patches)
+    assert torch.allclose(eps(stock, "sd35"), reference, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("fmt", ["kohya", "diffusers"])

@@ -4,6 +4,10 @@ ComfyUI's detection (comfy/model_detection.py:190-205, :450-495) hardcodes FLUX 
 axes_dim and Wan's `dim // 128` heads, so only full-width models load. Here every number comes from
 the shapes: FLUX heads from the q/k-norm width, axes_dim derived for that head width, depth from the
 block count, MLP ratio, biases, guidance and channel counts from the matching weights.
+
+SD3's MMDiT (comfy/ldm/modules/diffusionmodules/mmdit.py:808) fixes its own width: 64 x depth, one
+64-wide head per block, so any depth loads; its config is read as ComfyUI's detection reads it
+(model_detection.py:40-79), with the file's block count checked against its width.
 """
 
 from __future__ import annotations
@@ -94,6 +98,25 @@ ZIMAGE_CONFIG_KEYS = frozenset(
         "pad_tokens_multiple",
     ]
 )
+# The keyword arguments of ComfyUI's MMDiT (mmdit.py) that its detection sets (model_detection.py:40).
+SD3_CONFIG_KEYS = frozenset(
+    [
+        "in_channels",
+        "patch_size",
+        "out_channels",
+        "depth",
+        "input_size",
+        "adm_in_channels",
+        "context_embedder_config",
+        "num_patches",
+        "pos_embed_max_size",
+        "qk_norm",
+        "pos_embed_scaling_factor",
+        "context_processor_layers",
+        "x_block_self_attn_layers",
+    ]
+)
+SD3_HEAD_DIM = 64  # MMDiT: hidden = 64 x depth, heads = depth
 _TUPLE_KEYS = frozenset({"patch_size", "window_size"})
 WAN_HEAD_DIM = 128  # every released Wan (1.3B, 5B, 14B) uses 128-wide heads
 # Z-Image's FeedForward width: int(8/3 * dim) rounded up to a multiple of 256 (model_detection.py:437).
@@ -107,6 +130,7 @@ class Family(StrEnum):
     FLUX = "flux"
     WAN = "wan"
     ZIMAGE = "zimage"
+    SD3 = "sd3"
 
 
 class ModelFileError(ValueError):
@@ -144,6 +168,11 @@ _ANCHORS: dict[Family, tuple[str, ...]] = {
     Family.FLUX: ("img_in.weight", "txt_in.weight", "final_layer.linear.weight"),
     Family.WAN: ("head.modulation", "patch_embedding.weight", "text_embedding.0.weight"),
     Family.ZIMAGE: ("cap_embedder.1.weight", "x_embedder.weight", "final_layer.linear.weight"),
+    Family.SD3: (
+        "x_embedder.proj.weight",
+        "joint_blocks.0.context_block.attn.qkv.weight",
+        "final_layer.linear.weight",
+    ),
 }
 _PREFIXES = ("", "model.diffusion_model.", "diffusion_model.", "model.")
 _FOREIGN_HINTS: tuple[tuple[str, str], ...] = (
@@ -419,6 +448,43 @@ def _check_zimage(cfg: Mapping[str, Any], source: str) -> None:
         )
 
 
+def infer_sd3(shapes: Mapping[str, Shape], source: str) -> ArchConfig:
+    """Config for SD3 / SD 3.5 large (MMDiT) and SD 3.5 medium (MMDiT-X: some blocks attend twice)."""
+    hidden, in_channels, patch = _shape(shapes, "x_embedder.proj.weight", source)[:3]
+    depth = count_blocks(shapes, "joint_blocks.")
+    if hidden != SD3_HEAD_DIM * depth:
+        raise ArchInferenceError(
+            f"{source}: an MMDiT's width is 64 x its depth (ComfyUI's MMDiT fixes it), but this file is "
+            f"{hidden} wide with {depth} joint blocks; the file is damaged or not an SD3 model"
+        )
+    cfg: dict[str, Any] = {
+        "in_channels": in_channels,
+        "patch_size": patch,
+        "out_channels": _shape(shapes, "final_layer.linear.weight", source)[0] // (patch * patch),
+        "depth": depth,
+        "input_size": None,
+        "pos_embed_scaling_factor": None,
+        "x_block_self_attn_layers": sorted(
+            int(k.split(".")[1]) for k in shapes if k.endswith(".x_block.attn2.qkv.weight")
+        ),
+    }
+    if "y_embedder.mlp.0.weight" in shapes:
+        cfg["adm_in_channels"] = shapes["y_embedder.mlp.0.weight"][1]
+    if "context_embedder.weight" in shapes:
+        out_features, in_features = shapes["context_embedder.weight"]
+        params = {"in_features": in_features, "out_features": out_features}
+        cfg["context_embedder_config"] = {"target": "torch.nn.Linear", "params": params}
+    if "pos_embed" in shapes:
+        cfg["num_patches"] = shapes["pos_embed"][1]
+        cfg["pos_embed_max_size"] = round(math.sqrt(shapes["pos_embed"][1]))
+    if "joint_blocks.0.context_block.attn.ln_q.weight" in shapes:
+        cfg["qk_norm"] = "rms"
+    if "context_processor.layers.0.attn.qkv.weight" in shapes:
+        cfg["context_processor_layers"] = count_blocks(shapes, "context_processor.layers.")
+    variant = "sd35-medium" if cfg["x_block_self_attn_layers"] else "sd3"
+    return ArchConfig(Family.SD3, variant, cfg)
+
+
 def _check_flux(cfg: Mapping[str, Any], source: str) -> None:
     hidden, heads, axes = cfg["hidden_size"], cfg["num_heads"], list(cfg["axes_dim"])
     if heads <= 0 or hidden % heads:
@@ -435,6 +501,11 @@ def _check_wan(cfg: Mapping[str, Any], source: str) -> None:
         raise ArchInferenceError(
             f"{source}: Wan dim {dim} must split into num_heads {heads} even-width heads"
         )
+
+
+def _check_sd3(cfg: Mapping[str, Any], source: str) -> None:
+    if not isinstance(cfg["depth"], int) or cfg["depth"] <= 0:
+        raise ArchInferenceError(f"{source}: SD3 depth must be a positive integer, got {cfg['depth']!r}")
 
 
 def parse_override(text: str | None) -> dict[str, Any]:
@@ -476,18 +547,26 @@ def infer(
     return apply_override(config, override or {}, source)
 
 
-_CONFIG_KEYS = {Family.FLUX: FLUX_CONFIG_KEYS, Family.WAN: WAN_CONFIG_KEYS, Family.ZIMAGE: ZIMAGE_CONFIG_KEYS}
-_CHECKS = {Family.FLUX: _check_flux, Family.WAN: _check_wan, Family.ZIMAGE: _check_zimage}
-_INFER = {Family.FLUX: infer_flux, Family.WAN: infer_wan, Family.ZIMAGE: infer_zimage}
+_CONFIG_KEYS = {
+    Family.FLUX: FLUX_CONFIG_KEYS, Family.WAN: WAN_CONFIG_KEYS, Family.ZIMAGE: ZIMAGE_CONFIG_KEYS,
+    Family.SD3: SD3_CONFIG_KEYS,
+}  # fmt: skip
+_CHECKS = {
+    Family.FLUX: _check_flux, Family.WAN: _check_wan, Family.ZIMAGE: _check_zimage, Family.SD3: _check_sd3,
+}  # fmt: skip
+_INFER = {
+    Family.FLUX: infer_flux, Family.WAN: infer_wan, Family.ZIMAGE: infer_zimage, Family.SD3: infer_sd3,
+}  # fmt: skip
 _BLOCK_PREFIXES: dict[Family, tuple[str, ...]] = {
     Family.FLUX: ("double_blocks.", "single_blocks."),
     Family.WAN: ("blocks.",),
     Family.ZIMAGE: ("layers.", "noise_refiner.", "context_refiner."),
+    Family.SD3: ("joint_blocks.",),
 }
 
 
 def is_linear_weight(key: str, shape: Shape) -> bool:
-    """True for the 2-D weight of a linear layer (in FLUX, Wan and Z-Image every 2-D `.weight` is one)."""
+    """True for the 2-D weight of a linear layer (in FLUX, Wan, Z-Image and SD3 every 2-D `.weight` is)."""
     return len(shape) == 2 and key.endswith(".weight")
 
 

@@ -1,10 +1,11 @@
 """Which of our diffusion-model layers each diffusers name is (no ComfyUI), built from the model's own keys.
 
 Names follow diffusers' conversion scripts (convert_flux2_to_diffusers.py, convert_wan_to_diffusers.py)
-and lora_conversion_utils.py (_convert_non_diffusers_flux2_lora_to_diffusers). Diffusers splits some fused
-layers: FLUX q/k/v into to_q/to_k/to_v, FLUX.1 single-block linear1 into q/k/v + proj_mlp; those names
-patch a band of rows of our fused weight. Its norm_out.linear holds (scale, shift) where BFL's
-final_layer.adaLN_modulation.1 holds (shift, scale).
+and lora_conversion_utils.py (_convert_non_diffusers_flux2_lora_to_diffusers); SD3's as ComfyUI's
+comfy/utils.py (MMDIT_MAP_BLOCK, mmdit_to_diffusers) reads them. Diffusers splits some fused layers: FLUX
+and SD3 q/k/v into to_q/to_k/to_v, FLUX.1 single-block linear1 into q/k/v + proj_mlp; those names patch a
+band of rows of our fused weight. Its norm_out.linear holds (scale, shift) where BFL's
+final_layer.adaLN_modulation.1 holds (shift, scale), as does SD3's last norm1_context.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .arch import Shape
+from .arch import Shape, count_blocks
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ def model_family(shapes: Mapping[str, Shape]) -> str:
         return "FLUX.1"
     if "cap_embedder.1.weight" in shapes:
         return "Z-Image"
+    if "joint_blocks.0.context_block.attn.qkv.weight" in shapes:
+        return "SD3"
     return "Wan" if "head.modulation" in shapes else "an unrecognised model"
 
 
@@ -100,6 +103,38 @@ _WAN_TOP = {"patch_embedding": "patch_embedding", "head.head": "proj_out",
             "img_emb.proj.3": "condition_embedder.image_embedder.ff.net.2"}  # fmt: skip
 
 
+_SD3_BLOCK = {"x_block.attn.proj": "attn.to_out.0", "context_block.attn.proj": "attn.to_add_out",
+              "x_block.attn2.proj": "attn2.to_out.0", "x_block.mlp.fc1": "ff.net.0.proj",
+              "x_block.mlp.fc2": "ff.net.2", "context_block.mlp.fc1": "ff_context.net.0.proj",
+              "context_block.mlp.fc2": "ff_context.net.2", "x_block.adaLN_modulation.1": "norm1.linear",
+              "context_block.adaLN_modulation.1": "norm1_context.linear"}  # fmt: skip
+_SD3_QKV = {"x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+            "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+            "x_block.attn2.qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v")}  # fmt: skip
+_SD3_TOP = {"x_embedder.proj": "pos_embed.proj", "context_embedder": "context_embedder",
+            "t_embedder.mlp.0": "time_text_embed.timestep_embedder.linear_1",
+            "t_embedder.mlp.2": "time_text_embed.timestep_embedder.linear_2",
+            "y_embedder.mlp.0": "time_text_embed.text_embedder.linear_1",
+            "y_embedder.mlp.2": "time_text_embed.text_embedder.linear_2",
+            "final_layer.linear": "proj_out"}  # fmt: skip
+
+
+def _sd3_module(module: str, shapes: Mapping[str, Shape], last_block: int) -> dict[str, Target]:
+    if hit := re.fullmatch(r"joint_blocks\.(\d+)\.(.+)", module):
+        base, rest = f"transformer_blocks.{hit[1]}.", hit[2]
+        if rest in _SD3_QKV:
+            rows = shapes[f"{module}.weight"][0]
+            return _split([base + n for n in _SD3_QKV[rest]], module, [rows // 3] * 3)
+        name = _SD3_BLOCK.get(rest)
+        # The last block's context side is only modulated (shift, scale): diffusers holds (scale, shift).
+        swap = rest == "context_block.adaLN_modulation.1" and int(hit[1]) == last_block
+        return {base + name: Target(module, swap_halves=swap)} if name else {}
+    if module == "final_layer.adaLN_modulation.1":
+        return {"norm_out.linear": Target(module, swap_halves=True)}
+    name = _SD3_TOP.get(module)
+    return {name: Target(module)} if name else {}
+
+
 def _flux_module(module: str, shapes: Mapping[str, Shape], flux2: bool) -> dict[str, Target]:
     rows = shapes[f"{module}.weight"][0]
     if hit := re.fullmatch(r"double_blocks\.(\d+)\.(.+)", module):
@@ -137,6 +172,7 @@ def _wan_module(module: str) -> dict[str, Target]:
 def diffusers_names(shapes: Mapping[str, Shape]) -> dict[str, Target]:
     """Diffusers module name -> what it patches, for the model these un-prefixed shapes describe."""
     family = model_family(shapes)
+    last_block = count_blocks(shapes, "joint_blocks.") - 1  # SD3's
     out: dict[str, Target] = {}
     for key in sorted(shapes):
         if not key.endswith(".weight"):
@@ -146,6 +182,8 @@ def diffusers_names(shapes: Mapping[str, Shape]) -> dict[str, Target]:
             out |= _flux_module(module, shapes, family == "FLUX.2")
         elif family == "Wan":
             out |= _wan_module(module)
+        elif family == "SD3":
+            out |= _sd3_module(module, shapes, last_block)
     return out
 
 

@@ -1,6 +1,6 @@
 """Diffusion-model loader nodes: DarkroomFluxLoader (FLUX.2, FLUX.1 dev/schnell), DarkroomWanLoader
-(Wan 2.1 layout incl. each Wan 2.2 A14B expert, Wan 2.2 TI2V-5B) and DarkroomZImageLoader (Z-Image).
-Node ids are public API."""
+(Wan 2.1 layout incl. each Wan 2.2 A14B expert, Wan 2.2 TI2V-5B), DarkroomZImageLoader (Z-Image) and
+DarkroomSD3Loader (SD3, SD 3.5 large and medium). Node ids are public API."""
 
 from __future__ import annotations
 
@@ -131,4 +131,20 @@ class DarkroomZImageLoader(_DiffusionLoader):
     )
 
 
-NODES: list[type[io.ComfyNode]] = [DarkroomFluxLoader, DarkroomWanLoader, DarkroomZImageLoader]
+class DarkroomSD3Loader(_DiffusionLoader):
+    """SD3 and SD 3.5 large / medium (MMDiT, MMDiT-X) at any depth; config read from the tensors."""
+
+    FAMILY = Family.SD3
+    NODE_ID = "DarkroomSD3Loader"
+    DISPLAY = "Load SD3 Diffusion Model (darkroom)"
+    MODEL_TIP = (
+        "An SD3 / SD 3.5 (large or medium) diffusion model from models/diffusion_models: a diffusion-model "
+        "file or a whole single-file checkpoint (only its diffusion model is read). bf16/fp16, fp8 or scaled "
+        "fp8; depth, MMDiT-X layers and widths are read from the tensors, wrong or damaged files are "
+        "rejected before loading."
+    )
+
+
+NODES: list[type[io.ComfyNode]] = [
+    DarkroomFluxLoader, DarkroomWanLoader, DarkroomZImageLoader, DarkroomSD3Loader,
+]  # fmt: skip

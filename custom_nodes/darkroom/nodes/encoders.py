@@ -31,13 +31,21 @@ def parse_config_override(text: str) -> dict[str, dict[str, Any]] | None:
     return value
 
 
-def _paths(name: str, family: str, second_name: str) -> list[Path]:
-    """The files to load: one, or two for flux1; ValueError on a wrong count for the family."""
-    if family == TextEncoderFamily.FLUX1.value and second_name == NO_FILE:
-        raise ValueError("flux1 needs two files, CLIP-L and T5-XXL: set text_encoder_name_2")
-    if family != TextEncoderFamily.FLUX1.value and second_name != NO_FILE:
-        raise ValueError(f"{family} takes one text encoder file: set text_encoder_name_2 to {NO_FILE}")
-    names = [name] if second_name == NO_FILE else [name, second_name]
+_FILES_NEEDED = {
+    TextEncoderFamily.FLUX1.value: "two files, CLIP-L and T5-XXL (either order): set text_encoder_name_2 "
+    f"and leave text_encoder_name_3 {NO_FILE}",
+    TextEncoderFamily.SD3.value: "three files: CLIP-L, CLIP-G and T5-XXL as text_encoder_name, "
+    "text_encoder_name_2 and text_encoder_name_3",
+}
+
+
+def _paths(name: str, family: str, second_name: str, third_name: str = NO_FILE) -> list[Path]:
+    """The files to load: one, two for flux1, three for sd3; ValueError on a wrong count for the family."""
+    names = [name, *(n for n in (second_name, third_name) if n != NO_FILE)]
+    wanted = {TextEncoderFamily.FLUX1.value: 2, TextEncoderFamily.SD3.value: 3}.get(family, 1)
+    if len(names) != wanted or (wanted < 3 and third_name != NO_FILE):
+        needed = _FILES_NEEDED.get(family, f"one text encoder file: set the other names to {NO_FILE}")
+        raise ValueError(f"{family} takes {needed}")
     return [Path(folder_paths.get_full_path_or_raise("text_encoders", n)) for n in names]
 
 
@@ -49,14 +57,14 @@ class DarkroomTextEncoderLoader(io.ComfyNode):
             node_id="DarkroomTextEncoderLoader",
             display_name="Load Text Encoder (darkroom)",
             category="darkroom/loaders",
-            description="Loads a FLUX.2, FLUX.1, Wan or Z-Image text encoder at any size, reading it off "
+            description="Loads a FLUX.2, FLUX.1, Wan, Z-Image or SD3 text encoder at any size, read off "
             "the weights.",
             inputs=[
                 io.Combo.Input(
                     "text_encoder_name",
                     options=files,
                     tooltip="Text encoder file: Mistral-3 for flux2, CLIP-L or T5-XXL for flux1, "
-                    "umt5-xxl for wan, Qwen3-4B for zimage.",
+                    "umt5-xxl for wan, Qwen3-4B for zimage, CLIP-L for sd3.",
                 ),
                 io.Combo.Input(
                     "family",
@@ -69,7 +77,15 @@ class DarkroomTextEncoderLoader(io.ComfyNode):
                     options=[NO_FILE, *files],
                     default=NO_FILE,
                     optional=True,
-                    tooltip="Second file, for flux1 only (CLIP-L and T5-XXL, either order); none otherwise.",
+                    tooltip="Second file: for flux1 (CLIP-L and T5-XXL, either order) and sd3 (CLIP-G); "
+                    "none otherwise.",
+                ),
+                io.Combo.Input(
+                    "text_encoder_name_3",
+                    options=[NO_FILE, *files],
+                    default=NO_FILE,
+                    optional=True,
+                    tooltip="Third file, for sd3 only (T5-XXL); none otherwise.",
                 ),
                 io.String.Input(
                     "config_override",
@@ -90,13 +106,15 @@ class DarkroomTextEncoderLoader(io.ComfyNode):
         family: str | None = None,
         text_encoder_name_2: str | None = NO_FILE,
         config_override: str | None = "",
+        text_encoder_name_3: str | None = NO_FILE,
     ) -> bool | str:
         """Header-only checks, so a wrong file or combination fails at queue time, not mid-run."""
-        if text_encoder_name is None or family is None or text_encoder_name_2 is None:
+        names = (text_encoder_name, family, text_encoder_name_2, text_encoder_name_3)
+        if any(name is None for name in names):
             return True  # linked inputs: checked when the node runs
         try:
             inspect_text_encoder(
-                _paths(text_encoder_name, family, text_encoder_name_2),
+                _paths(text_encoder_name, family, text_encoder_name_2, text_encoder_name_3),
                 family,
                 config_override=parse_config_override(config_override or ""),
             )
@@ -111,14 +129,16 @@ class DarkroomTextEncoderLoader(io.ComfyNode):
         family: str,
         text_encoder_name_2: str = NO_FILE,
         config_override: str = "",
+        text_encoder_name_3: str = NO_FILE,
     ) -> io.NodeOutput:
         clip = load_text_encoder(
-            _paths(text_encoder_name, family, text_encoder_name_2),
+            _paths(text_encoder_name, family, text_encoder_name_2, text_encoder_name_3),
             family,
             config_override=parse_config_override(config_override),
             embedding_directory=folder_paths.get_folder_paths("embeddings"),
         )
-        remember(clip, "text_encoder", *(n for n in (text_encoder_name, text_encoder_name_2) if n != NO_FILE))
+        names = (text_encoder_name, text_encoder_name_2, text_encoder_name_3)
+        remember(clip, "text_encoder", *(n for n in names if n != NO_FILE))
         return io.NodeOutput(clip)
 
 
@@ -129,7 +149,7 @@ class DarkroomVAELoader(io.ComfyNode):
             node_id="DarkroomVAELoader",
             display_name="Load VAE (darkroom)",
             category="darkroom/loaders",
-            description="Loads a FLUX.2, FLUX.1, Wan 2.1 or Wan 2.2 VAE at any width, read off the weights.",
+            description="Loads a FLUX.2, FLUX.1, Wan 2.1 / 2.2 or SD3 VAE, its width read off the weights.",
             inputs=[
                 io.Combo.Input(
                     "vae_name",
@@ -141,7 +161,7 @@ class DarkroomVAELoader(io.ComfyNode):
                     options=[f.value for f in VAEFamily],
                     default=VAEFamily.FLUX2.value,
                     tooltip="Model family the VAE is for. Latents: flux2 128 ch at 1/16, flux1 16 ch at 1/8, "
-                    "wan21 16 ch at 1/8, wan22 48 ch at 1/16 (video: 4x in time).",
+                    "wan21 16 ch at 1/8, wan22 48 ch at 1/16 (video: 4x in time), sd3 16 ch at 1/8.",
                 ),
             ],
             outputs=[io.Vae.Output()],

@@ -1,4 +1,4 @@
-"""Weighted blends of diffusion models of one family (FLUX or Wan), served like any loaded model.
+"""Weighted blends of diffusion models of one family (FLUX, Wan or SD3), served like any loaded model.
 
 Every file is checked from its header first (family, identical keys and shapes; the first mismatching key
 is named with both files). The blend is then computed tensor by tensor in float32 (fp8 layers dequantised)

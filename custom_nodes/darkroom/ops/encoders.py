@@ -1,4 +1,5 @@
-"""Text encoders for FLUX.2, FLUX.1, Wan and Z-Image as ComfyUI CLIP objects, sized from their own weights.
+"""Text encoders for FLUX.2, FLUX.1, Wan, Z-Image and SD3 as ComfyUI CLIP objects, sized from their own
+weights.
 
 ComfyUI's CLIPLoader recognises an encoder by hard-coded shapes (comfy/sd.py:1048-1093: Mistral-3 must
 be 5120 wide, T5-XXL must have a block 23, Qwen3-4B 2560 wide), so a model at any other size does not
@@ -8,6 +9,11 @@ classes through their `<name>_model_config` model options, and the keys are chec
 (ComfyUI loads text encoders non-strictly and runs with uninitialised weights when keys are missing).
 The same path loads the full-size files and the tiny test twins. `inspect_text_encoder` runs the
 same checks from the safetensors headers alone, for queue-time validation.
+
+SD3's encoder (comfy/text_encoders/sd3_clip.py:129) pads the CLIP-L + CLIP-G tokens to 4096 features and
+joins the T5 tokens after them, so it needs a T5 exactly 4096 wide (T5-XXL's d_model). A narrower T5
+(the tiny twin's) has its tokens zero-padded to 4096 the same way the CLIP tokens are; at full size
+nothing changes.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ MISTRAL3_HEAD_DIM = 128
 # Mistral3_24BModel(layer=[10, 20, 30]): FLUX.2 stacks these hidden states (flux.py:141, :157).
 FLUX2_HIDDEN_STATES = (10, 20, 30)
 CLIP_HEAD_DIM = 64
+SD3_CONTEXT_WIDTH = 4096  # sd3_clip.py pads the CLIP tokens to this and joins T5's after them
 
 
 class TextEncoderFamily(StrEnum):
@@ -50,6 +57,7 @@ class TextEncoderFamily(StrEnum):
     FLUX1 = "flux1"
     WAN = "wan"
     ZIMAGE = "zimage"
+    SD3 = "sd3"
 
 
 def mistral3_config(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -94,7 +102,7 @@ def clip_text_config(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         "num_hidden_layers": count_blocks(sd, "text_model.encoder.layers."),
         "num_attention_heads": max(1, hidden // CLIP_HEAD_DIM),
         "max_position_embeddings": sd["text_model.embeddings.position_embedding.weight"].shape[0],
-        "projection_dim": hidden,
+        "projection_dim": sd["text_projection.weight"].shape[0] if "text_projection.weight" in sd else hidden,
     }
 
 
@@ -126,15 +134,26 @@ MISTRAL3 = EncoderKind(
     mistral3_config,
     tokenizer="tekken_model",
 )
+_CLIP_REQUIRED = (
+    "text_model.embeddings.token_embedding.weight",
+    "text_model.encoder.layers.0.mlp.fc1.weight",
+)
 CLIP_L = EncoderKind(
     "clip_l",
-    "a CLIP-L text encoder (FLUX.1)",
-    ("text_model.embeddings.token_embedding.weight", "text_model.encoder.layers.0.mlp.fc1.weight"),
+    "a CLIP-L text encoder (FLUX.1, SD3)",
+    _CLIP_REQUIRED,
     clip_text_config,
-    # FLUX.1 takes the unprojected pooled output, so a file without the projection still works.
+    # FLUX.1 and SD3 take its unprojected pooled output, so a file without the projection still works.
     frozenset({"text_projection.weight", "text_model.embeddings.position_ids", "logit_scale"}),
 )
-T5XXL = EncoderKind("t5xxl", "a T5-XXL v1.1 encoder (FLUX.1)", _T5_REQUIRED, t5_config)
+CLIP_G = EncoderKind(
+    "clip_g",
+    "a CLIP-G (OpenCLIP bigG) text encoder (SD3)",
+    (*_CLIP_REQUIRED, "text_projection.weight"),  # SD3 takes its projected pooled output
+    clip_text_config,
+    frozenset({"text_model.embeddings.position_ids", "logit_scale"}),
+)
+T5XXL = EncoderKind("t5xxl", "a T5-XXL v1.1 encoder (FLUX.1, SD3)", _T5_REQUIRED, t5_config)
 UMT5XXL = EncoderKind(
     "umt5xxl", "a umt5-xxl encoder (Wan)", _T5_REQUIRED, t5_config, tokenizer="spiece_model"
 )
@@ -154,6 +173,7 @@ KINDS = {
     TextEncoderFamily.ZIMAGE: (QWEN3_4B,),
     TextEncoderFamily.FLUX1: (CLIP_L, T5XXL),
     TextEncoderFamily.WAN: (UMT5XXL,),
+    TextEncoderFamily.SD3: (CLIP_L, CLIP_G, T5XXL),  # in this order
 }
 
 
@@ -292,6 +312,12 @@ def _target(
             comfy.text_encoders.z_image.te(**detected),
             comfy.text_encoders.z_image.ZImageTokenizer,
         )
+    elif family is TextEncoderFamily.SD3:
+        detected = comfy.text_encoders.sd3_clip.t5_xxl_detect(parts[2].sd)
+        clip, tokenizer = (
+            comfy.text_encoders.sd3_clip.sd3_clip(clip_l=True, clip_g=True, t5=True, **detected),
+            comfy.text_encoders.sd3_clip.SD3Tokenizer,
+        )
     else:
         detected = comfy.text_encoders.sd3_clip.t5_xxl_detect(parts[0].sd)
         clip, tokenizer = comfy.text_encoders.wan.te(**detected), comfy.text_encoders.wan.WanT5Tokenizer
@@ -301,6 +327,19 @@ def _target(
     if CLIP_L.name in configs:  # Long-CLIP files have more positions: pad to them, as long_clipl.py does
         tokenizer_data["clip_l_max_length"] = configs[CLIP_L.name]["max_position_embeddings"]
     return _ClipTarget(clip, tokenizer), tokenizer_data
+
+
+def _pad_t5_to_sd3_width(clip: comfy.sd.CLIP, width: int) -> None:
+    """A T5 narrower than SD3's 4096 gives tokens zero-padded to 4096, as sd3_clip.py pads the CLIP ones
+    (only the tiny twin's is narrower; T5-XXL is 4096 wide and is left as it is)."""
+    t5 = clip.cond_stage_model.t5xxl
+    encode = t5.encode_token_weights
+
+    def padded(token_weight_pairs: Any) -> Any:
+        out, *rest = encode(token_weight_pairs)
+        return (torch.nn.functional.pad(out, (0, SD3_CONTEXT_WIDTH - width)), *rest)
+
+    t5.encode_token_weights = padded
 
 
 def _load_part(clip: comfy.sd.CLIP, part: _Part, config: Mapping[str, Any]) -> None:
@@ -324,7 +363,8 @@ def load_text_encoder(
     config_override: ConfigOverride | None = None,
     embedding_directory: Sequence[str] | None = None,
 ) -> comfy.sd.CLIP:
-    """A ComfyUI CLIP for `family` from one file (FLUX.2, Wan) or two (FLUX.1: CLIP-L + T5-XXL, any order)."""
+    """A ComfyUI CLIP for `family` from one file (FLUX.2, Wan), two (FLUX.1: CLIP-L + T5-XXL, any order) or
+    three (SD3: CLIP-L, CLIP-G, T5-XXL)."""
     family = parse_enum(TextEncoderFamily, family, "text encoder family")
     parts = _parts(family, [(Path(p), read_state_dict(Path(p))) for p in paths])
     configs = _configs(parts, config_override)
@@ -341,5 +381,8 @@ def load_text_encoder(
         raise ValueError(f"cannot build the {family.value} text encoder from {configs}: {e}") from e
     for part in parts:
         _load_part(clip, part, configs[part.kind.name])
+    t5_width = configs.get(T5XXL.name, {}).get("d_model", SD3_CONTEXT_WIDTH)
+    if family is TextEncoderFamily.SD3 and t5_width < SD3_CONTEXT_WIDTH:
+        _pad_t5_to_sd3_width(clip, t5_width)
     log.info("text encoder %s from %s: %s", family.value, ", ".join(p.path.name for p in parts), configs)
     return clip

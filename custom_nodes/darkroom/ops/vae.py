@@ -1,4 +1,4 @@
-"""VAEs for FLUX.2, FLUX.1, Wan 2.1 and Wan 2.2 as ComfyUI VAE objects, sized from their own weights.
+"""VAEs for FLUX.2, FLUX.1, Wan 2.1, Wan 2.2 and SD3 as ComfyUI VAE objects, sized from their own weights.
 
 ComfyUI's VAE class detects the architecture and hard-codes some widths (comfy/sd.py:380-545: the KL
 autoencoder's ch 128 / ch_mult [1, 2, 4, 4], Wan 2.2's dim 160 and decoder dim 256), so a model at any
@@ -38,6 +38,7 @@ class VAEFamily(StrEnum):
     FLUX1 = "flux1"
     WAN21 = "wan21"
     WAN22 = "wan22"
+    SD3 = "sd3"  # FLUX.1's autoencoder layout (z 16, no quant convs) with SD3's own weights
 
 
 TITLES = {
@@ -45,8 +46,11 @@ TITLES = {
     VAEFamily.FLUX1: "a FLUX.1 VAE (KL autoencoder, z 16)",
     VAEFamily.WAN21: "a Wan 2.1 VAE (16 latent channels, 8x spatial)",
     VAEFamily.WAN22: "a Wan 2.2 VAE (48 latent channels, 16x spatial)",
+    VAEFamily.SD3: "an SD3 VAE (KL autoencoder, z 16)",
 }
-Z_CHANNELS = {VAEFamily.FLUX2: 32, VAEFamily.FLUX1: 16, VAEFamily.WAN21: 16, VAEFamily.WAN22: 48}
+Z_CHANNELS = {
+    VAEFamily.FLUX2: 32, VAEFamily.FLUX1: 16, VAEFamily.WAN21: 16, VAEFamily.WAN22: 48, VAEFamily.SD3: 16,
+}  # fmt: skip
 # Both Wan VAEs keep the real block layout; only the widths are read off the weights (sd.py:540-560).
 WAN_LAYOUT: dict[str, Any] = {
     "dim_mult": [1, 2, 4, 4],
@@ -85,6 +89,7 @@ def _signature(family: VAEFamily) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return {
         VAEFamily.FLUX2: ((*_KL_SIGNATURE, *bn), ()),
         VAEFamily.FLUX1: (_KL_SIGNATURE, bn),
+        VAEFamily.SD3: (_KL_SIGNATURE, bn),
         VAEFamily.WAN21: ((_WAN_SIGNATURE,), (_WAN22_SIGNATURE,)),
         VAEFamily.WAN22: ((_WAN_SIGNATURE, _WAN22_SIGNATURE), ()),
     }[family]
@@ -217,6 +222,7 @@ def _wan22_vae(sd: Mapping[str, torch.Tensor], family: VAEFamily) -> tuple[torch
 _BUILDERS: dict[VAEFamily, Callable[..., tuple[torch.nn.Module, dict[str, Any]]]] = {
     VAEFamily.FLUX2: _kl_vae,
     VAEFamily.FLUX1: _kl_vae,
+    VAEFamily.SD3: _kl_vae,
     VAEFamily.WAN21: _wan21_vae,
     VAEFamily.WAN22: _wan22_vae,
 }

@@ -1,10 +1,12 @@
 """Tiny random-weight diffusion models and LoRAs with the real key layouts (for tests and the dev stack).
 
 Layouts come from ComfyUI's own classes (comfy.ldm.flux.model.Flux with FLUX.2 and FLUX.1 parameters,
-comfy.ldm.wan.model.WanModel, comfy.ldm.lumina.model.NextDiT with Z-Image's), built on the meta device;
-values come from fixed per-tensor seeds, so a rebuild writes byte-identical files. Widths the
-text-encoder side must match: FLUX.2 context 192 (3 stacked hidden layers of a 64-wide Mistral-3),
-FLUX.1 context 64 (T5) and vec 64 (CLIP-L), Wan text_dim 64 (umT5), Z-Image cap_feat_dim 64 (Qwen3-4B).
+comfy.ldm.wan.model.WanModel, comfy.ldm.lumina.model.NextDiT with Z-Image's,
+comfy.ldm.modules.diffusionmodules.mmdit.MMDiT), built on the meta device; values come from fixed
+per-tensor seeds, so a rebuild writes byte-identical files. Widths the text-encoder side must match:
+FLUX.2 context 192 (3 stacked hidden layers of a 64-wide Mistral-3), FLUX.1 context 64 (T5) and vec 64
+(CLIP-L), Wan text_dim 64 (umT5), Z-Image cap_feat_dim 64 (Qwen3-4B), SD3 context 4096 (ComfyUI's SD3
+encoder pads every token to 4096) and pooled 128 (CLIP-L 64 + CLIP-G 64).
 """
 
 from __future__ import annotations
@@ -51,6 +53,17 @@ ZIMAGE: dict[str, Any] = {
     "n_refiner_layers": 1, "n_heads": 2, "n_kv_heads": 2, "multiple_of": 256, "ffn_dim_multiplier": 8.0 / 3.0,
     "qk_norm": True, "cap_feat_dim": 64, "axes_dims": [32, 48, 48], "axes_lens": [1536, 512, 512],
     "rope_theta": 256.0, "z_image_modulation": True, "time_scale": 1000.0, "pad_tokens_multiple": 32,
+}  # fmt: skip
+# SD 3.5 medium's layout (MMDiT-X: block 0 has the second attention; q/k RMS norms) at depth 2, which
+# fixes the width at 128 (64 x depth). pos_embed covers 32 x 32 patches: images up to 512 px.
+SD35: dict[str, Any] = {
+    "in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 2, "input_size": None,
+    "adm_in_channels": 128,
+    "context_embedder_config": {
+        "target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128},
+    },
+    "num_patches": 1024, "pos_embed_max_size": 32, "qk_norm": "rms", "pos_embed_scaling_factor": None,
+    "x_block_self_attn_layers": [0],
 }  # fmt: skip
 WAN22_5B = _WAN | {"in_dim": 48, "out_dim": 48}
 WAN_A14B = dict(_WAN)
@@ -121,6 +134,7 @@ _MODELS: tuple[tuple[str, Family, dict[str, Any], str, tuple[str, ...]], ...] = 
     ("wan22-a14b-i2v-high", Family.WAN, WAN_A14B_I2V, "wan-a14b-i2v-high", ("bf16",)),
     ("wan22-a14b-i2v-low", Family.WAN, WAN_A14B_I2V, "wan-a14b-i2v-low", ("bf16",)),
     ("zimage", Family.ZIMAGE, ZIMAGE, "zimage", ("bf16",)),
+    ("sd35", Family.SD3, SD35, "sd35", ("bf16",)),
 )
 # (LoRA stem, family, config it fits)
 _LORAS: tuple[tuple[str, Family, dict[str, Any]], ...] = (
@@ -129,6 +143,7 @@ _LORAS: tuple[tuple[str, Family, dict[str, Any]], ...] = (
     ("wan22-5b", Family.WAN, WAN22_5B),
     ("wan-a14b", Family.WAN, WAN_A14B),
     ("zimage", Family.ZIMAGE, ZIMAGE),
+    ("sd35", Family.SD3, SD35),
 )
 
 

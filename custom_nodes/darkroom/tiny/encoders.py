@@ -1,11 +1,13 @@
-"""Tiny text encoders and VAEs for FLUX.2, FLUX.1, Wan and Z-Image: ComfyUI's own classes at test widths.
+"""Tiny text encoders and VAEs for FLUX.2, FLUX.1, Wan, Z-Image and SD3: ComfyUI's own classes at test
+widths.
 
 Every tensor comes from ComfyUI's model classes (so the key layouts are the real ones) and is filled
 from a generator seeded by its name, so a rebuild writes the same bytes. The tokenizers live inside
 the files as ComfyUI expects them: a synthetic tekken vocabulary (`tekken_model`) for Mistral-3 and a
-sentencepiece model written here (`spiece_model`) for umt5; CLIP-L, T5 and Qwen3 use the tokenizers
-ComfyUI ships. Widths agreed with the diffusion models: FLUX.2 context 3 x 64, FLUX.1 context 64 and
-pooled 64, Wan text 64, Z-Image caption 64. Z-Image's VAE is FLUX.1's (16 channels at /8).
+sentencepiece model written here (`spiece_model`) for umt5; CLIP-L, CLIP-G, T5 and Qwen3 use the
+tokenizers ComfyUI ships. Widths agreed with the diffusion models: FLUX.2 context 3 x 64, FLUX.1 context
+64 and pooled 64, Wan text 64, Z-Image caption 64, SD3 pooled 64 + 64 (CLIP-L, CLIP-G; its context is
+padded to 4096 by the encoder). Z-Image's VAE is FLUX.1's (16 channels at /8).
 """
 
 from __future__ import annotations
@@ -213,12 +215,31 @@ def qwen3_4b() -> StateDict:
     return _weights(model, "qwen3_4b", torch.bfloat16)
 
 
+def _clip(json_name: str, layers: int, salt: str) -> StateDict:
+    config = _config(json_name, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN)
+    config.update(num_hidden_layers=layers, num_attention_heads=1, projection_dim=HIDDEN)
+    model = comfy.clip_model.CLIPTextModel(config, torch.float32, "cpu", comfy.ops.manual_cast)
+    return _weights(model, salt, torch.float16)
+
+
 def clip_l() -> StateDict:
     """Tiny CLIP-L: 2 layers of width 64 (FLUX.1 pooled 64); the vocabulary is CLIP's own 49408."""
-    config = _config("sd1_clip_config.json", hidden_size=HIDDEN, intermediate_size=2 * HIDDEN)
-    config.update(num_hidden_layers=2, num_attention_heads=1, projection_dim=HIDDEN)
-    model = comfy.clip_model.CLIPTextModel(config, torch.float32, "cpu", comfy.ops.manual_cast)
-    return _weights(model, "clip_l", torch.float16)
+    return _clip("sd1_clip_config.json", 2, "clip_l")
+
+
+# SD3 reads both CLIPs' penultimate layer (sd3_clip.py: layer_idx -2), which ComfyUI allows only with
+# more than 2 layers.
+SD3_CLIP_LAYERS = 3
+
+
+def sd3_clip_l() -> StateDict:
+    """Tiny CLIP-L for SD3: 3 layers of width 64 (pooled 64, unprojected)."""
+    return _clip("sd1_clip_config.json", SD3_CLIP_LAYERS, "sd3_clip_l")
+
+
+def clip_g() -> StateDict:
+    """Tiny CLIP-G (SD3): OpenCLIP bigG's config at 3 layers of width 64 (pooled 64, projected)."""
+    return _clip("clip_config_bigg.json", SD3_CLIP_LAYERS, "clip_g")
 
 
 def _t5(json_name: str, vocab_size: int, salt: str) -> StateDict:
@@ -258,6 +279,11 @@ def flux1_ae() -> StateDict:
     return _weights(_kl_vae(16, batch_norm=False), "flux1_ae", torch.float32)
 
 
+def sd3_vae() -> StateDict:
+    """Tiny SD3 autoencoder: FLUX.1's layout (16 latent channels at /8), its own weights."""
+    return _weights(_kl_vae(16, batch_norm=False), "sd3_vae", torch.float32)
+
+
 _WAN_LAYOUT = {"dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [], "dropout": 0.0}
 
 
@@ -287,10 +313,13 @@ FILES: Mapping[str, Callable[[], StateDict]] = {
     "text_encoders/tiny/t5xxl.safetensors": t5xxl,
     "text_encoders/tiny/umt5xxl.safetensors": umt5xxl,
     "text_encoders/tiny/qwen3-4b.safetensors": qwen3_4b,
+    "text_encoders/tiny/sd3-clip-l.safetensors": sd3_clip_l,
+    "text_encoders/tiny/clip-g.safetensors": clip_g,
     "vae/tiny/flux2-vae.safetensors": flux2_vae,
     "vae/tiny/flux1-ae.safetensors": flux1_ae,
     "vae/tiny/wan21-vae.safetensors": wan21_vae,
     "vae/tiny/wan22-vae.safetensors": wan22_vae,
+    "vae/tiny/sd3-vae.safetensors": sd3_vae,
 }
 
 

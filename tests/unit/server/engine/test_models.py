@@ -51,6 +51,11 @@ def test_cli_expands_an_endpoint_into_its_model_files():
     z_image = ["z-image-turbo", "qwen3-4b", "flux1-ae"]  # its VAE is FLUX.1's ae.safetensors
     for app in ("fal-ai/z-image/turbo", "fal-ai/z-image/turbo/lora", "fal-ai/z-image/turbo/image-to-image"):
         assert expand_model_names([app]) == z_image
+    # SD 3.5: each size its own diffusion model, the same three text encoders and VAE.
+    for size in ("large", "medium"):
+        assert expand_model_names([f"fal-ai/stable-diffusion-v35-{size}"]) == [
+            f"sd35-{size}", "clip-l", "clip-g", "t5xxl-fp8", "sd35-vae",
+        ]  # fmt: skip
 
 
 def test_missing_files_name_the_command_that_provides_each(tmp_path):

@@ -87,13 +87,15 @@ def test_acceleration_is_refused_until_step_caching_exists() -> None:
 
 def _candidates(spec: Any) -> list[Any]:
     """Every value the field's type and bounds allow (its enum, both booleans, its integer range; a
-    string: the honoured ones and one other)."""
+    string: the honoured ones and one other; an object: null and one of fal's shape)."""
     if spec.type == "boolean":
         return [True, False]
     if spec.type == "integer":
         return list(range(int(spec.ge), int(spec.le) + 1))
     if spec.type == "string":
         return [*spec.honoured, "something else"]
+    if spec.type == "object":
+        return [None, {"path": "https://example.com/a.safetensors", "image_url": "https://example.com/a.png"}]
     return list(spec.values)
 
 
