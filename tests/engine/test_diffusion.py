@@ -122,6 +122,7 @@ _SD3_CTX = {"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_fe
             tiny.ZIMAGE | {"dim": 512, "n_heads": 4, "n_kv_heads": 2, "n_layers": 2, "n_refiner_layers": 2},
         ),
         (ZIMAGE, tiny.ZIMAGE | {"dim": 384, "n_heads": 12, "n_kv_heads": 12, "axes_dims": [8, 12, 12]}),
+        (
             SD3,
             tiny.SD35 | {"depth": 3, "x_block_self_attn_layers": [0, 2], "context_embedder_config": _SD3_CTX},
         ),
