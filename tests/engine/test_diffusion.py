@@ -344,3 +344,33 @@ def test_rebuilding_tiny_models_gives_identical_bytes(models_dir: Path, tmp_path
         assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(twin.read_bytes()).digest(), (
             path.name
         )
+
+
+# SD 3.5 as released (Stability's sd3.5_large / sd3.5_medium): depth 38 with 192 positions a side; depth
+# 24, MMDiT-X attention in blocks 0-12, 384 positions. Pooled 2048 (CLIP-L 768 + CLIP-G 1280).
+_SD35_RELEASED = {"in_channels": 16, "patch_size": 2, "out_channels": 16, "input_size": None,
+                  "qk_norm": "rms", "adm_in_channels": 2048, "pos_embed_scaling_factor": None}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("depth", "positions", "attn2"), [(38, 192, []), (24, 384, list(range(13)))], ids=["large", "medium"]
+)
+def test_released_sd35_layouts_give_comfyuis_own_detected_config(
+    depth: int, positions: int, attn2: list[int]
+) -> None:
+    """The real endpoints' files: our inference reads the config ComfyUI's detection reads (on the meta
+    device, at full size), so fal-ai/stable-diffusion-v35-large and -medium bind MMDiT and MMDiT-X."""
+    import comfy.model_detection
+
+    context = {"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 64 * depth}}
+    config = _SD35_RELEASED | {"depth": depth, "context_embedder_config": context}
+    config |= {
+        "num_patches": positions**2,
+        "pos_embed_max_size": positions,
+        "x_block_self_attn_layers": attn2,
+    }
+    shapes = diffusion.expected_shapes(arch.ArchConfig(SD3, "x", config))
+    inferred = arch.infer(SD3, shapes, "meta")
+    meta = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
+    assert inferred.unet_config == comfy.model_detection.detect_unet_config(meta, "") == config
+    assert inferred.variant == ("sd35-medium" if attn2 else "sd3")
