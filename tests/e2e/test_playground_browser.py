@@ -211,6 +211,26 @@ async def test_a_422_appears_next_to_its_fields(page: Any, client: Client) -> No
     assert await page.query_selector(".field.invalid") is None, "a good run clears the errors"
 
 
+async def test_an_unserved_fal_object_field_is_sent_parsed_and_its_422_says_why(
+    page: Any, client: Client
+) -> None:
+    """SD 3.5's controlnet (one of fal's objects darkroom does not serve): typed as JSON, sent as an
+    object, refused next to its field with the reason."""
+    await open_endpoint(page, client, "darkroom/demo-sd35")
+    await page.fill(".field[data-field=prompt] textarea", "a lighthouse")
+    await page.fill(
+        ".field[data-field=controlnet] textarea", '{"path": "x", "control_image_url": "https://a/b.png"}'
+    )
+    await page.click(".tabs [data-tab=request]")
+    assert json.loads(await page.inner_text("#code"))["controlnet"] == {
+        "path": "x",
+        "control_image_url": "https://a/b.png",
+    }
+    await page.click("#run")
+    error = await page.wait_for_selector(".field[data-field=controlnet].invalid .error")
+    assert "ControlNets are not served by darkroom" in await error.inner_text()
+
+
 async def test_cancel_stops_a_running_request(page: Any, client: Client) -> None:
     await open_endpoint(page, client, "darkroom/test-slow")  # 30 s on the worker, interruptible
     await page.fill(".field[data-field=prompt] textarea", "never finished")

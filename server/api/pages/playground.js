@@ -108,6 +108,14 @@ const WIDGETS = {
     return { node: input, get, set: (v) => { input.value = (v ?? []).join(", "); } };
   },
   model_file: (field) => plain(field, h("input", { name: field.name, placeholder: "manifest name or file" }), (i) => orUndefined(i.value.trim())),
+  // One of fal's structured inputs (a ControlNet, an IP-Adapter): a JSON object, sent parsed (text that is
+  // not JSON is sent as it is, and the server's 422 says what it expected).
+  object(field) {
+    const input = h("textarea", { name: field.name, rows: 2, placeholder: "a JSON object" });
+    const parse = (text) => { try { return JSON.parse(text); } catch { return text; } };
+    const get = () => (input.value.trim() === "" ? undefined : parse(input.value));
+    return { node: input, get, set: (v) => { input.value = v == null ? "" : typeof v === "string" ? v : JSON.stringify(v); } };
+  },
 };
 
 function select(field, choices) {
