@@ -66,6 +66,11 @@ CASES: list[tuple[str, dict[str, Any]]] = [
         {"image_url": png(64, 48, 1), "num_inference_steps": 3, "strength": 0.8},
     ),
     ("darkroom/demo-sd35", {"negative_prompt": "fog", "loras": [{"path": "tiny/sd35-lora-a.safetensors"}]}),
+    (
+        "darkroom/demo-qwen-image",
+        {"loras": [{"path": "tiny/qwen-image-lora-b.safetensors"}], "sampler": "euler_ancestral"},
+    ),
+    ("darkroom/demo-qwen-image-i2i", {"image_url": png(80, 64, 1), "strength": 0.8}),
     ("darkroom/demo-wan-2.2-5b-t2v", {}),
     (
         "darkroom/demo-wan-2.2-5b-t2v",

@@ -12,6 +12,7 @@ from typing import Any
 import comfy.ldm.flux.model
 import comfy.ldm.lumina.model
 import comfy.ldm.modules.diffusionmodules.mmdit
+import comfy.ldm.qwen_image.model
 import comfy.ldm.wan.model
 import comfy.lora
 import comfy.model_base
@@ -29,6 +30,7 @@ from darkroom.tiny import diffusion as tiny
 
 W = checkpoint.WeightDtype
 FLUX, WAN, ZIMAGE, SD3 = arch.Family.FLUX, arch.Family.WAN, arch.Family.ZIMAGE, arch.Family.SD3
+QWEN = arch.Family.QWEN_IMAGE
 # stem: (family, latent channels, latent format channels, variant)
 MODELS = {
     "flux2": (FLUX, 128, 128, "flux2"),
@@ -40,6 +42,8 @@ MODELS = {
     "wan22-a14b-i2v-low": (WAN, 16, 16, "wan21-t2v"),
     "zimage": (ZIMAGE, 16, 16, "zimage"),
     "sd35": (SD3, 16, 16, "sd35-medium"),
+    "qwen-image": (QWEN, 16, 16, "qwen-image"),
+    "qwen-image-edit-2511": (QWEN, 16, 16, "qwen-image-edit-2511"),
 }
 FILES = [f"{stem}-{kind}" for stem, _, _, _, kinds in tiny._MODELS for kind in kinds]
 
@@ -71,6 +75,10 @@ def _inputs(stem: str) -> tuple[torch.Tensor, dict[str, Any]]:
             "y": torch.randn(1, 128, generator=gen),
         }
         return torch.randn(1, channels, 8, 8, generator=gen), kwargs
+    if family is QWEN:  # one frame of the Wan 2.1 latent; Qwen2.5-VL context 32 wide
+        return torch.randn(1, channels, 1, 8, 8, generator=gen), {
+            "c_crossattn": torch.randn(1, 16, 32, generator=gen)
+        }
     kwargs = {"c_crossattn": torch.randn(1, 16, 64, generator=gen)}
     if family is ZIMAGE:
         return torch.randn(1, channels, 8, 8, generator=gen), kwargs | {"num_tokens": 16}
@@ -102,6 +110,8 @@ def test_config_keys_match_comfyuis_model_signatures() -> None:
     assert zimage - {"self", "device", "dtype", "operations"} == arch.ZIMAGE_CONFIG_KEYS
     mmdit = set(inspect.signature(comfy.ldm.modules.diffusionmodules.mmdit.MMDiT.__init__).parameters)
     assert mmdit >= arch.SD3_CONFIG_KEYS  # it takes more (hidden widths follow depth; see arch.py)
+    qwen = set(inspect.signature(comfy.ldm.qwen_image.model.QwenImageTransformer2DModel.__init__).parameters)
+    assert qwen - {"self", "device", "dtype", "operations", "final_layer"} == arch.QWEN_IMAGE_CONFIG_KEYS
 
 
 # SD3's width is 64 x depth (ComfyUI's MMDiT fixes it): depth 3 is 192 wide.
@@ -127,6 +137,9 @@ _SD3_CTX = {"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_fe
             tiny.SD35 | {"depth": 3, "x_block_self_attn_layers": [0, 2], "context_embedder_config": _SD3_CTX},
         ),
         (SD3, {k: v for k, v in tiny.SD35.items() if k != "qk_norm"} | {"x_block_self_attn_layers": []}),
+        (QWEN, tiny.QWEN_IMAGE | {"num_layers": 3, "num_attention_heads": 4, "joint_attention_dim": 48}),
+        (QWEN, tiny.QWEN_IMAGE | {"attention_head_dim": 128, "axes_dims_rope": (16, 56, 56)}),  # released
+        (QWEN, tiny.QWEN_IMAGE_EDIT_2511 | {"attention_head_dim": 64, "axes_dims_rope": (8, 28, 28)}),
     ],
 )
 def test_inference_recovers_configs_from_comfyuis_own_layouts(
@@ -155,7 +168,7 @@ def test_every_tiny_model_loads_and_predicts_finite_values(models_dir: Path, nam
 FP8_BOUNDS = {W.FP8_E4M3FN: 0.07, W.FP8_E5M2: 0.15, W.FP8_E4M3FN_SCALED: 0.07, W.FP8_E5M2_SCALED: 0.15}
 
 
-@pytest.mark.parametrize("stem", ["flux2", "flux1", "wan22-ti2v-5b", "wan22-a14b-low", "sd35"])
+@pytest.mark.parametrize("stem", ["flux2", "flux1", "wan22-ti2v-5b", "wan22-a14b-low", "sd35", "qwen-image"])
 def test_fp8_on_load_stays_close_to_bf16(models_dir: Path, stem: str) -> None:
     reference = _eps(diffusion.load_diffusion_model(_path(models_dir, f"{stem}-bf16"), MODELS[stem][0]), stem)
     for weight_dtype, bound in FP8_BOUNDS.items():
@@ -268,6 +281,8 @@ def test_wan_5b_and_a14b_experts_sample(models_dir: Path) -> None:
         ("wan-a14b", "wan22-a14b-low-bf16"),
         ("zimage", "zimage-bf16"),
         ("sd35", "sd35-bf16"),
+        ("qwen-image", "qwen-image-fp8_scaled"),
+        ("qwen-image", "qwen-image-edit-2511-bf16"),
     ],
 )
 def test_tiny_loras_map_every_key_and_change_outputs(models_dir: Path, lora: str, model: str) -> None:
@@ -293,6 +308,7 @@ def test_nodes_schema_validation_and_execution(models_dir: Path) -> None:
         "DarkroomWanLoader",
         "DarkroomZImageLoader",
         "DarkroomSD3Loader",
+        "DarkroomQwenImageLoader",
     ]
     for node in nodes_diffusion.NODES:
         schema = node.define_schema()

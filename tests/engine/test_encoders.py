@@ -29,6 +29,7 @@ TEXT_ENCODERS = {
     "zimage": (["qwen3-4b"], (1, None, 64), None),
     # SD3: 77 CLIP-L + CLIP-G tokens, then 77 T5 ones, every token padded to 4096; pooled CLIP-L + CLIP-G
     "sd3": (["sd3-clip-l", "clip-g", "t5xxl"], (1, 154, 4096), (1, 128)),
+    "qwen_image": (["qwen25-vl"], (1, None, 32), None),
 }
 VAES = {
     # family: (file, frames in, latent shape)
@@ -199,6 +200,13 @@ def test_full_size_text_encoder_layouts_give_the_real_configs() -> None:
         **{"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32},
         **{"num_attention_heads": 20, "max_position_embeddings": 77, "projection_dim": 1280},
     }
+    with torch.device("meta"):
+        qwen = comfy.text_encoders.llama.Qwen25_7BVLI({}, torch.bfloat16, "meta", ops)
+    assert encoders.qwen25_config(qwen.state_dict()) == {
+        **{"vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28},
+        **{"num_attention_heads": 28, "num_key_value_heads": 4, "final_norm": True},
+    }
+    assert encoders.qwen25_vision_config(qwen.state_dict()) == encoders.QWEN25_VISION  # kept as built
 
 
 def test_sd3_takes_clip_l_clip_g_and_t5_in_that_order(models_dir: Path) -> None:
@@ -211,6 +219,20 @@ def test_sd3_takes_clip_l_clip_g_and_t5_in_that_order(models_dir: Path) -> None:
     cond, _ = _encode(load_text_encoder(paths, "sd3"), "a red cat")
     t5_tokens = cond[0, 77:]
     assert t5_tokens[:, :64].abs().sum() > 0 and not t5_tokens[:, 64:].any()
+
+
+def test_qwen_image_encoder_reads_images_through_its_own_vision_tower(models_dir: Path) -> None:
+    """The tiny Qwen2.5-VL's 32-wide vision tower replaces the 1280-wide one ComfyUI builds; an image in
+    the prompt (TextEncodeQwenImageEditPlus's way) becomes tokens that change the conditioning."""
+    clip = load_text_encoder(_te_paths(models_dir, "qwen_image"), "qwen_image")
+    assert clip.cond_stage_model.qwen25_7b.transformer.visual.hidden_size == 32
+    prompt = "Picture 1: <|vision_start|><|image_pad|><|vision_end|>make it night"
+    gen = torch.Generator().manual_seed(3)
+    images = [torch.rand(1, 64, 96, 3, generator=gen) for _ in range(2)]
+    conds = [clip.encode_from_tokens_scheduled(clip.tokenize(prompt, images=[i]))[0][0] for i in images]
+    plain = _encode(clip, "make it night")[0]
+    assert conds[0].shape[1] > plain.shape[1] and torch.isfinite(conds[0]).all()
+    assert conds[0].shape == conds[1].shape and not torch.allclose(conds[0], conds[1])
 
 
 @pytest.mark.parametrize("family", list(VAEFamily))

@@ -117,7 +117,24 @@ SD3_CONFIG_KEYS = frozenset(
     ]
 )
 SD3_HEAD_DIM = 64  # MMDiT: hidden = 64 x depth, heads = depth
-_TUPLE_KEYS = frozenset({"patch_size", "window_size"})
+# comfy.ldm.qwen_image.model.QwenImageTransformer2DModel's keyword arguments (minus device/dtype/operations).
+QWEN_IMAGE_CONFIG_KEYS = frozenset(
+    [
+        "image_model",
+        "patch_size",
+        "in_channels",
+        "out_channels",
+        "num_layers",
+        "attention_head_dim",
+        "num_attention_heads",
+        "joint_attention_dim",
+        "pooled_projection_dim",
+        "axes_dims_rope",
+        "default_ref_method",
+        "use_additional_t_cond",
+    ]
+)
+_TUPLE_KEYS = frozenset({"patch_size", "window_size", "axes_dims_rope"})
 WAN_HEAD_DIM = 128  # every released Wan (1.3B, 5B, 14B) uses 128-wide heads
 # Z-Image's FeedForward width: int(8/3 * dim) rounded up to a multiple of 256 (model_detection.py:437).
 ZIMAGE_FFN_MULTIPLIER = 8.0 / 3.0
@@ -131,6 +148,7 @@ class Family(StrEnum):
     WAN = "wan"
     ZIMAGE = "zimage"
     SD3 = "sd3"
+    QWEN_IMAGE = "qwen_image"
 
 
 class ModelFileError(ValueError):
@@ -173,11 +191,13 @@ _ANCHORS: dict[Family, tuple[str, ...]] = {
         "joint_blocks.0.context_block.attn.qkv.weight",
         "final_layer.linear.weight",
     ),
+    Family.QWEN_IMAGE: ("txt_norm.weight", "img_in.weight", "transformer_blocks.0.img_mod.1.weight"),
 }
 _PREFIXES = ("", "model.diffusion_model.", "diffusion_model.", "model.")
 _FOREIGN_HINTS: tuple[tuple[str, str], ...] = (
     ("head.modulation", "a Wan diffusion model"),
     ("cap_embedder.1.weight", "a Lumina 2 / Z-Image (NextDiT) diffusion model"),
+    ("transformer_blocks.0.img_mod.1.weight", "a Qwen-Image diffusion model"),
     ("double_stream_modulation_img.lin.weight", "a FLUX.2 diffusion model"),
     ("double_blocks.0.img_attn.qkv.weight", "a FLUX-style (double/single block) diffusion model"),
     ("input_blocks.0.0.weight", "an SD1/SDXL UNet"),
@@ -485,6 +505,47 @@ def infer_sd3(shapes: Mapping[str, Shape], source: str) -> ArchConfig:
     return ArchConfig(Family.SD3, variant, cfg)
 
 
+QWEN_IMAGE_PATCH = 2  # every Qwen-Image release packs 2x2 latent patches (in_channels 64 = 16 x 4)
+
+
+def infer_qwen_image(shapes: Mapping[str, Shape], source: str) -> ArchConfig:
+    """Config for Qwen-Image and Qwen-Image-Edit (2509; 2511 marks itself with an __index_timestep_zero__
+    tensor, Layered with an additional timestep embedding), as comfy/model_detection.py:617 reads them,
+    plus the widths it leaves at the full model's: heads from the q-norm width, rope axes for that width."""
+    inner, in_channels = _shape(shapes, "img_in.weight", source)
+    head_dim = _shape(shapes, "transformer_blocks.0.attn.norm_q.weight", source)[0]
+    if inner % head_dim:
+        raise ArchInferenceError(f"{source}: width {inner} is not a multiple of the q-norm width {head_dim}")
+    out = _shape(shapes, "proj_out.weight", source)[0]
+    cfg: dict[str, Any] = {
+        "image_model": "qwen_image",
+        "patch_size": QWEN_IMAGE_PATCH,
+        "in_channels": in_channels,
+        "out_channels": out // QWEN_IMAGE_PATCH**2,
+        "num_layers": count_blocks(shapes, "transformer_blocks."),
+        "attention_head_dim": head_dim,
+        "num_attention_heads": inner // head_dim,
+        "joint_attention_dim": _shape(shapes, "txt_in.weight", source)[1],
+        "axes_dims_rope": tuple(flux_axes_dim(head_dim, flux2=False)),  # 128 -> (16, 56, 56), as released
+        "default_ref_method": "index",
+    }
+    variant = "qwen-image"
+    if "__index_timestep_zero__" in shapes:
+        cfg["default_ref_method"], variant = "index_timestep_zero", "qwen-image-edit-2511"
+    if "time_text_embed.addition_t_embedding.weight" in shapes:
+        cfg |= {"use_additional_t_cond": True, "default_ref_method": "negative_index"}
+        variant = "qwen-image-layered"
+    return ArchConfig(Family.QWEN_IMAGE, variant, cfg)
+
+
+def _check_qwen_image(cfg: Mapping[str, Any], source: str) -> None:
+    head, axes = cfg["attention_head_dim"], list(cfg["axes_dims_rope"])
+    if sum(axes) != head or any(a % 2 for a in axes):
+        raise ArchInferenceError(
+            f"{source}: axes_dims_rope {axes} must be even numbers summing to attention_head_dim {head}"
+        )
+
+
 def _check_flux(cfg: Mapping[str, Any], source: str) -> None:
     hidden, heads, axes = cfg["hidden_size"], cfg["num_heads"], list(cfg["axes_dim"])
     if heads <= 0 or hidden % heads:
@@ -549,24 +610,28 @@ def infer(
 
 _CONFIG_KEYS = {
     Family.FLUX: FLUX_CONFIG_KEYS, Family.WAN: WAN_CONFIG_KEYS, Family.ZIMAGE: ZIMAGE_CONFIG_KEYS,
-    Family.SD3: SD3_CONFIG_KEYS,
+    Family.SD3: SD3_CONFIG_KEYS, Family.QWEN_IMAGE: QWEN_IMAGE_CONFIG_KEYS,
 }  # fmt: skip
 _CHECKS = {
     Family.FLUX: _check_flux, Family.WAN: _check_wan, Family.ZIMAGE: _check_zimage, Family.SD3: _check_sd3,
+    Family.QWEN_IMAGE: _check_qwen_image,
 }  # fmt: skip
 _INFER = {
     Family.FLUX: infer_flux, Family.WAN: infer_wan, Family.ZIMAGE: infer_zimage, Family.SD3: infer_sd3,
+    Family.QWEN_IMAGE: infer_qwen_image,
 }  # fmt: skip
 _BLOCK_PREFIXES: dict[Family, tuple[str, ...]] = {
     Family.FLUX: ("double_blocks.", "single_blocks."),
     Family.WAN: ("blocks.",),
     Family.ZIMAGE: ("layers.", "noise_refiner.", "context_refiner."),
     Family.SD3: ("joint_blocks.",),
+    Family.QWEN_IMAGE: ("transformer_blocks.",),
 }
 
 
 def is_linear_weight(key: str, shape: Shape) -> bool:
-    """True for the 2-D weight of a linear layer (in FLUX, Wan, Z-Image and SD3 every 2-D `.weight` is)."""
+    """True for the 2-D weight of a linear layer (in FLUX, Wan, Z-Image, SD3 and Qwen-Image every 2-D
+    `.weight` is)."""
     return len(shape) == 2 and key.endswith(".weight")
 
 

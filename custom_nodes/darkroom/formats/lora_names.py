@@ -30,6 +30,8 @@ def model_family(shapes: Mapping[str, Shape]) -> str:
     """Human name of the diffusion model whose un-prefixed state-dict shapes these are."""
     if "double_stream_modulation_img.lin.weight" in shapes:
         return "FLUX.2"
+    if "txt_norm.weight" in shapes and "transformer_blocks.0.img_mod.1.weight" in shapes:
+        return "Qwen-Image"
     if "img_in.weight" in shapes:
         return "FLUX.1"
     if "cap_embedder.1.weight" in shapes:

@@ -1,6 +1,7 @@
 """Diffusion-model loader nodes: DarkroomFluxLoader (FLUX.2, FLUX.1 dev/schnell), DarkroomWanLoader
 (Wan 2.1 layout incl. each Wan 2.2 A14B expert, Wan 2.2 TI2V-5B), DarkroomZImageLoader (Z-Image) and
-DarkroomSD3Loader (SD3, SD 3.5 large and medium). Node ids are public API."""
+DarkroomSD3Loader (SD3, SD 3.5 large and medium) and DarkroomQwenImageLoader (Qwen-Image,
+Qwen-Image-Edit 2509/2511). Node ids are public API."""
 
 from __future__ import annotations
 
@@ -145,6 +146,20 @@ class DarkroomSD3Loader(_DiffusionLoader):
     )
 
 
+class DarkroomQwenImageLoader(_DiffusionLoader):
+    """Qwen-Image and Qwen-Image-Edit (2509, 2511) at any width and depth."""
+
+    FAMILY = Family.QWEN_IMAGE
+    NODE_ID = "DarkroomQwenImageLoader"
+    DISPLAY = "Load Qwen-Image Diffusion Model (darkroom)"
+    MODEL_TIP = (
+        "A Qwen-Image or Qwen-Image-Edit (2509, 2511) diffusion-model file from models/diffusion_models: "
+        "bf16/fp16, fp8 or scaled fp8. Heads, rope axes, depth and widths are read from the tensors (2511 "
+        "is recognised by its own marker tensor); wrong or damaged files are rejected before loading."
+    )
+
+
 NODES: list[type[io.ComfyNode]] = [
     DarkroomFluxLoader, DarkroomWanLoader, DarkroomZImageLoader, DarkroomSD3Loader,
+    DarkroomQwenImageLoader,
 ]  # fmt: skip

@@ -57,14 +57,15 @@ class DarkroomTextEncoderLoader(io.ComfyNode):
             node_id="DarkroomTextEncoderLoader",
             display_name="Load Text Encoder (darkroom)",
             category="darkroom/loaders",
-            description="Loads a FLUX.2, FLUX.1, Wan, Z-Image or SD3 text encoder at any size, read off "
-            "the weights.",
+            description="Loads a FLUX.2, FLUX.1, Wan, Z-Image, SD3 or Qwen-Image text encoder at any size, "
+            "read off the weights.",
             inputs=[
                 io.Combo.Input(
                     "text_encoder_name",
                     options=files,
                     tooltip="Text encoder file: Mistral-3 for flux2, CLIP-L or T5-XXL for flux1, "
-                    "umt5-xxl for wan, Qwen3-4B for zimage, CLIP-L for sd3.",
+                    "umt5-xxl for wan, Qwen3-4B for zimage, CLIP-L for sd3, Qwen2.5-VL (with its vision "
+                    "tower) for qwen_image.",
                 ),
                 io.Combo.Input(
                     "family",
@@ -161,7 +162,8 @@ class DarkroomVAELoader(io.ComfyNode):
                     options=[f.value for f in VAEFamily],
                     default=VAEFamily.FLUX2.value,
                     tooltip="Model family the VAE is for. Latents: flux2 128 ch at 1/16, flux1 16 ch at 1/8, "
-                    "wan21 16 ch at 1/8, wan22 48 ch at 1/16 (video: 4x in time), sd3 16 ch at 1/8.",
+                    "wan21 16 ch at 1/8 (also Qwen-Image's), wan22 48 ch at 1/16 (video: 4x in time), sd3 16 "
+                    "ch at 1/8.",
                 ),
             ],
             outputs=[io.Vae.Output()],

@@ -191,7 +191,7 @@ class DarkroomModelBlend(io.ComfyNode):
                     options=[f.value for f in Family],
                     default=Family.FLUX.value,
                     tooltip="flux: FLUX.2 / FLUX.1; wan: Wan 2.1 layout (incl. one A14B expert) or 2.2 5B; "
-                    "sd3: SD3, SD 3.5 large or medium.",
+                    "sd3: SD3, SD 3.5 large or medium; qwen_image: Qwen-Image / Qwen-Image-Edit.",
                 ),
                 io.Combo.Input(
                     "weight_dtype",

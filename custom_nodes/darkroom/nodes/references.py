@@ -8,9 +8,20 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from ..ops.references import add_references
+from ..ops.references import add_references, load_image
 
 DEFAULT_TOTAL_PIXELS = 1024 * 1024  # ComfyUI's FLUX.2 edit template scales references to 1 megapixel
+
+
+IMAGE_SLOTS = 3  # TextEncodeQwenImageEditPlus takes image1..image3
+
+
+def parse_names(images: str) -> list[str]:
+    """The images input: a JSON list of input-folder file names, or one file name."""
+    names = json.loads(images or "[]") if images.lstrip().startswith("[") or not images else [images]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"images must be a JSON list of file names, got {images!r}")
+    return names
 
 
 class DarkroomReferenceImages(io.ComfyNode):
@@ -43,10 +54,39 @@ class DarkroomReferenceImages(io.ComfyNode):
 
     @classmethod
     def execute(cls, conditioning: Any, vae: Any, images: str, total_pixels: int) -> io.NodeOutput:
-        names = json.loads(images or "[]") if images.lstrip().startswith("[") or not images else [images]
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ValueError(f"images must be a JSON list of file names, got {images!r}")
-        return io.NodeOutput(add_references(conditioning, vae, names, total_pixels))
+        return io.NodeOutput(add_references(conditioning, vae, parse_names(images), total_pixels))
 
 
-NODES: list[type[io.ComfyNode]] = [DarkroomReferenceImages]
+class DarkroomLoadImages(io.ComfyNode):
+    """A request's image list as separate IMAGE outputs, for nodes with one input per image
+    (TextEncodeQwenImageEditPlus's image1..image3); the slots past the list's end are left empty."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DarkroomLoadImages",
+            display_name="Load Images (darkroom)",
+            category="darkroom/image",
+            description="Loads up to 3 images from the input folder into image1..image3; the slots past "
+            "the list's end output nothing, so an optional input fed from one stays unset.",
+            inputs=[
+                io.String.Input(
+                    "images",
+                    default="[]",
+                    tooltip=f'JSON list of 1 to {IMAGE_SLOTS} files in the input folder, e.g. ["a.png", '
+                    '"b.png"], or one file name.',
+                ),
+            ],
+            outputs=[io.Image.Output(display_name=f"image{i + 1}") for i in range(IMAGE_SLOTS)],
+        )
+
+    @classmethod
+    def execute(cls, images: str) -> io.NodeOutput:
+        names = parse_names(images)
+        if not 1 <= len(names) <= IMAGE_SLOTS:
+            raise ValueError(f"images takes 1 to {IMAGE_SLOTS} files, got {len(names)}")
+        loaded = [load_image(name) for name in names]
+        return io.NodeOutput(*loaded, *[None] * (IMAGE_SLOTS - len(loaded)))
+
+
+NODES: list[type[io.ComfyNode]] = [DarkroomReferenceImages, DarkroomLoadImages]

@@ -19,6 +19,7 @@ from typing import Any
 import comfy.ldm.flux.model
 import comfy.ldm.lumina.model
 import comfy.ldm.modules.diffusionmodules.mmdit
+import comfy.ldm.qwen_image.model
 import comfy.ldm.wan.model
 import comfy.model_management
 import comfy.model_patcher
@@ -44,6 +45,7 @@ _UNET_CLASSES: dict[Family, type[torch.nn.Module]] = {
     Family.WAN: comfy.ldm.wan.model.WanModel,
     Family.ZIMAGE: comfy.ldm.lumina.model.NextDiT,
     Family.SD3: comfy.ldm.modules.diffusionmodules.mmdit.MMDiT,
+    Family.QWEN_IMAGE: comfy.ldm.qwen_image.model.QwenImageTransformer2DModel,
 }
 _MODEL_CONFIGS: dict[str, type[comfy.supported_models_base.BASE]] = {
     "flux2": comfy.supported_models.Flux2,
@@ -55,6 +57,9 @@ _MODEL_CONFIGS: dict[str, type[comfy.supported_models_base.BASE]] = {
     "zimage": comfy.supported_models.ZImage,
     "sd3": comfy.supported_models.SD3,  # SD3 medium, SD 3.5 large (and its turbo)
     "sd35-medium": comfy.supported_models.SD3,  # MMDiT-X: ComfyUI serves it with the same config class
+    "qwen-image": comfy.supported_models.QwenImage,
+    "qwen-image-edit-2511": comfy.supported_models.QwenImage,
+    "qwen-image-layered": comfy.supported_models.QwenImage,
 }
 
 
@@ -146,7 +151,8 @@ def load_diffusion_model(
     path: Path, family: Family, *, weight_dtype: WeightDtype = WeightDtype.DEFAULT,
     config_override: Mapping[str, Any] | None = None,
 ) -> comfy.model_patcher.ModelPatcher:  # fmt: skip
-    """Load a FLUX, Wan, Z-Image or SD3 diffusion model file as a ModelPatcher, served as `weight_dtype`."""
+    """Load a FLUX, Wan, Z-Image, SD3 or Qwen-Image diffusion model file as a ModelPatcher, served as
+    `weight_dtype`."""
     with _checked(path, family, weight_dtype, config_override) as (ckpt, config):
         plan = LoadPlan(weight_dtype, partial(quantisable, family))
         quantised, floats = ckpt.output_summary(plan)

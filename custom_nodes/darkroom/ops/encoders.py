@@ -1,5 +1,5 @@
-"""Text encoders for FLUX.2, FLUX.1, Wan, Z-Image and SD3 as ComfyUI CLIP objects, sized from their own
-weights.
+"""Text encoders for FLUX.2, FLUX.1, Wan, Z-Image, SD3 and Qwen-Image as ComfyUI CLIP objects, sized from
+their own weights.
 
 ComfyUI's CLIPLoader recognises an encoder by hard-coded shapes (comfy/sd.py:1048-1093: Mistral-3 must
 be 5120 wide, T5-XXL must have a block 23, Qwen3-4B 2560 wide), so a model at any other size does not
@@ -25,9 +25,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import comfy.ops
 import comfy.sd
 import comfy.text_encoders.flux
 import comfy.text_encoders.hunyuan_video
+import comfy.text_encoders.qwen_image
+import comfy.text_encoders.qwen_vl
 import comfy.text_encoders.sd3_clip
 import comfy.text_encoders.wan
 import comfy.text_encoders.z_image
@@ -58,20 +61,51 @@ class TextEncoderFamily(StrEnum):
     WAN = "wan"
     ZIMAGE = "zimage"
     SD3 = "sd3"
+    QWEN_IMAGE = "qwen_image"
 
 
-def mistral3_config(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """Mistral3Small24BConfig (or Qwen3_4BConfig) fields read off a Mistral-3 (Qwen3) state dict (output
-    sizes only: safe for fp8)."""
+def llama_config(sd: Mapping[str, torch.Tensor], head_dim: int) -> dict[str, Any]:
+    """Llama-layout config fields (Mistral-3, Qwen3, Qwen2.5) read off a state dict, given the head width the
+    model class fixes (output sizes only: safe for fp8)."""
     embed = sd["model.embed_tokens.weight"]
     return {
         "vocab_size": embed.shape[0],
         "hidden_size": embed.shape[1],
         "intermediate_size": sd["model.layers.0.mlp.gate_proj.weight"].shape[0],
         "num_hidden_layers": count_blocks(sd, "model.layers."),
-        "num_attention_heads": sd["model.layers.0.self_attn.q_proj.weight"].shape[0] // MISTRAL3_HEAD_DIM,
-        "num_key_value_heads": sd["model.layers.0.self_attn.k_proj.weight"].shape[0] // MISTRAL3_HEAD_DIM,
+        "num_attention_heads": sd["model.layers.0.self_attn.q_proj.weight"].shape[0] // head_dim,
+        "num_key_value_heads": sd["model.layers.0.self_attn.k_proj.weight"].shape[0] // head_dim,
         "final_norm": "model.norm.weight" in sd,
+    }
+
+
+def mistral3_config(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Mistral3Small24BConfig (or Qwen3_4BConfig) fields read off a Mistral-3 (Qwen3) state dict."""
+    return llama_config(sd, MISTRAL3_HEAD_DIM)
+
+
+# Class attributes of comfy.text_encoders.llama.Qwen25_7BVLI_Config (not fields: they cannot be set).
+QWEN25_HEAD_DIM = 128
+# Qwen25_7BVLI builds its vision tower 1280 wide with Qwen2VLVisionTransformer's other defaults
+# (llama.py:647); a file at another size gets a tower built to its shapes. 1280 / 16 heads = 80.
+QWEN25_VISION = {"hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "num_layers": 32}
+QWEN25_VISION_HEAD_DIM = 80
+
+
+def qwen25_config(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Qwen25_7BVLI_Config fields read off a Qwen2.5-VL state dict (its language model)."""
+    return llama_config(sd, QWEN25_HEAD_DIM)
+
+
+def qwen25_vision_config(sd: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Qwen2VLVisionTransformer's sizes read off the `visual.` tensors: 80-wide heads where the width
+    allows (the released 1280 has 16), one head otherwise."""
+    hidden = sd["visual.patch_embed.proj.weight"].shape[0]
+    return {
+        "hidden_size": hidden,
+        "intermediate_size": sd["visual.blocks.0.mlp.gate_proj.weight"].shape[0],
+        "num_heads": hidden // QWEN25_VISION_HEAD_DIM if hidden % QWEN25_VISION_HEAD_DIM == 0 else 1,
+        "num_layers": count_blocks(sd, "visual.blocks."),
     }
 
 
@@ -168,12 +202,27 @@ QWEN3_4B = EncoderKind(
     ),
     mistral3_config,  # the same llama.py fields, read the same way (128-wide heads too)
 )
+QWEN25_7B = EncoderKind(
+    "qwen25_7b",
+    "a Qwen2.5-VL text encoder with its vision tower (Qwen-Image)",
+    (
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.k_proj.bias",
+        "model.layers.0.mlp.gate_proj.weight",
+        "visual.patch_embed.proj.weight",
+        "visual.blocks.0.mlp.gate_proj.weight",
+    ),
+    qwen25_config,
+    frozenset({"lm_head.weight"}),  # the full VL model's output head, which encoding never uses
+)
 KINDS = {
     TextEncoderFamily.FLUX2: (MISTRAL3,),
     TextEncoderFamily.ZIMAGE: (QWEN3_4B,),
     TextEncoderFamily.FLUX1: (CLIP_L, T5XXL),
     TextEncoderFamily.WAN: (UMT5XXL,),
     TextEncoderFamily.SD3: (CLIP_L, CLIP_G, T5XXL),  # in this order
+    TextEncoderFamily.QWEN_IMAGE: (QWEN25_7B,),
 }
 
 
@@ -318,6 +367,12 @@ def _target(
             comfy.text_encoders.sd3_clip.sd3_clip(clip_l=True, clip_g=True, t5=True, **detected),
             comfy.text_encoders.sd3_clip.SD3Tokenizer,
         )
+    elif family is TextEncoderFamily.QWEN_IMAGE:
+        detected = comfy.text_encoders.hunyuan_video.llama_detect(parts[0].sd)
+        clip, tokenizer = (
+            comfy.text_encoders.qwen_image.te(**detected),
+            comfy.text_encoders.qwen_image.QwenImageTokenizer,
+        )
     else:
         detected = comfy.text_encoders.sd3_clip.t5_xxl_detect(parts[0].sd)
         clip, tokenizer = comfy.text_encoders.wan.te(**detected), comfy.text_encoders.wan.WanT5Tokenizer
@@ -342,8 +397,28 @@ def _pad_t5_to_sd3_width(clip: comfy.sd.CLIP, width: int) -> None:
     t5.encode_token_weights = padded
 
 
+def _fit_vision_tower(transformer: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> None:
+    """Qwen2.5-VL: replace the vision tower ComfyUI built at the released size with one of the file's
+    sizes (ComfyUI's own class), when they differ; its weights are loaded with the rest."""
+    vision = qwen25_vision_config(sd)
+    if vision == QWEN25_VISION:
+        return
+    old = transformer.visual
+    param = old.patch_embed.proj.weight
+    transformer.visual = comfy.text_encoders.qwen_vl.Qwen2VLVisionTransformer(
+        output_hidden_size=sd["model.embed_tokens.weight"].shape[1],
+        device=param.device,
+        dtype=param.dtype,
+        ops=comfy.ops.manual_cast,
+        **vision,
+    )
+    log.info("Qwen2.5-VL vision tower built at %s", vision)
+
+
 def _load_part(clip: comfy.sd.CLIP, part: _Part, config: Mapping[str, Any]) -> None:
     module = getattr(clip.cond_stage_model, part.kind.name)
+    if part.kind is QWEN25_7B:
+        _fit_vision_tower(module.transformer, part.sd)
     weights = {k: v for k, v in part.sd.items() if k not in TOKENIZER_KEYS}
     fix = "Check the family, or correct the sizes with config_override."
     try:
@@ -363,8 +438,8 @@ def load_text_encoder(
     config_override: ConfigOverride | None = None,
     embedding_directory: Sequence[str] | None = None,
 ) -> comfy.sd.CLIP:
-    """A ComfyUI CLIP for `family` from one file (FLUX.2, Wan), two (FLUX.1: CLIP-L + T5-XXL, any order) or
-    three (SD3: CLIP-L, CLIP-G, T5-XXL)."""
+    """A ComfyUI CLIP for `family` from one file (FLUX.2, Wan, Z-Image, Qwen-Image), two (FLUX.1: CLIP-L +
+    T5-XXL, any order) or three (SD3: CLIP-L, CLIP-G, T5-XXL)."""
     family = parse_enum(TextEncoderFamily, family, "text encoder family")
     parts = _parts(family, [(Path(p), read_state_dict(Path(p))) for p in paths])
     configs = _configs(parts, config_override)

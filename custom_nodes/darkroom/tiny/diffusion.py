@@ -2,11 +2,12 @@
 
 Layouts come from ComfyUI's own classes (comfy.ldm.flux.model.Flux with FLUX.2 and FLUX.1 parameters,
 comfy.ldm.wan.model.WanModel, comfy.ldm.lumina.model.NextDiT with Z-Image's,
-comfy.ldm.modules.diffusionmodules.mmdit.MMDiT), built on the meta device; values come from fixed
-per-tensor seeds, so a rebuild writes byte-identical files. Widths the text-encoder side must match:
-FLUX.2 context 192 (3 stacked hidden layers of a 64-wide Mistral-3), FLUX.1 context 64 (T5) and vec 64
-(CLIP-L), Wan text_dim 64 (umT5), Z-Image cap_feat_dim 64 (Qwen3-4B), SD3 context 4096 (ComfyUI's SD3
-encoder pads every token to 4096) and pooled 128 (CLIP-L 64 + CLIP-G 64).
+comfy.ldm.modules.diffusionmodules.mmdit.MMDiT, comfy.ldm.qwen_image.model.QwenImageTransformer2DModel), built
+on the meta device; values come from fixed per-tensor seeds, so a rebuild writes byte-identical files. Widths
+the text-encoder side must match: FLUX.2 context 192 (3 stacked hidden layers of a 64-wide Mistral-3), FLUX.1
+context 64 (T5) and vec 64 (CLIP-L), Wan text_dim 64 (umT5), Z-Image cap_feat_dim 64 (Qwen3-4B), SD3 context
+4096 (ComfyUI's SD3 encoder pads every token to 4096) and pooled 128 (CLIP-L 64 + CLIP-G 64), Qwen-Image
+joint_attention_dim 32 (Qwen2.5-VL).
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ SD35: dict[str, Any] = {
     "num_patches": 1024, "pos_embed_max_size": 32, "qk_norm": "rms", "pos_embed_scaling_factor": None,
     "x_block_self_attn_layers": [0],
 }  # fmt: skip
+QWEN_IMAGE: dict[str, Any] = {
+    "image_model": "qwen_image", "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 1,
+    "attention_head_dim": 32, "num_attention_heads": 2, "joint_attention_dim": 32,
+    "axes_dims_rope": (4, 14, 14), "default_ref_method": "index",
+}  # fmt: skip
+QWEN_IMAGE_EDIT_2511 = QWEN_IMAGE | {"default_ref_method": "index_timestep_zero"}
 WAN22_5B = _WAN | {"in_dim": 48, "out_dim": 48}
 WAN_A14B = dict(_WAN)
 WAN_A14B_I2V = _WAN | {"in_dim": 36}
@@ -135,6 +142,8 @@ _MODELS: tuple[tuple[str, Family, dict[str, Any], str, tuple[str, ...]], ...] = 
     ("wan22-a14b-i2v-low", Family.WAN, WAN_A14B_I2V, "wan-a14b-i2v-low", ("bf16",)),
     ("zimage", Family.ZIMAGE, ZIMAGE, "zimage", ("bf16",)),
     ("sd35", Family.SD3, SD35, "sd35", ("bf16",)),
+    ("qwen-image", Family.QWEN_IMAGE, QWEN_IMAGE, "qwen-image", ("bf16", "fp8_scaled")),
+    ("qwen-image-edit-2511", Family.QWEN_IMAGE, QWEN_IMAGE_EDIT_2511, "qwen-image-edit-2511", ("bf16",)),
 )
 # (LoRA stem, family, config it fits)
 _LORAS: tuple[tuple[str, Family, dict[str, Any]], ...] = (
@@ -144,6 +153,7 @@ _LORAS: tuple[tuple[str, Family, dict[str, Any]], ...] = (
     ("wan-a14b", Family.WAN, WAN_A14B),
     ("zimage", Family.ZIMAGE, ZIMAGE),
     ("sd35", Family.SD3, SD35),
+    ("qwen-image", Family.QWEN_IMAGE, QWEN_IMAGE),  # fits Qwen-Image-Edit too (same shapes)
 )
 
 

@@ -1,13 +1,14 @@
-"""Tiny text encoders and VAEs for FLUX.2, FLUX.1, Wan, Z-Image and SD3: ComfyUI's own classes at test
-widths.
+"""Tiny text encoders and VAEs for FLUX.2, FLUX.1, Wan, Z-Image, SD3 and Qwen-Image: ComfyUI's own classes at
+test widths.
 
-Every tensor comes from ComfyUI's model classes (so the key layouts are the real ones) and is filled
-from a generator seeded by its name, so a rebuild writes the same bytes. The tokenizers live inside
-the files as ComfyUI expects them: a synthetic tekken vocabulary (`tekken_model`) for Mistral-3 and a
-sentencepiece model written here (`spiece_model`) for umt5; CLIP-L, CLIP-G, T5 and Qwen3 use the
-tokenizers ComfyUI ships. Widths agreed with the diffusion models: FLUX.2 context 3 x 64, FLUX.1 context
-64 and pooled 64, Wan text 64, Z-Image caption 64, SD3 pooled 64 + 64 (CLIP-L, CLIP-G; its context is
-padded to 4096 by the encoder). Z-Image's VAE is FLUX.1's (16 channels at /8).
+Every tensor comes from ComfyUI's model classes (so the key layouts are the real ones) and is filled from a
+generator seeded by its name, so a rebuild writes the same bytes. The tokenizers live inside the files as
+ComfyUI expects them: a synthetic tekken vocabulary (`tekken_model`) for Mistral-3 and a sentencepiece model
+written here (`spiece_model`) for umt5; CLIP-L, CLIP-G, T5, Qwen3 and Qwen2.5-VL use the tokenizers ComfyUI
+ships (Qwen2.5-VL keeps the real 152,064-token vocabulary). Widths agreed with the diffusion models: FLUX.2
+context 3 x 64, FLUX.1 context 64 and pooled 64, Wan text 64, Z-Image caption 64, SD3 pooled 64 + 64 (CLIP-L,
+CLIP-G; its context is padded to 4096 by the encoder). Z-Image's VAE is FLUX.1's (16 channels at /8);
+Qwen-Image's (joint attention 32) is the Wan 2.1 VAE (wan21-vae).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import comfy.ldm.wan.vae
 import comfy.ldm.wan.vae2_2
 import comfy.ops
 import comfy.text_encoders.llama
+import comfy.text_encoders.qwen_vl
 import comfy.text_encoders.t5
 import safetensors.torch
 import sentencepiece
@@ -43,6 +45,8 @@ HIDDEN = 64  # every tiny text encoder's width
 MISTRAL3_LAYERS = 30  # FLUX.2 reads hidden states 10, 20 and 30: the pruned depth is the least that works
 KL_VAE = {"ch": 32, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1}  # GroupNorm(32) sets the floor on ch
 WAN_VAE_DIM = 8
+QWEN25_HIDDEN = 32  # Qwen-Image's joint attention width; the vocabulary is the real one (its tokenizer's)
+QWEN25_VOCAB = 152064
 
 # The first tekken special tokens, in their real ranks (FLUX.2's prompt template uses 1, 3/4, 17/18).
 _SPECIAL_TEXT = (
@@ -222,6 +226,25 @@ def _clip(json_name: str, layers: int, salt: str) -> StateDict:
     return _weights(model, salt, torch.float16)
 
 
+def qwen25_vl() -> StateDict:
+    """Tiny Qwen2.5-VL (Qwen-Image's text encoder): 2 layers of width 32 (one 128-wide head, as the class
+    fixes the head width) and a one-block vision tower of width 32 in ComfyUI's own vision class."""
+    config = {
+        "vocab_size": QWEN25_VOCAB,
+        "hidden_size": QWEN25_HIDDEN,
+        "intermediate_size": 2 * QWEN25_HIDDEN,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 1,
+        "num_key_value_heads": 1,
+    }
+    model = comfy.text_encoders.llama.Qwen25_7BVLI(config, torch.float32, "meta", comfy.ops.manual_cast)
+    model.visual = comfy.text_encoders.qwen_vl.Qwen2VLVisionTransformer(
+        hidden_size=QWEN25_HIDDEN, output_hidden_size=QWEN25_HIDDEN, intermediate_size=2 * QWEN25_HIDDEN,
+        num_heads=1, num_layers=1, device="meta", dtype=torch.float32, ops=comfy.ops.manual_cast,
+    )  # fmt: skip
+    return _weights(model, "qwen25_vl", torch.float16)
+
+
 def clip_l() -> StateDict:
     """Tiny CLIP-L: 2 layers of width 64 (FLUX.1 pooled 64); the vocabulary is CLIP's own 49408."""
     return _clip("sd1_clip_config.json", 2, "clip_l")
@@ -315,6 +338,7 @@ FILES: Mapping[str, Callable[[], StateDict]] = {
     "text_encoders/tiny/qwen3-4b.safetensors": qwen3_4b,
     "text_encoders/tiny/sd3-clip-l.safetensors": sd3_clip_l,
     "text_encoders/tiny/clip-g.safetensors": clip_g,
+    "text_encoders/tiny/qwen25-vl.safetensors": qwen25_vl,
     "vae/tiny/flux2-vae.safetensors": flux2_vae,
     "vae/tiny/flux1-ae.safetensors": flux1_ae,
     "vae/tiny/wan21-vae.safetensors": wan21_vae,

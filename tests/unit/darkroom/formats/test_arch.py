@@ -321,3 +321,69 @@ def test_zimage_loader_names_other_files_and_lumina2() -> None:
         arch.infer(arch.Family.ZIMAGE, lumina, "l.safetensors")
     with pytest.raises(arch.ArchInferenceError, match="axes_dims"):
         arch.infer(arch.Family.ZIMAGE, zimage_shapes(256, 128, 1), "z", {"axes_dims": [32, 32, 32]})
+
+
+def qwen_image_shapes(inner: int, head_dim: int, layers: int, joint: int = 32, *, marker: str = "") -> Shapes:
+    """Key -> shape of a Qwen-Image transformer (comfy.ldm.qwen_image.model's layout), as far as inference
+    reads it; `marker` adds 2511's or Layered's distinguishing tensor."""
+    out: Shapes = {
+        "img_in.weight": (inner, 64),
+        "txt_in.weight": (inner, joint),
+        "txt_norm.weight": (joint,),
+        "proj_out.weight": (64, inner),
+        "norm_out.linear.weight": (2 * inner, inner),
+    }
+    for i in range(layers):
+        p = f"transformer_blocks.{i}."
+        out |= {
+            p + "img_mod.1.weight": (6 * inner, inner),
+            p + "attn.norm_q.weight": (head_dim,),
+            p + "attn.to_q.weight": (inner, inner),
+        }
+    if marker:
+        out[marker] = (0,) if marker.startswith("__") else (2, inner)
+    return out
+
+
+@pytest.mark.parametrize(("inner", "head_dim", "layers"), [(64, 32, 1), (256, 64, 3), (3072, 128, 60)])
+def test_qwen_image_config_from_shapes(inner: int, head_dim: int, layers: int) -> None:
+    cfg = arch.infer(arch.Family.QWEN_IMAGE, qwen_image_shapes(inner, head_dim, layers), "m")
+    u = cfg.unet_config
+    assert cfg.variant == "qwen-image" and u["default_ref_method"] == "index"
+    assert (u["num_attention_heads"], u["attention_head_dim"], u["num_layers"]) == (
+        inner // head_dim,
+        head_dim,
+        layers,
+    )
+    assert (u["in_channels"], u["out_channels"], u["patch_size"], u["joint_attention_dim"]) == (64, 16, 2, 32)
+    assert sum(u["axes_dims_rope"]) == head_dim
+    if head_dim == 128:  # the released Qwen-Image: ComfyUI's own defaults (24 heads, rope 16/56/56)
+        assert u["num_attention_heads"] == 24 and u["axes_dims_rope"] == (16, 56, 56)
+
+
+def test_qwen_image_edit_2511_and_layered_are_told_apart() -> None:
+    edit = arch.infer(
+        arch.Family.QWEN_IMAGE, qwen_image_shapes(64, 32, 1, marker="__index_timestep_zero__"), "m"
+    )
+    assert edit.variant == "qwen-image-edit-2511"
+    assert edit.unet_config["default_ref_method"] == "index_timestep_zero"
+    layered_key = "time_text_embed.addition_t_embedding.weight"
+    layered = arch.infer(arch.Family.QWEN_IMAGE, qwen_image_shapes(64, 32, 1, marker=layered_key), "m")
+    assert layered.variant == "qwen-image-layered" and layered.unet_config["use_additional_t_cond"] is True
+
+
+def test_qwen_image_family_checks_and_overrides() -> None:
+    with pytest.raises(arch.WrongFamilyError, match=r"q\.safetensors: not a FLUX .*a Qwen-Image diffusion"):
+        arch.find_prefix(qwen_image_shapes(64, 32, 1), arch.Family.FLUX, "q.safetensors")
+    with pytest.raises(arch.WrongFamilyError, match="not a QWEN_IMAGE .*FLUX.2"):
+        arch.find_prefix(flux_shapes(128, 64, 1, 1, flux2=True), arch.Family.QWEN_IMAGE, "f")
+    shapes = qwen_image_shapes(64, 32, 1)
+    assert arch.infer(arch.Family.QWEN_IMAGE, shapes, "m", {"axes_dims_rope": [8, 12, 12]}).unet_config[
+        "axes_dims_rope"
+    ] == (8, 12, 12)
+    with pytest.raises(arch.ArchInferenceError, match="summing to attention_head_dim 32"):
+        arch.infer(arch.Family.QWEN_IMAGE, shapes, "m", {"axes_dims_rope": [8, 8, 8]})
+    with pytest.raises(arch.ArchInferenceError, match="unknown keys"):
+        arch.infer(arch.Family.QWEN_IMAGE, shapes, "m", {"num_heads": 2})
+    assert arch.quantisable(arch.Family.QWEN_IMAGE, "transformer_blocks.0.attn.to_q.weight", (64, 64))
+    assert not arch.quantisable(arch.Family.QWEN_IMAGE, "img_in.weight", (64, 64))

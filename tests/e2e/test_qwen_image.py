@@ -1,0 +1,49 @@
+"""Qwen-Image on tiny models built from ComfyUI's own classes (the twins of fal-ai/qwen-image,
+fal-ai/qwen-image/image-to-image and the Qwen-Image-Edit endpoints): each mode runs to an image of the
+right size, a request twice gives the same bytes, a LoRA changes the output, and the edit model's
+input images (1, 2 and 3, through the vision tower and as reference latents) change it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from queue_stack import png
+
+pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session")]
+
+T2I = "/run/darkroom/demo-qwen-image"
+# png() draws fresh noise on each call (PIL's effect_noise): each image is made once and reused.
+WIDE, OTHER, TALL = png(80, 48, 4), png(80, 48, 6), png(48, 64, 5)
+LORA = {"path": "tiny/qwen-image-lora-a.safetensors", "scale": 1.0}
+
+
+async def run(facade: TestClient, app: str, **body: Any) -> tuple[tuple[int, int], bytes]:
+    response = await facade.post(app, json={"prompt": "a red cat", "seed": 5, **body})
+    assert response.status == 200, await response.text()
+    (image,) = (await response.json())["images"]
+    download = await facade.get("/" + image["url"].split("://", 1)[1].split("/", 1)[1])
+    assert download.status == 200
+    return (image["width"], image["height"]), await download.read()
+
+
+async def test_text_to_image_size_bytes_and_lora(facade: TestClient) -> None:
+    size, first = await run(facade, T2I, image_size={"width": 96, "height": 64}, num_inference_steps=2)
+    assert size == (96, 64)
+    assert (await run(facade, T2I, image_size={"width": 96, "height": 64}, num_inference_steps=2))[1] == first
+    lora_size, lora = await run(
+        facade, T2I, image_size={"width": 96, "height": 64}, num_inference_steps=2, loras=[LORA]
+    )
+    assert lora_size == size and lora != first, "the LoRA left the output unchanged"
+
+
+async def test_image_to_image_takes_the_input_size_and_the_input_conditions_it(facade: TestClient) -> None:
+    i2i = "/run/darkroom/demo-qwen-image-i2i"
+    size, first = await run(facade, i2i, image_url=WIDE, num_inference_steps=2)
+    assert size == (80, 48)
+    assert (await run(facade, i2i, image_url=WIDE, num_inference_steps=2))[1] == first
+    other_size, other = await run(facade, i2i, image_url=OTHER, num_inference_steps=2)
+    assert other_size == size and other != first, "another input image, same bytes: the input is unused"
+    sized, _ = await run(facade, i2i, image_url=WIDE, image_size={"width": 64, "height": 64})
+    assert sized == (64, 64)
