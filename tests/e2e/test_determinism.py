@@ -59,11 +59,11 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("darkroom/demo-esrgan", {"image_url": png(40, 24, 1), "scale": 4}),
     (
         "darkroom/demo-z-image-turbo",
-        {"num_inference_steps": 3, "loras": [{"path": "tiny/zimage-lora-b.safetensors"}]},
+        {"num_inference_steps": 1, "loras": [{"path": "tiny/zimage-lora-b.safetensors"}]},
     ),
     (
         "darkroom/demo-z-image-turbo-i2i",
-        {"image_url": png(64, 48, 1), "num_inference_steps": 3, "strength": 0.8},
+        {"image_url": png(64, 48, 1), "num_inference_steps": 1, "strength": 0.8},
     ),
     ("darkroom/demo-sd35", {"negative_prompt": "fog", "loras": [{"path": "tiny/sd35-lora-a.safetensors"}]}),
     (

@@ -325,7 +325,7 @@ def test_nodes_schema_validation_and_execution(models_dir: Path) -> None:
     assert (
         zimage.validate_inputs(model_name="tiny/zimage-bf16.safetensors", weight_dtype="fp8_e4m3fn") is True
     )
-    assert "not a ZIMAGE" in zimage.validate_inputs(
+    assert "not a Z-Image" in zimage.validate_inputs(
         model_name="tiny/flux1-bf16.safetensors", weight_dtype="default"
     )
     assert "round twice" in wan.validate_inputs(

@@ -16,7 +16,7 @@ import torch
 from darkroom.formats.arch import ModelFileError
 from darkroom.nodes.encoders import DarkroomTextEncoderLoader, DarkroomVAELoader
 from darkroom.ops import encoders, vae
-from darkroom.ops.encoders import load_text_encoder
+from darkroom.ops.encoders import inspect_text_encoder, load_text_encoder
 from darkroom.ops.vae import VAEFamily, load_vae
 from darkroom.tiny import encoders as tiny
 
@@ -136,6 +136,10 @@ def test_flux2_encoder_too_shallow_for_its_hidden_states(models_dir: Path, tmp_p
     safetensors.torch.save_file(shallow, str(path))
     with pytest.raises(ModelFileError, match=r"hidden states \(10, 20, 30\) but the encoder has 20 layers"):
         load_text_encoder([path], "flux2")
+    qwen3 = safetensors.torch.load_file(str(_te_paths(models_dir, "zimage")[0]))
+    safetensors.torch.save_file({k: v for k, v in qwen3.items() if ".layers.2." not in k}, str(path))
+    with pytest.raises(ModelFileError, match="second-to-last hidden state but the encoder has 2 layers"):
+        inspect_text_encoder([path], "zimage")
 
 
 @pytest.mark.parametrize("family", sorted(VAES))

@@ -1,9 +1,10 @@
 """Architecture configs inferred from a diffusion model's tensor names and shapes (no ComfyUI import).
 
 ComfyUI's detection (comfy/model_detection.py:190-205, :450-495) hardcodes FLUX heads (48 / 24), FLUX
-axes_dim and Wan's `dim // 128` heads, so only full-width models load. Here every number comes from
-the shapes: FLUX heads from the q/k-norm width, axes_dim derived for that head width, depth from the
-block count, MLP ratio, biases, guidance and channel counts from the matching weights.
+axes_dim and Wan's `dim // 128` heads, and knows Z-Image only at 3840 wide (:434-444), so only
+full-width models load. Here every number comes from the shapes: FLUX heads from the q/k-norm width,
+axes_dim derived for that head width, depth from the block count, MLP ratio, biases, guidance and
+channel counts from the matching weights; Z-Image likewise (heads, GQA, depth, FFN width).
 
 SD3's MMDiT (comfy/ldm/modules/diffusionmodules/mmdit.py:808) fixes its own width: 64 x depth, one
 64-wide head per block, so any depth loads; its config is read as ComfyUI's detection reads it
@@ -150,6 +151,11 @@ class Family(StrEnum):
     SD3 = "sd3"
     QWEN_IMAGE = "qwen_image"
 
+    @property
+    def label(self) -> str:
+        """The family as messages name it."""
+        return "Z-Image" if self is Family.ZIMAGE else self.value.upper()
+
 
 class ModelFileError(ValueError):
     """A model file that cannot be served as asked; the message names the file and the fix."""
@@ -227,8 +233,8 @@ def find_prefix(keys: Iterable[str], family: Family, source: str) -> str:
         if all(prefix + anchor in key_set for anchor in _ANCHORS[family]):
             return prefix
     raise WrongFamilyError(
-        f"{source}: not a {family.value.upper()} diffusion model: it looks like {_guess_kind(key_set)} "
-        f"(missing {', '.join(_ANCHORS[family])}). Pick a {family.value.upper()} diffusion-model file "
+        f"{source}: not a {family.label} diffusion model: it looks like {_guess_kind(key_set)} "
+        f"(missing {', '.join(_ANCHORS[family])}). Pick a {family.label} diffusion-model file "
         f"(models/diffusion_models) or use the loader node for its family."
     )
 

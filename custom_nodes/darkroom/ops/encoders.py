@@ -53,6 +53,8 @@ MISTRAL3_HEAD_DIM = 128
 FLUX2_HIDDEN_STATES = (10, 20, 30)
 CLIP_HEAD_DIM = 64
 SD3_CONTEXT_WIDTH = 4096  # sd3_clip.py pads the CLIP tokens to this and joins T5's after them
+# Qwen3_4BModel(layer_idx=-2): Z-Image reads the second-to-last hidden state; ComfyUI needs 3 layers.
+ZIMAGE_MIN_LAYERS = 3
 
 
 class TextEncoderFamily(StrEnum):
@@ -307,6 +309,14 @@ def _configs(parts: Sequence[_Part], override: ConfigOverride | None) -> Configs
             f"FLUX.2 stacks hidden states {FLUX2_HIDDEN_STATES} but the encoder has {layers} layers",
             expected=f"a Mistral-3 encoder with at least {max(FLUX2_HIDDEN_STATES)} layers",
             fix="Use the full or the FLUX.2-pruned (30-layer) Mistral-3 text encoder.",
+        )
+    layers = configs.get(QWEN3_4B.name, {}).get("num_hidden_layers", ZIMAGE_MIN_LAYERS)
+    if layers < ZIMAGE_MIN_LAYERS:  # ComfyUI asserts it (sd1_clip.py:142) as a bare AssertionError
+        raise ModelFileMismatchError(
+            parts[0].path,
+            f"Z-Image reads the second-to-last hidden state but the encoder has {layers} layers",
+            expected=f"a Qwen3-4B encoder with at least {ZIMAGE_MIN_LAYERS} layers",
+            fix="Use the Qwen3-4B text encoder Z-Image ships with (qwen_3_4b.safetensors, 36 layers).",
         )
     return configs
 
