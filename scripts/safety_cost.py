@@ -84,19 +84,27 @@ def prompt_for(endpoint: Endpoint, side: int, seed: int, checker: str | None) ->
 
 
 def measure(base: str, pid: int, endpoint: Endpoint, sides: list[int], runs: int) -> dict[str, Any]:
+    """Each configuration warmed up (its memory read after), then timed in turns, so that whatever else
+    the machine does slows them alike. Per run and side: a whole generation with the checker off, the
+    same request with each checker (ComfyUI reuses everything up to the decoded image, so only the
+    checker and the save run), and a whole generation with the ViT-Base checker (a new seed)."""
     configurations = {"off": None, "tiny": "tiny/nsfw-vit.safetensors", "vit-base": REAL_SIZE}
     table: dict[str, Any] = {}
-    seed = 0
     for name, checker in configurations.items():
         comfy_prompt(base, prompt_for(endpoint, sides[0], 10_000, checker))  # load everything once
-        for side in sides:
-            times = []
-            for _ in range(runs):
-                seed += 1
-                times.append(comfy_prompt(base, prompt_for(endpoint, side, seed, checker)))
-            table[f"{name} {side}"] = statistics.median(times)
         table[f"{name} memory"] = memory_mb(pid)
-    return table
+    times: dict[str, list[float]] = {}
+    for run in range(runs):
+        for side in sides:
+            seed = 2 * (run * 10_000 + side)
+            steps = (
+                ("off", seed, None), ("vit-base reused", seed, REAL_SIZE),
+                ("tiny reused", seed, configurations["tiny"]), ("vit-base", seed + 1, REAL_SIZE),
+            )  # fmt: skip
+            for name, step_seed, checker in steps:
+                elapsed = comfy_prompt(base, prompt_for(endpoint, side, step_seed, checker))
+                times.setdefault(f"{name} {side}", []).append(elapsed)
+    return {**table, **{key: statistics.median(values) for key, values in times.items()}}
 
 
 def main() -> None:
@@ -143,14 +151,21 @@ def main() -> None:
 
 
 def report(table: dict[str, Any], sides: list[int], runs: int, real_size_mb: float) -> None:
-    print(f"{APP_ID}, one image per request, median of {runs} runs (s); ViT-Base file {real_size_mb:.0f} MB")
-    print(f"{'':24}{'checker off':>14}{'tiny':>14}{'ViT-Base':>14}{'ViT-Base added':>16}")
+    print(
+        f"{APP_ID}, one image per request, medians of {runs} runs, seconds; "
+        f"ViT-Base file {real_size_mb:.0f} MB"
+    )
+    header = ("whole: off", "whole: ViT-Base", "added", "reused: tiny", "reused: ViT-Base", "ViT-Base alone")
+    print(f"{'':12}" + "".join(f"{h:>18}" for h in header))
     for side in sides:
-        off, tiny, base = (table[f"{name} {side}"] for name in ("off", "tiny", "vit-base"))
-        print(f"{f'{side} x {side} (s)':24}{off:14.3f}{tiny:14.3f}{base:14.3f}{base - off:+16.3f}")
-    for key, label in (("VmRSS", "worker RSS after (MB)"), ("VmHWM", "worker peak RSS (MB)")):
+        off, base = table[f"off {side}"], table[f"vit-base {side}"]
+        tiny_reused, base_reused = table[f"tiny reused {side}"], table[f"vit-base reused {side}"]
+        row = (off, base, base - off, tiny_reused, base_reused, base_reused - tiny_reused)
+        print(f"{f'{side} x {side}':12}" + "".join(f"{value:18.3f}" for value in row))
+    print("memory of the worker (MB)   checker off     tiny   ViT-Base   ViT-Base added")
+    for key, label in (("VmRSS", "resident after warm-up"), ("VmHWM", "peak so far")):
         off, tiny, base = (table[f"{name} memory"][key] for name in ("off", "tiny", "vit-base"))
-        print(f"{label:24}{off:14.0f}{tiny:14.0f}{base:14.0f}{base - off:+16.0f}")
+        print(f"{label:28}{off:11.0f}{tiny:9.0f}{base:11.0f}{base - off:+17.0f}")
     print(json.dumps({"runs": runs, **table}))
 
 

@@ -90,6 +90,12 @@ class VideoOutput(BaseModel):
     video: File
     seed: int
     prompt: str
+    has_nsfw_concepts: list[bool | None] | None = Field(
+        default=None,
+        description="Beyond fal's video schema, present only when enable_output_safety_checker is true: "
+        "[true] when the checker flagged one of the sampled frames (the video is then black), [false] when "
+        "it checked and passed them, [null] when the checker's weights are absent and nothing was checked.",
+    )
 
 
 class UpscaleOutput(BaseModel):

@@ -38,7 +38,7 @@ from server.settings import Settings
 from server.workflows.choices import ComfyChoices
 from server.workflows.editor import EDITOR_WORKER, EditorRun
 from server.workflows.mapping import Endpoint, ImageInput
-from server.workflows.safety import Verdicts, verdicts
+from server.workflows.safety import Verdicts, checker_field, verdicts
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class Generator:
                 if on_event is not None:
                     await on_event(cc.WorkerLost(request_id, e.message))
         log.info("%s %s: %d file(s) in %.3f s", endpoint.app_id, request_id, len(files), inference_s)
-        if endpoint.output.kind == "images":
+        if endpoint.output.kind == "images" or checker_field(endpoint.params):
             await _report_safety(endpoint, request_id, checked, on_event)
         return _response(endpoint, files, resolved, inference_s, checked)
 
@@ -402,8 +402,9 @@ async def _report_safety(
 ) -> None:
     """Say in the log and the request's status logs what the safety checker did, above all when it did
     not run (has_nsfw_concepts null), so an unchecked image is never taken for a checked one."""
+    noun = "video(s)" if endpoint.output.kind == "video" else "image(s)"
     if checked.note is None:
-        message = f"Safety checker: {checked.flagged} of {len(checked.flags)} image(s) flagged"
+        message = f"Safety checker: {checked.flagged} of {len(checked.flags)} {noun} flagged"
         message += " and replaced by black" if checked.flagged else ""
     else:
         message = f"Safety checker: not checked ({checked.note}); has_nsfw_concepts is null"
@@ -424,7 +425,10 @@ def _response(
     one image."""
     seed = next((resolved[name] for name in endpoint.params_of("seed")), None)
     if endpoint.output.kind == "video":
-        return {"video": files[0], "seed": seed, "prompt": resolved.get("prompt", "")}
+        video = {"video": files[0], "seed": seed, "prompt": resolved.get("prompt", "")}
+        field = checker_field(endpoint.params)
+        # Beyond fal's video schema, and only when asked for: what the output checker found.
+        return {**video, "has_nsfw_concepts": checked.flags} if field and resolved.get(field) else video
     if endpoint.output.kind == "image":
         return {"image": files[0]}
     return {

@@ -177,7 +177,7 @@ class Endpoint:
         checker = checker_field(self.params)
         if checker is not None and resolved[checker]:
             checker_file = manifest.get(self.params[checker].checker or "").folder_name
-            insert_checker(prompt, self.output.node, checker_file)
+            insert_checker(prompt, self.output.node, checker_file, video=self.output.kind == "video")
         return prompt, resolved
 
 

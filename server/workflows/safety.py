@@ -21,7 +21,8 @@ from server.workflows.request_schema import ParamSpec
 
 CHECKER_NODE = "darkroom_safety_checker"
 CHECKER_CLASS = "DarkroomSafetyChecker"
-SAVE_CLASS = "DarkroomSaveImage"
+SAVE_CLASSES = ("DarkroomSaveImage", "DarkroomSaveVideo")
+SAMPLED_FRAMES = 8  # a video's frames the classifier sees, evenly spaced, first and last included
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,15 @@ class Verdicts:
 
 def check_spec(name: str, spec: ParamSpec, manifest: Manifest, output_class: str | None) -> str | None:
     """What is wrong with a checker field (None when nothing is): a boolean on an endpoint whose output
-    node is DarkroomSaveImage, naming a safety_checker entry of the manifest."""
+    node is darkroom's image or video save node, naming a safety_checker entry of the manifest."""
     if spec.checker is None:
         return None
     if spec.type != "boolean" or spec.to:
         return f"{name}: a field with a checker is a boolean with no targets"
-    if output_class != SAVE_CLASS:
-        return f"{name}: the safety checker needs a {SAVE_CLASS} output node, not {output_class}"
+    if output_class not in SAVE_CLASSES:
+        return (
+            f"{name}: the safety checker needs a {' or '.join(SAVE_CLASSES)} output node, not {output_class}"
+        )
     entry = manifest.models.get(spec.checker)
     if entry is None or entry.kind != ModelKind.SAFETY_CHECKER:
         return f"{name}: checker {spec.checker!r} is not a safety_checker entry of the manifest"
@@ -57,12 +60,14 @@ def checker_field(params: Mapping[str, ParamSpec]) -> str | None:
     return next((name for name, spec in params.items() if spec.checker), None)
 
 
-def insert_checker(prompt: dict[str, Any], output_node: str, checker_file: str) -> None:
-    """Put the checker between the save node and the images it saves; the save node gets its verdicts."""
+def insert_checker(prompt: dict[str, Any], output_node: str, checker_file: str, *, video: bool) -> None:
+    """Put the checker between the save node and the images it saves; the save node gets its verdicts.
+    A video's frames are one verdict, from SAMPLED_FRAMES of them."""
     save = prompt[output_node]["inputs"]
+    sampled = SAMPLED_FRAMES if video else 0
     prompt[CHECKER_NODE] = {
         "class_type": CHECKER_CLASS,
-        "inputs": {"images": save["images"], "checker_name": checker_file},
+        "inputs": {"images": save["images"], "checker_name": checker_file, "sample_frames": sampled},
         "_meta": {"title": "Safety checker"},
     }
     save["images"] = [CHECKER_NODE, 0]

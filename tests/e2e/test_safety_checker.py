@@ -92,3 +92,15 @@ async def test_absent_weights_are_a_null_and_a_warning_never_a_false(facade: Tes
     assert result["has_nsfw_concepts"] == [None]
     assert (pixels == [255, 0, 255]).all()
     assert any("falconsai-nsfw-image-detection.safetensors) are absent" in line for line in logs), logs
+
+
+async def test_a_video_is_checked_on_its_frames_only_when_asked(facade: TestClient) -> None:
+    """Wan's enable_output_safety_checker (off by default, as on fal): on, the tiny classifier checks
+    sampled frames of the tiny model's video and passes it; the answer says so beyond fal's schema."""
+    body = {"prompt": "a wave", "seed": 3, "num_frames": 5, "num_inference_steps": 1}
+    response = await facade.post(
+        "/run/darkroom/demo-wan-2.2-5b-t2v", json={**body, "enable_output_safety_checker": True}
+    )
+    assert response.status == 200, await response.text()
+    result = await response.json()
+    assert result["has_nsfw_concepts"] == [False] and result["video"]["content_type"] == "video/mp4"

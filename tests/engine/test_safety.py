@@ -85,3 +85,19 @@ def test_a_file_of_another_layout_is_refused_naming_it(models_dir: Path) -> None
 def test_a_malformed_verdict_is_refused() -> None:
     with pytest.raises(ValueError, match="one boolean per image"):
         read_verdict(json.dumps({"nsfw": [True]}), 2)
+
+
+def test_a_video_is_one_verdict_from_its_sampled_frames(models_dir: Path) -> None:
+    from darkroom.nodes.output import DarkroomSaveVideo
+    from darkroom.ops.safety import sampled_frames
+
+    assert sampled_frames(10, 8) == [0, 1, 3, 4, 5, 6, 8, 9] and sampled_frames(5, 8) == [0, 1, 2, 3, 4]
+    frames = _flat(0.2, 0.5, 0.3, size=16).expand(10, -1, -1, -1).clone()
+    frames[9] = _flat(1, 0, 1, size=16)[0]  # sampled: the whole video goes black
+    out, verdict = DarkroomSafetyChecker.execute(frames, TINY, 8).result
+    assert read_verdict(verdict, 1) == ([True], None) and not out.any()
+    (video,) = DarkroomSaveVideo.execute(out, 16.0, "safety-test", 19, verdict).ui["images"]
+    assert video["has_nsfw_concept"] is True and video["frames"] == 10
+    frames[9], frames[2] = frames[0], _flat(1, 0, 1, size=16)[0]  # frame 2 is not among the 8 sampled
+    out, verdict = DarkroomSafetyChecker.execute(frames, TINY, 8).result
+    assert read_verdict(verdict, 1) == ([False], None) and out is frames

@@ -11,6 +11,10 @@ from ..formats.media import CRF_MAX, FORMATS, VIDEO_CONTENT_TYPE, encode_image, 
 from ..formats.safety import read_verdict
 
 _PREFIX_TIP = "Prefix (may hold a subfolder)."
+_SAFETY_TIP = (
+    "A Safety Checker's verdicts: each saved file is described with its has_nsfw_concept (null when "
+    "nothing was checked)."
+)
 _CRF_TIP = "x264 quality: lower is better and larger; 0 is lossless (many players refuse it)."
 
 
@@ -29,13 +33,7 @@ class DarkroomSaveImage(io.ComfyNode):
                 io.Int.Input(
                     "quality", default=95, min=1, max=100, tooltip="jpeg/webp quality; png ignores it."
                 ),
-                io.String.Input(
-                    "safety",
-                    optional=True,
-                    force_input=True,
-                    tooltip="A Safety Checker's verdicts: each saved file is described with its "
-                    "has_nsfw_concept (null when nothing was checked).",
-                ),
+                io.String.Input("safety", optional=True, force_input=True, tooltip=_SAFETY_TIP),
             ],
             is_output_node=True,
         )
@@ -93,12 +91,15 @@ class DarkroomSaveVideo(io.ComfyNode):
                 ),
                 io.String.Input("filename_prefix", default="darkroom", tooltip=_PREFIX_TIP),
                 io.Int.Input("crf", default=19, min=0, max=CRF_MAX, optional=True, tooltip=_CRF_TIP),
+                io.String.Input("safety", optional=True, force_input=True, tooltip=_SAFETY_TIP),
             ],
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, images, fps: float, filename_prefix: str, crf: int = 19) -> io.NodeOutput:
+    def execute(
+        cls, images, fps: float, filename_prefix: str, crf: int = 19, safety: str | None = None
+    ) -> io.NodeOutput:
         # H.264 in yuv420p needs even sides: odd ones are padded by repeating the edge (see encode_video).
         height, width = video_size(int(images.shape[1]), int(images.shape[2]))
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
@@ -112,6 +113,10 @@ class DarkroomSaveVideo(io.ComfyNode):
             "filename": file_name, "subfolder": subfolder, "type": "output", "width": width, "height": height,
             "frames": int(images.shape[0]), "fps": fps, "content_type": VIDEO_CONTENT_TYPE,
         }  # fmt: skip
+        if safety:
+            (video["has_nsfw_concept"],), note = read_verdict(safety, 1)
+            if note:
+                video["safety_note"] = note
         # ComfyUI's own shape for a saved video (as its SaveVideo): the editor plays it in the node.
         return io.NodeOutput(ui={"images": [video], "animated": (True,)})
 

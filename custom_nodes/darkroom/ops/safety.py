@@ -59,8 +59,9 @@ def _build(path: Path) -> Any:
     )
     check_keys(path, sorted(expected - set(state)), sorted(set(state) - expected), expected=EXPECTED, fix=fix)
     config = ViTConfig(**shape.config(), attn_implementation="eager")
-    model = ViTForImageClassification(config)
-    model.load_state_dict({key: value.float() for key, value in state.items()}, strict=True)
+    with torch.device("meta"):  # no random initialisation: the file's tensors become the parameters
+        model = ViTForImageClassification(config)
+    model.load_state_dict({key: value.float() for key, value in state.items()}, strict=True, assign=True)
     log.info("safety classifier %s: %s", path.name, shape)
     return model.eval()
 
@@ -79,6 +80,13 @@ def classify(model: Any, images: torch.Tensor) -> list[bool]:
     finally:
         model.to(mm.unet_offload_device())
     return [bool(flag) for flag in (logits.argmax(dim=-1) == NSFW_LABEL).tolist()]
+
+
+def sampled_frames(count: int, samples: int) -> list[int]:
+    """``samples`` frame indices spread evenly over ``count`` frames, first and last included."""
+    if samples >= count:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / max(1, samples - 1)) for i in range(samples)})
 
 
 def blacken(images: torch.Tensor, flags: list[bool]) -> torch.Tensor:

@@ -36,7 +36,11 @@ def test_on_the_checker_sits_before_the_save_node_and_off_the_graph_is_the_workf
     save = endpoint.output.node
     assert on[CHECKER_NODE] == {
         "class_type": "DarkroomSafetyChecker",
-        "inputs": {"images": off[save]["inputs"]["images"], "checker_name": "tiny/nsfw-vit.safetensors"},
+        "inputs": {
+            "images": off[save]["inputs"]["images"],
+            "checker_name": "tiny/nsfw-vit.safetensors",
+            "sample_frames": 0,
+        },
         "_meta": {"title": "Safety checker"},
     }
     assert on[save]["inputs"]["images"] == [CHECKER_NODE, 0] and on[save]["inputs"]["safety"] == [
@@ -64,7 +68,7 @@ def test_verdicts_say_what_ran(endpoints) -> None:
     assert verdicts(params, on, absent) == Verdicts([None], "the weights are absent", failed=True)
     silent = verdicts(params, on, [{}])  # a save node that reported nothing: never taken for a pass
     assert silent.flags == [None] and silent.failed
-    none = verdicts(endpoints["darkroom/demo-wan-2.2-5b-t2v"].params, {}, [{}])
+    none = verdicts(endpoints["darkroom/demo-esrgan"].params, {}, [{}])
     assert none.flags == [None] and "no safety checker" in (none.note or "")
 
 
@@ -104,3 +108,29 @@ def test_an_absent_classifier_is_a_start_up_warning_naming_the_endpoints_and_the
     assert "darkroom models fetch nsfw-image-detection --unpinned" in warning and "fal-ai/flux-2" in warning
     tiny = [(app, params) for app, params in served if app.startswith("darkroom/demo-")]
     assert missing_checkers(tiny, manifest, PROJECT_ROOT / "data" / "models") == []
+
+
+def test_a_video_endpoint_checks_sampled_frames_only_when_asked_and_says_so_beyond_fals_schema(
+    endpoints, manifest
+) -> None:
+    from server.generation.generator import _response
+
+    for app, endpoint in endpoints.items():
+        if endpoint.output.kind == "video":
+            spec = endpoint.params["enable_output_safety_checker"]
+            assert (
+                spec.default is False and checker_field(endpoint.params) == "enable_output_safety_checker"
+            ), app
+            assert endpoint.params["enable_safety_checker"].honoured == [False], (
+                app
+            )  # the input check: not built
+    endpoint = endpoints["darkroom/demo-wan-2.2-5b-t2v"]
+    body = {"prompt": "a wave", "seed": 1}
+    off, resolved_off = endpoint.build_prompt(endpoint.validate(body), manifest)
+    on, resolved_on = endpoint.build_prompt(
+        endpoint.validate({**body, "enable_output_safety_checker": True}), manifest
+    )
+    assert CHECKER_NODE not in off and on[CHECKER_NODE]["inputs"]["sample_frames"] == 8
+    files = [{"url": "v"}]
+    assert "has_nsfw_concepts" not in _response(endpoint, files, resolved_off, 1.0, Verdicts([None], "off"))
+    assert _response(endpoint, files, resolved_on, 1.0, Verdicts([False]))["has_nsfw_concepts"] == [False]
