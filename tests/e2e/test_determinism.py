@@ -59,11 +59,20 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("darkroom/demo-esrgan", {"image_url": png(40, 24, 1), "scale": 4}),
     (
         "darkroom/demo-z-image-turbo",
-        {"num_inference_steps": 1, "loras": [{"path": "tiny/zimage-lora-b.safetensors"}]},
+        {
+            "num_inference_steps": 1,
+            "loras": [{"path": "tiny/zimage-lora-b.safetensors"}],
+            "sampler": "dpm_2",
+            "scheduler": "karras",
+            "shift": 2.0,
+            "denoise": 0.9,
+            "vae": "tiny-flux1-ae",
+            "model_blend": [{"model": "tiny-zimage-bf16", "weight": 1}],
+        },
     ),
     (
         "darkroom/demo-z-image-turbo-i2i",
-        {"image_url": png(64, 48, 1), "num_inference_steps": 1, "strength": 0.8},
+        {"image_url": png(64, 48, 1), "strength": 1.0, "sigmas": [0.8, 0.4, 0.0]},  # sigmas set the start
     ),
     ("darkroom/demo-sd35", {"negative_prompt": "fog", "loras": [{"path": "tiny/sd35-lora-a.safetensors"}]}),
     (

@@ -54,3 +54,14 @@ async def test_what_darkroom_cannot_serve_is_a_422_naming_the_field(facade: Test
         assert detail["loc"] == ["body", field] and "not served by darkroom" in detail["msg"]
     response = await facade.post(I2I, json={"prompt": "x", "image_url": WIDE, "strength": 0.001})
     assert response.status == 422, await response.text()  # the worker's check: denoise at least 0.01
+
+
+async def test_a_vae_or_blend_of_another_family_is_a_422(facade: TestClient) -> None:
+    """(Every override working on Z-Image, blend and VAE included: tests/e2e/test_determinism.py.)"""
+    for field, value, reason in (
+        ("vae", "tiny-flux2-vae", "expected a FLUX.1 VAE"),  # Z-Image's is FLUX.1's
+        ("model_blend", [{"model": "tiny-flux1-bf16", "weight": 1}], "not a Z-Image diffusion model"),
+    ):
+        response = await facade.post(T2I, json={"prompt": "x", "seed": 1, field: value})
+        assert response.status == 422, await response.text()
+        assert reason in (await response.json())["detail"], await response.text()
