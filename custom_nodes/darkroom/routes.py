@@ -1,10 +1,14 @@
 """The pack's routes on ComfyUI's own server: ``GET /darkroom/loaded``, the models this worker holds
-(``ops.loaded``), for darkroom's dashboard."""
+(``ops.loaded``), for darkroom's dashboard; and the ``darkroom.evaluations`` WebSocket message, each
+sampling run's model evaluations (``ops.evaluations``), sent to the prompt's client."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
+from .ops import evaluations
 from .ops.loaded import loaded_models
 
 
@@ -15,3 +19,8 @@ def register() -> None:
     @PromptServer.instance.routes.get("/darkroom/loaded")
     async def loaded(request: web.Request) -> web.Response:
         return web.json_response({"models": loaded_models()})
+
+    def send(message: dict[str, Any]) -> None:
+        PromptServer.instance.send_sync(evaluations.KEY, message, PromptServer.instance.client_id)
+
+    evaluations.REPORTERS.append(send)

@@ -70,7 +70,16 @@ class Image(File):
 
 
 class Timings(BaseModel):
+    """fal's timings, a record of numbers; darkroom adds the sampler's model calls."""
+
     inference: float = Field(description="Seconds on the worker")
+    model_evaluations: int = Field(
+        description="Sampler model calls that evaluated the diffusion model (counted on the worker with a "
+        "forward hook; 0 when the worker answered from its cache of the same graph)"
+    )
+    model_evaluations_reused: int = Field(
+        description="Sampler model calls the step cache answered instead of the model (acceleration)"
+    )
 
 
 class ImageOutput(BaseModel):

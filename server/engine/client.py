@@ -23,6 +23,7 @@ import aiohttp
 from server.engine.events import (
     TERMINAL,
     Cached,
+    Evaluations,
     Event,
     Executed,
     Executing,
@@ -44,8 +45,8 @@ from server.engine.events import (
 from server.errors import ComfyValidationError, WorkerConnectionError, WorkerResponseError
 
 __all__ = [
-    "TERMINAL", "Cached", "ComfyClient", "Event", "Executed", "Executing", "ExecutionError", "Interrupted",
-    "Note", "OutputFile", "Preview", "Progress", "Removed", "Started", "Status", "Success", "Watcher",
+    "TERMINAL", "Cached", "ComfyClient", "Evaluations", "Event", "Executed", "Executing", "ExecutionError",
+    "Interrupted", "Note", "OutputFile", "Preview", "Progress", "Removed", "Started", "Status", "Success", "Watcher",
     "WorkerLost", "is_terminal",
     "parse_binary", "parse_message",
 ]  # fmt: skip

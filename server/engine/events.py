@@ -83,6 +83,19 @@ class Executed:
 
 
 @dataclass(frozen=True)
+class Evaluations:
+    """One sampling run's diffusion-model evaluations (darkroom's node pack counts them with a forward
+    hook; ``custom_nodes/darkroom/ops/evaluations.py``): sampler model calls that ran the model, and
+    those a step cache (``cache``: EasyCache, LazyCache, or None) answered instead."""
+
+    prompt_id: str
+    node: str | None
+    evaluated: int
+    reused: int
+    cache: str | None
+
+
+@dataclass(frozen=True)
 class Success:
     prompt_id: str
 
@@ -152,6 +165,7 @@ Event = (
     | Executing
     | Progress
     | Executed
+    | Evaluations
     | Success
     | ExecutionError
     | Interrupted
@@ -182,6 +196,15 @@ def parse_message(message: Mapping[str, Any]) -> Event | Status | None:
         return Progress(pid, None if node is None else str(node), float(data["value"]), float(data["max"]))
     if kind == "executed":
         return Executed(pid, str(data["node"]), dict(data.get("output") or {}))
+    if kind == "darkroom.evaluations":
+        node, cache = data.get("node"), data.get("cache")
+        return Evaluations(
+            pid,
+            None if node is None else str(node),
+            int(data["evaluated"]),
+            int(data["reused"]),
+            None if cache is None else str(cache),
+        )
     if kind == "execution_start":
         return Started(pid)
     if kind == "execution_cached":

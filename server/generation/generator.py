@@ -57,6 +57,19 @@ USER_INPUT_NODES = frozenset({
 })  # fmt: skip
 
 
+@dataclass
+class ModelCalls:
+    """A run's sampler model calls, summed over its sampling runs (``cc.Evaluations``): those that
+    evaluated the diffusion model and those a step cache (``acceleration``) answered instead."""
+
+    evaluated: int = 0
+    reused: int = 0
+
+    def add(self, event: cc.Evaluations) -> None:
+        self.evaluated += event.evaluated
+        self.reused += event.reused
+
+
 @dataclass(frozen=True)
 class Generator:
     """Everything a request needs to run: settings, workers, manifest and the output store."""
@@ -102,7 +115,7 @@ class Generator:
         }
         for attempt in range(1, WORKER_ATTEMPTS + 1):
             try:
-                files, resolved, inference_s, checked = await self._run_on_worker(
+                files, resolved, inference_s, checked, calls = await self._run_on_worker(
                     endpoint, request, request_id, base_url, images, prepared, on_event
                 )
                 break
@@ -117,7 +130,7 @@ class Generator:
         log.info("%s %s: %d file(s) in %.3f s", endpoint.app_id, request_id, len(files), inference_s)
         if endpoint.output.kind == "images" or checker_field(endpoint.params):
             await _report_safety(endpoint, request_id, checked, on_event)
-        return _response(endpoint, files, resolved, inference_s, checked)
+        return _response(endpoint, files, resolved, inference_s, checked, calls)
 
     async def _run_on_worker(
         self,
@@ -128,9 +141,9 @@ class Generator:
         images: dict[str, list[tuple[bytes, int, int]]],
         prepared: dict[str, Any],
         on_event: EventSink | None,
-    ) -> tuple[list[dict[str, Any]], dict[str, Any], float, Verdicts]:
+    ) -> tuple[list[dict[str, Any]], dict[str, Any], float, Verdicts, ModelCalls]:
         """Borrow a worker, run the prompt there and store its outputs: (files, resolved values, seconds,
-        the safety checker's verdicts)."""
+        the safety checker's verdicts, model calls)."""
         async with self.supervisor.worker(model_key=endpoint.model_key(request)) as worker:
             self.last_run[worker.id] = endpoint.app_id
             await self.choices.check(endpoint, request, worker.client)
@@ -148,11 +161,12 @@ class Generator:
                 prompt, resolved = endpoint.build_prompt(request, self.manifest, prepared)
                 started = time.perf_counter()
                 async with self._run_limit(endpoint, request_id):
-                    saved = await self._execute(worker.client, prompt, endpoint, request_id, on_event)
+                    saved, calls = await self._execute(worker.client, prompt, endpoint, request_id, on_event)
                 files = await self._store_all(worker, saved, request_id, resolved, base_url)
             finally:
                 worker.discard("input", uploaded)
-            return files, resolved, time.perf_counter() - started, verdicts(endpoint.params, resolved, saved)
+            checked = verdicts(endpoint.params, resolved, saved)
+            return files, resolved, time.perf_counter() - started, checked, calls
 
     async def _store_all(
         self,
@@ -275,10 +289,13 @@ class Generator:
         endpoint: Endpoint,
         request_id: str,
         on_event: EventSink | None,
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], ModelCalls]:
         saved: list[dict[str, Any]] = []
+        calls = ModelCalls()
         try:
             async for event in client.run(prompt, prompt_id=request_id):
+                if isinstance(event, cc.Evaluations):
+                    calls.add(event)
                 await self._on(event, endpoint, request_id, saved, on_event)
         except ComfyValidationError as e:
             if e.class_type not in USER_INPUT_NODES:
@@ -292,7 +309,7 @@ class Generator:
             raise InputError(f"{endpoint.app_id}: {public_message('; '.join(reasons))}") from e
         if not saved:
             raise GenerationError(f"{endpoint.app_id}: the workflow produced no {endpoint.output.kind}")
-        return saved
+        return saved, calls
 
     async def _on(
         self,
@@ -420,9 +437,11 @@ def _response(
     resolved: dict[str, Any],
     inference_s: float,
     checked: Verdicts,
+    calls: ModelCalls,
 ) -> dict[str, Any]:
     """fal's output shape: image models answer images[] and friends, video models one File, upscalers
-    one image."""
+    one image. fal's image timings are a record of numbers: the model calls go there too (fal's video
+    and upscaler outputs have no timings; the request's logs say them)."""
     seed = next((resolved[name] for name in endpoint.params_of("seed")), None)
     if endpoint.output.kind == "video":
         video = {"video": files[0], "seed": seed, "prompt": resolved.get("prompt", "")}
@@ -434,7 +453,11 @@ def _response(
     return {
         "images": files,
         "seed": seed,
-        "timings": {"inference": inference_s},
+        "timings": {
+            "inference": inference_s,
+            "model_evaluations": calls.evaluated,
+            "model_evaluations_reused": calls.reused,
+        },
         "prompt": resolved.get("prompt", ""),
         "has_nsfw_concepts": checked.flags,
     }

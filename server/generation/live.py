@@ -157,6 +157,12 @@ class LiveReporter:
             self._progress(event)
         elif isinstance(event, cc.Executed):
             self.overall.finished([event.node])
+        elif isinstance(event, cc.Evaluations):
+            cache = f"the step cache ({event.cache})" if event.cache else "no step cache (acceleration none)"
+            self.log(
+                f"{self._describe(event.node)} evaluated the diffusion model {event.evaluated} time(s) and "
+                f"reused {event.reused} result(s) from {cache}"
+            )
         elif isinstance(event, cc.Preview):
             await self._preview(event)
         elif isinstance(event, cc.ExecutionError):

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.engine.models import Manifest
 from server.settings import PROJECT_ROOT
+from server.workflows import acceleration
 from server.workflows.request_schema import AUTO, DEFAULT, IMAGE_SIZE_PRESETS, ParamSpec, request_model
 from server.workflows.safety import check_spec, checker_field, insert_checker
 
@@ -163,7 +164,12 @@ class Endpoint:
             if value is None:
                 _remove(prompt, spec.absent_removes)
                 continue  # an optional field left out: the workflow's own value stands
-            if spec.type == "model_blend":
+            if spec.cache:
+                random_weights = all(manifest.get(m).source.generated for m in self.models.values())
+                acceleration.add_step_cache(
+                    prompt, list(spec.to), spec.cache, value, random_weights=random_weights
+                )
+            elif spec.type == "model_blend":
                 (node_id,) = spec.to
                 prompt[node_id] = _blend_node(prompt[node_id], value, spec)
             elif isinstance(spec.to, dict):
@@ -239,7 +245,7 @@ def _endpoint(
     params = {}
     for name, base in mapping.params.items():
         if name not in spec.without:
-            params[name] = base.model_copy(update=spec.params.get(name, {}))
+            params[name] = _step_cache(path, app_id, name, base.model_copy(update=spec.params.get(name, {})))
     lookups = {
         name: base.model_copy(update=spec.lookups.get(name, {})) for name, base in mapping.lookups.items()
     }
@@ -303,6 +309,17 @@ def _endpoint(
         limits_note=spec.limits_note,
         run_timeout_s=spec.run_timeout_s,
     )
+
+
+def _step_cache(path: Path, app_id: str, name: str, param: ParamSpec) -> ParamSpec:
+    """An acceleration field checked, and described from its levels unless the mapping describes it."""
+    if not param.cache:
+        return param
+    if problem := acceleration.check(name, param.values, param.to):
+        raise MappingError(f"{path}: {app_id}: {problem}")
+    if param.description:
+        return param
+    return param.model_copy(update={"description": acceleration.describe(param.cache, param.values or [])})
 
 
 def _targets(to: list[str] | dict[str, list[str]]) -> list[str]:

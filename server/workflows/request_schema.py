@@ -83,6 +83,11 @@ class ParamSpec(BaseModel):
         description="a boolean that switches the image safety checker: the classifier's manifest name. "
         "True puts a DarkroomSafetyChecker between the output node and the images it saves",
     )
+    cache: Literal["easy", "lazy"] | None = Field(
+        default=None,
+        description="acceleration: ComfyUI's step cache for this model (EasyCache or LazyCache), put "
+        "before each sampler input in `to`; see server/workflows/acceleration.py",
+    )
 
 
 def _input_url(value: str) -> str:

@@ -37,6 +37,7 @@ from ..formats.checkpoint import (
     check_keys,
     read_header,
 )
+from .evaluations import count_evaluations
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,7 @@ def load_diffusion_model(
         offload_device = comfy.model_management.unet_offload_device()
         model = model_config.get_model({}, "", device=offload_device)
         _stream_weights(model.diffusion_model, ckpt, plan, config.variant)
-    return comfy.model_patcher.ModelPatcher(
+    patcher = comfy.model_patcher.ModelPatcher(
         model, load_device=comfy.model_management.get_torch_device(), offload_device=offload_device
     )
+    return count_evaluations(patcher)

@@ -9,6 +9,7 @@ import pytest
 
 from server.engine.events import (
     Cached,
+    Evaluations,
     Executed,
     Executing,
     ExecutionError,
@@ -211,3 +212,12 @@ def test_validation_error_without_node_errors() -> None:
     assert error.node_id is None and error.node_errors == []
     assert error.error_type == "invalid_prompt"
     assert "node Nope does not exist. (Node ID '#1')" in str(error)
+
+
+def test_the_packs_evaluation_count_is_an_event_of_its_prompt() -> None:
+    frame = {"type": "darkroom.evaluations", "data": {"prompt_id": PID, "node": "12", "evaluated": 5,
+             "reused": 3, "forward_passes": 5, "cache": "EasyCache"}}  # fmt: skip
+    assert parse_message(frame) == Evaluations(PID, "12", 5, 3, "EasyCache")
+    frame["data"].update(cache=None, node=None)
+    assert parse_message(frame) == Evaluations(PID, None, 5, 3, None)
+    assert not is_terminal(Evaluations(PID, "12", 5, 3, None))

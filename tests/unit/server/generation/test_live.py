@@ -69,6 +69,8 @@ async def test_reporter_maps_a_run_to_started_progress_and_logs() -> None:
         *(cc.Progress("r", "3", step, 4) for step in range(1, 5)),
         cc.Executing("r", "7"),
         cc.Progress("r", "7", 2, 4),
+        cc.Evaluations("r", "7", 3, 1, "EasyCache"),
+        cc.Evaluations("r", "3", 4, 0, None),
         cc.Executed("r", "9", {}),
         cc.ExecutionError("r", "9", "VAEDecode", "out of memory", "RuntimeError"),
     ]:
@@ -94,6 +96,16 @@ async def test_reporter_maps_a_run_to_started_progress_and_logs() -> None:
         ("INFO", "Reused 1 cached node(s)"),
         ("INFO", "Running node 3 (KSampler)"),
         ("INFO", "Running node 7 (KSamplerAdvanced)"),
+        (
+            "INFO",
+            "node 7 (KSamplerAdvanced) evaluated the diffusion model 3 time(s) and reused 1 result(s) "
+            "from the step cache (EasyCache)",
+        ),
+        (
+            "INFO",
+            "node 3 (KSampler) evaluated the diffusion model 4 time(s) and reused 0 result(s) "
+            "from no step cache (acceleration none)",
+        ),
         ("ERROR", "node 9 (VAEDecode) failed: RuntimeError: out of memory"),
     ]
     assert [e["type"] for e in events][0] == "started" and events[-1]["type"] == "failed"

@@ -78,13 +78,6 @@ def test_the_schema_default_is_fals_and_only_sent_values_are_refused(app_id: str
             assert spec.unhonoured and spec.unhonoured in str(caught.value) and name in str(caught.value)
 
 
-def test_acceleration_is_refused_until_step_caching_exists() -> None:
-    flux2 = ENDPOINTS["fal-ai/flux-2"]
-    assert flux2.validate({"prompt": "x"}).acceleration == "regular"  # fal's default, in the schema
-    with pytest.raises(ValueError, match="step caching"):
-        flux2.validate({"prompt": "x", "acceleration": "high"})
-
-
 def _candidates(spec: Any) -> list[Any]:
     """Every value the field's type and bounds allow (its enum, both booleans, its integer range; a
     string: the honoured ones and one other; an object: null and one of fal's shape)."""
