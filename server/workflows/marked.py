@@ -3,7 +3,8 @@ its request fields as darkroom's input nodes, so it runs in the editor, can be c
 published under a new name (``published.py`` reads the same nodes back).
 
 Fields with no node input of their own stay the graph's values: beyond-fal overrides (sampler,
-scheduler, sigmas, model files, blends), switches without targets (sync_mode) and lookup keys.
+scheduler, sigmas, model files, blends), switches without targets (sync_mode) and lookup keys;
+acceleration stays the endpoint's default level (its cache node, if any, is in the graph).
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def _node_inputs(
             "width": width, "height": height, "min_side": low, "max_side": high,
             "multiple_of": spec.multiple_of or 1,
         }  # fmt: skip
-    if not targets:
+    if not targets or spec.cache:
         return None, {}
     value = spec.default if spec.default is not None else _first_value(prompt, targets)
     if spec.type == "string":

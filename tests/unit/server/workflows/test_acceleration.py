@@ -194,3 +194,21 @@ def _rebuilt(endpoint: Endpoint, params: dict[str, Any]) -> Endpoint:
         request_model=request_model("Rebuilt", params),
         workflow=copy.deepcopy(endpoint.workflow),
     )
+
+
+def test_an_endpoint_opened_in_the_editor_keeps_its_default_level() -> None:
+    """The marked workflow has no input node for the level (the editor has no such field): its graph is
+    the endpoint's at its default, the cache node included, so a republished copy gives the same bytes."""
+    from server.workflows.marked import marked_prompt
+
+    for app_id, cached in (("darkroom/demo-flux-2", True), ("darkroom/demo-flux-dev", False)):
+        endpoint = ENDPOINTS[app_id]
+        prompt = marked_prompt(endpoint, MANIFEST)
+        fields = {
+            n["inputs"].get("field") for n in prompt.values() if n["class_type"].startswith("DarkroomInput")
+        }
+        assert "acceleration" not in fields and "prompt" in fields
+        (target,) = endpoint.params["acceleration"].to
+        node_id, _, name = target.partition(".")
+        source = prompt[prompt[node_id]["inputs"][name][0]]
+        assert (source["class_type"] == "EasyCache") == cached, app_id
