@@ -46,8 +46,8 @@ from server.errors import ComfyValidationError, WorkerConnectionError, WorkerRes
 
 __all__ = [
     "TERMINAL", "Cached", "ComfyClient", "Evaluations", "Event", "Executed", "Executing", "ExecutionError",
-    "Interrupted", "Note", "OutputFile", "Preview", "Progress", "Removed", "Started", "Status", "Success", "Watcher",
-    "WorkerLost", "is_terminal",
+    "Interrupted", "Note", "OutputFile", "Preview", "Progress", "Removed", "Started", "Status", "Success",
+    "Watcher", "WorkerLost", "is_terminal",
     "parse_binary", "parse_message",
 ]  # fmt: skip
 

@@ -73,12 +73,14 @@ def test_verdicts_say_what_ran(endpoints) -> None:
 
 
 def test_the_response_carries_the_verdicts(endpoints) -> None:
-    from server.generation.generator import _response
+    from server.generation.generator import ModelCalls, _response
 
     endpoint = endpoints["darkroom/demo-flux-2"]
     files = [{"url": "u"}, {"url": "v"}]
-    body = _response(endpoint, files, {"seed": 1, "prompt": "p"}, 0.5, Verdicts([True, None], "why", True))
+    checked = Verdicts([True, None], "why", True)
+    body = _response(endpoint, files, {"seed": 1, "prompt": "p"}, 0.5, checked, ModelCalls(7, 3))
     assert body["has_nsfw_concepts"] == [True, None]
+    assert body["timings"] == {"inference": 0.5, "model_evaluations": 7, "model_evaluations_reused": 3}
 
 
 @pytest.mark.parametrize(
