@@ -31,6 +31,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "darkroom/demo-flux-2": {"num_inference_steps": 6, "image_size": {"width": 32, "height": 32}},
     "darkroom/demo-flux-dev": {"num_inference_steps": 6, "image_size": {"width": 32, "height": 32}},
     "darkroom/demo-wan-2.2-a14b-t2v": {"num_inference_steps": 6, "aspect_ratio": "1:1", "num_frames": 1},
+    "darkroom/demo-qwen-image": {"num_inference_steps": 6, "image_size": {"width": 32, "height": 32}},
     "darkroom/demo-z-image-turbo": {"num_inference_steps": 6, "image_size": {"width": 32, "height": 32}},
 }
 

@@ -115,7 +115,7 @@ def test_an_absent_classifier_is_a_start_up_warning_naming_the_endpoints_and_the
 def test_a_video_endpoint_checks_sampled_frames_only_when_asked_and_says_so_beyond_fals_schema(
     endpoints, manifest
 ) -> None:
-    from server.generation.generator import _response
+    from server.generation.generator import ModelCalls, _response
 
     for app, endpoint in endpoints.items():
         if endpoint.output.kind == "video":
@@ -134,5 +134,10 @@ def test_a_video_endpoint_checks_sampled_frames_only_when_asked_and_says_so_beyo
     )
     assert CHECKER_NODE not in off and on[CHECKER_NODE]["inputs"]["sample_frames"] == 8
     files = [{"url": "v"}]
-    assert "has_nsfw_concepts" not in _response(endpoint, files, resolved_off, 1.0, Verdicts([None], "off"))
-    assert _response(endpoint, files, resolved_on, 1.0, Verdicts([False]))["has_nsfw_concepts"] == [False]
+    calls = ModelCalls(4, 0)
+    assert "has_nsfw_concepts" not in _response(
+        endpoint, files, resolved_off, 1.0, Verdicts([None], "off"), calls
+    )
+    assert _response(endpoint, files, resolved_on, 1.0, Verdicts([False]), calls)["has_nsfw_concepts"] == [
+        False
+    ]
