@@ -85,6 +85,27 @@ class Settings:
         default=180.0,
         metadata={"help": "How long a worker may take to answer before start-up fails."},
     )
+    torch_compile: bool = field(
+        default=False,
+        metadata={
+            "help": "Wrap each diffusion model in torch.compile (inductor): faster steps on a GPU after a "
+            "first run that compiles (its time is logged, as is each recompile for a new size)."
+        },
+    )
+    fp8_matmul: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: fp8 weights are multiplied in fp8 on GPUs of compute capability >= 8.9 (held as "
+            "fp8, computed in bf16 elsewhere); off: always computed in bf16."
+        },
+    )
+    attention: str = field(
+        default="pytorch",
+        metadata={
+            "help": "pytorch, sage (SageAttention) or flash (FlashAttention): used when its package "
+            "imports in the workers' Python; otherwise a start-up warning and PyTorch's attention."
+        },
+    )
     metrics_public: bool = field(
         default=False,
         metadata={"help": "Serve /metrics without a key (for a scraper on a trusted network)."},

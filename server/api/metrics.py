@@ -4,8 +4,9 @@ Counted as things happen: ``darkroom_requests_total{endpoint,status}`` (status: 
 request ended with), ``darkroom_request_duration_seconds{endpoint,phase}`` (phases ``queue``: submit to
 start, ``run``: start to end; sync runs have only ``run``), ``darkroom_webhook_deliveries_total{result}``.
 Read at each scrape: ``darkroom_queue_depth{endpoint}``, ``darkroom_worker_up{worker}``,
-``darkroom_worker_restarts_total{worker}``, ``darkroom_gpu_memory_used_bytes{worker}`` (GPU workers
-only, from ComfyUI's /system_stats), and the client library's process metrics. Labels are endpoint ids
+``darkroom_worker_restarts_total{worker}``, ``darkroom_worker_speed_setting{worker,setting,value}``,
+``darkroom_gpu_memory_used_bytes{worker}`` (GPU workers only, from ComfyUI's /system_stats), and the
+client library's process metrics. Labels are endpoint ids
 and worker numbers, never request ids. The route needs a key unless ``DARKROOM_METRICS_PUBLIC=true``.
 
 darkroom's own families are rendered as they change, so a scrape only joins text: prometheus-client's
@@ -168,6 +169,14 @@ class Metrics:
             *(
                 f'darkroom_worker_restarts_total{{worker="{w.id}"}} {_value(w.restarts)}\n'
                 for w in self.supervisor.workers
+            ),
+            "# HELP darkroom_worker_speed_setting 1 for each speed setting the worker runs with "
+            "(torch_compile, fp8_matmul, attention) and its value.\n"
+            "# TYPE darkroom_worker_speed_setting gauge\n",
+            *(
+                f'darkroom_worker_speed_setting{{worker="{w.id}",{_labels(setting=k, value=v)}}} 1\n'
+                for w in self.supervisor.workers
+                for k, v in sorted(w.speed.shown.items())
             ),
         ]
         if self.gpu_memory:

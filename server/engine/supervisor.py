@@ -26,6 +26,7 @@ import aiohttp
 import yaml
 
 from server.engine.placement import pick_idle
+from server.engine.speed import plan_speed
 from server.engine.worker import Worker, WorkerState
 from server.errors import ConfigError, WorkerConnectionError, WorkerStartError, WorkerUnavailableError
 from server.settings import PROJECT_ROOT, Settings
@@ -158,6 +159,10 @@ class Supervisor:
         yaml_path.write_text(
             yaml.safe_dump(extra_model_paths(self.settings), sort_keys=False), encoding="utf-8"
         )
+        speeds = {
+            gpu: await asyncio.to_thread(plan_speed, self.settings, self.python, gpu=gpu)
+            for gpu in {d is not None for d in devices}
+        }
         self._session = aiohttp.ClientSession()
         self.workers = tuple(
             Worker(
@@ -167,10 +172,13 @@ class Supervisor:
                 self.settings.worker_base_port + i,
                 self._session,
                 interrupt_grace_s=self.settings.interrupt_grace_s,
+                speed=speeds[gpu is not None],
             )  # fmt: skip
             for i, gpu in enumerate(devices)
         )
         logger.info("starting %d ComfyUI worker(s) from %s", len(self.workers), self.comfyui_dir)
+        for speed in speeds.values():
+            logger.info("worker speed settings: %s", ", ".join(f"{k} {v}" for k, v in speed.shown.items()))
         self._tasks = [
             asyncio.create_task(self._keep_alive(w, yaml_path), name=f"worker-{w.id}") for w in self.workers
         ]

@@ -27,6 +27,7 @@ from typing import IO, Any
 import aiohttp
 
 from server.engine.client import ABANDON_WAIT_S, ComfyClient
+from server.engine.speed import Speed
 from server.errors import WorkerConnectionError, WorkerResponseError, WorkerStartError
 
 _PR_SET_PDEATHSIG = 1
@@ -55,15 +56,17 @@ def prepare_user_directory(user_dir: Path) -> None:
 
 
 def worker_command(
-    python: str, comfyui_dir: Path, *, port: int, base_dir: Path, extra_paths_yaml: Path, cpu: bool
-) -> list[str]:
-    """The command line of one ComfyUI worker."""
+    python: str, comfyui_dir: Path, *, port: int, base_dir: Path, extra_paths_yaml: Path, cpu: bool,
+    extra: Iterable[str] = (),
+) -> list[str]:  # fmt: skip
+    """The command line of one ComfyUI worker; ``extra``: its speed flags (server/engine/speed.py)."""
     command = [
         python, str(comfyui_dir / "main.py"),
         "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
         "--base-directory", str(base_dir), "--output-directory", str(base_dir / "output"),
         "--database-url", f"sqlite:///{base_dir / 'comfyui.db'}",
         "--disable-api-nodes", "--extra-model-paths-config", str(extra_paths_yaml),
+        *extra,
     ]  # fmt: skip
     return [*command, "--cpu"] if cpu else command
 
@@ -120,9 +123,10 @@ class Worker:
 
     def __init__(
         self, worker_id: int, gpu: str | None, base_dir: Path, port: int, session: aiohttp.ClientSession,
-        *, interrupt_grace_s: float = ABANDON_WAIT_S,
+        *, interrupt_grace_s: float = ABANDON_WAIT_S, speed: Speed | None = None,
     ):  # fmt: skip
         self.id = worker_id
+        self.speed = speed or Speed()
         self.gpu = gpu
         self.base_dir = base_dir
         self.output_dir = base_dir / "output"
@@ -199,6 +203,7 @@ class Worker:
             "id": self.id, "state": self.state.value, "busy": self.busy, "pid": self.pid,
             "base_url": self.base_url, "device": f"cuda:{self.gpu}" if self.gpu is not None else "cpu",
             "restarts": self.restarts, "last_exit_code": self.last_exit_code, "warm_key": self.warm_key,
+            "speed": dict(self.speed.shown),
         }  # fmt: skip
 
     async def spawn(
@@ -216,10 +221,12 @@ class Worker:
         (self.base_dir / "custom_nodes").mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         prepare_user_directory(self.base_dir / "user" / "default")
-        env = {**environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": self.gpu or ""}
+        env = {
+            **environ, **self.speed.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": self.gpu or ""
+        }  # fmt: skip
         command = worker_command(
             python, comfyui_dir, port=self.port, base_dir=self.base_dir, extra_paths_yaml=extra_paths_yaml,
-            cpu=self.gpu is None,
+            cpu=self.gpu is None, extra=self.speed.flags,
         )  # fmt: skip
         self.state = WorkerState.STARTING
         self._log_file = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in _drain

@@ -7,6 +7,7 @@ worker, ComfyUI-shaped events through ``on_event``, and runs that block until th
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 from aiohttp import web
@@ -17,9 +18,10 @@ from server.api.state import GENERATOR, QUEUE
 from server.app import create_app
 from server.engine import client as cc
 from server.engine.models import load_manifest
+from server.engine.speed import plan_speed
 from server.errors import GenerationError, WorkerConnectionError
 from server.media.loras import LoraCache
-from server.settings import Settings
+from server.settings import Settings, load_settings
 from server.workflows.choices import ComfyChoices
 from server.workflows.mapping import Endpoint
 
@@ -43,6 +45,7 @@ class FakeWorker:
         self.state = state
         self.gpu: str | None = None
         self.restarts = 0
+        self.speed = plan_speed(load_settings({}), sys.executable, gpu=False)  # the defaults
         self.client = FakeClient()
 
     @property

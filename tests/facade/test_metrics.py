@@ -73,6 +73,9 @@ async def test_requests_durations_queue_and_workers(client: Client) -> None:
     assert sample(text, "darkroom_queue_depth", endpoint=APP) == 0
     assert sample(text, "darkroom_worker_up", worker="0") == 1
     assert sample(text, "darkroom_worker_restarts_total", worker="0") == 0
+    assert (
+        sample(text, "darkroom_worker_speed_setting", worker="0", setting="attention", value="pytorch") == 1
+    )
     assert sample(text, "process_cpu_seconds_total") > 0
     assert "request_id" not in text and "darkroom_gpu_memory_used_bytes" not in text  # CPU workers
     families = {family.name: family.type for family in text_string_to_metric_families(text)}

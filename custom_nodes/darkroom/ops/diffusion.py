@@ -38,6 +38,7 @@ from ..formats.checkpoint import (
     read_header,
 )
 from .evaluations import count_evaluations
+from .speed import apply_speed
 
 log = logging.getLogger(__name__)
 
@@ -176,4 +177,4 @@ def load_diffusion_model(
     patcher = comfy.model_patcher.ModelPatcher(
         model, load_device=comfy.model_management.get_torch_device(), offload_device=offload_device
     )
-    return count_evaluations(patcher)
+    return apply_speed(count_evaluations(patcher), path.name)

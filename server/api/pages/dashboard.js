@@ -23,11 +23,12 @@ function render(state) {
       h("td", { class: r.status === "IN_PROGRESS" ? "ok" : "" }, r.status === "IN_PROGRESS" ? `running ${r.running_s}s` : "waiting"),
       h("td", {}, `${r.age_s}s`), h("td", {}, r.position ?? ""),
       h("td", {}, Object.assign(h("button", { class: "danger" }, "Cancel"), { onclick: () => cancel(r.request_id) }))))));
-  fill("workers", table(["worker", "state", "device", "GPU memory", "models loaded", "last ran", "restarts"], state.workers.map((w) => [
+  fill("workers", table(["worker", "state", "device", "GPU memory", "models loaded", "last ran", "restarts", "speed"], state.workers.map((w) => [
     h("tr", { "data-worker": w.id }, h("td", {}, `#${w.id}`), h("td", { class: w.state === "ready" ? "ok" : "warn" }, w.state + (w.busy ? " (busy)" : "")),
       h("td", {}, w.device ?? ""), h("td", {}, w.gpu_memory_total_bytes ? `${bytes(w.gpu_memory_used_bytes)} / ${bytes(w.gpu_memory_total_bytes)}` : "—"),
-      h("td", { class: "loaded" }, loaded(w.loaded_models)), h("td", {}, w.last_endpoint ?? "—"), h("td", {}, String(w.restarts ?? 0))),
-    h("tr", {}, h("td", { colspan: 7 }, h("pre", {}, (w.log || []).join("\n")))),
+      h("td", { class: "loaded" }, loaded(w.loaded_models)), h("td", {}, w.last_endpoint ?? "—"), h("td", {}, String(w.restarts ?? 0)),
+      h("td", { class: "speed" }, Object.entries(w.speed ?? {}).map(([k, v]) => `${k}: ${v}`).join("; "))),
+    h("tr", {}, h("td", { colspan: 8 }, h("pre", {}, (w.log || []).join("\n")))),
   ]).flat()));
   fill("models", table(["model", "file", "size", "sha256", ""], state.models.map((m) =>
     h("tr", {}, h("td", {}, m.name), h("td", {}, h("code", {}, m.file)), h("td", {}, bytes(m.size_bytes)),

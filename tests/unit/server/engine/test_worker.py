@@ -259,3 +259,49 @@ def test_a_worker_keeps_its_last_runs_outputs_only(tmp_path: Path) -> None:
     worker.keep_outputs([])
     assert not list(output.iterdir())
     assert (tmp_path / "secret.txt").exists(), "names outside the output folder are never deleted"
+
+
+SHOWS_ARGV = (
+    "import os, sys\nprint('argv', sys.argv[1:], os.environ.get('DARKROOM_TORCH_COMPILE'), flush=True)\n"
+)
+
+
+async def test_speed_settings_reach_the_worker_and_a_missing_attention_package_is_no_crash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_for(tmp_path, attention="sage", torch_compile=True)
+    supervisor = Supervisor(settings, stand_in(tmp_path, SHOWS_ARGV + ANSWERS))
+    await supervisor.start()
+    try:
+        (worker,) = supervisor.workers
+        shown = worker.describe()["speed"]
+        assert shown == {
+            "attention": "pytorch (sageattention missing)", "fp8_matmul": "auto (none on CPU)",
+            "torch_compile": "inductor",
+        }  # fmt: skip
+    finally:
+        await supervisor.stop()
+    assert "DARKROOM_ATTENTION=sage asks for sageattention" in caplog.text
+    argv = next(line for line in worker.recent_logs(100) if line.startswith("argv") or " argv " in line)
+    assert "--use-sage-attention" not in argv and "--fast" not in argv and argv.endswith("inductor")
+
+
+def test_speed_plan_on_a_gpu_with_the_attention_package_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from server.engine import speed
+
+    monkeypatch.setitem(speed.ATTENTION_PACKAGES, "flash", "json")  # a package every interpreter has
+    plan = speed.plan_speed(load_settings({}, attention="flash"), sys.executable, gpu=True)
+    assert plan.flags == ("--use-flash-attention", "--fast", "fp8_matrix_mult")
+    assert plan.environ == {"DARKROOM_FP8_MATMUL": "auto"} and plan.shown["attention"] == "flash"
+    off = speed.plan_speed(load_settings({}, fp8_matmul="off"), sys.executable, gpu=True)
+    assert off.flags == () and off.shown == {
+        "attention": "pytorch",
+        "fp8_matmul": "off",
+        "torch_compile": "off",
+    }
+    with pytest.raises(
+        ConfigError, match="DARKROOM_ATTENTION='xformers': expected one of pytorch, sage, flash"
+    ):
+        speed.plan_speed(load_settings({}, attention="xformers"), sys.executable, gpu=False)
