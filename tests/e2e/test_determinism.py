@@ -80,6 +80,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
         {"loras": [{"path": "tiny/qwen-image-lora-b.safetensors"}], "sampler": "euler_ancestral"},
     ),
     ("darkroom/demo-qwen-image-i2i", {"image_url": png(80, 64, 1), "strength": 0.8}),
+    ("darkroom/demo-qwen-image-edit", {"image_urls": [png(80, 64, 1), png(64, 64, 2)]}),
     ("darkroom/demo-wan-2.2-5b-t2v", {}),
     (
         "darkroom/demo-wan-2.2-5b-t2v",

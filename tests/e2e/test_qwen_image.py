@@ -5,6 +5,7 @@ input images (1, 2 and 3, through the vision tower and as reference latents) cha
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -47,3 +48,31 @@ async def test_image_to_image_takes_the_input_size_and_the_input_conditions_it(f
     assert other_size == size and other != first, "another input image, same bytes: the input is unused"
     sized, _ = await run(facade, i2i, image_url=WIDE, image_size={"width": 64, "height": 64})
     assert sized == (64, 64)
+
+
+async def test_edit_with_one_two_and_three_images(facade: TestClient) -> None:
+    edit = "/run/darkroom/demo-qwen-image-edit"
+    steps = {"num_inference_steps": 2}
+    size, one = await run(facade, edit, image_urls=[WIDE], **steps)
+    assert size == (80, 48), "left out, image_size is the first image's size"
+    assert (await run(facade, edit, image_urls=[WIDE], **steps))[1] == one
+    other_size, other = await run(facade, edit, image_urls=[OTHER], **steps)
+    assert other_size == size and other != one, "another image, same bytes: the image is unused"
+    two_size, two = await run(facade, edit, image_urls=[WIDE, TALL], **steps)
+    swapped_size, swapped = await run(facade, edit, image_urls=[TALL, WIDE], **steps)
+    assert (two_size, swapped_size) == ((80, 48), (48, 64)) and two not in (one, swapped)
+    three_size, three = await run(facade, edit, image_urls=[WIDE, TALL, OTHER], **steps)
+    assert three_size == (80, 48) and three not in (one, two)
+    sized, _ = await run(
+        facade, edit, image_urls=[WIDE, TALL], image_size={"width": 64, "height": 32}, **steps
+    )
+    assert sized == (64, 32)
+
+
+async def test_edit_refuses_bad_images_and_a_fourth(facade: TestClient) -> None:
+    edit = "/run/darkroom/demo-qwen-image-edit"
+    text = "data:text/plain;base64," + base64.b64encode(b"hello").decode()
+    response = await facade.post(edit, json={"prompt": "x", "image_urls": [WIDE, text]})
+    assert response.status == 422 and "image_urls" in await response.text()
+    response = await facade.post(edit, json={"prompt": "x", "image_urls": [WIDE] * 4})
+    assert response.status == 422 and "image_urls" in await response.text()

@@ -1,5 +1,6 @@
 """Reference images for edit models: one node that takes any number of them (a request's image_urls),
-so a workflow needs no chain of ReferenceLatent nodes per image count. Node ids are public API."""
+so a workflow needs no chain of ReferenceLatent nodes per image count, and one that hands up to 3 of them
+to nodes with an input per image (Qwen-Image-Edit's text encoder). Node ids are public API."""
 
 from __future__ import annotations
 
@@ -32,10 +33,13 @@ class DarkroomReferenceImages(io.ComfyNode):
             display_name="Reference Images (darkroom)",
             category="darkroom/conditioning",
             description="Encodes each image with the VAE and appends it to the conditioning's reference "
-            "latents in order (as chained ReferenceLatent nodes): FLUX.2 edit, FLUX.1 Kontext.",
+            "latents in order (as chained ReferenceLatent nodes): FLUX.2 edit, FLUX.1 Kontext, "
+            "Qwen-Image-Edit.",
             inputs=[
-                io.Conditioning.Input("conditioning"),
-                io.Vae.Input("vae"),
+                io.Conditioning.Input(
+                    "conditioning", tooltip="The prompt's conditioning; the images' latents are added to it."
+                ),
+                io.Vae.Input("vae", tooltip="The VAE that encodes each image (the model's own)."),
                 io.String.Input(
                     "images",
                     default="[]",
