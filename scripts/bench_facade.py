@@ -76,9 +76,12 @@ class Darkroom:
 
 
 @contextlib.contextmanager
-def darkroom_serve(extra_env: dict[str, str] | None = None, timeout_s: float = 300.0) -> Iterator[Darkroom]:
-    """`darkroom serve --workers 1 --cpu` on free loopback ports with a throwaway data dir (job store,
-    outputs, worker state), the repo's models and the installed ComfyUI; stopped on exit."""
+def darkroom_serve(
+    extra_env: dict[str, str] | None = None, timeout_s: float = 300.0, *, cpu: bool = True
+) -> Iterator[Darkroom]:
+    """`darkroom serve --workers 1 --cpu` (on the GPU without ``cpu``) on free loopback ports with a
+    throwaway data dir (job store, outputs, worker state), the repo's models and the installed ComfyUI;
+    stopped on exit."""
     settings = load_settings(data_dir=os.environ.get("DARKROOM_DATA_DIR") or str(ROOT / "data"))
     comfyui_dir = ensure_comfyui(settings, install_requirements=False)
     with tempfile.TemporaryDirectory(prefix="darkroom-bench-") as tmp:
@@ -91,7 +94,7 @@ def darkroom_serve(extra_env: dict[str, str] | None = None, timeout_s: float = 3
             **(extra_env or {}),
         )
         command = [str(ROOT / ".venv/bin/darkroom"), "serve", "--port", str(port), "--workers", "1"]
-        command += ["--cpu", "--data-dir", tmp]
+        command += ["--cpu", "--data-dir", tmp] if cpu else ["--data-dir", tmp]
         log_path = Path(tmp) / "serve.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
