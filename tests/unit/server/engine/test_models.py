@@ -56,6 +56,13 @@ def test_cli_expands_an_endpoint_into_its_model_files():
         assert expand_model_names([f"fal-ai/stable-diffusion-v35-{size}"]) == [
             f"sd35-{size}", "clip-l", "clip-g", "t5xxl-fp8", "sd35-vae",
         ]  # fmt: skip
+    # Qwen-Image: one text encoder and VAE for all; each mode its own diffusion model.
+    shared = ["qwen25-vl-7b-fp8", "qwen-image-vae"]
+    for app in ("fal-ai/qwen-image", "fal-ai/qwen-image/image-to-image"):
+        assert expand_model_names([app]) == ["qwen-image-fp8", *shared]
+    for app in ("fal-ai/qwen-image-edit-2511", "fal-ai/qwen-image-edit-2511/lora"):
+        assert expand_model_names([app]) == ["qwen-image-edit-2511-bf16", *shared]
+    assert expand_model_names(["fal-ai/qwen-image-edit-plus"]) == ["qwen-image-edit-2509-fp8", *shared]
 
 
 def test_missing_files_name_the_command_that_provides_each(tmp_path):
