@@ -34,14 +34,20 @@ from server.workflows.mapping import WORKFLOWS_DIR, load_endpoints  # noqa: E402
 EXTRA: dict[str, dict[str, Any]] = {"video": {"aspect_ratio": "1:1", "num_frames": 1}}
 
 
-def demo_levels() -> dict[str, list[str]]:
-    """Each demo twin that has acceleration: its levels."""
-    return {
-        app_id: list(endpoint.params["acceleration"].values or [])
-        for app_id, endpoint in load_endpoints(WORKFLOWS_DIR, load_manifest()).items()
-        if app_id.startswith("darkroom/demo-") and "acceleration" in endpoint.params
-        and not any(spec.required and spec.type.startswith("image_url") for spec in endpoint.params.values())
-    }  # fmt: skip
+def demo_levels() -> dict[str, tuple[list[str], int]]:
+    """Each demo twin that has acceleration (and needs no input image): its levels and most steps."""
+    found = {}
+    for app_id, endpoint in load_endpoints(WORKFLOWS_DIR, load_manifest()).items():
+        params = endpoint.params
+        if not app_id.startswith("darkroom/demo-") or "acceleration" not in params:
+            continue
+        if any(spec.required and spec.type.startswith("image_url") for spec in params.values()):
+            continue
+        found[app_id] = (
+            list(params["acceleration"].values or []),
+            int(params["num_inference_steps"].le or 12),
+        )
+    return found
 
 
 def bench(base: str, app_id: str, levels: list[str], rounds: int, steps: int) -> dict[str, dict[str, Any]]:
@@ -73,7 +79,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=12, help="steps per request (the FLUX demos allow 12)")
+    parser.add_argument("--steps", type=int, default=12, help="steps per request, at most each demo's")
     args = parser.parse_args()
     port = free_port()
     env = dict(os.environ, DARKROOM_WORKER_BASE_PORT=str(free_port()))
@@ -84,11 +90,13 @@ def main() -> None:
     results: dict[str, Any] = {}
     try:
         wait_for(f"http://127.0.0.1:{port}/ready")
-        for app_id, levels in demo_levels().items():
-            results[app_id] = bench(f"http://127.0.0.1:{port}", app_id, levels, args.rounds, args.steps)
+        for app_id, (levels, most) in demo_levels().items():
+            steps = min(args.steps, most)
+            results[app_id] = bench(f"http://127.0.0.1:{port}", app_id, levels, args.rounds, steps)
     finally:
         stop(process)
     print(f"{'demo twin':34}{'level':>9}{'median s':>10}{'vs none':>9}  evaluated/reused (images)")
+    print(f"(steps: {args.steps}, or the demo's most: Z-Image Turbo's is 8)")
     for app_id, levels in results.items():
         for level, row in levels.items():
             counts = ", ".join(f"{e}/{r}" for e, r in row["evaluated_reused"]) or "-"

@@ -18,11 +18,10 @@ instead of running the model. Only steps between ``start_percent`` and ``end_per
 may be skipped. The levels:
 
 - regular: threshold 0.2 between 15% and 95% of the schedule: ComfyUI's defaults for both nodes, the
-  setting its authors ship as the balanced one (EasyCache's paper reports about 2x on video models at
-  this kind of budget with little visible change). The first 15% (where the composition forms) and the
-  last 5% (fine detail) always run.
+  values its authors ship. The first 15% (where the composition forms) and the last 5% (fine detail)
+  always run.
 - high: threshold 0.4 from 10%: twice the change budget, so roughly twice as many consecutive steps
-  may be reused between evaluations, starting a little earlier; faster, with more visible drift.
+  may be reused between evaluations, starting a little earlier; faster, with more drift.
 
 These are choices, not measurements: the speed and quality trade-off on real weights has not been
 measured here (``scripts/bench_acceleration.py`` measures the tiny demo models' wall time only).
@@ -40,11 +39,11 @@ LEVELS: dict[str, dict[str, float]] = {
 }
 # The demo twins' tiny random-weight models (manifest entries ``generated``) change their output about
 # twice as much as their input per step: EasyCache's own estimate, read from its verbose log, was 1.5 to
-# 2.5 on the FLUX.1, FLUX.2 and Wan twins at 8-12 steps, where real models change by a tenth of that.
-# Under the levels above they would never reuse a step, so on them the levels take thresholds near
-# EasyCache's largest (3): the same nodes and wiring, now reusing single steps between evaluations, which
-# the demos can show and the tests check. On the demos the two levels differ little; these numbers say
-# nothing about real weights.
+# 2.5 on the FLUX.1, FLUX.2 and Wan twins at 8-12 steps, ten times and more the levels' thresholds.
+# Under the levels above they reused no step in the runs tried, so on them the levels take thresholds
+# near EasyCache's largest (3): the same nodes and wiring, now reusing single steps between
+# evaluations, which the demos can show and the tests check. On the demos the two levels differ
+# little; these numbers say nothing about real weights.
 RANDOM_WEIGHT_THRESHOLDS = {"regular": 2.9, "high": 3.0}
 _SAYS = {
     NONE: "every step evaluates the model (the graph without step caching)",
