@@ -28,11 +28,11 @@ OLD_GRAPH = "the graph without the field"
 LOGGED = re.compile(r"evaluated the diffusion model (\d+) time\(s\) and reused (\d+) result")
 # Each family present, at a tiny size with enough steps for a step cache to have something to skip.
 FAMILIES: dict[str, dict[str, Any]] = {
-    "darkroom/demo-flux-2": {"num_inference_steps": 6, "image_size": {"width": 32, "height": 32}},
-    "darkroom/demo-flux-dev": {"num_inference_steps": 6, "image_size": {"width": 32, "height": 32}},
+    "darkroom/demo-flux-2": {"num_inference_steps": 5, "image_size": {"width": 32, "height": 32}},
+    "darkroom/demo-flux-dev": {"num_inference_steps": 5, "image_size": {"width": 32, "height": 32}},
     "darkroom/demo-wan-2.2-a14b-t2v": {"num_inference_steps": 6, "aspect_ratio": "1:1", "num_frames": 1},
-    "darkroom/demo-qwen-image": {"num_inference_steps": 6, "image_size": {"width": 32, "height": 32}},
-    "darkroom/demo-z-image-turbo": {"num_inference_steps": 6, "image_size": {"width": 32, "height": 32}},
+    "darkroom/demo-qwen-image": {"num_inference_steps": 5, "image_size": {"width": 32, "height": 32}},
+    "darkroom/demo-z-image-turbo": {"num_inference_steps": 5, "image_size": {"width": 32, "height": 32}},
 }
 
 
