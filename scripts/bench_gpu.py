@@ -345,7 +345,7 @@ def run(args: argparse.Namespace) -> Bench:
         "z-image-turbo bf16", 20, lambda: image_case(bench, "zimage", plan.zimage, "bf16", ZIMAGE_STEPS)
     )
     bench.case("wan2.2-a14b bf16 (one expert)", 60, lambda: wan_case(bench))
-    bench.case("load z-image bf16 page cache -> device", 40, lambda: load_case(bench))
+    bench.case("load z-image bf16 page cache -> device", 90, lambda: load_case(bench))
     with darkroom_for(args.darkroom, cpu=args.smoke) as url:
         bench.case(
             "overhead /queue vs POST /prompt",
@@ -395,7 +395,15 @@ def main() -> None:
     parser.add_argument("--json", default="bench_gpu.json", help="where the figures are written")
     parser.add_argument("--budget-s", type=float, default=420.0, help="skip cases that would not fit")
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile case")
+    parser.add_argument(
+        "--cpu-real-size", action="store_true", help="real-size random-weight files through darkroom's loader"
+    )
     args = parser.parse_args()
+    if args.cpu_real_size:
+        from bench_cpu_real import main as cpu_real_size
+
+        Path(args.json).write_text(json.dumps({"cpu_real_size": cpu_real_size()}, indent=2), encoding="utf-8")
+        return
     bench = run(args)
     out = summary(bench)
     out |= {"smoke": args.smoke, "seconds": round(time.perf_counter() - bench.started, 1)}
