@@ -12,7 +12,7 @@ import os
 import signal
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from server.media import model_share
 from server.security.keyring import KeyRing, check_exposure
 from server.security.untrusted import LogFormatter
 from server.settings import Settings, load_settings
-from server.workflows.mapping import WORKFLOWS_DIR, load_endpoints
+from server.workflows.mapping import WORKFLOWS_DIR, Endpoint, load_endpoints
 
 logger = logging.getLogger(__name__)
 
@@ -107,14 +107,17 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-def expand_model_names(names: Sequence[str]) -> list[str]:
-    """Endpoint ids stand for every model file they bind; other names are manifest entries."""
+def expand_model_names(names: Sequence[str], endpoints: Mapping[str, Endpoint] | None = None) -> list[str]:
+    """Endpoint ids stand for every model file they bind, their safety classifier included (the field is
+    on by default); other names are manifest entries. `endpoints`: the loaded set, when the caller has it."""
     manifest = models.load_manifest()
-    endpoints = load_endpoints(WORKFLOWS_DIR, manifest)
+    if endpoints is None:
+        endpoints = load_endpoints(WORKFLOWS_DIR, manifest)
     expanded: list[str] = []
     for name in names:
         if name in endpoints:
             expanded += endpoints[name].models.values()
+            expanded += [spec.checker for spec in endpoints[name].params.values() if spec.checker]
         else:
             manifest.get(name)  # raises KeyError naming the known entries
             expanded.append(name)

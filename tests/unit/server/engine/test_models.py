@@ -29,35 +29,46 @@ def test_unknown_model_name_lists_the_known_ones():
         load_manifest().get("nope")
 
 
-def test_cli_expands_an_endpoint_into_its_model_files():
-    from server.cli import expand_model_names
+CHECKER = "nsfw-image-detection"  # the image endpoints' safety classifier
 
+
+def test_cli_expands_an_endpoint_into_its_model_files():
+    from functools import partial
+
+    from server.cli import expand_model_names as expand
+    from server.workflows.mapping import WORKFLOWS_DIR, load_endpoints
+
+    endpoints = load_endpoints(WORKFLOWS_DIR, load_manifest())
+    assert expand(["fal-ai/flux-2"]) == expand(["fal-ai/flux-2"], endpoints)
+    expand_model_names = partial(expand, endpoints=endpoints)  # the workflows parsed once, not per call
     names = expand_model_names(["fal-ai/flux-2", "flux2-vae"])
-    assert names == ["flux2-dev-fp8mixed", "mistral3-small-flux2-fp8", "flux2-vae"]
+    # The safety classifier too: enable_safety_checker is on by default.
+    assert names == ["flux2-dev-fp8mixed", "mistral3-small-flux2-fp8", "flux2-vae", CHECKER]
     with pytest.raises(KeyError, match="nope"):
         expand_model_names(["nope"])
     # Issue 24's endpoints: exactly the files each needs (turbo: FLUX.2 [dev]'s and the Turbo LoRA).
     assert expand_model_names(["fal-ai/flux-2/edit"]) == expand_model_names(["fal-ai/flux-2"])
     assert expand_model_names(["fal-ai/flux-2/turbo/edit"]) == [
-        "flux2-dev-fp8mixed", "mistral3-small-flux2-fp8", "flux2-vae", "flux2-dev-turbo-lora",
+        "flux2-dev-fp8mixed", "mistral3-small-flux2-fp8", "flux2-vae", "flux2-dev-turbo-lora", CHECKER,
     ]  # fmt: skip
     assert expand_model_names(["fal-ai/flux-kontext-lora"]) == [
         "flux1-kontext-dev",
         "clip-l",
         "t5xxl-fp8",
         "flux1-ae",
+        CHECKER,
     ]
-    assert expand_model_names(["fal-ai/esrgan"]) == ["realesrgan-x4plus"]
-    z_image = ["z-image-turbo", "qwen3-4b", "flux1-ae"]  # its VAE is FLUX.1's ae.safetensors
+    assert expand_model_names(["fal-ai/esrgan"]) == ["realesrgan-x4plus"]  # fal's ESRGAN has no checker
+    z_image = ["z-image-turbo", "qwen3-4b", "flux1-ae", CHECKER]  # its VAE is FLUX.1's ae.safetensors
     for app in ("fal-ai/z-image/turbo", "fal-ai/z-image/turbo/lora", "fal-ai/z-image/turbo/image-to-image"):
         assert expand_model_names([app]) == z_image
     # SD 3.5: each size its own diffusion model, the same three text encoders and VAE.
     for size in ("large", "medium"):
         assert expand_model_names([f"fal-ai/stable-diffusion-v35-{size}"]) == [
-            f"sd35-{size}", "clip-l", "clip-g", "t5xxl-fp8", "sd35-vae",
+            f"sd35-{size}", "clip-l", "clip-g", "t5xxl-fp8", "sd35-vae", CHECKER,
         ]  # fmt: skip
     # Qwen-Image: one text encoder and VAE for all; each mode its own diffusion model.
-    shared = ["qwen25-vl-7b-fp8", "qwen-image-vae"]
+    shared = ["qwen25-vl-7b-fp8", "qwen-image-vae", CHECKER]
     for app in ("fal-ai/qwen-image", "fal-ai/qwen-image/image-to-image"):
         assert expand_model_names([app]) == ["qwen-image-fp8", *shared]
     for app in ("fal-ai/qwen-image-edit-2511", "fal-ai/qwen-image-edit-2511/lora"):
