@@ -77,10 +77,31 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("darkroom/demo-sd35", {"negative_prompt": "fog", "loras": [{"path": "tiny/sd35-lora-a.safetensors"}]}),
     (
         "darkroom/demo-qwen-image",
-        {"loras": [{"path": "tiny/qwen-image-lora-b.safetensors"}], "sampler": "euler_ancestral"},
+        {
+            "loras": [{"path": "tiny/qwen-image-lora-b.safetensors"}],
+            "sampler": "euler_ancestral",
+            "scheduler": "karras",
+        },
     ),
-    ("darkroom/demo-qwen-image-i2i", {"image_url": png(80, 64, 1), "strength": 0.8}),
-    ("darkroom/demo-qwen-image-edit", {"image_urls": [png(80, 64, 1), png(64, 64, 2)]}),
+    (
+        "darkroom/demo-qwen-image-i2i",
+        {
+            "image_url": png(80, 64, 1),
+            "strength": 0.8,
+            "model_blend": [
+                {"model": "tiny-qwen-image-fp8-scaled", "weight": 1},
+                {"model": "tiny-qwen-image-bf16", "weight": 2},
+            ],
+        },
+    ),
+    (
+        "darkroom/demo-qwen-image-edit",
+        {
+            "image_urls": [png(80, 64, 1), png(64, 64, 2)],
+            "sigmas": [1.0, 0.6, 0.3, 0.0],
+            "vae": "tiny-wan21-vae",
+        },
+    ),
     ("darkroom/demo-wan-2.2-5b-t2v", {}),
     (
         "darkroom/demo-wan-2.2-5b-t2v",
