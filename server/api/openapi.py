@@ -73,12 +73,16 @@ class Timings(BaseModel):
     """fal's timings, a record of numbers; darkroom adds the sampler's model calls."""
 
     inference: float = Field(description="Seconds on the worker")
-    model_evaluations: int = Field(
-        description="Sampler model calls that evaluated the diffusion model (counted on the worker with a "
-        "forward hook; 0 when the worker answered from its cache of the same graph)"
+    model_evaluations: int | None = Field(
+        default=None,
+        description="Sampler model calls that evaluated the diffusion model, counted on the worker with a "
+        "forward hook; absent when no sampling run was counted (the worker answered from its cache of "
+        "the same graph, or a model darkroom's loaders did not load)",
     )
-    model_evaluations_reused: int = Field(
-        description="Sampler model calls the step cache answered instead of the model (acceleration)"
+    model_evaluations_reused: int | None = Field(
+        default=None,
+        description="Sampler model calls the step cache answered instead of the model (acceleration); "
+        "absent with model_evaluations",
     )
 
 

@@ -60,14 +60,24 @@ USER_INPUT_NODES = frozenset({
 @dataclass
 class ModelCalls:
     """A run's sampler model calls, summed over its sampling runs (``cc.Evaluations``): those that
-    evaluated the diffusion model and those a step cache (``acceleration``) answered instead."""
+    evaluated the diffusion model and those a step cache (``acceleration``) answered instead. No
+    sampling run counted (``runs`` 0): a model darkroom's loaders did not load, or a sampler the worker
+    answered from its cache of the same graph; then nothing is claimed."""
 
     evaluated: int = 0
     reused: int = 0
+    runs: int = 0
 
     def add(self, event: cc.Evaluations) -> None:
         self.evaluated += event.evaluated
         self.reused += event.reused
+        self.runs += 1
+
+    def timings(self) -> dict[str, int]:
+        """The counts for fal's timings, or nothing when no sampling run was counted."""
+        if not self.runs:
+            return {}
+        return {"model_evaluations": self.evaluated, "model_evaluations_reused": self.reused}
 
 
 @dataclass(frozen=True)
@@ -453,11 +463,7 @@ def _response(
     return {
         "images": files,
         "seed": seed,
-        "timings": {
-            "inference": inference_s,
-            "model_evaluations": calls.evaluated,
-            "model_evaluations_reused": calls.reused,
-        },
+        "timings": {"inference": inference_s, **calls.timings()},
         "prompt": resolved.get("prompt", ""),
         "has_nsfw_concepts": checked.flags,
     }

@@ -78,9 +78,11 @@ def test_the_response_carries_the_verdicts(endpoints) -> None:
     endpoint = endpoints["darkroom/demo-flux-2"]
     files = [{"url": "u"}, {"url": "v"}]
     checked = Verdicts([True, None], "why", True)
-    body = _response(endpoint, files, {"seed": 1, "prompt": "p"}, 0.5, checked, ModelCalls(7, 3))
+    body = _response(endpoint, files, {"seed": 1, "prompt": "p"}, 0.5, checked, ModelCalls(7, 3, runs=1))
     assert body["has_nsfw_concepts"] == [True, None]
     assert body["timings"] == {"inference": 0.5, "model_evaluations": 7, "model_evaluations_reused": 3}
+    uncounted = _response(endpoint, files, {"seed": 1, "prompt": "p"}, 0.5, checked, ModelCalls())
+    assert uncounted["timings"] == {"inference": 0.5}, "no sampling run counted: no count claimed"
 
 
 @pytest.mark.parametrize(
