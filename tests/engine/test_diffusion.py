@@ -109,7 +109,7 @@ def test_config_keys_match_comfyuis_model_signatures() -> None:
     zimage = set(inspect.signature(comfy.ldm.lumina.model.NextDiT.__init__).parameters)
     assert zimage - {"self", "device", "dtype", "operations"} == arch.ZIMAGE_CONFIG_KEYS
     mmdit = set(inspect.signature(comfy.ldm.modules.diffusionmodules.mmdit.MMDiT.__init__).parameters)
-    assert mmdit >= arch.SD3_CONFIG_KEYS  # it takes more (hidden widths follow depth; see arch.py)
+    assert mmdit >= arch.SD3_CONFIG_KEYS  # it takes more (hidden widths follow depth; see arch/sd3.py)
     qwen = set(inspect.signature(comfy.ldm.qwen_image.model.QwenImageTransformer2DModel.__init__).parameters)
     assert qwen - {"self", "device", "dtype", "operations", "final_layer"} == arch.QWEN_IMAGE_CONFIG_KEYS
 

@@ -52,7 +52,7 @@ def tree_copy(tmp_path: Path) -> Path:
         ("server/workflows/request_schema.py", "from server.workflows import mapping", "no-cycles"),
         ("custom_nodes/darkroom/ops/lora.py", "from ..nodes import extras", "pack-layers"),
         ("custom_nodes/darkroom/ops/blend.py", "from ..tiny import noise", "pack-layers"),
-        ("custom_nodes/darkroom/formats/arch.py", "import comfy.sd", "pack-formats-without-comfyui"),
+        ("custom_nodes/darkroom/formats/arch/base.py", "import comfy.sd", "pack-formats-without-comfyui"),
         ("custom_nodes/darkroom/nodes/output.py", "import server", "pack-never-imports-the-facade"),
     ],
 )

@@ -1,4 +1,4 @@
-"""arch.py: configs inferred from key names and shapes for many widths and depths (no ComfyUI).
+"""formats/arch: configs inferred from key names and shapes for many widths and depths (no ComfyUI).
 
 The layouts below mirror comfy.ldm.flux.model.Flux and comfy.ldm.wan.model.WanModel; tests/engine checks
 inference against ComfyUI's real classes too.
