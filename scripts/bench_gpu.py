@@ -242,10 +242,10 @@ def image_case(bench: Bench, kind: str, config: dict[str, Any], mode: str, steps
     values: dict[str, Any] = {}
     if mode == "fp8-fast" and device.type == "cuda":
         values["fp8_matmul"] = bool(comfy.model_management.supports_fp8_compute(device))
-    if extra.get("compile"):
-        from comfy_api.torch_helpers import set_torch_compile_wrapper
+    if extra.get("compile"):  # as a worker with DARKROOM_TORCH_COMPILE does it
+        from darkroom.ops.speed import apply_speed
 
-        set_torch_compile_wrapper(patcher, backend=extra["compile"])
+        apply_speed(patcher, kind, {"DARKROOM_TORCH_COMPILE": extra["compile"]})
         values["compile_s"] = round(sample(patcher, shape, context, 1), 2)  # first call: compile + 1 step
     s_step = per_step(patcher, shape, context, plan.timed_steps)
     values |= {
