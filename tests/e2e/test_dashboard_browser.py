@@ -45,6 +45,8 @@ async def test_the_dashboard_follows_the_queue_and_cancels(client: Client, page:
     row = await page.wait_for_selector(f"#queue tr[data-request='{waiting}']")
     assert "waiting" in await row.inner_text() and "darkroom/demo-flux-2" in await row.inner_text()
     assert "busy" in await page.inner_text("#workers tr[data-worker='0']")
+    speed = await page.inner_text("#workers tr[data-worker='0'] .speed")  # the worker's speed settings
+    assert "attention: pytorch" in speed and "torch_compile: off" in speed and "fp8_matmul: auto" in speed
     assert "darkroom models fetch flux2-vae" in await page.inner_text("#models")
     await page.screenshot(path=str(SCREENSHOTS / "dashboard.png"), full_page=True)
 
