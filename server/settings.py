@@ -96,7 +96,7 @@ class Settings:
         default="auto",
         metadata={
             "help": "auto: fp8 weights are multiplied in fp8 on GPUs of compute capability >= 8.9 (held as "
-            "fp8, computed in bf16 elsewhere); off: always computed in bf16."
+            "fp8, computed in bf16 elsewhere); off: darkroom's loaders compute fp8 layers in bf16."
         },
     )
     attention: str = field(
