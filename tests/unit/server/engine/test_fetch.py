@@ -287,7 +287,7 @@ def test_the_command_lists_fetches_and_verifies(tmp_path, monkeypatch, capsys):
     assert main(["models", "list", "fal-ai/flux-2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["name", "file", "state", "size", "verified"]
-    names = ["flux2-dev-fp8mixed", "mistral3-small-flux2-fp8", "flux2-vae"]
+    names = ["flux2-dev-fp8mixed", "mistral3-small-flux2-fp8", "flux2-vae", "nsfw-image-detection"]
     assert [line.split()[0] for line in lines[1:]] == names
     assert all(line.split()[2:] == ["missing", "?", "no"] for line in lines[1:])
     assert main(["models", "fetch", "flux2-vae"]) == 1  # not pinned: refused before any traffic
