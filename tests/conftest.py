@@ -80,15 +80,22 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """The log scan: any finding fails the run, each one said."""
-    collector = session.config.stash.get(_COLLECTOR, None)
+    """The log scan: any finding fails the run, each one said. Under pytest-xdist (make test runs two
+    workers) each worker scans its own logs and hands its findings to the controller, which says them."""
+    config = session.config
+    collector = config.stash.get(_COLLECTOR, None)
     if collector is None:
         return
     logging.getLogger().removeHandler(collector)
     collector.scan()
-    if log_scan.findings:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        lines = ["log scan: a key or a request's control character reached a log", *log_scan.findings]
+    findings = [*log_scan.findings, *config.stash.get(_WORKER_FINDINGS, [])]
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: its exit status does not reach the run's
+        workeroutput["log_scan"] = findings
+        return
+    if findings:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        lines = ["log scan: a key or a request's control character reached a log", *findings]
         if reporter is not None:
             reporter.write_sep("=", "log scan failed", red=True)
             for line in lines:
@@ -96,4 +103,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """xdist's controller: keep a finished worker's log-scan findings for the run's own scan."""
+    findings = getattr(node, "workeroutput", {}).get("log_scan", [])
+    node.config.stash.setdefault(_WORKER_FINDINGS, []).extend(findings)
+
+
 _COLLECTOR = pytest.StashKey[log_scan.Collector]()
+_WORKER_FINDINGS = pytest.StashKey[list[str]]()

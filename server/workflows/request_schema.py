@@ -113,9 +113,13 @@ def _lora_path(value: str) -> str:
 InputUrl = Annotated[str, AfterValidator(_input_url)]
 # What check_name takes, for the document: no control characters, "/"-separated parts of at most 255
 # bytes. A JSON Schema counts characters, not UTF-8 bytes: the pattern takes the parts surely short
-# enough (255 ASCII characters, or 63 of any), a subset of what the server takes. It ends in (?![\s\S]),
-# not $, which in Python's re also matches before a final newline.
-_PART = r"(?:[ -.0-~]{0,255}|[^/\x00-\x1f\x7f-\x9f\u2028\u2029]{0,63})"
+# enough, a subset of what the server takes: 255 ASCII characters; or 63 of any kind starting with a
+# non-ASCII one; or up to 31 ASCII ones, a non-ASCII one and up to 31 more. No two branches match the
+# same text, so a backtracking engine (Python's re, a JS validator) checks a name in linear time; the
+# former branches overlapped (ASCII in both) and backtracked exponentially on a long name failing at its
+# end. It ends in (?![\s\S]), not $, which in Python's re also matches before a final newline.
+_ASCII, _WIDE, _ANY = r"[ -.0-~]", r"[^\x00-\x9f\u2028\u2029]", r"[^/\x00-\x1f\x7f-\x9f\u2028\u2029]"
+_PART = rf"(?:{_ASCII}{{0,255}}|{_WIDE}{_ANY}{{0,62}}|{_ASCII}{{1,31}}{_WIDE}{_ANY}{{0,31}})"
 NAME_PATTERN = rf"^(?:{_PART}/)*{_PART}(?![\s\S])"
 _NAMED = Field(json_schema_extra={"pattern": NAME_PATTERN})  # documented; check_name is the check
 FileName = Annotated[str, AfterValidator(check_name), _NAMED]
