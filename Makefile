@@ -21,8 +21,11 @@ endif
 serve: setup
 	$(DARKROOM) serve
 
+# Two pytest workers (pytest-xdist), a test file at a time each: an e2e test mostly waits on its ComfyUI
+# worker, so two streams fill two cores; each stream starts its own stack (and hands its log scan to the
+# run: tests/conftest.py). tests/engine imports ComfyUI in-process, so it runs apart.
 test: test-setup
-	$(PY) -m pytest tests --ignore=tests/engine
+	$(PY) -m pytest tests --ignore=tests/engine -n 2 --dist loadfile
 	$(PY) -m pytest tests/engine
 
 # What serving needs (the Docker image runs this); the tests also need a browser, PostgreSQL and fal's
