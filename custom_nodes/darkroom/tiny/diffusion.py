@@ -56,14 +56,15 @@ ZIMAGE: dict[str, Any] = {
     "rope_theta": 256.0, "z_image_modulation": True, "time_scale": 1000.0, "pad_tokens_multiple": 32,
 }  # fmt: skip
 # SD 3.5 medium's layout (MMDiT-X: block 0 has the second attention; q/k RMS norms) at depth 2, which
-# fixes the width at 128 (64 x depth). pos_embed covers 32 x 32 patches: images up to 512 px.
+# fixes the width at 128 (64 x depth). pos_embed covers 64 x 64 patches: images up to 1024 px, so fal's
+# size presets (1024 px at most) run on the demo too (with 32 x 32, square_hd failed in the sampler).
 SD35: dict[str, Any] = {
     "in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 2, "input_size": None,
     "adm_in_channels": 128,
     "context_embedder_config": {
         "target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128},
     },
-    "num_patches": 1024, "pos_embed_max_size": 32, "qk_norm": "rms", "pos_embed_scaling_factor": None,
+    "num_patches": 4096, "pos_embed_max_size": 64, "qk_norm": "rms", "pos_embed_scaling_factor": None,
     "x_block_self_attn_layers": [0],
 }  # fmt: skip
 QWEN_IMAGE: dict[str, Any] = {
