@@ -15,7 +15,9 @@ from server.settings import Settings
 
 pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session")]
 
-LIMIT_S = 2.0
+# Long enough for a demo generation on a loaded 2-core machine (the next request must finish inside
+# it: at 2 s one was interrupted in a clean-clone run), far below test-slow's 30 s.
+LIMIT_S = 8.0
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -31,8 +33,8 @@ async def test_a_queued_run_past_its_limit_is_interrupted(client: Client) -> Non
     started = time.monotonic()
     slow = await submit(client, "darkroom/test-slow")  # 30 s on the worker
     status = await wait_status(client, slow, timeout_s=60)
-    assert status["error_type"] == "request_timeout" and "run limit of 2 s" in status["error"], status
-    assert time.monotonic() - started < 20, "interrupted at its limit, not run to the end"
+    assert status["error_type"] == "request_timeout" and f"run limit of {LIMIT_S:g} s" in status["error"], status
+    assert time.monotonic() - started < LIMIT_S + 12, "interrupted at its limit, not run to the end"
     result = await client.get(f"/queue/darkroom/test-slow/requests/{slow}")
     assert result.status == 504 and result.headers["X-Fal-Request-Timeout-Type"] == "server"
     after = await submit(client, body={"prompt": "next", "seed": 2})
