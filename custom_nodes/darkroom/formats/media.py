@@ -6,6 +6,7 @@ import functools
 import io
 import platform
 import tempfile
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -22,6 +23,14 @@ _FPS_MAX_DENOMINATOR = 1001  # keeps NTSC rates exact (24000/1001)
 # function of the frames alone; faststart puts the index first so browsers can play while loading.
 _CONTAINER_OPTIONS = {"movflags": "+faststart", "fflags": "+bitexact"}
 _X264_PRESET = "medium"
+# The audio track: AAC-LC from FFmpeg's own encoder (single-threaded, its coder and rate pinned so the
+# bytes are a function of the samples alone). Rates AAC cannot carry are resampled to the first here.
+AUDIO_CODEC = "aac"
+_AAC_OPTIONS = {"aac_coder": "twoloop", "profile": "aac_low"}
+_AAC_BIT_RATE_PER_CHANNEL = 96_000
+_AAC_FALLBACK_RATE = 48_000
+_AAC_FRAME_SAMPLES = 1024
+AUDIO_CHANNELS_MAX = 2
 # x264's names for the x86 instruction sets it has kernels for, by the Linux cpuinfo flag that shows
 # each; SSE2 is x86-64's baseline. AVX-512 is left out on purpose (see `x264_instruction_sets`).
 _X264_BASELINE = ("MMX2", "SSE", "SSE2")
@@ -85,23 +94,53 @@ def video_size(height: int, width: int) -> tuple[int, int]:
     return height + height % 2, width + width % 2
 
 
-def encode_video(frames: np.ndarray, fps: float, *, crf: int = 19) -> bytes:
+@dataclass(frozen=True)
+class Audio:
+    """A sound track: (channels, samples) float samples in [-1, 1] at `sample_rate_hz`.
+
+    `from_comfy` takes ComfyUI's AUDIO value ({"waveform": (batch, channels, samples) tensor,
+    "sample_rate": int}), the first item of its batch.
+    """
+
+    samples: np.ndarray
+    sample_rate_hz: int
+
+    @classmethod
+    def from_comfy(cls, audio: dict) -> Audio:
+        waveform = audio["waveform"]
+        if getattr(waveform, "ndim", 0) != 3 or waveform.shape[0] < 1:
+            raise ValueError(
+                f"audio waveform must be (batch, channels, samples), got {tuple(waveform.shape)}"
+            )
+        return cls(waveform[0].detach().cpu().float().numpy(), int(audio["sample_rate"]))
+
+
+def encode_video(frames: np.ndarray, fps: float, *, crf: int = 19, audio: Audio | None = None) -> bytes:
     """Encode TxHxWx3 float frames in [0, 1] as an H.264 yuv420p mp4 (BT.709, limited range).
 
     Same frames and settings give the same bytes: one encoder thread, no AVX-512 (see
     `x264_instruction_sets`), bit-exact muxing, no timestamps or metadata. Odd sides are padded to
     even by repeating the last row or column (see `video_size`).
+
+    With `audio`, the mp4 also holds an AAC track of exactly the video's length (T / fps seconds):
+    longer audio is cut, shorter is padded with silence, so sound and frames end together. Mono and
+    stereo are kept; a rate AAC cannot carry is resampled to 48 kHz. Without it there is no audio
+    stream at all.
     """
     _check_video_args(frames, fps, crf)
+    if audio is not None:
+        _check_audio(audio)
     height, width = video_size(frames.shape[1], frames.shape[2])
     rate = Fraction(fps).limit_denominator(_FPS_MAX_DENOMINATOR)
     with tempfile.TemporaryDirectory(prefix="darkroom-video-") as tmp:
         path = Path(tmp) / "video.mp4"  # faststart rewrites the file by name: it cannot work in memory
-        _write_mp4(path, frames, rate, height, width, crf)
+        _write_mp4(path, frames, rate, height, width, crf, audio)
         return path.read_bytes()
 
 
-def _write_mp4(path: Path, frames: np.ndarray, rate: Fraction, height: int, width: int, crf: int) -> None:
+def _write_mp4(
+    path: Path, frames: np.ndarray, rate: Fraction, height: int, width: int, crf: int, audio: Audio | None
+) -> None:
     with av.open(str(path), mode="w", format="mp4", options=_CONTAINER_OPTIONS) as container:
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -116,9 +155,56 @@ def _write_mp4(path: Path, frames: np.ndarray, rate: Fraction, height: int, widt
             "preset": _X264_PRESET,
             "x264-params": f"asm={_this_cpus_x264_instruction_sets()}",
         }
+        # every stream is added before the first packet is muxed (that writes the header)
+        sound = _add_audio(container, audio, len(frames) / rate) if audio is not None else None
         for index, pixels in enumerate(frames):
             container.mux(stream.encode(_yuv_frame(pixels, height, width, index)))
         container.mux(stream.encode(None))
+        if sound is not None:
+            _write_audio(container, *sound)
+
+
+def _add_audio(
+    container: av.container.OutputContainer, audio: Audio, duration_s: Fraction
+) -> tuple[av.audio.stream.AudioStream, np.ndarray]:
+    """An AAC stream for `audio`, and its samples cut or padded with silence to `duration_s`."""
+    samples, rate_hz = _aac_rate(np.asarray(audio.samples, np.float32), audio.sample_rate_hz)
+    channels = samples.shape[0]
+    length = round(duration_s * rate_hz)
+    samples = np.pad(samples[:, :length], ((0, 0), (0, max(0, length - samples.shape[1]))))
+    stream = container.add_stream(AUDIO_CODEC, rate=rate_hz)
+    codec = stream.codec_context
+    codec.layout, codec.format = ("mono" if channels == 1 else "stereo"), "fltp"
+    codec.bit_rate = _AAC_BIT_RATE_PER_CHANNEL * channels
+    codec.thread_count = 1
+    codec.flags |= av.codec.context.Flags.bitexact
+    codec.options = dict(_AAC_OPTIONS)
+    stream.time_base = Fraction(1, rate_hz)
+    return stream, np.clip(samples, -1.0, 1.0)
+
+
+def _write_audio(
+    container: av.container.OutputContainer, stream: av.audio.stream.AudioStream, samples: np.ndarray
+) -> None:
+    rate_hz, layout = stream.codec_context.sample_rate, stream.codec_context.layout
+    for start in range(0, samples.shape[1], _AAC_FRAME_SAMPLES):
+        chunk = np.ascontiguousarray(samples[:, start : start + _AAC_FRAME_SAMPLES])
+        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
+        frame.sample_rate, frame.pts, frame.time_base = rate_hz, start, stream.time_base
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+
+
+def _aac_rate(samples: np.ndarray, rate_hz: int) -> tuple[np.ndarray, int]:
+    """The samples at a rate AAC carries: as they are, or resampled (by FFmpeg's swresample) to 48 kHz."""
+    if rate_hz in av.codec.Codec(AUDIO_CODEC, "w").audio_rates:
+        return samples, rate_hz
+    layout = "mono" if samples.shape[0] == 1 else "stereo"
+    resampler = av.AudioResampler(format="fltp", layout=layout, rate=_AAC_FALLBACK_RATE)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout=layout)
+    frame.sample_rate = rate_hz
+    out = [f.to_ndarray() for f in [*resampler.resample(frame), *resampler.resample(None)]]
+    return np.concatenate(out, axis=1) if out else samples[:, :0], _AAC_FALLBACK_RATE
 
 
 def _check_video_args(frames: np.ndarray, fps: float, crf: int) -> None:
@@ -130,6 +216,14 @@ def _check_video_args(frames: np.ndarray, fps: float, crf: int) -> None:
         raise ValueError(f"fps must be positive, got {fps}")
     if not 0 <= crf <= CRF_MAX:
         raise ValueError(f"crf must be in 0..{CRF_MAX} (lower is better quality), got {crf}")
+
+
+def _check_audio(audio: Audio) -> None:
+    shape = np.shape(audio.samples)
+    if len(shape) != 2 or not 1 <= shape[0] <= AUDIO_CHANNELS_MAX:
+        raise ValueError(f"audio samples must be a (channels, samples) array of 1 or 2 channels, got {shape}")
+    if audio.sample_rate_hz <= 0:
+        raise ValueError(f"audio sample rate must be positive, got {audio.sample_rate_hz}")
 
 
 def _yuv_frame(pixels: np.ndarray, height: int, width: int, index: int) -> av.VideoFrame:

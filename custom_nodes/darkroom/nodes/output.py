@@ -7,7 +7,15 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from ..formats.media import CRF_MAX, FORMATS, VIDEO_CONTENT_TYPE, encode_image, encode_video, video_size
+from ..formats.media import (
+    CRF_MAX,
+    FORMATS,
+    VIDEO_CONTENT_TYPE,
+    Audio,
+    encode_image,
+    encode_video,
+    video_size,
+)
 from ..formats.safety import read_verdict
 
 _PREFIX_TIP = "Prefix (may hold a subfolder)."
@@ -16,6 +24,10 @@ _SAFETY_TIP = (
     "nothing was checked)."
 )
 _CRF_TIP = "x264 quality: lower is better and larger; 0 is lossless (many players refuse it)."
+_AUDIO_TIP = (
+    "A sound track (AAC in the mp4), cut or padded with silence to the frames' length; without it the "
+    "mp4 has no audio stream."
+)
 
 
 class DarkroomSaveImage(io.ComfyNode):
@@ -83,7 +95,10 @@ class DarkroomSaveVideo(io.ComfyNode):
             node_id="DarkroomSaveVideo",
             display_name="Darkroom Save Video",
             category="darkroom",
-            description="Save an image batch as one H.264 mp4 (yuv420p, no metadata), for the API to serve.",
+            description=(
+                "Save an image batch as one H.264 mp4 (yuv420p, no metadata), with an AAC sound track "
+                "when given audio, for the API to serve."
+            ),
             inputs=[
                 io.Image.Input("images", tooltip="The frames, in order (a decoded video latent)."),
                 io.Float.Input(
@@ -92,13 +107,20 @@ class DarkroomSaveVideo(io.ComfyNode):
                 io.String.Input("filename_prefix", default="darkroom", tooltip=_PREFIX_TIP),
                 io.Int.Input("crf", default=19, min=0, max=CRF_MAX, optional=True, tooltip=_CRF_TIP),
                 io.String.Input("safety", optional=True, force_input=True, tooltip=_SAFETY_TIP),
+                io.Audio.Input("audio", optional=True, tooltip=_AUDIO_TIP),
             ],
             is_output_node=True,
         )
 
     @classmethod
     def execute(
-        cls, images, fps: float, filename_prefix: str, crf: int = 19, safety: str | None = None
+        cls,
+        images,
+        fps: float,
+        filename_prefix: str,
+        crf: int = 19,
+        safety: str | None = None,
+        audio: dict | None = None,
     ) -> io.NodeOutput:
         # H.264 in yuv420p needs even sides: odd ones are padded by repeating the edge (see encode_video).
         height, width = video_size(int(images.shape[1]), int(images.shape[2]))
@@ -106,7 +128,8 @@ class DarkroomSaveVideo(io.ComfyNode):
             filename_prefix, folder_paths.get_output_directory(), width, height
         )
         file_name = f"{name}_{counter:05}_.mp4"
-        data = encode_video(images.cpu().float().numpy(), fps, crf=crf)
+        sound = Audio.from_comfy(audio) if audio is not None else None
+        data = encode_video(images.cpu().float().numpy(), fps, crf=crf, audio=sound)
         with open(os.path.join(folder, file_name), "wb") as f:
             f.write(data)
         video = {

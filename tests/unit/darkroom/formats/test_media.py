@@ -8,7 +8,14 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from darkroom.formats.media import FORMATS, encode_image, encode_video, video_size, x264_instruction_sets
+from darkroom.formats.media import (
+    FORMATS,
+    Audio,
+    encode_image,
+    encode_video,
+    video_size,
+    x264_instruction_sets,
+)
 from PIL import Image, ImageFilter
 
 
@@ -131,3 +138,78 @@ def test_ntsc_frame_rate_is_kept_exact():
 def test_bad_video_arguments_say_what_was_expected(shape, fps, crf, match):
     with pytest.raises(ValueError, match=match):
         encode_video(np.zeros(shape), fps, crf=crf)
+
+
+def tone(seconds: float, rate_hz: int, channels: int = 2) -> Audio:
+    t = np.arange(round(seconds * rate_hz)) / rate_hz
+    waves = [0.5 * np.sin(2 * np.pi * (440 + 220 * c) * t) for c in range(channels)]
+    return Audio(np.stack(waves).astype(np.float32), rate_hz)
+
+
+def decode_audio(data: bytes) -> tuple[av.audio.stream.AudioStream | None, float, np.ndarray]:
+    """The mp4's audio stream (None without one), its duration in seconds, and its decoded samples."""
+    with av.open(io.BytesIO(data)) as container:
+        if not container.streams.audio:
+            return None, 0.0, np.zeros((0, 0))
+        (stream,) = container.streams.audio
+        duration_s = float(stream.duration * stream.time_base)
+        return stream, duration_s, np.concatenate([f.to_ndarray() for f in container.decode(stream)], axis=1)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "rate_hz", "channels"), [(3.0, 44100, 2), (0.4, 48000, 1), (0.0, 16000, 2)]
+)
+def test_audio_is_aac_of_the_videos_length(seconds, rate_hz, channels):
+    """Longer audio is cut and shorter padded with silence: the track lasts as long as the frames,
+    within one frame (AAC's frames of 1024 samples are well under one video frame)."""
+    frames = np.random.default_rng(5).random((9, 16, 16, 3), dtype=np.float32)
+    data = encode_video(frames, 8.0, audio=tone(seconds, rate_hz, channels))
+    stream, duration_s, samples = decode_audio(data)
+    assert stream is not None and stream.codec_context.name == "aac"
+    assert (stream.rate, stream.channels) == (rate_hz, channels)
+    assert abs(duration_s - 9 / 8.0) < 1 / 8.0
+    assert len(decode_video(data)[1]) == 9  # the frames are all still there
+
+    def loudness(start_s: float, end_s: float) -> float:  # past AAC's priming (its first 1024 samples)
+        return float(np.sqrt(np.mean(samples[:, round(start_s * rate_hz) : round(end_s * rate_hz)] ** 2)))
+
+    for start_s in (0.1, 1.0):  # the tone where it plays, silence after it
+        assert (loudness(start_s, start_s + 0.1) > 0.2) == (seconds >= start_s + 0.1)
+        assert (loudness(start_s, start_s + 0.1) < 0.05) == (seconds < start_s)
+
+
+def test_audio_bytes_depend_only_on_samples_and_settings():
+    frames = np.random.default_rng(6).random((4, 16, 16, 3), dtype=np.float32)
+    sound = tone(1.0, 24000)
+    data = encode_video(frames, 8.0, audio=sound)
+    assert encode_video(frames.copy(), 8.0, audio=Audio(sound.samples.copy(), 24000)) == data
+    assert encode_video(frames, 8.0, audio=Audio(sound.samples[::-1].copy(), 24000)) != data
+    assert decode_audio(encode_video(frames, 8.0))[0] is None  # no audio: no audio stream at all
+
+
+def test_a_rate_aac_cannot_carry_is_resampled_to_48_khz():
+    stream, duration_s, samples = decode_audio(
+        encode_video(np.zeros((4, 16, 16, 3)), 4.0, audio=tone(1.0, 22000))
+    )
+    assert stream is not None and stream.rate == 48000
+    assert abs(duration_s - 1.0) < 1 / 4.0 and np.sqrt(np.mean(samples[:, 4096:8192] ** 2)) > 0.2
+
+
+def test_comfy_audio_is_the_first_of_its_batch():
+    torch = pytest.importorskip("torch")
+    waveform = torch.zeros((2, 1, 100))
+    waveform[0] += 0.25
+    sound = Audio.from_comfy({"waveform": waveform, "sample_rate": 16000})
+    assert sound.sample_rate_hz == 16000 and sound.samples.shape == (1, 100) and sound.samples.max() == 0.25
+    with pytest.raises(ValueError, match=r"\(batch, channels, samples\)"):
+        Audio.from_comfy({"waveform": torch.zeros((1, 100)), "sample_rate": 16000})
+
+
+@pytest.mark.parametrize(
+    ("samples", "rate_hz", "match"),
+    [(np.zeros(100), 16000, "1 or 2 channels"), (np.zeros((6, 100)), 16000, r"got \(6, 100\)"),
+     (np.zeros((1, 100)), 0, "sample rate must be positive")],
+)  # fmt: skip
+def test_bad_audio_says_what_was_expected(samples, rate_hz, match):
+    with pytest.raises(ValueError, match=match):
+        encode_video(np.zeros((2, 8, 8, 3)), 8.0, audio=Audio(samples, rate_hz))
