@@ -88,6 +88,8 @@ def _type(text: str, field: dict[str, Any], name: str) -> str:
         return "loras"
     if name == "image_urls":
         return "image_urls"
+    if name in ("video_url", "audio_url"):
+        return name
     if name.endswith("_url"):
         return "image_url"
     if not text:

@@ -224,6 +224,17 @@ class Settings:
             "header before anything decodes it."
         },
     )
+    input_max_media_s: float = field(
+        default=120.0,
+        metadata={
+            "help": "Longest audio or video input (video_url, audio_url) in seconds: the header's claim is "
+            "checked before decoding, then the decoded frames or samples."
+        },
+    )
+    input_max_frames: int = field(
+        default=3600,
+        metadata={"help": "Most frames a video input (video_url) may have, counted while decoding it."},
+    )
     lora_max_bytes: int = field(
         default=2 * 1024 * 1024 * 1024,
         metadata={"help": "Largest LoRA file downloaded from a URL or hf:// reference."},

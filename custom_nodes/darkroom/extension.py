@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from .nodes import diffusion, encoders, extras, inputs, output, references, safety, sampling, upscale
+from .nodes import (
+    diffusion,
+    encoders,
+    extras,
+    inputs,
+    media_inputs,
+    output,
+    references,
+    safety,
+    sampling,
+    upscale,
+)
 
 
 class DarkroomExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [
             *diffusion.NODES, *encoders.NODES, *output.NODES, *extras.NODES, *sampling.NODES, *inputs.NODES,
-            *references.NODES, *upscale.NODES, *safety.NODES,
+            *references.NODES, *upscale.NODES, *safety.NODES, *media_inputs.NODES,
         ]  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import logging
 import math
@@ -30,14 +31,14 @@ from server.errors import (
     WorkerConnectionError,
     public_message,
 )
-from server.media import inputs
+from server.media import av_inputs, inputs
 from server.media.loras import LoraCache
 from server.media.outputs import OutputStore, data_uri
 from server.security import netpolicy
 from server.settings import Settings
 from server.workflows.choices import ComfyChoices
 from server.workflows.editor import EDITOR_WORKER, EditorRun
-from server.workflows.mapping import Endpoint, ImageInput
+from server.workflows.mapping import Endpoint, ImageInput, MediaInput
 from server.workflows.safety import Verdicts, checker_field, verdicts
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class Generator:
             return await self._run_raw(endpoint, request, request_id, on_event)
         self.check_models(endpoint)
         images = await self._fetch_images(endpoint, request, request_id, base_url)
+        media = await self._fetch_media(endpoint, request, request_id, base_url)
         prepared: dict[str, Any] = {
             name: await self.loras.resolve([entry.model_dump() for entry in getattr(request, name)])
             for name in endpoint.params_of("loras")
@@ -126,7 +128,7 @@ class Generator:
         for attempt in range(1, WORKER_ATTEMPTS + 1):
             try:
                 files, resolved, inference_s, checked, calls = await self._run_on_worker(
-                    endpoint, request, request_id, base_url, images, prepared, on_event
+                    endpoint, request, request_id, base_url, images, media, prepared, on_event
                 )
                 break
             except WorkerConnectionError as e:
@@ -149,6 +151,7 @@ class Generator:
         request_id: str,
         base_url: str,
         images: dict[str, list[tuple[bytes, int, int]]],
+        media: dict[str, tuple[bytes, str, MediaInput]],
         prepared: dict[str, Any],
         on_event: EventSink | None,
     ) -> tuple[list[dict[str, Any]], dict[str, Any], float, Verdicts, ModelCalls]:
@@ -168,6 +171,9 @@ class Generator:
                         described.append(ImageInput(uploaded[-1], width, height))
                     is_list = endpoint.params[name].type == "image_urls"
                     prepared[name] = described if is_list else described[0]
+                for name, (data, suffix, probed) in media.items():
+                    uploaded.append(await worker.client.upload_input(data, f"{request_id}-{name}{suffix}"))
+                    prepared[name] = dataclasses.replace(probed, name=uploaded[-1])
                 prompt, resolved = endpoint.build_prompt(request, self.manifest, prepared)
                 started = time.perf_counter()
                 async with self._run_limit(endpoint, request_id):
@@ -270,6 +276,35 @@ class Generator:
                     for index, url in enumerate(field_urls):
                         label = name if endpoint.params[name].type == "image_url" else f"{name}[{index}]"
                         fetched[name].append(await self._fetch_image(url, label, folder, session, base_url))
+        return fetched
+
+    async def _fetch_media(
+        self, endpoint: Endpoint, request: BaseModel, request_id: str, base_url: str
+    ) -> dict[str, tuple[bytes, str, MediaInput]]:
+        """Fetch and probe each video and audio input before taking a worker (``av_inputs``): its bytes,
+        file suffix and what the probe found, per field. A refusal is a 422 naming the field."""
+        fields = {name: getattr(request, name) for name in endpoint.params_of("video_url", "audio_url")}
+        fetched: dict[str, tuple[bytes, str, MediaInput]] = {}
+        if not any(fields.values()):
+            return fetched
+        policy = netpolicy.AddressPolicy.from_settings(self.settings)
+        with inputs.input_area(self.settings, request_id) as folder:
+            async with netpolicy.guarded_session(policy) as session:
+                for name, url in fields.items():
+                    if not url:
+                        continue
+                    kind: av_inputs.MediaKind = (
+                        "video" if endpoint.params[name].type == "video_url" else "audio"
+                    )
+                    found = await av_inputs.fetch_media(
+                        url, name, kind, settings=self.settings, session=session, dest_dir=folder,
+                        own_base_url=base_url, objects=self.store.objects,
+                    )  # fmt: skip
+                    info = found.info
+                    probed = MediaInput(
+                        "", info.duration_s, info.frames, info.fps, info.width, info.height, info.sample_rate
+                    )
+                    fetched[name] = (found.path.read_bytes(), found.path.suffix, probed)
         return fetched
 
     async def _fetch_image(

@@ -49,6 +49,11 @@ _MAGIC: tuple[tuple[int, bytes, str], ...] = (
     (0, b"MM\x00*", "image/tiff"),
     (0, b"\x1aE\xdf\xa3", "video/webm"),
     (0, b"ID3", "audio/mpeg"),
+    (0, b"\xff\xfb", "audio/mpeg"),  # an MPEG-1 layer III frame (an mp3 without an ID3 tag)
+    (0, b"\xff\xf3", "audio/mpeg"),
+    (0, b"\xff\xf2", "audio/mpeg"),
+    (0, b"\xff\xf1", "audio/aac"),  # ADTS (raw AAC)
+    (0, b"\xff\xf9", "audio/aac"),
     (0, b"fLaC", "audio/flac"),
     (0, b"OggS", "audio/ogg"),
 )

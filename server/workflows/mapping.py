@@ -105,6 +105,20 @@ class ImageInput:
 
 
 @dataclass(frozen=True)
+class MediaInput:
+    """A video or audio input as the worker knows it: its name in the worker's input folder, and what
+    the facade's probe decoded (``server/media/av_inputs.py``; video fields 0 for audio and back)."""
+
+    name: str
+    duration_s: float
+    frames: int = 0
+    fps: float = 0.0
+    width: int = 0
+    height: int = 0
+    sample_rate: int = 0
+
+
+@dataclass(frozen=True)
 class Endpoint:
     """A servable app id: validates a request and turns it into a ComfyUI prompt."""
 
@@ -150,7 +164,7 @@ class Endpoint:
         """The graph to submit and the resolved values (random seed filled in, image size in pixels).
 
         `prepared` holds what the facade fetched for I/O-backed fields: ImageInput per image field,
-        the cache-resolved entry list per LoRA field.
+        MediaInput per video or audio field, the cache-resolved entry list per LoRA field.
         """
         prepared = prepared or {}
         prompt = copy.deepcopy(self.workflow)
@@ -350,7 +364,7 @@ def _resolve(name: str, spec: ParamSpec, value: Any, prepared: dict[str, Any], m
         return None
     if spec.type in ("sampler", "scheduler") and value == DEFAULT:
         return None  # the workflow's own choice
-    if spec.type == "image_url":
+    if spec.type in ("image_url", "video_url", "audio_url"):
         return prepared[name].name
     if spec.type == "image_urls":
         return json.dumps([image.name for image in prepared[name]])

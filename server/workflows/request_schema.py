@@ -29,7 +29,8 @@ URI = {"format": "uri"}
 
 ParamType = Literal[
     "string", "integer", "number", "boolean", "enum", "image_size", "seed", "image_url", "image_urls",
-    "loras", "sampler", "scheduler", "sigmas", "model_file", "model_blend", "object",
+    "video_url", "audio_url", "loras", "sampler", "scheduler", "sigmas", "model_file", "model_blend",
+    "object",
 ]  # fmt: skip
 
 
@@ -199,6 +200,7 @@ def _only_honoured(spec: ParamSpec) -> Callable[[dict[str, Any]], None]:
 def _annotation(field_name: str, spec: ParamSpec) -> tuple[Any, dict[str, Any]]:
     bounds = {k: v for k, v in (("ge", spec.ge), ("le", spec.le)) if v is not None}
     lengths = {k: v for k, v in (("min_length", spec.min_length), ("max_length", spec.max_length)) if v}
+    url = (InputUrl if spec.required else InputUrl | None, {"min_length": 1, "json_schema_extra": URI})
     simple: dict[str, tuple[Any, dict[str, Any]]] = {
         "string": (str, lengths),
         "integer": (JsonInt, {k: int(v) for k, v in bounds.items()}),
@@ -207,10 +209,9 @@ def _annotation(field_name: str, spec: ParamSpec) -> tuple[Any, dict[str, Any]]:
         "seed": (json_int(ge=0, le=SEED_MAX) | None, {}),
         # any URI the client names (https, a data URI, one of our /files/ URLs); what it may reach is
         # the outbound policy's business (a refusal is a 422 address_not_allowed or input_error)
-        "image_url": (
-            InputUrl if spec.required else InputUrl | None,
-            {"min_length": 1, "json_schema_extra": URI},
-        ),
+        "image_url": url,
+        "video_url": url,
+        "audio_url": url,
         "image_urls": (
             list[Annotated[InputUrl, Field(json_schema_extra=URI)]],
             {"min_length": 1, "max_length": spec.max_length or 1},

@@ -93,6 +93,10 @@ def _candidates(spec: Any) -> list[Any]:
 
 
 def _example(spec: Any) -> Any:
-    return {"string": "a lighthouse", "image_url": "https://example.com/a.png"}.get(
-        spec.type, ["https://example.com/a.png"]
-    )
+    examples = {
+        "string": "a lighthouse",
+        "image_url": "https://example.com/a.png",
+        "video_url": "https://example.com/a.mp4",
+        "audio_url": "https://example.com/a.wav",
+    }
+    return examples.get(spec.type, ["https://example.com/a.png"])
