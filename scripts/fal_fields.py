@@ -30,6 +30,9 @@ ENDPOINTS = (
     "fal-ai/stable-diffusion-v35-medium",
     "fal-ai/wan/v2.2-5b/text-to-video", "fal-ai/wan/v2.2-a14b/text-to-video",
     "fal-ai/wan/v2.2-a14b/image-to-video",
+    "fal-ai/ltx-2-19b/text-to-video", "fal-ai/ltx-2-19b/image-to-video",
+    "fal-ai/ltx-2-19b/distilled/text-to-video", "fal-ai/ltx-2-19b/distilled/image-to-video",
+    "fal-ai/ltx-2-19b/text-to-video/lora", "fal-ai/ltx-2-19b/image-to-video/lora",
 )  # fmt: skip
 _HEADING = re.compile(r"^### (?P<id>\S+) \[(?P<kind>[^\]]+)\]")
 _INPUT = re.compile(r"^\s*IN\s+\w+\{ (?P<body>.*) \}\s*$")
@@ -70,7 +73,9 @@ def parse_field(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def _type(text: str, field: dict[str, Any], name: str) -> str:
-    enum = re.search(r"enum\[([^\]]+)\]", text) or re.search(r"^\|?\s*([\w\" .:-]+(?:\|[\w\" .:-]+)+)$", text)
+    enum = re.search(r"enum\[([^\]]+)\]", text) or re.search(
+        r"^\|?\s*([\w\" .:()-]+(?:\|[\w\" .:()-]+)+)$", text
+    )
     if name == "image_size" or "ImageSize" in text:
         if enum:
             # The catalog cuts long unions short ("landscape_"): a prefix of a preset is that preset.
@@ -111,7 +116,10 @@ def _choices(text: str) -> list[str]:
 
 
 def _value(text: str) -> Any:
-    return yaml.safe_load(text.strip())
+    text = text.strip()
+    if text.endswith('",'):  # the catalog ends some long quoted defaults with a stray comma (LTX-2's)
+        text = text[:-1]
+    return yaml.safe_load(text)
 
 
 def build(folder: Path) -> dict[str, Any]:

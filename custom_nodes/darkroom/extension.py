@@ -9,6 +9,7 @@ from .nodes import (
     encoders,
     extras,
     inputs,
+    ltxav,
     media_inputs,
     output,
     references,
@@ -22,5 +23,5 @@ class DarkroomExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [
             *diffusion.NODES, *encoders.NODES, *output.NODES, *extras.NODES, *sampling.NODES, *inputs.NODES,
-            *references.NODES, *upscale.NODES, *safety.NODES, *media_inputs.NODES,
+            *references.NODES, *upscale.NODES, *safety.NODES, *media_inputs.NODES, *ltxav.NODES,
         ]  # fmt: skip

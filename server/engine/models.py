@@ -40,6 +40,7 @@ class ModelKind(StrEnum):
     LORA = "lora"
     UPSCALE_MODEL = "upscale_model"
     SAFETY_CHECKER = "safety_checker"
+    CHECKPOINT = "checkpoint"  # several models in one file (LTX-2's: transformer, both VAEs, connectors)
 
 
 class Source(BaseModel):

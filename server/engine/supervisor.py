@@ -89,6 +89,7 @@ def extra_model_paths(settings: Settings) -> dict[str, dict[str, str]]:
             "loras": "loras",
             "upscale_models": "upscale_models",
             "safety_checkers": "safety_checkers",
+            "checkpoints": "checkpoints",
             "custom_nodes": str(PROJECT_ROOT / "custom_nodes"),
         }
     }

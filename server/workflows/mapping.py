@@ -175,6 +175,8 @@ class Endpoint:
             _set(prompt, target, value)
         for name, spec in self.params.items():
             value = resolved[name] = _resolve(name, spec, getattr(request, name), prepared, manifest)
+            if value is False and spec.off_removes:
+                _remove(prompt, spec.off_removes)
             if value is None:
                 _remove(prompt, spec.absent_removes)
                 continue  # an optional field left out: the workflow's own value stands
@@ -235,8 +237,9 @@ def _with_shared(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _with_base(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
-    """A mapping that extends another starts from the other's params and lookups (one level)."""
-    raw = _with_shared(path, raw)
+    """A mapping that extends another starts from the other's params and lookups (one level). Top-level
+    keys starting "x-" only hold YAML anchors that endpoints merge in (`<<: *name`); they are dropped."""
+    raw = _with_shared(path, {key: value for key, value in raw.items() if not key.startswith("x-")})
     if not raw.get("extends"):
         return raw
     base = _with_shared(path, yaml.safe_load((path.parent / raw["extends"]).read_text()))
@@ -274,9 +277,12 @@ def _endpoint(
     targets = [t for p in params.values() if p not in blends for t in _targets(p.to)]
     targets += list(spec.models) + list(spec.fixed)
     targets += [t for lookup in lookups.values() for t in _targets(lookup.to)]
-    targets += [t for p in params.values() for t in p.absent_removes if "." in t]
-    if any(t not in workflow for p in params.values() for t in p.absent_removes if "." not in t):
-        raise MappingError(f"{path}: {app_id}: absent_removes names a node that is not in {mapping.workflow}")
+    removes = [t for p in params.values() for t in (*p.absent_removes, *p.off_removes)]
+    targets += [t for t in removes if "." in t]
+    if any(t not in workflow for t in removes if "." not in t):
+        raise MappingError(
+            f"{path}: {app_id}: absent_removes or off_removes names a node not in {mapping.workflow}"
+        )
     for target in targets:
         node_id, input_name = _parse_target(target)
         if input_name not in workflow.get(node_id, {}).get("inputs", {}):
@@ -329,11 +335,17 @@ def _step_cache(path: Path, app_id: str, name: str, param: ParamSpec) -> ParamSp
     """An acceleration field checked, and described from its levels unless the mapping describes it."""
     if not param.cache:
         return param
-    if problem := acceleration.check(name, param.values, param.to):
+    # The levels served: fal's values, but those it refuses (`honoured`: LTX-2's "full" has no cache here)
+    levels = [v for v in param.values or [] if param.honoured is None or v in param.honoured]
+    if problem := acceleration.check(name, levels, param.to):
         raise MappingError(f"{path}: {app_id}: {problem}")
     if param.description:
         return param
-    return param.model_copy(update={"description": acceleration.describe(param.cache, param.values or [])})
+    refused = [f"'{v}'" for v in param.values or [] if v not in levels]
+    description = acceleration.describe(param.cache, levels)
+    if refused:
+        description += f" {' and '.join(refused)}: a 422 ({param.unhonoured})."
+    return param.model_copy(update={"description": description})
 
 
 def _targets(to: list[str] | dict[str, list[str]]) -> list[str]:

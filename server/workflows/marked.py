@@ -71,6 +71,8 @@ def _defaults(endpoint: Endpoint) -> BaseModel:
         if spec.type in ("image_url", "image_urls") and spec.required:
             # A stand-in the URL check accepts: build_prompt takes the graph's own images (_placeholders).
             body[name] = _STAND_IN if spec.type == "image_url" else [_STAND_IN]
+        elif spec.required and spec.type == "loras":
+            body[name] = []  # the graph's own stack is empty (fal's /lora endpoints require the field)
         elif spec.required:
             own = _first_value(endpoint.workflow, spec.to) if isinstance(spec.to, list) and spec.to else None
             body[name] = own if isinstance(own, str) and own else "placeholder"

@@ -72,6 +72,10 @@ class ParamSpec(BaseModel):
         default_factory=list,
         description='optional fields: "node_id.input" links and "node_id" nodes dropped when it is left out',
     )
+    off_removes: list[str] = Field(
+        default_factory=list,
+        description='boolean fields: "node_id.input" links and "node_id" nodes dropped when it is false',
+    )
     honoured: list[Any] | None = Field(
         default=None,
         description="fal's fields darkroom cannot fully honour: the values it can. A request that sends "

@@ -33,7 +33,9 @@ async def test_a_queued_run_past_its_limit_is_interrupted(client: Client) -> Non
     started = time.monotonic()
     slow = await submit(client, "darkroom/test-slow")  # 30 s on the worker
     status = await wait_status(client, slow, timeout_s=60)
-    assert status["error_type"] == "request_timeout" and f"run limit of {LIMIT_S:g} s" in status["error"], status
+    assert status["error_type"] == "request_timeout" and f"run limit of {LIMIT_S:g} s" in status["error"], (
+        status
+    )
     assert time.monotonic() - started < LIMIT_S + 12, "interrupted at its limit, not run to the end"
     result = await client.get(f"/queue/darkroom/test-slow/requests/{slow}")
     assert result.status == 504 and result.headers["X-Fal-Request-Timeout-Type"] == "server"

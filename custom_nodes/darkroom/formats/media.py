@@ -224,6 +224,8 @@ def _check_audio(audio: Audio) -> None:
         raise ValueError(f"audio samples must be a (channels, samples) array of 1 or 2 channels, got {shape}")
     if audio.sample_rate_hz <= 0:
         raise ValueError(f"audio sample rate must be positive, got {audio.sample_rate_hz}")
+    if not np.isfinite(audio.samples).all():  # AAC refuses them with a bare EINVAL
+        raise ValueError("audio samples must be finite; the sound holds NaN or infinity")
 
 
 def _yuv_frame(pixels: np.ndarray, height: int, width: int, index: int) -> av.VideoFrame:

@@ -18,7 +18,7 @@ def _use_cpu_without_gpu() -> None:
 
 def main() -> None:
     _use_cpu_without_gpu()
-    from . import diffusion, encoders, safety, upscalers
+    from . import diffusion, encoders, ltxav, safety, upscalers
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models-dir", type=Path, required=True)
@@ -30,6 +30,7 @@ def main() -> None:
         *encoders.build(args.models_dir),
         *upscalers.build(args.models_dir),
         *safety.build(args.models_dir),
+        *ltxav.build(args.models_dir),
     ]
     took_s = time.perf_counter() - started
     logging.info("tiny models: %d files in %s (%.1f s)", len(written), args.models_dir, took_s)

@@ -129,8 +129,14 @@ _NORMAL, _UNKNOWN, _CONTROL, _BYTE = 1, 2, 3, 6  # sentencepiece's ModelProto.Se
 _WORD_START = "\u2581"  # sentencepiece's escaped space
 
 
-def spiece_model() -> bytes:
-    """A small unigram sentencepiece ModelProto with T5's special ids (pad 0, eos 1, unk 2).
+_T5_SPECIALS = (("<pad>", "pad"), ("</s>", "eos"), ("<unk>", "unk"))
+# sentencepiece finds bos and eos by its default piece names ("<s>", "</s>")
+GEMMA_SPECIALS = (("<pad>", "pad"), ("</s>", "eos"), ("<s>", "bos"), ("<unk>", "unk"))
+
+
+def spiece_model(specials: tuple[tuple[str, str], ...] = _T5_SPECIALS) -> bytes:
+    """A small unigram sentencepiece ModelProto with T5's special ids (pad 0, eos 1, unk 2), or others
+    (Gemma's: pad 0, eos 1, bos 2, unk 3).
 
     Written field by field, not trained: sentencepiece's trainer runs floating-point EM whose last bits
     depend on the compiler and libm it was built with. The pieces are the specials, the 256 byte
@@ -140,14 +146,16 @@ def spiece_model() -> bytes:
     words = [piece for word in _WORDS for piece in (_WORD_START + word, word)]
     chars = sorted({c for word in words for c in word})
     normal_pieces = list(dict.fromkeys([*chars, *words]))
-    pieces = [("<pad>", _CONTROL, 0.0), ("</s>", _CONTROL, 0.0), ("<unk>", _UNKNOWN, 0.0)]
+    pieces = [(text, _UNKNOWN if role == "unk" else _CONTROL, 0.0) for text, role in specials]
     pieces += [(f"<0x{b:02X}>", _BYTE, 0.0) for b in range(256)]
     pieces += [(p, _NORMAL, -2.0 - rank / 1024) for rank, p in enumerate(reversed(normal_pieces))]
     model = b"".join(
         _field(1, _field(1, piece.encode()) + _field(2, score) + _field(3, kind))
         for piece, kind, score in pieces
     )
-    trainer = {3: 1, 4: len(pieces), 35: 1, 40: 2, 41: -1, 42: 1, 43: 0}  # unigram, byte fallback, ids
+    ids = {role: index for index, (_, role) in enumerate(specials)}
+    roles = {40: "unk", 41: "bos", 42: "eos", 43: "pad"}  # TrainerSpec's id fields (-1: none)
+    trainer = {3: 1, 4: len(pieces), 35: 1} | {field: ids.get(role, -1) for field, role in roles.items()}
     model += _field(2, b"".join(_field(number, value) for number, value in trainer.items()))
     return model + _field(3, _field(1, b"identity"))
 

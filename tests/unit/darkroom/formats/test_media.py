@@ -208,7 +208,7 @@ def test_comfy_audio_is_the_first_of_its_batch():
 @pytest.mark.parametrize(
     ("samples", "rate_hz", "match"),
     [(np.zeros(100), 16000, "1 or 2 channels"), (np.zeros((6, 100)), 16000, r"got \(6, 100\)"),
-     (np.zeros((1, 100)), 0, "sample rate must be positive")],
+     (np.zeros((1, 100)), 0, "sample rate must be positive"), (np.full((1, 9), np.nan), 8000, "finite")],
 )  # fmt: skip
 def test_bad_audio_says_what_was_expected(samples, rate_hz, match):
     with pytest.raises(ValueError, match=match):

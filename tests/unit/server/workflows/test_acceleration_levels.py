@@ -41,10 +41,13 @@ FAL_APPS = sorted(
 
 
 def _request(endpoint: Endpoint, **fields: Any) -> Any:
+    examples = {
+        "image_url": "https://example.com/a.png",
+        "image_urls": ["https://example.com/a.png"],
+        "loras": [{"path": "https://example.com/a.safetensors"}],
+    }
     required = {
-        name: {"image_url": "https://example.com/a.png", "image_urls": ["https://example.com/a.png"]}.get(
-            spec.type, "a lighthouse"
-        )
+        name: examples.get(spec.type, "a lighthouse")
         for name, spec in endpoint.params.items()
         if spec.required
     }
@@ -69,7 +72,10 @@ def test_acceleration_is_fals_field_with_fals_levels_and_default(app_id: str) ->
         assert ours is None, f"{app_id}: fal has no acceleration here"
         return
     assert ours is not None and ours.cache in acceleration.CACHE_NODES, f"{app_id}: no step cache behind it"
-    assert ours.values == fal["values"] and ours.honoured is None
+    assert ours.values == fal["values"]
+    # fal's levels beyond darkroom's caches (LTX-2's "full") are refused, the others all served
+    refused = set(ours.values) - set(ours.honoured if ours.honoured is not None else ours.values)
+    assert refused.isdisjoint({acceleration.NONE, *acceleration.LEVELS})
     # The a14b image-to-video entry names no default: the family's (fal's text-to-video) stands.
     assert ours.default == fal.get("default", "regular")
     assert _request(ENDPOINTS[app_id]).acceleration == ours.default
@@ -106,7 +112,7 @@ def test_none_is_the_graph_without_the_field_and_each_level_adds_its_cache(app_i
     without = _graph(_without_acceleration(endpoint))
     assert _graph(endpoint, acceleration="none") == without
     assert spec.cache is not None
-    for level in spec.values or []:
+    for level in spec.honoured if spec.honoured is not None else spec.values or []:
         if level == acceleration.NONE:
             continue
         graph = _graph(endpoint, acceleration=level)
@@ -128,7 +134,7 @@ def test_none_is_the_graph_without_the_field_and_each_level_adds_its_cache(app_i
         assert {node: graph[node] for node in without} == without, (
             "a level changed more than the model inputs"
         )
-    assert all(f"'{level}'" in spec.description for level in spec.values or [])
+    assert all(f"'{level}'" in spec.description for level in spec.values or [])  # served or refused
 
 
 def test_levels_are_ordered_and_the_description_says_the_thresholds() -> None:

@@ -87,6 +87,13 @@ def _candidates(spec: Any) -> list[Any]:
         return list(range(int(spec.ge), int(spec.le) + 1))
     if spec.type == "string":
         return [*spec.honoured, "something else"]
+    others = {
+        "image_url": "https://example.com/a.png", "sampler": "euler", "scheduler": "karras", "number": 0.5,
+        "sigmas": [1.0, 0.5, 0.0], "model_file": "other.safetensors",
+        "model_blend": [{"model": "a", "weight": 1}],
+    }  # fmt: skip
+    if spec.type in others:
+        return [*spec.honoured, others[spec.type]]
     if spec.type == "object":
         return [None, {"path": "https://example.com/a.safetensors", "image_url": "https://example.com/a.png"}]
     return list(spec.values)
@@ -98,5 +105,6 @@ def _example(spec: Any) -> Any:
         "image_url": "https://example.com/a.png",
         "video_url": "https://example.com/a.mp4",
         "audio_url": "https://example.com/a.wav",
+        "loras": [{"path": "https://example.com/a.safetensors"}],
     }
     return examples.get(spec.type, ["https://example.com/a.png"])
