@@ -14,7 +14,10 @@ def test_manifest_loads_and_names_folders():
     entry = manifest.get("tiny-flux2-vae")
     assert entry.kind is ModelKind.VAE and entry.folder_name == "tiny/flux2-vae.safetensors"
     for name, item in manifest.models.items():
-        folders = {"diffusion_models", "text_encoders", "vae", "loras", "upscale_models", "safety_checkers"}
+        folders = {
+            "diffusion_models", "text_encoders", "vae", "loras", "upscale_models", "safety_checkers",
+            "checkpoints",
+        }  # fmt: skip
         assert item.file.split("/", 1)[0] in folders, name
         assert item.source.generated != bool(item.source.hf), name
         if item.source.hf:
