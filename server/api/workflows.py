@@ -1,6 +1,8 @@
 """Publishing workflows as endpoints: ``POST /workflows`` ``{name, workflow, prompt}`` (201), ``GET
-/workflows``, ``GET /workflows/{owner}/{name}`` (versions), ``GET .../versions/{n}`` (one version's
-workflow and prompt, to reopen it in the editor), ``DELETE /workflows/{owner}/{name}`` (unpublish).
+/workflows`` (with the name pattern, so the editor checks a name as it is typed), ``POST
+/workflows/check`` ``{prompt}`` (the request fields a prompt would serve, or the 422 publishing it would
+get), ``GET /workflows/{owner}/{name}`` (versions), ``GET .../versions/{n}`` (one version's workflow and
+prompt, to reopen it in the editor), ``DELETE /workflows/{owner}/{name}`` (unpublish).
 A published endpoint answers on every route a built-in one has, at once.
 """
 
@@ -15,8 +17,10 @@ from server.api.described import operation
 from server.api.request import base_url, read_model
 from server.api.state import CATALOG, ENDPOINTS, GENERATOR, SETTINGS, SUPERVISOR
 from server.errors import NotFoundError, RequestValidationError, WorkerUnavailableError
-from server.workflows.catalog import NAME, RESERVED_OWNERS, Version
+from server.workflows.catalog import NAME, PIN, RESERVED_OWNERS, Version
+from server.workflows.describe import describe
 from server.workflows.marked import marked_prompt
+from server.workflows.published import SYNC_MODE_FIELD, endpoint_from_prompt
 
 # owner/name as the catalog takes it (NAME), the owners the queue routes use left out
 NAME_PATTERN = rf"^(?!(?:{'|'.join(sorted(RESERVED_OWNERS))})/){NAME.pattern.removeprefix('^')}"
@@ -43,10 +47,18 @@ class PublishBody(BaseModel):
     workflow: dict[str, Any] | None = Field(default=None, description="The UI-format workflow, to reopen it")
 
 
+class CheckBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    prompt: dict[str, PromptNode] = Field(
+        min_length=1, description="The API-format workflow (the editor's graphToPrompt output)"
+    )
+
+
 def routes() -> list[web.RouteDef]:
     one = "/workflows/{owner}/{name}"
     return [
         web.post("/workflows", publish),
+        web.post("/workflows/check", check),
         web.get("/workflows", list_workflows),
         web.get(one, show),
         web.get(one + "/versions/{version:[0-9]+}", show_version),
@@ -74,19 +86,50 @@ def endpoint_urls(request: web.Request, app_id: str) -> dict[str, str]:
 async def publish(request: web.Request) -> web.Response:
     """Check and publish; 201 with the new version and the URLs serving it."""
     body = await read_model(request, PublishBody)
-    client = next((w.client for w in request.app[SUPERVISOR].workers if w.ready), None)
-    if client is None:
-        raise WorkerUnavailableError(
-            "No ComfyUI worker is ready to check the workflow's nodes and model files against; "
-            "publish again once GET /ready answers 200."
-        )
-    node_types = await client.object_info()
+    node_types = await _node_types(request)
     prompt = {node_id: node.model_dump() for node_id, node in body.prompt.items()}
     try:
         version = await request.app[CATALOG].publish(body.name, prompt, body.workflow, node_types)
     except RequestValidationError as e:
         raise RequestValidationError(e.errors, code=NOT_PUBLISHABLE) from e
     return web.json_response(_described(request, version), status=201)
+
+
+async def _node_types(request: web.Request) -> dict[str, Any]:
+    client = next((w.client for w in request.app[SUPERVISOR].workers if w.ready), None)
+    if client is None:
+        raise WorkerUnavailableError(
+            "No ComfyUI worker is ready to check the workflow's nodes and model files against; "
+            "try again once GET /ready answers 200."
+        )
+    return await client.object_info()
+
+
+@operation(
+    summary="The request fields a workflow would serve if published (nothing is published)",
+    body=CheckBody,
+    responses={
+        200: "Its request fields (defaults, bounds) and output kind",
+        422: "Not publishable: each problem names its node",
+        503: "No worker ready to check the nodes",
+    },
+    refusals={422: (NOT_PUBLISHABLE,)},
+    tag="workflows",
+)
+async def check(request: web.Request) -> web.Response:
+    """The checks publishing runs, and the fields the input nodes would expose (the editor's Publish
+    dialog lists them before publishing); ``sync_mode``, which every published endpoint gets, left out."""
+    body = await read_model(request, CheckBody)
+    node_types = await _node_types(request)
+    prompt = {node_id: node.model_dump() for node_id, node in body.prompt.items()}
+    manifest = request.app[GENERATOR].manifest
+    try:
+        endpoint = endpoint_from_prompt("check/check", prompt, node_types=node_types, manifest=manifest)
+    except RequestValidationError as e:
+        raise RequestValidationError(e.errors, code=NOT_PUBLISHABLE) from e
+    described = describe(endpoint, manifest, None)
+    fields = [f for f in described["fields"] if f["name"] != SYNC_MODE_FIELD]
+    return web.json_response({"fields": fields, "output": described["output"]})
 
 
 def _described(request: web.Request, version: Version) -> dict[str, Any]:
@@ -99,7 +142,9 @@ def _described(request: web.Request, version: Version) -> dict[str, Any]:
 
 
 @operation(
-    summary="Published workflows, each with its latest version", responses={200: "The list"}, tag="workflows"
+    summary="Published workflows, each with its latest version, and the pattern a name must match",
+    responses={200: "The list"},
+    tag="workflows",
 )
 async def list_workflows(request: web.Request) -> web.Response:
     catalog = request.app[CATALOG]
@@ -107,7 +152,9 @@ async def list_workflows(request: web.Request) -> web.Response:
     for name in catalog.names():
         versions = catalog.versions(name)
         listed.append({**_described(request, versions[-1]), "versions": len(versions)})
-    return web.json_response({"workflows": listed})
+    return web.json_response(
+        {"workflows": listed, "name_pattern": NAME_PATTERN, "reserved_owners": sorted(RESERVED_OWNERS)}
+    )
 
 
 def _name(request: web.Request) -> str:
@@ -150,19 +197,24 @@ async def show_version(request: web.Request) -> web.Response:
     tag="workflows",
 )
 async def endpoint_workflow(request: web.Request) -> web.Response:
-    """Any endpoint's workflow for the editor: a published one's latest prompt, a built-in one's graph
-    with its request fields as input nodes (open it, change it, publish it under a new name)."""
+    """Any endpoint's workflow for the editor: a published one's latest prompt (``name@n``: that
+    version's), a built-in one's graph with its request fields as input nodes (open it, change it,
+    publish it under a new name)."""
     app_id = request.match_info["app_id"]
     endpoint = request.app[ENDPOINTS].get(app_id)
     if endpoint is None or endpoint.raw:
-        listed = ", ".join(sorted(k for k, e in request.app[ENDPOINTS].items() if not e.raw))
+        listed = ", ".join(sorted(k for k, e in request.app[ENDPOINTS].items() if not e.raw and PIN not in k))
         raise NotFoundError(f"No endpoint {app_id!r}; endpoints: {listed}")
     catalog = request.app[CATALOG]
-    if app_id in catalog.names():
-        prompt = catalog.versions(app_id)[-1].prompt
-    else:
+    name, _, number = app_id.partition(PIN)
+    if name not in catalog.names():
         prompt = marked_prompt(endpoint, request.app[GENERATOR].manifest)
-    return web.json_response({"app_id": app_id, "prompt": prompt})
+        return web.json_response({"app_id": app_id, "name": name, "published": False, "prompt": prompt})
+    version = catalog.version(name, int(number)) if number else catalog.versions(name)[-1]
+    return web.json_response({
+        "app_id": app_id, "name": name, "published": True, "version": version.number,
+        "prompt": version.prompt,
+    })  # fmt: skip
 
 
 @operation(

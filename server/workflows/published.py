@@ -25,6 +25,7 @@ RESERVED_FIELDS = frozenset({"sync_mode", "request_id"})
 RESERVED_PREFIX = "fal_"
 MIN_SIDE = 16  # DarkroomInputImageSize's smallest width/height
 OUTPUT_NODES = {"DarkroomSaveImage": "images", "DarkroomSaveVideo": "video"}
+SYNC_MODE_FIELD = "sync_mode"
 SYNC_MODE = ParamSpec(type="boolean", default=False, description="Return files as data URIs instead of URLs.")
 
 Inputs = Mapping[str, Any]
@@ -45,7 +46,7 @@ def endpoint_from_prompt(
     if errors:
         raise RequestValidationError(errors)
     assert output is not None
-    params["sync_mode"] = SYNC_MODE
+    params[SYNC_MODE_FIELD] = SYNC_MODE
     model_name = "Input_" + "".join(c if c.isalnum() else "_" for c in app_id)
     return Endpoint(
         app_id=app_id, workflow=nodes, params=params, models={}, fixed={}, lookups={}, output=output,

@@ -80,6 +80,31 @@ async def test_each_mistake_is_a_422_before_anything_is_served(
     assert (await client.post("/run/me/broken", json=REQUEST)).status == 404
 
 
+async def test_check_lists_the_fields_publishing_would_serve_and_publishes_nothing(client: Client) -> None:
+    """The editor's Publish dialog: the server's reading of the input nodes, before publishing."""
+    before = (await (await client.get("/workflows")).json())["workflows"]
+    checked = await client.post("/workflows/check", json={"prompt": marked_flux2(MANIFEST)})
+    assert checked.status == 200, await checked.text()
+    body = await checked.json()
+    fields = {f["name"]: f for f in body["fields"]}
+    assert body["output"] == "images" and "sync_mode" not in fields
+    assert fields["prompt"]["required"] and fields["prompt"]["default"] is None
+    assert fields["prompt"]["min_length"] == 1 and fields["prompt"]["max_length"] == 500
+    steps = fields["num_inference_steps"]
+    assert (steps["default"], steps["ge"], steps["le"], steps["required"]) == (2, 1, 8, False)
+    assert fields["image_size"]["default"] == {"width": 64, "height": 48}
+    assert (fields["image_size"]["ge"], fields["image_size"]["le"]) == (16, 256)
+    listed = await (await client.get("/workflows")).json()
+    assert listed["workflows"] == before, "checking publishes nothing"
+    assert listed["name_pattern"].startswith("^(?!(?:comfy|workflows)/)")
+    assert listed["reserved_owners"] == ["comfy", "workflows"]
+
+    broken = marked_flux2(MANIFEST)
+    broken.pop("13")
+    refused = await client.post("/workflows/check", json={"prompt": broken})
+    assert refused.status == 422 and "no output node" in (await refused.json())["detail"][0]["msg"]
+
+
 async def test_a_name_taken_by_a_builtin_endpoint_is_refused(client: Client) -> None:
     status, body = await publish(client, marked_flux2(MANIFEST), "darkroom/demo-flux-2")
     assert status == 422 and "collides with the built-in endpoint" in body["detail"][0]["msg"]
@@ -129,6 +154,12 @@ async def test_publish_serve_version_pin_restart_unpublish(
     assert [(w["name"], w["version"], w["versions"]) for w in listed["workflows"]] == [(NAME, 2, 2)]
     shown = await (await client.get(f"/workflows/{NAME}/versions/1")).json()
     assert shown["prompt"] == prompt and shown["workflow"] == {"nodes": []}
+    # The editor opens the latest version, or the one pinned (the endpoint list's version picker).
+    for app_id, version in ((NAME, 2), (f"{NAME}@1", 1)):
+        opened = await (await client.get(f"/endpoints/{app_id}/workflow")).json()
+        assert (opened["name"], opened["published"], opened["version"]) == (NAME, True, version)
+        assert opened["prompt"]["24"]["inputs"]["value"] == (7.5 if version == 2 else 2.5)
+    assert (await client.get(f"/endpoints/{NAME}@3/workflow")).status == 404
     document = await (await client.get("/openapi.json")).json()
     assert f"/run/{NAME}" in document["paths"] and f"/run/{NAME}@1" in document["paths"]
 
