@@ -48,6 +48,7 @@ from server.api.state import (
     METRICS,
     MULTIPART,
     OBJECTS,
+    PACKS,
     QUEUE,
     REQUEST_ID,
     SETTINGS,
@@ -57,6 +58,7 @@ from server.api.state import (
 from server.api.streams import STREAMS, end_streams
 from server.engine.inventory import ModelInventory
 from server.engine.models import Manifest, load_manifest
+from server.engine.pack_watch import PackWatch
 from server.engine.supervisor import Supervisor
 from server.errors import DarkroomError, relative_paths
 from server.generation.generator import Generator
@@ -163,7 +165,7 @@ def create_app(settings: Settings, supervisor: Supervisor, *, run_supervisor: bo
     signer = _build_parts(app, settings, supervisor)
     if run_supervisor:
         app.cleanup_ctx.append(_run_supervisor)
-    app.cleanup_ctx.extend([_open_objects, _run_queue, _sweep_uploads, _run_editor_proxy])
+    app.cleanup_ctx.extend([_open_objects, _run_queue, _sweep_uploads, _run_editor_proxy, _watch_packs])
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_routes(
@@ -211,7 +213,10 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
     if objects is not None:
         app[OBJECTS] = objects
     outputs = OutputStore(settings.outputs_path, budget, objects)
-    app[GENERATOR] = Generator(settings, supervisor, manifest, outputs, LoraCache(settings, objects))
+    app[PACKS] = packs = PackWatch(supervisor)
+    app[GENERATOR] = Generator(
+        settings, supervisor, manifest, outputs, LoraCache(settings, objects), node_packs=lambda: packs.report
+    )
     signer = WebhookSigner.load_or_create(settings.webhook_key_path, database_url=settings.database_url)
     store = job_store(settings)
     fleet = None
@@ -277,6 +282,16 @@ async def _run_supervisor(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await supervisor.stop()
+
+
+async def _watch_packs(app: web.Application) -> AsyncIterator[None]:
+    """Verify the node packs once the workers are up; follow their lock (server/engine/pack_watch.py)."""
+    task = asyncio.create_task(app[PACKS].run(), name="node-packs")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def _open_objects(app: web.Application) -> AsyncIterator[None]:

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import ssl
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,7 +22,9 @@ from aiohttp import web
 
 from server.api import malformed
 from server.app import create_app
-from server.engine import fetch, install, model_lock, models
+from server.engine import fetch, install, model_lock, models, node_packs
+from server.engine.pack_check import PackReport
+from server.engine.pack_watch import STATUS_NAME
 from server.engine.supervisor import Supervisor
 from server.errors import ConfigError, DarkroomError
 from server.media import model_share
@@ -71,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
         "import", help="Bring in model files copied from elsewhere, verified."
     )
     importing.add_argument("path", help="A file, or a folder (searched for the manifest's file names).")
+
+    nodes = commands.add_parser(
+        "nodes", help="Third-party ComfyUI node packs, locked (node_packs.yaml in the data dir)."
+    )
+    nodes.add_argument("--data-dir", help="The data dir whose packs these are (DARKROOM_DATA_DIR).")
+    node_commands = nodes.add_subparsers(dest="action", required=True)
+    adding = node_commands.add_parser("add", help="Install and lock a pack (its code runs in the workers).")
+    adding.add_argument("source", help="SOURCE[@REV]: a git URL or local git repository; commit, tag, branch")
+    node_commands.add_parser("remove", help="Unlock and delete a pack.").add_argument("name")
+    node_commands.add_parser("list", help="The locked packs and their state in the workers.")
+    node_commands.add_parser("sync", help="Install exactly the lock's packs (after copying a lock here).")
 
     workflows = commands.add_parser("workflows", help="Publish workflows to a running server; list them.")
     _server_options(workflows, default=None)
@@ -138,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(serve(settings))
         if args.command == "workflows":
             return asyncio.run(workflows_command(args, settings))
+        if args.command == "nodes":
+            return nodes_command(args, settings)
         if args.command == "comfyui":
             print(install.ensure_comfyui(settings))
             return 0
@@ -147,7 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 logger.warning("generated models differ from the manifest hashes: %s", ", ".join(mismatched))
             return 0
         return models_command(args, settings)
-    except (DarkroomError, install.ComfyInstallError, models.FetchError, KeyError, OSError, ValueError) as e:
+    except (DarkroomError, install.ComfyInstallError, models.FetchError, subprocess.SubprocessError) as e:
+        logger.error("%s", e)
+        return 1
+    except (KeyError, OSError, ValueError) as e:
         logger.error("%s", e)
         return 1
 
@@ -174,6 +193,30 @@ def models_command(args: argparse.Namespace, settings: Settings) -> int:
         return 1 if problems else 0
     imported = model_lock.import_path(settings, manifest, Path(args.path))
     logger.info("imported %d files: %s", len(imported), ", ".join(imported) or "none")
+    return 0
+
+
+def nodes_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``darkroom nodes add|remove|list|sync``: a running server on this data dir follows the lock (it
+    restarts its workers one at a time and verifies the packs; ``list`` shows what it found)."""
+    installer = node_packs.Installer(settings)
+    if args.action == "add":
+        pack = installer.add(args.source)
+        print(f"added {pack.name} at {pack.commit} ({', '.join(pack.requirements) or 'no new requirements'})")
+    elif args.action == "remove":
+        print(f"removed {installer.remove(args.name).name}")
+    elif args.action == "sync":
+        print(f"installed: {', '.join(installer.sync()) or 'nothing (all present)'}")
+    else:
+        report = PackReport.load(settings.data_path / STATUS_NAME)
+        locked = installer.locked()
+        verified = report.digest == node_packs.lock_digest(locked)
+        for pack in locked.values():
+            state = report.packs.get(pack.name) if verified else None
+            shown = state.state if state else "pending (not yet verified by a running server)"
+            problems = f"  {'; '.join(state.problems)}" if state and state.problems else ""
+            print(f"{pack.name}  {pack.commit[:12]}  {shown}  {pack.source}{problems}")
+        return 1 if any(p.state != "ok" for p in report.packs.values()) and verified else 0
     return 0
 
 

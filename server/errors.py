@@ -130,6 +130,13 @@ class ModelsMissingError(DarkroomError):
     code = "models_missing"
 
 
+class NodePacksMissingError(DarkroomError):
+    """A published workflow needs a node pack that is removed, failed or still being installed."""
+
+    status = 503
+    code = "node_packs_missing"
+
+
 class StoreUnavailableError(DarkroomError):
     """The job store (a fleet's database) refused, failed or did not answer in time."""
 

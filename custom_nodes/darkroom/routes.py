@@ -1,5 +1,7 @@
 """The pack's routes on ComfyUI's own server: ``GET /darkroom/loaded``, the models this worker holds
-(``ops.loaded``), for darkroom's dashboard; and the ``darkroom.evaluations`` WebSocket message, each
+(``ops.loaded``), for darkroom's dashboard; ``GET /darkroom/packs``, the node ids each installed third-
+party pack declares (``ops.packs``: darkroom compares them with /object_info to find overrides); and the
+``darkroom.evaluations`` WebSocket message, each
 sampling run's model evaluations (``ops.evaluations``), sent to the prompt's client."""
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from aiohttp import web
 
 from .ops import evaluations
 from .ops.loaded import loaded_models
+from .ops.packs import declared_nodes
 
 
 def register() -> None:
@@ -19,6 +22,10 @@ def register() -> None:
     @PromptServer.instance.routes.get("/darkroom/loaded")
     async def loaded(request: web.Request) -> web.Response:
         return web.json_response({"models": loaded_models()})
+
+    @PromptServer.instance.routes.get("/darkroom/packs")
+    async def packs(request: web.Request) -> web.Response:
+        return web.json_response({"packs": await declared_nodes()})
 
     def send(message: dict[str, Any]) -> None:
         PromptServer.instance.send_sync(evaluations.KEY, message, PromptServer.instance.client_id)

@@ -7,6 +7,7 @@ from aiohttp import web
 from server.api.metrics import Metrics
 from server.api.proxy import EditorProxy
 from server.engine.inventory import ModelInventory
+from server.engine.pack_watch import PackWatch
 from server.engine.supervisor import Supervisor
 from server.generation.generator import Generator
 from server.generation.progress import ProgressHub
@@ -33,6 +34,7 @@ OBJECTS = web.AppKey("objects", ObjectStore)  # only with DARKROOM_STORAGE_URL
 EDITOR = web.AppKey("editor", EditorProxy)
 METRICS = web.AppKey("metrics", Metrics)
 INVENTORY = web.AppKey("inventory", ModelInventory)
+PACKS = web.AppKey("node_packs", PackWatch)
 REQUEST_ID = web.RequestKey("request_id", str)
 # Set by authentication when the key names a user; queue requests' webhooks are signed with it.
 USER_ID = web.RequestKey("user_id", str)

@@ -15,11 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from server.api.described import operation
 from server.api.request import base_url, read_model
-from server.api.state import CATALOG, ENDPOINTS, GENERATOR, SETTINGS, SUPERVISOR
+from server.api.state import CATALOG, ENDPOINTS, GENERATOR, PACKS, SETTINGS, SUPERVISOR
 from server.errors import NotFoundError, RequestValidationError, WorkerUnavailableError
 from server.workflows.catalog import NAME, PIN, RESERVED_OWNERS, Version
 from server.workflows.describe import describe
 from server.workflows.marked import marked_prompt
+from server.workflows.node_packs import record_packs
 from server.workflows.published import SYNC_MODE_FIELD, endpoint_from_prompt
 
 # owner/name as the catalog takes it (NAME), the owners the queue routes use left out
@@ -77,7 +78,7 @@ def endpoint_urls(request: web.Request, app_id: str) -> dict[str, str]:
     body=PublishBody,
     responses={
         201: "Published: its version and URLs",
-        422: "Not publishable: each problem names its node",
+        422: "Not publishable: each problem names its node (and a missing node pack, the command adding it)",
         503: "No worker ready to check the nodes",
     },
     refusals={422: (NOT_PUBLISHABLE,)},
@@ -88,6 +89,9 @@ async def publish(request: web.Request) -> web.Response:
     body = await read_model(request, PublishBody)
     node_types = await _node_types(request)
     prompt = {node_id: node.model_dump() for node_id, node in body.prompt.items()}
+    packs_missing = record_packs(prompt, body.workflow, node_types, request.app[PACKS].report)
+    if packs_missing:
+        raise RequestValidationError(packs_missing, code=NOT_PUBLISHABLE)
     try:
         version = await request.app[CATALOG].publish(body.name, prompt, body.workflow, node_types)
     except RequestValidationError as e:

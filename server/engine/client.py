@@ -237,6 +237,12 @@ class ComfyClient:
         data = await self._json("GET", "/darkroom/loaded")
         return list(data["models"]) if isinstance(data, Mapping) else []
 
+    async def declared_pack_nodes(self) -> dict[str, list[str]]:
+        """The node ids each installed third-party pack declares (GET /darkroom/packs, the node pack's
+        route), by the pack's folder name."""
+        data = await self._json("GET", "/darkroom/packs")
+        return dict(data["packs"]) if isinstance(data, Mapping) else {}
+
     async def history(self, prompt_id: str) -> dict[str, Any] | None:
         """The finished prompt's history entry (outputs, status), or None if unknown."""
         data = await self._json("GET", f"/history/{prompt_id}")

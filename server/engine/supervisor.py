@@ -25,6 +25,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
+from server.engine.node_packs import PackPaths, worker_pythonpath
 from server.engine.placement import pick_idle
 from server.engine.speed import plan_speed
 from server.engine.worker import Worker, WorkerState
@@ -78,7 +79,9 @@ def plan_devices(settings: Settings, gpus: list[str]) -> list[str | None]:
 
 
 def extra_model_paths(settings: Settings) -> dict[str, dict[str, str]]:
-    """ComfyUI's extra-model-paths config: our model folders and our node pack."""
+    """ComfyUI's extra-model-paths config: our model folders, our node pack and the installed third-party
+    packs (server/engine/node_packs.py; ComfyUI reads one folder a line)."""
+    packs = PackPaths.of(settings).nodes
     return {
         "darkroom": {
             "base_path": str(settings.models_path),
@@ -90,7 +93,7 @@ def extra_model_paths(settings: Settings) -> dict[str, dict[str, str]]:
             "upscale_models": "upscale_models",
             "safety_checkers": "safety_checkers",
             "checkpoints": "checkpoints",
-            "custom_nodes": str(PROJECT_ROOT / "custom_nodes"),
+            "custom_nodes": f"{PROJECT_ROOT / 'custom_nodes'}\n{packs}",
         }
     }
 
@@ -122,6 +125,7 @@ class Supervisor:
         self._tasks: list[asyncio.Task[None]] = []
         self._waiters: collections.deque[_Waiter] = collections.deque()  # borrowers in arrival order
         self._stopping = False
+        self._planned: set[int] = set()  # workers restart_rolling is restarting
 
     @property
     def ready(self) -> bool:
@@ -190,6 +194,32 @@ class Supervisor:
                 await self.stop()
                 raise
 
+    def worker_environ(self) -> dict[str, str]:
+        """What a worker's process inherits: the supervisor's environment, the node packs' requirements
+        folder on its PYTHONPATH and where the packs are (for the darkroom pack's GET /darkroom/packs)."""
+        packs = PackPaths.of(self.settings)
+        packs.nodes.mkdir(parents=True, exist_ok=True)  # ComfyUI lists every custom-nodes folder
+        return {
+            **self.environ,
+            "PYTHONPATH": worker_pythonpath(packs, self.environ),
+            "DARKROOM_NODE_PACKS_DIR": str(packs.nodes),
+        }
+
+    async def restart_rolling(self, timeout_s: float) -> None:
+        """Restart the workers one at a time, each once it is idle, the next once it answers again: the
+        others keep serving (to load a changed set of node packs). WorkerStartError if one does not come
+        back within ``timeout_s``."""
+        for w in self.workers:
+            async with self.worker(worker_id=w.id, timeout_s=timeout_s):
+                restarts = w.restarts
+                self._planned.add(w.id)
+                w.kill("restarting to load the node packs")
+            deadline = time.monotonic() + timeout_s
+            while w.restarts == restarts or not w.ready:
+                if time.monotonic() > deadline:
+                    raise w.start_error(f"did not come back within {timeout_s:g} s of a rolling restart")
+                await asyncio.sleep(0.25)
+
     async def wait_ready(self, timeout_s: float | None = None) -> None:
         """Wait until every worker's first start finished; raise the first WorkerStartError."""
         async with asyncio.timeout(timeout_s):
@@ -208,18 +238,21 @@ class Supervisor:
             w.state = WorkerState.RESTARTING
             await w.terminate(self.stop_timeout_s)  # also reaps anything it left in its group
             w.first_attempt.set()
-            if time.monotonic() - started >= _STABLE_AFTER_S:
-                backoff_s = 1.0
-            logger.warning("restarting worker %d in %g s", w.id, backoff_s)
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, self.settings.worker_restart_backoff_max_s)
+            if w.id in self._planned:  # restart_rolling's: no back-off
+                self._planned.discard(w.id)
+            else:
+                if time.monotonic() - started >= _STABLE_AFTER_S:
+                    backoff_s = 1.0
+                logger.warning("restarting worker %d in %g s", w.id, backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, self.settings.worker_restart_backoff_max_s)
             w.restarts += 1
 
     async def _run_once(self, w: Worker, yaml_path: Path) -> None:
         """Start the worker, wait until it answers, then until it exits; logs why it ended."""
         started = time.monotonic()
         try:
-            await w.spawn(self.python, self.comfyui_dir, yaml_path, self.environ)
+            await w.spawn(self.python, self.comfyui_dir, yaml_path, self.worker_environ())
             await w.wait_ready(self.settings.worker_start_timeout_s)
         except (WorkerStartError, OSError) as e:
             error = e if isinstance(e, WorkerStartError) else w.start_error(f"could not be started: {e}")

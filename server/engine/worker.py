@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -36,6 +37,8 @@ _LOG_TAIL_LINES = 30
 _LOG_RING_LINES = 500
 _ALIVE_CHECK_S = 10.0  # a worker busy sampling still answers /system_stats within this
 _READ_LIMIT_BYTES = 2**20
+# ComfyUI's start-up line for a custom-nodes module that failed: "  0.1 seconds (IMPORT FAILED): /path"
+_FAILED_IMPORT = re.compile(r"\((?:IMPORT|PRESTARTUP) FAILED\): (.+)$")
 
 
 class WorkerState(StrEnum):
@@ -151,6 +154,7 @@ class Worker:
         self.first_attempt = asyncio.Event()  # set once the first start succeeded or failed
         self.first_error: WorkerStartError | None = None
         self._last_outputs: set[str] = set()  # the last run's output files (see keep_outputs)
+        self.failed_imports: set[str] = set()  # custom-nodes paths this process logged as failed
 
     def __repr__(self) -> str:
         return f"<Worker {self.id} {self.state.value} {self.base_url} pid={self.pid}>"
@@ -214,6 +218,7 @@ class Worker:
         self.client.stuck_prompt = None
         self.warm_key = None  # a new process has nothing loaded
         self._clear_runs_files()
+        self.failed_imports = set()
         if not _port_free(self.port):
             old, self.port = self.port, free_port()
             self.log.warning("[worker %d] port %d is taken; using %d", self.id, old, self.port)
@@ -345,6 +350,8 @@ class Worker:
 
     def _record(self, line: str, log_file: IO[str] | None = None) -> None:
         self._lines.append(line)
+        if (failed := _FAILED_IMPORT.search(line)) is not None:
+            self.failed_imports.add(failed.group(1).strip())
         self.log.info("[worker %d] %s", self.id, line)
         log_file = log_file or self._log_file
         if log_file is not None and not log_file.closed:

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from server.engine import client as cc
 from server.engine.models import Manifest
+from server.engine.pack_check import PackReport, missing_packs, needed_packs
 from server.engine.supervisor import Supervisor
 from server.engine.worker import Worker
 from server.errors import (
@@ -27,6 +28,7 @@ from server.errors import (
     GenerationError,
     InputError,
     ModelsMissingError,
+    NodePacksMissingError,
     RunTimeoutError,
     WorkerConnectionError,
     public_message,
@@ -93,6 +95,8 @@ class Generator:
     choices: ComfyChoices = field(default_factory=ComfyChoices)
     # The endpoint each worker ran last (its models are the ones ComfyUI keeps loaded), for the dashboard.
     last_run: dict[int, str] = field(default_factory=dict)
+    # The last verification of this host's node packs (server/engine/pack_watch.py).
+    node_packs: Callable[[], PackReport] = PackReport
 
     def has_models(self, endpoint: Endpoint) -> bool:
         """Whether the endpoint's model files are all here."""
@@ -105,6 +109,12 @@ class Generator:
         )
         if detail:
             raise ModelsMissingError(detail)
+        missing = missing_packs(self.node_packs(), needed_packs(endpoint.workflow))
+        if missing:
+            raise NodePacksMissingError(
+                f"{endpoint.app_id} cannot run on this host: {'; '.join(missing)}. "
+                "`darkroom nodes list` on the host shows each pack's state."
+            )
 
     async def run(
         self,

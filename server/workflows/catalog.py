@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from server.engine.models import Manifest
+from server.engine.pack_check import needed_packs
 from server.errors import ConfigError, DarkroomError, NotFoundError, RequestValidationError
 from server.workflows.mapping import Endpoint
 from server.workflows.published import endpoint_from_prompt
@@ -42,7 +43,10 @@ class Version:
         return f"{self.name}{PIN}{self.number}"
 
     def describe(self) -> dict[str, Any]:
-        return {"version": self.number, "app_id": self.app_id, "published_at": self.published_at}
+        return {
+            "version": self.number, "app_id": self.app_id, "published_at": self.published_at,
+            "node_packs": needed_packs(self.prompt),
+        }  # fmt: skip
 
 
 class VersionStore(Protocol):
