@@ -213,7 +213,7 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
     if objects is not None:
         app[OBJECTS] = objects
     outputs = OutputStore(settings.outputs_path, budget, objects)
-    app[PACKS] = packs = PackWatch(supervisor)
+    app[PACKS] = packs = PackWatch(settings, supervisor)
     app[GENERATOR] = Generator(
         settings, supervisor, manifest, outputs, LoraCache(settings, objects), node_packs=lambda: packs.report
     )

@@ -22,3 +22,6 @@ class IdleSupervisor:
 
     async def stop(self) -> None:
         return None
+
+    async def wait_ready(self) -> None:
+        return None

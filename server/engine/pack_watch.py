@@ -16,6 +16,7 @@ from server.engine.node_packs import Installer, LockedPack, PackError, lock_dige
 from server.engine.pack_check import PackReport, check_packs, pending
 from server.engine.supervisor import Supervisor
 from server.errors import DarkroomError
+from server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +30,13 @@ LockSource = Callable[[], Awaitable[Mapping[str, LockedPack] | None]]
 class PackWatch:
     """The verified state of this host's node packs (``report``), kept in line with the lock."""
 
-    def __init__(self, supervisor: Supervisor, *, source: LockSource | None = None) -> None:
+    def __init__(
+        self, settings: Settings, supervisor: Supervisor, *, source: LockSource | None = None
+    ) -> None:
+        self.settings = settings
         self.supervisor = supervisor
-        self.installer = Installer(supervisor.settings, python=supervisor.python)
-        self.status_path: Path = supervisor.settings.data_path / STATUS_NAME
+        self.installer = Installer(settings)
+        self.status_path: Path = settings.data_path / STATUS_NAME
         self.source = source
         self.report = PackReport()
         self.changed = asyncio.Event()  # set after each verification (tests and the fleet wait on it)
@@ -67,7 +71,7 @@ class PackWatch:
             await asyncio.to_thread(self.installer.sync)
         except PackError as e:
             logger.error("node packs: %s", e)
-        await self.supervisor.restart_rolling(self.supervisor.settings.worker_start_timeout_s)
+        await self.supervisor.restart_rolling(self.settings.worker_start_timeout_s)
         await self.verify()
 
     async def _install(self, wanted: Mapping[str, LockedPack]) -> None:

@@ -66,7 +66,7 @@ async def client(pack_settings: Settings, comfyui_dir: Path) -> AsyncIterator[Te
 async def verified(client: TestClient[Any, Any], *, timeout_s: float = 240.0) -> dict[str, Any]:
     """The packs' states once the server has verified the lock as it is now."""
     watch = client.app[PACKS]
-    installer = Installer(watch.supervisor.settings)
+    installer = Installer(watch.settings)
 
     async with asyncio.timeout(timeout_s):
         while watch.report.digest != lock_digest(installer.locked()) or any(

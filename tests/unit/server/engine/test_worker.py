@@ -105,7 +105,8 @@ def test_extra_model_paths_and_command(tmp_path: Path) -> None:
         "text_encoders",
         "text_encoders",
     )
-    assert paths["custom_nodes"] == str(PROJECT_ROOT / "custom_nodes")
+    # darkroom's pack, then the installed third-party packs' folder (server/engine/node_packs.py)
+    assert paths["custom_nodes"] == f"{PROJECT_ROOT / 'custom_nodes'}\n{tmp_path / 'node_packs' / 'nodes'}"
     base = tmp_path / "workers" / "0"
     command = worker_command(
         "py", Path("/c"), port=9, base_dir=base, extra_paths_yaml=Path("/y.yaml"), cpu=True
