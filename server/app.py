@@ -70,6 +70,7 @@ from server.media.objects import from_settings as object_store
 from server.media.outputs import OutputStore
 from server.media.uploads import UploadStore
 from server.queue.fleet import Capabilities, Fleet, capabilities_of
+from server.queue.fleet_packs import FleetPacks
 from server.queue.fleet_workflows import shared_catalog
 from server.queue.job_queue import MAX_ATTEMPTS, JobQueue
 from server.queue.postgres_store import PostgresJobStore
@@ -229,6 +230,8 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
             store, name=settings.host_name, lease_s=settings.host_lease_s,
             capabilities=capabilities, max_attempts=MAX_ATTEMPTS,
         )  # fmt: skip
+        packs.source = FleetPacks(store).read  # every host converges to the fleet's node-pack lock
+        packs.observers.append(fleet.offer_changed)  # a workflow is offered once its packs are verified
     app[CATALOG] = _catalog(settings, fleet, served, manifest)
     sender = WebhookSender(
         store, signer, webhook_policy(settings), timeout_s=settings.webhook_timeout_s,

@@ -13,9 +13,9 @@ import signal
 import ssl
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -28,12 +28,15 @@ from server.engine.pack_watch import STATUS_NAME
 from server.engine.supervisor import Supervisor
 from server.errors import ConfigError, DarkroomError
 from server.media import model_share
+from server.queue.fleet_packs import FleetPacks
+from server.queue.postgres_store import PostgresJobStore
 from server.security.keyring import KeyRing, check_exposure
 from server.security.untrusted import LogFormatter
 from server.settings import Settings, load_settings
 from server.workflows.mapping import WORKFLOWS_DIR, Endpoint, load_endpoints
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,14 +202,21 @@ def models_command(args: argparse.Namespace, settings: Settings) -> int:
 def nodes_command(args: argparse.Namespace, settings: Settings) -> int:
     """``darkroom nodes add|remove|list|sync``: a running server on this data dir follows the lock (it
     restarts its workers one at a time and verifies the packs; ``list`` shows what it found)."""
-    installer = node_packs.Installer(settings)
+    share, fleet_lock = None, None
+    if url := settings.database_url:  # a fleet: its database holds the lock every host converges to
+
+        def share(packs: Mapping[str, node_packs.LockedPack]) -> None:
+            asyncio.run(_on_fleet(url, lambda fleet: fleet.write(packs)))
+
+        fleet_lock = asyncio.run(_on_fleet(url, FleetPacks.read))
+    installer = node_packs.Installer(settings, share=share)
     if args.action == "add":
         pack = installer.add(args.source)
         print(f"added {pack.name} at {pack.commit} ({', '.join(pack.requirements) or 'no new requirements'})")
     elif args.action == "remove":
         print(f"removed {installer.remove(args.name).name}")
     elif args.action == "sync":
-        print(f"installed: {', '.join(installer.sync()) or 'nothing (all present)'}")
+        print(f"installed: {', '.join(installer.sync(fleet_lock)) or 'nothing (all present)'}")
     else:
         report = PackReport.load(settings.data_path / STATUS_NAME)
         locked = installer.locked()
@@ -218,6 +228,16 @@ def nodes_command(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{pack.name}  {pack.commit[:12]}  {shown}  {pack.source}{problems}")
         return 1 if any(p.state != "ok" for p in report.packs.values()) and verified else 0
     return 0
+
+
+async def _on_fleet(url: str, call: Callable[[FleetPacks], Awaitable[T]]) -> T:
+    """``call`` on the fleet's node-pack lock, its database opened for it and closed after."""
+    store = PostgresJobStore(url)
+    await store.open()
+    try:
+        return await call(FleetPacks(store))
+    finally:
+        await store.close()
 
 
 async def workflows_command(args: argparse.Namespace, settings: Settings) -> int:

@@ -21,7 +21,7 @@ from aiohttp import web
 from server.api import sse
 from server.api.auth import page_access, require_browser_or_key, self_authenticating
 from server.api.described import operation
-from server.api.state import GENERATOR, INVENTORY, METRICS, QUEUE, SUPERVISOR
+from server.api.state import GENERATOR, INVENTORY, METRICS, PACKS, QUEUE, SUPERVISOR
 from server.api.streams import endless
 from server.errors import NotFoundError, WorkerConnectionError, WorkerResponseError
 from server.queue.store import JobRecord, JobStatus
@@ -137,7 +137,7 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 async def snapshot(app: web.Application) -> dict[str, Any]:
-    """Queue, workers, models and recent failures as the dashboard shows them."""
+    """Queue, workers, models, node packs and recent failures as the dashboard shows them."""
     queue, now = app[QUEUE], time.time()
     records = list(queue.order.jobs.values())
     live = [r for r in records if r.status is not JobStatus.COMPLETED]
@@ -156,6 +156,7 @@ async def snapshot(app: web.Application) -> dict[str, Any]:
         "queue": [_waiting(r, queue.position(r.request_id), now) for r in live],
         "workers": await _workers(app),
         "models": app[INVENTORY].describe(),
+        "node_packs": [p.describe() for p in app[PACKS].report.packs.values()],
         "failures": [_failure(r) for r in failed[:RECENT_FAILURES]],
     }
 

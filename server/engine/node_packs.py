@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -156,12 +156,25 @@ def checkout(source: str, rev: str | None, dest: Path) -> str:
     return commit
 
 
+# Where a fleet keeps its lock (server/queue/fleet_packs.py): written before this host's, so a running
+# server here, converging to the fleet's, never sees its own lock ahead of the fleet's and reverts it.
+LockShare = Callable[[Mapping[str, LockedPack]], None]
+
+
 class Installer:
     """Installs, removes and syncs the packs of one data dir for workers run by ``python``."""
 
-    def __init__(self, settings: Settings, *, python: str = sys.executable) -> None:
+    def __init__(
+        self, settings: Settings, *, python: str = sys.executable, share: LockShare | None = None
+    ) -> None:
         self.paths = PackPaths.of(settings)
         self.python = python
+        self.share = share  # a fleet's: told each new lock before this host writes it
+
+    def _write(self, packs: Mapping[str, LockedPack]) -> None:
+        if self.share is not None:
+            self.share(packs)
+        write_lock(self.paths.lock, packs)
 
     def locked(self) -> dict[str, LockedPack]:
         return read_lock(self.paths.lock)
@@ -183,7 +196,7 @@ class Installer:
             self._commit(staging, pack)
         packs = self.locked()
         packs[name] = pack
-        write_lock(self.paths.lock, packs)
+        self._write(packs)
         return pack
 
     def remove(self, name: str) -> LockedPack:
@@ -193,7 +206,7 @@ class Installer:
             installed = ", ".join(sorted(packs)) or "none"
             raise PackError(f"no node pack {name!r} is installed; installed: {installed}")
         pack = packs.pop(name)
-        write_lock(self.paths.lock, packs)
+        self._write(packs)
         shutil.rmtree(self.paths.nodes / name, ignore_errors=True)
         return pack
 

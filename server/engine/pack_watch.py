@@ -38,6 +38,7 @@ class PackWatch:
         self.installer = Installer(settings)
         self.status_path: Path = settings.data_path / STATUS_NAME
         self.source = source
+        self.observers: list[Callable[[], None]] = []  # told after each new report
         self.report = PackReport()
         self.changed = asyncio.Event()  # set after each verification (tests and the fleet wait on it)
 
@@ -101,5 +102,7 @@ class PackWatch:
     def _publish(self, report: PackReport) -> None:
         self.report = report
         report.save(self.status_path)
+        for observer in self.observers:
+            observer()
         self.changed.set()
         self.changed = asyncio.Event()

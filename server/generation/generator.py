@@ -102,6 +102,10 @@ class Generator:
         """Whether the endpoint's model files are all here."""
         return not self.manifest.missing(endpoint.models.values(), self.settings.models_path)
 
+    def has_packs(self, endpoint: Endpoint) -> bool:
+        """Whether every node pack a published endpoint recorded is verified here."""
+        return not missing_packs(self.node_packs(), needed_packs(endpoint.workflow))
+
     def check_models(self, endpoint: Endpoint) -> None:
         """Refuse an endpoint whose weights are absent, naming each file and the command that provides it."""
         detail = self.manifest.missing_detail(

@@ -68,9 +68,13 @@ class Capabilities:
 def capabilities_of(
     served: Mapping[str, Endpoint], generator: Generator, supervisor: Supervisor
 ) -> Capabilities:
-    """What a host offers: the apps whose model files are here, the apps whose models a worker has
-    loaded, and how many workers are free."""
-    apps = [app for app, endpoint in served.items() if generator.has_models(endpoint)]
+    """What a host offers: the apps whose model files and verified node packs are here, the apps whose
+    models a worker has loaded, and how many workers are free."""
+    apps = [
+        app
+        for app, endpoint in served.items()
+        if generator.has_models(endpoint) and generator.has_packs(endpoint)
+    ]
     loaded = supervisor.warm_keys()
     warm = [app for app in apps if served[app].models and served[app].models_key in loaded]
     return Capabilities(apps, warm, supervisor.idle_workers)

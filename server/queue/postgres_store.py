@@ -87,6 +87,12 @@ MIGRATIONS: tuple[str, ...] = (
         prompt TEXT NOT NULL, workflow TEXT, PRIMARY KEY (name, number)
     );
     """,
+    # The fleet's node-pack lock, one row (server/queue/fleet_packs.py).
+    """
+    CREATE TABLE darkroom.node_packs (
+        id INTEGER PRIMARY KEY CHECK (id = 1), lock TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL
+    );
+    """,
 )
 # LISTEN/NOTIFY channel of the fleet: job changes, cancels, relayed live events, published workflows
 CHANNEL = "darkroom"

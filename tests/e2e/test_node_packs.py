@@ -110,6 +110,9 @@ async def test_packs_load_verify_publish_run_and_a_removed_pack_is_a_503(
         and " failed " in lines["brokenpack"]
         and "IMPORT FAILED" in lines["brokenpack"]
     )
+    dashboard = await (await client.get("/dashboard/state")).json()
+    shown = {p["name"]: p for p in dashboard["node_packs"]}
+    assert shown["brokenpack"]["state"] == "failed" and shown["v1pack"]["nodes"] == [V1_NODE]
 
     # The editor (ComfyUI's frontend through darkroom) has the packs' nodes and web extensions; the
     # V1 pack's prestartup script ran before its nodes were imported; the wheel's package was imported.

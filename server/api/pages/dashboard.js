@@ -34,6 +34,10 @@ function render(state) {
     h("tr", {}, h("td", {}, m.name), h("td", {}, h("code", {}, m.file)), h("td", {}, bytes(m.size_bytes)),
       h("td", { class: { verified: "ok", mismatch: "bad", missing: "bad", checking: "warn" }[m.sha256] || "muted" }, m.sha256),
       h("td", {}, m.present || !m.fetch ? "" : h("code", {}, m.fetch))))));
+  fill("node-packs", table(["pack", "commit", "state", "nodes", "problems"], state.node_packs.map((p) =>
+    h("tr", { "data-pack": p.name }, h("td", {}, p.name), h("td", {}, h("code", {}, p.commit.slice(0, 12))),
+      h("td", { class: { ok: "ok", failed: "bad" }[p.state] || "warn" }, p.state), h("td", {}, p.nodes.join(", ")),
+      h("td", {}, p.problems.join("; "))))));
   fill("failures", table(["request", "endpoint", "status", "error"], state.failures.map((f) =>
     h("tr", {}, h("td", {}, h("code", {}, f.request_id.slice(0, 8))), h("td", {}, f.endpoint),
       h("td", { class: "bad" }, String(f.status)), h("td", {}, f.error || f.error_type || "")))));
