@@ -97,6 +97,9 @@ class FakeGenerator:
     def has_models(self, endpoint: Any) -> bool:
         return True
 
+    def has_packs(self, endpoint: Any) -> bool:
+        return True
+
     def gate(self, request_id: str) -> asyncio.Event:
         return self._gates.setdefault(request_id, asyncio.Event())
 
