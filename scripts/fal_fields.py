@@ -33,6 +33,7 @@ ENDPOINTS = (
     "fal-ai/ltx-2-19b/text-to-video", "fal-ai/ltx-2-19b/image-to-video",
     "fal-ai/ltx-2-19b/distilled/text-to-video", "fal-ai/ltx-2-19b/distilled/image-to-video",
     "fal-ai/ltx-2-19b/text-to-video/lora", "fal-ai/ltx-2-19b/image-to-video/lora",
+    "fal-ai/hunyuan-video-v1.5/text-to-video", "fal-ai/hunyuan-video-v1.5/image-to-video",
 )  # fmt: skip
 _HEADING = re.compile(r"^### (?P<id>\S+) \[(?P<kind>[^\]]+)\]")
 _INPUT = re.compile(r"^\s*IN\s+\w+\{ (?P<body>.*) \}\s*$")

@@ -102,7 +102,9 @@ class ImageOutput(BaseModel):
 class VideoOutput(BaseModel):
     video: File
     seed: int
-    prompt: str
+    prompt: str | None = Field(
+        default=None, description="The prompt, where fal's answer has it (Wan, not HunyuanVideo)"
+    )
     has_nsfw_concepts: list[bool | None] | None = Field(
         default=None,
         description="Beyond fal's video schema, present only when enable_output_safety_checker is true: "

@@ -39,6 +39,7 @@ class ModelKind(StrEnum):
     VAE = "vae"
     LORA = "lora"
     UPSCALE_MODEL = "upscale_model"
+    CLIP_VISION = "clip_vision"
     SAFETY_CHECKER = "safety_checker"
     CHECKPOINT = "checkpoint"  # several models in one file (LTX-2's: transformer, both VAEs, connectors)
 

@@ -91,6 +91,7 @@ def extra_model_paths(settings: Settings) -> dict[str, dict[str, str]]:
             "vae": "vae",
             "loras": "loras",
             "upscale_models": "upscale_models",
+            "clip_vision": "clip_vision",
             "safety_checkers": "safety_checkers",
             "checkpoints": "checkpoints",
             "custom_nodes": f"{PROJECT_ROOT / 'custom_nodes'}\n{packs}",

@@ -503,7 +503,9 @@ def _response(
     and upscaler outputs have no timings; the request's logs say them)."""
     seed = next((resolved[name] for name in endpoint.params_of("seed")), None)
     if endpoint.output.kind == "video":
-        video = {"video": files[0], "seed": seed, "prompt": resolved.get("prompt", "")}
+        video = {"video": files[0], "seed": seed}
+        if endpoint.output.video_prompt:
+            video["prompt"] = resolved.get("prompt", "")
         field = checker_field(endpoint.params)
         # Beyond fal's video schema, and only when asked for: what the output checker found.
         return {**video, "has_nsfw_concepts": checked.flags} if field and resolved.get(field) else video

@@ -40,6 +40,11 @@ class EndpointSpec(BaseModel):
         description="the mapping's params this endpoint does not have (fal's schema lacks them); their "
         "targets keep the graph's values or the endpoint's `fixed` ones",
     )
+    removes: list[str] = Field(
+        default_factory=list,
+        description='"node_id" nodes and "node_id.input" links this endpoint drops from the graph: one graph '
+        "serves several endpoints (text-to-video drops the image-to-video graph's start-image nodes)",
+    )
     limits_note: str | None = Field(
         default=None,
         description="Why the bounds are what they are (the CPU demos'), added to a 422 past them",
@@ -66,6 +71,10 @@ class OutputSpec(BaseModel):
     images: str | None = None
     video: str | None = None
     image: str | None = None
+    video_prompt: bool = Field(
+        default=True,
+        description="a video answer carries the prompt, as fal's Wan answers do (not its HunyuanVideo)",
+    )
 
     @property
     def kind(self) -> str:
@@ -88,6 +97,11 @@ class MappingFile(BaseModel):
     output: OutputSpec
     params: dict[str, ParamSpec]
     lookups: dict[str, LookupSpec] = Field(default_factory=dict)
+    shared: dict[str, Any] = Field(
+        default_factory=dict,
+        description="YAML anchors that endpoints merge (`<<: *name`): what several endpoints have in common "
+        "(a mode's removed nodes, a demo's bounds), written once; read only through those merges",
+    )
     endpoints: dict[str, EndpointSpec]
 
 
@@ -134,6 +148,7 @@ class Endpoint:
     raw: bool = False
     limits_note: str | None = None  # see EndpointSpec
     run_timeout_s: float | None = None  # see EndpointSpec
+    removes: tuple[str, ...] = ()  # see EndpointSpec
 
     def validate(self, body: Any) -> BaseModel:
         """Parse a request body; raises pydantic's ValidationError with fal-style details."""
@@ -173,6 +188,7 @@ class Endpoint:
             _set(prompt, target, manifest.get(model_name).folder_name)
         for target, value in self.fixed.items():
             _set(prompt, target, value)
+        _remove(prompt, list(self.removes))
         for name, spec in self.params.items():
             value = resolved[name] = _resolve(name, spec, getattr(request, name), prepared, manifest)
             if value is False and spec.off_removes:
@@ -271,7 +287,7 @@ def _endpoint(
     if unknown:
         raise MappingError(f"{path}: {app_id} overrides unknown params or lookups {sorted(unknown)}")
     blends = [p for p in params.values() if p.type == "model_blend"]
-    for blend in blends:
+    for blend in (b for b in blends if b.honoured != [None]):  # [None]: declared only to be refused
         if len(blend.to) != 1 or list(blend.to)[0] not in workflow or not blend.family:
             raise MappingError(f"{path}: {app_id}: a model_blend names one loader node id and a family")
     targets = [t for p in params.values() if p not in blends for t in _targets(p.to)]
@@ -283,6 +299,7 @@ def _endpoint(
         raise MappingError(
             f"{path}: {app_id}: absent_removes or off_removes names a node not in {mapping.workflow}"
         )
+    _check_removes(path, app_id, spec.removes, targets, workflow)
     for target in targets:
         node_id, input_name = _parse_target(target)
         if input_name not in workflow.get(node_id, {}).get("inputs", {}):
@@ -328,7 +345,22 @@ def _endpoint(
         request_model=request_model(model_name, params),
         limits_note=spec.limits_note,
         run_timeout_s=spec.run_timeout_s,
+        removes=tuple(spec.removes),
     )
+
+
+def _check_removes(
+    path: Path, app_id: str, removes: list[str], targets: list[str], workflow: dict[str, Any]
+) -> None:
+    """Each removed node or link is in the graph, and nothing the endpoint sets lies in a removed node."""
+    for target in removes:
+        node_id, input_name = _parse_target(target)
+        if node_id not in workflow or (input_name and input_name not in workflow[node_id]["inputs"]):
+            raise MappingError(f"{path}: {app_id} removes {target!r}, which is not in the workflow")
+    gone = {t for t in removes if "." not in t}
+    clashes = sorted(t for t in targets if t in removes or _parse_target(t)[0] in gone)
+    if clashes:
+        raise MappingError(f"{path}: {app_id} sets {clashes}, which it removes")
 
 
 def _step_cache(path: Path, app_id: str, name: str, param: ParamSpec) -> ParamSpec:

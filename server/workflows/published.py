@@ -151,7 +151,7 @@ def _output(nodes: dict[str, dict[str, Any]]) -> tuple[OutputSpec | None, list[d
     ]
     if len(found) == 1:
         node_id, kind = found[0]
-        return OutputSpec(**{kind: node_id}), []
+        return OutputSpec.model_validate({kind: node_id}), []
     if not found:
         message = "no output node: end the workflow with a Darkroom Save Image or Darkroom Save Video node"
         return None, [_error(None, message, "no_output")]

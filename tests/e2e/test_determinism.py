@@ -118,6 +118,8 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ),
     ("darkroom/demo-wan-2.2-a14b-i2v", {"image_url": png(80, 64, 2), "sigmas": [1.0, 0.8, 0.5, 0.2, 0.0]}),
     ("darkroom/demo-wan-2.2-a14b-i2v", {"image_url": png(80, 64, 2), "end_image_url": png(80, 64, 3)}),
+    ("darkroom/demo-hunyuan-video-15-t2v", {"loras": [{"path": "tiny/hunyuan-video-15-lora-a.safetensors"}]}),
+    ("darkroom/demo-hunyuan-video-15-i2v", {"image_url": png(80, 64, 1), "num_inference_steps": 2}),
 ]
 
 

@@ -10,6 +10,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..formats.arch import ModelFileError
+from ..ops.clip_vision import inspect_clip_vision, load_clip_vision
 from ..ops.encoders import TextEncoderFamily, inspect_text_encoder, load_text_encoder
 from ..ops.loaded import remember
 from ..ops.vae import VAEFamily, inspect_vae, load_vae
@@ -36,13 +37,16 @@ _FILES_NEEDED = {
     f"and leave text_encoder_name_3 {NO_FILE}",
     TextEncoderFamily.SD3.value: "three files: CLIP-L, CLIP-G and T5-XXL as text_encoder_name, "
     "text_encoder_name_2 and text_encoder_name_3",
+    TextEncoderFamily.HUNYUAN_VIDEO_15.value: "two files, Qwen2.5-VL then ByT5-small: set "
+    f"text_encoder_name_2 and leave text_encoder_name_3 {NO_FILE}",
 }
 
 
 def _paths(name: str, family: str, second_name: str, third_name: str = NO_FILE) -> list[Path]:
     """The files to load: one, two for flux1, three for sd3; ValueError on a wrong count for the family."""
     names = [name, *(n for n in (second_name, third_name) if n != NO_FILE)]
-    wanted = {TextEncoderFamily.FLUX1.value: 2, TextEncoderFamily.SD3.value: 3}.get(family, 1)
+    counts = {TextEncoderFamily.FLUX1: 2, TextEncoderFamily.SD3: 3, TextEncoderFamily.HUNYUAN_VIDEO_15: 2}
+    wanted = {f.value: n for f, n in counts.items()}.get(family, 1)
     if len(names) != wanted or (wanted < 3 and third_name != NO_FILE):
         needed = _FILES_NEEDED.get(family, f"one text encoder file: set the other names to {NO_FILE}")
         raise ValueError(f"{family} takes {needed}")
@@ -57,15 +61,15 @@ class DarkroomTextEncoderLoader(io.ComfyNode):
             node_id="DarkroomTextEncoderLoader",
             display_name="Load Text Encoder (darkroom)",
             category="darkroom/loaders",
-            description="Loads a FLUX.2, FLUX.1, Wan, Z-Image, SD3 or Qwen-Image text encoder at any size, "
-            "read off the weights.",
+            description="Loads a FLUX.2, FLUX.1, Wan, Z-Image, SD3, Qwen-Image or HunyuanVideo 1.5 text "
+            "encoder at any size, read off the weights.",
             inputs=[
                 io.Combo.Input(
                     "text_encoder_name",
                     options=files,
                     tooltip="Text encoder file: Mistral-3 for flux2, CLIP-L or T5-XXL for flux1, "
                     "umt5-xxl for wan, Qwen3-4B for zimage, CLIP-L for sd3, Qwen2.5-VL (with its vision "
-                    "tower) for qwen_image.",
+                    "tower) for qwen_image and hunyuan_video_15.",
                 ),
                 io.Combo.Input(
                     "family",
@@ -78,8 +82,8 @@ class DarkroomTextEncoderLoader(io.ComfyNode):
                     options=[NO_FILE, *files],
                     default=NO_FILE,
                     optional=True,
-                    tooltip="Second file: for flux1 (CLIP-L and T5-XXL, either order) and sd3 (CLIP-G); "
-                    "none otherwise.",
+                    tooltip="Second file: for flux1 (CLIP-L and T5-XXL, either order), sd3 (CLIP-G) and "
+                    "hunyuan_video_15 (ByT5-small); none otherwise.",
                 ),
                 io.Combo.Input(
                     "text_encoder_name_3",
@@ -150,7 +154,8 @@ class DarkroomVAELoader(io.ComfyNode):
             node_id="DarkroomVAELoader",
             display_name="Load VAE (darkroom)",
             category="darkroom/loaders",
-            description="Loads a FLUX.2, FLUX.1, Wan 2.1 / 2.2 or SD3 VAE, its width read off the weights.",
+            description="Loads a FLUX.2, FLUX.1, Wan 2.1 / 2.2, SD3 or HunyuanVideo 1.5 VAE, its width read "
+            "off the weights.",
             inputs=[
                 io.Combo.Input(
                     "vae_name",
@@ -163,7 +168,7 @@ class DarkroomVAELoader(io.ComfyNode):
                     default=VAEFamily.FLUX2.value,
                     tooltip="Model family the VAE is for. Latents: flux2 128 ch at 1/16, flux1 16 ch at 1/8, "
                     "wan21 16 ch at 1/8 (also Qwen-Image's), wan22 48 ch at 1/16 (video: 4x in time), sd3 16 "
-                    "ch at 1/8.",
+                    "ch at 1/8, hunyuan_video_15 32 ch at 1/16 (video: 4x in time).",
                 ),
             ],
             outputs=[io.Vae.Output()],
@@ -188,4 +193,40 @@ class DarkroomVAELoader(io.ComfyNode):
         return io.NodeOutput(vae)
 
 
-NODES: list[type[io.ComfyNode]] = [DarkroomTextEncoderLoader, DarkroomVAELoader]
+class DarkroomCLIPVisionLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DarkroomCLIPVisionLoader",
+            display_name="Load CLIP Vision (darkroom)",
+            category="darkroom/loaders",
+            description="Loads a SigLIP vision tower (HunyuanVideo 1.5 image-to-video) at any size, read off "
+            "the weights (ComfyUI's own loader knows only the released sizes).",
+            inputs=[
+                io.Combo.Input(
+                    "clip_name",
+                    options=folder_paths.get_filename_list("clip_vision"),
+                    tooltip="SigLIP file from the clip_vision folder.",
+                ),
+            ],
+            outputs=[io.ClipVision.Output()],
+        )
+
+    @classmethod
+    def validate_inputs(cls, clip_name: str | None = None) -> bool | str:
+        if clip_name is None:
+            return True
+        try:
+            inspect_clip_vision(Path(folder_paths.get_full_path_or_raise("clip_vision", clip_name)))
+        except (ModelFileError, ValueError, OSError) as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, clip_name: str) -> io.NodeOutput:
+        clip_vision = load_clip_vision(Path(folder_paths.get_full_path_or_raise("clip_vision", clip_name)))
+        remember(clip_vision, "clip_vision", clip_name)
+        return io.NodeOutput(clip_vision)
+
+
+NODES: list[type[io.ComfyNode]] = [DarkroomTextEncoderLoader, DarkroomVAELoader, DarkroomCLIPVisionLoader]

@@ -1,5 +1,5 @@
-"""Text encoders for FLUX.2, FLUX.1, Wan, Z-Image, SD3 and Qwen-Image as ComfyUI CLIP objects, sized from
-their own weights.
+"""Text encoders for FLUX.2, FLUX.1, Wan, Z-Image, SD3, Qwen-Image and HunyuanVideo 1.5 as ComfyUI CLIP
+objects, sized from their own weights.
 
 ComfyUI's CLIPLoader recognises an encoder by hard-coded shapes (comfy/sd.py:1048-1093: Mistral-3 must
 be 5120 wide, T5-XXL must have a block 23, Qwen3-4B 2560 wide), so a model at any other size does not
@@ -28,6 +28,7 @@ from typing import Any
 import comfy.ops
 import comfy.sd
 import comfy.text_encoders.flux
+import comfy.text_encoders.hunyuan_image
 import comfy.text_encoders.hunyuan_video
 import comfy.text_encoders.qwen_image
 import comfy.text_encoders.qwen_vl
@@ -55,6 +56,8 @@ CLIP_HEAD_DIM = 64
 SD3_CONTEXT_WIDTH = 4096  # sd3_clip.py pads the CLIP tokens to this and joins T5's after them
 # Qwen3_4BModel(layer_idx=-2): Z-Image reads the second-to-last hidden state; ComfyUI needs 3 layers.
 ZIMAGE_MIN_LAYERS = 3
+# HunyuanVideo 1.5 reads Qwen2.5-VL's third-to-last hidden state (hunyuan_image.py: layer_idx -3).
+HUNYUAN15_MIN_LAYERS = 4
 
 
 class TextEncoderFamily(StrEnum):
@@ -64,6 +67,7 @@ class TextEncoderFamily(StrEnum):
     ZIMAGE = "zimage"
     SD3 = "sd3"
     QWEN_IMAGE = "qwen_image"
+    HUNYUAN_VIDEO_15 = "hunyuan_video_15"
 
 
 def llama_config(sd: Mapping[str, torch.Tensor], head_dim: int) -> dict[str, Any]:
@@ -152,6 +156,13 @@ class EncoderKind:
     infer: Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]
     tolerated: frozenset[str] = frozenset()
     tokenizer: str | None = None  # the key its tokenizer is stored under inside the file
+    # The model option its config override goes under, where not `<name>_model_config`: ComfyUI builds
+    # HunyuanVideo 1.5's ByT5 without a model name (hunyuan_image.py), so it reads "_model_config".
+    option: str | None = None
+
+    @property
+    def config_option(self) -> str:
+        return self.option if self.option is not None else f"{self.name}_model_config"
 
 
 _T5_REQUIRED = (
@@ -218,6 +229,13 @@ QWEN25_7B = EncoderKind(
     qwen25_config,
     frozenset({"lm_head.weight"}),  # the full VL model's output head, which encoding never uses
 )
+BYT5_SMALL = EncoderKind(
+    "byt5_small",
+    "a ByT5-small glyph encoder (HunyuanVideo 1.5)",
+    _T5_REQUIRED,
+    t5_config,
+    option="_model_config",
+)
 KINDS = {
     TextEncoderFamily.FLUX2: (MISTRAL3,),
     TextEncoderFamily.ZIMAGE: (QWEN3_4B,),
@@ -225,6 +243,7 @@ KINDS = {
     TextEncoderFamily.WAN: (UMT5XXL,),
     TextEncoderFamily.SD3: (CLIP_L, CLIP_G, T5XXL),  # in this order
     TextEncoderFamily.QWEN_IMAGE: (QWEN25_7B,),
+    TextEncoderFamily.HUNYUAN_VIDEO_15: (QWEN25_7B, BYT5_SMALL),  # in this order
 }
 
 
@@ -318,6 +337,14 @@ def _configs(parts: Sequence[_Part], override: ConfigOverride | None) -> Configs
             expected=f"a Qwen3-4B encoder with at least {ZIMAGE_MIN_LAYERS} layers",
             fix="Use the Qwen3-4B text encoder Z-Image ships with (qwen_3_4b.safetensors, 36 layers).",
         )
+    layers = configs.get(QWEN25_7B.name, {}).get("num_hidden_layers", HUNYUAN15_MIN_LAYERS)
+    if BYT5_SMALL.name in configs and layers < HUNYUAN15_MIN_LAYERS:
+        raise ModelFileMismatchError(
+            parts[0].path,
+            f"HunyuanVideo 1.5 reads the third-to-last hidden state but the encoder has {layers} layers",
+            expected=f"a Qwen2.5-VL encoder with at least {HUNYUAN15_MIN_LAYERS} layers",
+            fix="Use the Qwen2.5-VL 7B text encoder (qwen_2.5_vl_7b_fp8_scaled.safetensors, 28 layers).",
+        )
     return configs
 
 
@@ -376,6 +403,12 @@ def _target(
         clip, tokenizer = (
             comfy.text_encoders.sd3_clip.sd3_clip(clip_l=True, clip_g=True, t5=True, **detected),
             comfy.text_encoders.sd3_clip.SD3Tokenizer,
+        )
+    elif family is TextEncoderFamily.HUNYUAN_VIDEO_15:
+        detected = comfy.text_encoders.hunyuan_video.llama_detect(parts[0].sd)
+        clip, tokenizer = (
+            comfy.text_encoders.hunyuan_image.te(**detected),
+            comfy.text_encoders.hunyuan_video.HunyuanVideo15Tokenizer,
         )
     elif family is TextEncoderFamily.QWEN_IMAGE:
         detected = comfy.text_encoders.hunyuan_video.llama_detect(parts[0].sd)
@@ -460,7 +493,7 @@ def load_text_encoder(
             embedding_directory=list(embedding_directory or []),
             tokenizer_data=tokenizer_data,
             parameters=sum(comfy.utils.calculate_parameters(part.sd) for part in parts),
-            model_options={f"{name}_model_config": config for name, config in configs.items()},
+            model_options={part.kind.config_option: configs[part.kind.name] for part in parts},
         )
     except TypeError as e:  # a config field the model class does not know (from config_override)
         raise ValueError(f"cannot build the {family.value} text encoder from {configs}: {e}") from e

@@ -1,7 +1,9 @@
-"""VAEs for FLUX.2, FLUX.1, Wan 2.1, Wan 2.2 and SD3 as ComfyUI VAE objects, sized from their own weights.
+"""VAEs for FLUX.2, FLUX.1, Wan 2.1, Wan 2.2, SD3 and HunyuanVideo 1.5 as ComfyUI VAE objects, sized from
+their own weights.
 
 ComfyUI's VAE class detects the architecture and hard-codes some widths (comfy/sd.py:380-545: the KL
-autoencoder's ch 128 / ch_mult [1, 2, 4, 4], Wan 2.2's dim 160 and decoder dim 256), so a model at any
+autoencoder's ch 128 / ch_mult [1, 2, 4, 4], Wan 2.2's dim 160 and decoder dim 256, HunyuanVideo 1.5's
+block widths [128, 256, 512, 1024, 1024]), so a model at any
 other width does not load through it. Here the caller names the family, the widths are read off the
 weights, ComfyUI's own autoencoder classes are built from them, and the keys are checked strictly.
 """
@@ -39,6 +41,7 @@ class VAEFamily(StrEnum):
     WAN21 = "wan21"
     WAN22 = "wan22"
     SD3 = "sd3"  # FLUX.1's autoencoder layout (z 16, no quant convs) with SD3's own weights
+    HUNYUAN_VIDEO_15 = "hunyuan_video_15"
 
 
 TITLES = {
@@ -47,9 +50,11 @@ TITLES = {
     VAEFamily.WAN21: "a Wan 2.1 VAE (16 latent channels, 8x spatial)",
     VAEFamily.WAN22: "a Wan 2.2 VAE (48 latent channels, 16x spatial)",
     VAEFamily.SD3: "an SD3 VAE (KL autoencoder, z 16)",
+    VAEFamily.HUNYUAN_VIDEO_15: "a HunyuanVideo 1.5 VAE (32 latent channels, 16x spatial, causal 3D)",
 }
 Z_CHANNELS = {
     VAEFamily.FLUX2: 32, VAEFamily.FLUX1: 16, VAEFamily.WAN21: 16, VAEFamily.WAN22: 48, VAEFamily.SD3: 16,
+    VAEFamily.HUNYUAN_VIDEO_15: 32,
 }  # fmt: skip
 # Both Wan VAEs keep the real block layout; only the widths are read off the weights (sd.py:540-560).
 WAN_LAYOUT: dict[str, Any] = {
@@ -63,12 +68,15 @@ _KL_SIGNATURE = ("encoder.conv_in.weight", "encoder.down.0.block.0.conv1.weight"
 _WAN_SIGNATURE = "decoder.middle.0.residual.0.gamma"
 _WAN22_SIGNATURE = "decoder.upsamples.0.upsamples.0.residual.2.weight"
 _DIFFUSERS_SIGNATURE = "decoder.up_blocks.0.resnets.0.norm1.weight"
+_HUNYUAN15_SIGNATURE = "decoder.conv_in.conv.weight"  # its causal convs wrap a Conv3d (vae_refiner.py)
 
 
 def guess_family(sd: Mapping[str, Any]) -> VAEFamily | None:
     """The family a VAE state dict looks like, or None."""
     if _WAN_SIGNATURE in sd:
         return VAEFamily.WAN22 if _WAN22_SIGNATURE in sd else VAEFamily.WAN21
+    if _HUNYUAN15_SIGNATURE in sd:
+        return VAEFamily.HUNYUAN_VIDEO_15
     if all(key in sd for key in _KL_SIGNATURE):
         return VAEFamily.FLUX2 if "bn.running_mean" in sd else VAEFamily.FLUX1
     return None
@@ -92,6 +100,7 @@ def _signature(family: VAEFamily) -> tuple[tuple[str, ...], tuple[str, ...]]:
         VAEFamily.SD3: (_KL_SIGNATURE, bn),
         VAEFamily.WAN21: ((_WAN_SIGNATURE,), (_WAN22_SIGNATURE,)),
         VAEFamily.WAN22: ((_WAN_SIGNATURE, _WAN22_SIGNATURE), ()),
+        VAEFamily.HUNYUAN_VIDEO_15: ((_HUNYUAN15_SIGNATURE,), (_WAN_SIGNATURE, *_KL_SIGNATURE[1:])),
     }[family]
 
 
@@ -116,7 +125,11 @@ def _check_family(path: Path, sd: Mapping[str, torch.Tensor], family: VAEFamily)
             missing=missing,
             unexpected=unexpected,
         )
-    z = sd["conv2.weight"].shape[0] if "conv2.weight" in sd else sd["decoder.conv_in.weight"].shape[1]
+    z = (
+        sd["conv2.weight"].shape[0]
+        if "conv2.weight" in sd
+        else sd[_HUNYUAN15_SIGNATURE if _HUNYUAN15_SIGNATURE in sd else "decoder.conv_in.weight"].shape[1]
+    )
     if z != Z_CHANNELS[family]:
         raise ModelFileMismatchError(
             path,
@@ -219,12 +232,51 @@ def _wan22_vae(sd: Mapping[str, torch.Tensor], family: VAEFamily) -> tuple[torch
     return model, attributes
 
 
+def hunyuan_video_15_vae(
+    block_out_channels: list[int], *, z_channels: int, num_res_blocks: int
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """ComfyUI's HunyuanVideo 1.5 autoencoder at these widths, with sd.py:486-500's attributes."""
+    ddconfig = {
+        "block_out_channels": block_out_channels, "in_channels": 3, "out_channels": 3,
+        "z_channels": z_channels, "num_res_blocks": num_res_blocks, "ffactor_spatial": 16,
+        "ffactor_temporal": 4, "downsample_match_channel": True, "upsample_match_channel": True,
+    }  # fmt: skip
+    model = AutoencodingEngine(
+        regularizer_config={"target": "comfy.ldm.models.autoencoder.EmptyRegularizer"},
+        encoder_config={"target": "comfy.ldm.hunyuan_video.vae_refiner.Encoder", "params": ddconfig},
+        decoder_config={"target": "comfy.ldm.hunyuan_video.vae_refiner.Decoder", "params": ddconfig},
+    )
+    attributes = {
+        **_video_ratios(16),
+        "latent_channels": z_channels,
+        "working_dtypes": [torch.float16, torch.bfloat16, torch.float32],
+        "memory_used_encode": lambda shape, dtype: 1400 * 9 * shape[-2] * shape[-1] * mm.dtype_size(dtype),
+        "memory_used_decode": lambda shape, dtype: (
+            3600 * 4 * shape[-2] * shape[-1] * 16 * 16 * mm.dtype_size(dtype)
+        ),
+    }
+    return model, attributes
+
+
+def _hunyuan15_vae(
+    sd: Mapping[str, torch.Tensor], family: VAEFamily
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    levels = count_blocks(sd, "encoder.down.")
+    widths = [sd[f"encoder.down.{i}.block.0.conv2.conv.weight"].shape[0] for i in range(levels)]
+    return hunyuan_video_15_vae(
+        widths,
+        z_channels=sd[_HUNYUAN15_SIGNATURE].shape[1],
+        num_res_blocks=count_blocks(sd, "encoder.down.0.block."),
+    )
+
+
 _BUILDERS: dict[VAEFamily, Callable[..., tuple[torch.nn.Module, dict[str, Any]]]] = {
     VAEFamily.FLUX2: _kl_vae,
     VAEFamily.FLUX1: _kl_vae,
     VAEFamily.SD3: _kl_vae,
     VAEFamily.WAN21: _wan21_vae,
     VAEFamily.WAN22: _wan22_vae,
+    VAEFamily.HUNYUAN_VIDEO_15: _hunyuan15_vae,
 }
 
 

@@ -18,7 +18,7 @@ def _use_cpu_without_gpu() -> None:
 
 def main() -> None:
     _use_cpu_without_gpu()
-    from . import diffusion, encoders, ltxav, safety, upscalers
+    from . import diffusion, encoders, hunyuan_video, ltxav, safety, upscalers
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models-dir", type=Path, required=True)
@@ -28,6 +28,7 @@ def main() -> None:
     written = [
         *diffusion.build(args.models_dir),
         *encoders.build(args.models_dir),
+        *hunyuan_video.build(args.models_dir),
         *upscalers.build(args.models_dir),
         *safety.build(args.models_dir),
         *ltxav.build(args.models_dir),

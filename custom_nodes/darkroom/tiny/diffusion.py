@@ -100,11 +100,15 @@ def random_state_dict(config: ArchConfig, name: str) -> dict[str, torch.Tensor]:
     return {k: _init(name, k, s).to(torch.bfloat16) for k, s in sorted(expected_shapes(config).items())}
 
 
-def lora_state_dict(shapes: Mapping[str, Shape], family: Family, name: str) -> dict[str, torch.Tensor]:
-    """Rank-4 LoRA (ComfyUI `diffusion_model.<module>.lora_up/lora_down/alpha` keys) on every block linear."""
+def lora_state_dict(
+    shapes: Mapping[str, Shape], family: Family | Callable[[str, Shape], bool], name: str
+) -> dict[str, torch.Tensor]:
+    """Rank-4 LoRA (ComfyUI `diffusion_model.<module>.lora_up/lora_down/alpha` keys) on every block linear
+    (of the family, or those a rule picks for a model without one)."""
+    in_block = partial(quantisable, family) if isinstance(family, Family) else family
     out: dict[str, torch.Tensor] = {}
     for key, shape in sorted(shapes.items()):
-        if not quantisable(family, key, shape):
+        if not in_block(key, shape):
             continue
         module, (rows, cols) = key[: -len(".weight")], shape
         std = (_LORA_STRENGTH / cols**0.5 / LORA_RANK**0.5) ** 0.5  # up @ down: ~ strength / sqrt(fan_in)

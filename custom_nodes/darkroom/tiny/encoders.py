@@ -234,14 +234,14 @@ def _clip(json_name: str, layers: int, salt: str) -> StateDict:
     return _weights(model, salt, torch.float16)
 
 
-def qwen25_vl() -> StateDict:
+def qwen25_vl(layers: int = 2, salt: str = "qwen25_vl") -> StateDict:
     """Tiny Qwen2.5-VL (Qwen-Image's text encoder): 2 layers of width 32 (one 128-wide head, as the class
     fixes the head width) and a one-block vision tower of width 32 in ComfyUI's own vision class."""
     config = {
         "vocab_size": QWEN25_VOCAB,
         "hidden_size": QWEN25_HIDDEN,
         "intermediate_size": 2 * QWEN25_HIDDEN,
-        "num_hidden_layers": 2,
+        "num_hidden_layers": layers,
         "num_attention_heads": 1,
         "num_key_value_heads": 1,
     }
@@ -250,7 +250,17 @@ def qwen25_vl() -> StateDict:
         hidden_size=QWEN25_HIDDEN, output_hidden_size=QWEN25_HIDDEN, intermediate_size=2 * QWEN25_HIDDEN,
         num_heads=1, num_layers=1, device="meta", dtype=torch.float32, ops=comfy.ops.manual_cast,
     )  # fmt: skip
-    return _weights(model, "qwen25_vl", torch.float16)
+    return _weights(model, salt, torch.float16)
+
+
+# HunyuanVideo 1.5 reads Qwen2.5-VL's third-to-last hidden state (hunyuan_image.py: layer_idx -3), which
+# ComfyUI allows only with more than 3 layers.
+HUNYUAN_QWEN25_LAYERS = 4
+
+
+def qwen25_vl_hunyuan() -> StateDict:
+    """Tiny Qwen2.5-VL for HunyuanVideo 1.5: Qwen-Image's tiny layout at 4 layers."""
+    return qwen25_vl(HUNYUAN_QWEN25_LAYERS, "qwen25_vl_hunyuan")
 
 
 def clip_l() -> StateDict:

@@ -80,7 +80,8 @@ def test_the_schema_default_is_fals_and_only_sent_values_are_refused(app_id: str
 
 def _candidates(spec: Any) -> list[Any]:
     """Every value the field's type and bounds allow (its enum, both booleans, its integer range; a
-    string: the honoured ones and one other; an object: null and one of fal's shape)."""
+    string: the honoured ones and one other; an object: null and one of fal's shape; a blend: null and
+    one)."""
     if spec.type == "boolean":
         return [True, False]
     if spec.type == "integer":
@@ -96,6 +97,8 @@ def _candidates(spec: Any) -> list[Any]:
         return [*spec.honoured, others[spec.type]]
     if spec.type == "object":
         return [None, {"path": "https://example.com/a.safetensors", "image_url": "https://example.com/a.png"}]
+    if spec.type == "model_blend":
+        return [None, [{"model": "a-model", "weight": 1}]]
     return list(spec.values)
 
 
