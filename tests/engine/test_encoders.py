@@ -14,7 +14,7 @@ import folder_paths
 import pytest
 import torch
 from darkroom.formats.arch import ModelFileError
-from darkroom.nodes.encoders import DarkroomTextEncoderLoader, DarkroomVAELoader
+from darkroom.nodes.encoders import DarkroomCLIPVisionLoader, DarkroomTextEncoderLoader, DarkroomVAELoader
 from darkroom.ops import encoders, vae
 from darkroom.ops.encoders import inspect_text_encoder, load_text_encoder
 from darkroom.ops.vae import VAEFamily, load_vae
@@ -30,6 +30,7 @@ TEXT_ENCODERS = {
     # SD3: 77 CLIP-L + CLIP-G tokens, then 77 T5 ones, every token padded to 4096; pooled CLIP-L + CLIP-G
     "sd3": (["sd3-clip-l", "clip-g", "t5xxl"], (1, 154, 4096), (1, 128)),
     "qwen_image": (["qwen25-vl"], (1, None, 32), None),
+    "hunyuan_video_15": (["qwen25-vl-4l", "byt5-small-glyph"], (1, None, 32), None),
 }
 VAES = {
     # family: (file, frames in, latent shape)
@@ -38,7 +39,12 @@ VAES = {
     "wan21": ("wan21-vae", 5, (1, 16, 2, 8, 8)),
     "wan22": ("wan22-vae", 5, (1, 48, 2, 4, 4)),
     "sd3": ("sd3-vae", 1, (1, 16, 8, 8)),
+    "hunyuan_video_15": ("hunyuan-video-15-vae", 5, (1, 32, 2, 4, 4)),
 }
+
+
+def _byt5(models_dir: Path) -> Path:
+    return models_dir / TE / "byt5-small-glyph.safetensors"
 
 
 def _te_paths(models_dir: Path, family: str) -> list[Path]:
@@ -243,7 +249,11 @@ def test_qwen_image_encoder_reads_images_through_its_own_vision_tower(models_dir
 def test_full_size_vae_layouts_are_rebuilt_exactly(family: VAEFamily) -> None:
     import comfy.ldm.wan.vae
     import comfy.ldm.wan.vae2_2
+    from comfy.ldm.models.autoencoder import AutoencodingEngine
 
+    hunyuan = {"block_out_channels": [128, 256, 512, 1024, 1024], "in_channels": 3, "out_channels": 3}
+    hunyuan.update(num_res_blocks=2, ffactor_spatial=16, ffactor_temporal=4, z_channels=32)
+    hunyuan.update(downsample_match_channel=True, upsample_match_channel=True)
     kl = {"double_z": True, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128}
     kl.update(ch_mult=[1, 2, 4, 4], num_res_blocks=2, attn_resolutions=[], dropout=0.0)
     with torch.device("meta"):  # the stock shapes of sd.py:420-560
@@ -257,10 +267,15 @@ def test_full_size_vae_layouts_are_rebuilt_exactly(family: VAEFamily) -> None:
             VAEFamily.WAN22: lambda: comfy.ldm.wan.vae2_2.WanVAE(
                 dim=160, dec_dim=256, z_dim=48, **vae.WAN_LAYOUT
             ),
+            VAEFamily.HUNYUAN_VIDEO_15: lambda: AutoencodingEngine(
+                regularizer_config={"target": "comfy.ldm.models.autoencoder.EmptyRegularizer"},
+                encoder_config={"target": "comfy.ldm.hunyuan_video.vae_refiner.Encoder", "params": hunyuan},
+                decoder_config={"target": "comfy.ldm.hunyuan_video.vae_refiner.Decoder", "params": hunyuan},
+            ),
         }[family]()
         rebuilt, attributes = vae.build_model(real.state_dict(), family)
     assert _shapes(rebuilt) == _shapes(real)
-    channels = {"flux2": 128, "flux1": 16, "wan21": 16, "wan22": 48, "sd3": 16}
+    channels = {"flux2": 128, "flux1": 16, "wan21": 16, "wan22": 48, "sd3": 16, "hunyuan_video_15": 32}
     assert attributes["latent_channels"] == channels[family]
 
 
@@ -283,3 +298,29 @@ def test_nodes_load_through_the_model_folders(models_dir: Path) -> None:
     assert _encode(clip, "a cat")[0].shape == (1, 256, 64)
     vae = DarkroomVAELoader.execute("tiny/wan21-vae.safetensors", "wan21").result[0]
     assert vae.latent_channels == 16
+
+
+def test_siglip_loads_at_its_own_size_and_other_files_are_refused(models_dir: Path) -> None:
+    schema = DarkroomCLIPVisionLoader.define_schema()
+    assert all(item.tooltip for item in schema.inputs)
+    folder_paths.add_model_folder_path("clip_vision", str(models_dir / "text_encoders"))
+    refused = str(DarkroomCLIPVisionLoader.validate_inputs("tiny/t5xxl.safetensors"))
+    assert "is not a SigLIP vision tower" in refused and "t5xxl" in refused
+    assert DarkroomCLIPVisionLoader.validate_inputs("tiny/siglip-56.safetensors") is True
+    siglip = DarkroomCLIPVisionLoader.execute("tiny/siglip-56.safetensors").result[0]
+    image = torch.rand(1, 80, 64, 3, generator=torch.Generator().manual_seed(0))
+    features = siglip.encode_image(image).last_hidden_state
+    assert features.shape == (1, 16, 1152) and torch.isfinite(features).all()  # 56 px: 4 x 4 patches
+
+
+def test_hunyuan_video_15_text_encoder_runs_byt5_on_quoted_text_only(models_dir: Path) -> None:
+    clip = load_text_encoder(_te_paths(models_dir, "hunyuan_video_15"), "hunyuan_video_15")
+    _, plain = _encode(clip, "a shop front at night")
+    _, quoted = _encode(clip, 'a shop front with a sign that says "OPEN"')
+    assert "conditioning_byt5small" not in plain
+    glyphs = quoted["conditioning_byt5small"]
+    assert glyphs.shape[0] == 1 and glyphs.shape[-1] == 1472 and torch.isfinite(glyphs).all()
+    with pytest.raises(ValueError, match="needs 2 file"):
+        load_text_encoder(_te_paths(models_dir, "qwen_image"), "hunyuan_video_15")
+    with pytest.raises(ModelFileError, match="third-to-last hidden state but the encoder has 2 layers"):
+        inspect_text_encoder([*_te_paths(models_dir, "qwen_image"), _byt5(models_dir)], "hunyuan_video_15")
