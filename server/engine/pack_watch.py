@@ -40,7 +40,6 @@ class PackWatch:
         self.source = source
         self.observers: list[Callable[[], None]] = []  # told after each new report
         self.report = PackReport()
-        self.changed = asyncio.Event()  # set after each verification (tests and the fleet wait on it)
 
     async def run(self) -> None:
         """Verify once the workers are up, then follow the lock until cancelled."""
@@ -84,6 +83,9 @@ class PackWatch:
     async def verify(self) -> PackReport:
         """Check the packs in a ready worker (every worker loads the same folder) and keep the report."""
         locked = self.installer.locked()
+        if not locked:  # nothing to check: no need to ask a worker
+            self._publish(PackReport(lock_digest(locked)))
+            return self.report
         worker = next((w for w in self.supervisor.workers if w.ready), None)
         if worker is None:
             return self.report
@@ -104,5 +106,3 @@ class PackWatch:
         report.save(self.status_path)
         for observer in self.observers:
             observer()
-        self.changed.set()
-        self.changed = asyncio.Event()
