@@ -23,14 +23,17 @@ from server.api import (
     endpoints,
     files,
     hosts,
+    keys,
     metrics,
     openapi,
     playground,
     queue,
+    quotas,
     realtime,
     run,
     security_headers,
     storage,
+    usage,
     workflows,
     ws,
 )  # fmt: skip
@@ -38,6 +41,7 @@ from server.api.described import operation
 from server.api.metrics import Metrics
 from server.api.proxy import EditorProxy
 from server.api.state import (
+    ACCOUNTS,
     CATALOG,
     EDITOR,
     ENDPOINTS,
@@ -45,6 +49,8 @@ from server.api.state import (
     HUB,
     INVENTORY,
     KEYS,
+    LIMITER,
+    METER,
     METRICS,
     MULTIPART,
     OBJECTS,
@@ -69,10 +75,13 @@ from server.media.multipart import MultipartStore
 from server.media.objects import from_settings as object_store
 from server.media.outputs import OutputStore
 from server.media.uploads import UploadStore
+from server.queue.accounts import Accounts
 from server.queue.fleet import Capabilities, Fleet, capabilities_of
 from server.queue.fleet_packs import FleetPacks
 from server.queue.fleet_workflows import shared_catalog
 from server.queue.job_queue import MAX_ATTEMPTS, JobQueue
+from server.queue.limits import Limiter
+from server.queue.meter import Meter
 from server.queue.postgres_store import PostgresJobStore
 from server.queue.sqlite_store import SqliteJobStore
 from server.queue.store import JobStore
@@ -155,7 +164,7 @@ def create_app(settings: Settings, supervisor: Supervisor, *, run_supervisor: bo
     start-up), then the routes. The supervisor runs with the app unless the caller runs it (tests share
     one supervisor across apps)."""
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware, auth.auth_middleware],
+        middlewares=[request_id_middleware, error_middleware, auth.auth_middleware, quotas.quota_middleware],
         client_max_size=settings.body_max_bytes,
     )
     app.on_response_prepare.extend([_request_id_on_prepare, security_headers.on_prepare])
@@ -166,12 +175,17 @@ def create_app(settings: Settings, supervisor: Supervisor, *, run_supervisor: bo
     signer = _build_parts(app, settings, supervisor)
     if run_supervisor:
         app.cleanup_ctx.append(_run_supervisor)
-    app.cleanup_ctx.extend([_open_objects, _run_queue, _sweep_uploads, _run_editor_proxy, _watch_packs])
+    app.cleanup_ctx.extend(
+        [_open_objects, _run_queue, keys.refresh_forever, _run_meter, _sweep_uploads, _run_editor_proxy]
+    )
+    app.cleanup_ctx.append(_watch_packs)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_routes(
         [
             *auth.routes(),
+            *keys.routes(),
+            *usage.routes(),
             *run.routes(),
             files.file_route(app[GENERATOR].store),
             *openapi.routes(app[ENDPOINTS], app[GENERATOR].choices, supervisor),
@@ -220,6 +234,7 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
     )
     signer = WebhookSigner.load_or_create(settings.webhook_key_path, database_url=settings.database_url)
     store = job_store(settings)
+    app[ACCOUNTS] = Accounts(store)
     fleet = None
     if isinstance(store, PostgresJobStore):
 
@@ -252,6 +267,10 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
     app[INVENTORY] = ModelInventory(manifest, settings.models_path)
     app[METRICS] = Metrics(supervisor, app[QUEUE], served)
     app[QUEUE].observers.append(app[METRICS].job_finished)
+    usage.hourly_prices(settings.gpu_hourly_usd)  # a malformed price fails at start-up
+    app[METER] = Meter(app[ACCOUNTS], device=lambda: _device_kind(supervisor))
+    app[QUEUE].observers.append(app[METER].job_finished)
+    app[LIMITER] = Limiter()
     sender.observers.append(app[METRICS].webhook_settled)
     return signer
 
@@ -324,6 +343,19 @@ async def _run_queue(app: web.Application) -> AsyncIterator[None]:
         await queue.stop()
         await queue.webhooks.stop()
         await queue.store.close()
+
+
+async def _run_meter(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[METER].run(), name="usage-meter")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def _device_kind(supervisor: Supervisor) -> str:
+    """What metered GPU-seconds ran on: ``cuda`` when any worker has a GPU, else ``cpu``."""
+    workers = getattr(supervisor, "workers", [])  # (a test's stand-in may have none)
+    return "cuda" if any(getattr(w, "gpu", None) is not None for w in workers) else "cpu"
 
 
 async def _run_editor_proxy(app: web.Application) -> AsyncIterator[None]:

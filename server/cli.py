@@ -13,6 +13,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,16 +22,18 @@ import aiohttp
 from aiohttp import web
 
 from server.api import malformed
-from server.app import create_app
+from server.app import create_app, job_store
 from server.engine import fetch, install, model_lock, models, node_packs
 from server.engine.pack_check import PackReport
 from server.engine.pack_watch import STATUS_NAME
 from server.engine.supervisor import Supervisor
 from server.errors import ConfigError, DarkroomError
 from server.media import model_share
+from server.queue.accounts import Accounts
 from server.queue.fleet_packs import FleetPacks
 from server.queue.postgres_store import PostgresJobStore
 from server.security.keyring import KeyRing, check_exposure
+from server.security.roles import Limits, Role, check_apps, check_name
 from server.security.untrusted import LogFormatter
 from server.settings import Settings, load_settings
 from server.workflows.mapping import WORKFLOWS_DIR, Endpoint, load_endpoints
@@ -97,7 +100,28 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--name", required=True, help="owner/name: the endpoint's app id.")
     _server_options(publish)
     _server_options(workflow_commands.add_parser("list", help="List the published workflows and their URLs."))
+    _keys_parser(commands)
     return parser
+
+
+def _keys_parser(commands: Any) -> None:
+    """``darkroom keys create|list|revoke|rotate|limits``: managed keys, in the job store (a running
+    server, or every host of a fleet, sees a change within a second)."""
+    keys = commands.add_parser("keys", help="Manage API keys with roles (no restart needed).")
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="Create a key; its secret is printed once.")
+    create.add_argument("--name", required=True, help="The key's name (also its user id).")
+    create.add_argument("--role", choices=[r.value for r in Role], default=Role.RUNNER.value)
+    create.add_argument("--apps", nargs="*", default=[], help="App patterns it may call, e.g. 'fal-ai/*'.")
+    limited = [create, actions.add_parser("limits", help="Set a key's limits (omitted: unlimited).")]
+    limited[1].add_argument("name")
+    for parser in limited:
+        parser.add_argument("--rate-per-min", type=int, help="Requests per minute.")
+        parser.add_argument("--max-concurrent", type=int, help="Requests queued or running at once.")
+        parser.add_argument("--monthly-gpu-s", type=float, help="GPU-seconds per calendar month (UTC).")
+    actions.add_parser("list", help="The keys (no secrets).").add_argument("--revoked", action="store_true")
+    actions.add_parser("revoke", help="Revoke a key.").add_argument("name")
+    actions.add_parser("rotate", help="Give a key a new secret (printed once).").add_argument("name")
 
 
 def _server_options(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
@@ -157,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(workflows_command(args, settings))
         if args.command == "nodes":
             return nodes_command(args, settings)
+        if args.command == "keys":
+            return asyncio.run(keys_command(args, settings))
         if args.command == "comfyui":
             print(install.ensure_comfyui(settings))
             return 0
@@ -172,6 +198,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyError, OSError, ValueError) as e:
         logger.error("%s", e)
         return 1
+
+
+async def keys_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``darkroom keys ...`` on the job store of ``settings`` (SQLite file, or the fleet's database)."""
+    store = job_store(settings)
+    await store.open()
+    try:
+        accounts, name = Accounts(store), getattr(args, "name", "")
+        limits = Limits(
+            *(getattr(args, f, None) for f in ("rate_per_min", "max_concurrent", "monthly_gpu_s"))
+        )
+        if args.action == "list":
+            for record in await accounts.keys(revoked=args.revoked):
+                print(json.dumps(record.public()))
+            return 0
+        if args.action == "create":
+            role, apps = Role(args.role), check_apps(args.apps)
+            secret = await accounts.issue(check_name(name), role, apps, limits, time.time())
+            done = secret is not None
+        elif args.action == "limits":
+            secret, done = (
+                None,
+                await accounts.set_limits(
+                    name, Limits(args.rate_per_min, args.max_concurrent, args.monthly_gpu_s)
+                ),
+            )
+        elif args.action == "revoke":
+            secret, done = None, await accounts.revoke(name, time.time())
+        else:
+            secret = await accounts.rotate_secret(name)
+            done = secret is not None
+    finally:
+        await store.close()
+    if not done:
+        what = "a valid key has that name" if args.action == "create" else "no valid key has that name"
+        raise ConfigError(f"darkroom keys {args.action} {name}: {what} (darkroom keys list)")
+    print(secret if secret is not None else f"{args.action}: {name}")
+    return 0
 
 
 def models_command(args: argparse.Namespace, settings: Settings) -> int:

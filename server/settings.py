@@ -110,6 +110,13 @@ class Settings:
         default=False,
         metadata={"help": "Serve /metrics without a key (for a scraper on a trusted network)."},
     )
+    gpu_hourly_usd: str = field(
+        default="",
+        metadata={
+            "help": "What an hour of a worker's device costs you, in USD, for /usage's cost: '2.49' (every "
+            "device kind) or 'cuda=2.49,cpu=0'. Empty: costs are 0."
+        },
+    )
     session_ttl_s: float = field(
         default=43200.0,
         metadata={"help": "How long a browser stays signed in to the editor after signing in with a key."},

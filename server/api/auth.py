@@ -7,6 +7,10 @@ the WebSocket routes (``/ws``, ``/run/{app}/realtime``) check their own credenti
 ``websocket_grant``: a key in ``Authorization``, or an app token as ``?fal_jwt_token=`` (or as
 ``Authorization: Bearer <token>``), which limits the connection to the token's apps.
 
+Roles (``server.security.roles``): a handler marked ``@requires(Role.X)`` refuses a caller below X with
+a 403 naming both; unmarked routes need ``runner``. A key restricted to some apps (``--apps``) is refused
+other apps' run, queue and token routes with a 403. ``caller_of`` says who a request comes from.
+
 Public: /health, /ready, /.well-known/jwks.json, the API description (/openapi.json, /docs), the
 editor frontend's favicons, the pages' stylesheet and scripts (/static/), and GET/HEAD under /files/,
 which are capability URLs (random 128-bit ids, like fal's CDN links) so results can be handed to
@@ -25,13 +29,15 @@ from urllib.parse import quote
 from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Handler
 
+from server.api.access import required_role
 from server.api.described import operation
 from server.api.request import own_origins, read_model
-from server.api.state import KEYS, SETTINGS, USER_ID
+from server.api.state import CALLER, KEYS, SETTINGS, USER_ID
 from server.errors import AuthError, DarkroomError, ForbiddenError
 from server.security import sessions
 from server.security.keyring import credentials
-from server.security.tokens import Grant, TokenRequest, app_grant, issue_app_token
+from server.security.roles import OPEN_CALLER, Caller
+from server.security.tokens import Grant, TokenRequest, app_grant, issue_app_token, owner_alias
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +62,10 @@ TOKEN_QUERY = "fal_jwt_token"
 TOKEN_ROUTES = frozenset({"/run/{path}/stream"})
 # Routes a signed-in browser may call with its session cookie: the editor's Publish action, and what
 # the playground calls (endpoint descriptions, uploads, a token for the live-events socket, cancel).
-SESSION_ROUTES = ("/workflows", "/endpoints", "/storage/", "/tokens", "/queue/")
+SESSION_ROUTES = ("/workflows", "/endpoints", "/storage/", "/tokens", "/queue/", "/usage")
 _SELF_AUTH_ATTR = "_darkroom_self_authenticating"
+# Route parameters that name an app: a key restricted to some apps is refused the others there.
+_APP_PARAMS = ("path", "base")
 
 F = TypeVar("F")
 
@@ -66,6 +74,37 @@ def self_authenticating(handler: F) -> F:
     """Mark a handler that checks its own credentials (the middleware lets it through)."""
     setattr(handler, _SELF_AUTH_ATTR, True)
     return handler
+
+
+def caller_of(request: web.Request) -> Caller:
+    """Who the request comes from (an open server's callers, and public routes, are ``OPEN_CALLER``)."""
+    caller = request.get(CALLER)
+    return caller if isinstance(caller, Caller) else OPEN_CALLER
+
+
+def authorize(request: web.Request, caller: Caller) -> None:
+    """Record who the request comes from; 403 unless its role covers the route's and its apps the app."""
+    request[CALLER] = caller
+    if caller.user_id is not None:
+        request[USER_ID] = caller.user_id
+    required = required_role(request.match_info.handler)
+    if not caller.may(required):
+        raise ForbiddenError(
+            f"This needs a {required.value} key (or above); the key '{caller.name}' is a "
+            f"{caller.role.value}. An admin can change it with 'darkroom keys create' or POST /keys."
+        )
+    for name in _APP_PARAMS:
+        if (app_path := request.match_info.get(name)) is not None:
+            require_caller_app(caller, app_path)
+
+
+def require_caller_app(caller: Caller, app_path: str) -> None:
+    """403 unless the caller's --apps patterns reach the app."""
+    owner, alias = owner_alias(app_path)
+    if not caller.allows_app(owner, alias):
+        raise ForbiddenError(
+            f"The key '{caller.name}' may not call {owner}/{alias}; it may call {', '.join(caller.apps)}."
+        )
 
 
 def is_public(request: web.Request) -> bool:
@@ -95,20 +134,21 @@ def has_valid_key(request: web.Request) -> bool:
 
 
 def require_key(request: web.Request) -> None:
-    """Raise AuthError (401) unless the request carries a configured key; record the key's user id."""
+    """Raise AuthError (401) unless the request carries a valid key, else ``authorize`` its caller."""
     keys = request.app[KEYS]
     if keys.open:
+        authorize(request, OPEN_CALLER)
         return
     key = credentials(request.headers.get("Authorization"))
     if key is None:
         raise AuthError("Missing API key: send the header 'Authorization: Key <your API key>'.")
-    found, user_id = keys.lookup(key)
-    if not found:
+    caller = keys.caller(key)
+    if caller is None:
         raise AuthError(
-            "Invalid API key: not one of this server's keys (DARKROOM_API_KEYS, DARKROOM_API_KEYS_FILE)."
+            "Invalid API key: not one of this server's keys (DARKROOM_API_KEYS, DARKROOM_API_KEYS_FILE, "
+            "or one made with 'darkroom keys create' and not revoked)."
         )
-    if user_id is not None:
-        request[USER_ID] = user_id
+    authorize(request, caller)
 
 
 def websocket_grant(request: web.Request) -> Grant:
@@ -126,9 +166,8 @@ def websocket_grant(request: web.Request) -> Grant:
         return grant
     presented = credentials(request.headers.get("Authorization"))
     if presented is not None:
-        found, user_id = keys.lookup(presented)
-        if found:
-            return Grant(None, user_id)
+        if (caller := keys.caller(presented)) is not None:
+            return Grant(caller.apps or None, caller.user_id)
         if (grant := app_grant(keys.tokens, presented)) is not None:
             return grant
     if keys.open:
@@ -177,6 +216,9 @@ async def mint_token(request: web.Request) -> web.Response:
     """``POST /tokens/`` (fal's realtime token call): ``{"allowed_apps": [alias, ...],
     "token_expiration": s}`` -> the token as a bare JSON string. Needs a key (the middleware checks)."""
     parsed = await read_model(request, TokenRequest)
+    caller = caller_of(request)
+    for app in parsed.allowed_apps:  # a token reaches no app its key does not
+        require_caller_app(caller, app if "/" in app else f"*/{app}")
     return web.json_response(issue_app_token(request.app[KEYS].tokens, parsed, request.get(USER_ID)))
 
 
@@ -192,7 +234,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             status=400, code="invalid_request",
         )  # fmt: skip
     pattern = _pattern(request)
-    if is_public(request) or (pattern.startswith(SESSION_ROUTES) and _browser_session(request)):
+    if is_public(request):
+        return await handler(request)
+    if pattern.startswith(SESSION_ROUTES) and (caller := _browser_session(request)) is not None:
+        authorize(request, caller)
         return await handler(request)
     if TOKEN_QUERY in request.query and pattern in TOKEN_ROUTES:
         _require_app_token(request)
@@ -201,33 +246,40 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-def _browser_session(request: web.Request) -> bool:
-    """A signed-in browser's cookie, on a request from darkroom's own page (CSRF) if it changes state."""
+def _browser_session(request: web.Request) -> Caller | None:
+    """A signed-in browser's caller, on a request from darkroom's own page (CSRF) if it changes state."""
     keys, cookie = request.app[KEYS], request.cookies.get(sessions.COOKIE)
-    if request.headers.get("Authorization") or not sessions.is_valid(keys, cookie):
-        return False
+    if request.headers.get("Authorization") or (caller := sessions.caller(keys, cookie)) is None:
+        return None
     origins = own_origins(request, request.app[SETTINGS])
-    return sessions.same_origin(request.method, request.headers, origins)
+    return caller if sessions.same_origin(request.method, request.headers, origins) else None
+
+
+def session_caller(request: web.Request) -> Caller | None:
+    """The signed-in browser's caller (its key's role as it is now), ``OPEN_CALLER`` on an open server."""
+    keys = request.app[KEYS]
+    return OPEN_CALLER if keys.open else sessions.caller(keys, request.cookies.get(sessions.COOKIE))
 
 
 def signed_in(request: web.Request) -> bool:
-    """A browser session cookie, or open access (no keys configured)."""
-    keys = request.app[KEYS]
-    return keys.open or sessions.is_valid(keys, request.cookies.get(sessions.COOKIE))
+    """A browser session cookie of a valid key, or open access (no keys configured)."""
+    return session_caller(request) is not None
 
 
 def require_browser_or_key(request: web.Request, *, page: str) -> None:
     """For darkroom's pages and what they call: a key in Authorization, or a signed-in browser whose
-    state-changing requests come from darkroom's own pages (CSRF). ``page`` names where to sign in."""
+    state-changing requests come from darkroom's own pages (CSRF). ``page`` names where to sign in.
+    Either way the caller's role must cover the route's."""
     if request.headers.get("Authorization"):
         require_key(request)
         return
-    if not signed_in(request):
+    if (caller := session_caller(request)) is None:
         raise AuthError(f"Sign in at /editor/login?next={page} with one of this server's API keys.")
     if not sessions.same_origin(request.method, request.headers, own_origins(request, request.app[SETTINGS])):
         raise ForbiddenError(
             f"Cross-site request refused: changes must come from darkroom's own pages ({page})."
         )
+    authorize(request, caller)
 
 
 def page_access(request: web.Request, *, page: str) -> None:
@@ -242,6 +294,8 @@ def _require_app_token(request: web.Request) -> None:
     require_app(grant, request.match_info["path"])
     if grant.user_id is not None:
         request[USER_ID] = grant.user_id
+        if (caller := request.app[KEYS].named(grant.user_id)) is not None:
+            request[CALLER] = caller  # metered and limited as its key
 
 
 def routes() -> list[web.RouteDef]:

@@ -19,12 +19,14 @@ from typing import Any
 from aiohttp import web
 
 from server.api import sse
+from server.api.access import requires
 from server.api.auth import page_access, require_browser_or_key, self_authenticating
 from server.api.described import operation
 from server.api.state import GENERATOR, INVENTORY, METRICS, PACKS, QUEUE, SUPERVISOR
 from server.api.streams import endless
 from server.errors import NotFoundError, WorkerConnectionError, WorkerResponseError
 from server.queue.store import JobRecord, JobStatus
+from server.security.roles import Role
 from server.workflows.editor import EDITOR_APP
 
 SNAPSHOT_INTERVAL_S = 1.0
@@ -44,6 +46,7 @@ def routes() -> list[web.RouteDef]:
         schemes=("session", "key"),
         tag="pages",
     )
+    @requires(Role.ADMIN)
     async def state(request: web.Request) -> web.Response:
         _require(request)
         return web.json_response(await snapshots.get(request.app))
@@ -57,6 +60,7 @@ def routes() -> list[web.RouteDef]:
         tag="pages",
     )
     @endless
+    @requires(Role.ADMIN)
     async def events(request: web.Request) -> web.StreamResponse:
         """A snapshot now, then one each time it changes (checked every second), until the client leaves."""
         _require(request)
@@ -110,6 +114,7 @@ def _require(request: web.Request) -> None:
     schemes=("session", "key"),
     tag="pages",
 )
+@requires(Role.ADMIN)
 async def page(request: web.Request) -> web.Response:
     page_access(request, page="/dashboard")
     return web.Response(text=_PAGE, content_type="text/html", headers={"Cache-Control": "no-store"})
@@ -127,6 +132,7 @@ async def page(request: web.Request) -> web.Response:
     schemes=("session", "key"),
     tag="pages",
 )
+@requires(Role.ADMIN)
 async def cancel(request: web.Request) -> web.Response:
     _require(request)
     request_id = request.match_info["request_id"]

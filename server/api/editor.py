@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from server.api.access import requires
 from server.api.auth import require_browser_or_key, self_authenticating, signed_in
 from server.api.described import operation
 from server.api.proxy import check_allowed
@@ -31,6 +32,7 @@ from server.api.state import EDITOR, ENDPOINTS, HUB, KEYS, QUEUE, SETTINGS
 from server.api.streams import endless
 from server.queue.store import JobStatus
 from server.security import sessions
+from server.security.roles import Role
 from server.workflows.editor import EDITOR_APP, EditorRun
 
 logger = logging.getLogger(__name__)
@@ -131,11 +133,11 @@ async def login(request: web.Request) -> web.Response:
     form = await request.post()
     key, next_path = str(form.get("key", "")).strip(), _next(form.get("next"))
     keys = request.app[KEYS]
-    if not keys.accepts(key):
+    if (caller := keys.caller(key)) is None:
         logger.info("editor sign-in refused from %s", request.remote)
         return _page("That is not one of this server's API keys.", status=401, next_path=next_path)
     ttl_s = request.app[SETTINGS].session_ttl_s
-    token, _ = sessions.issue(keys, ttl_s)
+    token, _ = sessions.issue(keys, ttl_s, caller)
     response = web.HTTPSeeOther(next_path)
     sessions.set_cookie(response, token, secure=request.secure, max_age_s=ttl_s)
     raise response
@@ -165,10 +167,12 @@ async def logout(request: web.Request) -> web.Response:
     schemes=(),
     tag="editor",
 )
+@requires(Role.DEVELOPER)
 async def index(request: web.Request) -> web.StreamResponse:
     """The editor itself when signed in, else the sign-in page."""
     if not signed_in(request):
         raise web.HTTPSeeOther("/editor/login")
+    _require_session(request)  # a runner's session may not edit
     return await request.app[EDITOR].forward(request, "")
 
 
@@ -193,6 +197,7 @@ def _require_session(request: web.Request) -> None:
     schemes=("session", "key"),
     tag="editor",
 )
+@requires(Role.DEVELOPER)
 async def relay(request: web.Request) -> web.StreamResponse:
     _require_session(request)
     # As sent, still %-encoded: ComfyUI names user files with an encoded "/" (workflows%2Fa.json).
@@ -209,6 +214,7 @@ async def relay(request: web.Request) -> web.StreamResponse:
     schemes=("session", "key"),
     tag="editor",
 )
+@requires(Role.DEVELOPER)
 async def user_css(request: web.Request) -> web.StreamResponse:
     """The frontend asks for /user.css beside the page (ComfyUI serves none there): the user's own."""
     _require_session(request)
@@ -244,6 +250,7 @@ async def favicon(request: web.Request) -> web.StreamResponse:
     tag="editor",
 )
 @endless
+@requires(Role.DEVELOPER)
 async def socket(request: web.Request) -> web.StreamResponse:
     _require_session(request)
     return await request.app[EDITOR].relay_socket(request)
@@ -264,6 +271,7 @@ async def socket(request: web.Request) -> web.StreamResponse:
     schemes=("session", "key"),
     tag="editor",
 )
+@requires(Role.DEVELOPER)
 async def queue_prompt(request: web.Request) -> web.Response:
     """The editor's "Queue": a darkroom/editor request; answers as ComfyUI's POST /prompt does."""
     _require_session(request)
@@ -341,6 +349,7 @@ async def _cancel_editor_runs(request: web.Request, ids: list[str]) -> None:
     schemes=("session", "key"),
     tag="editor",
 )
+@requires(Role.DEVELOPER)
 async def interrupt(request: web.Request) -> web.Response:
     """The editor's "Cancel": its running run (or the one it names), never an API request."""
     _require_session(request)
@@ -357,6 +366,7 @@ async def interrupt(request: web.Request) -> web.Response:
     schemes=("session", "key"),
     tag="editor",
 )
+@requires(Role.DEVELOPER)
 async def edit_queue(request: web.Request) -> web.Response:
     """The editor's queue panel: ``{"delete": [ids]}`` or ``{"clear": true}``, for editor runs only."""
     _require_session(request)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from server.api.access import requires
 from server.api.described import operation
 from server.api.state import ENDPOINTS, GENERATOR, QUEUE, SETTINGS, SUPERVISOR
 from server.queue.fleet import capabilities_of
+from server.security.roles import Role
 
 
 def routes() -> list[web.RouteDef]:
@@ -20,6 +22,7 @@ def routes() -> list[web.RouteDef]:
     responses={200: "The hosts", 503: "The fleet's database is unavailable: try again shortly"},
     tag="health",
 )
+@requires(Role.ADMIN)
 async def hosts(request: web.Request) -> web.Response:
     fleet = request.app[QUEUE].fleet
     if fleet is not None:

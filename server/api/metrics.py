@@ -27,10 +27,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from server.api.access import requires
 from server.api.described import operation
 from server.engine.supervisor import Supervisor
 from server.queue.job_queue import JobQueue
 from server.queue.store import JobRecord, Outcome
+from server.security.roles import Role
 
 # Seconds: from a cached tiny image to a long video on a busy queue.
 BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -195,6 +197,7 @@ def routes(collected: Metrics) -> list[web.RouteDef]:
     @operation(
         "Prometheus metrics (text format)", ok="text/plain", responses={200: "The metrics"}, tag="health"
     )
+    @requires(Role.ADMIN)
     async def metrics(request: web.Request) -> web.Response:
         await collected.refresh_gpu_memory()
         return web.Response(body=collected.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from server.api import auth
+from server.api.access import required_role
 from server.api.described import Body, Operation, operation, operation_of
 from server.api.params import described as params_of
 from server.engine.supervisor import Supervisor
@@ -196,13 +197,13 @@ def build_document(
         if (method, canonical) in PER_APP:
             for app_id, endpoint in apps.items():
                 path = canonical.replace("{path}", app_id)
-                paths.setdefault(path, {})[method.lower()] = _app_operation(
-                    builder, method, path, described, endpoint, choices
+                paths.setdefault(path, {})[method.lower()] = _with_role(
+                    _app_operation(builder, method, path, described, endpoint, choices), route.handler
                 )
             continue
         patterns = {**path_patterns(route.resource.get_info().get("pattern")), **described.path}
-        paths.setdefault(canonical, {})[method.lower()] = _operation(
-            builder, method.lower(), canonical, described, patterns=patterns
+        paths.setdefault(canonical, {})[method.lower()] = _with_role(
+            _operation(builder, method.lower(), canonical, described, patterns=patterns), route.handler
         )
     return {
         "openapi": "3.1.0",
@@ -290,6 +291,13 @@ def _app_operation(
     return _operation(builder, method.lower(), path, described, body=body, ok=ok)
 
 
+def _with_role(op: dict[str, Any], handler: object) -> dict[str, Any]:
+    """An authenticated operation names the least key role it accepts (``x-darkroom-role``)."""
+    if op["security"]:
+        op["x-darkroom-role"] = required_role(handler).value
+    return op
+
+
 def _security(method: str, path: str, described: Operation) -> list[dict[str, list[str]]]:
     """Who may call the route, by the rules ``server.api.auth`` enforces."""
     public = path in auth.PUBLIC_PATHS or (
@@ -313,6 +321,7 @@ def _responses(
     statuses: dict[int, str | tuple[str, Any]] = dict(described.responses)
     if secured:
         statuses.setdefault(401, "Missing or invalid credentials")
+        statuses.setdefault(403, "The key's role (x-darkroom-role) or its apps do not allow this")
     checked = [*params_of(described.query).values(), *params_of(described.headers).values()]
     if described.body is not None or ok is not None or any(p.pattern or p.enum for p in checked):
         statuses.setdefault(422, "Invalid input: each issue names the field and what is allowed")

@@ -18,6 +18,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from server.api import sse
+from server.api.auth import caller_of
 from server.api.described import operation
 from server.api.params import HTTP_URL, WHOLE_NUMBER, Param, invalid
 from server.api.request import REQUEST_TIMEOUT, base_url, read_json, request_timeout_s
@@ -29,6 +30,7 @@ from server.queue.job import CancelResult
 from server.queue.store import DEFAULT_USER_ID, JobRecord, JobStatus, Priority
 from server.queue.webhooks import WebhookSigner, check_webhook_url, webhook_policy
 from server.security.netpolicy import PolicyResolver
+from server.security.roles import Role
 from server.security.untrusted import url_field
 from server.settings import Settings
 from server.workflows.validation import find_endpoint, validate_input
@@ -208,7 +210,11 @@ async def submit(request: web.Request) -> web.Response:
 async def _lookup(request: web.Request) -> JobRecord:
     request_id = request[REQUEST_ID] = request.match_info["request_id"]
     record = await request.app[QUEUE].find(request_id)
-    if record is None:
+    caller = caller_of(request)
+    if record is None or not (
+        caller.may(Role.ADMIN) or record.user_id == (caller.user_id or DEFAULT_USER_ID)
+    ):
+        # Another key's request reads as unknown: a runner or developer sees only its own.
         raise NotFoundError(f"Request {request_id} not found (unknown, or its result expired)")
     return record
 

@@ -12,11 +12,13 @@ from typing import Any
 from aiohttp import web
 
 from server.api import sse
+from server.api.auth import caller_of
 from server.api.described import operation
 from server.api.request import REQUEST_TIMEOUT, base_url, read_json, request_timeout_s
-from server.api.state import ENDPOINTS, GENERATOR, HUB, METRICS, QUEUE, REQUEST_ID
+from server.api.state import ENDPOINTS, GENERATOR, HUB, METER, METRICS, QUEUE, REQUEST_ID
 from server.errors import BlockedAddressError, DarkroomError, InputError, StartTimeoutError
 from server.generation.live import run_live
+from server.queue.store import DEFAULT_USER_ID
 from server.workflows.mapping import Endpoint
 from server.workflows.validation import find_endpoint, validate_input
 
@@ -64,11 +66,11 @@ async def run(request: web.Request) -> web.Response:
     """Sync run: the response is the model output itself (fal sends no envelope)."""
     endpoint = find_endpoint(request.app[ENDPOINTS], request.match_info["path"])
     request_id = request[REQUEST_ID] = str(uuid.uuid4())
-    with counted(request, endpoint.app_id):
+    with counted(request, endpoint.app_id) as ran:
         start_timeout_s = request_timeout_s(request.headers)
-        parsed = await read_input(request, endpoint)
+        parsed = ran["input"] = await read_input(request, endpoint)
         generator = request.app[GENERATOR]
-        output = await run_live(
+        output = ran["output"] = await run_live(
             generator, request.app[HUB], endpoint, parsed, request_id=request_id,
             base_url=base_url(request, generator.settings), previews_per_s=generator.settings.previews_per_s,
             start_timeout_s=start_timeout_s, turn=request.app[QUEUE].sync_turn,
@@ -76,12 +78,25 @@ async def run(request: web.Request) -> web.Response:
     return web.json_response(output)
 
 
+def metered(request: web.Request, app_id: str, status: int, run_s: float, ran: dict[str, Any]) -> None:
+    """Count a finished sync run in the metrics and the caller's usage. A request refused before it
+    reached a worker (4xx) used no worker time."""
+    request.app[METRICS].run_finished(app_id, status, run_s)
+    parsed = ran.get("input")
+    frames = {name: getattr(parsed, name, None) for name in ("num_frames", "frames_per_second")}
+    request.app[METER].record(
+        caller_of(request).user_id or DEFAULT_USER_ID, app_id, status,
+        run_s=0.0 if 400 <= status < 500 else run_s, output=ran.get("output"), request_input=frames,
+    )  # fmt: skip
+
+
 @contextlib.contextmanager
-def counted(request: web.Request, app_id: str) -> Iterator[None]:
-    """Count a sync run in the metrics with the status it ends with (499: the client left)."""
-    started, status = time.perf_counter(), 200
+def counted(request: web.Request, app_id: str) -> Iterator[dict[str, Any]]:
+    """Count a sync run with the status it ends with (499: the client left); the caller puts the
+    parsed ``input`` and the ``output`` in the dict it is given, for metering."""
+    started, status, ran = time.perf_counter(), 200, dict[str, Any]()
     try:
-        yield
+        yield ran
     except DarkroomError as e:
         status = e.status
         raise
@@ -92,7 +107,7 @@ def counted(request: web.Request, app_id: str) -> Iterator[None]:
         status = 500
         raise
     finally:
-        request.app[METRICS].run_finished(app_id, status, time.perf_counter() - started)
+        metered(request, app_id, status, time.perf_counter() - started, ran)
 
 
 @operation(
@@ -131,10 +146,11 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
     )  # fmt: skip
     response = await sse.open_stream(request)
     started, status = time.perf_counter(), 499  # unless the run ends while the client listens
+    ran: dict[str, Any] = {"input": parsed}
     try:
         async for event in subscription:
             if event["type"] == "completed":
-                status = 200
+                status, ran["output"] = 200, event["result"]
                 await sse.send(response, event["result"])
             elif event["type"] == "failed":
                 status = int(event.get("status_code", 500))
@@ -147,5 +163,5 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
         subscription.close()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        request.app[METRICS].run_finished(endpoint.app_id, status, time.perf_counter() - started)
+        metered(request, endpoint.app_id, status, time.perf_counter() - started, ran)
     return response

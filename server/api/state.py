@@ -14,8 +14,12 @@ from server.generation.progress import ProgressHub
 from server.media.multipart import MultipartStore
 from server.media.objects import ObjectStore
 from server.media.uploads import UploadStore
+from server.queue.accounts import Accounts
 from server.queue.job_queue import JobQueue
+from server.queue.limits import Limiter
+from server.queue.meter import Meter
 from server.security.keyring import KeyRing
+from server.security.roles import Caller
 from server.settings import Settings
 from server.workflows.catalog import Catalog
 from server.workflows.mapping import Endpoint
@@ -35,6 +39,11 @@ EDITOR = web.AppKey("editor", EditorProxy)
 METRICS = web.AppKey("metrics", Metrics)
 INVENTORY = web.AppKey("inventory", ModelInventory)
 PACKS = web.AppKey("node_packs", PackWatch)
+ACCOUNTS = web.AppKey("accounts", Accounts)  # managed keys and usage, in the job store
+METER = web.AppKey("meter", Meter)
+LIMITER = web.AppKey("limiter", Limiter)
 REQUEST_ID = web.RequestKey("request_id", str)
 # Set by authentication when the key names a user; queue requests' webhooks are signed with it.
 USER_ID = web.RequestKey("user_id", str)
+# Set by authentication: who the request comes from (its key's name, role, apps and limits).
+CALLER = web.RequestKey("caller", Caller)

@@ -13,10 +13,12 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.api.access import requires
 from server.api.described import operation
 from server.api.request import base_url, read_model
 from server.api.state import CATALOG, ENDPOINTS, GENERATOR, PACKS, SETTINGS, SUPERVISOR
 from server.errors import NotFoundError, RequestValidationError, WorkerUnavailableError
+from server.security.roles import Role
 from server.workflows.catalog import NAME, PIN, RESERVED_OWNERS, Version
 from server.workflows.describe import describe
 from server.workflows.marked import marked_prompt
@@ -84,6 +86,7 @@ def endpoint_urls(request: web.Request, app_id: str) -> dict[str, str]:
     refusals={422: (NOT_PUBLISHABLE,)},
     tag="workflows",
 )
+@requires(Role.DEVELOPER)
 async def publish(request: web.Request) -> web.Response:
     """Check and publish; 201 with the new version and the URLs serving it."""
     body = await read_model(request, PublishBody)
@@ -120,6 +123,7 @@ async def _node_types(request: web.Request) -> dict[str, Any]:
     refusals={422: (NOT_PUBLISHABLE,)},
     tag="workflows",
 )
+@requires(Role.DEVELOPER)
 async def check(request: web.Request) -> web.Response:
     """The checks publishing runs, and the fields the input nodes would expose (the editor's Publish
     dialog lists them before publishing); ``sync_mode``, which every published endpoint gets, left out."""
@@ -226,6 +230,7 @@ async def endpoint_workflow(request: web.Request) -> web.Response:
     responses={200: "The versions removed", 404: "Not published"},
     tag="workflows",
 )
+@requires(Role.DEVELOPER)
 async def unpublish(request: web.Request) -> web.Response:
     removed = await request.app[CATALOG].unpublish(_name(request))
     return web.json_response({"name": _name(request), "unpublished_versions": [v.number for v in removed]})

@@ -476,13 +476,19 @@ class JobQueue(FleetMember, Retention):
                 logger.warning("job store write failed (%s); trying again in 1 s", e)
                 await asyncio.sleep(1.0)
 
+    def unfinished(self, user_id: str) -> int:
+        """How many of a user's requests are queued or running (a fleet's: as this host's index has them)."""
+        done = JobStatus.COMPLETED
+        return sum(1 for r in self.order.jobs.values() if r.user_id == user_id and r.status is not done)
+
     def _settle(self, record: JobRecord, outcome: Outcome, output: Any, now: float) -> None:
         record.status, record.finished_at = JobStatus.COMPLETED, now
-        record.expires_at, record.outcome, record.input = now + self.retention_s, outcome.without_body(), {}
+        record.expires_at, record.outcome = now + self.retention_s, outcome.without_body()
         self.order.place(record)
         terminal = completed_event(output) if output is not None else terminal_event(outcome)
         self.hub.publish(record.request_id, terminal)
         for observer in self.observers:
-            observer(record, outcome)
+            observer(record, outcome)  # the input still there: metering reads its frames and rate
+        record.input = {}
         # The result lives in the store; ensure_live_state rebuilds the hub's state when asked.
         asyncio.get_running_loop().call_later(FINISHED_STATE_TTL_S, self.hub.forget, record.request_id)

@@ -25,6 +25,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from server.errors import StoreUnavailableError
+from server.queue.accounts import SCHEMA as ACCOUNTS_SCHEMA
 from server.queue.store import (
     FULL_COLUMNS,
     LIGHT_COLUMNS,
@@ -93,6 +94,8 @@ MIGRATIONS: tuple[str, ...] = (
         id INTEGER PRIMARY KEY CHECK (id = 1), lock TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL
     );
     """,
+    # Managed keys and usage, shared by the fleet's hosts (server/queue/accounts.py).
+    ACCOUNTS_SCHEMA.format(t="darkroom.", real="DOUBLE PRECISION"),
 )
 # LISTEN/NOTIFY channel of the fleet: job changes, cancels, relayed live events, published workflows
 CHANNEL = "darkroom"
@@ -132,6 +135,9 @@ async def migrate(conn: Conn) -> int:
 
 class PostgresJobStore:
     """``JobStore`` on a PostgreSQL database; see the module docstring."""
+
+    placeholder = "%s"
+    table_prefix = "darkroom."
 
     def __init__(self, url: str, *, pool_max_size: int = 4, timeout_s: float = STORE_TIMEOUT_S) -> None:
         self.url, self.timeout_s = url, timeout_s
@@ -189,6 +195,18 @@ class PostgresJobStore:
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         async def run(conn: Conn) -> list[tuple[Any, ...]]:
             return await (await conn.execute(sql, params)).fetchall()
+
+        return await self.call(run)
+
+    async def sql_rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return await self._all(sql, params)
+
+    async def sql_write(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        async def run(conn: Conn) -> int:
+            changed = 0
+            for row in rows:
+                changed += (await conn.execute(sql, row)).rowcount
+            return changed
 
         return await self.call(run)
 

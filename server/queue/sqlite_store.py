@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from server.queue.accounts import SCHEMA as ACCOUNTS_SCHEMA
 from server.queue.store import (
     FULL_COLUMNS,
     LIGHT_COLUMNS,
@@ -27,7 +28,7 @@ from server.queue.store import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE jobs (
@@ -52,11 +53,16 @@ _MIGRATIONS: dict[int, str] = {
     """,
     # The fleet's columns (PostgreSQL uses them; here they keep one row shape for both stores).
     2: "ALTER TABLE jobs ADD COLUMN host_id TEXT; ALTER TABLE jobs ADD COLUMN pinned_host TEXT;",
+    # Managed keys and usage (server/queue/accounts.py).
+    3: ACCOUNTS_SCHEMA.format(t="", real="REAL"),
 }
 
 
 class SqliteJobStore:
     """``JobStore`` on one SQLite file (WAL); every call runs on a single dedicated thread."""
+
+    placeholder = "?"
+    table_prefix = ""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -105,6 +111,12 @@ class SqliteJobStore:
 
         await asyncio.get_running_loop().run_in_executor(self._executor, disconnect)
         self._executor.shutdown(wait=True)
+
+    async def sql_rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return await self._call(lambda db: [tuple(row) for row in db.execute(sql, params)])
+
+    async def sql_write(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        return await self._call(lambda db: sum(db.execute(sql, row).rowcount for row in rows))
 
     async def add(self, job: JobRecord) -> int:
         def insert(db: sqlite3.Connection) -> int:

@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from server.errors import CANCELLED_DETAIL
+from server.queue.accounts import SqlRunner
 
 DEFAULT_USER_ID = "darkroom"
 
@@ -132,8 +133,9 @@ class Delivery:
     id: int = 0
 
 
-class JobStore(Protocol):
-    """Durable job and webhook-delivery storage; a networked implementation can replace SQLite."""
+class JobStore(SqlRunner, Protocol):
+    """Durable job and webhook-delivery storage (and, through ``SqlRunner``, the managed keys and
+    usage rows of ``server.queue.accounts``); a networked implementation can replace SQLite."""
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...

@@ -5,6 +5,12 @@ form is just a key. A key may name the user id its queue requests' webhooks are 
 (``<key> <user id>``); requests with a key that names none, and open access, use
 ``store.DEFAULT_USER_ID``. With no key configured the server is open, which ``check_exposure`` allows
 only on a loopback address (or with ``open_access``).
+
+Configured keys are admins (``server.security.roles``). Keys managed at run time (``darkroom keys``,
+``/keys``) live hashed in the job store; the app reads them again every ``KEY_REFRESH_S`` and hands them
+to ``replace_managed``, so a key created or revoked anywhere (another host of a fleet, the CLI) takes
+effect here within that time. A managed key is found by its digest in a dict: the digest of a
+high-entropy secret, so the lookup's timing says nothing about any key.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.errors import ConfigError
+from server.security.roles import Caller, Role
 from server.security.tokens import TokenSigner
 from server.settings import Settings
 
@@ -25,12 +32,18 @@ from server.settings import Settings
 _USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$")
 
 
-@dataclass(frozen=True)
+@dataclass
 class KeyRing:
-    """The accepted keys (sha256 digest -> user id or None) and the signer of short-lived tokens."""
+    """The configured keys (sha256 digest -> user id or None), the managed keys (digest -> caller) and
+    the signer of short-lived tokens."""
 
     users: Mapping[bytes, str | None]
     tokens: TokenSigner = field(default_factory=TokenSigner.ephemeral, repr=False)
+    managed: Mapping[bytes, Caller] = field(default_factory=dict)
+    _by_name: dict[str, Caller] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.replace_managed(self.managed)
 
     @classmethod
     def from_settings(cls, settings: Settings, tokens: TokenSigner | None = None) -> KeyRing:
@@ -50,29 +63,55 @@ class KeyRing:
 
     @property
     def open(self) -> bool:
-        """No key configured: every request is let through (loopback-only unless open_access)."""
-        return not self.users
+        """No key configured or managed: every request is let through (loopback-only unless open_access)."""
+        return not self.users and not self.managed
+
+    def replace_managed(self, callers: Mapping[bytes, Caller]) -> None:
+        """The managed keys now valid (digest -> caller), replacing the previous set at once."""
+        self.managed = dict(callers)
+        self._by_name = {c.name: c for c in self.managed.values()}
 
     def lookup(self, key: str) -> tuple[bool, str | None]:
-        """(whether ``key`` is configured, its user id); compares every digest so timing reveals nothing."""
+        """(whether ``key`` is accepted, its user id)."""
+        caller = self.caller(key)
+        return caller is not None, None if caller is None else caller.user_id
+
+    def caller(self, key: str) -> Caller | None:
+        """Who ``key`` is, or None; compares every configured digest so timing reveals nothing."""
         candidate = _digest(key)
-        found, user_id = False, None
+        found: Caller | None = None
         for digest, user in self.users.items():
             if hmac.compare_digest(candidate, digest):
-                found, user_id = True, user
-        return found, user_id
+                found = _configured(digest, user)
+        return found or self.managed.get(candidate)
+
+    def named(self, name: str) -> Caller | None:
+        """The key called ``name`` while it is valid (a browser session names its key so)."""
+        if (caller := self._by_name.get(name)) is not None:
+            return caller
+        return next((c for d, u in self.users.items() if (c := _configured(d, u)).name == name), None)
 
     def accepts(self, key: str) -> bool:
         """Whether ``key`` is configured."""
         return self.lookup(key)[0]
 
-    def issue_token(self, scope: str, ttl_s: float) -> tuple[str, float]:
+    def issue_token(self, scope: str, ttl_s: float, **claims: str) -> tuple[str, float]:
         """A bearer token for ``scope`` valid ``ttl_s`` seconds, and its expiry (unix seconds)."""
-        return self.tokens.issue(scope, ttl_s)
+        return self.tokens.issue(scope, ttl_s, **claims)
 
     def token_scope(self, token: str) -> str | None:
         """The scope of a valid, unexpired token from ``issue_token``; None otherwise."""
         return self.tokens.scope_of(token)
+
+
+def _configured(digest: bytes, user_id: str | None) -> Caller:
+    """A configured key: an admin named by its user id, or by its digest's first 4 bytes."""
+    return Caller(user_id or f"config-{digest[:4].hex()}", Role.ADMIN, user_id=user_id)
+
+
+def digest_of(key: str) -> bytes:
+    """The sha256 digest a key is kept as."""
+    return _digest(key)
 
 
 def _digest(key: str) -> bytes:

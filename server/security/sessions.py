@@ -13,20 +13,29 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from server.security.keyring import KeyRing
+from server.security.roles import Caller
 
 COOKIE = "darkroom_session"
 SCOPE = "browser-session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def issue(keys: KeyRing, ttl_s: float) -> tuple[str, float]:
-    """A session token and its expiry (unix seconds)."""
-    return keys.issue_token(SCOPE, ttl_s)
+def issue(keys: KeyRing, ttl_s: float, caller: Caller) -> tuple[str, float]:
+    """A session token for ``caller``'s key and its expiry (unix seconds)."""
+    return keys.issue_token(SCOPE, ttl_s, sub=caller.name)
+
+
+def caller(keys: KeyRing, token: str | None) -> Caller | None:
+    """Who an unexpired session token signed by this server was issued to, while that key is valid
+    (a revoked key's sessions end with it; the session has the key's role as it is now)."""
+    claims = keys.tokens.verify(token, SCOPE) if token is not None else None
+    name = claims.get("sub") if claims is not None else None
+    return keys.named(name) if isinstance(name, str) else None
 
 
 def is_valid(keys: KeyRing, token: str | None) -> bool:
-    """Whether ``token`` is an unexpired session token signed by this server."""
-    return token is not None and keys.token_scope(token) == SCOPE
+    """Whether ``token`` is a session of a key that is still valid."""
+    return caller(keys, token) is not None
 
 
 def set_cookie(response: web.StreamResponse, token: str, *, secure: bool, max_age_s: float) -> None:

@@ -20,6 +20,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -154,11 +155,12 @@ class Grant:
     expires_at: float | None = None  # unix seconds; None for a key, which does not expire
 
     def allows(self, app_path: str) -> bool:
-        """fal scopes tokens by alias (``allowed_apps: ["flux-2"]``); ``owner/alias`` pins the owner too."""
+        """fal scopes tokens by alias (``allowed_apps: ["flux-2"]``); ``owner/alias`` pins the owner too.
+        A managed key's --apps patterns (shell wildcards) reach its sockets the same way."""
         if self.apps is None:
             return True
         owner, alias = owner_alias(app_path)
-        return any(entry in (alias, f"{owner}/{alias}") for entry in self.apps)
+        return any(fnmatchcase(alias, e) or fnmatchcase(f"{owner}/{alias}", e) for e in self.apps)
 
     def describe_apps(self) -> str:
         return "every app" if self.apps is None else ", ".join(self.apps)

@@ -44,7 +44,16 @@ BODY_METHODS = {"POST", "PUT", "PATCH"}
 LISTINGS = {
     (method, path)
     for method in ("GET", "HEAD")
-    for path in ("/workflows", "/endpoints", "/hosts", "/metrics", "/dashboard/state", "/dashboard/events")
+    for path in (
+        "/workflows",
+        "/endpoints",
+        "/hosts",
+        "/metrics",
+        "/dashboard/state",
+        "/dashboard/events",
+        "/keys",
+        "/usage",
+    )
 }
 # Pages for people, answering HTML (the editor's sign-in): tests/e2e/test_editor.py and
 # tests/facade/test_playground.py check them.
@@ -54,6 +63,7 @@ BROWSER_PAGES = {
     "/editor/login",
     "/editor/logout",
     "/dashboard",
+    "/dashboard/usage",
     "/playground",
     "/playground/",
     "/playground/{app_id}",

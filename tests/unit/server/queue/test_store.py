@@ -166,7 +166,8 @@ async def test_store_round_trip_claim_finish_and_schema(
 
     await store.close()
     found = _bump_schema_version(database_url, tmp_path, to=99)
-    assert found == (3 if database_url else 2)  # 2: the fleet's columns; 3 (PostgreSQL): published workflows
+    # 2: the fleet's columns; 3 (PostgreSQL): published workflows; 4: node packs; then keys and usage
+    assert found == (5 if database_url else 3)
     newer = new_job_store()
     with pytest.raises(RuntimeError, match="schema 99, newer"):
         await newer.open()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.security import sessions
-from server.security.keyring import KeyRing
+from server.security.keyring import KeyRing, digest_of
 from server.security.tokens import TokenSigner
 
 OWN = {"https://darkroom.example", "http://127.0.0.1:8000"}
@@ -13,9 +13,12 @@ OWN = {"https://darkroom.example", "http://127.0.0.1:8000"}
 
 def test_a_session_token_is_valid_until_it_expires() -> None:
     now = [1000.0]
-    keys = KeyRing({}, TokenSigner(b"s" * 32, clock=lambda: now[0]))
-    token, expires_at = sessions.issue(keys, 60)
+    keys = KeyRing({digest_of("k"): "alice"}, TokenSigner(b"s" * 32, clock=lambda: now[0]))
+    alice = keys.caller("k")
+    assert alice is not None
+    token, expires_at = sessions.issue(keys, 60, alice)
     assert sessions.is_valid(keys, token) and expires_at == 1060.0
+    assert sessions.caller(keys, token) == alice
     now[0] = 1061.0
     assert not sessions.is_valid(keys, token)
     assert not sessions.is_valid(keys, None) and not sessions.is_valid(keys, "forged")

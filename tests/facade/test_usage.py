@@ -1,0 +1,110 @@
+"""Usage metering: a known sequence of requests by two keys gives exactly the expected rows (counts,
+megapixels; worker seconds within the measured request times), the CSV says what the JSON says, the
+cost is GPU-seconds at the configured price, and a key that is not an admin sees only its own."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from queue_fakes import APP, FakeGenerator, serve
+
+from server.api.usage import hourly_prices
+from server.errors import ConfigError
+from server.settings import load_settings
+from tests import log_scan
+
+ADMIN = {"Authorization": "Key usage-admin-key"}
+Client = TestClient[web.Request, web.Application]
+PIXELS_MP = 64 * 64 / 1e6  # the fake generator's one 64 px image
+
+
+async def new_key(client: Client, name: str) -> dict[str, str]:
+    response = await client.post("/keys", json={"name": name, "role": "runner"}, headers=ADMIN)
+    secret = (await response.json())["key"]
+    log_scan.register(secret)
+    return {"Authorization": f"Key {secret}"}
+
+
+async def timed(client: Client, path: str, headers: dict[str, str], prompt: str) -> float:
+    started = time.perf_counter()
+    await (await client.post(path, json={"prompt": prompt}, headers=headers)).read()
+    return time.perf_counter() - started
+
+
+async def queued(client: Client, headers: dict[str, str]) -> float:
+    started = time.perf_counter()
+    submitted = await (await client.post(f"/queue/{APP}", json={"prompt": "q"}, headers=headers)).json()
+    status_url = f"/queue/{APP}/requests/{submitted['request_id']}/status"
+    async with asyncio.timeout(10):
+        while (await (await client.get(status_url, headers=headers)).json())["status"] != "COMPLETED":
+            await asyncio.sleep(0.02)
+    return time.perf_counter() - started
+
+
+async def test_two_keys_usage_rows_csv_and_cost(tmp_path: Path) -> None:
+    settings = load_settings(
+        {}, data_dir=str(tmp_path), api_keys="usage-admin-key", gpu_hourly_usd="cpu=3600,cuda=1"
+    )
+    async with serve(settings, FakeGenerator(settings)) as client:
+        alice, bob = await new_key(client, "alice"), await new_key(client, "bob")
+        alice_s = [await timed(client, f"/run/{APP}", alice, "a") for _ in range(2)]
+        alice_s.append(await queued(client, alice))
+        bob_s = await timed(client, f"/run/{APP}", bob, "fail")  # the fake fails it: a 500
+        await client.post(f"/run/{APP}", json={"prompt": 7}, headers=bob)  # a 422: no worker time
+
+        answer = await client.get("/usage?group_by=key,endpoint", headers=ADMIN)
+        body = await answer.json()
+        assert answer.status == 200 and body["gpu_hourly_usd"] == {"cpu": 3600.0, "cuda": 1.0}
+        rows = {row["key"]: row for row in body["rows"]}
+        assert set(rows) == {"alice", "bob"} and {r["endpoint"] for r in rows.values()} == {APP}
+        a, b = rows["alice"], rows["bob"]
+        assert (a["requests"], a["succeeded"], a["failed"]) == (3, 3, 0)
+        assert (b["requests"], b["succeeded"], b["failed"]) == (2, 0, 2)
+        assert abs(a["megapixels"] - 3 * PIXELS_MP) < 1e-9 and b["megapixels"] == 0
+        assert a["video_s"] == 0 and a["training_steps"] == 0
+        assert 0 < a["gpu_s"] <= sum(alice_s) and 0 < b["gpu_s"] <= bob_s
+        assert abs(a["cost_usd"] - a["gpu_s"]) < 1e-5  # cpu at 3600 USD an hour: a dollar a second
+
+        as_csv = await client.get("/usage?group_by=key,endpoint&format=csv", headers=ADMIN)
+        assert as_csv.content_type == "text/csv"
+        parsed = list(csv.DictReader(io.StringIO(await as_csv.text())))
+        assert [r["key"] for r in parsed] == [r["key"] for r in body["rows"]]
+        for from_csv, from_json in zip(parsed, body["rows"], strict=True):
+            assert {k: _number(v) for k, v in from_csv.items()} == from_json
+
+        own = await (await client.get("/usage", headers=alice)).json()
+        assert [r["key"] for r in own["rows"]] == ["alice"] and own["rows"][0]["requests"] == 3
+        assert (await client.get("/usage?key=bob", headers=alice)).status == 403
+        by_day = await (await client.get("/usage?group_by=day", headers=ADMIN)).json()
+        assert [r["requests"] for r in by_day["rows"]] == [5]
+        empty = await (await client.get("/usage?from=2020-01-01&to=2020-02-01", headers=ADMIN)).json()
+        assert empty["rows"] == []
+        bad = await client.get("/usage?group_by=user", headers=ADMIN)
+        assert bad.status == 422 and (await bad.json())["detail"][0]["loc"] == ["query", "group_by"]
+
+
+def _number(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def test_a_malformed_price_is_refused_naming_the_forms() -> None:
+    assert hourly_prices("2.49") == {"*": 2.49} and hourly_prices("") == {}
+    for text in ("cuda=-1", "cuda=lots"):
+        try:
+            hourly_prices(text)
+        except ConfigError as e:
+            assert "cuda=2.49,cpu=0" in e.message
+        else:
+            raise AssertionError(f"{text!r} accepted")
