@@ -21,15 +21,15 @@ async function get(query) {
 }
 
 function plot(rows) {
-  const width = 600, height = 200, top = Math.max(...rows.map((r) => r.gpu_s), 1e-9);
-  const chart = svg("svg", { viewBox: `0 0 ${width} ${height + 20}`, role: "img", "aria-label": "GPU-seconds per day" });
+  const width = 600, height = 200, head = 18, top = Math.max(...rows.map((r) => r.gpu_s), 1e-9);
+  const chart = svg("svg", { viewBox: `0 ${-head} ${width} ${height + head + 20}`, role: "img", "aria-label": "GPU-seconds per day" });
   const step = width / Math.max(rows.length, 1);
   rows.forEach((r, i) => {
     const bar = (r.gpu_s / top) * height;
     chart.append(svg("rect", { x: i * step + 2, y: height - bar, width: Math.max(step - 4, 1), height: bar, "data-day": r.day }));
     chart.append(Object.assign(svg("text", { x: i * step + 2, y: height + 14 }), { textContent: r.day.slice(5) }));
   });
-  chart.append(Object.assign(svg("text", { x: 4, y: 12 }), { textContent: `${num(top, 2)} s` }));
+  chart.append(Object.assign(svg("text", { x: 4, y: -6 }), { textContent: `highest: ${num(top, 2)} GPU-s` }));
   fill("plot", rows.length ? chart : h("div", { class: "empty" }, "no usage yet"));
 }
 
