@@ -34,6 +34,7 @@ ENDPOINTS = (
     "fal-ai/ltx-2-19b/distilled/text-to-video", "fal-ai/ltx-2-19b/distilled/image-to-video",
     "fal-ai/ltx-2-19b/text-to-video/lora", "fal-ai/ltx-2-19b/image-to-video/lora",
     "fal-ai/hunyuan-video-v1.5/text-to-video", "fal-ai/hunyuan-video-v1.5/image-to-video",
+    "fal-ai/flux-2-trainer",
 )  # fmt: skip
 _HEADING = re.compile(r"^### (?P<id>\S+) \[(?P<kind>[^\]]+)\]")
 _INPUT = re.compile(r"^\s*IN\s+\w+\{ (?P<body>.*) \}\s*$")
@@ -96,6 +97,8 @@ def _type(text: str, field: dict[str, Any], name: str) -> str:
         return "image_urls"
     if name in ("video_url", "audio_url"):
         return name
+    if name.endswith("data_url"):  # a trainer's zip of images (image_data_url, training_data_url)
+        return "archive_url"
     if name.endswith("_url"):
         return "image_url"
     if not text:

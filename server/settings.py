@@ -128,6 +128,13 @@ class Settings:
             "(an endpoint's mapping may set a shorter run_timeout_s, as the CPU demos do)."
         },
     )
+    train_timeout_s: float = field(
+        default=4 * 3600.0,
+        metadata={
+            "help": "run_timeout_s for the LoRA trainers (a training run holds its worker for minutes to "
+            "hours); past it the run is interrupted and fails with 504."
+        },
+    )
     worker_hang_timeout_s: float = field(
         default=60.0,
         metadata={

@@ -15,6 +15,7 @@ from .nodes import (
     references,
     safety,
     sampling,
+    training,
     upscale,
 )
 
@@ -24,4 +25,5 @@ class DarkroomExtension(ComfyExtension):
         return [
             *diffusion.NODES, *encoders.NODES, *output.NODES, *extras.NODES, *sampling.NODES, *inputs.NODES,
             *references.NODES, *upscale.NODES, *safety.NODES, *media_inputs.NODES, *ltxav.NODES,
+            *training.NODES,
         ]  # fmt: skip

@@ -78,6 +78,9 @@ def plan_devices(settings: Settings, gpus: list[str]) -> list[str | None]:
     return [gpus[i % len(gpus)] for i in range(count)]
 
 
+TRAINED_LORAS_DIR = "trained-loras"  # under the data dir
+
+
 def extra_model_paths(settings: Settings) -> dict[str, dict[str, str]]:
     """ComfyUI's extra-model-paths config: our model folders, our node pack and the installed third-party
     packs (server/engine/node_packs.py; ComfyUI reads one folder a line)."""
@@ -95,7 +98,10 @@ def extra_model_paths(settings: Settings) -> dict[str, dict[str, str]]:
             "safety_checkers": "safety_checkers",
             "checkpoints": "checkpoints",
             "custom_nodes": f"{PROJECT_ROOT / 'custom_nodes'}\n{packs}",
-        }
+        },
+        # LoRAs this server trained (``LoraCache.adopt``): a second LoRA folder, in the data dir, so that
+        # training never writes into a models dir that may be shared or read-only.
+        "darkroom-trained": {"base_path": str(settings.data_path), "loras": TRAINED_LORAS_DIR},
     }
 
 

@@ -33,9 +33,11 @@ from server.errors import (
     WorkerConnectionError,
     public_message,
 )
+from server.generation import training
 from server.media import av_inputs, inputs
 from server.media.loras import LoraCache
 from server.media.outputs import OutputStore, data_uri
+from server.media.training_zip import TrainingImage
 from server.security import netpolicy
 from server.settings import Settings
 from server.workflows.choices import ComfyChoices
@@ -56,7 +58,7 @@ HISTORY_POLL_S = 0.1  # how often an editor run's worker is asked whether it fin
 USER_INPUT_NODES = frozenset({
     "DarkroomLoraStack", "DarkroomVAEGuard", "DarkroomModelBlend", "DarkroomSigmas",
     "DarkroomKSamplerSigmas", "DarkroomVAELoader", "LoadImage", "DarkroomReferenceImages",
-    "DarkroomUpscale",
+    "DarkroomUpscale", "DarkroomTrainLora", "DarkroomTrainingSet",
 })  # fmt: skip
 
 
@@ -133,8 +135,23 @@ class Generator:
         if endpoint.raw:
             return await self._run_raw(endpoint, request, request_id, on_event)
         self.check_models(endpoint)
+        with inputs.input_area(self.settings, request_id) as area:
+            return await self._run_fetched(endpoint, request, request_id, base_url, area, on_event)
+
+    async def _run_fetched(
+        self,
+        endpoint: Endpoint,
+        request: BaseModel,
+        request_id: str,
+        base_url: str,
+        area: Path,
+        on_event: EventSink | None,
+    ) -> dict[str, Any]:
         images = await self._fetch_images(endpoint, request, request_id, base_url)
         media = await self._fetch_media(endpoint, request, request_id, base_url)
+        sets = await training.unpack_sets(
+            self.settings, self.store.objects, endpoint, request, area, base_url
+        )
         prepared: dict[str, Any] = {
             name: await self.loras.resolve([entry.model_dump() for entry in getattr(request, name)])
             for name in endpoint.params_of("loras")
@@ -142,7 +159,7 @@ class Generator:
         for attempt in range(1, WORKER_ATTEMPTS + 1):
             try:
                 files, resolved, inference_s, checked, calls = await self._run_on_worker(
-                    endpoint, request, request_id, base_url, images, media, prepared, on_event
+                    endpoint, request, request_id, base_url, (images, media, sets), prepared, on_event
                 )
                 break
             except WorkerConnectionError as e:
@@ -164,18 +181,24 @@ class Generator:
         request: BaseModel,
         request_id: str,
         base_url: str,
-        images: dict[str, list[tuple[bytes, int, int]]],
-        media: dict[str, tuple[bytes, str, MediaInput]],
+        fetched: tuple[
+            dict[str, list[tuple[bytes, int, int]]],
+            dict[str, tuple[bytes, str, MediaInput]],
+            dict[str, list[TrainingImage]],
+        ],
         prepared: dict[str, Any],
         on_event: EventSink | None,
     ) -> tuple[list[dict[str, Any]], dict[str, Any], float, Verdicts, ModelCalls]:
         """Borrow a worker, run the prompt there and store its outputs: (files, resolved values, seconds,
-        the safety checker's verdicts, model calls)."""
+        the safety checker's verdicts, model calls). ``fetched``: the input images, other media and
+        training sets, fetched before a worker was taken."""
+        images, media, sets = fetched
         async with self.supervisor.worker(model_key=endpoint.model_key(request)) as worker:
             self.last_run[worker.id] = endpoint.app_id
             await self.choices.check(endpoint, request, worker.client)
             uploaded: list[str] = []
             try:
+                uploaded += await training.upload_sets(worker.client, sets, request_id, prepared)
                 for name, field_images in images.items():
                     described = []
                     for index, (data, width, height) in enumerate(field_images):
@@ -189,6 +212,8 @@ class Generator:
                     uploaded.append(await worker.client.upload_input(data, f"{request_id}-{name}{suffix}"))
                     prepared[name] = dataclasses.replace(probed, name=uploaded[-1])
                 prompt, resolved = endpoint.build_prompt(request, self.manifest, prepared)
+                if endpoint.output.kind == "lora":
+                    training.add_settings(prompt, endpoint, resolved)
                 started = time.perf_counter()
                 async with self._run_limit(endpoint, request_id):
                     saved, calls = await self._execute(worker.client, prompt, endpoint, request_id, on_event)
@@ -256,7 +281,10 @@ class Generator:
     async def _run_limit(self, endpoint: Endpoint, request_id: str) -> AsyncIterator[None]:
         """At most the run limit (the endpoint's if shorter than DARKROOM_RUN_TIMEOUT_S): past it the run
         is cancelled, which interrupts it on the worker, and fails with RunTimeoutError (504)."""
-        limit_s = min(endpoint.run_timeout_s or math.inf, self.settings.run_timeout_s)
+        longest_s = (
+            self.settings.train_timeout_s if endpoint.output.kind == "lora" else self.settings.run_timeout_s
+        )
+        limit_s = min(endpoint.run_timeout_s or math.inf, longest_s)
         limit = asyncio.timeout(limit_s)
         try:
             async with limit:
@@ -266,7 +294,8 @@ class Generator:
                 raise  # a timeout of its own (the worker's connection), not the run limit
             raise RunTimeoutError(
                 f"{endpoint.app_id}: request {request_id} ran past its run limit of {limit_s:g} s and "
-                "was interrupted (DARKROOM_RUN_TIMEOUT_S, or the endpoint's run_timeout_s)"
+                "was interrupted (DARKROOM_RUN_TIMEOUT_S, DARKROOM_TRAIN_TIMEOUT_S for trainers, or the "
+                "endpoint's run_timeout_s)"
             ) from None
 
     async def _fetch_images(
@@ -410,6 +439,8 @@ class Generator:
         else:
             files_base = self.settings.files_url.rstrip("/") or base_url
             url = files_base + (await self.store.write(request_id, name, data, content_type)).route
+            if entry.get("role") == "lora":
+                await asyncio.to_thread(self.loras.adopt, url, data, request_id)
         described = {"url": url, "content_type": content_type, "file_name": name, "file_size": len(data)}
         if "width" in entry:
             described.update(width=entry["width"], height=entry["height"])
@@ -511,6 +542,8 @@ def _response(
         return {**video, "has_nsfw_concepts": checked.flags} if field and resolved.get(field) else video
     if endpoint.output.kind == "image":
         return {"image": files[0]}
+    if endpoint.output.kind == "lora":
+        return training.response(endpoint, files)
     return {
         "images": files,
         "seed": seed,

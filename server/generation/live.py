@@ -115,6 +115,9 @@ def shrink_preview(image: bytes, *, max_side_px: int = PREVIEW_MAX_SIDE_PX) -> t
     return out.getvalue(), picture.width, picture.height
 
 
+TRAINING_NODES = frozenset({"DarkroomTrainLora", "TrainLoraNode"})
+
+
 class LiveReporter:
     """Publishes one request's ComfyUI events to the hub (use as ``Generator.run(on_event=...)``)."""
 
@@ -131,6 +134,8 @@ class LiveReporter:
         self.overall = OverallProgress(graph)
         self._running: str | None = None
         self._last_preview_at: float | None = None
+        self._node_started_at: dict[str, float] = {}  # first progress of each node: elapsed and ETA
+        self._logged_tenth: dict[str, int] = {}
 
     def publish(self, event: dict[str, Any]) -> None:
         self.hub.publish(self.request_id, event)
@@ -186,16 +191,32 @@ class LiveReporter:
 
     def _progress(self, event: cc.Progress) -> None:
         entry = self.graph.get(event.node or "")
+        class_type = entry.get("class_type") if isinstance(entry, Mapping) else None
+        now = self.clock()
+        started = self._node_started_at.setdefault(event.node or "", now)
+        elapsed_s = now - started
+        # the first step's time is not measured (the node's start is its first report): ETA from the rest
+        done = max(event.value - 1, 0)
+        eta_s = elapsed_s / done * (event.max - event.value) if done and event.max >= event.value else None
+        fraction = self.overall.step(event.node, event.value, event.max)
         self.publish(
             {
-                "type": "progress",
-                "node": event.node,
-                "class_type": entry.get("class_type") if isinstance(entry, Mapping) else None,
-                "step": int(event.value),
-                "total": int(event.max),
-                "fraction": round(self.overall.step(event.node, event.value, event.max), 4),
+                "type": "progress", "node": event.node, "class_type": class_type, "step": int(event.value),
+                "total": int(event.max), "fraction": round(fraction, 4),
+                "elapsed_s": round(elapsed_s, 3), "eta_s": None if eta_s is None else round(eta_s, 3),
             }
-        )
+        )  # fmt: skip
+        if class_type in TRAINING_NODES:
+            self._log_training(event, elapsed_s, eta_s)
+
+    def _log_training(self, event: cc.Progress, elapsed_s: float, eta_s: float | None) -> None:
+        """A training run's step, elapsed time and ETA in the status logs, at each tenth of its steps."""
+        tenth = int(10 * event.value / event.max) if event.max else 0
+        if tenth <= self._logged_tenth.get(event.node or "", 0) and event.value != 1:
+            return
+        self._logged_tenth[event.node or ""] = tenth
+        eta = f", ETA {eta_s:.0f} s" if eta_s is not None else ""
+        self.log(f"Training: step {int(event.value)} of {int(event.max)}, {elapsed_s:.1f} s elapsed{eta}")
 
     async def _preview(self, event: cc.Preview) -> None:
         if self.previews_per_s <= 0:

@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import secrets
+from pathlib import Path
 from typing import Any
 
 from server.engine.models import sha256_of
@@ -33,6 +34,8 @@ from server.settings import Settings
 log = logging.getLogger(__name__)
 
 CACHE_FOLDER = "cache"
+TRAINED_FOLDER = "trained"  # LoRAs this server trained (``adopt``): listed, and loaded by their URL
+TRAINED_ROOT = "trained-loras"  # the data dir's LoRA folder for them (the workers' second one)
 _INDEX = "index.json"
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
@@ -45,6 +48,7 @@ class LoraCache:
         self.objects = objects
         self.folder = settings.models_path / "loras"
         self.cache = self.folder / CACHE_FOLDER
+        self.trained = settings.data_path / TRAINED_ROOT  # holds trained/<request id>.safetensors
         self._locks: dict[str, asyncio.Lock] = {}
         self.downloads = 0  # for tests and metrics: how many files were actually fetched
         self.shared_copies = 0  # how many came from the object store instead
@@ -52,13 +56,13 @@ class LoraCache:
     def local_files(self, *, limit: int = 1000) -> list[str]:
         """Names a request may give as ``path``: the LoRA folder's .safetensors files (not the download
         cache), sorted, at most ``limit``."""
-        if not self.folder.is_dir():
-            return []
-        names = (
-            p.relative_to(self.folder).as_posix()
-            for p in self.folder.rglob("*.safetensors")
+        names = [
+            p.relative_to(root).as_posix()
+            for root in (self.folder, self.trained)
+            if root.is_dir()
+            for p in root.rglob("*.safetensors")
             if p.is_file() and not p.is_relative_to(self.cache)
-        )
+        ]
         return sorted(names)[:limit]
 
     async def resolve(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -69,7 +73,26 @@ class LoraCache:
             resolved.append({**{k: v for k, v in entry.items() if k != "sha256"}, "path": name})
         return resolved
 
+    def adopt(self, url: str, data: bytes, request_id: str) -> str:
+        """Keep a LoRA this server trained in the LoRA folder (``trained/<request id>.safetensors``, so the
+        playground's picker lists it) and remember the /files URL it was answered under: a request that
+        names that URL loads this file, with no download. Returns its name in the folder."""
+        name = f"{TRAINED_FOLDER}/{untrusted.check_name(request_id)}.safetensors"
+        target = self.trained / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".part")
+        partial.write_bytes(data)
+        os.replace(partial, target)
+        _write_index(self.trained / _INDEX, {**self._trained(), url: name})
+        log.info("trained LoRA %s kept as %s (%d bytes)", url, name, len(data))
+        return name
+
+    def _trained(self) -> dict[str, str]:
+        return _read_index(self.trained / _INDEX)
+
     async def _name_for(self, path: str, sha256: str | None) -> str:
+        if (trained := self._trained().get(path)) is not None:
+            return self._local(trained, sha256)
         if path.startswith(("https://", "http://")):
             return await self._cached(path, sha256)
         if path.startswith("hf://"):
@@ -77,11 +100,15 @@ class LoraCache:
         return self._local(path, sha256)
 
     def _local(self, name: str, sha256: str | None) -> str:
-        try:
-            target = (self.folder / untrusted.check_name(name)).resolve()
-            found = target.is_relative_to(self.folder.resolve()) and target.is_file()
-        except (OSError, ValueError):  # a name no file system holds (too long, a NUL): no such file
-            found = False
+        found = False
+        for root in (self.folder, self.trained):
+            try:
+                target = (root / untrusted.check_name(name)).resolve()
+                found = target.is_relative_to(root.resolve()) and target.is_file()
+            except (OSError, ValueError):  # a name no file system holds (too long, a NUL): no such file
+                found = False
+            if found:
+                break
         if not found:
             raise InputError(
                 f"LoRA {name!r} is not a file in the LoRA folder; give a file name there, "
@@ -205,17 +232,24 @@ class LoraCache:
         return digest
 
     def _index(self) -> dict[str, str]:
-        try:
-            index: dict[str, str] = json.loads((self.cache / _INDEX).read_text())
-        except (FileNotFoundError, ValueError):
-            return {}
-        return index
+        return _read_index(self.cache / _INDEX)
 
     def _remember(self, url: str, digest: str) -> None:
-        index = {**self._index(), url: digest}
-        partial = self.cache / f"{_INDEX}.part"
-        partial.write_text(json.dumps(index, indent=1, sort_keys=True))
-        os.replace(partial, self.cache / _INDEX)
+        _write_index(self.cache / _INDEX, {**self._index(), url: digest})
+
+
+def _read_index(path: Path) -> dict[str, str]:
+    try:
+        index: dict[str, str] = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return index
+
+
+def _write_index(path: Path, index: dict[str, str]) -> None:
+    partial = path.with_name(f"{path.name}.part")
+    partial.write_text(json.dumps(index, indent=1, sort_keys=True))
+    os.replace(partial, path)
 
 
 def _lora_key(digest: str) -> str:

@@ -64,8 +64,9 @@ class LookupSpec(BaseModel):
 
 
 class OutputSpec(BaseModel):
-    """Which saved files become the response: `images[]` (image endpoints), `video` (video ones) or one
-    `image` (upscalers, as fal's esrgan answers)."""
+    """Which saved files become the response: `images[]` (image endpoints), `video` (video ones), one
+    `image` (upscalers, as fal's esrgan answers) or a trained `lora` and its config (trainers: the LoRA
+    under `lora_field`, fal's `diffusers_lora_file` or `lora_file`)."""
 
     model_config = ConfigDict(extra="forbid")
     images: str | None = None
@@ -75,14 +76,16 @@ class OutputSpec(BaseModel):
         default=True,
         description="a video answer carries the prompt, as fal's Wan answers do (not its HunyuanVideo)",
     )
+    lora: str | None = None
+    lora_field: str = "diffusers_lora_file"
 
     @property
     def kind(self) -> str:
-        return "images" if self.images else "video" if self.video else "image"
+        return "images" if self.images else "video" if self.video else "lora" if self.lora else "image"
 
     @property
     def node(self) -> str:
-        node = self.images or self.video or self.image
+        node = self.images or self.video or self.image or self.lora
         assert node is not None
         return node
 
@@ -324,10 +327,11 @@ def _endpoint(
         except KeyError as e:
             raise MappingError(f"{path}: {app_id}: {e.args[0]}") from e
     if (
-        sum(node is not None for node in (mapping.output.images, mapping.output.video, mapping.output.image))
+        sum(node is not None for node in (mapping.output.images, mapping.output.video, mapping.output.image,
+                                          mapping.output.lora))
         != 1
-    ):
-        raise MappingError(f"{path}: output names exactly one of images, video or image")
+    ):  # fmt: skip
+        raise MappingError(f"{path}: output names exactly one of images, video, image or lora")
     if mapping.output.node not in workflow:
         raise MappingError(f"{path}: output node {mapping.output.node} is not in {mapping.workflow}")
     output_class = workflow[mapping.output.node].get("class_type")
@@ -412,6 +416,8 @@ def _resolve(name: str, spec: ParamSpec, value: Any, prepared: dict[str, Any], m
         return prepared[name].name
     if spec.type == "image_urls":
         return json.dumps([image.name for image in prepared[name]])
+    if spec.type == "archive_url":
+        return prepared[name]  # the unpacked set's folder in the worker's input folder
     if value == AUTO and spec.auto_from:
         image = prepared[spec.auto_from]
         return _nearest_ratio(image.width / image.height, [v for v in spec.values or [] if v != AUTO])

@@ -68,7 +68,9 @@ def _defaults(endpoint: Endpoint) -> BaseModel:
     """A request of defaults; a required field takes the graph's own value (or a stand-in)."""
     body: dict[str, Any] = {}
     for name, spec in endpoint.params.items():
-        if spec.type in ("image_url", "image_urls") and spec.required:
+        if spec.type == "archive_url":  # a trainer's zip: the graph keeps its own folder (_placeholders)
+            body[name] = "data:application/zip;base64,"
+        elif spec.type in ("image_url", "image_urls") and spec.required:
             # A stand-in the URL check accepts: build_prompt takes the graph's own images (_placeholders).
             body[name] = _STAND_IN if spec.type == "image_url" else [_STAND_IN]
         elif spec.required and spec.type == "loras":
@@ -87,6 +89,9 @@ def _placeholders(endpoint: Endpoint) -> dict[str, Any]:
         spec = endpoint.params[name]
         current = _first_value(endpoint.workflow, spec.to) if isinstance(spec.to, list) and spec.to else ""
         prepared[name] = ImageInput(str(current or ""), 1, 1)
+    for name in endpoint.params_of("archive_url"):
+        spec = endpoint.params[name]
+        prepared[name] = _first_value(endpoint.workflow, spec.to) if isinstance(spec.to, list) else ""
     for name in endpoint.params_of("image_urls"):
         prepared[name] = [ImageInput(image, 1, 1) for image in _graph_images(endpoint, endpoint.params[name])]
     return prepared

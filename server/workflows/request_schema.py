@@ -29,8 +29,8 @@ URI = {"format": "uri"}
 
 ParamType = Literal[
     "string", "integer", "number", "boolean", "enum", "image_size", "seed", "image_url", "image_urls",
-    "video_url", "audio_url", "loras", "sampler", "scheduler", "sigmas", "model_file", "model_blend",
-    "object",
+    "video_url", "audio_url", "archive_url", "loras", "sampler", "scheduler", "sigmas", "model_file",
+    "model_blend", "object",
 ]  # fmt: skip
 
 
@@ -216,6 +216,7 @@ def _annotation(field_name: str, spec: ParamSpec) -> tuple[Any, dict[str, Any]]:
         "image_url": url,
         "video_url": url,
         "audio_url": url,
+        "archive_url": (InputUrl, {"min_length": 1, "json_schema_extra": URI}),  # a trainer's zip
         "image_urls": (
             list[Annotated[InputUrl, Field(json_schema_extra=URI)]],
             {"min_length": 1, "max_length": spec.max_length or 1},

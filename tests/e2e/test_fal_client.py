@@ -9,11 +9,13 @@ Queue tests run once the /queue routes are registered; until then they are skipp
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -234,6 +236,44 @@ def test_subscribe_with_logs(server: Server) -> None:
     )
     assert outcome["updates"] and outcome["updates"][-1] == "Completed"
     assert outcome["result"]["seed"] == 6
+
+
+@needs_queue
+def test_train_then_generate_with_the_returned_lora(server: Server, tmp_path: Path) -> None:
+    """fal's train-then-serve loop, unmodified: upload_file(zip), subscribe to the trainer with logs, then
+    the /lora demo twin with the returned diffusers_lora_file URL (loaded from darkroom's LoRA folder)."""
+    archive = tmp_path / "set.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for index, colour in enumerate([(200, 30, 30), (30, 200, 30)]):
+            data = io.BytesIO()
+            Image.new("RGB", (32, 32), colour).save(data, format="PNG")
+            zf.writestr(f"{index}.png", data.getvalue())
+    outcome = run_sdk(
+        server,
+        f"""
+        logs = []
+        def seen(update):
+            logs.extend(entry["message"] for entry in getattr(update, "logs", None) or [])
+        url = fal_client.upload_file({str(archive)!r})
+        trained = fal_client.subscribe(
+            "darkroom/demo-flux-2-trainer", with_logs=True, on_queue_update=seen,
+            arguments={{"image_data_url": url, "steps": 2, "seed": 1, "default_caption": "a square"}},
+        )
+        lora = trained["diffusers_lora_file"]["url"]
+        image = fal_client.subscribe("darkroom/demo-flux-2", arguments={{
+            "prompt": "a square", "seed": 2, "image_size": {{"width": 32, "height": 32}},
+            "loras": [{{"path": lora, "scale": 1.0}}],
+        }})
+        emit({{"trained": trained, "logs": logs, "image": image}})
+        """,
+        timeout_s=300,
+    )
+    trained = outcome["trained"]
+    assert trained["diffusers_lora_file"]["url"].startswith(f"https://127.0.0.1:{server.port}/files/")
+    assert trained["config_file"]["content_type"] == "application/json"
+    assert any(line.startswith("Training: step 2 of 2") for line in outcome["logs"]), outcome["logs"]
+    # served from the LoRA folder: a download of that loopback URL would be refused by the address policy
+    check_image(server, outcome["image"]["images"][0], (32, 32))
 
 
 # The most a CPU demo allows (about 3 s here): still running when the cancels arrive.

@@ -245,3 +245,25 @@ def test_render_refuses_what_it_cannot_spell() -> None:
 def test_underscored_names_that_collide_are_dropped() -> None:
     table = {"a.b_c": Target("one"), "a_b.c": Target("two"), "d.e": Target("three")}
     assert ln.underscored(table) == {"d_e": Target("three")}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_trained_lora_round_trips_through_diffusers_names_bit_for_bit(dtype: torch.dtype) -> None:
+    """A LoRA as ComfyUI's trainer saves it (ComfyUI names, alpha 1, rank 4, bf16 or fp32), rendered in
+    diffusers names (``output_lora_format: fal``) and read back, makes the very same weight changes:
+    1 / rank is a power of two, so folding it into B rounds nothing. Both files load (all keys match)."""
+    shapes = flux2_shapes()
+    trained = {k: v.to(dtype) for k, v in comfy_lora(shapes, rank=4, alpha=1.0).items()}
+    tables = lk.KeyTables.build(shapes)
+    diffusers = lk.render(trained, shapes, LoraFormat.DIFFUSERS)
+    assert all(
+        k.startswith("transformer.") and k.endswith((".lora_A.weight", ".lora_B.weight")) for k in diffusers
+    )
+    for lora, fmt in ((trained, LoraFormat.COMFY), (diffusers, LoraFormat.DIFFUSERS)):
+        conv = lk.to_comfy(lora, tables)
+        assert conv.unmatched == [] and conv.problems == [] and conv.formats == {fmt}
+        got, want = deltas(conv.state_dict), deltas(trained)
+        assert got.keys() == want.keys()
+        assert all(torch.equal(got[m], want[m]) for m in want), fmt
+    back = lk.render(lk.to_comfy(diffusers, tables).state_dict, shapes, LoraFormat.DIFFUSERS)
+    assert back.keys() == diffusers.keys() and all(torch.equal(back[k], diffusers[k]) for k in back)

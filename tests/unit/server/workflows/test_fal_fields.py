@@ -108,6 +108,7 @@ def _example(spec: Any) -> Any:
         "image_url": "https://example.com/a.png",
         "video_url": "https://example.com/a.mp4",
         "audio_url": "https://example.com/a.wav",
+        "archive_url": "https://example.com/a.zip",
         "loras": [{"path": "https://example.com/a.safetensors"}],
     }
     return examples.get(spec.type, ["https://example.com/a.png"])
