@@ -1,165 +1,209 @@
-"""`bench_gpu.py --cpu-real-size`: real-size diffusion-model files on this CPU machine. Writes random-weight
-files with the released key layouts and shapes (from ComfyUI's own classes on the meta device) under the
-manifest's file names, streamed one tensor at a time, then in a fresh process per file loads each
-through darkroom's loader (its detection at the real widths, its fp8 handling) and samples one step
-at the smallest latent with random conditioning of the real widths, and prints the load time and the
-peak RSS against the file's size.
+"""`bench_gpu.py --cpu-real-size`: real endpoints' whole graphs at real size on this CPU machine.
 
-What it does not do yet (issue 26): the text encoders and VAEs at real size, and each endpoint's whole
-graph through the facade; only the diffusion model's loader and one step.
+For each endpoint below it writes every model file the endpoint binds (diffusion model, text encoders,
+VAE) with random values, the released key layouts, shapes and storage dtypes (``real_layouts.py``),
+under the manifest's file names in a fresh models folder; starts ``darkroom serve`` on loopback over that
+folder (one CPU worker); and runs the endpoint's own graph: its mapping, darkroom's loaders with
+ComfyUI's detection at real widths, its fp8 handling, the text encoders, the sampler, the VAE decode and
+the encoder of the output. Where fal's bounds forbid a small run (Wan 2.2 5B: 580p or 720p, 17 frames
+or more, 2 steps or more), it runs a *published copy* of the endpoint: the graph the editor gets for it
+(``GET /endpoints/{app_id}/workflow``), the latent size and the input nodes' bounds made small, published
+under ``bench/...``. It prints the request's wall time, the worker's peak RSS against the files' sizes
+and what came back.
+
+    .venv/bin/python scripts/bench_gpu.py --cpu-real-size [--json real.json]
+
+Needs about 19 GB of free disk under $TMPDIR and about 20 GB of RAM; the worker is the OOM killer's
+first choice, so a short machine loses the run, not its other processes.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import resource
-import struct
-import subprocess
+import shutil
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
-FLUX1_SCHNELL: dict[str, Any] = {
-    "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": 4096,
-    "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24, "depth": 19, "depth_single_blocks": 38,
-    "axes_dim": [16, 56, 56], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": False,
-    "txt_ids_dims": [], "ops_bias": True, "txt_norm": False,
-}  # fmt: skip
-WAN22_TI2V_5B: dict[str, Any] = {
-    "image_model": "wan2.1", "model_type": "t2v", "patch_size": (1, 2, 2), "in_dim": 48, "dim": 3072,
-    "ffn_dim": 14336, "freq_dim": 256, "text_dim": 4096, "out_dim": 48, "num_heads": 24, "num_layers": 30,
-    "window_size": (-1, -1), "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6,
-}  # fmt: skip
-# (manifest file, family, config, fp8 weights, latent shape, context (tokens, width), pooled width)
-FILES: dict[str, tuple[str, str, dict[str, Any], bool, tuple[int, ...], tuple[int, int], int]] = {
-    "flux1-schnell fp8": (
-        "diffusion_models/flux1-schnell.safetensors", "flux", FLUX1_SCHNELL, True, (16, 8, 8), (16, 4096), 768
+import real_layouts  # noqa: E402
+from bench_gpu import COMFYUI, import_comfy  # noqa: E402
+
+from server.engine.models import load_manifest  # noqa: E402
+from tests.serve_process import ServeProcess  # noqa: E402
+
+RUN_TIMEOUT_S = 3600
+Prompt = dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Case:
+    app_id: str
+    models: tuple[str, ...]  # manifest names
+    body: dict[str, Any]
+    small: Callable[[Prompt], None] | None = None  # set: run a published copy made small by this
+
+
+def _wan_small(prompt: Prompt) -> None:
+    """64 x 64, one frame, one step: the latent node's size and the input nodes' lower bounds."""
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "Wan22ImageToVideoLatent":
+            inputs.update(width=64, height=64)
+        if node["class_type"] == "DarkroomInputInt" and inputs["field"] in (
+            "num_frames",
+            "num_inference_steps",
+        ):
+            inputs.update(min=1, value=1)
+
+
+CASES = (
+    Case(
+        "fal-ai/flux/schnell",
+        ("flux1-schnell", "clip-l", "t5xxl-fp8", "flux1-ae"),
+        {
+            "prompt": "a lighthouse at dusk",
+            "image_size": {"width": 64, "height": 64},
+            "num_inference_steps": 1,
+            "seed": 1,
+            "enable_safety_checker": False,
+        },
+    ),  # fmt: skip
+    Case(
+        "fal-ai/wan/v2.2-5b/text-to-video",
+        ("wan22-ti2v-5b", "umt5-xxl-fp8", "wan22-vae"),
+        {"prompt": "a red fox in the snow", "num_frames": 1, "num_inference_steps": 1, "seed": 1},
+        small=_wan_small,
     ),
-    "wan2.2-ti2v-5b bf16": (
-        "diffusion_models/wan2.2_ti2v_5B_fp16.safetensors", "wan", WAN22_TI2V_5B, False, (48, 1, 4, 4),
-        (16, 4096), 0,
-    ),
-}  # fmt: skip
-_DTYPES = {"bf16": "BF16", "f8": "F8_E4M3"}
+)
 
 
-def _paths() -> None:
-    from bench_gpu import import_comfy
-
-    import_comfy(cpu=True)
-
-
-def _shapes(family: str, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    import comfy.ldm.flux.model
-    import comfy.ldm.wan.model
-    import comfy.ops
-    import torch
-
-    cls = comfy.ldm.flux.model.Flux if family == "flux" else comfy.ldm.wan.model.WanModel
-    model = cls(**config, device="meta", dtype=torch.bfloat16, operations=comfy.ops.disable_weight_init)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def write(path: Path, family: str, config: dict[str, Any], fp8: bool) -> int:
-    """Stream a safetensors file of random values, one tensor at a time: bytes written."""
-    import torch
-    from darkroom.formats.arch import Family, quantisable
-
-    shapes = _shapes(family, config)
-    kind = Family.FLUX if family == "flux" else Family.WAN
-    dtypes = {k: "f8" if fp8 and quantisable(kind, k, s) else "bf16" for k, s in shapes.items()}
-    header: dict[str, Any] = {}
-    offset = 0
-    for key, shape in shapes.items():
-        size = int(torch.Size(shape).numel()) * (1 if dtypes[key] == "f8" else 2)
-        header[key] = {
-            "dtype": _DTYPES[dtypes[key]],
-            "shape": list(shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    gen = torch.Generator().manual_seed(0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        for key, shape in shapes.items():
-            t = torch.randn(shape, generator=gen, dtype=torch.bfloat16) * 0.02
-            t = t.to(torch.float8_e4m3fn) if dtypes[key] == "f8" else (t if len(shape) > 1 else t.abs() + 1)
-            f.write(t.contiguous().view(torch.uint8).numpy().tobytes())
-    return path.stat().st_size
-
-
-def load_and_step(path: Path, name: str) -> dict[str, Any]:
-    """In this (fresh) process: darkroom's loader, then one euler step; seconds and peak RSS."""
-    import comfy.sample
-    import torch
-    from darkroom.formats.arch import Family
-    from darkroom.ops.diffusion import load_diffusion_model
-
-    _, family, _, _, latent, context, pooled = FILES[name]
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    started = time.perf_counter()
-    patcher = load_diffusion_model(path, Family.FLUX if family == "flux" else Family.WAN)
-    load_s = time.perf_counter() - started
-    load_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    gen = torch.Generator().manual_seed(1)
-    cond = [[torch.randn(1, *context, generator=gen), {"pooled_output": torch.zeros(1, pooled or 1)}]]
-    noise = torch.randn(1, *latent, generator=gen)
-    started = time.perf_counter()
-    out = comfy.sample.sample(
-        patcher,
-        noise,
-        1,
-        1.0,
-        "euler",
-        "simple",
-        cond,
-        cond,
-        torch.zeros_like(noise),
-        disable_pbar=True,
-        seed=1,
+def _call(base: str, method: str, path: str, body: Any = None, timeout_s: float = 60) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        base + path, data=data, method=method, headers={"Content-Type": "application/json"}
     )
-    return {
-        "load_s": round(load_s, 2), "step_s": round(time.perf_counter() - started, 2),
-        "finite": bool(torch.isfinite(out).all()), "rss_before_load": base_rss,
-        "peak_rss_after_load": load_rss,
-        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def _worker(serve: ServeProcess) -> psutil.Process:
+    assert serve.process is not None
+    children = psutil.Process(serve.process.pid).children(recursive=True)
+    return next(p for p in children if "main.py" in " ".join(p.cmdline()))
+
+
+class _PeakRss(threading.Thread):
+    """The worker's peak resident set (VmHWM), sampled every 0.2 s while it lives: kept if it dies."""
+
+    def __init__(self, process: psutil.Process) -> None:
+        super().__init__(daemon=True)
+        self.process, self.peak, self.done = process, 0, threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):
+            try:
+                status = Path(f"/proc/{self.process.pid}/status").read_text()
+            except OSError:
+                return
+            hwm = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+            self.peak = max(self.peak, int(hwm.split()[1]) * 1024)
+
+    def stop(self) -> int:
+        self.done.set()
+        self.join()
+        return self.peak
+
+
+def _published_copy(serve: ServeProcess, case: Case) -> str:
+    """Publish the endpoint's own graph made small; the path its /run answers on."""
+    assert case.small is not None
+    status, got = _call(serve.base, "GET", f"/endpoints/{case.app_id}/workflow")
+    assert status == 200, got
+    prompt: Prompt = got["prompt"]
+    case.small(prompt)
+    name = "bench/" + case.app_id.split("/", 1)[1].replace("/", "-").replace(".", "")
+    status, published = _call(serve.base, "POST", "/workflows", {"name": name, "prompt": prompt})
+    assert status == 201, published
+    return str(published["urls"]["run"]).split("://", 1)[1].split("/", 1)[1]
+
+
+def run_case(case: Case, tmp: Path, log_dir: Path) -> dict[str, Any]:
+    """Write the case's files, serve them, run the graph once; the figures."""
+    manifest = load_manifest()
+    models_dir = tmp / "models"
+    written: dict[str, int] = {}
+    started = time.perf_counter()
+    for name in case.models:
+        layout, raw = real_layouts.FILES[name]()
+        written[name] = real_layouts.write(models_dir / manifest.get(name).file, layout, raw)
+        print(f"  wrote {manifest.get(name).file} ({written[name] / 1e9:.2f} GB)", flush=True)
+    write_s = time.perf_counter() - started
+    serve = ServeProcess(
+        data_dir=tmp / "data", models_dir=models_dir, comfyui_dir=COMFYUI, log_path=tmp / "serve.log",
+        env={"OMP_NUM_THREADS": str(os.cpu_count() or 1), "DARKROOM_RUN_TIMEOUT_S": str(RUN_TIMEOUT_S),
+             "DARKROOM_WORKER_HANG_TIMEOUT_S": "900"},
+    )  # fmt: skip
+    serve.start()
+    try:
+        worker = _worker(serve)
+        Path(f"/proc/{worker.pid}/oom_score_adj").write_text("1000")
+        sampler = _PeakRss(worker)
+        time.sleep(0.5)
+        rss_idle = sampler.peak
+        path = _published_copy(serve, case) if case.small else case.app_id
+        started = time.perf_counter()
+        status, body = _call(serve.base, "POST", f"/run/{path}", case.body, timeout_s=RUN_TIMEOUT_S)
+        run_s = time.perf_counter() - started
+        alive = worker.is_running()
+    finally:
+        peak = sampler.stop() if "sampler" in locals() else 0
+        serve.stop()
+        shutil.copy(serve.log_path, log_dir / f"real-{case.app_id.replace('/', '_')}.log")
+    files = sum(written.values())
+    result: dict[str, Any] = {
+        "app_id": case.app_id, "ran": "a published copy, made small" if case.small else "the endpoint",
+        "request": case.body, "status": status, "files_bytes": written, "write_s": round(write_s, 1),
+        "run_s": round(run_s, 1), "worker_alive_after": alive, "worker_peak_rss": peak,
+        "worker_rss_at_ready": rss_idle,
+        "peak_rss_over_files": round(peak / files, 2),
+        "output": {k: v for k, v in body.items() if k in ("images", "video", "timings")}
+        if status == 200 else body,
+        "log": [line for line in serve.log().splitlines() if "loaded" in line or "executed in" in line][-12:],
     }  # fmt: skip
+    return result
 
 
-def main() -> dict[str, Any]:
-    """Every file in FILES: written, then loaded and stepped in a child; the figures by file."""
-    _paths()
+def main(log_dir: Path) -> dict[str, Any]:
+    """Every case in turn, each in a fresh folder; its serve log is kept in ``log_dir``."""
+    import_comfy(cpu=True)
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="darkroom-real-", dir=os.environ.get("TMPDIR")) as tmp:
-        for name, (file, family, config, fp8, *_) in FILES.items():
-            path = Path(tmp) / file
-            started = time.perf_counter()
-            size = write(path, family, config, fp8)
-            write_s = time.perf_counter() - started
-            print(f"{name}: wrote {file} ({size / 1e9:.2f} GB) in {write_s:.0f} s", flush=True)
-            child = subprocess.run(
-                [sys.executable, __file__, str(path), name], capture_output=True, text=True, timeout=1800
-            )
-            if child.returncode:
-                results[name] = {"file_bytes": size, "failed": child.stderr[-2000:]}
-            else:
-                results[name] = {"file_bytes": size, "write_s": round(write_s, 1)} | json.loads(
-                    child.stdout.strip().splitlines()[-1]
-                )
-            path.unlink()
-            print(f"  {results[name]}", flush=True)
+    for case in CASES:
+        print(f"{case.app_id}:", flush=True)
+        tmp = Path(tempfile.mkdtemp(prefix="darkroom-real-", dir=os.environ.get("TMPDIR")))
+        try:
+            results[case.app_id] = run_case(case, tmp, log_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        shown = {k: v for k, v in results[case.app_id].items() if k not in ("log", "request")}
+        print(f"  {json.dumps(shown)}", flush=True)
     return results
 
 
-if __name__ == "__main__":  # the child: load and step one file, print its figures as JSON
-    sys.path.insert(0, str(ROOT / "scripts"))
-    _paths()
-    print(json.dumps(load_and_step(Path(sys.argv[1]), sys.argv[2])))
+if __name__ == "__main__":
+    print(json.dumps(main(Path.cwd()), indent=2))

@@ -396,13 +396,16 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=420.0, help="skip cases that would not fit")
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile case")
     parser.add_argument(
-        "--cpu-real-size", action="store_true", help="real-size random-weight files through darkroom's loader"
+        "--cpu-real-size",
+        action="store_true",
+        help="real endpoints' whole graphs over real-size random-weight files (CPU)",
     )
     args = parser.parse_args()
     if args.cpu_real_size:
         from bench_cpu_real import main as cpu_real_size
 
-        Path(args.json).write_text(json.dumps({"cpu_real_size": cpu_real_size()}, indent=2), encoding="utf-8")
+        figures = {"cpu_real_size": cpu_real_size(Path(args.json).resolve().parent)}
+        Path(args.json).write_text(json.dumps(figures, indent=2), encoding="utf-8")
         return
     bench = run(args)
     out = summary(bench)
