@@ -12,7 +12,9 @@ under ``bench/...``. It prints the request's wall time, the worker's peak RSS ag
 and what came back.
 
     .venv/bin/python scripts/bench_gpu.py --cpu-real-size [--json real.json]
+    .venv/bin/python scripts/bench_cpu_real.py [APP_ID ...]   # some cases; JSON on stdout
 
+``DARKROOM_BENCH_MODELS_DIR`` keeps the files there for the next run (reused when their size matches).
 Needs about 19 GB of free disk under $TMPDIR and about 20 GB of RAM; the worker is the OOM killer's
 first choice, so a short machine loses the run, not its other processes.
 """
@@ -26,8 +28,9 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,8 +124,9 @@ class _PeakRss(threading.Thread):
                 status = Path(f"/proc/{self.process.pid}/status").read_text()
             except OSError:
                 return
-            hwm = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
-            self.peak = max(self.peak, int(hwm.split()[1]) * 1024)
+            for line in status.splitlines():  # a zombie's status has no VmHWM
+                if line.startswith("VmHWM:"):
+                    self.peak = max(self.peak, int(line.split()[1]) * 1024)
 
     def stop(self) -> int:
         self.done.set()
@@ -131,7 +135,7 @@ class _PeakRss(threading.Thread):
 
 
 def _published_copy(serve: ServeProcess, case: Case) -> str:
-    """Publish the endpoint's own graph made small; the path its /run answers on."""
+    """Publish the endpoint's own graph made small; its /run path."""
     assert case.small is not None
     status, got = _call(serve.base, "GET", f"/endpoints/{case.app_id}/workflow")
     assert status == 200, got
@@ -140,18 +144,20 @@ def _published_copy(serve: ServeProcess, case: Case) -> str:
     name = "bench/" + case.app_id.split("/", 1)[1].replace("/", "-").replace(".", "")
     status, published = _call(serve.base, "POST", "/workflows", {"name": name, "prompt": prompt})
     assert status == 201, published
-    return str(published["urls"]["run"]).split("://", 1)[1].split("/", 1)[1]
+    return str(urllib.parse.urlsplit(published["urls"]["run"]).path)
 
 
 def run_case(case: Case, tmp: Path, log_dir: Path) -> dict[str, Any]:
     """Write the case's files, serve them, run the graph once; the figures."""
     manifest = load_manifest()
-    models_dir = tmp / "models"
+    models_dir = Path(os.environ.get("DARKROOM_BENCH_MODELS_DIR", tmp / "models"))
     written: dict[str, int] = {}
     started = time.perf_counter()
     for name in case.models:
         layout, raw = real_layouts.FILES[name]()
-        written[name] = real_layouts.write(models_dir / manifest.get(name).file, layout, raw)
+        path = models_dir / manifest.get(name).file
+        kept = path.is_file() and path.stat().st_size == real_layouts.size(layout, raw)
+        written[name] = path.stat().st_size if kept else real_layouts.write(path, layout, raw)
         print(f"  wrote {manifest.get(name).file} ({written[name] / 1e9:.2f} GB)", flush=True)
     write_s = time.perf_counter() - started
     serve = ServeProcess(
@@ -166,9 +172,9 @@ def run_case(case: Case, tmp: Path, log_dir: Path) -> dict[str, Any]:
         sampler = _PeakRss(worker)
         time.sleep(0.5)
         rss_idle = sampler.peak
-        path = _published_copy(serve, case) if case.small else case.app_id
+        run_path = _published_copy(serve, case) if case.small else f"/run/{case.app_id}"
         started = time.perf_counter()
-        status, body = _call(serve.base, "POST", f"/run/{path}", case.body, timeout_s=RUN_TIMEOUT_S)
+        status, body = _call(serve.base, "POST", run_path, case.body, timeout_s=RUN_TIMEOUT_S)
         run_s = time.perf_counter() - started
         alive = worker.is_running()
     finally:
@@ -189,11 +195,11 @@ def run_case(case: Case, tmp: Path, log_dir: Path) -> dict[str, Any]:
     return result
 
 
-def main(log_dir: Path) -> dict[str, Any]:
+def main(log_dir: Path, only: Sequence[str] = ()) -> dict[str, Any]:
     """Every case in turn, each in a fresh folder; its serve log is kept in ``log_dir``."""
     import_comfy(cpu=True)
     results: dict[str, Any] = {}
-    for case in CASES:
+    for case in (c for c in CASES if not only or c.app_id in only):
         print(f"{case.app_id}:", flush=True)
         tmp = Path(tempfile.mkdtemp(prefix="darkroom-real-", dir=os.environ.get("TMPDIR")))
         try:
@@ -206,4 +212,4 @@ def main(log_dir: Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(Path.cwd()), indent=2))
+    print(json.dumps(main(Path.cwd(), sys.argv[1:]), indent=2))

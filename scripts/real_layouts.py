@@ -12,6 +12,7 @@ diffusion model is written fp8 (the released file is bf16, 23.8 GB: more than th
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -136,23 +137,34 @@ FILES: Mapping[str, Callable[[], tuple[Layout, dict[str, bytes]]]] = {
 }
 
 
-def write(path: Path, layout: Layout, raw: Mapping[str, bytes] | None = None, *, seed: int = 0) -> int:
-    """Stream a safetensors file of random values (weights ~N(0, 0.02), 1-d tensors near 1, scales 1),
-    one tensor at a time: the bytes written."""
-    import torch
-
-    raw = raw or {}
+def _header(layout: Layout, raw: Mapping[str, bytes]) -> bytes:
     header: dict[str, Any] = {}
     offset = 0
     for key, (shape, dtype) in layout.items():
-        size = int(torch.Size(shape).numel()) * _BYTES[dtype]
+        size = math.prod(shape) * _BYTES[dtype]
         header[key] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     for key, data in raw.items():
         header[key] = {"dtype": "U8", "shape": [len(data)], "data_offsets": [offset, offset + len(data)]}
         offset += len(data)
     encoded = json.dumps(header).encode()
-    encoded += b" " * (-len(encoded) % 8)
+    return encoded + b" " * (-len(encoded) % 8)
+
+
+def size(layout: Layout, raw: Mapping[str, bytes] | None = None) -> int:
+    """The bytes ``write`` writes for this layout."""
+    raw = raw or {}
+    tensors = sum(math.prod(s) * _BYTES[d] for s, d in layout.values()) + sum(len(v) for v in raw.values())
+    return 8 + len(_header(layout, raw)) + tensors
+
+
+def write(path: Path, layout: Layout, raw: Mapping[str, bytes] | None = None, *, seed: int = 0) -> int:
+    """Stream a safetensors file of random values (weights ~N(0, 0.02), 1-d tensors near 1, scales 1),
+    one tensor at a time: the bytes written."""
+    import torch
+
+    raw = raw or {}
+    encoded = _header(layout, raw)
     gen = torch.Generator().manual_seed(seed)
     torch_dtypes = {"F8_E4M3": torch.float8_e4m3fn, "BF16": torch.bfloat16, "F16": torch.float16,
                     "F32": torch.float32}  # fmt: skip
@@ -170,7 +182,7 @@ def write(path: Path, layout: Layout, raw: Mapping[str, bytes] | None = None, *,
                     t = torch.randn(part, generator=gen) * 0.02
                 else:
                     t = torch.randn(part, generator=gen).abs() * 0.02 + 1
-                f.write(t.to(torch_dtypes[dtype]).contiguous().view(torch.uint8).numpy().tobytes())
+                f.write(t.to(torch_dtypes[dtype]).reshape(-1).view(torch.uint8).numpy().tobytes())
         for data in raw.values():
             f.write(data)
     return path.stat().st_size
