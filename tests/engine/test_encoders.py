@@ -12,6 +12,7 @@ from typing import Any
 
 import folder_paths
 import pytest
+import safetensors.torch
 import torch
 from darkroom.formats.arch import ModelFileError
 from darkroom.nodes.encoders import DarkroomCLIPVisionLoader, DarkroomTextEncoderLoader, DarkroomVAELoader
@@ -324,3 +325,30 @@ def test_hunyuan_video_15_text_encoder_runs_byt5_on_quoted_text_only(models_dir:
         load_text_encoder(_te_paths(models_dir, "qwen_image"), "hunyuan_video_15")
     with pytest.raises(ModelFileError, match="third-to-last hidden state but the encoder has 2 layers"):
         inspect_text_encoder([*_te_paths(models_dir, "qwen_image"), _byt5(models_dir)], "hunyuan_video_15")
+
+
+def test_a_scaled_fp8_text_encoder_loads_as_released_files_are_stored(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    """Comfy-Org's umt5_xxl_fp8_e4m3fn_scaled layout (fp8 block weights, a `scale_weight` each, the
+    `scaled_fp8` marker) loads into ComfyUI's mixed-precision layers: before the weights went in as the
+    model was built, CLIP() measured the model first and failed ('Linear' object has no attribute
+    'weight'), found by bench_gpu.py --cpu-real-size on the real Wan 2.2 5B graph."""
+    plain = safetensors.torch.load_file(str(models_dir / TE / "umt5xxl.safetensors"))
+    scaled: dict[str, torch.Tensor] = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+    for key, value in plain.items():
+        if key.startswith("encoder.block.") and key.endswith(".weight") and value.ndim == 2:
+            scale = value.abs().max().float() / torch.finfo(torch.float8_e4m3fn).max
+            scaled[key] = (value.float() / scale).to(torch.float8_e4m3fn)
+            scaled[key.removesuffix(".weight") + ".scale_weight"] = scale.reshape(())
+        else:
+            scaled[key] = value
+    path = tmp_path / "umt5xxl-fp8-scaled.safetensors"
+    safetensors.torch.save_file(scaled, str(path))
+    clip = load_text_encoder([path], "wan")
+    q = clip.cond_stage_model.umt5xxl.transformer.encoder.block[0].layer[0].SelfAttention.q
+    assert getattr(q, "quant_format", None), "the block linears are ComfyUI's quantised layers"
+    first, _ = _encode(clip, "a red cat sitting on a tree")
+    second, _ = _encode(clip, "a photo of a blue robot")
+    assert first.shape == (1, 512, 64) and torch.isfinite(first).all()
+    assert not torch.equal(first, second)

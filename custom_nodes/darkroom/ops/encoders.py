@@ -371,7 +371,7 @@ def read_state_dict(path: Path) -> StateDict:
 class _ClipTarget:
     """What comfy.sd.CLIP expects as `target` (sd.py builds an ad-hoc EmptyClass for it)."""
 
-    clip: type[torch.nn.Module]
+    clip: Callable[..., torch.nn.Module]
     tokenizer: type
     params: dict[str, Any] = field(default_factory=dict)
 
@@ -458,8 +458,8 @@ def _fit_vision_tower(transformer: torch.nn.Module, sd: Mapping[str, torch.Tenso
     log.info("Qwen2.5-VL vision tower built at %s", vision)
 
 
-def _load_part(clip: comfy.sd.CLIP, part: _Part, config: Mapping[str, Any]) -> None:
-    module = getattr(clip.cond_stage_model, part.kind.name)
+def _load_part(model: torch.nn.Module, part: _Part, config: Mapping[str, Any]) -> None:
+    module = getattr(model, part.kind.name)
     if part.kind is QWEN25_7B:
         _fit_vision_tower(module.transformer, part.sd)
     weights = {k: v for k, v in part.sd.items() if k not in TOKENIZER_KEYS}
@@ -487,6 +487,18 @@ def load_text_encoder(
     parts = _parts(family, [(Path(p), read_state_dict(Path(p))) for p in paths])
     configs = _configs(parts, config_override)
     target, tokenizer_data = _target(family, parts, configs)
+    build = target.clip
+
+    def build_and_load(**params: Any) -> torch.nn.Module:
+        # The weights go in as the model is built, inside CLIP(): it measures the model next (its
+        # load_models_gpu), and a quantised layer (ComfyUI's mixed-precision ops, as a scaled-fp8 file
+        # such as umt5_xxl_fp8_e4m3fn_scaled makes) has no weight until its state dict is loaded.
+        model = build(**params)
+        for part in parts:
+            _load_part(model, part, configs[part.kind.name])
+        return model
+
+    target.clip = build_and_load
     try:
         clip = comfy.sd.CLIP(
             target,
@@ -497,8 +509,6 @@ def load_text_encoder(
         )
     except TypeError as e:  # a config field the model class does not know (from config_override)
         raise ValueError(f"cannot build the {family.value} text encoder from {configs}: {e}") from e
-    for part in parts:
-        _load_part(clip, part, configs[part.kind.name])
     t5_width = configs.get(T5XXL.name, {}).get("d_model", SD3_CONTEXT_WIDTH)
     if family is TextEncoderFamily.SD3 and t5_width < SD3_CONTEXT_WIDTH:
         _pad_t5_to_sd3_width(clip, t5_width)
