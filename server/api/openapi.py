@@ -115,9 +115,16 @@ class VideoOutput(BaseModel):
 
 
 class UpscaleOutput(BaseModel):
-    """One image, as fal's upscalers answer (fal-ai/esrgan)."""
+    """One image, as fal's upscalers answer (fal-ai/esrgan), and fal's Wan text-to-image with its seed."""
 
     image: Image
+    seed: int | None = Field(default=None, description="The seed used (generators only; not upscalers).")
+    has_nsfw_concepts: list[bool | None] | None = Field(
+        default=None,
+        description="Beyond fal's schema, present only when enable_output_safety_checker is true: [true] "
+        "when the checker flagged the image (it is then black), [false] when it passed, [null] when the "
+        "checker's weights are absent and nothing was checked.",
+    )
 
 
 class ValidationIssue(BaseModel):

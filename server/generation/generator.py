@@ -533,15 +533,16 @@ def _response(
     one image. fal's image timings are a record of numbers: the model calls go there too (fal's video
     and upscaler outputs have no timings; the request's logs say them)."""
     seed = next((resolved[name] for name in endpoint.params_of("seed")), None)
+    field = checker_field(endpoint.params)
+    # Beyond fal's video and one-image schemas, and only when asked for: what the output checker found.
+    verdicts = {"has_nsfw_concepts": checked.flags} if field and resolved.get(field) else {}
     if endpoint.output.kind == "video":
         video = {"video": files[0], "seed": seed}
         if endpoint.output.video_prompt:
             video["prompt"] = resolved.get("prompt", "")
-        field = checker_field(endpoint.params)
-        # Beyond fal's video schema, and only when asked for: what the output checker found.
-        return {**video, "has_nsfw_concepts": checked.flags} if field and resolved.get(field) else video
-    if endpoint.output.kind == "image":
-        return {"image": files[0]}
+        return {**video, **verdicts}
+    if endpoint.output.kind == "image":  # an upscaler's {image}; a generator's {image, seed} (Wan's)
+        return {"image": files[0], **({"seed": seed} if seed is not None else {}), **verdicts}
     if endpoint.output.kind == "lora":
         return training.response(endpoint, files)
     return {

@@ -37,8 +37,8 @@ class EndpointSpec(BaseModel):
     fixed: dict[str, Any] = Field(default_factory=dict, description='"node_id.input" -> constant')
     without: list[str] = Field(
         default_factory=list,
-        description="the mapping's params this endpoint does not have (fal's schema lacks them); their "
-        "targets keep the graph's values or the endpoint's `fixed` ones",
+        description="the mapping's params (and lookups) this endpoint does not have (fal's schema lacks "
+        "them); their targets keep the graph's values or the endpoint's `fixed` ones",
     )
     removes: list[str] = Field(
         default_factory=list,
@@ -283,10 +283,12 @@ def _endpoint(
         if name not in spec.without:
             params[name] = _step_cache(path, app_id, name, base.model_copy(update=spec.params.get(name, {})))
     lookups = {
-        name: base.model_copy(update=spec.lookups.get(name, {})) for name, base in mapping.lookups.items()
+        name: base.model_copy(update=spec.lookups.get(name, {}))
+        for name, base in mapping.lookups.items()
+        if name not in spec.without
     }
     unknown = (set(spec.params) - set(params)) | (set(spec.lookups) - set(lookups))
-    unknown |= set(spec.without) - set(mapping.params)
+    unknown |= set(spec.without) - set(mapping.params) - set(mapping.lookups)
     if unknown:
         raise MappingError(f"{path}: {app_id} overrides unknown params or lookups {sorted(unknown)}")
     blends = [p for p in params.values() if p.type == "model_blend"]

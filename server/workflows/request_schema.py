@@ -9,7 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    create_model,
+    model_validator,
+)
 
 from server.json_types import JsonInt, json_int
 from server.security.untrusted import check_name, parse_url
@@ -142,6 +151,42 @@ class LoraEntry(BaseModel):
     text_encoder_scale: float | None = Field(default=None, ge=-8, le=8, description="Default: scale")
     expert: Literal["high", "low", "both"] = Field(default="both", description="Wan A14B: which expert")
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$", description="Expected file hash")
+    # fal's names on its Wan 2.2 LoRA endpoints, turned into darkroom's by the validator below.
+    transformer: Literal["high", "low", "both"] | None = Field(
+        default=None,
+        exclude=True,
+        description="fal's name for expert (Wan A14B): which expert takes the LoRA",
+    )
+    weight_name: str | None = Field(
+        default=None,
+        exclude=True,
+        min_length=1,
+        max_length=255,
+        description="fal's: the file in a Hugging Face repository `path` (owner/repo): the same as "
+        "path hf://owner/repo/<weight_name>",
+    )
+
+    @model_validator(mode="after")
+    def _fal_names(self) -> LoraEntry:
+        if self.transformer is not None:
+            if "expert" in self.model_fields_set and self.expert != self.transformer:
+                raise ValueError(f"expert {self.expert!r} and transformer {self.transformer!r} disagree")
+            self.expert = self.transformer
+        if self.weight_name is not None:
+            self.path = _lora_path(_repo_file(self.path, self.weight_name))
+        return self
+
+
+def _repo_file(path: str, weight_name: str) -> str:
+    """fal's {path: owner/repo, weight_name: file} as darkroom's hf://owner/repo/file."""
+    repo = path.removeprefix("hf://").removeprefix("https://huggingface.co/").strip("/")
+    is_other_url = "://" in repo
+    if is_other_url or repo.count("/") != 1 or ".." in weight_name.split("/"):
+        raise ValueError(
+            f"weight_name names a file in a Hugging Face repository: path must be owner/repo "
+            f"(or hf://owner/repo), got {path!r}"
+        )
+    return f"hf://{repo}/{weight_name.strip('/')}"
 
 
 class BlendEntry(BaseModel):

@@ -5,6 +5,7 @@ restarted after SIGKILL. Outputs are compared with each other, never with hashes
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -16,10 +17,15 @@ from server.engine.models import load_manifest
 from server.engine.supervisor import Supervisor
 from server.settings import PROJECT_ROOT
 from server.workflows.mapping import load_endpoints
+from tests import media_files
 
 pytestmark = pytest.mark.stack
 
 
+WAN_LORA = "tiny/wan-a14b-lora-a.safetensors"
+WAN_CLIP = (
+    "data:video/mp4;base64," + base64.b64encode(media_files.mp4(6, width=64, height=48, fps=8)).decode()
+)
 A14B_BLEND_LOW = [
     {"model": "tiny-wan22-a14b-high-fp8-scaled", "weight": 1},
     {"model": "tiny-wan22-a14b-low-bf16", "weight": 3},
@@ -120,6 +126,25 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("darkroom/demo-wan-2.2-a14b-i2v", {"image_url": png(80, 64, 2), "end_image_url": png(80, 64, 3)}),
     ("darkroom/demo-hunyuan-video-15-t2v", {"loras": [{"path": "tiny/hunyuan-video-15-lora-a.safetensors"}]}),
     ("darkroom/demo-hunyuan-video-15-i2v", {"image_url": png(80, 64, 1), "num_inference_steps": 2}),
+    (
+        "darkroom/demo-wan-2.2-a14b-t2v-lora",
+        {"num_frames": 1, "num_inference_steps": 2, "loras": [{"path": WAN_LORA, "transformer": "low"}]},
+    ),
+    (
+        "darkroom/demo-wan-2.2-a14b-i2v-lora",
+        {"image_url": png(64, 64, 3), "num_frames": 1, "num_inference_steps": 2, "reverse_video": True},
+    ),
+    (
+        "darkroom/demo-wan-2.2-a14b-v2v",
+        {
+            "video_url": WAN_CLIP,
+            "num_frames": 5,
+            "num_inference_steps": 2,
+            "strength": 0.5,
+            "video_quality": "maximum",
+        },
+    ),
+    ("darkroom/demo-wan-2.2-a14b-t2i", {"image_size": {"width": 32, "height": 32}, "num_inference_steps": 2}),
 ]
 
 

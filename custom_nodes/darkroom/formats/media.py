@@ -22,7 +22,23 @@ _FPS_MAX_DENOMINATOR = 1001  # keeps NTSC rates exact (24000/1001)
 # Bit-exact muxing and encoding leave out library version strings; one thread makes x264's output a
 # function of the frames alone; faststart puts the index first so browsers can play while loading.
 _CONTAINER_OPTIONS = {"movflags": "+faststart", "fflags": "+bitexact"}
-_X264_PRESET = "medium"
+X264_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+)
+X264_PRESET = "medium"
+# fal's video_quality and video_write_mode (its video endpoints' encoder settings) as x264's crf and
+# preset: quality is the crf (lower is better and larger; "high" is darkroom's crf 19 of before), write
+# mode trades encoding time against size at that quality. Each gives the same bytes for the same frames.
+VIDEO_QUALITY_CRF = {"low": 28, "medium": 23, "high": 19, "maximum": 14}
+VIDEO_WRITE_MODE_PRESET = {"fast": "veryfast", "balanced": "medium", "small": "slower"}
 # The audio track: AAC-LC from FFmpeg's own encoder (single-threaded, its coder and rate pinned so the
 # bytes are a function of the samples alone). Rates AAC cannot carry are resampled to the first here.
 AUDIO_CODEC = "aac"
@@ -115,7 +131,9 @@ class Audio:
         return cls(waveform[0].detach().cpu().float().numpy(), int(audio["sample_rate"]))
 
 
-def encode_video(frames: np.ndarray, fps: float, *, crf: int = 19, audio: Audio | None = None) -> bytes:
+def encode_video(
+    frames: np.ndarray, fps: float, *, crf: int = 19, preset: str = X264_PRESET, audio: Audio | None = None
+) -> bytes:
     """Encode TxHxWx3 float frames in [0, 1] as an H.264 yuv420p mp4 (BT.709, limited range).
 
     Same frames and settings give the same bytes: one encoder thread, no AVX-512 (see
@@ -128,19 +146,27 @@ def encode_video(frames: np.ndarray, fps: float, *, crf: int = 19, audio: Audio 
     stream at all.
     """
     _check_video_args(frames, fps, crf)
+    if preset not in X264_PRESETS:
+        raise ValueError(f"x264 preset must be one of {', '.join(X264_PRESETS)}, got {preset!r}")
     if audio is not None:
         _check_audio(audio)
     height, width = video_size(frames.shape[1], frames.shape[2])
     rate = Fraction(fps).limit_denominator(_FPS_MAX_DENOMINATOR)
     with tempfile.TemporaryDirectory(prefix="darkroom-video-") as tmp:
         path = Path(tmp) / "video.mp4"  # faststart rewrites the file by name: it cannot work in memory
-        _write_mp4(path, frames, rate, height, width, crf, audio)
+        _write_mp4(path, frames, rate, (height, width), (crf, preset), audio)
         return path.read_bytes()
 
 
 def _write_mp4(
-    path: Path, frames: np.ndarray, rate: Fraction, height: int, width: int, crf: int, audio: Audio | None
+    path: Path,
+    frames: np.ndarray,
+    rate: Fraction,
+    size: tuple[int, int],
+    settings: tuple[int, str],
+    audio: Audio | None,
 ) -> None:
+    (height, width), (crf, preset) = size, settings
     with av.open(str(path), mode="w", format="mp4", options=_CONTAINER_OPTIONS) as container:
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -152,7 +178,7 @@ def _write_mp4(
         codec.color_primaries, codec.color_trc = ColorPrimaries.BT709, ColorTrc.BT709
         codec.options = {
             "crf": str(crf),
-            "preset": _X264_PRESET,
+            "preset": preset,
             "x264-params": f"asm={_this_cpus_x264_instruction_sets()}",
         }
         # every stream is added before the first packet is muxed (that writes the header)

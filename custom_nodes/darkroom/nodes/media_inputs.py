@@ -41,13 +41,28 @@ class DarkroomLoadVideo(io.ComfyNode):
                     tooltip="0: every frame; else exactly this many, the first ones, the last repeated when "
                     "the video is shorter.",
                 ),
+                io.Float.Input(
+                    "fps",
+                    default=16.0,
+                    min=1.0,
+                    max=120.0,
+                    optional=True,
+                    tooltip="The rate to resample to (with resample on).",
+                ),
+                io.Boolean.Input(
+                    "resample",
+                    default=False,
+                    optional=True,
+                    tooltip="Resample the video to fps first (each frame is the one showing at its time); "
+                    "off, its own frames are taken one by one.",
+                ),
             ],
             outputs=[io.Image.Output("images"), io.Float.Output("fps"), io.Int.Output("frame_count")],
         )
 
     @classmethod
-    def execute(cls, video: str, frames: int) -> io.NodeOutput:
-        pixels, fps = decode_video(_input_path(video), frames)
+    def execute(cls, video: str, frames: int, fps: float = 16.0, resample: bool = False) -> io.NodeOutput:
+        pixels, fps = decode_video(_input_path(video), frames, fps if resample else 0.0)
         return io.NodeOutput(torch.from_numpy(pixels), fps, int(pixels.shape[0]))
 
 

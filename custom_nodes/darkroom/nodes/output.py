@@ -11,6 +11,8 @@ from ..formats.media import (
     CRF_MAX,
     FORMATS,
     VIDEO_CONTENT_TYPE,
+    VIDEO_QUALITY_CRF,
+    VIDEO_WRITE_MODE_PRESET,
     Audio,
     encode_image,
     encode_video,
@@ -108,6 +110,27 @@ class DarkroomSaveVideo(io.ComfyNode):
                 io.Int.Input("crf", default=19, min=0, max=CRF_MAX, optional=True, tooltip=_CRF_TIP),
                 io.String.Input("safety", optional=True, force_input=True, tooltip=_SAFETY_TIP),
                 io.Audio.Input("audio", optional=True, tooltip=_AUDIO_TIP),
+                io.Combo.Input(
+                    "video_quality",
+                    options=list(VIDEO_QUALITY_CRF),
+                    default="high",
+                    optional=True,
+                    tooltip="fal's video_quality, as x264's crf: "
+                    + ", ".join(f"{k} {v}" for k, v in VIDEO_QUALITY_CRF.items())
+                    + ". Given, it replaces crf.",
+                ),
+                io.Combo.Input(
+                    "video_write_mode",
+                    options=list(VIDEO_WRITE_MODE_PRESET),
+                    default="balanced",
+                    optional=True,
+                    tooltip="fal's video_write_mode, as x264's preset (speed against size): "
+                    + ", ".join(f"{k} {v}" for k, v in VIDEO_WRITE_MODE_PRESET.items())
+                    + ".",
+                ),
+                io.Boolean.Input(
+                    "reverse", default=False, optional=True, tooltip="Write the frames last to first."
+                ),
             ],
             is_output_node=True,
         )
@@ -121,6 +144,9 @@ class DarkroomSaveVideo(io.ComfyNode):
         crf: int = 19,
         safety: str | None = None,
         audio: dict | None = None,
+        video_quality: str | None = None,
+        video_write_mode: str = "balanced",
+        reverse: bool = False,
     ) -> io.NodeOutput:
         # H.264 in yuv420p needs even sides: odd ones are padded by repeating the edge (see encode_video).
         height, width = video_size(int(images.shape[1]), int(images.shape[2]))
@@ -129,7 +155,14 @@ class DarkroomSaveVideo(io.ComfyNode):
         )
         file_name = f"{name}_{counter:05}_.mp4"
         sound = Audio.from_comfy(audio) if audio is not None else None
-        data = encode_video(images.cpu().float().numpy(), fps, crf=crf, audio=sound)
+        frames = images.cpu().float().numpy()
+        data = encode_video(
+            frames[::-1] if reverse else frames,
+            fps,
+            crf=VIDEO_QUALITY_CRF[video_quality] if video_quality else crf,
+            preset=VIDEO_WRITE_MODE_PRESET[video_write_mode],
+            audio=sound,
+        )
         with open(os.path.join(folder, file_name), "wb") as f:
             f.write(data)
         video = {

@@ -162,7 +162,7 @@ class KSamplerSchedule:
             )
         if self.sigmas is not None and self.denoise != 1:
             raise OverrideError("sigmas replaces the whole schedule: leave denoise 1 with it")
-        if self.handover > 0:
+        if self.handover > 0 and self.length > 0:  # denoise 0 samples nothing: no expert needs a step
             handover_step(self.length, self.handover)
 
     def compute(self, model: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -181,6 +181,8 @@ class KSamplerSchedule:
             sigmas = ksampler.sigmas
         if self.handover <= 0:
             return sigmas, sigmas, sigmas[-1:]
+        if len(sigmas) == 0:  # denoise 0: neither expert samples, the latent passes through as it is
+            return sigmas, sigmas, sigmas
         step = handover_step(len(sigmas) - 1, self.handover)
         # KSamplerAdvanced's end_at_step / start_at_step slices (SplitSigmas'): the experts share a sigma.
         return sigmas, sigmas[: step + 1], sigmas[step:]
