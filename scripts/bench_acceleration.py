@@ -35,14 +35,16 @@ EXTRA: dict[str, dict[str, Any]] = {"video": {"aspect_ratio": "1:1", "num_frames
 
 
 def demo_levels() -> dict[str, tuple[list[str], int]]:
-    """Each demo twin that has acceleration (and needs no input image): its levels and most steps."""
+    """Each demo twin that has acceleration (and needs no input file): its levels and most steps."""
     found = {}
     for app_id, endpoint in load_endpoints(WORKFLOWS_DIR, load_manifest()).items():
         params = endpoint.params
         if not app_id.startswith("darkroom/demo-") or "acceleration" not in params:
             continue
-        if any(spec.required and spec.type.startswith("image_url") for spec in params.values()):
-            continue
+        if any(spec.required and spec.type.endswith(("_url", "_urls")) for spec in params.values()):
+            continue  # an input file to fetch (image, video, audio)
+        if endpoint.output.kind == "image":
+            continue  # one image (Wan's text-to-image): neither the images nor the video answer below
         found[app_id] = (
             list(params["acceleration"].values or []),
             int(params["num_inference_steps"].le or 12),

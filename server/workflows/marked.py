@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from server.engine.models import Manifest
-from server.workflows.mapping import Endpoint, ImageInput
+from server.workflows.mapping import Endpoint, ImageInput, MediaInput
 from server.workflows.published import MIN_SIDE
 from server.workflows.request_schema import IMAGE_SIZE_PRESETS, ParamSpec
 
@@ -70,9 +70,9 @@ def _defaults(endpoint: Endpoint) -> BaseModel:
     for name, spec in endpoint.params.items():
         if spec.type == "archive_url":  # a trainer's zip: the graph keeps its own folder (_placeholders)
             body[name] = "data:application/zip;base64,"
-        elif spec.type in ("image_url", "image_urls") and spec.required:
-            # A stand-in the URL check accepts: build_prompt takes the graph's own images (_placeholders).
-            body[name] = _STAND_IN if spec.type == "image_url" else [_STAND_IN]
+        elif spec.type in ("image_url", "image_urls", "video_url", "audio_url") and spec.required:
+            # A stand-in the URL check accepts: build_prompt takes the graph's own files (_placeholders).
+            body[name] = [_STAND_IN] if spec.type == "image_urls" else _STAND_IN
         elif spec.required and spec.type == "loras":
             body[name] = []  # the graph's own stack is empty (fal's /lora endpoints require the field)
         elif spec.required:
@@ -82,8 +82,8 @@ def _defaults(endpoint: Endpoint) -> BaseModel:
 
 
 def _placeholders(endpoint: Endpoint) -> dict[str, Any]:
-    """What build_prompt needs for I/O-backed fields: no LoRAs; images as the graph has them, square
-    (an "auto" aspect ratio, a lookup key, resolves as for a square image and stays fixed)."""
+    """What build_prompt needs for I/O-backed fields: no LoRAs; images, videos and sounds as the graph has
+    them, square (an "auto" aspect ratio, a lookup key, resolves as for a square input and stays fixed)."""
     prepared: dict[str, Any] = {name: [] for name in endpoint.params_of("loras")}
     for name in endpoint.params_of("image_url"):
         spec = endpoint.params[name]
@@ -94,6 +94,10 @@ def _placeholders(endpoint: Endpoint) -> dict[str, Any]:
         prepared[name] = _first_value(endpoint.workflow, spec.to) if isinstance(spec.to, list) else ""
     for name in endpoint.params_of("image_urls"):
         prepared[name] = [ImageInput(image, 1, 1) for image in _graph_images(endpoint, endpoint.params[name])]
+    for name in endpoint.params_of("video_url", "audio_url"):  # no input node: the graph's file stays
+        spec = endpoint.params[name]
+        current = _first_value(endpoint.workflow, spec.to) if isinstance(spec.to, list) and spec.to else ""
+        prepared[name] = MediaInput(str(current or ""), 0.0, width=1, height=1)
     return prepared
 
 

@@ -44,6 +44,8 @@ def _request(endpoint: Endpoint, **fields: Any) -> Any:
     examples = {
         "image_url": "https://example.com/a.png",
         "image_urls": ["https://example.com/a.png"],
+        "video_url": "https://example.com/a.mp4",
+        "audio_url": "https://example.com/a.wav",
         "loras": [{"path": "https://example.com/a.safetensors"}],
     }
     required = {
@@ -55,12 +57,17 @@ def _request(endpoint: Endpoint, **fields: Any) -> Any:
 
 
 def _graph(endpoint: Endpoint, **fields: Any) -> dict[str, Any]:
-    from server.workflows.mapping import ImageInput
+    from server.workflows.mapping import ImageInput, MediaInput
 
-    prepared = {
+    prepared: dict[str, Any] = {
         name: [ImageInput("in.png", 64, 64)] if spec.type == "image_urls" else ImageInput("in.png", 64, 64)
         for name, spec in endpoint.params.items()
         if spec.type in ("image_url", "image_urls")
+    }
+    prepared |= {
+        name: MediaInput("in.mp4", 1.0, 16, 16.0, 64, 64, 16000)
+        for name, spec in endpoint.params.items()
+        if spec.type in ("video_url", "audio_url")
     }
     return endpoint.build_prompt(_request(endpoint, **fields), MANIFEST, prepared)[0]
 
