@@ -24,10 +24,10 @@ serve: setup
 # Two pytest workers (pytest-xdist), a test file at a time each: an e2e test mostly waits on its ComfyUI
 # worker, so two streams fill two cores; each stream starts its own stack (and hands its log scan to the
 # run: tests/conftest.py). tests/engine imports ComfyUI in-process, so it runs apart, after (run alongside,
-# its load made the fleet drill's leases expire: a request ran twice).
+# its load made the fleet drill's leases expire: a request ran twice), on two workers of its own.
 test: test-setup
 	$(PY) -m pytest tests --ignore=tests/engine -n 2 --dist loadfile
-	$(PY) -m pytest tests/engine
+	$(PY) -m pytest tests/engine -n 2 --dist loadfile
 
 # What serving needs (the Docker image runs this); the tests also need a browser, PostgreSQL and fal's
 # JS client.

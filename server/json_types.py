@@ -17,7 +17,8 @@ def _whole(value: Any) -> Any:
     return int(value) if type(value) is float and value.is_integer() else value
 
 
-JsonInt = Annotated[int, BeforeValidator(_whole)]
+WHOLE = BeforeValidator(_whole)  # for Annotated[int, Field(bounds), WHOLE] in static annotations
+JsonInt = Annotated[int, WHOLE]
 
 
 def json_int(*, ge: int | None = None, le: int | None = None) -> Any:

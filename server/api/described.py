@@ -21,7 +21,8 @@ F = TypeVar("F", bound=Callable[..., object])
 # cookie; a storage upload token; an upload URL's own capability (no credential).
 Scheme = Literal["key", "token", "session", "upload_token", "capability"]
 # a model (JSON), a content type, a model in another content type (a form), or nothing
-Body = type[BaseModel] | str | tuple[str, type[BaseModel]] | None
+# a model (JSON), a media type, a model in another media type, or several media types (JSON's as {})
+Body = type[BaseModel] | str | tuple[str, type[BaseModel]] | list[str] | None
 
 _ATTR = "_darkroom_operation"
 

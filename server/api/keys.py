@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Annotated
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,9 +23,10 @@ from server.api.described import operation
 from server.api.request import read_model
 from server.api.state import ACCOUNTS, KEYS
 from server.errors import DarkroomError, NotFoundError
+from server.json_types import WHOLE
 from server.queue.accounts import Accounts, KeyRecord
 from server.security.keyring import KeyRing
-from server.security.roles import NAME, Limits, Role, check_apps
+from server.security.roles import APP_PATTERN, NAME, Limits, Role, check_apps
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +38,11 @@ class KeyLimits(BaseModel):
     """A key's limits; null or absent: unlimited."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    rate_per_min: int | None = Field(default=None, ge=1, le=1_000_000, description="Requests per minute")
-    max_concurrent: int | None = Field(
-        default=None, ge=1, le=100_000, description="Requests queued or running at once"
+    rate_per_min: Annotated[int, Field(ge=1, le=1_000_000), WHOLE] | None = Field(
+        default=None, description="Requests per minute"
+    )
+    max_concurrent: Annotated[int, Field(ge=1, le=100_000), WHOLE] | None = Field(
+        default=None, description="Requests queued or running at once"
     )
     monthly_gpu_s: float | None = Field(
         default=None, ge=0, le=1e12, description="GPU-seconds per calendar month (UTC); then 402"
@@ -51,7 +55,7 @@ class KeyLimits(BaseModel):
 class NewKey(KeyLimits):
     name: str = Field(pattern=NAME.pattern, description="The key's name, also its user id")
     role: Role = Field(default=Role.RUNNER, strict=False, description="runner, developer or admin")
-    apps: list[str] = Field(
+    apps: list[Annotated[str, Field(pattern=APP_PATTERN.pattern)]] = Field(
         default_factory=list, max_length=64, description="App patterns it may call (none: every app)"
     )
     model_config = ConfigDict(extra="forbid", strict=True, use_enum_values=False)

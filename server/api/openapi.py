@@ -177,6 +177,8 @@ class _Builder:
     def content(self, body: Body) -> dict[str, Any]:
         if body is None:
             return {"application/json": {"schema": {}}}
+        if isinstance(body, list):  # one of several media types, the query choosing (JSON or CSV)
+            return {k: {"schema": {}} if k == "application/json" else self.content(k)[k] for k in body}
         if isinstance(body, tuple):  # a model in another media type (a form)
             return {body[0]: {"schema": self.ref(body[1])}}
         if isinstance(body, str):  # events are JSON objects, */* anything, other types text or bytes
@@ -290,7 +292,8 @@ def _app_operation(
     schema = endpoint.request_model.model_json_schema(ref_template="#/components/schemas/{model}")
     if choices is not None:
         for name in endpoint.params_of(*FIELD_TYPES):
-            schema["properties"][name]["enum"] = [DEFAULT, *choices[endpoint.params[name].type]]
+            if endpoint.params[name].honoured is None:  # else the document lists only what is served
+                schema["properties"][name]["enum"] = [DEFAULT, *choices[endpoint.params[name].type]]
     body = {"application/json": {"schema": builder.ref(endpoint.request_model, schema)}}
     outputs: dict[str, type[BaseModel]] = {"video": VideoOutput, "image": UpscaleOutput}
     output = outputs.get(endpoint.output.kind, ImageOutput)

@@ -119,7 +119,13 @@ def routes() -> list[web.RouteDef]:
         "from": _TIME, "to": _TIME, "group_by": _GROUP, "format": _FORMAT,
         "key": "One key's usage (admins; others may name only their own)",
     },
-    responses={200: "The usage rows", 403: "Another key's usage, asked by a key that is not an admin"},
+    responses={
+        200: "The usage rows (JSON; CSV with format=csv)",
+        403: "Another key's usage, asked by a key that is not an admin",
+        422: "A time that is neither unix seconds nor ISO 8601",
+    },
+    ok=["application/json", "text/csv"],
+    refusals={422: (InputError.code,)},  # the times' form: no schema of a query string says it
     tag="usage",
 )  # fmt: skip
 async def usage(request: web.Request) -> web.Response:

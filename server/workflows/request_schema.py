@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from server.errors import InputError
 from server.json_types import JsonInt, json_int
 from server.security.untrusted import check_name, parse_url
 
@@ -168,9 +169,15 @@ class LoraEntry(BaseModel):
 
     @model_validator(mode="after")
     def _fal_names(self) -> LoraEntry:
+        # These refusals are InputErrors (422 input_error, declared on the run and queue routes), not
+        # validation errors: no JSON schema says that two fields must agree or what a path must be
+        # when another field is given, so the document cannot, and the fuzz drill holds it to that.
         if self.transformer is not None:
             if "expert" in self.model_fields_set and self.expert != self.transformer:
-                raise ValueError(f"expert {self.expert!r} and transformer {self.transformer!r} disagree")
+                raise InputError(
+                    f"A LoRA's expert {self.expert!r} and transformer {self.transformer!r} disagree: "
+                    "transformer is fal's name for expert; send one of them, or the same value in both."
+                )
             self.expert = self.transformer
         if self.weight_name is not None:
             self.path = _lora_path(_repo_file(self.path, self.weight_name))
@@ -182,8 +189,8 @@ def _repo_file(path: str, weight_name: str) -> str:
     repo = path.removeprefix("hf://").removeprefix("https://huggingface.co/").strip("/")
     is_other_url = "://" in repo
     if is_other_url or repo.count("/") != 1 or ".." in weight_name.split("/"):
-        raise ValueError(
-            f"weight_name names a file in a Hugging Face repository: path must be owner/repo "
+        raise InputError(
+            f"A LoRA's weight_name names a file in a Hugging Face repository: path must be owner/repo "
             f"(or hf://owner/repo), got {path!r}"
         )
     return f"hf://{repo}/{weight_name.strip('/')}"

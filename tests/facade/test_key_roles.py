@@ -149,7 +149,7 @@ async def test_keys_are_created_rotated_and_revoked_without_a_restart(tmp_path: 
         bad = await client.post("/keys", json={"name": "x y", "role": "root"}, headers=ADMIN)
         assert bad.status == 422 and {e["loc"][-1] for e in (await bad.json())["detail"]} == {"name", "role"}
         pattern = await client.post("/keys", json={"name": "p", "apps": ["a b"]}, headers=ADMIN)
-        assert pattern.status == 422 and "Invalid app pattern" in (await pattern.json())["detail"]
+        assert pattern.status == 422 and (await pattern.json())["detail"][0]["loc"] == ["body", "apps", 0]
         assert (await client.get("/endpoints", headers=ADMIN)).status == 200  # the configured key: admin
 
 
