@@ -127,6 +127,7 @@ async def list_keys(request: web.Request) -> web.Response:
     summary="Create a key: its secret is in the answer, and only there",
     body=NewKey,
     responses={201: "The key and its secret", 422: "Invalid body, or a valid key has that name"},
+    refusals={422: ("key_exists",)},  # another key's name: no schema can say which names are taken
     tag="keys",
 )
 @requires(Role.ADMIN)

@@ -4,7 +4,7 @@ queue submits, and the stateful links (submit -> status -> result -> cancel, upl
 Every schemathesis check but the auth-mutation one (see the script's docstring): no 5xx, no answer the
 document does not describe, schema-valid requests accepted and schema-violating ones refused, 405s with
 the exact Allow, no hang; the only refusals of well-formed requests it tolerates are those the document
-declares, by error type. Deterministic cases, two examples per operation, fuzzing and links for 80 s;
+declares, by error type. Deterministic cases, two examples per operation, fuzzing and links for 50 s;
 the coverage phase skips the demos' sync runs and all but two of their queue submits (NO_COVERAGE_FOR),
 which the fuzzing and stateful phases still send."""
 
@@ -27,7 +27,7 @@ NO_COVERAGE_FOR = r"^/run/darkroom/|^/queue/darkroom/(?!demo-flux-2$|demo-wan-2\
 
 def test_a_bounded_fuzz_round_with_generation_finds_nothing(comfyui_dir: Path, tiny_models_dir: Path) -> None:
     found = run_drill(
-        "fuzz", "--max-examples", "2", "--max-time-s", "80", "--no-coverage-for", NO_COVERAGE_FOR,
+        "fuzz", "--max-examples", "2", "--max-time-s", "50", "--no-coverage-for", NO_COVERAGE_FOR,
         comfyui_dir=comfyui_dir, models_dir=tiny_models_dir, timeout_s=360,
     )  # fmt: skip
     assert found["cases"] > 0 and found["operations"] >= 90, f"too few operations reached: {found}"
