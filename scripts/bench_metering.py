@@ -54,7 +54,7 @@ async def main(requests: int) -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         store = SqliteJobStore(Path(data_dir) / "jobs.sqlite3")
         await store.open()
-        meter = Meter(Accounts(store))
+        meter = Meter(Accounts(store), prices={"*": 2.49})
         keys = [f"key-{n}" for n in range(20)]
         sync_ms = cpu_ms_per_call(
             requests, lambda i: meter.record(keys[i % 20], "fal-ai/flux-2", 200, run_s=3.3, output=OUTPUT)
@@ -75,7 +75,7 @@ async def main(requests: int) -> None:
         meter._pending.clear()
 
         limiter = Limiter()
-        callers = [Caller(k, Role.RUNNER, limits=Limits(10**6, 1000, 1e9)) for k in keys]
+        callers = [Caller(k, Role.RUNNER, limits=Limits(10**6, 1000, 1e9, 1e9)) for k in keys]
         jobs = {str(n): record for n in range(1000)}  # a busy index: 1000 unexpired jobs
         now = time.time()
 
@@ -85,8 +85,9 @@ async def main(requests: int) -> None:
                 1 for r in jobs.values() if r.user_id == user and r.status is not JobStatus.COMPLETED
             )
             limiter.admit(
-                callers[i % 20], now=now + i * 1e-4, in_flight=in_flight, month_gpu_s=meter.month_gpu_s(user)
-            )
+                callers[i % 20], now=now + i * 1e-4, in_flight=in_flight,
+                month_gpu_s=meter.month_gpu_s(user), month_usd=meter.month_usd(user),
+            )  # fmt: skip
 
         admit_ms = cpu_ms_per_call(requests, admit)
         await store.close()

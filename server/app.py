@@ -81,7 +81,7 @@ from server.queue.fleet_packs import FleetPacks
 from server.queue.fleet_workflows import shared_catalog
 from server.queue.job_queue import MAX_ATTEMPTS, JobQueue
 from server.queue.limits import Limiter
-from server.queue.meter import Meter
+from server.queue.meter import Meter, hourly_prices
 from server.queue.postgres_store import PostgresJobStore
 from server.queue.sqlite_store import SqliteJobStore
 from server.queue.store import JobStore
@@ -267,8 +267,8 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
     app[INVENTORY] = ModelInventory(manifest, settings.models_path)
     app[METRICS] = Metrics(supervisor, app[QUEUE], served)
     app[QUEUE].observers.append(app[METRICS].job_finished)
-    usage.hourly_prices(settings.gpu_hourly_usd)  # a malformed price fails at start-up
-    app[METER] = Meter(app[ACCOUNTS], device=lambda: _device_kind(supervisor))
+    prices = hourly_prices(settings.gpu_hourly_usd)  # a malformed price fails at start-up
+    app[METER] = Meter(app[ACCOUNTS], device=lambda: _device_kind(supervisor), prices=prices)
     app[QUEUE].observers.append(app[METER].job_finished)
     app[LIMITER] = Limiter()
     sender.observers.append(app[METRICS].webhook_settled)

@@ -119,6 +119,9 @@ def _keys_parser(commands: Any) -> None:
         parser.add_argument("--rate-per-min", type=int, help="Requests per minute.")
         parser.add_argument("--max-concurrent", type=int, help="Requests queued or running at once.")
         parser.add_argument("--monthly-gpu-s", type=float, help="GPU-seconds per calendar month (UTC).")
+        parser.add_argument(
+            "--monthly-usd", type=float, help="USD per calendar month (UTC) at DARKROOM_GPU_HOURLY_USD."
+        )
     actions.add_parser("list", help="The keys (no secrets).").add_argument("--revoked", action="store_true")
     actions.add_parser("revoke", help="Revoke a key.").add_argument("name")
     actions.add_parser("rotate", help="Give a key a new secret (printed once).").add_argument("name")
@@ -207,7 +210,10 @@ async def keys_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
         accounts, name = Accounts(store), getattr(args, "name", "")
         limits = Limits(
-            *(getattr(args, f, None) for f in ("rate_per_min", "max_concurrent", "monthly_gpu_s"))
+            *(
+                getattr(args, f, None)
+                for f in ("rate_per_min", "max_concurrent", "monthly_gpu_s", "monthly_usd")
+            )
         )
         if args.action == "list":
             for record in await accounts.keys(revoked=args.revoked):
@@ -218,12 +224,7 @@ async def keys_command(args: argparse.Namespace, settings: Settings) -> int:
             secret = await accounts.issue(check_name(name), role, apps, limits, time.time())
             done = secret is not None
         elif args.action == "limits":
-            secret, done = (
-                None,
-                await accounts.set_limits(
-                    name, Limits(args.rate_per_min, args.max_concurrent, args.monthly_gpu_s)
-                ),
-            )
+            secret, done = None, await accounts.set_limits(name, limits)
         elif args.action == "revoke":
             secret, done = None, await accounts.revoke(name, time.time())
         else:

@@ -47,9 +47,13 @@ class KeyLimits(BaseModel):
     monthly_gpu_s: float | None = Field(
         default=None, ge=0, le=1e12, description="GPU-seconds per calendar month (UTC); then 402"
     )
+    monthly_usd: float | None = Field(
+        default=None, ge=0, le=1e12,
+        description="USD per calendar month (UTC), GPU-seconds at DARKROOM_GPU_HOURLY_USD; then 402",
+    )  # fmt: skip
 
     def limits(self) -> Limits:
-        return Limits(self.rate_per_min, self.max_concurrent, self.monthly_gpu_s)
+        return Limits(self.rate_per_min, self.max_concurrent, self.monthly_gpu_s, self.monthly_usd)
 
 
 class NewKey(KeyLimits):

@@ -17,6 +17,11 @@ at most ``max_buffering`` inputs (default 1) wait; a newer input pushes out the 
 (latest wins: a UI that sends an input per keystroke gets the newest prompt next, not a backlog).
 Each dropped input is reported as ``{"type": "x-fal-message", "action": "dropped", "request_id"?}``
 (fal's SDKs skip x-fal-message frames). Closing the socket cancels the running input.
+
+Each input that runs is metered like a ``/run`` (a usage row for the socket's key) and admitted under
+the key's limits when it starts (``quotas.admitted``): one refused (rate, concurrency or budget) gets
+the error frame with the 429 or 402 reason, and the socket stays open. An input dropped while waiting
+never ran: it is neither metered nor counted against the rate.
 """
 
 from __future__ import annotations
@@ -36,14 +41,17 @@ import msgpack
 from aiohttp import web
 from pydantic import BaseModel
 
-from server.api import auth
+from server.api import auth, quotas
 from server.api.described import operation
 from server.api.params import Param
 from server.api.request import base_url, within_depth
+from server.api.run import counted
 from server.api.state import ENDPOINTS, GENERATOR, HUB, QUEUE, SETTINGS
 from server.api.streams import endless
 from server.errors import DarkroomError, RequestValidationError
 from server.generation.live import run_live
+from server.queue.store import DEFAULT_USER_ID
+from server.security.tokens import Grant
 from server.workflows.mapping import Endpoint
 from server.workflows.validation import find_endpoint, validate_input
 
@@ -88,9 +96,10 @@ class _Session:
     """One realtime connection: a reader that validates and buffers inputs, a runner that runs them."""
 
     def __init__(
-        self, request: web.Request, ws: web.WebSocketResponse, endpoint: Endpoint, buffering: int
-    ) -> None:
-        self.request, self.ws, self.endpoint = request, ws, endpoint
+        self, request: web.Request, ws: web.WebSocketResponse, endpoint: Endpoint, buffering: int,
+        grant: Grant,
+    ) -> None:  # fmt: skip
+        self.request, self.ws, self.endpoint, self.grant = request, ws, endpoint, grant
         self.pending: deque[_Input] = deque()
         self.buffering = buffering
         self._ready = asyncio.Event()
@@ -150,14 +159,19 @@ class _Session:
             await self._run_one(self.pending.popleft())
 
     async def _run_one(self, item: _Input) -> None:
-        generator = self.request.app[GENERATOR]
+        app = self.request.app
+        generator, user = app[GENERATOR], self.grant.user_id or DEFAULT_USER_ID
         started = time.perf_counter()
         try:
-            output = await run_live(
-                generator, self.request.app[HUB], self.endpoint, item.parsed, request_id=str(uuid.uuid4()),
-                base_url=base_url(self.request, generator.settings),
-                previews_per_s=generator.settings.previews_per_s, turn=self.request.app[QUEUE].sync_turn,
-            )  # fmt: skip
+            with (
+                quotas.admitted(app, quotas.socket_caller(app, self.grant)),
+                counted(app, user, self.endpoint.app_id) as ran,
+            ):
+                output = ran["output"] = await run_live(
+                    generator, app[HUB], self.endpoint, item.parsed, request_id=str(uuid.uuid4()),
+                    base_url=base_url(self.request, generator.settings),
+                    previews_per_s=generator.settings.previews_per_s, turn=app[QUEUE].sync_turn,
+                )  # fmt: skip
         except DarkroomError as e:
             await self._send_text(error_frame(e, item.client_request_id))
             return
@@ -211,7 +225,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     expiry = auth.close_at_expiry(ws, grant)
     try:
-        await _Session(request, ws, endpoint, buffering).serve()
+        await _Session(request, ws, endpoint, buffering, grant).serve()
     finally:
         if expiry is not None:
             expiry.cancel()

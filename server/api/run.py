@@ -66,9 +66,9 @@ async def run(request: web.Request) -> web.Response:
     """Sync run: the response is the model output itself (fal sends no envelope)."""
     endpoint = find_endpoint(request.app[ENDPOINTS], request.match_info["path"])
     request_id = request[REQUEST_ID] = str(uuid.uuid4())
-    with counted(request, endpoint.app_id) as ran:
+    with counted(request.app, user_of(request), endpoint.app_id) as ran:
         start_timeout_s = request_timeout_s(request.headers)
-        parsed = ran["input"] = await read_input(request, endpoint)
+        parsed = await read_input(request, endpoint)
         generator = request.app[GENERATOR]
         output = ran["output"] = await run_live(
             generator, request.app[HUB], endpoint, parsed, request_id=request_id,
@@ -78,22 +78,25 @@ async def run(request: web.Request) -> web.Response:
     return web.json_response(output)
 
 
-def metered(request: web.Request, app_id: str, status: int, run_s: float, ran: dict[str, Any]) -> None:
-    """Count a finished sync run in the metrics and the caller's usage. A request refused before it
-    reached a worker (4xx) used no worker time."""
-    request.app[METRICS].run_finished(app_id, status, run_s)
-    parsed = ran.get("input")
-    frames = {name: getattr(parsed, name, None) for name in ("num_frames", "frames_per_second")}
-    request.app[METER].record(
-        caller_of(request).user_id or DEFAULT_USER_ID, app_id, status,
-        run_s=0.0 if 400 <= status < 500 else run_s, output=ran.get("output"), request_input=frames,
-    )  # fmt: skip
+def user_of(request: web.Request) -> str:
+    return caller_of(request).user_id or DEFAULT_USER_ID
+
+
+def metered(
+    app: web.Application, user_id: str, app_id: str, status: int, run_s: float, ran: dict[str, Any]
+) -> None:
+    """Count a finished sync run (or realtime input) in the metrics and its key's usage. A request
+    refused before it reached a worker (4xx) used no worker time."""
+    app[METRICS].run_finished(app_id, status, run_s)
+    app[METER].record(
+        user_id, app_id, status, run_s=0.0 if 400 <= status < 500 else run_s, output=ran.get("output")
+    )
 
 
 @contextlib.contextmanager
-def counted(request: web.Request, app_id: str) -> Iterator[dict[str, Any]]:
+def counted(app: web.Application, user_id: str, app_id: str) -> Iterator[dict[str, Any]]:
     """Count a sync run with the status it ends with (499: the client left); the caller puts the
-    parsed ``input`` and the ``output`` in the dict it is given, for metering."""
+    ``output`` in the dict it is given, for metering."""
     started, status, ran = time.perf_counter(), 200, dict[str, Any]()
     try:
         yield ran
@@ -107,7 +110,7 @@ def counted(request: web.Request, app_id: str) -> Iterator[dict[str, Any]]:
         status = 500
         raise
     finally:
-        metered(request, app_id, status, time.perf_counter() - started, ran)
+        metered(app, user_id, app_id, status, time.perf_counter() - started, ran)
 
 
 @operation(
@@ -146,7 +149,7 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
     )  # fmt: skip
     response = await sse.open_stream(request)
     started, status = time.perf_counter(), 499  # unless the run ends while the client listens
-    ran: dict[str, Any] = {"input": parsed}
+    ran: dict[str, Any] = {}
     try:
         async for event in subscription:
             if event["type"] == "completed":
@@ -163,5 +166,5 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
         subscription.close()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        metered(request, endpoint.app_id, status, time.perf_counter() - started, ran)
+        metered(request.app, user_of(request), endpoint.app_id, status, time.perf_counter() - started, ran)
     return response

@@ -23,9 +23,9 @@ from server.api.auth import caller_of, page_access, self_authenticating
 from server.api.described import operation
 from server.api.params import Param
 from server.api.state import ACCOUNTS, METER, SETTINGS
-from server.errors import ConfigError, ForbiddenError, InputError
+from server.errors import ForbiddenError, InputError
 from server.queue.accounts import UsageRow
-from server.queue.meter import month_start
+from server.queue.meter import cost_usd, hourly_prices, month_start
 from server.queue.store import DEFAULT_USER_ID
 from server.security.roles import Role
 
@@ -47,28 +47,6 @@ _GROUP = Param(
 _FORMAT = Param("json (default) or csv", enum=("json", "csv"))
 
 
-def hourly_prices(text: str) -> dict[str, float]:
-    """``DARKROOM_GPU_HOURLY_USD``: "2.49" (every device kind) or "cuda=2.49,cpu=0" -> kind -> USD/hour
-    ("*" for every kind). A ConfigError names what is wrong."""
-    prices: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        kind, _, value = part.rpartition("=")
-        try:
-            price = float(value)
-        except ValueError:
-            price = -1.0
-        if price < 0:
-            raise ConfigError(
-                f"DARKROOM_GPU_HOURLY_USD: {part!r} is not a price; give '2.49' or 'cuda=2.49,cpu=0'"
-            )
-        prices[kind.strip() or "*"] = price
-    return prices
-
-
-def cost_usd(row: UsageRow, prices: Mapping[str, float]) -> float:
-    return row.gpu_s / 3600.0 * prices.get(row.device, prices.get("*", 0.0))
-
-
 def summarize(
     rows: Iterable[UsageRow], group_by: tuple[str, ...], prices: Mapping[str, float]
 ) -> list[dict[str, Any]]:
@@ -83,7 +61,7 @@ def summarize(
         entry["succeeded" if row.status == 200 else "failed"] += 1
         for name in SUMS:
             entry[name] += getattr(row, name)
-        entry["cost_usd"] += cost_usd(row, prices)
+        entry["cost_usd"] += cost_usd(row.gpu_s, row.device, prices)
     return [_rounded(totals[group]) for group in sorted(totals)]
 
 

@@ -9,6 +9,8 @@ Client messages (JSON text frames), each may carry a "ref" that the answer echoe
   (the submit response's fields), then its events.
 Server messages are the hub's events (see ``server/generation/progress.py``), each with "type" and
 "request_id", and ``{"type": "error", "detail", "error_type", "status_code"}`` for a refused message.
+A submit is admitted under its key's limits (``quotas.admitted``; refused: the error message with 429
+``rate_limited`` and ``retry_after_s``, or 402 ``budget_exceeded``) and metered as any queued request.
 
 Credentials (``auth.websocket_grant``): ``Authorization: Key <key>``, or, from a browser, which cannot
 set headers on a WebSocket, ``?fal_jwt_token=<token>`` from ``POST /tokens/``. A token limits the
@@ -27,7 +29,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from server.api import auth
+from server.api import auth, quotas
 from server.api.described import operation
 from server.api.queue import submit_job, submitted_body
 from server.api.request import base_url, parse_json
@@ -95,7 +97,9 @@ class _Session:
                     "bad_message",
                 )  # noqa: E501
         except DarkroomError as e:
-            await self.error(ref, e.status, e.detail, e.code)
+            after = e.headers.get("Retry-After", "")
+            wait = {"retry_after_s": int(after)} if after.isdigit() else {}
+            await self.error(ref, e.status, e.detail, e.code, **wait)
 
     async def handle_safely(self, text: str) -> None:
         """``handle``, and a failure it did not foresee an error frame: the connection stays usable."""
@@ -156,10 +160,11 @@ class _Session:
         auth.require_app(self.grant, app_id)
         headers = {"X-Fal-Queue-Priority": str(message.get("priority") or "normal")}
         query = {"fal_webhook": str(message["webhook_url"])} if message.get("webhook_url") else {}
-        record = await submit_job(
-            self.app, app_id, message.get("input") or {}, base=base_url(self.request, self.app[SETTINGS]),
-            headers=headers, query=query, user_id=self.grant.user_id or DEFAULT_USER_ID,
-        )  # fmt: skip
+        with quotas.admitted(self.app, quotas.socket_caller(self.app, self.grant)):
+            record = await submit_job(
+                self.app, app_id, message.get("input") or {}, base=base_url(self.request, self.app[SETTINGS]),
+                headers=headers, query=query, user_id=self.grant.user_id or DEFAULT_USER_ID,
+            )  # fmt: skip
         answer = {"type": "submitted", **submitted_body(self.app, record)}
         await self.send({**answer, **({"ref": ref} if ref is not None else {})})
         await self.subscribe([record.request_id], ref)

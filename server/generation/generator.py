@@ -444,6 +444,9 @@ class Generator:
         described = {"url": url, "content_type": content_type, "file_name": name, "file_size": len(data)}
         if "width" in entry:
             described.update(width=entry["width"], height=entry["height"])
+        if entry.get("frames") and entry.get("fps"):  # a video: what the worker wrote (fal's VideoFile)
+            frames, fps = int(entry["frames"]), float(entry["fps"])
+            described.update(fps=fps, num_frames=frames, duration=frames / fps)
         return described
 
 

@@ -18,7 +18,10 @@ from typing import Any, Protocol
 from server.security.keyring import digest_of
 from server.security.roles import Caller, Limits, Role
 
-KEY_COLUMNS = "name, digest, role, apps, created_at, revoked_at, rate_per_min, max_concurrent, monthly_gpu_s"
+KEY_COLUMNS = (
+    "name, digest, role, apps, created_at, revoked_at, rate_per_min, max_concurrent, monthly_gpu_s, "
+    "monthly_usd"
+)
 USAGE_COLUMNS = (
     "finished_at, key_name, app_id, status, gpu_s, device, queue_s, megapixels, video_s, training_steps"
 )
@@ -36,6 +39,8 @@ CREATE TABLE {t}usage (
 );
 CREATE INDEX usage_time ON {t}usage (finished_at);
 """
+# The cost budget, a later step of both stores' migrations.
+COST_BUDGET = "ALTER TABLE {t}api_keys ADD COLUMN monthly_usd {real}"
 
 
 class SqlRunner(Protocol):
@@ -71,7 +76,7 @@ class KeyRecord:
             "name": self.name, "role": self.role.value, "apps": list(self.apps),
             "created_at": self.created_at, "revoked_at": self.revoked_at,
             "rate_per_min": self.limits.rate_per_min, "max_concurrent": self.limits.max_concurrent,
-            "monthly_gpu_s": self.limits.monthly_gpu_s,
+            "monthly_gpu_s": self.limits.monthly_gpu_s, "monthly_usd": self.limits.monthly_usd,
         }  # fmt: skip
 
 
@@ -140,7 +145,7 @@ class Accounts:
         await self.runner.sql_write(
             self._sql("DELETE FROM {t}api_keys WHERE name = ? AND revoked_at IS NOT NULL"), [(record.name,)]
         )
-        sql = f"INSERT INTO {{t}}api_keys ({KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING"
+        sql = f"INSERT INTO {{t}}api_keys ({KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING"
         return await self.runner.sql_write(self._sql(sql), [values]) > 0
 
     async def revoke(self, name: str, at: float) -> bool:
@@ -156,7 +161,7 @@ class Accounts:
     async def set_limits(self, name: str, limits: Limits) -> bool:
         """Replace a valid key's limits (raising a budget needs no restart); whether there was one."""
         sql = (
-            "UPDATE {t}api_keys SET rate_per_min = ?, max_concurrent = ?, monthly_gpu_s = ? "
+            "UPDATE {t}api_keys SET rate_per_min = ?, max_concurrent = ?, monthly_gpu_s = ?, monthly_usd = ? "
             "WHERE name = ? AND revoked_at IS NULL"
         )
         return await self.runner.sql_write(self._sql(sql), [(*_limit_values(limits), name)]) > 0
@@ -175,10 +180,16 @@ class Accounts:
         sql = f"SELECT {USAGE_COLUMNS} FROM {{t}}usage WHERE {where} ORDER BY finished_at"
         return [UsageRow(*row) for row in await self.runner.sql_rows(self._sql(sql), params)]
 
-    async def gpu_seconds_by_key(self, since: float) -> dict[str, float]:
-        """Each key's metered GPU-seconds since ``since`` (the budgets' month)."""
-        sql = "SELECT key_name, SUM(gpu_s) FROM {t}usage WHERE finished_at >= ? GROUP BY key_name"
-        return {name: float(total) for name, total in await self.runner.sql_rows(self._sql(sql), [since])}
+    async def gpu_seconds_by_key(self, since: float) -> dict[str, dict[str, float]]:
+        """Each key's metered GPU-seconds since ``since`` (the budgets' month), per device kind."""
+        sql = (
+            "SELECT key_name, device, SUM(gpu_s) FROM {t}usage WHERE finished_at >= ? "
+            "GROUP BY key_name, device"
+        )
+        totals: dict[str, dict[str, float]] = {}
+        for name, device, total in await self.runner.sql_rows(self._sql(sql), [since]):
+            totals.setdefault(name, {})[device] = float(total)
+        return totals
 
 
 def new_secret() -> str:
@@ -186,11 +197,15 @@ def new_secret() -> str:
     return "drk_" + secrets.token_urlsafe(32)
 
 
-def _limit_values(limits: Limits) -> tuple[int | None, int | None, float | None]:
-    return limits.rate_per_min, limits.max_concurrent, limits.monthly_gpu_s
+def _limit_values(limits: Limits) -> tuple[int | None, int | None, float | None, float | None]:
+    return limits.rate_per_min, limits.max_concurrent, limits.monthly_gpu_s, limits.monthly_usd
+
+
+def _real(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _key(row: Sequence[Any]) -> KeyRecord:
-    name, digest, role, apps, created_at, revoked_at, rate, concurrent, budget = row
-    limits = Limits(rate, concurrent, None if budget is None else float(budget))
+    name, digest, role, apps, created_at, revoked_at, rate, concurrent, budget, usd = row
+    limits = Limits(rate, concurrent, _real(budget), _real(usd))
     return KeyRecord(name, digest, Role(role), tuple(json.loads(apps)), float(created_at), revoked_at, limits)

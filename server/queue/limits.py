@@ -1,9 +1,12 @@
 """Per-key limits on what spends worker time (``server.security.roles.Limits``): requests per minute
-(a sliding 60 s window), requests queued or running at once, and GPU-seconds per calendar month.
+(a sliding 60 s window), requests queued or running at once, and per calendar month (UTC) GPU-seconds
+and their cost in USD (at ``DARKROOM_GPU_HOURLY_USD``, ``meter.cost_usd``).
 
 Rate and concurrency refusals are 429 with ``Retry-After`` (fal's clients wait and try again); an
 exhausted budget is 402 ``budget_exceeded`` (not 429: waiting minutes does not help, and a client that
-retries 429s would retry for the rest of the month), until an admin raises the budget or the month ends.
+retries 429s would retry for the rest of the month), until an admin raises the budget or the month ends;
+its message names the budget (GPU-seconds or USD). The same checks admit each message of a WebSocket
+(``/ws`` submits, realtime inputs), refused with the socket's error frame.
 
 In a fleet: the rate window is each host's own (a client spreading its requests over N hosts gets at
 most N times its rate); queued requests are counted from the fleet's shared index, so within the time a
@@ -49,14 +52,21 @@ class Limiter:
     def __init__(self) -> None:
         self._recent: dict[str, deque[float]] = {}
 
-    def admit(self, caller: Caller, *, now: float, in_flight: int, month_gpu_s: float) -> None:
+    def admit(
+        self, caller: Caller, *, now: float, in_flight: int, month_gpu_s: float, month_usd: float = 0.0
+    ) -> None:
         """Admit one request of ``caller`` (counting it in the rate window) or raise ``LimitError`` or
         ``BudgetError`` saying which limit, its value, and when to try again."""
         limits = caller.limits
+        over = None
         if limits.monthly_gpu_s is not None and month_gpu_s >= limits.monthly_gpu_s:
+            over = f"{month_gpu_s:.1f} of its {limits.monthly_gpu_s:g} GPU-seconds budget (monthly_gpu_s)"
+        elif limits.monthly_usd is not None and month_usd >= limits.monthly_usd:
+            over = f"${month_usd:.2f} of its ${limits.monthly_usd:g} cost budget (monthly_usd)"
+        if over is not None:
             raise BudgetError(
-                f"The key '{caller.name}' used {month_gpu_s:.1f} of its {limits.monthly_gpu_s:g} GPU-seconds "
-                "this month (UTC); an admin can raise it (PATCH /keys/{name} or 'darkroom keys limits').",
+                f"The key '{caller.name}' used {over} this month (UTC); an admin can raise it "
+                "(PATCH /keys/{name} or 'darkroom keys limits').",
                 headers={"Retry-After": str(math.ceil(next_month_start(now) - now))},
             )
         if limits.max_concurrent is not None and in_flight >= limits.max_concurrent:

@@ -5,11 +5,14 @@ What a row measures (``usage_of``): ``gpu_s`` is the worker time the request too
 ``timings.inference`` where the endpoint reports one (images), else the time from hand-over to the
 worker to its answer as the facade measured it. Time a worker sits idle is never counted (it belongs to
 no request); time waiting in the queue is ``queue_s``, apart. Megapixels are the output images' pixels;
-video seconds the request's ``num_frames / frames_per_second`` for a video output. No request id is
-kept: rows are per key and endpoint, the ``/metrics`` families have no request label.
+video seconds the output file's own length (``duration``: the frames the worker wrote over their frame
+rate, as fal's VideoFile says it), never what the request asked for. No request id is kept: rows are per
+key and endpoint, the ``/metrics`` families have no request label.
 
-The month's GPU-seconds per key (budgets) are kept here too: read from the store at start and every
-``TOTALS_REFRESH_S`` (other hosts' rows included), plus what this host recorded since.
+Cost is GPU-seconds times ``DARKROOM_GPU_HOURLY_USD`` / 3600 (``hourly_prices``: one price, or one per
+device kind). The month's GPU-seconds per key and device kind (the budgets, in seconds and in USD) are
+kept here too: read from the store at start and every ``TOTALS_REFRESH_S`` (other hosts' rows
+included), plus what this host recorded since.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from server.errors import ConfigError
 from server.queue.accounts import Accounts, UsageRow
 from server.queue.store import JobRecord, Outcome
 
@@ -37,16 +41,38 @@ def month_start(now: float) -> float:
     return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 
-def usage_of(output: Mapping[str, Any] | None, request_input: Mapping[str, Any]) -> tuple[float, float]:
-    """(megapixels, video seconds) of an output, and the input it answered."""
+def hourly_prices(text: str) -> dict[str, float]:
+    """``DARKROOM_GPU_HOURLY_USD``: "2.49" (every device kind) or "cuda=2.49,cpu=0" -> kind -> USD/hour
+    ("*" for every kind). A ConfigError names what is wrong."""
+    prices: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, _, value = part.rpartition("=")
+        try:
+            price = float(value)
+        except ValueError:
+            price = -1.0
+        if not 0 <= price < float("inf"):
+            raise ConfigError(
+                f"DARKROOM_GPU_HOURLY_USD: {part!r} is not a price; give '2.49' or 'cuda=2.49,cpu=0'"
+            )
+        prices[kind.strip() or "*"] = price
+    return prices
+
+
+def cost_usd(gpu_s: float, device: str, prices: Mapping[str, float]) -> float:
+    """What ``gpu_s`` seconds on a ``device`` kind cost at ``prices`` (``hourly_prices``)."""
+    return gpu_s / 3600.0 * prices.get(device, prices.get("*", 0.0))
+
+
+def usage_of(output: Mapping[str, Any] | None) -> tuple[float, float]:
+    """(megapixels, video seconds) of an output: its images' pixels, its video file's ``duration``."""
     if not output:
         return 0.0, 0.0
     images = output.get("images") or ([output["image"]] if isinstance(output.get("image"), dict) else [])
     pixels = sum(int(i.get("width") or 0) * int(i.get("height") or 0) for i in images if isinstance(i, dict))
-    video_s = 0.0
-    frames, fps = request_input.get("num_frames"), request_input.get("frames_per_second")
-    if "video" in output and isinstance(frames, (int, float)) and isinstance(fps, (int, float)) and fps > 0:
-        video_s = float(frames) / float(fps)
+    video = output.get("video")
+    duration = video.get("duration") if isinstance(video, dict) else None
+    video_s = float(duration) if isinstance(duration, (int, float)) and duration > 0 else 0.0
     return pixels / 1e6, video_s
 
 
@@ -57,21 +83,26 @@ def reported_inference_s(output: Mapping[str, Any] | None) -> float | None:
 
 
 class Meter:
-    """Collects usage rows and writes them in batches; knows each key's GPU-seconds this month."""
+    """Collects usage rows and writes them in batches; knows each key's GPU-seconds (per device kind)
+    and their cost this month."""
 
-    def __init__(self, accounts: Accounts, *, device: Callable[[], str] = lambda: "cpu") -> None:
+    def __init__(
+        self, accounts: Accounts, *, device: Callable[[], str] = lambda: "cpu",
+        prices: Mapping[str, float] | None = None,
+    ) -> None:  # fmt: skip
         self.accounts = accounts
         self.device = device
+        self.prices = dict(prices or {})
         self._pending: list[UsageRow] = []
-        self._stored_totals: dict[str, float] = {}
-        self._local_totals: dict[str, float] = {}  # recorded here since the totals were read
+        self._stored_totals: dict[str, dict[str, float]] = {}  # key -> device kind -> GPU-seconds
+        self._local_totals: dict[str, dict[str, float]] = {}  # recorded here since the totals were read
 
     def record(
         self, key_name: str, app_id: str, status: int, *, run_s: float, queue_s: float = 0.0,
-        output: Mapping[str, Any] | None = None, request_input: Mapping[str, Any] | None = None,
+        output: Mapping[str, Any] | None = None,
     ) -> None:  # fmt: skip
         """One finished request (must not block: the write happens at the next flush)."""
-        megapixels, video_s = usage_of(output, request_input or {})
+        megapixels, video_s = usage_of(output)
         reported = reported_inference_s(output)
         gpu_s = max(0.0, reported if reported is not None else run_s)
         row = UsageRow(
@@ -79,7 +110,8 @@ class Meter:
             device=self.device(), queue_s=max(0.0, queue_s), megapixels=megapixels, video_s=video_s,
         )  # fmt: skip
         self._pending.append(row)
-        self._local_totals[key_name] = self._local_totals.get(key_name, 0.0) + row.gpu_s
+        devices = self._local_totals.setdefault(key_name, {})
+        devices[row.device] = devices.get(row.device, 0.0) + row.gpu_s
 
     def record_json(self, key_name: str, app_id: str, status: int, body_json: str, **times: Any) -> None:
         """``record`` for an outcome kept as JSON (a queued request's)."""
@@ -95,12 +127,19 @@ class Meter:
         self.record_json(
             record.user_id, record.app_id, outcome.status_code, outcome.body_json,
             run_s=outcome.inference_time_s or 0.0, queue_s=started - record.submitted_at,
-            request_input=record.input,
         )  # fmt: skip
+
+    def _month(self, key_name: str) -> dict[str, float]:
+        stored, local = self._stored_totals.get(key_name, {}), self._local_totals.get(key_name, {})
+        return {d: stored.get(d, 0.0) + local.get(d, 0.0) for d in stored.keys() | local.keys()}
 
     def month_gpu_s(self, key_name: str) -> float:
         """The key's metered GPU-seconds this calendar month (all hosts, within ``TOTALS_REFRESH_S``)."""
-        return self._stored_totals.get(key_name, 0.0) + self._local_totals.get(key_name, 0.0)
+        return sum(self._month(key_name).values())
+
+    def month_usd(self, key_name: str) -> float:
+        """What the key's GPU-seconds this month cost at ``prices`` (as ``month_gpu_s``, per device kind)."""
+        return sum(cost_usd(s, device, self.prices) for device, s in self._month(key_name).items())
 
     async def flush(self) -> None:
         rows, self._pending = self._pending, []
@@ -113,9 +152,12 @@ class Meter:
     async def read_totals(self) -> None:
         """The month's totals from the store again (what this host flushed is in them now)."""
         await self.flush()
-        flushed = dict(self._local_totals)
+        flushed = {k: dict(v) for k, v in self._local_totals.items()}
         self._stored_totals = await self.accounts.gpu_seconds_by_key(month_start(time.time()))
-        self._local_totals = {k: v - flushed.get(k, 0.0) for k, v in self._local_totals.items()}
+        self._local_totals = {
+            k: {d: s - flushed.get(k, {}).get(d, 0.0) for d, s in v.items()}
+            for k, v in self._local_totals.items()
+        }
 
     async def run(self) -> None:
         """Flush every ``FLUSH_EVERY_S`` and read the totals every ``TOTALS_REFRESH_S``, until cancelled

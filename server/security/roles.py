@@ -42,11 +42,13 @@ _RANKS = {Role.RUNNER: 0, Role.DEVELOPER: 1, Role.ADMIN: 2}
 
 @dataclass(frozen=True)
 class Limits:
-    """A key's limits; None: unlimited. Budgets are per calendar month (UTC) of metered GPU-seconds."""
+    """A key's limits; None: unlimited. Budgets are per calendar month (UTC): metered GPU-seconds, and
+    their cost in USD at ``DARKROOM_GPU_HOURLY_USD``."""
 
     rate_per_min: int | None = None
     max_concurrent: int | None = None
     monthly_gpu_s: float | None = None
+    monthly_usd: float | None = None
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Per-key limits: requests per minute and at once answer 429 with Retry-After in fal's error shape, a
-spent monthly budget 402; an admin raises each without a restart and the key works again at once."""
+spent monthly budget (GPU-seconds or USD) 402 naming it; an admin raises each without a restart and the
+key works again at once."""
 
 from __future__ import annotations
 
@@ -51,7 +52,13 @@ async def test_rate_and_budget_refuse_then_recover_when_raised(tmp_path: Path) -
         assert raised.status == 200 and (await raised.json())["rate_per_min"] == 100
         over = await client.post(f"/run/{APP}", json={"prompt": "a"}, headers=key)
         assert await refused(over, 402, "budget_exceeded") > 0  # seconds to the next month
-        await client.patch("/keys/script", json={"rate_per_min": 100, "monthly_gpu_s": 3600}, headers=ADMIN)
+        await client.patch("/keys/script", json={"rate_per_min": 100, "monthly_usd": 0}, headers=ADMIN)
+        over = await client.post(f"/run/{APP}", json={"prompt": "a"}, headers=key)
+        assert await refused(over, 402, "budget_exceeded") > 0
+        assert "cost budget (monthly_usd)" in (await over.json())["detail"]  # it names the budget
+        listed = await (await client.get("/keys", headers=ADMIN)).json()
+        assert [k["monthly_usd"] for k in listed["keys"] if k["name"] == "script"] == [0]
+        await client.patch("/keys/script", json={"rate_per_min": 100, "monthly_usd": 50}, headers=ADMIN)
         assert (await client.post(f"/run/{APP}", json={"prompt": "a"}, headers=key)).status == 200
 
 

@@ -20,6 +20,7 @@ from queue_fakes import FakeGenerator, FakeSupervisor
 from server.api.state import GENERATOR, QUEUE
 from server.app import create_app
 from server.settings import Settings, load_settings
+from tests import log_scan
 
 APP = "darkroom/demo-flux-2"
 KEY = {"Authorization": "Key rt-key"}
@@ -46,8 +47,8 @@ async def client(settings: Settings, fake: FakeGenerator) -> AsyncIterator[Clien
         yield test_client
 
 
-async def mint(client: Client, app: str = "demo-flux-2") -> str:
-    response = await client.post("/tokens/", json={"allowed_apps": [app]}, headers=KEY)
+async def mint(client: Client, app: str = "demo-flux-2", headers: dict[str, str] = KEY) -> str:
+    response = await client.post("/tokens/", json={"allowed_apps": [app]}, headers=headers)
     token: str = await response.json()
     return token
 
@@ -157,3 +158,36 @@ async def test_closing_the_socket_cancels_the_running_input(client: Client, fake
     async with asyncio.timeout(10):
         while fake.cancelled != fake.started:
             await asyncio.sleep(0.01)
+
+
+async def test_inputs_are_metered_and_limited_per_message_under_the_key_s_limits(client: Client) -> None:
+    """A managed key's realtime inputs: each that runs is a usage row as a /run is; one past the key's
+    rate is fal's error frame with the 429 reason, the socket stays open, and a raised limit applies at
+    once to the open socket (so does a spent cost budget: 402)."""
+    created = await client.post("/keys", json={"name": "rt-runner", "rate_per_min": 1}, headers=KEY)
+    secret = (await created.json())["key"]
+    log_scan.register(secret)
+    token = await mint(client, headers={"Authorization": f"Key {secret}"})
+    async with client.ws_connect(f"/run/{APP}/realtime?fal_jwt_token={token}") as ws:
+        await ws.send_bytes(pack({"prompt": "one", "request_id": "1"}))
+        assert (await receive(ws))[0] == "output" and (await receive(ws))[1]["action"] == "timings"
+        await ws.send_bytes(pack({"prompt": "two", "request_id": "2"}))
+        kind, error = await receive(ws)
+        assert (kind, error["status_code"], error["error"], error["request_id"]) == (
+            "x-fal-error", 429, "rate_limited", "2"
+        )  # fmt: skip
+        assert "1 requests a minute" in error["reason"]
+        raised = {"rate_per_min": 100, "monthly_usd": 0}
+        assert (await client.patch("/keys/rt-runner", json=raised, headers=KEY)).status == 200
+        await ws.send_bytes(pack({"prompt": "three", "request_id": "3"}))
+        kind, error = await receive(ws)
+        assert (kind, error["status_code"], error["error"]) == ("x-fal-error", 402, "budget_exceeded")
+        assert "monthly_usd" in error["reason"]
+        await client.patch("/keys/rt-runner", json={"rate_per_min": 100}, headers=KEY)
+        await ws.send_bytes(pack({"prompt": "four", "request_id": "4"}))
+        kind, output = await receive(ws)
+        assert kind == "output" and output["request_id"] == "4"
+    usage = await (await client.get("/usage?key=rt-runner&group_by=key,endpoint", headers=KEY)).json()
+    (row,) = usage["rows"]
+    assert (row["endpoint"], row["requests"], row["succeeded"]) == (APP, 2, 2)  # "one" and "four"
+    assert row["megapixels"] > 0

@@ -22,6 +22,7 @@ from server.api.state import GENERATOR, QUEUE
 from server.app import create_app
 from server.queue.webhooks import verify_signature
 from server.settings import Settings, load_settings
+from tests import log_scan
 
 APP = "darkroom/demo-flux-2"
 OTHER = "darkroom/demo-flux-dev"
@@ -272,3 +273,31 @@ async def test_a_tokens_socket_closes_when_the_token_expires(client: Client, pat
             message = await ws.receive()
     assert message.type is aiohttp.WSMsgType.CLOSE
     assert (message.data, message.extra) == (aiohttp.WSCloseCode.POLICY_VIOLATION, "token expired")
+
+
+async def test_ws_submits_are_limited_per_message_and_metered_under_the_key(client: Client) -> None:
+    """A managed key's /ws submits: one past its rate is the socket's error message (429 rate_limited,
+    with retry_after_s) and the socket stays open; a raised limit applies to the open socket at once;
+    each accepted submit is a usage row of that key."""
+    created = await client.post("/keys", json={"name": "ws-runner", "rate_per_min": 1}, headers=PLAIN)
+    secret = (await created.json())["key"]
+    log_scan.register(secret)
+    async with client.ws_connect("/ws", headers={"Authorization": f"Key {secret}"}) as ws:
+        finished = []
+        for ref in (1, 2, 3):
+            await ws.send_json({"action": "submit", "app_id": APP, "input": {"prompt": "p"}, "ref": ref})
+            if ref == 2:
+                refused = await next_of(ws, "error")
+                assert (refused["status_code"], refused["error_type"], refused["ref"]) == (
+                    429,
+                    "rate_limited",
+                    2,
+                )
+                assert 1 <= refused["retry_after_s"] <= 60
+                raised = await client.patch("/keys/ws-runner", json={"rate_per_min": 100}, headers=PLAIN)
+                assert raised.status == 200
+                continue
+            submitted = await next_of(ws, "submitted")
+            finished.append(await next_of(ws, "completed", submitted["request_id"]))
+    usage = await (await client.get("/usage?key=ws-runner", headers=PLAIN)).json()
+    assert [(r["key"], r["requests"], r["succeeded"]) for r in usage["rows"]] == [("ws-runner", 2, 2)]

@@ -15,8 +15,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from queue_fakes import APP, FakeGenerator, serve
 
-from server.api.usage import hourly_prices
 from server.errors import ConfigError
+from server.queue.meter import hourly_prices
 from server.settings import load_settings
 from tests import log_scan
 
