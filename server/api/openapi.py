@@ -70,6 +70,16 @@ class Image(File):
     height: int
 
 
+class VideoFile(File):
+    """fal's VideoFile: what the worker wrote (the usage rows count these, not the request's values)."""
+
+    width: int
+    height: int
+    fps: float = Field(description="Frames per second of the file")
+    num_frames: int = Field(description="Frames in the file")
+    duration: float = Field(description="Seconds: num_frames / fps")
+
+
 class Timings(BaseModel):
     """fal's timings, a record of numbers; darkroom adds the sampler's model calls."""
 
@@ -101,7 +111,7 @@ class ImageOutput(BaseModel):
 
 
 class VideoOutput(BaseModel):
-    video: File
+    video: VideoFile
     seed: int
     prompt: str | None = Field(
         default=None, description="The prompt, where fal's answer has it (Wan, not HunyuanVideo)"

@@ -4,9 +4,10 @@ to the job store in batches (``FLUSH_EVERY_S``) so a request pays a list append,
 What a row measures (``usage_of``): ``gpu_s`` is the worker time the request took: the output's own
 ``timings.inference`` where the endpoint reports one (images), else the time from hand-over to the
 worker to its answer as the facade measured it. Time a worker sits idle is never counted (it belongs to
-no request); time waiting in the queue is ``queue_s``, apart. Megapixels are the output images' pixels;
-video seconds the output file's own length (``duration``: the frames the worker wrote over their frame
-rate, as fal's VideoFile says it), never what the request asked for. No request id is kept: rows are per
+no request); time waiting in the queue is ``queue_s``, apart. Megapixels are the output images' pixels,
+or a video's pixels in all its frames (as fal bills LTX-2); video seconds the output file's own length
+(``duration``: the frames the worker wrote over their frame rate, as fal's VideoFile says it), never
+what the request asked for. No request id is kept: rows are per
 key and endpoint, the ``/metrics`` families have no request label.
 
 Cost is GPU-seconds times ``DARKROOM_GPU_HOURLY_USD`` / 3600 (``hourly_prices``: one price, or one per
@@ -65,15 +66,22 @@ def cost_usd(gpu_s: float, device: str, prices: Mapping[str, float]) -> float:
 
 
 def usage_of(output: Mapping[str, Any] | None) -> tuple[float, float]:
-    """(megapixels, video seconds) of an output: its images' pixels, its video file's ``duration``."""
+    """(megapixels, video seconds) of an output: its images' pixels, or its video file's pixels in all
+    its frames (fal's "megapixel of generated video data") and its ``duration``."""
     if not output:
         return 0.0, 0.0
     images = output.get("images") or ([output["image"]] if isinstance(output.get("image"), dict) else [])
-    pixels = sum(int(i.get("width") or 0) * int(i.get("height") or 0) for i in images if isinstance(i, dict))
+    pixels = sum(_number(i, "width") * _number(i, "height") for i in images if isinstance(i, dict))
     video = output.get("video")
-    duration = video.get("duration") if isinstance(video, dict) else None
-    video_s = float(duration) if isinstance(duration, (int, float)) and duration > 0 else 0.0
-    return pixels / 1e6, video_s
+    if not isinstance(video, dict):
+        return pixels / 1e6, 0.0
+    video_pixels = _number(video, "width") * _number(video, "height") * _number(video, "num_frames")
+    return (pixels + video_pixels) / 1e6, _number(video, "duration")
+
+
+def _number(described: Mapping[str, Any], name: str) -> float:
+    value = described.get(name)
+    return float(value) if isinstance(value, (int, float)) and value > 0 else 0.0
 
 
 def reported_inference_s(output: Mapping[str, Any] | None) -> float | None:

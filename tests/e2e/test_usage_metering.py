@@ -1,6 +1,7 @@
 """Usage metering on the real stack: two keys' tiny generations (sync and queued) give exactly the expected
 usage rows (counts, megapixels from the outputs, GPU-seconds the outputs' own inference timings, within
-the measured request times), the CSV says what the JSON says, and the usage page in headless Chromium
+the measured request times; a tiny video's seconds and megapixels from the file the worker wrote, not
+from the request), the CSV says what the JSON says, and the usage page in headless Chromium
 shows the table, the plot and the configured price; a runner's session sees only its own usage and a nav
 without the pages its role may not open. Screenshot: ``data/screenshots/usage.png``."""
 
@@ -27,6 +28,10 @@ pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session")]
 ADMIN_KEY = "usage-e2e-admin-key"
 ADMIN = {"Authorization": f"Key {ADMIN_KEY}"}
 TINY = {"prompt": "a red cube", "image_size": {"width": 64, "height": 64}, "num_inference_steps": 1}
+VIDEO = "darkroom/demo-wan-2.2-5b-t2v"
+# 6 frames asked; Wan's latent holds 1 + 4k frames, so the file may have fewer than asked: the usage row
+# counts the file.
+TINY_VIDEO = {"prompt": "waves", "seed": 1, "num_frames": 6, "frames_per_second": 8, "num_inference_steps": 1}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -77,11 +82,20 @@ async def test_usage_rows_csv_and_the_page(client: Client) -> None:
     result = await client.get(f"/queue/{DEMO}/requests/{submitted['request_id']}", headers=bob_headers)
     outputs["bob"].append(await result.json())
 
+    video = await client.post(f"/run/{VIDEO}", json=TINY_VIDEO, headers={"Authorization": f"Key {alice}"})
+    assert video.status == 200, await video.text()
+    described = (await video.json())["video"]
+    frames, fps, width, height = await decoded_video(client, described["url"])
+
     body = await (await client.get("/usage?group_by=key,endpoint", headers=ADMIN)).json()
-    rows = {row["key"]: row for row in body["rows"]}
-    assert set(rows) == {"alice", "bob"} and all(r["endpoint"] == DEMO for r in rows.values())
+    rows = {(row["key"], row["endpoint"]): row for row in body["rows"]}
+    assert set(rows) == {("alice", DEMO), ("bob", DEMO), ("alice", VIDEO)}
+    video_row = rows["alice", VIDEO]
+    assert (described["num_frames"], described["fps"]) == (frames, fps)
+    assert video_row["video_s"] == pytest.approx(frames / fps, abs=1e-6) == described["duration"]
+    assert video_row["megapixels"] == pytest.approx(width * height * frames / 1e6, abs=1e-6)
     for name, expected in outputs.items():
-        row = rows[name]
+        row = rows[name, DEMO]
         assert (row["requests"], row["succeeded"], row["failed"]) == (len(expected), len(expected), 0)
         assert row["megapixels"] == pytest.approx(sum(pixels(o) for o in expected), abs=1e-6)
         inference = sum(o["timings"]["inference"] for o in expected)
@@ -98,6 +112,7 @@ async def test_usage_rows_csv_and_the_page(client: Client) -> None:
         await sign_in(page, base, ADMIN_KEY)
         row = await page.wait_for_selector(f"#endpoints tr[data-endpoint='{DEMO}']")
         assert (await row.inner_text()).split("\t")[1] == "3"
+        assert await page.locator(f"#endpoints tr[data-endpoint='{VIDEO}']").count() == 1
         assert await page.locator("#plot svg rect").count() == 1  # one day of usage, one bar
         assert "cpu $1.5/h" in await page.inner_text("#saving")
         assert await page.is_visible("nav a[href='/dashboard']")
@@ -109,6 +124,18 @@ async def test_usage_rows_csv_and_the_page(client: Client) -> None:
         assert await page.locator("#keys tr[data-key]").count() == 1, "a runner sees only its own usage"
         assert not await page.is_visible("nav a[href='/dashboard']")
         assert not await page.is_visible("nav a[href='/editor/']")
+
+
+async def decoded_video(client: Client, url: str) -> tuple[int, float, int, int]:
+    """(frames, frames per second, width, height) of the served file, as PyAV decodes it."""
+    import av
+
+    response = await client.get("/" + url.split("://", 1)[1].split("/", 1)[1], headers=ADMIN)
+    assert response.status == 200
+    with av.open(io.BytesIO(await response.read())) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        return frames, float(stream.average_rate), stream.codec_context.width, stream.codec_context.height
 
 
 async def sign_in(page: Any, base: str, key: str) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import csv
 import io
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from queue_fakes import APP, FakeGenerator, serve
 
+from server.api.usage import FAL_PRICES
 from server.errors import ConfigError
-from server.queue.meter import hourly_prices
+from server.queue.meter import hourly_prices, usage_of
 from server.settings import load_settings
 from tests import log_scan
 
@@ -108,3 +110,17 @@ def test_a_malformed_price_is_refused_naming_the_forms() -> None:
             assert "cuda=2.49,cpu=0" in e.message
         else:
             raise AssertionError(f"{text!r} accepted")
+
+
+def test_fal_s_price_table_is_dated_sourced_and_names_endpoints_darkroom_serves() -> None:
+    """Each price names a unit the page can count, the page it was read from and the day it was seen,
+    for an app id a built-in workflow serves; and a video's usage is counted in the units fal bills."""
+    served = "\n".join(p.read_text() for p in Path("workflows").glob("*.yaml"))
+    for app_id, price in FAL_PRICES.items():
+        assert f"  {app_id}:" in served, app_id
+        assert price["usd"] > 0 and price["per"] in ("megapixel", "video second"), app_id
+        assert price["source"].startswith("https://") and price["quote"], app_id
+        date.fromisoformat(price["as_of"])
+    video = {"url": "u", "width": 64, "height": 48, "num_frames": 9, "fps": 8.0, "duration": 1.125}
+    assert usage_of({"video": video, "seed": 1}) == (64 * 48 * 9 / 1e6, 1.125)
+    assert usage_of({"images": [{"width": 64, "height": 64}] * 2}) == (2 * PIXELS_MP, 0.0)

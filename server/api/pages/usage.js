@@ -39,13 +39,13 @@ function endpoints(body) {
   fill("endpoints", table(["endpoint", "requests", "failed", "GPU-s", "megapixels", "video s", "cost", "cost / unit", "fal / unit", "saving"],
     body.rows.map((r) => {
       const fal = body.fal_prices[r.endpoint];
-      const units = fal ? (fal.per === "megapixel" ? r.megapixels : r.video_s) : 0;
+      const units = fal ? ({ megapixel: r.megapixels, "video second": r.video_s }[fal.per] ?? 0) : 0;
       const falCost = fal && units ? fal.usd * units : null;
       if (falCost != null) saving += falCost - r.cost_usd;
       return h("tr", { "data-endpoint": r.endpoint }, h("td", {}, r.endpoint), h("td", {}, String(r.requests)), h("td", {}, String(r.failed)),
         h("td", {}, num(r.gpu_s, 2)), h("td", {}, num(r.megapixels, 3)), h("td", {}, num(r.video_s, 1)), h("td", { class: "cost" }, usd(r.cost_usd)),
         h("td", {}, units ? usd(r.cost_usd / units) + ` / ${fal.per}` : "—"),
-        h("td", {}, fal ? h("span", { title: `${fal.source}, as of ${fal.as_of}` }, `${usd(fal.usd)} / ${fal.per}`) : "—"),
+        h("td", {}, fal ? h("a", { href: fal.source, title: `seen ${fal.as_of}${fal.note ? ": " + fal.note : ""}`, rel: "noreferrer" }, `${usd(fal.usd)} / ${fal.per}`) : "—"),
         h("td", {}, falCost == null ? "—" : usd(falCost - r.cost_usd)));
     })));
   const prices = Object.entries(body.gpu_hourly_usd).map(([k, v]) => `${k === "*" ? "any device" : k} $${v}/h`).join(", ");
