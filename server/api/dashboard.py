@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server.api import sse
+from server.api import page_nav, sse
 from server.api.access import requires
 from server.api.auth import page_access, require_browser_or_key, self_authenticating
 from server.api.described import operation
@@ -117,7 +117,7 @@ def _require(request: web.Request) -> None:
 @requires(Role.ADMIN)
 async def page(request: web.Request) -> web.Response:
     page_access(request, page="/dashboard")
-    return web.Response(text=_PAGE, content_type="text/html", headers={"Cache-Control": "no-store"})
+    return page_nav.page(request, _PAGE)
 
 
 @self_authenticating

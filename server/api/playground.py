@@ -11,6 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from server.api import page_nav
 from server.api.auth import page_access, self_authenticating
 from server.api.described import operation
 from server.api.state import ENDPOINTS
@@ -29,10 +30,6 @@ def routes() -> list[web.RouteDef]:
     ]
 
 
-def _html(text: str) -> web.Response:
-    return web.Response(text=text, content_type="text/html", headers={"Cache-Control": "no-store"})
-
-
 @self_authenticating
 @operation(summary="The playground (redirect)", responses={308: "To /playground/"}, schemes=(), tag="pages")
 async def to_index(request: web.Request) -> web.Response:
@@ -49,7 +46,7 @@ async def to_index(request: web.Request) -> web.Response:
 )
 async def index(request: web.Request) -> web.Response:
     page_access(request, page="/playground/")
-    return _html(_INDEX)
+    return page_nav.page(request, _INDEX)
 
 
 @self_authenticating
@@ -66,4 +63,4 @@ async def endpoint_page(request: web.Request) -> web.Response:
     endpoint = request.app[ENDPOINTS].get(app_id)
     if endpoint is None or endpoint.raw:
         raise NotFoundError(f"No endpoint {app_id!r}; /playground/ lists them")
-    return _html(_ENDPOINT)
+    return page_nav.page(request, _ENDPOINT)

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from server.api import page_nav
 from server.api.auth import caller_of, page_access, self_authenticating
 from server.api.described import operation
 from server.api.params import Param
@@ -141,7 +142,7 @@ async def usage(request: web.Request) -> web.Response:
 )
 async def page(request: web.Request) -> web.Response:
     page_access(request, page="/dashboard/usage")
-    return web.Response(text=_PAGE, content_type="text/html", headers={"Cache-Control": "no-store"})
+    return page_nav.page(request, _PAGE)
 
 
 def to_csv(summary: list[dict[str, Any]], group_by: tuple[str, ...]) -> str:

@@ -2,8 +2,9 @@
 usage rows (counts, megapixels from the outputs, GPU-seconds the outputs' own inference timings, within
 the measured request times; a tiny video's seconds and megapixels from the file the worker wrote, not
 from the request), the CSV says what the JSON says, and the usage page in headless Chromium
-shows the table, the plot and the configured price; a runner's session sees only its own usage and a nav
-without the pages its role may not open. Screenshot: ``data/screenshots/usage.png``."""
+shows the table, the plot and the configured price; a runner's session sees only its own usage, and the
+usage page's and the playground's navs without the pages its role may not open. Screenshot:
+``data/screenshots/usage.png``."""
 
 from __future__ import annotations
 
@@ -124,6 +125,9 @@ async def test_usage_rows_csv_and_the_page(client: Client) -> None:
         assert await page.locator("#keys tr[data-key]").count() == 1, "a runner sees only its own usage"
         assert not await page.is_visible("nav a[href='/dashboard']")
         assert not await page.is_visible("nav a[href='/editor/']")
+        await page.goto(base + "/playground/")  # the playground's nav too, in the same session
+        await page.wait_for_selector("nav a[href='/dashboard/usage']")
+        assert await page.locator("nav a[href='/dashboard'], nav a[href='/editor/']").count() == 0
 
 
 async def decoded_video(client: Client, url: str) -> tuple[int, float, int, int]:

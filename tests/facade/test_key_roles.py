@@ -196,7 +196,9 @@ async def test_a_browser_session_carries_its_keys_role(tmp_path: Path) -> None:
             "/editor/login", data={"key": runner}, headers=origin, allow_redirects=False
         )
         assert signed.status == 303
-        assert (await client.get("/playground/", allow_redirects=False)).status == 200
+        playground = await client.get("/playground/", allow_redirects=False)
+        assert playground.status == 200
+        assert nav_links(await playground.text()) == ["/playground/", "/dashboard/usage", "/docs"]
         assert (await client.get("/endpoints")).status == 200  # what the playground calls
         for page in ("/dashboard", "/editor/", "/dashboard/state"):
             assert (await client.get(page, allow_redirects=False)).status == 403, page
@@ -205,6 +207,29 @@ async def test_a_browser_session_carries_its_keys_role(tmp_path: Path) -> None:
         await client.delete("/keys/browser-runner", headers=ADMIN)
         ended = await client.get("/playground/", allow_redirects=False)
         assert ended.status == 303 and ended.headers["Location"].startswith("/editor/login")
+
+
+def nav_links(html: str) -> list[str]:
+    nav = html.split("<nav>", 1)[1].split("</nav>", 1)[0]
+    return re.findall(r'<a href="([^"]+)"', nav)
+
+
+async def test_the_pages_show_each_role_only_the_links_it_may_open(tmp_path: Path) -> None:
+    settings = load_settings({}, data_dir=str(tmp_path), api_keys=ADMIN_KEY)
+    async with serve(settings, FakeGenerator(settings)) as client:
+        every = ["/playground/", "/dashboard", "/dashboard/usage", "/editor/", "/docs"]
+        expected = {
+            "runner": ["/playground/", "/dashboard/usage", "/docs"],
+            "developer": ["/playground/", "/dashboard/usage", "/editor/", "/docs"],
+            "admin": every,
+        }
+        for role, links in expected.items():
+            key = key_header(await create(client, f"nav-{role}", role))
+            for page in ("/playground/", f"/playground/{APP}", "/dashboard/usage"):
+                response = await client.get(page, headers=key)
+                assert nav_links(await response.text()) == links, (role, page)
+        dashboard = await client.get("/dashboard", headers=ADMIN)
+        assert nav_links(await dashboard.text()) == every
 
 
 async def test_a_key_revoked_on_one_fleet_host_is_refused_on_another_within_a_second(
