@@ -113,7 +113,8 @@ class Settings:
     gpu_hourly_usd: str = field(
         default="",
         metadata={
-            "help": "What an hour of a worker's device costs you, in USD, for /usage's cost: '2.49' (every "
+            "help": "What an hour of a worker's device costs you, in USD, for /usage's cost and the keys' "
+            "monthly_usd budgets: '2.49' (every "
             "device kind) or 'cuda=2.49,cpu=0'. Empty: costs are 0."
         },
     )

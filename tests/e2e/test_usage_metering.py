@@ -30,8 +30,7 @@ ADMIN_KEY = "usage-e2e-admin-key"
 ADMIN = {"Authorization": f"Key {ADMIN_KEY}"}
 TINY = {"prompt": "a red cube", "image_size": {"width": 64, "height": 64}, "num_inference_steps": 1}
 VIDEO = "darkroom/demo-wan-2.2-5b-t2v"
-# 6 frames asked; Wan's latent holds 1 + 4k frames, so the file may have fewer than asked: the usage row
-# counts the file.
+# 6 frames asked; Wan's latent holds 1 + 4k frames, so the file has 5: the usage row counts the file.
 TINY_VIDEO = {"prompt": "waves", "seed": 1, "num_frames": 6, "frames_per_second": 8, "num_inference_steps": 1}
 
 
@@ -93,6 +92,7 @@ async def test_usage_rows_csv_and_the_page(client: Client) -> None:
     assert set(rows) == {("alice", DEMO), ("bob", DEMO), ("alice", VIDEO)}
     video_row = rows["alice", VIDEO]
     assert (described["num_frames"], described["fps"]) == (frames, fps)
+    assert frames == 5, "Wan wrote 1 + 4k frames: the request's 6 frames would have metered 0.75 s"
     assert video_row["video_s"] == pytest.approx(frames / fps, abs=1e-6) == described["duration"]
     assert video_row["megapixels"] == pytest.approx(width * height * frames / 1e6, abs=1e-6)
     for name, expected in outputs.items():
