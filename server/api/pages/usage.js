@@ -43,7 +43,7 @@ function endpoints(body) {
       const falCost = fal && units ? fal.usd * units : null;
       if (falCost != null) saving += falCost - r.cost_usd;
       return h("tr", { "data-endpoint": r.endpoint }, h("td", {}, r.endpoint), h("td", {}, String(r.requests)), h("td", {}, String(r.failed)),
-        h("td", {}, num(r.gpu_s, 2)), h("td", {}, num(r.megapixels, 3)), h("td", {}, num(r.video_s, 1)), h("td", { class: "cost" }, usd(r.cost_usd)),
+        h("td", {}, num(r.gpu_s, 2)), h("td", {}, num(r.megapixels, 3)), h("td", {}, num(r.video_s, 2)), h("td", { class: "cost" }, usd(r.cost_usd)),
         h("td", {}, units ? usd(r.cost_usd / units) + ` / ${fal.per}` : "—"),
         h("td", {}, fal ? h("a", { href: fal.source, title: `seen ${fal.as_of}${fal.note ? ": " + fal.note : ""}`, rel: "noreferrer" }, `${usd(fal.usd)} / ${fal.per}`) : "—"),
         h("td", {}, falCost == null ? "—" : usd(falCost - r.cost_usd)));
