@@ -268,11 +268,25 @@ async def test_the_cli_manages_keys_on_a_running_servers_store(tmp_path: Path) -
             for name, value in env.items():
                 patch.setenv(name, value)
             output = await asyncio.to_thread(_run_cli, ["keys", "create", "--name", "cli", "--role", role])
-        secret = output.strip().splitlines()[-1]
-        log_scan.register(secret)
-        await until(client, secret, 200)
+            secret = output.strip().splitlines()[-1]
+            log_scan.register(secret)
+            await until(client, secret, 200)
+            # A spent cost budget, then raised from the shell: the running server follows at once.
+            await asyncio.to_thread(_run_cli, ["keys", "limits", "cli", "--monthly-usd", "0"])
+            await until_run(client, secret, 402)
+            await asyncio.to_thread(_run_cli, ["keys", "limits", "cli", "--monthly-usd", "25"])
+            await until_run(client, secret, 200)
         listed = await (await client.get("/keys", headers=ADMIN)).json()
-        assert [(k["name"], k["role"]) for k in listed["keys"]] == [("cli", role)]
+        assert [(k["name"], k["role"], k["monthly_usd"]) for k in listed["keys"]] == [("cli", role, 25)]
+
+
+async def until_run(client: Client, secret: str, status: int) -> None:
+    """A run with ``secret`` answers ``status`` within the keys' refresh (a second)."""
+    async with asyncio.timeout(5):
+        while (
+            await client.post(f"/run/{APP}", json={"prompt": "a"}, headers=key_header(secret))
+        ).status != status:
+            await asyncio.sleep(0.05)
 
 
 def _run_cli(argv: list[str]) -> str:
