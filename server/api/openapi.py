@@ -119,7 +119,8 @@ class VideoOutput(BaseModel):
     has_nsfw_concepts: list[bool | None] | None = Field(
         default=None,
         description="Beyond fal's video schema, present only when enable_output_safety_checker is true: "
-        "[true] when the checker flagged one of the sampled frames (the video is then black), [false] when "
+        "[true] when the checker flagged one of the sampled frames (the video is then black, its sound "
+        "silent), [false] when "
         "it checked and passed them, [null] when the checker's weights are absent and nothing was checked.",
     )
 

@@ -1,6 +1,8 @@
 """HunyuanVideo 1.5 through the API on the real stack (tiny twins, CPU): each endpoint's mp4 has the
-requested frames, size and 24 fps and no audio; the start image reaches the graph, and a quoted prompt
-(the ByT5 glyph encoder), a LoRA and the sampler fields run; fields darkroom cannot serve are 422s
+requested frames, size and 24 fps and no audio, answered as fal's {video: File, seed} (the
+File with a VideoFile's details); the start image
+reaches the graph; a LoRA changes the video (scale 0: no LoRA), and a quoted prompt (the ByT5 glyph
+encoder) and the sampler fields run; fields darkroom cannot serve are 422s
 naming the field and why.
 Same request, same bytes: tests/e2e/test_determinism.py runs both demos three times."""
 
@@ -29,6 +31,9 @@ async def run(facade: TestClient, app_id: str, expect: int = 200, **body: Any) -
     if expect != 200:
         return str(result["detail"])
     assert set(result) == {"video", "seed"} and result["seed"] == 3, result
+    # fal's File, described as a VideoFile (its sizes, rate and frames as written; the usage meter's)
+    described = {"url", "content_type", "file_name", "file_size", "width", "height", "fps", "num_frames"}
+    assert result["video"].keys() == described | {"duration"} and result["video"]["fps"] == FPS
     assert result["video"]["content_type"] == "video/mp4"
     url = result["video"]["url"]
     return await (await facade.get("/" + url.split("://", 1)[1].split("/", 1)[1])).read()
@@ -53,8 +58,12 @@ async def test_text_to_video_gives_the_frames_asked_for_and_the_fields_reach_the
     plain = await run(facade, T2V, **body)
     frames = frames_of(plain, 64, 96, 5)
     assert np.abs(frames[1:] - frames[:1]).max() > 0, "a video, not one image repeated"
-    # A quoted text runs the ByT5 glyph encoder and its mapper; a LoRA and the sampler fields on top.
+    # The LoRA alone changes the frames; at scale 0 it is no LoRA (the same bytes).
     lora = [{"path": "tiny/hunyuan-video-15-lora-a.safetensors", "scale": 1.0}]
+    with_lora = frames_of(await run(facade, T2V, **body, loras=lora), 64, 96, 5)
+    assert np.abs(with_lora - frames).mean() > 1, "the LoRA changes the video"
+    assert await run(facade, T2V, **body, loras=[{**lora[0], "scale": 0.0}]) == plain
+    # A quoted text runs the ByT5 glyph encoder and its mapper; the LoRA and the sampler fields on top.
     prompt = 'a red fox by a sign that says "OPEN"'
     changed = await run(facade, T2V, **body, prompt=prompt, loras=lora, sampler="dpm_2", scheduler="karras")
     frames_of(changed, 64, 96, 5)

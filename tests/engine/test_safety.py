@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 import torch
 from darkroom.formats.arch import ModelFileError
@@ -87,17 +89,35 @@ def test_a_malformed_verdict_is_refused() -> None:
         read_verdict(json.dumps({"nsfw": [True]}), 2)
 
 
-def test_a_video_is_one_verdict_from_its_sampled_frames(models_dir: Path) -> None:
+def _loudness(video: dict, output_dir: Path) -> float:
+    """The RMS of the saved mp4's decoded sound track (past AAC's priming, its first 1024 samples)."""
+    path = output_dir / video["subfolder"] / video["filename"]
+    with av.open(str(path)) as container:
+        samples = np.concatenate([f.to_ndarray() for f in container.decode(container.streams.audio[0])], 1)
+    return float(np.sqrt(np.mean(samples[:, 1024:] ** 2)))
+
+
+def test_a_video_is_one_verdict_from_its_sampled_frames_and_a_flagged_one_is_silent_too(
+    models_dir: Path, tmp_path: Path
+) -> None:
     from darkroom.nodes.output import DarkroomSaveVideo
     from darkroom.ops.safety import sampled_frames
 
     assert sampled_frames(10, 8) == [0, 1, 3, 4, 5, 6, 8, 9] and sampled_frames(5, 8) == [0, 1, 2, 3, 4]
+    seconds = torch.arange(16000) / 16000  # a 440 Hz tone, longer than the frames' 10 / 16 s
+    sound = {
+        "waveform": (0.5 * torch.sin(2 * torch.pi * 440 * seconds)).expand(1, 2, -1),
+        "sample_rate": 16000,
+    }
     frames = _flat(0.2, 0.5, 0.3, size=16).expand(10, -1, -1, -1).clone()
-    frames[9] = _flat(1, 0, 1, size=16)[0]  # sampled: the whole video goes black
+    frames[9] = _flat(1, 0, 1, size=16)[0]  # sampled: the whole video goes black, its sound silent
     out, verdict = DarkroomSafetyChecker.execute(frames, TINY, 8).result
     assert read_verdict(verdict, 1) == ([True], None) and not out.any()
-    (video,) = DarkroomSaveVideo.execute(out, 16.0, "safety-test", 19, verdict).ui["images"]
+    (video,) = DarkroomSaveVideo.execute(out, 16.0, "safety-test", 19, verdict, sound).ui["images"]
     assert video["has_nsfw_concept"] is True and video["frames"] == 10
+    assert _loudness(video, tmp_path) < 1e-3  # the audio stream is there, and silent
     frames[9], frames[2] = frames[0], _flat(1, 0, 1, size=16)[0]  # frame 2 is not among the 8 sampled
     out, verdict = DarkroomSafetyChecker.execute(frames, TINY, 8).result
     assert read_verdict(verdict, 1) == ([False], None) and out is frames
+    (video,) = DarkroomSaveVideo.execute(out, 16.0, "safety-test", 19, verdict, sound).ui["images"]
+    assert video["has_nsfw_concept"] is False and _loudness(video, tmp_path) > 0.2  # passed: sound kept

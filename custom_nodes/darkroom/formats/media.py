@@ -130,6 +130,10 @@ class Audio:
             )
         return cls(waveform[0].detach().cpu().float().numpy(), int(audio["sample_rate"]))
 
+    def silenced(self) -> Audio:
+        """The same track (channels, length and rate) with every sample 0: a flagged video's sound."""
+        return Audio(np.zeros_like(self.samples), self.sample_rate_hz)
+
 
 def encode_video(
     frames: np.ndarray, fps: float, *, crf: int = 19, preset: str = X264_PRESET, audio: Audio | None = None

@@ -23,7 +23,7 @@ from ..formats.safety import read_verdict
 _PREFIX_TIP = "Prefix (may hold a subfolder)."
 _SAFETY_TIP = (
     "A Safety Checker's verdicts: each saved file is described with its has_nsfw_concept (null when "
-    "nothing was checked)."
+    "nothing was checked); a flagged video's sound track is saved silent (its frames are already black)."
 )
 _CRF_TIP = "x264 quality: lower is better and larger; 0 is lossless (many players refuse it)."
 _AUDIO_TIP = (
@@ -154,7 +154,10 @@ class DarkroomSaveVideo(io.ComfyNode):
             filename_prefix, folder_paths.get_output_directory(), width, height
         )
         file_name = f"{name}_{counter:05}_.mp4"
+        flags, note = read_verdict(safety, 1) if safety else ([None], None)
         sound = Audio.from_comfy(audio) if audio is not None else None
+        if sound is not None and flags[0]:  # the checker blackened the frames: the sound goes silent too
+            sound = sound.silenced()
         frames = images.cpu().float().numpy()
         data = encode_video(
             frames[::-1] if reverse else frames,
@@ -170,7 +173,7 @@ class DarkroomSaveVideo(io.ComfyNode):
             "frames": int(images.shape[0]), "fps": fps, "content_type": VIDEO_CONTENT_TYPE,
         }  # fmt: skip
         if safety:
-            (video["has_nsfw_concept"],), note = read_verdict(safety, 1)
+            video["has_nsfw_concept"] = flags[0]
             if note:
                 video["safety_note"] = note
         # ComfyUI's own shape for a saved video (as its SaveVideo): the editor plays it in the node.

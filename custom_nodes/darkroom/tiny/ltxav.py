@@ -25,7 +25,9 @@ import sentencepiece
 import torch
 from comfy.ldm.lightricks.embeddings_connector import Embeddings1DConnector
 
+from ..formats.arch import Shape, is_linear_weight
 from ..ops.ltxav import VISION_PREFIXES, gemma3_model
+from .diffusion import lora_state_dict
 from .encoders import GEMMA_SPECIALS, _blob, _fill, spiece_model
 
 WIDTH = 64  # the tiny Gemma's width, and the connectors' (caption_channels)
@@ -126,9 +128,31 @@ def gemma3() -> dict[str, torch.Tensor]:
     return {**_prefixed("", model, "gemma3", skip=VISION_PREFIXES), "spiece_model": _blob(spiece)}
 
 
+def _in_block(key: str, shape: Shape) -> bool:
+    return is_linear_weight(key, shape) and key.startswith("transformer_blocks.")
+
+
+def lora() -> dict[str, torch.Tensor]:
+    """A rank-4 LoRA on the tiny transformer's block linears (video, audio and cross-modal attention and
+    feed-forwards), keyed as LTX-2's trainer writes LoRAs for ComfyUI:
+    `diffusion_model.<module>.lora_A.weight` and `.lora_B.weight`, no alpha (scale 1, as
+    lora_state_dict's alpha = rank)."""
+    model = comfy.ldm.lightricks.av_model.LTXAVModel(operations=_OPS, device="meta", **TRANSFORMER)
+    shapes = {key: tuple(t.shape) for key, t in model.state_dict().items()}
+    comfy_named = lora_state_dict(shapes, _in_block, "ltx2-19b-lora-a")
+    peft = {".lora_up.weight": ".lora_B.weight", ".lora_down.weight": ".lora_A.weight"}
+    return {
+        key.replace(old, new): tensor
+        for key, tensor in comfy_named.items()
+        for old, new in peft.items()
+        if key.endswith(old)
+    }
+
+
 FILES: dict[str, Callable[[], tuple[dict[str, torch.Tensor], dict[str, str] | None]]] = {
     "checkpoints/tiny/ltx2-19b.safetensors": lambda: checkpoint("ltx2"),
     "text_encoders/tiny/gemma3-12b.safetensors": lambda: (gemma3(), None),
+    "loras/tiny/ltx2-19b-lora-a.safetensors": lambda: (lora(), None),
 }
 
 

@@ -205,6 +205,15 @@ def test_comfy_audio_is_the_first_of_its_batch():
         Audio.from_comfy({"waveform": torch.zeros((1, 100)), "sample_rate": 16000})
 
 
+def test_a_silenced_track_keeps_its_shape_and_rate_and_plays_silence():
+    sound = tone(0.5, 16000, 2)
+    quiet = sound.silenced()
+    assert quiet.samples.shape == sound.samples.shape and quiet.sample_rate_hz == 16000
+    assert not quiet.samples.any() and sound.samples.any()  # the original is left as it was
+    stream, duration_s, samples = decode_audio(encode_video(np.zeros((4, 16, 16, 3)), 8.0, audio=quiet))
+    assert stream is not None and abs(duration_s - 0.5) < 1 / 8.0 and not samples.any()
+
+
 @pytest.mark.parametrize(
     ("samples", "rate_hz", "match"),
     [(np.zeros(100), 16000, "1 or 2 channels"), (np.zeros((6, 100)), 16000, r"got \(6, 100\)"),
