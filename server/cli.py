@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     node_commands = nodes.add_subparsers(dest="action", required=True)
     adding = node_commands.add_parser("add", help="Install and lock a pack (its code runs in the workers).")
     adding.add_argument("source", help="SOURCE[@REV]: a git URL or local git repository; commit, tag, branch")
+    adding.add_argument("--name", help="The pack's folder name (default: the source's last path segment).")
     node_commands.add_parser("remove", help="Unlock and delete a pack.").add_argument("name")
     node_commands.add_parser("list", help="The locked packs and their state in the workers.")
     node_commands.add_parser("sync", help="Install exactly the lock's packs (after copying a lock here).")
@@ -276,7 +277,7 @@ def nodes_command(args: argparse.Namespace, settings: Settings) -> int:
         fleet_lock = asyncio.run(_on_fleet(url, FleetPacks.read))
     installer = node_packs.Installer(settings, share=share)
     if args.action == "add":
-        pack = installer.add(args.source)
+        pack = installer.add(args.source, args.name)
         print(f"added {pack.name} at {pack.commit} ({', '.join(pack.requirements) or 'no new requirements'})")
     elif args.action == "remove":
         print(f"removed {installer.remove(args.name).name}")

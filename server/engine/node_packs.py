@@ -183,12 +183,22 @@ class Installer:
         """The environment pip runs in: the workers' (their PYTHONPATH includes the packs' site)."""
         return {**os.environ, "PYTHONPATH": worker_pythonpath(self.paths, os.environ)}
 
-    def add(self, spec: str) -> LockedPack:
-        """Install ``SOURCE[@REV]`` and lock it (replacing a pack of that name); all or nothing."""
+    def add(self, spec: str, name: str | None = None) -> LockedPack:
+        """Install ``SOURCE[@REV]`` and lock it as ``name`` (default: the source's last path segment),
+        replacing the pack of that name only if it came from the same source; all or nothing."""
         source, rev = split_source(spec)
-        name = pack_name(source)
+        if name is not None and not _NAME.fullmatch(name):
+            raise PackError(f"node pack name {name!r} is not allowed: letters, digits, _ or - (at most 100)")
+        name = name or pack_name(source)
         if not ("://" in source or source.startswith("git@")):
             source = str(Path(source).resolve())
+        taken = self.locked().get(name)
+        if taken is not None and taken.source != source:
+            raise PackError(
+                f"node pack name {name!r} is taken by the pack from {taken.source}; {source} would replace "
+                f"it. Give this one another name (`darkroom nodes add {spec} --name OTHER`) or remove that "
+                f"one first (`darkroom nodes remove {name}`)"
+            )
         with self._staging() as staging:
             commit = checkout(source, rev, staging / name)
             requirements = self._install_requirements(name, staging / name, staging / "site")

@@ -102,6 +102,24 @@ def test_remove_and_sync_reproduce_the_lock_elsewhere(tmp_path: Path, wheels: Pa
     assert content_hash(there.paths.nodes / "v3pack") == v3.sha256
 
 
+def test_two_sources_ending_alike_do_not_replace_each_other(tmp_path: Path, wheels: Path) -> None:
+    packs = installer(tmp_path / "data")
+    ours, theirs = build_pack(tmp_path / "ours", "v1pack"), build_pack(tmp_path / "theirs", "v1pack")
+    first = packs.add(str(ours))
+    with pytest.raises(PackError) as refused:
+        packs.add(str(theirs))
+    assert f"node pack name 'v1pack' is taken by the pack from {ours}; {theirs} would replace it" in (
+        refused.value.message
+    )
+    assert f"`darkroom nodes add {theirs} --name OTHER`" in refused.value.message
+    assert packs.locked() == {"v1pack": first}
+    other = packs.add(str(theirs), name="v1pack-theirs")
+    assert packs.locked() == {"v1pack": first, "v1pack-theirs": other}
+    assert sorted(p.name for p in packs.paths.nodes.iterdir()) == ["v1pack", "v1pack-theirs"]
+    with pytest.raises(PackError, match="node pack name '../x' is not allowed"):
+        packs.add(str(theirs), name="../x")
+
+
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
