@@ -25,6 +25,7 @@ from server.api import (
     hosts,
     keys,
     metrics,
+    node_packs,
     openapi,
     playground,
     queue,
@@ -194,6 +195,7 @@ def create_app(settings: Settings, supervisor: Supervisor, *, run_supervisor: bo
             *realtime.routes(),
             *storage.routes(),
             *workflows.routes(),
+            *node_packs.routes(),
             *endpoints.routes(),  # after workflows': /endpoints/{app_id}/workflow is matched first
             *editor.routes(),
             *metrics.routes(app[METRICS]),
@@ -246,6 +248,7 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
             capabilities=capabilities, max_attempts=MAX_ATTEMPTS,
         )  # fmt: skip
         packs.source = FleetPacks(store).read  # every host converges to the fleet's node-pack lock
+        packs.share = FleetPacks(store).write  # and POST /nodes writes it there first
         packs.observers.append(fleet.offer_changed)  # a workflow is offered once its packs are verified
     app[CATALOG] = _catalog(settings, fleet, served, manifest)
     sender = WebhookSender(

@@ -1,6 +1,6 @@
 """Publishing workflows as endpoints: ``POST /workflows`` ``{name, workflow, prompt}`` (201), ``GET
 /workflows`` (with the name pattern, so the editor checks a name as it is typed), ``POST
-/workflows/check`` ``{prompt}`` (the request fields a prompt would serve, or the 422 publishing it would
+/workflows/check`` ``{prompt, workflow}`` (the request fields a prompt would serve, or the 422 publishing it
 get), ``GET /workflows/{owner}/{name}`` (versions), ``GET .../versions/{n}`` (one version's workflow and
 prompt, to reopen it in the editor), ``DELETE /workflows/{owner}/{name}`` (unpublish).
 A published endpoint answers on every route a built-in one has, at once.
@@ -55,6 +55,9 @@ class CheckBody(BaseModel):
     prompt: dict[str, PromptNode] = Field(
         min_length=1, description="The API-format workflow (the editor's graphToPrompt output)"
     )
+    workflow: dict[str, Any] | None = Field(
+        default=None, description="The UI-format workflow: its nodes name their packs (aux_id, ver)"
+    )
 
 
 def routes() -> list[web.RouteDef]:
@@ -91,15 +94,25 @@ async def publish(request: web.Request) -> web.Response:
     """Check and publish; 201 with the new version and the URLs serving it."""
     body = await read_model(request, PublishBody)
     node_types = await _node_types(request)
-    prompt = {node_id: node.model_dump() for node_id, node in body.prompt.items()}
-    packs_missing = record_packs(prompt, body.workflow, node_types, request.app[PACKS].report)
-    if packs_missing:
-        raise RequestValidationError(packs_missing, code=NOT_PUBLISHABLE)
+    prompt = _pack_checked(request, body.prompt, body.workflow, node_types)
     try:
         version = await request.app[CATALOG].publish(body.name, prompt, body.workflow, node_types)
     except RequestValidationError as e:
         raise RequestValidationError(e.errors, code=NOT_PUBLISHABLE) from e
     return web.json_response(_described(request, version), status=201)
+
+
+def _pack_checked(
+    request: web.Request, nodes: dict[str, PromptNode], workflow: dict[str, Any] | None,
+    node_types: dict[str, Any],
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """The prompt with its pack nodes marked; a 422 naming each missing or failed pack (and the
+    `darkroom nodes add` command) before publishing's other checks."""
+    prompt = {node_id: node.model_dump() for node_id, node in nodes.items()}
+    packs_missing = record_packs(prompt, workflow, node_types, request.app[PACKS].report)
+    if packs_missing:
+        raise RequestValidationError(packs_missing, code=NOT_PUBLISHABLE)
+    return prompt
 
 
 async def _node_types(request: web.Request) -> dict[str, Any]:
@@ -117,7 +130,7 @@ async def _node_types(request: web.Request) -> dict[str, Any]:
     body=CheckBody,
     responses={
         200: "Its request fields (defaults, bounds) and output kind",
-        422: "Not publishable: each problem names its node",
+        422: "Not publishable: each problem names its node (and a missing node pack, the command adding it)",
         503: "No worker ready to check the nodes",
     },
     refusals={422: (NOT_PUBLISHABLE,)},
@@ -129,7 +142,7 @@ async def check(request: web.Request) -> web.Response:
     dialog lists them before publishing); ``sync_mode``, which every published endpoint gets, left out."""
     body = await read_model(request, CheckBody)
     node_types = await _node_types(request)
-    prompt = {node_id: node.model_dump() for node_id, node in body.prompt.items()}
+    prompt = _pack_checked(request, body.prompt, body.workflow, node_types)
     manifest = request.app[GENERATOR].manifest
     try:
         endpoint = endpoint_from_prompt("check/check", prompt, node_types=node_types, manifest=manifest)

@@ -7,7 +7,8 @@ by pip against a constraints file of everything the workers' environment already
 requirements, darkroom's pins, earlier packs' requirements), so a pack cannot change any of them: one
 that would is refused naming the conflict, and nothing of it stays.
 
-Adding a pack runs its code in the workers: only the operator does it (``darkroom nodes``).
+Adding a pack runs its code in the workers: only the operator does it (``darkroom nodes``, or an admin key
+through ``/nodes``: server/api/node_packs.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from server.settings import PROJECT_ROOT, Settings
 
 LOCK_NAME = "node_packs.yaml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+NAME_PATTERN = _NAME.pattern
 _SKIPPED = {".git", "__pycache__"}
 _PIP_TIMEOUT_S = 900
 
@@ -42,6 +44,13 @@ class PackError(DarkroomError):
 
     status = 422
     code = "node_pack_error"
+
+
+class PackNotFoundError(PackError):
+    """No pack of that name is locked."""
+
+    status = 404
+    code = "node_pack_not_found"
 
 
 @dataclass(frozen=True)
@@ -148,7 +157,7 @@ def _why(stderr: str) -> str:
 
 def checkout(source: str, rev: str | None, dest: Path) -> str:
     """Clone ``source`` into ``dest`` at ``rev`` (default branch if None); the commit, ``.git`` removed."""
-    _run(["git", "clone", "--quiet", source, str(dest)], f"git clone {source}")
+    _run(["git", "clone", "--quiet", "--", source, str(dest)], f"git clone {source}")
     if rev:
         _run(["git", "-C", str(dest), "checkout", "--quiet", "--detach", rev], f"git checkout {rev}")
     commit = _run(["git", "-C", str(dest), "rev-parse", "HEAD"], "git rev-parse").strip()
@@ -187,6 +196,8 @@ class Installer:
         """Install ``SOURCE[@REV]`` and lock it as ``name`` (default: the source's last path segment),
         replacing the pack of that name only if it came from the same source; all or nothing."""
         source, rev = split_source(spec)
+        if source.startswith("-") or (rev or "").startswith("-"):
+            raise PackError(f"a node pack source or revision cannot start with '-': {spec!r}")
         if name is not None and not _NAME.fullmatch(name):
             raise PackError(f"node pack name {name!r} is not allowed: letters, digits, _ or - (at most 100)")
         name = name or pack_name(source)
@@ -214,7 +225,7 @@ class Installer:
         packs = self.locked()
         if name not in packs:
             installed = ", ".join(sorted(packs)) or "none"
-            raise PackError(f"no node pack {name!r} is installed; installed: {installed}")
+            raise PackNotFoundError(f"no node pack {name!r} is installed; installed: {installed}")
         pack = packs.pop(name)
         self._write(packs)
         shutil.rmtree(self.paths.nodes / name, ignore_errors=True)

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -38,6 +39,9 @@ class PackWatch:
         self.installer = Installer(settings)
         self.status_path: Path = settings.data_path / STATUS_NAME
         self.source = source
+        # A fleet's: where a change made through this host (POST /nodes) is written first
+        self.share: Callable[[Mapping[str, LockedPack]], Coroutine[Any, Any, None]] | None = None
+        self.changing = asyncio.Lock()  # one add or remove through the API at a time
         self.observers: list[Callable[[], None]] = []  # told after each new report
         self.report = PackReport()
 

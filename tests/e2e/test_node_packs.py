@@ -150,11 +150,16 @@ async def test_packs_load_verify_publish_run_and_a_removed_pack_is_a_503(
         (missing, "node pack someone/gone-pack, which is not installed: the host's operator installs it "
                   "with `darkroom nodes add https://github.com/someone/gone-pack@abc123`"),
     ):  # fmt: skip
-        refused = await client.post(
-            "/workflows", json={"name": "me/refused", "prompt": prompt, "workflow": workflow}
-        )
-        body = await refused.json()
-        assert refused.status == 422 and any(wanted in e["msg"] for e in body["detail"]), body
+        for route, body in (
+            ("/workflows", {"name": "me/refused", "prompt": prompt, "workflow": workflow}),
+            ("/workflows/check", {"prompt": prompt, "workflow": workflow}),  # the editor's dialog
+        ):
+            refused = await client.post(route, json=body)
+            answer = await refused.json()
+            assert refused.status == 422 and any(wanted in e["msg"] for e in answer["detail"]), (
+                route,
+                answer,
+            )
 
     # Removed: the workflow needing it answers 503 naming it at once (before the workers have restarted
     # without it), and the server restarts its worker to unload it.

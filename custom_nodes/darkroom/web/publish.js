@@ -109,7 +109,7 @@ export async function publishDialog() {
   input.focus();
   input.select();
   try {
-    const checked = await api("/workflows/check", { json: { prompt: output } });
+    const checked = await api("/workflows/check", { json: { prompt: output, workflow } });
     fieldsOk = true;
     fields.replaceChildren(
       el("p", { className: "dr-hint", textContent: `A request may send these fields (the endpoint answers ${checked.output === "video" ? "a video" : "images"}; sync_mode is always there too):` }),
