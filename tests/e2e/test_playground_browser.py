@@ -1,8 +1,8 @@
 """The playground in headless Chromium on the real stack, behind a key: sign in, the endpoint list, the
 FLUX.2 demo run from its form (progress before the result, ComfyUI's sampler list, two runs side by
 side), a 422 next to its fields, cancel, a published image-to-image endpoint with an uploaded image, a
-Wan video from a dropped image; then, against `darkroom serve` over TLS, the page's curl, Python and JS
-snippets run as shown and give the page's own bytes.
+Wan video from a dropped image and a video_url field's upload widget; then, against `darkroom serve` over
+TLS, the page's curl, Python and JS snippets run as shown and give the page's own bytes.
 
 Screenshots: ``data/screenshots/playground-*.png``.
 """
@@ -32,6 +32,7 @@ from served import KEY, Server
 from server.engine.models import load_manifest
 from server.engine.supervisor import Supervisor
 from server.settings import PROJECT_ROOT, Settings
+from tests import media_files
 from tests.marked import marked_flux2_edit
 
 pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session")]
@@ -278,6 +279,19 @@ async def test_a_wan_video_from_a_dropped_image(page: Any, client: Client) -> No
     )
     assert await playing.json_value() == 96, "the 3:2 image picks 16:9: the demo's 96x64 frames"
     await page.screenshot(path=str(SCREENSHOTS / "playground-video.png"), full_page=True)
+    # A video_url field has the image fields' upload widget, for videos: chosen, uploaded, played.
+    await open_endpoint(page, client, "darkroom/demo-wan-2.2-a14b-v2v")
+    field = ".field[data-field=video_url]"
+    assert await page.get_attribute(f"{field} input[type=file]", "accept") == "video/*"
+    clip = [{"name": "clip.mp4", "mimeType": "video/mp4", "buffer": media_files.mp4(4, width=48, height=32)}]
+    await page.set_input_files(f"{field} input[type=file]", files=clip)
+    await page.wait_for_selector(f"{field} .help >> text=uploaded clip.mp4")
+    url = await page.input_value(f"{field} input[type=url]")
+    assert re.fullmatch(rf"{re.escape(base(client))}/files/uploads/[^/]+/clip\.mp4", url), url
+    video = f"document.querySelector('{field} video')"
+    shown = f"(() => {{ const v = {video}; return !v.hidden && v.videoWidth; }})()"
+    preview = await page.wait_for_function(shown, timeout=10_000)
+    assert await preview.json_value() == 48, "the preview plays the uploaded clip"
     assert page.problems == [], page.problems
 
 

@@ -80,14 +80,16 @@ const WIDGETS = {
     set(field.default);
     return { node: h("div", {}, choice, custom), get: () => (choice.value === "custom" ? { width: Number(width.value), height: Number(height.value) } : choice.value), set };
   },
-  image_url: imageInput,
+  image_url: (field) => mediaInput(field, "image"),
+  video_url: (field) => mediaInput(field, "video"),
+  audio_url: (field) => mediaInput(field, "audio"),
   image_urls(field) {
     const rows = h("div", {});
     let items = [];
     const add = h("button", { type: "button" }, "Add image");
     const read = () => items.map((item) => item.get() ?? "");
     const render = (values) => {
-      items = values.map((value) => { const item = imageInput({ ...field, required: false }); item.set(value); return item; });
+      items = values.map((value) => { const item = mediaInput({ ...field, required: false }, "image"); item.set(value); return item; });
       rows.replaceChildren(...items.map((item, index) => h("div", { class: "list-row" }, item.node,
         h("button", { type: "button", class: "danger", title: "Remove", onclick: () => { render(read().filter((_, i) => i !== index)); rows.dispatchEvent(new Event("input", { bubbles: true })); } }, "✕"))));
       add.disabled = items.length >= (field.max_length ?? 1);
@@ -124,11 +126,19 @@ function select(field, choices) {
   return plain(field, input, (i) => i.value);
 }
 
-// An image by URL, file chooser or drag-and-drop; files go through darkroom's storage API (fal's).
-function imageInput(field) {
-  const url = h("input", { type: "url", name: field.name, placeholder: "https://… or drop an image here" });
-  const file = h("input", { type: "file", accept: "image/*", "aria-label": `${field.name} file` });
-  const thumb = h("img", { alt: "", hidden: true });
+// An image, video or audio file by URL, file chooser or drag-and-drop; files go through darkroom's storage
+// API (fal's); a preview shows what the URL holds (a thumbnail, or a player).
+const MEDIA = {
+  image: { noun: "an image", preview: () => h("img", { alt: "" }) },
+  video: { noun: "a video", preview: () => h("video", { controls: true, muted: true, preload: "metadata" }) },
+  audio: { noun: "an audio file", preview: () => h("audio", { controls: true, preload: "metadata" }) },
+};
+
+function mediaInput(field, kind) {
+  const url = h("input", { type: "url", name: field.name, placeholder: `https://… or drop ${MEDIA[kind].noun} here` });
+  const file = h("input", { type: "file", accept: `${kind}/*`, "aria-label": `${field.name} file` });
+  const thumb = MEDIA[kind].preview();
+  thumb.hidden = true;
   const note = h("div", { class: "help" });
   const drop = h("div", { class: "drop" }, h("div", { class: "row" }, url, file), note, thumb);
   const show = () => { thumb.hidden = !url.value; if (url.value) thumb.src = url.value; };
