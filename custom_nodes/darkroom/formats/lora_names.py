@@ -38,10 +38,15 @@ def model_family(shapes: Mapping[str, Shape]) -> str:
         return "Z-Image"
     if "joint_blocks.0.context_block.attn.qkv.weight" in shapes:
         return "SD3"
+    if "audio_patchify_proj.weight" in shapes:
+        return "LTX-2"
+    if "txt_in.individual_token_refiner.blocks.0.norm1.weight" in shapes:
+        return "HunyuanVideo"
     return "Wan" if "head.modulation" in shapes else "an unrecognised model"
 
 
 _LORA_HINTS = (
+    ("audio_attn", "LTX-2"), ("audio_ff", "LTX-2"),
     ("to_qkv_mlp_proj", "FLUX.2"), ("double_stream_modulation", "FLUX.2"), ("self_attn", "Wan"),
     ("attn1", "Wan"), ("cross_attn", "Wan"), ("img_attn", "FLUX"), ("transformer_blocks", "FLUX"),
     ("input_blocks", "SD1/SDXL"), ("down_blocks", "SD1/SDXL"), ("joint_blocks", "SD3"),

@@ -208,6 +208,13 @@ def test_wrong_family_and_misfits_are_reported_not_converted() -> None:
     conv = lk.to_comfy(wan_lora, lk.KeyTables.build(flux2_shapes()))
     assert conv.state_dict == {} and len(conv.unmatched) == len(wan_lora)
     assert ln.guess_base(wan_lora) == "Wan"
+    # LTX-2's transformer and LoRAs, and HunyuanVideo's model, by name in the messages
+    ltx2 = {"audio_patchify_proj.weight": (32, 128), "transformer_blocks.0.attn1.to_q.weight": (64, 64)}
+    assert ln.model_family(ltx2) == "LTX-2"
+    assert ln.guess_base(["diffusion_model.transformer_blocks.0.audio_attn1.to_q.lora_A.weight"]) == "LTX-2"
+    assert (
+        ln.model_family({"txt_in.individual_token_refiner.blocks.0.norm1.weight": (128,)}) == "HunyuanVideo"
+    )
     narrow = {f"diffusion_model.double_blocks.0.img_attn.proj{UP}": torch.ones(H + 1, 2),
               f"diffusion_model.double_blocks.0.img_attn.proj{DOWN}": torch.ones(2, H)}  # fmt: skip
     conv = lk.to_comfy(narrow, lk.KeyTables.build(flux2_shapes()))
