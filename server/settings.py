@@ -136,6 +136,14 @@ class Settings:
             "hours); past it the run is interrupted and fails with 504."
         },
     )
+    train_device_memory_gb: float = field(
+        default=0.0,
+        metadata={
+            "help": "The device memory (GiB) a LoRA training run may plan for, when lower than the worker "
+            "device's total (0: the total; on CPU the RAM); a run estimated to need more is refused "
+            "with a 422 before it trains."
+        },
+    )
     worker_hang_timeout_s: float = field(
         default=60.0,
         metadata={

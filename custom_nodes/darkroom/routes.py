@@ -2,7 +2,8 @@
 (``ops.loaded``), for darkroom's dashboard; ``GET /darkroom/packs``, the node ids each installed third-
 party pack declares (``ops.packs``: darkroom compares them with /object_info to find overrides); and the
 ``darkroom.evaluations`` WebSocket message, each
-sampling run's model evaluations (``ops.evaluations``), sent to the prompt's client."""
+sampling run's model evaluations (``ops.evaluations``), and the ``darkroom.loss`` message, each training
+step's loss (``ops.train_progress``), sent to the prompt's client."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .ops import evaluations
+from .ops import evaluations, train_progress
 from .ops.loaded import loaded_models
 from .ops.packs import declared_nodes
 
@@ -27,7 +28,11 @@ def register() -> None:
     async def packs(request: web.Request) -> web.Response:
         return web.json_response({"packs": await declared_nodes()})
 
-    def send(message: dict[str, Any]) -> None:
-        PromptServer.instance.send_sync(evaluations.KEY, message, PromptServer.instance.client_id)
+    def sender(key: str) -> Any:
+        def send(message: dict[str, Any]) -> None:
+            PromptServer.instance.send_sync(key, message, PromptServer.instance.client_id)
 
-    evaluations.REPORTERS.append(send)
+        return send
+
+    evaluations.REPORTERS.append(sender(evaluations.KEY))
+    train_progress.REPORTERS.append(sender(train_progress.KEY))

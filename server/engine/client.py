@@ -29,6 +29,7 @@ from server.engine.events import (
     Executing,
     ExecutionError,
     Interrupted,
+    Loss,
     Note,
     OutputFile,
     Preview,
@@ -46,8 +47,8 @@ from server.errors import ComfyValidationError, WorkerConnectionError, WorkerRes
 
 __all__ = [
     "TERMINAL", "Cached", "ComfyClient", "Evaluations", "Event", "Executed", "Executing", "ExecutionError",
-    "Interrupted", "Note", "OutputFile", "Preview", "Progress", "Removed", "Started", "Status", "Success",
-    "Watcher", "WorkerLost", "is_terminal",
+    "Interrupted", "Loss", "Note", "OutputFile", "Preview", "Progress", "Removed", "Started", "Status",
+    "Success", "Watcher", "WorkerLost", "is_terminal",
     "parse_binary", "parse_message",
 ]  # fmt: skip
 

@@ -96,6 +96,18 @@ class Evaluations:
 
 
 @dataclass(frozen=True)
+class Loss:
+    """One training step's loss (darkroom's node pack reports it right before ComfyUI's progress message
+    of the same step; ``custom_nodes/darkroom/ops/train_progress.py``); None if it was not finite."""
+
+    prompt_id: str
+    node: str | None
+    step: int
+    total: int
+    loss: float | None
+
+
+@dataclass(frozen=True)
 class Success:
     prompt_id: str
 
@@ -166,6 +178,7 @@ Event = (
     | Progress
     | Executed
     | Evaluations
+    | Loss
     | Success
     | ExecutionError
     | Interrupted
@@ -205,6 +218,12 @@ def parse_message(message: Mapping[str, Any]) -> Event | Status | None:
             int(data["reused"]),
             None if cache is None else str(cache),
         )
+    if kind == "darkroom.loss":
+        node, loss = data.get("node"), data.get("loss")
+        return Loss(
+            pid, None if node is None else str(node), int(data["step"]), int(data["total"]),
+            None if loss is None else float(loss),
+        )  # fmt: skip
     if kind == "execution_start":
         return Started(pid)
     if kind == "execution_cached":

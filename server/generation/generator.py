@@ -213,7 +213,9 @@ class Generator:
                     prepared[name] = dataclasses.replace(probed, name=uploaded[-1])
                 prompt, resolved = endpoint.build_prompt(request, self.manifest, prepared)
                 if endpoint.output.kind == "lora":
-                    training.add_settings(prompt, endpoint, resolved)
+                    training.add_settings(
+                        prompt, endpoint, resolved, device_memory_gb=self.settings.train_device_memory_gb
+                    )
                 started = time.perf_counter()
                 async with self._run_limit(endpoint, request_id):
                     saved, calls = await self._execute(worker.client, prompt, endpoint, request_id, on_event)

@@ -136,6 +136,8 @@ class LiveReporter:
         self._last_preview_at: float | None = None
         self._node_started_at: dict[str, float] = {}  # first progress of each node: elapsed and ETA
         self._logged_tenth: dict[str, int] = {}
+        self._loss: dict[str, float | None] = {}  # each training node's last reported loss
+        self.training_steps = 0  # the steps the training nodes reported done (metered)
 
     def publish(self, event: dict[str, Any]) -> None:
         self.hub.publish(self.request_id, event)
@@ -158,6 +160,8 @@ class LiveReporter:
                 self.log(f"Reused {len(event.nodes)} cached node(s)")
         elif isinstance(event, cc.Executing):
             self._node_started(event.node)
+        elif isinstance(event, cc.Loss):
+            self._loss[event.node or ""] = event.loss
         elif isinstance(event, cc.Progress):
             self._progress(event)
         elif isinstance(event, cc.Executed):
@@ -179,6 +183,8 @@ class LiveReporter:
             self.log("Finished")
         elif isinstance(event, cc.WorkerLost):
             self.log(f"Lost its ComfyUI worker ({event.reason}); running it again", "WARN")
+            self._node_started_at.clear()  # the new try's elapsed time and ETA start afresh
+            self._logged_tenth.clear()
         elif isinstance(event, cc.Note):
             self.log(event.message, event.level)
 
@@ -199,24 +205,31 @@ class LiveReporter:
         done = max(event.value - 1, 0)
         eta_s = elapsed_s / done * (event.max - event.value) if done and event.max >= event.value else None
         fraction = self.overall.step(event.node, event.value, event.max)
-        self.publish(
-            {
-                "type": "progress", "node": event.node, "class_type": class_type, "step": int(event.value),
-                "total": int(event.max), "fraction": round(fraction, 4),
-                "elapsed_s": round(elapsed_s, 3), "eta_s": None if eta_s is None else round(eta_s, 3),
-            }
-        )  # fmt: skip
+        progress = {
+            "type": "progress", "node": event.node, "class_type": class_type, "step": int(event.value),
+            "total": int(event.max), "fraction": round(fraction, 4),
+            "elapsed_s": round(elapsed_s, 3), "eta_s": None if eta_s is None else round(eta_s, 3),
+        }  # fmt: skip
+        if class_type in TRAINING_NODES:
+            progress["loss"] = self._loss.get(event.node or "")
+        self.publish(progress)
         if class_type in TRAINING_NODES:
             self._log_training(event, elapsed_s, eta_s)
 
     def _log_training(self, event: cc.Progress, elapsed_s: float, eta_s: float | None) -> None:
-        """A training run's step, elapsed time and ETA in the status logs, at each tenth of its steps."""
+        """A training run's step, loss, elapsed time and ETA in the status logs, at each tenth of its
+        steps (the progress event itself carries the loss at every step)."""
+        self.training_steps += 1
         tenth = int(10 * event.value / event.max) if event.max else 0
         if tenth <= self._logged_tenth.get(event.node or "", 0) and event.value != 1:
             return
         self._logged_tenth[event.node or ""] = tenth
+        loss = self._loss.get(event.node or "")
+        said = f", loss {loss:.4f}" if loss is not None else ""
         eta = f", ETA {eta_s:.0f} s" if eta_s is not None else ""
-        self.log(f"Training: step {int(event.value)} of {int(event.max)}, {elapsed_s:.1f} s elapsed{eta}")
+        self.log(
+            f"Training: step {int(event.value)} of {int(event.max)}{said}, {elapsed_s:.1f} s elapsed{eta}"
+        )
 
     async def _preview(self, event: cc.Preview) -> None:
         if self.previews_per_s <= 0:

@@ -25,6 +25,7 @@ from server.workflows.mapping import Endpoint
 
 LIMITS = training_zip.ZipLimits()
 DEFAULT_CAPTION = "default_caption"
+TRAIN_NODE = "DarkroomTrainLora"
 
 
 async def unpack_sets(
@@ -82,12 +83,18 @@ async def upload_sets(
     return uploaded
 
 
-def add_settings(prompt: dict[str, Any], endpoint: Endpoint, resolved: dict[str, Any]) -> None:
+def add_settings(
+    prompt: dict[str, Any], endpoint: Endpoint, resolved: dict[str, Any], *, device_memory_gb: float = 0.0
+) -> None:
     """The run's settings (the request's fields, archive URLs left out: a data: URI can be megabytes)
-    into the save node, which writes them into the config file with the loss curve."""
+    into the save node, which writes them into the config file with the loss curve; and the device memory
+    the trainers may plan for (``train_device_memory_gb``; 0: the device's total)."""
     archives = set(endpoint.params_of("archive_url"))
     settings = {k: v for k, v in resolved.items() if k not in archives}
     prompt[endpoint.output.node]["inputs"]["settings"] = json.dumps({"endpoint": endpoint.app_id, **settings})
+    for node in prompt.values():
+        if node.get("class_type") == TRAIN_NODE:
+            node["inputs"]["memory_limit_gb"] = device_memory_gb
 
 
 def response(endpoint: Endpoint, files: list[dict[str, Any]]) -> dict[str, Any]:

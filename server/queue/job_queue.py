@@ -419,13 +419,16 @@ class JobQueue(FleetMember, Retention):
                 self._started(record)
             await reporter(event)
 
-        return await started_within(
-            left_s,
-            lambda sink: self.generator.run(
-                endpoint, request, request_id=record.request_id, base_url=record.base_url, on_event=sink
-            ),
-            on_event,
-        )
+        try:
+            return await started_within(
+                left_s,
+                lambda sink: self.generator.run(
+                    endpoint, request, request_id=record.request_id, base_url=record.base_url, on_event=sink
+                ),
+                on_event,
+            )
+        finally:
+            record.training_steps = reporter.training_steps  # a cancelled run's too: metered
 
     def _started(self, record: JobRecord) -> None:
         logger.info("%s %s: started on a worker of this host", record.app_id, record.request_id)

@@ -7,8 +7,9 @@ worker to its answer as the facade measured it. Time a worker sits idle is never
 no request); time waiting in the queue is ``queue_s``, apart. Megapixels are the output images' pixels,
 or a video's pixels in all its frames (as fal bills LTX-2); video seconds the output file's own length
 (``duration``: the frames the worker wrote over their frame rate, as fal's VideoFile says it), never
-what the request asked for. No request id is kept: rows are per
-key and endpoint, the ``/metrics`` families have no request label.
+what the request asked for; training steps the steps a trainer ran (counted from its live progress:
+a cancelled run's too, and both tries of a run a lost worker made start again, since both ran). No
+request id is kept: rows are per key and endpoint, the ``/metrics`` families have no request label.
 
 Cost is GPU-seconds times ``DARKROOM_GPU_HOURLY_USD`` / 3600 (``hourly_prices``: one price, or one per
 device kind). The month's GPU-seconds per key and device kind (the budgets, in seconds and in USD) are
@@ -107,7 +108,7 @@ class Meter:
 
     def record(
         self, key_name: str, app_id: str, status: int, *, run_s: float, queue_s: float = 0.0,
-        output: Mapping[str, Any] | None = None,
+        output: Mapping[str, Any] | None = None, training_steps: int = 0,
     ) -> None:  # fmt: skip
         """One finished request (must not block: the write happens at the next flush)."""
         megapixels, video_s = usage_of(output)
@@ -116,6 +117,7 @@ class Meter:
         row = UsageRow(
             time.time(), key_name, app_id, status, gpu_s=gpu_s,
             device=self.device(), queue_s=max(0.0, queue_s), megapixels=megapixels, video_s=video_s,
+            training_steps=training_steps,
         )  # fmt: skip
         self._pending.append(row)
         devices = self._local_totals.setdefault(key_name, {})
@@ -135,6 +137,7 @@ class Meter:
         self.record_json(
             record.user_id, record.app_id, outcome.status_code, outcome.body_json,
             run_s=outcome.inference_time_s or 0.0, queue_s=started - record.submitted_at,
+            training_steps=record.training_steps,
         )  # fmt: skip
 
     def _month(self, key_name: str) -> dict[str, float]:

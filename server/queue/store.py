@@ -118,6 +118,7 @@ class JobRecord:
     outcome: Outcome | None = None
     host_id: str | None = None  # the fleet host running it (PostgreSQL store; None on one host)
     pinned_host: str | None = None  # only this fleet host may run it (editor runs: its ComfyUI)
+    training_steps: int = 0  # steps a trainer ran here (counted live, for metering; not stored)
 
 
 @dataclass(frozen=True)

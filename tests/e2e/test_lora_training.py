@@ -1,6 +1,7 @@
 """LoRA training on the tiny FLUX.2 model (darkroom/demo-flux-2-trainer, the twin of fal-ai/flux-2-trainer)
 on ComfyUI's own training nodes, through the queue: one training run shared by most checks (a module
-fixture), then two short ones for determinism and one cancelled."""
+fixture, submitted over /ws: its live progress with each step's loss, its status logs and its usage
+row), then two short ones for determinism, one cancelled, and one refused as too large for the device."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import asyncio
 import base64
 import io
 import json
+import math
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +19,10 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient
 from PIL import Image, ImageDraw
+from queue_stack import facade as own_facade
+
+from server.engine.supervisor import Supervisor
+from server.settings import Settings
 
 # Generous limits: training is CPU-bound, and a loaded machine makes each step several times slower.
 pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(900)]
@@ -51,9 +58,12 @@ async def download(facade: TestClient, url: str) -> bytes:
     return await response.read()
 
 
+def request_body(**body: Any) -> dict[str, Any]:
+    return {"image_data_url": training_zip(), "steps": STEPS, "seed": 5, "learning_rate": 0.05, **body}
+
+
 async def submit(facade: TestClient, **body: Any) -> str:
-    body = {"image_data_url": training_zip(), "steps": STEPS, "seed": 5, "learning_rate": 0.05, **body}
-    response = await facade.post(f"/queue/{TRAINER}", json=body)
+    response = await facade.post(f"/queue/{TRAINER}", json=request_body(**body))
     assert response.status == 200, await response.text()
     return str((await response.json())["request_id"])
 
@@ -77,15 +87,27 @@ async def finished(
     return await result.json(), [entry["message"] for entry in status.get("logs") or []]
 
 
+Trained = tuple[dict[str, Any], list[str], list[dict[str, Any]]]
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def trained(facade: TestClient) -> tuple[dict[str, Any], list[str]]:
-    return await finished(facade, await submit(facade))
+async def trained(facade: TestClient) -> Trained:
+    """The run's result, its status logs and its /ws events (submitted over /ws, so none is missed)."""
+    events: list[dict[str, Any]] = []
+    async with facade.ws_connect("/ws") as ws:
+        await ws.send_json({"action": "submit", "app_id": TRAINER, "input": request_body(), "ref": 1})
+        submitted = await ws.receive_json()
+        assert submitted["type"] == "submitted", submitted
+        async with asyncio.timeout(800):
+            while not events or events[-1]["type"] not in ("completed", "failed"):
+                event = await ws.receive_json()
+                if event.get("request_id") == submitted["request_id"]:
+                    events.append(event)
+    return (*await finished(facade, submitted["request_id"]), events)
 
 
-async def test_training_lowers_the_loss_and_reports_progress(
-    facade: TestClient, trained: tuple[dict[str, Any], list[str]]
-) -> None:
-    result, logs = trained
+async def test_training_lowers_the_loss_and_reports_progress(facade: TestClient, trained: Trained) -> None:
+    result, logs, events = trained
     assert set(result) == {"diffusers_lora_file", "config_file"}
     config = json.loads(await download(facade, result["config_file"]["url"]))
     assert config["settings"]["steps"] == STEPS and config["settings"]["seed"] == 5
@@ -95,10 +117,22 @@ async def test_training_lowers_the_loss_and_reports_progress(
     first, last = sum(loss[:quarter]) / quarter, sum(loss[-quarter:]) / quarter
     assert last < 0.8 * first, loss
     training = [line for line in logs if line.startswith("Training: step")]
-    assert training[0].startswith("Training: step 1 of 24") and training[-1].startswith(
-        "Training: step 24 of 24"
+    assert training[0].startswith("Training: step 1 of 24, loss ") and training[-1].startswith(
+        "Training: step 24 of 24, loss "
     )
     assert "ETA" in training[-1]
+    # Live: every step's progress event carries its loss (the curve the config file ends with), the
+    # time elapsed and, from the second step, the ETA.
+    progress = [e for e in events if e["type"] == "progress" and e["class_type"] == "DarkroomTrainLora"]
+    assert [(e["step"], e["total"]) for e in progress] == [(n, STEPS) for n in range(1, STEPS + 1)]
+    assert all(math.isfinite(e["loss"]) and e["elapsed_s"] >= 0 for e in progress)
+    assert [e["loss"] for e in progress] == pytest.approx(loss)
+    assert all(e["eta_s"] is not None for e in progress[1:])
+    # Metered: the usage row of the finished request counts the steps it trained.
+    usage = await facade.get("/usage", params={"group_by": "endpoint"})
+    assert usage.status == 200, await usage.text()
+    (row,) = [r for r in (await usage.json())["rows"] if r["endpoint"] == TRAINER]
+    assert (row["requests"], row["training_steps"]) == (1, STEPS)
 
 
 def distance(image: bytes) -> float:
@@ -115,7 +149,7 @@ async def generate(facade: TestClient, loras: list[dict[str, Any]]) -> bytes:
 
 
 async def test_the_lora_url_serves_at_once_and_moves_the_output_toward_the_training_images(
-    facade: TestClient, trained: tuple[dict[str, Any], list[str]]
+    facade: TestClient, trained: Trained
 ) -> None:
     lora = trained[0]["diffusers_lora_file"]
     without = await generate(facade, [])
@@ -152,3 +186,19 @@ async def test_cancel_mid_training_frees_the_worker(facade: TestClient) -> None:
             await asyncio.sleep(0.2)
     assert (await facade.get(f"/queue/{TRAINER}/requests/{request_id}")).status == 499
     assert await generate(facade, [])  # the worker serves the next request
+
+
+async def test_a_run_too_large_for_the_device_is_refused_before_it_trains(
+    stack_settings: Settings, supervisor: Supervisor, tmp_path: Path
+) -> None:
+    """DARKROOM_TRAIN_DEVICE_MEMORY_GB lowers the memory the worker's device offers below what the tiny
+    model's run needs (the estimate's arithmetic: tests/unit/darkroom/formats/test_train_memory.py)."""
+    async with own_facade(stack_settings, supervisor, tmp_path, train_device_memory_gb=1e-4) as small:
+        response = await small.post(f"/run/{TRAINER}", json=request_body(steps=2, rank=8))
+        body = await response.json()
+    assert response.status == 422, body
+    message = json.dumps(body)
+    assert (
+        "does not fit in the worker's CPU's memory as limited by DARKROOM_TRAIN_DEVICE_MEMORY_GB" in message
+    )
+    assert "at rank 8, batch 1 and" in message and "0.00 GiB are available" in message

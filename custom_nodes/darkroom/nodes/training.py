@@ -25,6 +25,8 @@ from comfy_extras import nodes_train
 from PIL import Image, ImageOps
 
 from ..formats.lora_keys import LoraFormat, render
+from ..ops.train_fit import check_fits
+from ..ops.train_progress import reporting_losses
 from ..ops.training import enable_rope_backward
 
 CATEGORY = "darkroom/training"
@@ -103,14 +105,28 @@ class DarkroomTrainLora(io.ComfyNode):
         schema.node_id = "DarkroomTrainLora"
         schema.display_name = "Darkroom Train LoRA (seeded)"
         schema.category = CATEGORY
-        schema.description = "ComfyUI's Train LoRA with torch's global generator seeded from `seed`."
+        schema.description = (
+            "ComfyUI's Train LoRA with torch's global generator seeded from `seed`, each step's loss "
+            "reported live, and a run that will not fit the device's memory refused before it starts."
+        )
+        schema.inputs.append(
+            io.Float.Input(
+                "memory_limit_gb",
+                default=0.0,
+                min=0.0,
+                max=1e6,
+                optional=True,
+                tooltip="The device memory a run may plan for (0: the device's total).",
+            )  # fmt: skip
+        )
         return schema
 
     @classmethod
     def execute(cls, **inputs: Any) -> io.NodeOutput:
+        check_fits(inputs, float((inputs.pop("memory_limit_gb", None) or [0.0])[0]))
         enable_rope_backward()
         try:
-            with torch.random.fork_rng():
+            with torch.random.fork_rng(), reporting_losses():
                 torch.manual_seed(int(inputs["seed"][0]))
                 return nodes_train.TrainLoraNode.execute(**inputs)
         finally:

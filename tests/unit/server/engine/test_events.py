@@ -14,6 +14,7 @@ from server.engine.events import (
     Executing,
     ExecutionError,
     Interrupted,
+    Loss,
     OutputFile,
     Preview,
     Progress,
@@ -221,3 +222,12 @@ def test_the_packs_evaluation_count_is_an_event_of_its_prompt() -> None:
     frame["data"].update(cache=None, node=None)
     assert parse_message(frame) == Evaluations(PID, None, 5, 3, None)
     assert not is_terminal(Evaluations(PID, "12", 5, 3, None))
+
+
+def test_the_packs_training_loss_is_an_event_of_its_prompt() -> None:
+    frame = {"type": "darkroom.loss", "data": {"prompt_id": PID, "node": "6", "step": 3, "total": 24,
+             "loss": 0.25}}  # fmt: skip
+    assert parse_message(frame) == Loss(PID, "6", 3, 24, 0.25)
+    frame["data"].update(loss=None)
+    assert parse_message(frame) == Loss(PID, "6", 3, 24, None)
+    assert not is_terminal(Loss(PID, "6", 3, 24, None))

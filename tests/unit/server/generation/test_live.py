@@ -170,23 +170,26 @@ def test_hub_forgets_once_the_last_subscriber_leaves() -> None:
     assert not hub.known("r") and hub.snapshot("r") == []
 
 
-async def test_training_progress_has_elapsed_and_eta_and_logs_each_tenth() -> None:
+async def test_training_progress_has_loss_elapsed_and_eta_and_logs_each_tenth() -> None:
     hub = ProgressHub()
     subscription = hub.subscribe("t")
     clock = Clock()
     graph = {"6": {"class_type": "DarkroomTrainLora"}}
     reporter = LiveReporter(hub, "t", graph, previews_per_s=0, clock=clock, wall_clock=lambda: 0.0)
-    for step in range(1, 21):  # 2 s a step; the first report is the start
+    for step in range(1, 21):  # 2 s a step; the first report is the start; the loss comes first
+        await reporter(cc.Loss("t", "6", step, 20, None if step == 3 else 1.0 / step))
         await reporter(cc.Progress("t", "6", step, 20))
         clock.now += 2.0
     hub.publish("t", {"type": "completed", "status_code": 200, "result": {}})
     events = [event async for event in subscription]
-    progress = [(e["step"], e["elapsed_s"], e["eta_s"]) for e in events if e["type"] == "progress"]
-    assert progress[0] == (1, 0.0, None)
-    assert progress[5] == (6, 10.0, 28.0)  # 5 steps in 10 s, 14 to go
-    assert progress[-1] == (20, 38.0, 0.0)
+    progress = [(e["step"], e["elapsed_s"], e["eta_s"], e["loss"]) for e in events if e["type"] == "progress"]
+    assert progress[0] == (1, 0.0, None, 1.0)
+    assert progress[2][3] is None  # a loss that was not finite
+    assert progress[5] == (6, 10.0, 28.0, 1.0 / 6)  # 5 steps in 10 s, 14 to go
+    assert progress[-1] == (20, 38.0, 0.0, 0.05)
+    assert reporter.training_steps == 20
     logs = [e["message"] for e in events if e["type"] == "log"]
-    assert logs[0] == "Training: step 1 of 20, 0.0 s elapsed"
-    assert logs[1] == "Training: step 2 of 20, 2.0 s elapsed, ETA 36 s"
-    assert logs[-1] == "Training: step 20 of 20, 38.0 s elapsed, ETA 0 s"
+    assert logs[0] == "Training: step 1 of 20, loss 1.0000, 0.0 s elapsed"
+    assert logs[1] == "Training: step 2 of 20, loss 0.5000, 2.0 s elapsed, ETA 36 s"
+    assert logs[-1] == "Training: step 20 of 20, loss 0.0500, 38.0 s elapsed, ETA 0 s"
     assert len(logs) == 11  # the first step, then one line per tenth
