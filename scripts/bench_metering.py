@@ -1,7 +1,8 @@
 """What usage metering and per-key limits cost the facade per request, in process CPU (all threads:
 the store's writer thread too), measured on the real parts without HTTP (the parts a request adds):
 
-- a sync run's row (``Meter.record`` of a 4-image output: megapixels, the row, the month's total),
+- a sync run's row (``Meter.record`` of a 4-image output: megapixels, the worker that ran it, its cost
+  at a price list with worker, device-name and kind entries, the row, the month's totals),
 - a queued request's row (``Meter.job_finished``: the outcome's JSON body parsed first),
 - writing the rows to a real SQLite job store in the meter's batches (``Meter.flush``), per row,
 - admitting a request of a key with every limit set (``Limiter.admit`` plus the queue's count).
@@ -29,11 +30,13 @@ sys.path.insert(0, str(ROOT))
 from server.queue.accounts import Accounts  # noqa: E402
 from server.queue.limits import Limiter  # noqa: E402
 from server.queue.meter import FLUSH_EVERY_S, Meter  # noqa: E402
+from server.queue.prices import HourlyPrices  # noqa: E402
 from server.queue.sqlite_store import SqliteJobStore  # noqa: E402
 from server.queue.store import JobRecord, JobStatus, Outcome  # noqa: E402
 from server.security.roles import Caller, Limits, Role  # noqa: E402
 
 TARGET_MS = 0.2
+PLACED = (0, "cuda", "NVIDIA A100-SXM4-80GB")  # every request's worker: priced by its device's name
 IMAGE = {
     "url": "http://127.0.0.1:8000/files/x/0.png",
     "width": 1024,
@@ -54,10 +57,14 @@ async def main(requests: int) -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         store = SqliteJobStore(Path(data_dir) / "jobs.sqlite3")
         await store.open()
-        meter = Meter(Accounts(store), prices={"*": 2.49})
+        prices = HourlyPrices.parse("2.49,cuda=2.49,cpu=0,worker1=0.75,H100=2.49,A10=0.75")
+        meter = Meter(Accounts(store), prices=prices, placed=lambda request_id: PLACED)
         keys = [f"key-{n}" for n in range(20)]
         sync_ms = cpu_ms_per_call(
-            requests, lambda i: meter.record(keys[i % 20], "fal-ai/flux-2", 200, run_s=3.3, output=OUTPUT)
+            requests,
+            lambda i: meter.record(
+                keys[i % 20], "fal-ai/flux-2", 200, run_s=3.3, output=OUTPUT, request_id="r"
+            ),
         )
         batch = max(1, int(requests / 50 / FLUSH_EVERY_S))  # rows per flush at 50 requests a second
         started = time.process_time()

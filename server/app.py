@@ -82,8 +82,9 @@ from server.queue.fleet_packs import FleetPacks
 from server.queue.fleet_workflows import shared_catalog
 from server.queue.job_queue import MAX_ATTEMPTS, JobQueue
 from server.queue.limits import Limiter
-from server.queue.meter import Meter, hourly_prices
+from server.queue.meter import Meter
 from server.queue.postgres_store import PostgresJobStore
+from server.queue.prices import HourlyPrices
 from server.queue.sqlite_store import SqliteJobStore
 from server.queue.store import JobStore
 from server.queue.webhooks import WebhookSender, WebhookSigner, webhook_policy
@@ -270,8 +271,11 @@ def _build_parts(app: web.Application, settings: Settings, supervisor: Superviso
     app[INVENTORY] = ModelInventory(manifest, settings.models_path)
     app[METRICS] = Metrics(supervisor, app[QUEUE], served)
     app[QUEUE].observers.append(app[METRICS].job_finished)
-    prices = hourly_prices(settings.gpu_hourly_usd)  # a malformed price fails at start-up
-    app[METER] = Meter(app[ACCOUNTS], device=lambda: _device_kind(supervisor), prices=prices)
+    prices = HourlyPrices.parse(settings.gpu_hourly_usd)  # a malformed price fails at start-up
+    app[METER] = Meter(
+        app[ACCOUNTS], device=lambda: _device_kind(supervisor), prices=prices,
+        placed=lambda request_id: app[GENERATOR].placement(request_id),
+    )  # fmt: skip
     app[QUEUE].observers.append(app[METER].job_finished)
     app[LIMITER] = Limiter()
     sender.observers.append(app[METRICS].webhook_settled)
@@ -356,7 +360,7 @@ async def _run_meter(app: web.Application) -> AsyncIterator[None]:
 
 
 def _device_kind(supervisor: Supervisor) -> str:
-    """What metered GPU-seconds ran on: ``cuda`` when any worker has a GPU, else ``cpu``."""
+    """What a request no worker took is metered on: ``cuda`` when any worker has a GPU, else ``cpu``."""
     workers = getattr(supervisor, "workers", [])  # (a test's stand-in may have none)
     return "cuda" if any(getattr(w, "gpu", None) is not None for w in workers) else "cpu"
 

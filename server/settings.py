@@ -113,9 +113,11 @@ class Settings:
     gpu_hourly_usd: str = field(
         default="",
         metadata={
-            "help": "What an hour of a worker's device costs you, in USD, for /usage's cost and the keys' "
-            "monthly_usd budgets: '2.49' (every "
-            "device kind) or 'cuda=2.49,cpu=0'. Empty: costs are 0."
+            "help": "What an hour of a worker costs you, in USD, for /usage's cost and the keys' "
+            "monthly_usd budgets, stored with each usage row when written: '2.49' (any worker), "
+            "'cuda=2.49,cpu=0' (per device kind), 'worker1=0.75' (per worker) or 'H100=2.49' (per part of "
+            "the device's name); the worker entry wins, then the longest name part, the kind, the plain "
+            "price. Empty: costs are 0."
         },
     )
     session_ttl_s: float = field(

@@ -161,14 +161,14 @@ class _Session:
     async def _run_one(self, item: _Input) -> None:
         app = self.request.app
         generator, user = app[GENERATOR], self.grant.user_id or DEFAULT_USER_ID
-        started = time.perf_counter()
+        started, request_id = time.perf_counter(), str(uuid.uuid4())
         try:
             with (
                 quotas.admitted(app, quotas.socket_caller(app, self.grant)),
-                counted(app, user, self.endpoint.app_id) as ran,
+                counted(app, user, self.endpoint.app_id, request_id) as ran,
             ):
                 output = ran["output"] = await run_live(
-                    generator, app[HUB], self.endpoint, item.parsed, request_id=str(uuid.uuid4()),
+                    generator, app[HUB], self.endpoint, item.parsed, request_id=request_id,
                     base_url=base_url(self.request, generator.settings),
                     previews_per_s=generator.settings.previews_per_s, turn=app[QUEUE].sync_turn,
                 )  # fmt: skip

@@ -66,7 +66,7 @@ async def run(request: web.Request) -> web.Response:
     """Sync run: the response is the model output itself (fal sends no envelope)."""
     endpoint = find_endpoint(request.app[ENDPOINTS], request.match_info["path"])
     request_id = request[REQUEST_ID] = str(uuid.uuid4())
-    with counted(request.app, user_of(request), endpoint.app_id) as ran:
+    with counted(request.app, user_of(request), endpoint.app_id, request_id) as ran:
         start_timeout_s = request_timeout_s(request.headers)
         parsed = await read_input(request, endpoint)
         generator = request.app[GENERATOR]
@@ -83,18 +83,21 @@ def user_of(request: web.Request) -> str:
 
 
 def metered(
-    app: web.Application, user_id: str, app_id: str, status: int, run_s: float, ran: dict[str, Any]
-) -> None:
-    """Count a finished sync run (or realtime input) in the metrics and its key's usage. A request
-    refused before it reached a worker (4xx) used no worker time."""
+    app: web.Application, user_id: str, app_id: str, status: int, run_s: float, ran: dict[str, Any],
+    request_id: str,
+) -> None:  # fmt: skip
+    """Count a finished sync run (or realtime input) in the metrics and its key's usage (priced for
+    the worker that ran ``request_id``). A request refused before it reached a worker (4xx) used no
+    worker time."""
     app[METRICS].run_finished(app_id, status, run_s)
     app[METER].record(
-        user_id, app_id, status, run_s=0.0 if 400 <= status < 500 else run_s, output=ran.get("output")
-    )
+        user_id, app_id, status, run_s=0.0 if 400 <= status < 500 else run_s, output=ran.get("output"),
+        request_id=request_id,
+    )  # fmt: skip
 
 
 @contextlib.contextmanager
-def counted(app: web.Application, user_id: str, app_id: str) -> Iterator[dict[str, Any]]:
+def counted(app: web.Application, user_id: str, app_id: str, request_id: str) -> Iterator[dict[str, Any]]:
     """Count a sync run with the status it ends with (499: the client left); the caller puts the
     ``output`` in the dict it is given, for metering."""
     started, status, ran = time.perf_counter(), 200, dict[str, Any]()
@@ -110,7 +113,7 @@ def counted(app: web.Application, user_id: str, app_id: str) -> Iterator[dict[st
         status = 500
         raise
     finally:
-        metered(app, user_id, app_id, status, time.perf_counter() - started, ran)
+        metered(app, user_id, app_id, status, time.perf_counter() - started, ran, request_id)
 
 
 @operation(
@@ -166,5 +169,6 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
         subscription.close()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        metered(request.app, user_of(request), endpoint.app_id, status, time.perf_counter() - started, ran)
+        elapsed_s = time.perf_counter() - started
+        metered(request.app, user_of(request), endpoint.app_id, status, elapsed_s, ran, request_id)
     return response

@@ -1,9 +1,10 @@
 """``GET /usage`` (and its page, ``/dashboard/usage``): the metered usage (``server.queue.meter``)
 summed per key, endpoint and/or day over a time range, as JSON or CSV (``format=csv``, the same rows
-and columns). Admins see every key's (or one ``key``'s); other keys see only their own. Cost is
-GPU-seconds times ``DARKROOM_GPU_HOURLY_USD`` / 3600 (a plain price, or one per device kind:
-``cuda=2.49,cpu=0``): measured worker time only, never idle time. The page sets it next to fal's list
-prices (``fal_prices.json``, dated).
+and columns). Admins see every key's (or one ``key``'s); other keys see only their own. Cost is the
+sum of the rows' stored costs: each row's GPU-seconds priced, when its host wrote it, at that host's
+``DARKROOM_GPU_HOURLY_USD`` for the worker that ran it (``server.queue.prices``); measured worker time
+only, never idle time. A row written before costs were stored is priced here, by device kind at this
+host's prices. The page sets it next to fal's list prices (``fal_prices.json``, dated).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import csv
 import io
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from server.api.params import Param
 from server.api.state import ACCOUNTS, METER, SETTINGS
 from server.errors import ForbiddenError, InputError
 from server.queue.accounts import UsageRow
-from server.queue.meter import cost_usd, hourly_prices, month_start
+from server.queue.meter import month_start
+from server.queue.prices import HourlyPrices
 from server.queue.store import DEFAULT_USER_ID
 from server.security.roles import Role
 
@@ -49,9 +51,10 @@ _FORMAT = Param("json (default) or csv", enum=("json", "csv"))
 
 
 def summarize(
-    rows: Iterable[UsageRow], group_by: tuple[str, ...], prices: Mapping[str, float]
+    rows: Iterable[UsageRow], group_by: tuple[str, ...], prices: HourlyPrices
 ) -> list[dict[str, Any]]:
-    """The rows summed per group (sorted by group), each with its cost."""
+    """The rows summed per group (sorted by group), each with its cost (as stored; ``prices`` for rows
+    stored without one)."""
     totals: dict[tuple[str, ...], dict[str, Any]] = {}
     for row in rows:
         values = {"key": row.key_name, "endpoint": row.app_id, "day": _day(row.finished_at)}
@@ -62,7 +65,8 @@ def summarize(
         entry["succeeded" if row.status == 200 else "failed"] += 1
         for name in SUMS:
             entry[name] += getattr(row, name)
-        entry["cost_usd"] += cost_usd(row.gpu_s, row.device, prices)
+        stored = row.cost_usd
+        entry["cost_usd"] += stored if stored is not None else prices.cost_usd(row.gpu_s, row.device)
     return [_rounded(totals[group]) for group in sorted(totals)]
 
 
@@ -120,14 +124,14 @@ async def usage(request: web.Request) -> web.Response:
         raise ForbiddenError(f"Only admins see other keys' usage; this key ({caller.name}) sees its own.")
     await request.app[METER].flush()  # what this host metered so far is in the answer
     rows = await request.app[ACCOUNTS].usage(since, until, key)
-    prices = hourly_prices(request.app[SETTINGS].gpu_hourly_usd)
+    prices = HourlyPrices.parse(request.app[SETTINGS].gpu_hourly_usd)
     summary = summarize(rows, group_by, prices)
     if as_csv:
         return web.Response(text=to_csv(summary, group_by), content_type="text/csv")
     return web.json_response(
         {
             "from": since, "to": until, "group_by": list(group_by), "key": key, "role": caller.role.value,
-            "gpu_hourly_usd": prices, "fal_prices": FAL_PRICES, "rows": summary,
+            "gpu_hourly_usd": prices.entries, "fal_prices": FAL_PRICES, "rows": summary,
         }
     )  # fmt: skip
 

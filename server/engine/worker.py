@@ -121,6 +121,17 @@ def _die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
+def device_name(system_stats: Any) -> str:
+    """A worker's device as ComfyUI's ``/system_stats`` names it, without the torch device and the
+    allocator: ``cuda:0 NVIDIA H100 80GB HBM3 : cudaMallocAsync`` -> ``NVIDIA H100 80GB HBM3``; ``cpu``
+    ("" when the answer names none)."""
+    devices = system_stats.get("devices") if isinstance(system_stats, Mapping) else None
+    first = devices[0] if isinstance(devices, list) and devices and isinstance(devices[0], dict) else {}
+    name = str(first.get("name") or "").split(" : ")[0].strip()
+    torch_device, _, rest = name.partition(" ")
+    return rest.strip() if ":" in torch_device and rest.strip() else name
+
+
 class Worker:
     """One ComfyUI subprocess: its port, directories, process, logs and client."""
 
@@ -131,6 +142,8 @@ class Worker:
         self.id = worker_id
         self.speed = speed or Speed()
         self.gpu = gpu
+        self.device_kind = "cpu" if gpu is None else "cuda"
+        self.device_name = ""  # as its ComfyUI reports it (set when it is ready), e.g. NVIDIA H100 80GB HBM3
         self.base_dir = base_dir
         self.output_dir = base_dir / "output"
         self.log_path = base_dir / "comfyui.log"
@@ -258,7 +271,8 @@ class Worker:
                 await self._flush_logs()
                 raise self.start_error(f"exited with code {self._proc.returncode} during start-up")
             with contextlib.suppress(WorkerConnectionError, WorkerResponseError):
-                await self.client.system_stats()
+                stats = await self.client.system_stats()
+                self.device_name = device_name(stats)
                 self.state = WorkerState.READY
                 return
             if time.monotonic() >= deadline:

@@ -52,6 +52,7 @@ EventSink = Callable[[cc.Event], Awaitable[None]]
 # worker; nothing was stored yet, so a re-run is safe. Bounded, so a request that kills its worker
 # every time cannot take the pool down for long.
 WORKER_ATTEMPTS = 2
+PLACED_KEPT = 4096  # the most requests ``Generator.placed`` remembers
 HISTORY_POLL_S = 0.1  # how often an editor run's worker is asked whether it finished
 # Nodes whose failures come from what the request asked for (a LoRA of another family, a VAE that
 # does not fit, an impossible blend or schedule): a 422 for the client, not a server error.
@@ -99,6 +100,12 @@ class Generator:
     last_run: dict[int, str] = field(default_factory=dict)
     # The last verification of this host's node packs (server/engine/pack_watch.py).
     node_packs: Callable[[], PackReport] = PackReport
+    # Which worker ran each recent request (id, device kind, device name), until metering takes it.
+    placed: dict[str, tuple[int, str, str]] = field(default_factory=dict)
+
+    def placement(self, request_id: str) -> tuple[int, str, str] | None:
+        """Which worker ran the request (the last one, if it ran again after losing one), once."""
+        return self.placed.pop(request_id, None)
 
     def has_models(self, endpoint: Endpoint) -> bool:
         """Whether the endpoint's model files are all here."""
@@ -195,6 +202,9 @@ class Generator:
         images, media, sets = fetched
         async with self.supervisor.worker(model_key=endpoint.model_key(request)) as worker:
             self.last_run[worker.id] = endpoint.app_id
+            self.placed[request_id] = (worker.id, worker.device_kind, worker.device_name)
+            while len(self.placed) > PLACED_KEPT:  # a bound, should a request never be metered
+                del self.placed[next(iter(self.placed))]
             await self.choices.check(endpoint, request, worker.client)
             uploaded: list[str] = []
             try:

@@ -23,7 +23,8 @@ KEY_COLUMNS = (
     "monthly_usd"
 )
 USAGE_COLUMNS = (
-    "finished_at, key_name, app_id, status, gpu_s, device, queue_s, megapixels, video_s, training_steps"
+    "finished_at, key_name, app_id, status, gpu_s, device, queue_s, megapixels, video_s, training_steps, "
+    "worker, device_name, cost_usd"
 )
 # The tables, in both stores' dialects ({real}: REAL or DOUBLE PRECISION; {t}: the table prefix).
 SCHEMA = """
@@ -41,6 +42,13 @@ CREATE INDEX usage_time ON {t}usage (finished_at);
 """
 # The cost budget, a later step of both stores' migrations.
 COST_BUDGET = "ALTER TABLE {t}api_keys ADD COLUMN monthly_usd {real}"
+# Which worker ran a row and what it cost when it was written (at that host's prices), a later step:
+# rows written before it have NULLs there and are priced when read, by device kind (``Accounts``).
+ROW_COST = """
+ALTER TABLE {t}usage ADD COLUMN worker INTEGER;
+ALTER TABLE {t}usage ADD COLUMN device_name TEXT;
+ALTER TABLE {t}usage ADD COLUMN cost_usd {real};
+"""
 
 
 class SqlRunner(Protocol):
@@ -84,7 +92,9 @@ class KeyRecord:
 class UsageRow:
     """What one finished request used. ``gpu_s``: seconds its worker spent on it (measured on the
     facade from hand-over to answer: queue wait excluded, idle time never counted); ``device``: the
-    worker's device kind (``cpu``, ``cuda``)."""
+    worker's device kind (``cpu``, ``cuda``); ``worker`` and ``device_name``: which worker of the host
+    ran it and its device as ComfyUI names it (None and "" when no worker took it); ``cost_usd``: what
+    it cost at the writing host's prices when it was written (None: a row from before that was kept)."""
 
     finished_at: float
     key_name: str
@@ -96,12 +106,27 @@ class UsageRow:
     megapixels: float = 0.0
     video_s: float = 0.0
     training_steps: int = 0
+    worker: int | None = None
+    device_name: str = ""
+    cost_usd: float | None = None
 
     def values(self) -> tuple[Any, ...]:
         return (
             self.finished_at, self.key_name, self.app_id, self.status, self.gpu_s, self.device,
-            self.queue_s, self.megapixels, self.video_s, self.training_steps,
+            self.queue_s, self.megapixels, self.video_s, self.training_steps, self.worker,
+            self.device_name, self.cost_usd,
         )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MonthTotal:
+    """One key's usage on one device kind this month: GPU-seconds, the rows' stored cost, and the
+    GPU-seconds of rows without one (``ROW_COST``), which the reader prices by device kind."""
+
+    device: str
+    gpu_s: float
+    stored_usd: float
+    unpriced_gpu_s: float
 
 
 class Accounts:
@@ -168,7 +193,7 @@ class Accounts:
 
     async def record_usage(self, rows: Sequence[UsageRow]) -> None:
         if rows:
-            sql = f"INSERT INTO {{t}}usage ({USAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+            sql = f"INSERT INTO {{t}}usage ({USAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
             await self.runner.sql_write(self._sql(sql), [row.values() for row in rows])
 
     async def usage(self, since: float, until: float, key_name: str | None = None) -> list[UsageRow]:
@@ -178,17 +203,20 @@ class Accounts:
             where += " AND key_name = ?"
             params.append(key_name)
         sql = f"SELECT {USAGE_COLUMNS} FROM {{t}}usage WHERE {where} ORDER BY finished_at"
-        return [UsageRow(*row) for row in await self.runner.sql_rows(self._sql(sql), params)]
+        return [_usage(row) for row in await self.runner.sql_rows(self._sql(sql), params)]
 
-    async def gpu_seconds_by_key(self, since: float) -> dict[str, dict[str, float]]:
-        """Each key's metered GPU-seconds since ``since`` (the budgets' month), per device kind."""
+    async def month_totals(self, since: float) -> dict[str, list[MonthTotal]]:
+        """Each key's metered GPU-seconds and stored cost since ``since`` (the budgets' month), per
+        device kind, with the GPU-seconds of rows that have no stored cost (written before costs were)."""
         sql = (
-            "SELECT key_name, device, SUM(gpu_s) FROM {t}usage WHERE finished_at >= ? "
+            "SELECT key_name, device, SUM(gpu_s), SUM(cost_usd), "
+            "SUM(CASE WHEN cost_usd IS NULL THEN gpu_s ELSE 0 END) FROM {t}usage WHERE finished_at >= ? "
             "GROUP BY key_name, device"
         )
-        totals: dict[str, dict[str, float]] = {}
-        for name, device, total in await self.runner.sql_rows(self._sql(sql), [since]):
-            totals.setdefault(name, {})[device] = float(total)
+        totals: dict[str, list[MonthTotal]] = {}
+        for name, device, gpu_s, usd, unpriced_s in await self.runner.sql_rows(self._sql(sql), [since]):
+            total = MonthTotal(device, float(gpu_s or 0.0), float(usd or 0.0), float(unpriced_s or 0.0))
+            totals.setdefault(name, []).append(total)
         return totals
 
 
@@ -203,6 +231,15 @@ def _limit_values(limits: Limits) -> tuple[int | None, int | None, float | None,
 
 def _real(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _usage(row: Sequence[Any]) -> UsageRow:
+    finished_at, key_name, app_id, status, gpu_s, device, queue_s, megapixels, video_s, steps = row[:10]
+    worker, name, usd = row[10:]
+    return UsageRow(
+        finished_at, key_name, app_id, status, gpu_s, device, queue_s, megapixels, video_s, steps,
+        worker=worker, device_name=name or "", cost_usd=_real(usd),
+    )  # fmt: skip
 
 
 def _key(row: Sequence[Any]) -> KeyRecord:

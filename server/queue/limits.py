@@ -1,6 +1,6 @@
 """Per-key limits on what spends worker time (``server.security.roles.Limits``): requests per minute
 (a sliding 60 s window), requests queued or running at once, and per calendar month (UTC) GPU-seconds
-and their cost in USD (at ``DARKROOM_GPU_HOURLY_USD``, ``meter.cost_usd``).
+and their cost in USD (each usage row priced when written, ``server.queue.prices``).
 
 Rate and concurrency refusals are 429 with ``Retry-After`` (fal's clients wait and try again); an
 exhausted budget is 402 ``budget_exceeded`` (not 429: waiting minutes does not help, and a client that

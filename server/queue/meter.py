@@ -11,10 +11,12 @@ what the request asked for; training steps the steps a trainer ran (counted from
 a cancelled run's too, and both tries of a run a lost worker made start again, since both ran). No
 request id is kept: rows are per key and endpoint, the ``/metrics`` families have no request label.
 
-Cost is GPU-seconds times ``DARKROOM_GPU_HOURLY_USD`` / 3600 (``hourly_prices``: one price, or one per
-device kind). The month's GPU-seconds per key and device kind (the budgets, in seconds and in USD) are
-kept here too: read from the store at start and every ``TOTALS_REFRESH_S`` (other hosts' rows
-included), plus what this host recorded since.
+Each row says which of this host's workers ran it (``placed``: the generator knows, by request id) and
+its cost, computed here when it is recorded: GPU-seconds times that worker's hourly price
+(``server.queue.prices``: by worker, device name, device kind) / 3600. The row keeps it, so a later
+price change leaves it be. The month's GPU-seconds and cost per key (the budgets) are kept here too: read
+from the store at start and every ``TOTALS_REFRESH_S`` (other hosts' rows, at their prices, included),
+plus what this host recorded since.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from server.errors import ConfigError
 from server.queue.accounts import Accounts, UsageRow
+from server.queue.prices import HourlyPrices
 from server.queue.store import JobRecord, Outcome
 
 logger = logging.getLogger(__name__)
@@ -41,29 +43,6 @@ def month_start(now: float) -> float:
     """The start (unix seconds) of ``now``'s calendar month, UTC."""
     moment = datetime.fromtimestamp(now, UTC)
     return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
-
-
-def hourly_prices(text: str) -> dict[str, float]:
-    """``DARKROOM_GPU_HOURLY_USD``: "2.49" (every device kind) or "cuda=2.49,cpu=0" -> kind -> USD/hour
-    ("*" for every kind). A ConfigError names what is wrong."""
-    prices: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        kind, _, value = part.rpartition("=")
-        try:
-            price = float(value)
-        except ValueError:
-            price = -1.0
-        if not 0 <= price < float("inf"):
-            raise ConfigError(
-                f"DARKROOM_GPU_HOURLY_USD: {part!r} is not a price; give '2.49' or 'cuda=2.49,cpu=0'"
-            )
-        prices[kind.strip() or "*"] = price
-    return prices
-
-
-def cost_usd(gpu_s: float, device: str, prices: Mapping[str, float]) -> float:
-    """What ``gpu_s`` seconds on a ``device`` kind cost at ``prices`` (``hourly_prices``)."""
-    return gpu_s / 3600.0 * prices.get(device, prices.get("*", 0.0))
 
 
 def usage_of(output: Mapping[str, Any] | None) -> tuple[float, float]:
@@ -91,37 +70,44 @@ def reported_inference_s(output: Mapping[str, Any] | None) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+# Where a request ran, by its id: (worker id on this host, device kind, device name), or None.
+Placed = Callable[[str], tuple[int, str, str] | None]
+
+
 class Meter:
-    """Collects usage rows and writes them in batches; knows each key's GPU-seconds (per device kind)
-    and their cost this month."""
+    """Collects usage rows, each priced when recorded, and writes them in batches; knows each key's
+    GPU-seconds and their cost this month."""
 
     def __init__(
         self, accounts: Accounts, *, device: Callable[[], str] = lambda: "cpu",
-        prices: Mapping[str, float] | None = None,
+        prices: HourlyPrices | None = None, placed: Placed = lambda request_id: None,
     ) -> None:  # fmt: skip
         self.accounts = accounts
-        self.device = device
-        self.prices = dict(prices or {})
+        self.device = device  # the host's device kind, for a request no worker took
+        self.prices = prices or HourlyPrices()
+        self.placed = placed
         self._pending: list[UsageRow] = []
-        self._stored_totals: dict[str, dict[str, float]] = {}  # key -> device kind -> GPU-seconds
-        self._local_totals: dict[str, dict[str, float]] = {}  # recorded here since the totals were read
+        self._stored_totals: dict[str, tuple[float, float]] = {}  # key -> (GPU-seconds, USD)
+        self._local_totals: dict[str, tuple[float, float]] = {}  # recorded here since the totals were read
 
     def record(
         self, key_name: str, app_id: str, status: int, *, run_s: float, queue_s: float = 0.0,
-        output: Mapping[str, Any] | None = None, training_steps: int = 0,
+        output: Mapping[str, Any] | None = None, training_steps: int = 0, request_id: str | None = None,
     ) -> None:  # fmt: skip
         """One finished request (must not block: the write happens at the next flush)."""
         megapixels, video_s = usage_of(output)
         reported = reported_inference_s(output)
         gpu_s = max(0.0, reported if reported is not None else run_s)
+        worker, device, name = (request_id and self.placed(request_id)) or (None, self.device(), "")
+        usd = self.prices.cost_usd(gpu_s, device, worker, name)
         row = UsageRow(
-            time.time(), key_name, app_id, status, gpu_s=gpu_s,
-            device=self.device(), queue_s=max(0.0, queue_s), megapixels=megapixels, video_s=video_s,
-            training_steps=training_steps,
+            time.time(), key_name, app_id, status, gpu_s=gpu_s, device=device, queue_s=max(0.0, queue_s),
+            megapixels=megapixels, video_s=video_s, training_steps=training_steps, worker=worker,
+            device_name=name, cost_usd=usd,
         )  # fmt: skip
         self._pending.append(row)
-        devices = self._local_totals.setdefault(key_name, {})
-        devices[row.device] = devices.get(row.device, 0.0) + row.gpu_s
+        month_s, month_usd = self._local_totals.get(key_name, (0.0, 0.0))
+        self._local_totals[key_name] = (month_s + gpu_s, month_usd + usd)
 
     def record_json(self, key_name: str, app_id: str, status: int, body_json: str, **times: Any) -> None:
         """``record`` for an outcome kept as JSON (a queued request's)."""
@@ -137,20 +123,21 @@ class Meter:
         self.record_json(
             record.user_id, record.app_id, outcome.status_code, outcome.body_json,
             run_s=outcome.inference_time_s or 0.0, queue_s=started - record.submitted_at,
-            training_steps=record.training_steps,
+            training_steps=record.training_steps, request_id=record.request_id,
         )  # fmt: skip
 
-    def _month(self, key_name: str) -> dict[str, float]:
-        stored, local = self._stored_totals.get(key_name, {}), self._local_totals.get(key_name, {})
-        return {d: stored.get(d, 0.0) + local.get(d, 0.0) for d in stored.keys() | local.keys()}
+    def _month(self, key_name: str, index: int) -> float:
+        stored, local = self._stored_totals.get(key_name), self._local_totals.get(key_name)
+        return (stored[index] if stored else 0.0) + (local[index] if local else 0.0)
 
     def month_gpu_s(self, key_name: str) -> float:
         """The key's metered GPU-seconds this calendar month (all hosts, within ``TOTALS_REFRESH_S``)."""
-        return sum(self._month(key_name).values())
+        return self._month(key_name, 0)
 
     def month_usd(self, key_name: str) -> float:
-        """What the key's GPU-seconds this month cost at ``prices`` (as ``month_gpu_s``, per device kind)."""
-        return sum(cost_usd(s, device, self.prices) for device, s in self._month(key_name).items())
+        """What the key's GPU-seconds this month cost (as ``month_gpu_s``): the rows' stored costs, and
+        rows written before costs were stored priced by device kind at this host's prices."""
+        return self._month(key_name, 1)
 
     async def flush(self) -> None:
         rows, self._pending = self._pending, []
@@ -163,11 +150,18 @@ class Meter:
     async def read_totals(self) -> None:
         """The month's totals from the store again (what this host flushed is in them now)."""
         await self.flush()
-        flushed = {k: dict(v) for k, v in self._local_totals.items()}
-        self._stored_totals = await self.accounts.gpu_seconds_by_key(month_start(time.time()))
+        flushed = dict(self._local_totals)
+        totals = await self.accounts.month_totals(month_start(time.time()))
+        self._stored_totals = {
+            key: (
+                sum(t.gpu_s for t in kinds),
+                sum(t.stored_usd + self.prices.cost_usd(t.unpriced_gpu_s, t.device) for t in kinds),
+            )
+            for key, kinds in totals.items()
+        }
         self._local_totals = {
-            k: {d: s - flushed.get(k, {}).get(d, 0.0) for d, s in v.items()}
-            for k, v in self._local_totals.items()
+            k: (s - flushed.get(k, (0.0, 0.0))[0], usd - flushed.get(k, (0.0, 0.0))[1])
+            for k, (s, usd) in self._local_totals.items()
         }
 
     async def run(self) -> None:

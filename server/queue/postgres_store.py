@@ -25,7 +25,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from server.errors import StoreUnavailableError
-from server.queue.accounts import COST_BUDGET
+from server.queue.accounts import COST_BUDGET, ROW_COST
 from server.queue.accounts import SCHEMA as ACCOUNTS_SCHEMA
 from server.queue.store import (
     FULL_COLUMNS,
@@ -98,6 +98,7 @@ MIGRATIONS: tuple[str, ...] = (
     # Managed keys and usage, shared by the fleet's hosts (server/queue/accounts.py).
     ACCOUNTS_SCHEMA.format(t="darkroom.", real="DOUBLE PRECISION"),
     COST_BUDGET.format(t="darkroom.", real="DOUBLE PRECISION"),  # the keys' monthly USD budget
+    ROW_COST.format(t="darkroom.", real="DOUBLE PRECISION"),  # each row's worker and cost when written
 )
 # LISTEN/NOTIFY channel of the fleet: job changes, cancels, relayed live events, published workflows
 CHANNEL = "darkroom"

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from server.queue.accounts import COST_BUDGET
+from server.queue.accounts import COST_BUDGET, ROW_COST
 from server.queue.accounts import SCHEMA as ACCOUNTS_SCHEMA
 from server.queue.store import (
     FULL_COLUMNS,
@@ -29,7 +29,7 @@ from server.queue.store import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE jobs (
@@ -57,6 +57,7 @@ _MIGRATIONS: dict[int, str] = {
     # Managed keys and usage (server/queue/accounts.py).
     3: ACCOUNTS_SCHEMA.format(t="", real="REAL"),
     4: COST_BUDGET.format(t="", real="REAL"),
+    5: ROW_COST.format(t="", real="REAL"),
 }
 
 

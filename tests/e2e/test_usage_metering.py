@@ -1,7 +1,8 @@
 """Usage metering on the real stack: two keys' tiny generations (sync and queued) give exactly the expected
 usage rows (counts, megapixels from the outputs, GPU-seconds the outputs' own inference timings, within
 the measured request times; a tiny video's seconds and megapixels from the file the worker wrote, not
-from the request), the CSV says what the JSON says, and the usage page in headless Chromium
+from the request; each stored row names the worker that ran it, its device as ComfyUI reports it, and
+its cost when written), the CSV says what the JSON says, and the usage page in headless Chromium
 shows the table, the plot and the configured price; a runner's session sees only its own usage, and the
 usage page's and the playground's navs without the pages its role may not open. Screenshot:
 ``data/screenshots/usage.png``."""
@@ -20,6 +21,7 @@ import pytest_asyncio
 from browser import SCREENSHOTS, chromium_or_skip, open_page
 from queue_stack import DEMO, Client, facade
 
+from server.api.state import ACCOUNTS, SUPERVISOR
 from server.engine.supervisor import Supervisor
 from server.settings import Settings
 from tests import log_scan
@@ -102,6 +104,12 @@ async def test_usage_rows_csv_and_the_page(client: Client) -> None:
         inference = sum(o["timings"]["inference"] for o in expected)
         assert row["gpu_s"] == pytest.approx(inference, abs=1e-5) and 0 < row["gpu_s"] <= walls[name]
         assert row["cost_usd"] == pytest.approx(row["gpu_s"] * 1.5 / 3600, abs=1e-6)
+    # Each stored row names the worker that ran it and its device as the worker's ComfyUI reports it,
+    # and keeps the cost it had when written (at that worker's price: cpu here).
+    workers = {w.id for w in client.app[SUPERVISOR].workers}
+    for stored in await client.app[ACCOUNTS].usage(0.0, time.time() + 1):
+        assert stored.worker in workers and (stored.device, stored.device_name) == ("cpu", "cpu")
+        assert stored.cost_usd == pytest.approx(stored.gpu_s * 1.5 / 3600, abs=1e-9)
     as_csv = await (await client.get("/usage?group_by=key,endpoint&format=csv", headers=ADMIN)).text()
     parsed = list(csv.DictReader(io.StringIO(as_csv)))
     assert [(r["key"], int(r["requests"]), float(r["gpu_s"])) for r in parsed] == [

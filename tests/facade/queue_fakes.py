@@ -93,6 +93,11 @@ class FakeGenerator:
         self.finished: list[str] = []
         self._gates: dict[str, asyncio.Event] = {}
         self._worker = asyncio.Lock()
+        self.worker = (0, "cpu", "cpu")  # what runs the next request: (id, device kind, device name)
+        self.placed: dict[str, tuple[int, str, str]] = {}
+
+    def placement(self, request_id: str) -> tuple[int, str, str] | None:
+        return self.placed.pop(request_id, None)
 
     def has_models(self, endpoint: Any) -> bool:
         return True
@@ -115,6 +120,7 @@ class FakeGenerator:
         self, endpoint: Endpoint, request: BaseModel, *, request_id: str, base_url: str, on_event: Any = None
     ) -> dict[str, Any]:
         async with self._worker:
+            self.placed[request_id] = self.worker
             emit = on_event or _ignore
             await emit(cc.Started(request_id))
             await emit(cc.Executing(request_id, "11"))

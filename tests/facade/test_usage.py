@@ -12,13 +12,16 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from queue_fakes import APP, FakeGenerator, serve
+from queue_fakes import APP, FakeGenerator, FakeSupervisor, serve
 
+from server.api.state import METER
 from server.api.usage import FAL_PRICES
+from server.app import create_app
 from server.errors import ConfigError
-from server.queue.meter import hourly_prices, usage_of
+from server.queue.meter import usage_of
 from server.settings import load_settings
 from tests import log_scan
 
@@ -101,15 +104,55 @@ def _number(text: str) -> Any:
     return text
 
 
-def test_a_malformed_price_is_refused_naming_the_forms() -> None:
-    assert hourly_prices("2.49") == {"*": 2.49} and hourly_prices("") == {}
-    for text in ("cuda=-1", "cuda=lots"):
-        try:
-            hourly_prices(text)
-        except ConfigError as e:
-            assert "cuda=2.49,cpu=0" in e.message
-        else:
-            raise AssertionError(f"{text!r} accepted")
+async def test_each_row_keeps_the_price_of_the_worker_that_ran_it(tmp_path: Path) -> None:
+    """Two keys' requests on two workers at different prices (worker 1's own entry wins over its
+    device's name) cost what each did; restarted with another price, /usage and the monthly_usd
+    budget's totals keep the rows' costs, and only new rows take the new price (tests/unit: the rest)."""
+    h100 = "NVIDIA H100 80GB HBM3"
+    prices = "cpu=0,H100=7200,worker1=3600"  # $2 and $1 a second
+
+    def settings(gpu_hourly_usd: str) -> Any:
+        return load_settings(
+            {}, data_dir=str(tmp_path), api_keys="usage-admin-key", gpu_hourly_usd=gpu_hourly_usd
+        )
+
+    fake = FakeGenerator(settings(prices))
+    async with serve(settings(prices), fake) as client:
+        alice, bob = await new_key(client, "alice"), await new_key(client, "bob")
+        fake.worker = (0, "cuda", h100)
+        await timed(client, f"/run/{APP}", alice, "a")
+        fake.worker = (1, "cuda", h100)
+        await queued(client, bob)
+        first = {r["key"]: r for r in (await (await client.get("/usage", headers=ADMIN)).json())["rows"]}
+        assert first["alice"]["cost_usd"] == pytest.approx(2 * first["alice"]["gpu_s"], abs=1e-5)
+        assert first["bob"]["cost_usd"] == pytest.approx(first["bob"]["gpu_s"], abs=1e-5)
+        assert first["alice"]["gpu_s"] > 0 and first["bob"]["gpu_s"] > 0
+
+    fake = FakeGenerator(settings("0"))
+    async with serve(settings("0"), fake) as client:  # the operator set every worker's price to 0
+        alice = {"Authorization": "Key usage-admin-key"}  # its rows are "default"'s: not alice's
+        fake.worker = (0, "cuda", h100)
+        await timed(client, f"/run/{APP}", alice, "c")
+        body = await (await client.get("/usage", headers=ADMIN)).json()
+        later = {r["key"]: r for r in body["rows"]}
+        assert body["gpu_hourly_usd"] == {"*": 0.0}
+        for key in ("alice", "bob"):
+            assert later[key]["cost_usd"] == first[key]["cost_usd"]
+        new = set(later) - {"alice", "bob"}
+        assert len(new) == 1 and later[new.pop()]["cost_usd"] == 0
+        meter = client.app[METER]
+        await meter.read_totals()
+        for key in ("alice", "bob"):
+            assert meter.month_usd(key) == pytest.approx(first[key]["cost_usd"], abs=1e-5)
+
+
+def test_a_malformed_price_stops_the_server_at_start(tmp_path: Path) -> None:
+    """(Every form and mistake: tests/unit/server/queue/test_prices.py.)"""
+    settings = load_settings({}, data_dir=str(tmp_path), gpu_hourly_usd="cuda=2.49,worker1=lots")
+    with pytest.raises(ConfigError) as refused:
+        create_app(settings, FakeSupervisor(), run_supervisor=False)  # type: ignore[arg-type]
+    assert "DARKROOM_GPU_HOURLY_USD: 'worker1=lots' is not a price" in refused.value.message
+    assert "cuda=2.49,cpu=0" in refused.value.message
 
 
 def test_fal_s_price_table_is_dated_sourced_and_names_endpoints_darkroom_serves() -> None:

@@ -11,9 +11,10 @@ from datetime import UTC, datetime
 import pytest
 
 from server.queue import meter
-from server.queue.accounts import Accounts
+from server.queue.accounts import Accounts, MonthTotal
 from server.queue.limits import BudgetError, Limiter, LimitError, next_month_start
 from server.queue.postgres_store import PostgresJobStore
+from server.queue.prices import HourlyPrices
 from server.security.roles import Caller, Limits, Role
 from tests.postgres import PostgresServer
 
@@ -52,12 +53,12 @@ def test_next_month_start_in_utc() -> None:
 
 async def test_the_cost_budget_prices_each_device_kind_and_names_itself() -> None:
     class NoStore:  # month totals from this host only: nothing stored yet
-        async def gpu_seconds_by_key(self, since: float) -> dict[str, dict[str, float]]:
+        async def month_totals(self, since: float) -> dict[str, list[MonthTotal]]:
             return {}
 
     devices = iter(["cuda", "cpu", "cuda"])
     metered = meter.Meter(
-        NoStore(), device=lambda: next(devices), prices=meter.hourly_prices("cuda=3.6,cpu=0")
+        NoStore(), device=lambda: next(devices), prices=HourlyPrices.parse("cuda=3.6,cpu=0")
     )  # type: ignore[arg-type]
     for run_s in (50.0, 1000.0, 40.0):
         metered.record("team", "darkroom/demo-flux-2", 200, run_s=run_s)
@@ -80,7 +81,7 @@ async def test_two_hosts_sharing_usage_rows_refuse_over_budget_within_the_tolera
     stores = [PostgresJobStore(url), PostgresJobStore(url)]
     for store in stores:
         await store.open()
-    prices = {"cuda": 3.6}  # $0.001 a second
+    prices = HourlyPrices.parse("cuda=3.6")  # $0.001 a second
     host_a, host_b = (meter.Meter(Accounts(s), device=lambda: "cuda", prices=prices) for s in stores)
     loops = [asyncio.create_task(m.run()) for m in (host_a, host_b)]
     limiter = Limiter()

@@ -167,8 +167,8 @@ async def test_store_round_trip_claim_finish_and_schema(
     await store.close()
     found = _bump_schema_version(database_url, tmp_path, to=99)
     # 2: the fleet's columns; 3 (PostgreSQL): published workflows; 4: node packs; then keys and usage,
-    # then the keys' cost budget
-    assert found == (6 if database_url else 4)
+    # then the keys' cost budget, then each usage row's worker and cost
+    assert found == (7 if database_url else 5)
     newer = new_job_store()
     with pytest.raises(RuntimeError, match="schema 99, newer"):
         await newer.open()
