@@ -1,9 +1,11 @@
-"""Time added to a ComfyUI worker's start by N node packs: starts one CPU worker with 0 packs, then
-with N small V1 packs (each a local git repository, locked and installed by darkroom's installer),
-``--rounds`` times each, and prints the median start times (spawn to answering /system_stats) and the
-difference. ``--packs 0 10 50``: the counts to measure.
+"""Time added to a ComfyUI worker's start by N node packs, robust to a noisy machine: builds a data dir
+per pack count (N small V1 packs, each a local git repository, locked and installed by darkroom's
+installer), then runs ``--rounds`` rounds, each starting one CPU worker per count in an order rotated
+every round (spawn to answering /system_stats), so the counts see the same load drift. Prints each
+count's median start and its spread (min..max, and the interquartile range), and for each N the
+difference from 0 packs paired within a round: its median and spread, and per pack.
 
-    .venv/bin/python scripts/bench_node_packs.py --packs 0 10 50 --rounds 3
+    .venv/bin/python scripts/bench_node_packs.py --packs 0 10 50 --rounds 5
 """
 
 from __future__ import annotations
@@ -58,34 +60,46 @@ async def start_time_s(settings: Settings, comfyui_dir: Path) -> float:
     return elapsed
 
 
+def spread(values: list[float], sign: str = "") -> str:
+    """median, min..max and the interquartile range of ``values`` (seconds; ``sign="+"``: differences)."""
+    low, high = min(values), max(values)
+    q1, _, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (low, low, low)
+    median = statistics.median(values)
+    return f"{median:{sign}.2f} s (min..max {low:{sign}.2f}..{high:{sign}.2f}, IQR {q3 - q1:.2f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--packs", type=int, nargs="+", default=[0, 10, 50])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    counts = sorted(set(args.packs) | {0})
     comfyui_dir = install.ensure_comfyui(
         load_settings({}, data_dir=str(PROJECT_ROOT / "data")), install_requirements=False
     )
-    medians: dict[int, float] = {}
+    times: dict[int, list[float]] = {count: [] for count in counts}
     with tempfile.TemporaryDirectory() as tmp:
-        for count in args.packs:
-            settings = load_settings(
+        settings: dict[int, Settings] = {}
+        for count in counts:
+            settings[count] = load_settings(
                 {}, data_dir=f"{tmp}/data{count}", workers=1, device="cpu", worker_base_port=free_port(),
                 worker_start_timeout_s=600.0,
             )  # fmt: skip
-            installer = Installer(settings)
+            installer = Installer(settings[count])
             for index in range(count):
                 installer.add(str(build(Path(tmp) / f"src{count}", index)))
-            times = [asyncio.run(start_time_s(settings, comfyui_dir)) for _ in range(args.rounds)]
-            medians[count] = statistics.median(times)
-            rounds = ", ".join(f"{t:.2f}" for t in times)
-            print(f"{count:4d} packs: start {medians[count]:6.2f} s (rounds: {rounds})", flush=True)
-    base = medians.get(0)
-    if base is not None:
-        for count, median in medians.items():
-            if count:
-                each_ms = (median - base) / count * 1000
-                print(f"{count:4d} packs add {median - base:+.2f} s ({each_ms:+.0f} ms a pack)")
+        for round_ in range(args.rounds):
+            order = counts[round_ % len(counts) :] + counts[: round_ % len(counts)]
+            for count in order:
+                times[count].append(asyncio.run(start_time_s(settings[count], comfyui_dir)))
+            shown = ", ".join(f"{c} packs {times[c][-1]:.2f} s" for c in order)
+            print(f"round {round_ + 1}: {shown}", flush=True)
+    for count in counts:
+        print(f"{count:4d} packs: start {spread(times[count])}")
+    for count in counts[1:]:
+        added = [n - z for n, z in zip(times[count], times[0], strict=True)]  # paired within a round
+        each_ms = statistics.median(added) / count * 1000
+        print(f"{count:4d} packs add {spread(added, '+')}; {each_ms:+.0f} ms a pack (median)")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Third-party node packs on a real CPU worker: five packs built as local git repositories (a V1 pack
-with a web extension and a prestartup script, a V3 pack, one needing a local wheel, one failing to
-import, one overriding the V3 pack's node) are locked and installed, the worker loads them from
-darkroom's own folder, each gets its documented state (`darkroom nodes list` shows it), the V1 pack's
-node is in the editor and a workflow using it publishes (recording the pack at its commit) and runs;
-once the pack is removed the workers restart and that endpoint answers 503 naming the pack."""
+"""Third-party node packs on a real CPU worker of a fleet's host B: five packs built as local git
+repositories (a V1 pack with a web extension and a prestartup script, a V3 pack, one needing a local
+wheel, one failing to import, one overriding the V3 pack's node) are added through host A to the
+fleet's lock and installed on B from it; B's worker loads them from darkroom's own folder, each gets
+its documented state (`darkroom nodes list` shows it), the V1 pack's node is in the editor and a
+workflow using it publishes (recording the pack at its commit), runs on B and is offered by B to the
+fleet; once the pack is removed through A, B stops offering it, restarts its workers and that endpoint
+answers 503 naming the pack."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from server.engine.worker import free_port
 from server.settings import Settings
 from tests.marked import marked_flux2
 from tests.node_pack_builds import V1_NODE, V3_NODE, WHEEL_NODE, build_pack, build_wheel
+from tests.postgres import PostgresServer
 
 pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session")]
 
@@ -38,16 +41,29 @@ REQUEST = {"prompt": "a red cube", "image_size": {"width": 32, "height": 32}, "n
 
 
 @pytest.fixture(scope="module")
-def pack_settings(tmp_path_factory: pytest.TempPathFactory, stack_settings: Settings) -> Iterator[Settings]:
-    """A data dir with the five packs installed (pip sees only the local wheel's folder)."""
+def pack_settings(
+    tmp_path_factory: pytest.TempPathFactory, stack_settings: Settings, postgres_server: PostgresServer
+) -> Iterator[Settings]:
+    """Host B of a fleet (its database a fresh PostgreSQL one), holding the five packs that host A added
+    to the fleet's lock (pip sees only the local wheel's folder); B installs them from the fleet's lock
+    as it joins, before its worker starts (`darkroom nodes sync`; a running host converges by itself:
+    tests/unit/server/queue/test_fleet_packs.py)."""
     root = tmp_path_factory.mktemp("node-packs")
-    settings = replace(stack_settings, data_dir=str(root / "data"), worker_base_port=free_port())
+    url = postgres_server.database()
+    settings = replace(
+        stack_settings, data_dir=str(root / "data"), worker_base_port=free_port(), database_url=url
+    )
     with pytest.MonkeyPatch.context() as env:
         env.setenv("PIP_NO_INDEX", "1")
         env.setenv("PIP_FIND_LINKS", str(build_wheel(root / "wheels").parent))
-        installer = Installer(settings)
+        env.setenv("DARKROOM_DATABASE_URL", url)
         for name in PACKS_BUILT:
-            installer.add(str(build_pack(root / "src", name)))
+            assert (
+                main(["nodes", "--data-dir", str(root / "a"), "add", str(build_pack(root / "src", name))])
+                == 0
+            )
+        assert not (root / "data" / "node_packs.yaml").exists()
+        assert main(["nodes", "--data-dir", settings.data_dir, "sync"]) == 0
         yield settings
 
 
@@ -76,9 +92,23 @@ async def verified(client: TestClient[Any, Any], *, timeout_s: float = 240.0) ->
     return {name: (p.state, p.problems, p.nodes) for name, p in watch.report.packs.items()}
 
 
-def cli(settings: Settings, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    code = main(["nodes", "--data-dir", settings.data_dir, *args])
+def host_a(host_b: Settings) -> str:
+    """Host A's data dir (the fixture's), beside B's."""
+    return str(Path(host_b.data_dir).parent / "a")
+
+
+async def cli(data_dir: str, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``darkroom nodes --data-dir DATA_DIR ARGS`` (a fleet host's: it opens the fleet's database)."""
+    capsys.readouterr()
+    code = await asyncio.to_thread(main, ["nodes", "--data-dir", data_dir, *args])
     return code, capsys.readouterr().out
+
+
+async def advertised(client: TestClient[Any, Any]) -> list[str]:
+    """The apps host B offers the fleet, as its last heartbeat left them in the fleet's database."""
+    hosts = (await (await client.get("/hosts")).json())["hosts"]
+    (this,) = [h for h in hosts if h["this_host"]]
+    return list(this["apps"])
 
 
 def inverted_prompt() -> dict[str, Any]:
@@ -102,7 +132,7 @@ async def test_packs_load_verify_publish_run_and_a_removed_pack_is_a_503(
         for a, b in (("overridepack", "v3pack"), ("v3pack", "overridepack"))
     ), clash  # fmt: skip
     assert states["brokenpack"][0] == "failed" and "IMPORT FAILED" in states["brokenpack"][1][0]
-    code, listed = cli(pack_settings, "list", capsys=capsys)
+    code, listed = await cli(pack_settings.data_dir, "list", capsys=capsys)
     assert code == 1, "a failed pack makes `nodes list` fail"
     lines = {line.split()[0]: line for line in listed.splitlines()}
     assert (
@@ -131,8 +161,9 @@ async def test_packs_load_verify_publish_run_and_a_removed_pack_is_a_503(
     assert (await published.json())["node_packs"] == {"v1pack": commit}
     shown = await (await client.get(f"/workflows/{NAME}")).json()
     assert shown["versions"][0]["node_packs"] == {"v1pack": commit}
-    run = await client.post(f"/run/{NAME}", json=REQUEST)
+    run = await client.post(f"/run/{NAME}", json=REQUEST)  # B runs it (the fleet's only host)
     assert run.status == 200, await run.text()
+    assert NAME in await advertised(client), "B offers the workflow: its pack is verified there"
     (image,) = (await run.json())["images"]
     served = await client.get("/" + image["url"].split("/", 3)[3])
     assert Image.open(io.BytesIO(await served.read())).size == (32, 32)
@@ -161,11 +192,12 @@ async def test_packs_load_verify_publish_run_and_a_removed_pack_is_a_503(
                 answer,
             )
 
-    # Removed: the workflow needing it answers 503 naming it at once (before the workers have restarted
-    # without it), and the server restarts its worker to unload it.
+    # Removed through host A: B follows the fleet's lock, and the workflow needing it answers 503 naming
+    # it at once (before B's workers have restarted without it), B no longer offers it to the fleet, and
+    # B restarts its worker to unload it.
     worker = client.app[PACKS].supervisor.workers[0]
     restarts = worker.restarts
-    assert cli(pack_settings, "remove", "v1pack", capsys=capsys) == (0, "removed v1pack\n")
+    assert await cli(host_a(pack_settings), "remove", "v1pack", capsys=capsys) == (0, "removed v1pack\n")
     async with asyncio.timeout(30):
         while "v1pack" in client.app[PACKS].report.packs:
             await asyncio.sleep(0.2)
@@ -173,6 +205,10 @@ async def test_packs_load_verify_publish_run_and_a_removed_pack_is_a_503(
     body = await gone.json()
     assert gone.status == 503 and body["error_type"] == "node_packs_missing", body
     assert "node pack v1pack is not installed" in body["detail"] and commit in body["detail"]
+    async with asyncio.timeout(10):
+        while NAME in await advertised(client):
+            await asyncio.sleep(0.2)
+    assert "darkroom/demo-flux-2" in await advertised(client)
     async with asyncio.timeout(30):
         while worker.restarts == restarts:
             await asyncio.sleep(0.2)
