@@ -22,6 +22,9 @@ from .lora_names import Target, diffusers_names, module_names, underscored
 
 COMFY_PREFIX = "diffusion_model."
 UP, DOWN, ALPHA = ".lora_up.weight", ".lora_down.weight", ".alpha"
+# offsets of a 1-D weight (a norm's scale) and of a bias, as ComfyUI's trainer saves them
+DIFF, DIFF_B = ".diff", ".diff_b"
+PEFT_BIAS = ".lora_B.bias"  # PEFT's lora_bias (diffusers reads it): the bias offset of a LoRA'd layer
 _UP_SPELLINGS = (UP, ".lora_B.weight", ".lora_B.default.weight", ".lora.up.weight", "_lora.up.weight",
                  ".lora_linear_layer.up.weight", ".lora_B")  # fmt: skip
 _DOWN_SPELLINGS = (DOWN, ".lora_A.weight", ".lora_A.default.weight", ".lora.down.weight", "_lora.down.weight",
@@ -34,7 +37,10 @@ _OTHER_SUFFIXES = (
     ".a1.weight", ".a2.weight", ".b1.weight", ".b2.weight", ".oft_blocks", ".rescale",
 )  # fmt: skip
 _CANONICAL = (
-    {s: UP for s in _UP_SPELLINGS} | {s: DOWN for s in _DOWN_SPELLINGS} | {s: s for s in _OTHER_SUFFIXES}
+    {s: UP for s in _UP_SPELLINGS}
+    | {s: DOWN for s in _DOWN_SPELLINGS}
+    | {s: s for s in _OTHER_SUFFIXES}
+    | {PEFT_BIAS: DIFF_B}
 )
 _SUFFIXES = sorted(_CANONICAL, key=len, reverse=True)  # longest first: ".lora_B.weight" before ".lora_B"
 _TEXT_ENCODER_PREFIXES = ("lora_te", "text_encoder", "te1.", "te2.")
@@ -166,7 +172,26 @@ def _shape_problem(part: _Part, shape: Shape | None, rows: int) -> str:
 
 
 def _fuse(parts: list[_Part], rows_total: int) -> dict[str, torch.Tensor]:
-    """One LoRA on the whole fused weight from LoRAs on bands of its rows (exact)."""
+    """One LoRA on the whole fused weight from LoRAs on bands of its rows (exact), with the bands' bias
+    offsets (zero where a band has none)."""
+    out = _fuse_lora(parts, rows_total)
+    if any(DIFF_B in p.tensors for p in parts):
+        dtype = next(p.tensors[DIFF_B] for p in parts if DIFF_B in p.tensors).dtype
+        bias = torch.zeros(rows_total, dtype=dtype)
+        for p in parts:
+            if DIFF_B in p.tensors:
+                first, n = p.target.rows or (0, rows_total)
+                bias[first : first + n] = _halves(p.tensors[DIFF_B], p.target.swap_halves)
+        out[DIFF_B] = bias
+    return out
+
+
+def _halves(t: torch.Tensor, swap: bool) -> torch.Tensor:
+    """diffusers' (scale, shift) rows as BFL's (shift, scale) and back (the same swap both ways)."""
+    return torch.cat(t.chunk(2)[::-1]) if swap else t
+
+
+def _fuse_lora(parts: list[_Part], rows_total: int) -> dict[str, torch.Tensor]:
     ups = []
     for p in parts:
         up = p.tensors[UP]
@@ -206,7 +231,7 @@ def _convert_module(conv: Conversion, module: str, parts: list[_Part], tables: K
         else:
             _reject(conv, part, _shape_problem(part, shape, rows))
         return
-    if any(not p.is_lora or set(p.tensors) - {UP, DOWN, ALPHA} for p in banded):
+    if any(not p.is_lora or set(p.tensors) - {UP, DOWN, ALPHA, DIFF_B} for p in banded):
         for part in banded:
             _reject(conv, part, f"only plain LoRA (up/down) layers can patch a band of fused {module}")
         return
@@ -254,20 +279,33 @@ def _layers(comfy_sd: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.T
     return out
 
 
+def _band(t: torch.Tensor, target: Target) -> torch.Tensor:
+    t = _halves(t, target.swap_halves)
+    return t if target.rows is None else t[target.rows[0] : target.rows[0] + target.rows[1]]
+
+
 def _render_diffusers(
     layer: Mapping[str, torch.Tensor], names: list[tuple[str, Target]], prefix: str
 ) -> dict[str, torch.Tensor]:
+    """A layer's LoRA as lora_A/lora_B per diffusers name, its bias offset as PEFT's lora_B.bias (or, on a
+    layer without a LoRA, .diff_b) and a 1-D weight's offset (a norm's) as .diff, which darkroom's and
+    ComfyUI's loaders read; clones throughout: safetensors refuses shared storage."""
+    out: dict[str, torch.Tensor] = {}
+    for name, target in names:
+        if DIFF in layer:
+            out[f"{prefix}{name}{DIFF}"] = _band(layer[DIFF], target).clone()
+        if DIFF_B in layer:
+            suffix = PEFT_BIAS if UP in layer else DIFF_B
+            out[f"{prefix}{name}{suffix}"] = _band(layer[DIFF_B], target).clone()
+    if UP not in layer:
+        return out
     up, down = layer[UP], layer[DOWN]
     scale = float(layer[ALPHA]) / down.shape[0] if ALPHA in layer else 1.0
     if scale != 1.0:  # diffusers files keep alpha in adapter metadata, not tensors: fold it into B
         up = (up.float() * scale).to(up.dtype)
-    out: dict[str, torch.Tensor] = {}
     for name, target in names:
-        b = torch.cat(up.chunk(2)[::-1]) if target.swap_halves else up
-        if target.rows is not None:
-            b = b[target.rows[0] : target.rows[0] + target.rows[1]]
-        out[f"{prefix}{name}.lora_A.weight"] = down.clone()  # clones: safetensors refuses shared storage
-        out[f"{prefix}{name}.lora_B.weight"] = b.clone()
+        out[f"{prefix}{name}.lora_A.weight"] = down.clone()
+        out[f"{prefix}{name}.lora_B.weight"] = _band(up, target).clone()
     return out
 
 
@@ -290,7 +328,11 @@ def render(
     prefix = "transformer." if fmt is LoraFormat.DIFFUSERS else "base_model.model."
     out: dict[str, torch.Tensor] = {}
     for module, layer in sorted(layers.items()):
-        if set(layer) - {UP, DOWN, ALPHA} or UP not in layer or module not in reverse:
-            raise ValueError(f"{module}: only plain LoRA layers with a diffusers name render as {fmt.value}")
+        plain = (UP in layer) == (DOWN in layer) and not set(layer) - {UP, DOWN, ALPHA, DIFF, DIFF_B}
+        if not plain or module not in reverse:
+            raise ValueError(
+                f"{module}: only LoRA layers and bias/norm offsets with a diffusers name render as "
+                f"{fmt.value}"
+            )
         out |= _render_diffusers(layer, reverse[module], prefix)
     return out

@@ -176,6 +176,24 @@ def _wan_module(module: str) -> dict[str, Target]:
     return {name: Target(module)} if name else {}
 
 
+# Z-Image, as diffusers' ZImageTransformer2DModel names it (ComfyUI's comfy/utils.py z_image_to_diffusers):
+# the fused attention.qkv is to_q/to_k/to_v; the last layer and patch embedder carry a "2-1" patch key.
+_ZIMAGE_BLOCK = {"attention.out": "attention.to_out.0", "attention.q_norm": "attention.norm_q",
+                 "attention.k_norm": "attention.norm_k"}  # fmt: skip
+_ZIMAGE_TOP = {"final_layer.linear": "all_final_layer.2-1.linear", "x_embedder": "all_x_embedder.2-1",
+               "final_layer.adaLN_modulation.1": "all_final_layer.2-1.adaLN_modulation.1"}  # fmt: skip
+
+
+def _zimage_module(module: str, shapes: Mapping[str, Shape]) -> dict[str, Target]:
+    if hit := re.fullmatch(r"((?:layers|context_refiner|noise_refiner)\.\d+\.)(.+)", module):
+        base, rest = hit[1], hit[2]
+        if rest == "attention.qkv":
+            rows = shapes[f"{module}.weight"][0]
+            return _split([f"{base}attention.to_{n}" for n in "qkv"], module, [rows // 3] * 3)
+        return {base + _ZIMAGE_BLOCK.get(rest, rest): Target(module)}
+    return {_ZIMAGE_TOP.get(module, module): Target(module)}
+
+
 def diffusers_names(shapes: Mapping[str, Shape]) -> dict[str, Target]:
     """Diffusers module name -> what it patches, for the model these un-prefixed shapes describe."""
     family = model_family(shapes)
@@ -191,6 +209,10 @@ def diffusers_names(shapes: Mapping[str, Shape]) -> dict[str, Target]:
             out |= _wan_module(module)
         elif family == "SD3":
             out |= _sd3_module(module, shapes, last_block)
+        elif family == "Z-Image":
+            out |= _zimage_module(module, shapes)
+        elif family == "Qwen-Image":  # ComfyUI's Qwen-Image keeps diffusers' own names (comfy/lora.py)
+            out[module] = Target(module)
     return out
 
 

@@ -245,7 +245,7 @@ def test_render_refuses_what_it_cannot_spell() -> None:
     with pytest.raises(ValueError, match="not a ComfyUI-format"):
         lk.render({"lora_unet_x.lora_up.weight": torch.ones(1)}, flux2_shapes(), LoraFormat.KOHYA)
     lokr = {"diffusion_model.img_in.lokr_w1": torch.ones(1)}
-    with pytest.raises(ValueError, match="only plain LoRA layers"):
+    with pytest.raises(ValueError, match="only LoRA layers and bias/norm offsets"):
         lk.render(lokr, flux2_shapes(), LoraFormat.DIFFUSERS)
 
 
