@@ -34,7 +34,8 @@ ENDPOINTS = (
     "fal-ai/ltx-2-19b/distilled/text-to-video", "fal-ai/ltx-2-19b/distilled/image-to-video",
     "fal-ai/ltx-2-19b/text-to-video/lora", "fal-ai/ltx-2-19b/image-to-video/lora",
     "fal-ai/hunyuan-video-v1.5/text-to-video", "fal-ai/hunyuan-video-v1.5/image-to-video",
-    "fal-ai/flux-2-trainer",
+    "fal-ai/flux-2-trainer", "fal-ai/flux-lora-fast-training", "fal-ai/z-image-trainer",
+    "fal-ai/qwen-image-trainer",
     "fal-ai/wan/v2.2-a14b/text-to-video/lora", "fal-ai/wan/v2.2-a14b/image-to-video/lora",
     "fal-ai/wan/v2.2-a14b/video-to-video", "fal-ai/wan/v2.2-a14b/text-to-image",
 )  # fmt: skip

@@ -24,7 +24,8 @@ from server.settings import Settings
 from server.workflows.mapping import Endpoint
 
 LIMITS = training_zip.ZipLimits()
-DEFAULT_CAPTION = "default_caption"
+# The field that captions images without a .txt caption, as each fal trainer names it
+DEFAULT_CAPTIONS = ("default_caption", "trigger_word", "trigger_phrase")
 TRAIN_NODE = "DarkroomTrainLora"
 
 
@@ -37,7 +38,7 @@ async def unpack_sets(
     base_url: str,
 ) -> dict[str, list[training_zip.TrainingImage]]:
     """Each archive field's images, unpacked under ``area``; images without a caption get the request's
-    ``default_caption`` (where the endpoint has one)."""
+    ``default_caption`` (``trigger_word``, ``trigger_phrase``: fal's other names for it)."""
     names = endpoint.params_of("archive_url")
     if not names:
         return {}
@@ -53,7 +54,7 @@ async def unpack_sets(
             except InputError as e:
                 raise type(e)(f"{name}: {e.message}", status=e.status, code=e.code, headers=e.headers) from e
             images = await asyncio.to_thread(training_zip.unpack, found.path, area / f"{name}-set", LIMITS)
-            default = str(getattr(request, DEFAULT_CAPTION, "") or "")
+            default = next((str(v) for f in DEFAULT_CAPTIONS if (v := getattr(request, f, None))), "")
             sets[name] = [_with_default(image, default) for image in images]
     return sets
 

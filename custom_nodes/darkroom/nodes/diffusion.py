@@ -1,7 +1,8 @@
 """Diffusion-model loader nodes: DarkroomFluxLoader (FLUX.2, FLUX.1 dev/schnell), DarkroomWanLoader
 (Wan 2.1 layout incl. each Wan 2.2 A14B expert, Wan 2.2 TI2V-5B), DarkroomZImageLoader (Z-Image) and
 DarkroomSD3Loader (SD3, SD 3.5 large and medium) and DarkroomQwenImageLoader (Qwen-Image,
-Qwen-Image-Edit 2509/2511). Node ids are public API."""
+Qwen-Image-Edit 2509/2511), and DarkroomDiffusionLoader (any of them, the family an input). Node ids are
+public API."""
 
 from __future__ import annotations
 
@@ -159,7 +160,45 @@ class DarkroomQwenImageLoader(_DiffusionLoader):
     )
 
 
-NODES: list[type[io.ComfyNode]] = [
-    DarkroomFluxLoader, DarkroomWanLoader, DarkroomZImageLoader, DarkroomSD3Loader,
-    DarkroomQwenImageLoader,
-]  # fmt: skip
+_BY_FAMILY: dict[Family, type[_DiffusionLoader]] = {
+    c.FAMILY: c
+    for c in (DarkroomFluxLoader, DarkroomWanLoader, DarkroomZImageLoader, DarkroomSD3Loader,
+              DarkroomQwenImageLoader)
+}  # fmt: skip
+
+
+class DarkroomDiffusionLoader(_DiffusionLoader):
+    """Any family's loader, the family an input: one graph serves every family (LoRA training's)."""
+
+    NODE_ID = "DarkroomDiffusionLoader"
+    DISPLAY = "Load Diffusion Model, any family (darkroom)"
+    MODEL_TIP = "A diffusion-model file of the family named, loaded and checked as that family's loader does."
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        schema = super().define_schema()
+        family = io.Combo.Input("family", options=[f.value for f in _BY_FAMILY], default=Family.FLUX.value)
+        schema.inputs = [*schema.inputs, family]
+        return schema
+
+    @classmethod
+    def validate_inputs(  # type: ignore[override]
+        cls,
+        model_name: str | None = None,
+        weight_dtype: str | None = None,
+        config_override: str | None = None,
+        family: str | None = None,
+    ) -> bool | str:
+        if family is not None and family not in {f.value for f in _BY_FAMILY}:
+            return f"family {family!r} is not one of {[f.value for f in _BY_FAMILY]}"
+        loader = _BY_FAMILY[Family(family or Family.FLUX.value)]
+        return loader.validate_inputs(model_name, weight_dtype, config_override)
+
+    @classmethod
+    def execute(  # type: ignore[override]
+        cls, model_name: str, weight_dtype: str, config_override: str | None = None, family: str = "flux"
+    ) -> io.NodeOutput:
+        return _BY_FAMILY[Family(family)].execute(model_name, weight_dtype, config_override)
+
+
+NODES: list[type[io.ComfyNode]] = [*_BY_FAMILY.values(), DarkroomDiffusionLoader]
