@@ -1,7 +1,9 @@
 """LoRA training on the tiny FLUX.2 model (darkroom/demo-flux-2-trainer, the twin of fal-ai/flux-2-trainer)
 on ComfyUI's own training nodes, through the queue: one training run shared by most checks (a module
 fixture, submitted over /ws: its live progress with each step's loss, its status logs and its usage
-row), then two short ones for determinism, one cancelled, and one refused as too large for the device."""
+row), then two short ones for determinism, one cancelled, and one refused as too large for the device;
+and one short run on the tiny Qwen-Image (darkroom/demo-qwen-image-trainer, the cheapest other family on
+the same graph) whose LoRA changes that family's generation."""
 
 from __future__ import annotations
 
@@ -62,27 +64,27 @@ def request_body(**body: Any) -> dict[str, Any]:
     return {"image_data_url": training_zip(), "steps": STEPS, "seed": 5, "learning_rate": 0.05, **body}
 
 
-async def submit(facade: TestClient, **body: Any) -> str:
-    response = await facade.post(f"/queue/{TRAINER}", json=request_body(**body))
+async def submit(facade: TestClient, trainer: str = TRAINER, **body: Any) -> str:
+    response = await facade.post(f"/queue/{trainer}", json=request_body(**body))
     assert response.status == 200, await response.text()
     return str((await response.json())["request_id"])
 
 
 async def finished(
-    facade: TestClient, request_id: str, timeout_s: float = 800
+    facade: TestClient, request_id: str, timeout_s: float = 800, trainer: str = TRAINER
 ) -> tuple[dict[str, Any], list[str]]:
     """The result and the status logs once the request completed."""
     async with asyncio.timeout(timeout_s):
         while True:
             response = await facade.get(
-                f"/queue/{TRAINER}/requests/{request_id}/status", params={"logs": "true"}
+                f"/queue/{trainer}/requests/{request_id}/status", params={"logs": "true"}
             )
             status = await response.json()
             if status["status"] == "COMPLETED":
                 break
             await asyncio.sleep(0.2)
     assert "error" not in status, status
-    result = await facade.get(f"/queue/{TRAINER}/requests/{request_id}")
+    result = await facade.get(f"/queue/{trainer}/requests/{request_id}")
     assert result.status == 200, await result.text()
     return await result.json(), [entry["message"] for entry in status.get("logs") or []]
 
@@ -141,9 +143,11 @@ def distance(image: bytes) -> float:
     return min(float(np.abs(pixels - np.asarray(training_image(i))).mean()) for i in range(4))
 
 
-async def generate(facade: TestClient, loras: list[dict[str, Any]]) -> bytes:
+async def generate(
+    facade: TestClient, loras: list[dict[str, Any]], app: str = "darkroom/demo-flux-2", **extra: Any
+) -> bytes:
     body = {"prompt": CAPTION, "seed": 7, "image_size": {"width": SIZE_PX, "height": SIZE_PX}, "loras": loras}
-    response = await facade.post("/run/darkroom/demo-flux-2", json=body)
+    response = await facade.post(f"/run/{app}", json=body | extra)
     assert response.status == 200, await response.text()
     return await download(facade, (await response.json())["images"][0]["url"])
 
@@ -202,3 +206,23 @@ async def test_a_run_too_large_for_the_device_is_refused_before_it_trains(
         "does not fit in the worker's CPU's memory as limited by DARKROOM_TRAIN_DEVICE_MEMORY_GB" in message
     )
     assert "at rank 8, batch 1 and" in message and "0.00 GiB are available" in message
+
+
+async def test_another_family_trains_on_the_same_graph_and_its_lora_changes_its_generation(
+    facade: TestClient,
+) -> None:
+    """fal-ai/qwen-image-trainer's twin: 2 steps at 16 px; its lora_file (diffusers names, the biases as
+    PEFT's lora_B.bias) loads by URL into the Qwen-Image demo and changes the image from the same seed."""
+    trainer = "darkroom/demo-qwen-image-trainer"
+    request_id = await submit(facade, trainer, steps=2, resolution=16, trigger_phrase=CAPTION)
+    result, _ = await finished(facade, request_id, trainer=trainer)
+    assert set(result) == {"lora_file", "config_file"}
+    lora = result["lora_file"]
+    data = await download(facade, lora["url"])
+    assert b"transformer." in data and b".lora_B.bias" in data and b"diffusion_model." not in data
+    app = "darkroom/demo-qwen-image"
+    without = await generate(facade, [], app, num_inference_steps=1)
+    with_lora = await generate(facade, [{"path": lora["url"], "scale": 1.0}], app, num_inference_steps=1)
+    delta = np.abs(np.asarray(Image.open(io.BytesIO(with_lora)), dtype=np.float64)
+                   - np.asarray(Image.open(io.BytesIO(without)), dtype=np.float64)).mean()  # fmt: skip
+    assert delta > 1.0, delta
