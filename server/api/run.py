@@ -73,7 +73,7 @@ async def run(request: web.Request) -> web.Response:
         output = ran["output"] = await run_live(
             generator, request.app[HUB], endpoint, parsed, request_id=request_id,
             base_url=base_url(request, generator.settings), previews_per_s=generator.settings.previews_per_s,
-            start_timeout_s=start_timeout_s, turn=request.app[QUEUE].sync_turn,
+            start_timeout_s=start_timeout_s, turn=request.app[QUEUE].sync_turn, measured=ran,
         )  # fmt: skip
     return web.json_response(output)
 
@@ -93,6 +93,7 @@ def metered(
     app[METER].record(
         user_id, app_id, status, run_s=0.0 if 400 <= status < 500 else run_s, output=ran.get("output"),
         request_id=request_id,
+        training_steps=int(ran.get("training_steps", 0)),
     )  # fmt: skip
 
 
@@ -143,16 +144,16 @@ async def run_stream(request: web.Request) -> web.StreamResponse:
         return await sse.error_stream(request, e)
     generator, hub = request.app[GENERATOR], request.app[HUB]
     subscription = hub.subscribe(request_id)
+    ran: dict[str, Any] = {}
     task = asyncio.create_task(
         run_live(
             generator, hub, endpoint, parsed, request_id=request_id,
             base_url=base_url(request, generator.settings), previews_per_s=generator.settings.previews_per_s,
-            start_timeout_s=start_timeout_s, turn=request.app[QUEUE].sync_turn,
+            start_timeout_s=start_timeout_s, turn=request.app[QUEUE].sync_turn, measured=ran,
         )
     )  # fmt: skip
     response = await sse.open_stream(request)
     started, status = time.perf_counter(), 499  # unless the run ends while the client listens
-    ran: dict[str, Any] = {}
     try:
         async for event in subscription:
             if event["type"] == "completed":

@@ -255,10 +255,12 @@ async def run_live(
     generator: Generator, hub: ProgressHub, endpoint: Endpoint, request: BaseModel, *,
     request_id: str, base_url: str, previews_per_s: float, start_timeout_s: float | None = None,
     turn: Callable[[], contextlib.AbstractAsyncContextManager[None]] = contextlib.nullcontext,
+    measured: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """A sync run with live events: ``Generator.run`` plus the terminal event; errors propagate. It runs
     within ``turn()`` (the queue's: its turn among queued requests). With ``start_timeout_s`` it must
-    start on a worker within that many seconds (504 if not), its wait for its turn included."""
+    start on a worker within that many seconds (504 if not), its wait for its turn included. What it
+    measured for metering goes into ``measured`` however it ends (``training_steps``)."""
     reporter = LiveReporter(hub, request_id, endpoint.workflow, previews_per_s=previews_per_s)
 
     async def in_turn(sink: EventSink) -> dict[str, Any]:
@@ -281,6 +283,8 @@ async def run_live(
         )
         raise
     finally:
+        if measured is not None:
+            measured["training_steps"] = reporter.training_steps
         asyncio.get_running_loop().call_later(FINISHED_STATE_TTL_S, hub.forget, request_id)
     hub.publish(request_id, completed_event(output))
     return output

@@ -89,6 +89,14 @@ async def finished(
     return await result.json(), [entry["message"] for entry in status.get("logs") or []]
 
 
+async def metered(facade: TestClient) -> tuple[int, int]:
+    """The trainer's requests and training steps in /usage so far."""
+    usage = await facade.get("/usage", params={"group_by": "endpoint"})
+    assert usage.status == 200, await usage.text()
+    rows = [r for r in (await usage.json())["rows"] if r["endpoint"] == TRAINER]
+    return (rows[0]["requests"], rows[0]["training_steps"]) if rows else (0, 0)
+
+
 Trained = tuple[dict[str, Any], list[str], list[dict[str, Any]]]
 
 
@@ -131,10 +139,7 @@ async def test_training_lowers_the_loss_and_reports_progress(facade: TestClient,
     assert [e["loss"] for e in progress] == pytest.approx(loss)
     assert all(e["eta_s"] is not None for e in progress[1:])
     # Metered: the usage row of the finished request counts the steps it trained.
-    usage = await facade.get("/usage", params={"group_by": "endpoint"})
-    assert usage.status == 200, await usage.text()
-    (row,) = [r for r in (await usage.json())["rows"] if r["endpoint"] == TRAINER]
-    assert (row["requests"], row["training_steps"]) == (1, STEPS)
+    assert await metered(facade) == (1, STEPS)
 
 
 def distance(image: bytes) -> float:
@@ -162,12 +167,17 @@ async def test_the_lora_url_serves_at_once_and_moves_the_output_toward_the_train
 
 
 async def test_same_zip_and_seed_give_the_same_lora_bytes(facade: TestClient) -> None:
-    """Two short runs of one zip and seed (the LoRA's two key formats load: the unit tests of lora_keys)."""
-    requests = [await submit(facade, steps=2) for _ in range(2)]
-    first, second = [await finished(facade, request_id) for request_id in requests]
-    lora = [await download(facade, result["diffusers_lora_file"]["url"]) for result, _ in (first, second)]
+    """Two short runs of one zip and seed, one queued and one sync (the LoRA's two key formats load: the
+    unit tests of lora_keys); each is metered with the steps it trained."""
+    before = await metered(facade)
+    queued = await finished(facade, await submit(facade, steps=2))
+    response = await facade.post(f"/run/{TRAINER}", json=request_body(steps=2))
+    assert response.status == 200, await response.text()
+    results = [queued[0], await response.json()]
+    lora = [await download(facade, result["diffusers_lora_file"]["url"]) for result in results]
     assert lora[0] == lora[1] and b"transformer." in lora[0] and b"diffusion_model." not in lora[0]
-    assert first[0]["diffusers_lora_file"]["url"] != second[0]["diffusers_lora_file"]["url"]
+    assert results[0]["diffusers_lora_file"]["url"] != results[1]["diffusers_lora_file"]["url"]
+    assert await metered(facade) == (before[0] + 2, before[1] + 2 + 2)
 
 
 async def test_cancel_mid_training_frees_the_worker(facade: TestClient) -> None:
