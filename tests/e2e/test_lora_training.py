@@ -2,8 +2,8 @@
 on ComfyUI's own training nodes, through the queue: one training run shared by most checks (a module
 fixture, submitted over /ws: its live progress with each step's loss, its status logs and its usage
 row), then two short ones for determinism, one cancelled, and one refused as too large for the device;
-and one short run on the tiny Qwen-Image (darkroom/demo-qwen-image-trainer, the cheapest other family on
-the same graph) whose LoRA changes that family's generation."""
+and one short run each on the tiny Z-Image and FLUX.1 trainers (the same graph) whose LoRA changes that
+family's generation."""
 
 from __future__ import annotations
 
@@ -61,7 +61,9 @@ async def download(facade: TestClient, url: str) -> bytes:
 
 
 def request_body(**body: Any) -> dict[str, Any]:
-    return {"image_data_url": training_zip(), "steps": STEPS, "seed": 5, "learning_rate": 0.05, **body}
+    """The default run's fields, overridden by ``body`` (a None leaves that field out)."""
+    fields = {"image_data_url": training_zip(), "steps": STEPS, "seed": 5, "learning_rate": 0.05, **body}
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 async def submit(facade: TestClient, trainer: str = TRAINER, **body: Any) -> str:
@@ -218,21 +220,31 @@ async def test_a_run_too_large_for_the_device_is_refused_before_it_trains(
     assert "at rank 8, batch 1 and" in message and "0.00 GiB are available" in message
 
 
-async def test_another_family_trains_on_the_same_graph_and_its_lora_changes_its_generation(
-    facade: TestClient,
+@pytest.mark.parametrize(
+    ("trainer", "fields", "app"),
+    [
+        ("darkroom/demo-z-image-trainer", {"default_caption": CAPTION}, "darkroom/demo-z-image-turbo"),
+        ("darkroom/demo-flux-lora-fast-training", {"trigger_word": CAPTION}, "darkroom/demo-flux-dev"),
+    ],
+)
+async def test_other_families_train_on_the_same_graph_and_their_loras_change_their_generation(
+    facade: TestClient, trainer: str, fields: dict[str, Any], app: str
 ) -> None:
-    """fal-ai/qwen-image-trainer's twin: 2 steps at 16 px; its lora_file (diffusers names, the biases as
-    PEFT's lora_B.bias) loads by URL into the Qwen-Image demo and changes the image from the same seed."""
-    trainer = "darkroom/demo-qwen-image-trainer"
-    request_id = await submit(facade, trainer, steps=2, resolution=16, trigger_phrase=CAPTION)
+    """The twins of fal-ai/z-image-trainer (the cheapest family) and fal-ai/flux-lora-fast-training (fal's
+    own field names: images_data_url, trigger_word; no learning_rate): 2 steps at 16 px. The LoRA is in
+    diffusers names with the bias offsets as PEFT's lora_B.bias, and by its URL it changes that family's
+    demo image from the same seed (the Qwen-Image twin, lora_file, was run by hand: 5.8 s)."""
+    body = {"steps": 2, "resolution": 16, **fields}
+    if "trigger_word" in fields:  # fal's flux-lora-fast-training names its zip images_data_url
+        body |= {"images_data_url": training_zip(), "image_data_url": None, "learning_rate": None}
+    request_id = await submit(facade, trainer, **body)
     result, _ = await finished(facade, request_id, trainer=trainer)
-    assert set(result) == {"lora_file", "config_file"}
-    lora = result["lora_file"]
+    assert set(result) == {"diffusers_lora_file", "config_file"}
+    lora = result["diffusers_lora_file"]
     data = await download(facade, lora["url"])
     assert b"transformer." in data and b".lora_B.bias" in data and b"diffusion_model." not in data
-    app = "darkroom/demo-qwen-image"
     without = await generate(facade, [], app, num_inference_steps=1)
     with_lora = await generate(facade, [{"path": lora["url"], "scale": 1.0}], app, num_inference_steps=1)
     delta = np.abs(np.asarray(Image.open(io.BytesIO(with_lora)), dtype=np.float64)
                    - np.asarray(Image.open(io.BytesIO(without)), dtype=np.float64)).mean()  # fmt: skip
-    assert delta > 1.0, delta
+    assert delta > 0.5, delta
