@@ -38,6 +38,7 @@ ENDPOINTS = (
     "fal-ai/qwen-image-trainer",
     "fal-ai/wan/v2.2-a14b/text-to-video/lora", "fal-ai/wan/v2.2-a14b/image-to-video/lora",
     "fal-ai/wan/v2.2-a14b/video-to-video", "fal-ai/wan/v2.2-a14b/text-to-image",
+    "fal-ai/wan/v2.2-14b/speech-to-video",
 )  # fmt: skip
 _HEADING = re.compile(r"^### (?P<id>\S+) \[(?P<kind>[^\]]+)\]")
 _INPUT = re.compile(r"^\s*IN\s+\w+\{ (?P<body>.*) \}\s*$")

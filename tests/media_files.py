@@ -36,13 +36,17 @@ def mp4(frames: int = 8, *, width: int = 32, height: int = 32, fps: int = 8) -> 
 def wav(seconds: float = 1.0, *, rate: int = 16000) -> bytes:
     """A mono 16-bit wav: a 440 Hz tone."""
     samples = int(seconds * rate)
-    tone = (np.sin(2 * math.pi * 440 * np.arange(samples) / rate) * 12000).astype("<i2")
+    return wav_of(np.sin(2 * math.pi * 440 * np.arange(samples) / rate) * 12000 / 32768, rate)
+
+
+def wav_of(signal: np.ndarray, rate: int) -> bytes:
+    """A mono 16-bit wav of `signal` (floats in [-1, 1])."""
     out = io.BytesIO()
     with wave.open(out, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(rate)
-        w.writeframes(tone.tobytes())
+        w.writeframes((signal * 32768).astype("<i2").tobytes())
     return out.getvalue()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .nodes import (
+    audio_encoder,
     diffusion,
     encoders,
     extras,
@@ -25,5 +26,5 @@ class DarkroomExtension(ComfyExtension):
         return [
             *diffusion.NODES, *encoders.NODES, *output.NODES, *extras.NODES, *sampling.NODES, *inputs.NODES,
             *references.NODES, *upscale.NODES, *safety.NODES, *media_inputs.NODES, *ltxav.NODES,
-            *training.NODES,
+            *training.NODES, *audio_encoder.NODES,
         ]  # fmt: skip

@@ -41,6 +41,7 @@ class ModelKind(StrEnum):
     UPSCALE_MODEL = "upscale_model"
     CLIP_VISION = "clip_vision"
     SAFETY_CHECKER = "safety_checker"
+    AUDIO_ENCODER = "audio_encoder"  # wav2vec2 (Wan 2.2 S2V)
     CHECKPOINT = "checkpoint"  # several models in one file (LTX-2's: transformer, both VAEs, connectors)
 
 

@@ -96,6 +96,7 @@ def extra_model_paths(settings: Settings) -> dict[str, dict[str, str]]:
             "upscale_models": "upscale_models",
             "clip_vision": "clip_vision",
             "safety_checkers": "safety_checkers",
+            "audio_encoders": "audio_encoders",
             "checkpoints": "checkpoints",
             "custom_nodes": f"{PROJECT_ROOT / 'custom_nodes'}\n{packs}",
         },

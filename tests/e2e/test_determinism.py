@@ -26,6 +26,7 @@ WAN_LORA = "tiny/wan-a14b-lora-a.safetensors"
 WAN_CLIP = (
     "data:video/mp4;base64," + base64.b64encode(media_files.mp4(6, width=64, height=48, fps=8)).decode()
 )
+WAN_SPEECH = "data:audio/wav;base64," + base64.b64encode(media_files.wav(0.5)).decode()
 A14B_BLEND_LOW = [
     {"model": "tiny-wan22-a14b-high-fp8-scaled", "weight": 1},
     {"model": "tiny-wan22-a14b-low-bf16", "weight": 3},
@@ -149,6 +150,10 @@ CASES: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("darkroom/demo-wan-2.2-a14b-t2i", {"image_size": {"width": 32, "height": 32}, "num_inference_steps": 2}),
+    (  # speech-to-video: the mp4's AAC track (the input sound) is part of the bytes
+        "darkroom/demo-wan-2.2-s2v",
+        {"image_url": png(80, 64, 1), "audio_url": WAN_SPEECH, "num_frames": 5, "num_inference_steps": 2},
+    ),
 ]
 
 

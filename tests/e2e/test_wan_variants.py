@@ -1,5 +1,6 @@
 """Wan 2.2 A14B's further endpoints on the tiny models (the demo twins of fal's video-to-video,
-text-to-image and the two LoRA endpoints) and the encoder's fields on the existing ones, on the real
+text-to-image and the two LoRA endpoints), Wan 2.2 S2V's speech-to-video twin (its mp4 carries the input
+sound) and the encoder's fields on the existing ones, on the real
 stack: frames, rates and sizes read back with PyAV. The same request's bytes again are
 tests/e2e/test_determinism.py's (every demo twin, three rounds); here each generation carries several
 checks."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ pytestmark = [pytest.mark.stack, pytest.mark.asyncio(loop_scope="session")]
 
 V2V, T2I = "darkroom/demo-wan-2.2-a14b-v2v", "darkroom/demo-wan-2.2-a14b-t2i"
 T2V_LORA, I2V_LORA = "darkroom/demo-wan-2.2-a14b-t2v-lora", "darkroom/demo-wan-2.2-a14b-i2v-lora"
+S2V = "darkroom/demo-wan-2.2-s2v"
 LORA = "tiny/wan-a14b-lora-a.safetensors"
 CLIP = "data:video/mp4;base64," + base64.b64encode(media_files.mp4(12, width=80, height=64, fps=8)).decode()
 
@@ -51,16 +54,46 @@ async def video(facade: TestClient, app_id: str, **body: Any) -> bytes:
     return await download(facade, result["video"]["url"])
 
 
-def frames_of(mp4: bytes) -> tuple[np.ndarray, float]:
+def frames_of(mp4: bytes, *, sound: bool = False) -> tuple[np.ndarray, float]:
     """Every decoded frame (T x H x W x 3 uint8) and the stream's frame rate."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "out.mp4"
         path.write_bytes(mp4)
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            assert not container.streams.audio, "Wan's videos have no sound track"
+            assert bool(container.streams.audio) == sound, "only speech-to-video's videos have sound"
             frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
             return np.stack(frames), float(stream.average_rate or 0)
+
+
+def sound_of(mp4: bytes) -> tuple[str, int, np.ndarray]:
+    """The audio stream's codec, sample rate and decoded mono samples."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "out.mp4"
+        path.write_bytes(mp4)
+        with av.open(str(path)) as container:
+            stream = container.streams.audio[0]
+            chunks = [frame.to_ndarray()[:1] for frame in container.decode(stream)]  # AAC: planar
+            return stream.codec_context.name, stream.codec_context.sample_rate, np.concatenate(chunks, 1)[0]
+
+
+def speech(seconds: float, rate: int, pitch_hz: float) -> tuple[bytes, np.ndarray]:
+    """A mono 16-bit wav that changes over time (a gliding tone under a 3 Hz envelope), and its samples."""
+    t = np.arange(int(seconds * rate)) / rate
+    signal = np.sin(2 * math.pi * (pitch_hz * t + 150 * t * t)) * (0.55 + 0.45 * np.sin(2 * math.pi * 3 * t))
+    signal = signal * 12000 / 32768
+    return media_files.wav_of(signal, rate), signal
+
+
+def best_correlation(got: np.ndarray, want: np.ndarray, max_lag: int = 4096) -> float:
+    """The highest normalised correlation of `got` with `want` over lags up to max_lag samples (AAC's
+    encoder delay shifts the decoded sound by a few hundred samples)."""
+    best = 0.0
+    n = min(len(got), len(want)) - max_lag
+    for lag in range(max_lag):
+        a, b = got[lag : lag + n], want[:n]
+        best = max(best, float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12)))
+    return best
 
 
 async def test_video_to_video_strength_frames_and_the_encoders_settings(facade: TestClient) -> None:
@@ -135,3 +168,23 @@ async def test_text_to_image_is_one_frame_answered_as_fals_image(facade: TestCli
     with Image.open(io.BytesIO(await download(facade, image["url"]))) as png_file:
         assert png_file.size == (80, 48) and png_file.format == "PNG"
     assert (await post(facade, T2I, expect=422, num_frames=5, enable_prompt_expansion=True))["detail"]
+
+
+async def test_speech_to_video_carries_the_input_sound_cut_to_the_frames(facade: TestClient) -> None:
+    wav, samples = speech(1.0, 16000, 300)
+    other = speech(1.0, 16000, 700)[1]
+    mp4 = await video(
+        facade, S2V, image_url=png(80, 64, 3), audio_url=data_uri(wav, "audio/wav"), num_frames=5,
+        frames_per_second=8, num_inference_steps=2,
+    )  # fmt: skip
+    frames, fps = frames_of(mp4, sound=True)
+    assert frames.shape == (5, 64, 96, 3) and fps == 8
+    codec, rate, decoded = sound_of(mp4)
+    assert (codec, rate) == ("aac", 16000)
+    # 5 frames at 8 fps: 0.625 s; the 1 s input is cut to it (AAC's last packet pads by under 1024 samples)
+    assert abs(len(decoded) / rate - 5 / 8) < 1 / 8, len(decoded) / rate
+    mine, theirs = best_correlation(decoded, samples), best_correlation(decoded, other)
+    assert mine > 0.9 and theirs < 0.5, (mine, theirs)
+    bad = data_uri(b"not audio at all\n" * 10, "text/plain")
+    detail = (await post(facade, S2V, expect=422, image_url=png(80, 64, 3), audio_url=bad))["detail"]
+    assert str(detail).startswith("audio_url: the file is text/plain, not audio"), detail

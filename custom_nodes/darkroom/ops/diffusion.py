@@ -49,6 +49,7 @@ _UNET_CLASSES: dict[Family, type[torch.nn.Module]] = {
     Family.SD3: comfy.ldm.modules.diffusionmodules.mmdit.MMDiT,
     Family.QWEN_IMAGE: comfy.ldm.qwen_image.model.QwenImageTransformer2DModel,
 }
+_VARIANT_UNET_CLASSES: dict[str, type[torch.nn.Module]] = {"wan22-s2v": comfy.ldm.wan.model.WanModel_S2V}
 _MODEL_CONFIGS: dict[str, type[comfy.supported_models_base.BASE]] = {
     "flux2": comfy.supported_models.Flux2,
     "flux1-dev": comfy.supported_models.Flux,
@@ -56,6 +57,7 @@ _MODEL_CONFIGS: dict[str, type[comfy.supported_models_base.BASE]] = {
     "wan21-t2v": comfy.supported_models.WAN21_T2V,
     "wan21-i2v": comfy.supported_models.WAN21_I2V,
     "wan22-ti2v-5b": comfy.supported_models.WAN22_T2V,
+    "wan22-s2v": comfy.supported_models.WAN22_S2V,
     "zimage": comfy.supported_models.ZImage,
     "sd3": comfy.supported_models.SD3,  # SD3 medium, SD 3.5 large (and its turbo)
     "sd35-medium": comfy.supported_models.SD3,  # MMDiT-X: ComfyUI serves it with the same config class
@@ -91,7 +93,7 @@ def _checked(
 
 def expected_shapes(config: ArchConfig) -> dict[str, Shape]:
     """State-dict shapes of ComfyUI's model for `config`, built on the meta device (no memory)."""
-    cls = _UNET_CLASSES[config.family]
+    cls = _VARIANT_UNET_CLASSES.get(config.variant, _UNET_CLASSES[config.family])
     model = cls(
         **config.unet_config, device="meta", dtype=torch.bfloat16, operations=comfy.ops.disable_weight_init
     )

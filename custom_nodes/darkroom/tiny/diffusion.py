@@ -76,6 +76,9 @@ QWEN_IMAGE_EDIT_2511 = QWEN_IMAGE | {"default_ref_method": "index_timestep_zero"
 WAN22_5B = _WAN | {"in_dim": 48, "out_dim": 48}
 WAN_A14B = dict(_WAN)
 WAN_A14B_I2V = _WAN | {"in_dim": 36}
+# Wan 2.2 S2V: audio_dim is the tiny wav2vec2's width (tiny/encoders.py WAV2VEC2_DIM); ComfyUI's default
+# audio-injection layers (0, 4, ...) leave one injector acting on these 2 blocks.
+WAN22_S2V = _WAN | {"model_type": "s2v", "audio_dim": 32}
 
 LORA_RANK = 4
 _LORA_STRENGTH = 0.5  # LoRA delta ~ half the weight's own spread: visible, still finite
@@ -88,6 +91,8 @@ def _seed(name: str, key: str) -> int:
 def _init(name: str, key: str, shape: Shape) -> torch.Tensor:
     """Deterministic values: fan-in-scaled weights, near-one norm scales, small biases and modulations."""
     noise = normal(_seed(name, key), shape)
+    if key == "casual_audio_encoder.weights":  # S2V divides by their SiLUs' sum: keep them near one
+        return 1.0 + 0.05 * noise
     if len(shape) == 1 and not key.endswith(".bias"):
         return 1.0 + 0.05 * noise  # norm scales
     if len(shape) >= 2 and key.endswith(".weight"):
@@ -145,6 +150,7 @@ _MODELS: tuple[tuple[str, Family, dict[str, Any], str, tuple[str, ...]], ...] = 
     ("wan22-a14b-low", Family.WAN, WAN_A14B, "wan-a14b-low", ("bf16", "fp8_scaled")),
     ("wan22-a14b-i2v-high", Family.WAN, WAN_A14B_I2V, "wan-a14b-i2v-high", ("bf16",)),
     ("wan22-a14b-i2v-low", Family.WAN, WAN_A14B_I2V, "wan-a14b-i2v-low", ("bf16",)),
+    ("wan22-s2v", Family.WAN, WAN22_S2V, "wan22-s2v", ("bf16",)),
     ("zimage", Family.ZIMAGE, ZIMAGE, "zimage", ("bf16",)),
     ("sd35", Family.SD3, SD35, "sd35", ("bf16",)),
     ("qwen-image", Family.QWEN_IMAGE, QWEN_IMAGE, "qwen-image", ("bf16", "fp8_scaled")),

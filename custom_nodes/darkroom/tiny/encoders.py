@@ -33,6 +33,7 @@ import comfy.text_encoders.t5
 import safetensors.torch
 import sentencepiece
 import torch
+from comfy.audio_encoders.wav2vec2 import Wav2Vec2Model
 
 from ..ops.vae import kl_autoencoder
 from .noise import normal
@@ -348,6 +349,22 @@ def wan22_vae() -> StateDict:
     return _weights(model, "wan22_vae", torch.float32)
 
 
+WAV2VEC2_DIM = 32  # the tiny Wan S2V's audio_dim
+WAV2VEC2_LAYERS = (
+    24  # as wav2vec2-large: S2V weighs all 25 hidden states (comfy/ldm/wan/model.py CausalAudioEncoder)
+)
+
+
+def wav2vec2() -> StateDict:
+    """Tiny wav2vec2 (Wan 2.2 S2V's audio encoder) in the large layout (layer-normed convs, stable layer
+    norm): width 32, 24 layers; the conv feature encoder is 512 wide in every size."""
+    model = Wav2Vec2Model(
+        embed_dim=WAV2VEC2_DIM, num_heads=1, num_layers=WAV2VEC2_LAYERS, conv_norm=True, conv_bias=True,
+        do_normalize=True, do_stable_layer_norm=True, operations=comfy.ops.manual_cast,
+    )  # fmt: skip
+    return _weights(model, "wav2vec2", torch.float32)
+
+
 FILES: Mapping[str, Callable[[], StateDict]] = {
     "text_encoders/tiny/mistral3-flux2.safetensors": mistral3_flux2,
     "text_encoders/tiny/clip-l.safetensors": clip_l,
@@ -362,6 +379,7 @@ FILES: Mapping[str, Callable[[], StateDict]] = {
     "vae/tiny/wan21-vae.safetensors": wan21_vae,
     "vae/tiny/wan22-vae.safetensors": wan22_vae,
     "vae/tiny/sd3-vae.safetensors": sd3_vae,
+    "audio_encoders/tiny/wav2vec2.safetensors": wav2vec2,
 }
 
 

@@ -1,5 +1,7 @@
-"""Wan 2.1-layout models (2.1 T2V/I2V, the 2.2 A14B experts) and Wan 2.2 TI2V-5B: ComfyUI's detection
-sets `dim // 128` heads (model_detection.py:450-495); here any even head width loads."""
+"""Wan 2.1-layout models (2.1 T2V/I2V, the 2.2 A14B experts, 2.2 S2V) and Wan 2.2 TI2V-5B: ComfyUI's
+detection sets `dim // 128` heads (model_detection.py:450-495); here any even head width loads. S2V
+(comfy.ldm.wan.model.WanModel_S2V): ComfyUI's detection keeps its class defaults; here the audio width is
+read from the weights too (its audio-injection layers stay the class's, as in ComfyUI)."""
 
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ WAN_CONFIG_KEYS = frozenset(
         "eps",
         "flf_pos_embed_token_number",
         "in_dim_ref_conv",
+        "audio_dim",  # Wan S2V: the audio encoder's width (wav2vec2-large: 1024)
     ]
 )
 
@@ -56,10 +59,12 @@ def wan_num_heads(dim: int) -> int:
 _WAN_UNSUPPORTED = {
     "vace_patch_embedding.weight": "Wan VACE",
     "control_adapter.conv.weight": "Wan camera control",
-    "casual_audio_encoder.encoder.final_linear.weight": "Wan S2V",
     "audio_proj.audio_proj_glob_1.layer.bias": "Wan HuMo",
     "face_adapter.fuser_blocks.0.k_norm.weight": "Wan Animate",
 }
+
+
+_S2V_AUDIO_IN = "casual_audio_encoder.encoder.conv1_local.conv.weight"
 
 
 def infer_wan(shapes: Mapping[str, Shape], source: str) -> ArchConfig:
@@ -89,11 +94,16 @@ def infer_wan(shapes: Mapping[str, Shape], source: str) -> ArchConfig:
         "cross_attn_norm": "blocks.0.norm3.weight" in shapes,
         "eps": 1e-6,
     }
+    if _S2V_AUDIO_IN in shapes:  # the causal audio encoder's first conv reads the audio features
+        cfg["model_type"] = "s2v"
+        cfg["audio_dim"] = shapes[_S2V_AUDIO_IN][1]
     if "img_emb.emb_pos" in shapes:
         cfg["flf_pos_embed_token_number"] = shapes["img_emb.emb_pos"][1]
     if "ref_conv.weight" in shapes:
         cfg["in_dim_ref_conv"] = shapes["ref_conv.weight"][1]
-    if cfg["out_dim"] == 48:
+    if cfg["model_type"] == "s2v":
+        variant = "wan22-s2v"
+    elif cfg["out_dim"] == 48:
         variant = "wan22-ti2v-5b"
     elif cfg["model_type"] == "i2v":
         variant = "wan21-i2v"

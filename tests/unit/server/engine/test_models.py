@@ -16,7 +16,7 @@ def test_manifest_loads_and_names_folders():
     for name, item in manifest.models.items():
         folders = {
             "diffusion_models", "text_encoders", "vae", "loras", "upscale_models", "safety_checkers",
-            "checkpoints", "clip_vision",
+            "checkpoints", "clip_vision", "audio_encoders",
         }  # fmt: skip
         assert item.file.split("/", 1)[0] in folders, name
         assert item.source.generated != bool(item.source.hf), name
