@@ -188,3 +188,7 @@ async def test_speech_to_video_carries_the_input_sound_cut_to_the_frames(facade:
     bad = data_uri(b"not audio at all\n" * 10, "text/plain")
     detail = (await post(facade, S2V, expect=422, image_url=png(80, 64, 3), audio_url=bad))["detail"]
     assert str(detail).startswith("audio_url: the file is text/plain, not audio"), detail
+    for field, value in (("vae", "tiny-wan21-vae"), ("denoise", 0.5), ("enable_safety_checker", True)):
+        body = {"image_url": png(80, 64, 3), "audio_url": data_uri(wav, "audio/wav"), field: value}
+        detail = (await post(facade, S2V, expect=422, **body))["detail"]
+        assert field in str(detail), detail

@@ -40,6 +40,11 @@ def test_the_encoding_feeds_wan_sound_image_to_video(models_dir: Path) -> None:
     silent = {"waveform": torch.zeros_like(audio["waveform"]), "sample_rate": 24000}
     (quiet,) = DarkroomAudioEncoderEncode.execute(audio_encoder=encoder, audio=silent).result
     assert float((quiet["encoded_audio"] - out["encoded_audio"]).abs().mean()) > 1e-3, "the sound is ignored"
+    # at 8 fps, frame k's moment (k / 8 s) is where the node reads k / 16 s: the time axis halves
+    (slow,) = DarkroomAudioEncoderEncode.execute(audio_encoder=encoder, audio=audio, fps=8.0).result
+    for full, half in zip(layers, slow["encoded_audio_all_layers"], strict=True):
+        assert tuple(half.shape) == (1, 12, 32)
+        assert torch.allclose(half[:, [0, -1]], full[:, [0, -1]]) and not torch.allclose(half, full[:, :12])
     cond = [[torch.zeros(1, 4, 64), {}]]
     positive, negative, latent = WanSoundImageToVideo.execute(
         positive=cond, negative=cond, vae=None, width=64, height=64, length=5, batch_size=1,

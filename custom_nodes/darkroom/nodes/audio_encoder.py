@@ -9,8 +9,13 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io
 
-from ..ops.audio_encoder import Wav2Vec2Encoder, load_audio_encoder
+from ..ops.audio_encoder import S2V_FPS, Wav2Vec2Encoder, load_audio_encoder, retime_for_fps
 from ..ops.loaded import remember
+
+_FPS_TIP = (
+    "The video's frame rate: WanSoundImageToVideo reads frame k's features at k / 16 s; at another rate "
+    "they are re-timed so that each frame gets its own moment of the sound (16: as AudioEncoderEncode)."
+)
 
 
 class DarkroomAudioEncoderLoader(io.ComfyNode):
@@ -43,14 +48,27 @@ class DarkroomAudioEncoderEncode(io.ComfyNode):
             node_id="DarkroomAudioEncoderEncode",
             display_name="Audio Encoder Encode (darkroom)",
             category="darkroom/conditioning",
-            description="Encode a sound (resampled to 16 kHz) with the audio encoder, as AudioEncoderEncode.",
-            inputs=[io.AudioEncoder.Input("audio_encoder"), io.Audio.Input("audio")],
+            description="Encode a sound (resampled to 16 kHz) with the audio encoder, as AudioEncoderEncode; "
+            "its features re-timed for a video at `fps`.",
+            inputs=[
+                io.AudioEncoder.Input("audio_encoder"),
+                io.Audio.Input("audio"),
+                io.Float.Input(
+                    "fps",
+                    default=S2V_FPS,
+                    min=1,
+                    max=120,
+                    optional=True,
+                    tooltip=_FPS_TIP,
+                ),
+            ],
             outputs=[io.AudioEncoderOutput.Output()],
         )
 
     @classmethod
-    def execute(cls, audio_encoder: Wav2Vec2Encoder, audio: dict) -> io.NodeOutput:
-        return io.NodeOutput(audio_encoder.encode_audio(audio["waveform"], audio["sample_rate"]))
+    def execute(cls, audio_encoder: Wav2Vec2Encoder, audio: dict, fps: float = S2V_FPS) -> io.NodeOutput:
+        encoded = audio_encoder.encode_audio(audio["waveform"], audio["sample_rate"])
+        return io.NodeOutput(retime_for_fps(encoded, fps))
 
 
 NODES = [DarkroomAudioEncoderLoader, DarkroomAudioEncoderEncode]

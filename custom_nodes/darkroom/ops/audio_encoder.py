@@ -26,6 +26,7 @@ from comfy.audio_encoders.wav2vec2 import Wav2Vec2Model
 from ..formats.model_files import ModelFileMismatchError, check_keys
 
 SAMPLE_RATE_HZ = 16000  # wav2vec2's input rate
+S2V_FPS = 16  # comfy_extras/nodes_wan.py wan_sound_to_video lays the features out for 16 fps video
 _HEAD_DIM = 64  # wav2vec2 base (768 / 12) and large (1024 / 16)
 _FIX = "Pick a wav2vec2 audio encoder (Wan S2V's is wav2vec2_large_english)."
 
@@ -99,6 +100,25 @@ class Wav2Vec2Encoder:
         with torch.no_grad():  # ComfyUI's executor runs nodes without autograd too
             out, all_layers = self.model(audio.to(self.load_device))
         return {"encoded_audio": out, "encoded_audio_all_layers": all_layers, "audio_samples": audio.shape[2]}
+
+
+def retime_for_fps(encoded: dict[str, Any], fps: float) -> dict[str, Any]:
+    """The features re-timed so that WanSoundImageToVideo, which reads frame k's at k / 16 s, gets those of
+    k / fps s: each layer's time axis scaled by fps / 16 (linear, as that node's own 50 -> 30 per second)."""
+    if fps == S2V_FPS:
+        return encoded
+
+    def scaled(x: torch.Tensor) -> torch.Tensor:
+        length = max(1, round(x.shape[1] * fps / S2V_FPS))
+        return torch.nn.functional.interpolate(
+            x.transpose(1, 2), size=length, mode="linear", align_corners=True
+        ).transpose(1, 2)
+
+    return {
+        **encoded,
+        "encoded_audio": scaled(encoded["encoded_audio"]),
+        "encoded_audio_all_layers": tuple(scaled(x) for x in encoded["encoded_audio_all_layers"]),
+    }
 
 
 def load_audio_encoder(path: Path) -> Wav2Vec2Encoder:
