@@ -52,3 +52,28 @@ def test_the_encoding_feeds_wan_sound_image_to_video(models_dir: Path) -> None:
     ).result  # fmt: skip
     assert tuple(positive[0][1]["audio_embed"].shape) == (1, 25, 32, 8)  # 2 latent frames x 4
     assert tuple(latent["samples"].shape) == (1, 16, 2, 8, 8)
+
+
+def test_the_released_layouts_get_the_released_configs() -> None:
+    """Built on the meta device at the released sizes (no memory): the sizes read off the keys are
+    ComfyUI's own for wav2vec2-large (audio_encoders.py) and Wan 2.2 S2V 14B (its class defaults, 5120
+    wide, 40 layers)."""
+    import comfy.ops
+    from comfy.audio_encoders.wav2vec2 import Wav2Vec2Model
+    from comfy.ldm.wan.model import WanModel_S2V
+    from darkroom.formats.arch import Family, infer
+    from darkroom.ops.audio_encoder import wav2vec2_config
+    from darkroom.ops.diffusion import expected_shapes
+
+    large = {"embed_dim": 1024, "num_heads": 16, "num_layers": 24, "conv_norm": True, "conv_bias": True,
+             "do_normalize": True, "do_stable_layer_norm": True}  # fmt: skip
+    model = Wav2Vec2Model(**large, device="meta", operations=comfy.ops.disable_weight_init)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert wav2vec2_config(shapes, Path("wav2vec2-large")) == large
+    s2v = WanModel_S2V(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, text_dim=4096, in_dim=16,
+                       out_dim=16, device="meta", operations=comfy.ops.disable_weight_init)  # fmt: skip
+    shapes = {k: tuple(v.shape) for k, v in s2v.state_dict().items()}
+    config = infer(Family.WAN, shapes, "wan2.2_s2v_14B")
+    assert config.variant == "wan22-s2v" and config.unet_config["audio_dim"] == 1024
+    assert (config.unet_config["num_heads"], config.unet_config["num_layers"]) == (40, 40)
+    assert expected_shapes(config) == shapes
