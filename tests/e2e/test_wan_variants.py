@@ -185,6 +185,12 @@ async def test_speech_to_video_carries_the_input_sound_cut_to_the_frames(facade:
     assert abs(len(decoded) / rate - 5 / 8) < 1 / 8, len(decoded) / rate
     mine, theirs = best_correlation(decoded, samples), best_correlation(decoded, other)
     assert mine > 0.9 and theirs < 0.5, (mine, theirs)
+    # darkroom's LoRA stack on the S2V model (its blocks are A14B's at the tiny widths)
+    with_lora = await video(
+        facade, S2V, image_url=png(80, 64, 3), audio_url=data_uri(wav, "audio/wav"), num_frames=5,
+        frames_per_second=8, num_inference_steps=2, loras=[{"path": LORA, "scale": 1.5}],
+    )  # fmt: skip
+    assert np.abs(frames_of(with_lora, sound=True)[0].astype(int) - frames.astype(int)).mean() > 1
     bad = data_uri(b"not audio at all\n" * 10, "text/plain")
     detail = (await post(facade, S2V, expect=422, image_url=png(80, 64, 3), audio_url=bad))["detail"]
     assert str(detail).startswith("audio_url: the file is text/plain, not audio"), detail
