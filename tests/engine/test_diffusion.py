@@ -40,6 +40,7 @@ MODELS = {
     "wan22-a14b-low": (WAN, 16, 16, "wan21-t2v"),
     "wan22-a14b-i2v-high": (WAN, 16, 16, "wan21-t2v"),
     "wan22-a14b-i2v-low": (WAN, 16, 16, "wan21-t2v"),
+    "wan22-s2v": (WAN, 16, 16, "wan22-s2v"),
     "zimage": (ZIMAGE, 16, 16, "zimage"),
     "sd35": (SD3, 16, 16, "sd35-medium"),
     "qwen-image": (QWEN, 16, 16, "qwen-image"),
@@ -84,6 +85,8 @@ def _inputs(stem: str) -> tuple[torch.Tensor, dict[str, Any]]:
         return torch.randn(1, channels, 8, 8, generator=gen), kwargs | {"num_tokens": 16}
     if stem.startswith("wan22-a14b-i2v"):
         kwargs["c_concat"] = torch.zeros(1, 20, 2, 8, 8)
+    if stem == "wan22-s2v":  # 25 wav2vec2 layers, the tiny one's width 32, 4 audio frames a latent frame
+        kwargs["audio_embed"] = torch.randn(1, 25, 32, 8, generator=gen)
     return torch.randn(1, channels, 2, 8, 8, generator=gen), kwargs
 
 
@@ -105,7 +108,11 @@ def test_config_keys_match_comfyuis_model_signatures() -> None:
     flux = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)} | {"image_model"}
     wan = set(inspect.signature(comfy.ldm.wan.model.WanModel.__init__).parameters)
     assert flux == arch.FLUX_CONFIG_KEYS
-    assert wan - {"self", "device", "dtype", "operations", "wan_attn_block_class"} == arch.WAN_CONFIG_KEYS
+    s2v = set(inspect.signature(comfy.ldm.wan.model.WanModel_S2V.__init__).parameters)
+    assert wan - {"self", "device", "dtype", "operations", "wan_attn_block_class"} == arch.WAN_CONFIG_KEYS - {
+        "audio_dim"
+    }
+    assert "audio_dim" in s2v  # the one WanModel_S2V size the weights show (the rest are its defaults)
     zimage = set(inspect.signature(comfy.ldm.lumina.model.NextDiT.__init__).parameters)
     assert zimage - {"self", "device", "dtype", "operations"} == arch.ZIMAGE_CONFIG_KEYS
     mmdit = set(inspect.signature(comfy.ldm.modules.diffusionmodules.mmdit.MMDiT.__init__).parameters)
