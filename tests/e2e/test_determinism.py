@@ -181,6 +181,13 @@ async def restart_worker(supervisor: Supervisor) -> None:
 # Demos repeated elsewhere, not here (each test named): the round's time grows with every case.
 ELSEWHERE = {
     "darkroom/demo-flux-2-trainer": "test_lora_training.py: same zip and seed, the same LoRA bytes",
+    # The other trainers run demo-flux-2-trainer's graph and seeded node with other model files.
+    "darkroom/demo-flux-lora-fast-training": "not repeated: demo-flux-2-trainer's graph; trained once in "
+    "test_lora_training.py",
+    "darkroom/demo-z-image-trainer": "not repeated: demo-flux-2-trainer's graph; trained once in "
+    "test_lora_training.py",
+    "darkroom/demo-qwen-image-trainer": "not repeated: demo-flux-2-trainer's graph; its key names' round "
+    "trip is unit-tested (test_trained_lora_families.py)",
     # LTX-2's other modes share demo-ltx-2-19b-t2v's mapping and graph (the start image, the distilled
     # schedule apart); test_ltx2.py runs each once.
     "darkroom/demo-ltx-2-19b-i2v": "not repeated: its graph is demo-ltx-2-19b-t2v's with a start image",
