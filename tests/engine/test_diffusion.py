@@ -316,13 +316,20 @@ def test_nodes_schema_validation_and_execution(models_dir: Path) -> None:
         "DarkroomZImageLoader",
         "DarkroomSD3Loader",
         "DarkroomQwenImageLoader",
+        "DarkroomDiffusionLoader",
     ]
     for node in nodes_diffusion.NODES:
         schema = node.define_schema()
+        family = ["family"] if node is nodes_diffusion.DarkroomDiffusionLoader else []
         assert all(i.tooltip for i in schema.inputs) and [i.id for i in schema.inputs] == [
-            "model_name", "weight_dtype", "config_override",
+            "model_name", "weight_dtype", "config_override", *family,
         ]  # fmt: skip
         assert "tiny/flux2-bf16.safetensors" in schema.inputs[0].options
+    any_family = nodes_diffusion.DarkroomDiffusionLoader
+    zimage_file = {"model_name": "tiny/zimage-bf16.safetensors", "weight_dtype": "default"}
+    assert "not a FLUX" in str(any_family.validate_inputs(**zimage_file, family="flux"))
+    assert any_family.validate_inputs(**zimage_file, family="zimage") is True
+    assert "is not one of" in str(any_family.validate_inputs(**zimage_file, family="nope"))
     ok = flux.validate_inputs(model_name="tiny/flux2-bf16.safetensors", weight_dtype="fp8_e5m2_scaled")
     assert ok is True
     assert "not a FLUX" in flux.validate_inputs(

@@ -177,7 +177,10 @@ class DarkroomDiffusionLoader(_DiffusionLoader):
     @classmethod
     def define_schema(cls) -> io.Schema:
         schema = super().define_schema()
-        family = io.Combo.Input("family", options=[f.value for f in _BY_FAMILY], default=Family.FLUX.value)
+        family = io.Combo.Input(
+            "family", options=[f.value for f in _BY_FAMILY], default=Family.FLUX.value,
+            tooltip="The file's model family: that family's loader checks and builds it.",
+        )  # fmt: skip
         schema.inputs = [*schema.inputs, family]
         return schema
 
