@@ -53,6 +53,7 @@ LISTINGS = {
         "/dashboard/events",
         "/keys",
         "/usage",
+        "/nodes",
     )
 }
 # Pages for people, answering HTML (the editor's sign-in): tests/e2e/test_editor.py and
